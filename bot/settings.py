@@ -1,0 +1,78 @@
+"""Settings from the environment, `.env`, and `coterie.toml` (environment wins).
+
+Every setting has a ``COTERIE_`` variable; provider keys keep their own
+conventional names (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="COTERIE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- config file ------------------------------------------------------------
+    config_file: Path = Field(default=Path("coterie.toml"))
+
+    # --- providers ----------------------------------------------------------------
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COTERIE_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "COTERIE_ANTHROPIC_BASE_URL")
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "COTERIE_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "COTERIE_OPENAI_BASE_URL")
+    )
+
+    # --- storage --------------------------------------------------------------------
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./data/coterie.db",
+        validation_alias=AliasChoices("DATABASE_URL", "COTERIE_DATABASE_URL"),
+    )
+
+    # --- discord ----------------------------------------------------------------------
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "COTERIE_DISCORD_TOKEN")
+    )
+    dev_guild_id: int | None = None
+    owner_ids: list[int] = Field(default_factory=list)
+    allow_dms: bool = True
+
+    # --- runs -------------------------------------------------------------------------
+    default_tier: str = "standard"
+    enabled_tools: list[str] | None = None  # None: every built-in tool
+
+    # --- budgets ----------------------------------------------------------------------
+    budget_default_usd: float = 5.0  # per member, rolling 7 days
+    operator_user_id: str = "console"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+
+    def extra(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,221 @@
+"""The kernel's exceptions.
+
+::
+
+    CoterieError
+    ├── ConfigError                 an operator's mistake: fix the config and restart
+    │   ├── UnknownTier
+    │   ├── UnknownModel
+    │   └── MissingCredentials
+    ├── ModelAPIError               a provider failed (translated at the provider file)
+    │   ├── RateLimited             retriable; carries retry_after
+    │   ├── Overloaded              retriable (also Anthropic's mid-stream overloaded_error)
+    │   ├── ServerError             retriable (5xx)
+    │   ├── ProviderTimeout         retriable (our deadline or the SDK's)
+    │   ├── ProviderConnectionError retriable (refused, reset, dropped stream)
+    │   ├── AuthenticationFailed    retriable for failover: the next provider has its own key
+    │   ├── BadRequest              never retried: the same request fails everywhere
+    │   │   └── ContextTooLong      compaction may retry once
+    │   └── AllModelsFailed         every candidate of a tier failed; carries the attempts
+    ├── RunRefused                  a run that never started: nothing was spent
+    │   ├── BudgetExceeded
+    │   └── DispatchRefused         depth, width or repetition cap of the guard
+    ├── ToolRetry                   control flow: send this message back to the model
+    ├── ApprovalDenied              control flow: a tool needing approval was denied
+    └── StructuredOutputError       the model never produced valid structured output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "AllModelsFailed",
+    "ApprovalDenied",
+    "AuthenticationFailed",
+    "BadRequest",
+    "BudgetExceeded",
+    "ConfigError",
+    "ContextTooLong",
+    "CoterieError",
+    "DispatchRefused",
+    "MissingCredentials",
+    "ModelAPIError",
+    "Overloaded",
+    "ProviderConnectionError",
+    "ProviderTimeout",
+    "RateLimited",
+    "RunRefused",
+    "ServerError",
+    "StructuredOutputError",
+    "ToolRetry",
+    "UnknownModel",
+    "UnknownTier",
+]
+
+
+class CoterieError(Exception):
+    """Base of every error coterie raises on purpose."""
+
+
+# --- operator mistakes -------------------------------------------------------
+
+
+class ConfigError(CoterieError):
+    """A configuration mistake. The message says what to change."""
+
+
+class UnknownTier(ConfigError):
+    def __init__(self, tier: str, known: list[str]) -> None:
+        self.tier = tier
+        self.known = known
+        super().__init__(f"unknown tier {tier!r}; known tiers: {', '.join(sorted(known)) or '(none)'}")
+
+
+class UnknownModel(ConfigError):
+    def __init__(self, model: str, known: list[str]) -> None:
+        self.model = model
+        self.known = known
+        super().__init__(
+            f"unknown model {model!r}; use provider:model with a provider among: "
+            f"{', '.join(sorted(known)) or '(none)'}"
+        )
+
+
+class MissingCredentials(ConfigError):
+    def __init__(self, provider: str, variable: str) -> None:
+        self.provider = provider
+        self.variable = variable
+        super().__init__(f"no API key for {provider}: set {variable}")
+
+
+# --- provider failures ---------------------------------------------------------
+
+
+class ModelAPIError(CoterieError):
+    """A provider request failed. ``retriable`` says whether failover may move on."""
+
+    retriable: bool = True
+
+    def __init__(self, message: str, *, model: str | None = None, status: int | None = None) -> None:
+        self.model = model
+        self.status = status
+        super().__init__(message)
+
+    @property
+    def kind(self) -> str:
+        """A short stable name for audit rows and user-facing notes."""
+        name = type(self).__name__
+        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class RateLimited(ModelAPIError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        status: int | None = 429,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, model=model, status=status)
+        self.retry_after = retry_after
+
+
+class Overloaded(ModelAPIError):
+    pass
+
+
+class ServerError(ModelAPIError):
+    pass
+
+
+class ProviderTimeout(ModelAPIError):
+    pass
+
+
+class ProviderConnectionError(ModelAPIError):
+    pass
+
+
+class AuthenticationFailed(ModelAPIError):
+    # Why retriable: a bad key is one provider's problem; the next candidate has its own.
+    retriable = True
+
+
+class BadRequest(ModelAPIError):
+    retriable = False
+
+
+class ContextTooLong(BadRequest):
+    pass
+
+
+@dataclass(frozen=True)
+class AttemptError:
+    model: str
+    kind: str
+    message: str
+
+
+class AllModelsFailed(ModelAPIError):
+    def __init__(self, attempts: list[Any], *, tier: str | None = None) -> None:
+        self.attempts = attempts
+        self.tier = tier
+        tried = ", ".join(f"{a.model} ({a.error})" for a in attempts) or "no candidate was available"
+        super().__init__(f"every model failed: {tried}")
+        # Why: failover falls through a bad request immediately; keep that visible.
+        self.retriable = False
+
+
+# --- runs that never started ---------------------------------------------------
+
+
+class RunRefused(CoterieError):
+    """The run was refused before any model call; nothing was spent."""
+
+
+@dataclass
+class BudgetDetails:
+    spent_micros: int
+    reserved_micros: int
+    estimate_micros: int
+    limit_micros: int
+    frees_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BudgetExceeded(RunRefused):
+    def __init__(self, details: BudgetDetails) -> None:
+        self.details = details
+        d = details
+        when = f"; enough frees up at {d.frees_at:%Y-%m-%d %H:%M} UTC" if d.frees_at else ""
+        super().__init__(
+            f"budget exceeded: spent ${d.spent_micros / 1e6:.4f} + reserved "
+            f"${d.reserved_micros / 1e6:.4f} + this run ~${d.estimate_micros / 1e6:.4f} "
+            f"would pass the 7-day limit ${d.limit_micros / 1e6:.2f}{when}"
+        )
+
+
+class DispatchRefused(RunRefused):
+    pass
+
+
+# --- control flow inside a run ----------------------------------------------------
+
+
+class ToolRetry(CoterieError):
+    """Raised by a tool: the message goes back to the model as a tool error."""
+
+
+class ApprovalDenied(CoterieError):
+    pass
+
+
+class StructuredOutputError(CoterieError):
+    def __init__(self, message: str, *, attempts: int, last_error: str | None = None) -> None:
+        self.attempts = attempts
+        self.last_error = last_error
+        super().__init__(message)

@@ -1,0 +1,146 @@
+"""Events a run emits, in order, to its audit sink, its critic and its observers.
+
+Every event carries the run id and the clock time. ``TextDeltaEvent`` is emitted
+to observers only (it is noise for an audit trail); everything else reaches the
+audit sink too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from executor.messages import Usage
+
+if TYPE_CHECKING:
+    from executor.agent import Caller, RunResult
+    from executor.models.base import Attempt
+
+__all__ = [
+    "ApprovalEvent",
+    "CompactionEvent",
+    "CriticVerdictEvent",
+    "ModelAttemptEvent",
+    "ModelRequestEvent",
+    "RunEvent",
+    "RunFinished",
+    "RunStarted",
+    "StepFinished",
+    "TextDeltaEvent",
+    "ToolCallFinished",
+    "ToolCallStarted",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Event:
+    run_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(_Event):
+    agent: str
+    tier: str
+    trigger: str
+    caller: Caller
+    parent_run_id: str | None = None
+    persona: str | None = None
+    skill: str | None = None
+    prompt_excerpt: str = ""
+    estimate_micros: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRequestEvent(_Event):
+    step: int
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelAttemptEvent(_Event):
+    """One candidate's try at one step's request (failover records several)."""
+
+    step: int
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextDeltaEvent(_Event):
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallStarted(_Event):
+    step: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallFinished(_Event):
+    step: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    result: str
+    is_error: bool
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepFinished(_Event):
+    step: int
+    model: str
+    usage: Usage  # this step's
+    stop_reason: str
+    text_excerpt: str = ""
+    tool_calls: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompactionEvent(_Event):
+    tokens_before: int
+    tokens_after: int
+    model: str
+    usage: Usage
+    messages_summarised: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CriticVerdictEvent(_Event):
+    verdict: str  # continue, warn, stop, kill
+    reason: str
+    state: str
+    step: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalEvent(_Event):
+    tool: str
+    call_id: str
+    approved: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(_Event):
+    result: RunResult
+
+
+RunEvent = (
+    RunStarted
+    | ModelRequestEvent
+    | ModelAttemptEvent
+    | TextDeltaEvent
+    | ToolCallStarted
+    | ToolCallFinished
+    | StepFinished
+    | CompactionEvent
+    | CriticVerdictEvent
+    | ApprovalEvent
+    | RunFinished
+)

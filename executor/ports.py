@@ -1,0 +1,250 @@
+"""How host concerns reach the kernel: small protocols, each with a default.
+
+``Executor()`` with no ports is a complete bounded in-memory agent: audit goes to
+memory, budgets are unlimited, nobody approves anything, nothing is delivered,
+and time is the real clock. The Discord host implements these in ``adapters/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from executor.events import RunEvent
+
+if TYPE_CHECKING:
+    from executor.agent import Caller, RunnableAgent, RunResult, RunStatus
+    from executor.messages import Usage
+
+__all__ = [
+    "ApprovalDecision",
+    "ApprovalRequest",
+    "Approver",
+    "AuditSink",
+    "BudgetGate",
+    "Clock",
+    "Critic",
+    "CriticWatch",
+    "DenyAllApprover",
+    "Delivery",
+    "InMemoryAuditSink",
+    "NullDelivery",
+    "Observer",
+    "RealClock",
+    "Reservation",
+    "RunControl",
+    "UnlimitedBudget",
+]
+
+
+# --- clock ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+# --- audit ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class AuditSink(Protocol):
+    """Receives every event of every run except text deltas, in order per run.
+
+    ``record`` must be cheap: a durable sink buffers and writes in batches, but
+    makes ``RunStarted`` durable before it returns (a run is a row from the
+    moment it starts) and ``RunFinished`` durable before the run returns.
+    """
+
+    async def record(self, event: RunEvent) -> None: ...
+
+
+class InMemoryAuditSink:
+    """The default sink: keeps events in a list (bounded, oldest dropped first)."""
+
+    def __init__(self, max_events: int = 100_000) -> None:
+        self.events: list[RunEvent] = []
+        self._max = max_events
+
+    async def record(self, event: RunEvent) -> None:
+        self.events.append(event)
+        if len(self.events) > self._max:
+            del self.events[: len(self.events) - self._max]
+
+    def for_run(self, run_id: str) -> list[RunEvent]:
+        return [e for e in self.events if e.run_id == run_id]
+
+
+# --- budget --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    run_id: str
+    caller: Caller
+    amount_micros: int
+    token: Any = None  # the gate's own handle (a ledger row id, say)
+
+
+@runtime_checkable
+class BudgetGate(Protocol):
+    """Reserve before a run, settle after it.
+
+    ``reserve`` raises :class:`~executor.errors.BudgetExceeded` when the caller's
+    spent + reserved + estimate would pass their limit. ``settle`` turns the
+    reservation into a charge of ``cost_micros`` (the real cost, whether the run
+    succeeded, failed or was cancelled) and releases the rest.
+    """
+
+    async def reserve(self, caller: Caller, run_id: str, estimate_micros: int) -> Reservation: ...
+
+    async def settle(self, reservation: Reservation, cost_micros: int) -> None: ...
+
+
+class UnlimitedBudget:
+    """The default gate: everything is allowed; what was settled is remembered."""
+
+    def __init__(self) -> None:
+        self.settled: dict[str, int] = {}
+
+    async def reserve(self, caller: Caller, run_id: str, estimate_micros: int) -> Reservation:
+        return Reservation(run_id=run_id, caller=caller, amount_micros=estimate_micros)
+
+    async def settle(self, reservation: Reservation, cost_micros: int) -> None:
+        self.settled[reservation.run_id] = cost_micros
+
+
+# --- delivery ------------------------------------------------------------------
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """Where a run's answer goes while it is made.
+
+    Order: ``start`` once, then any of ``text`` / ``reset`` / ``status``, then
+    ``finish`` once with the result (also for failures, to say what happened).
+    """
+
+    async def start(self) -> None: ...
+
+    async def text(self, delta: str) -> None: ...
+
+    async def reset(self) -> None:
+        """Discard the text delivered so far (a failover candidate starts over)."""
+        ...
+
+    async def status(self, line: str) -> None:
+        """A short status line ("reading example.com", "still working: step 12, 95 s")."""
+        ...
+
+    async def finish(self, result: RunResult) -> None: ...
+
+
+class NullDelivery:
+    async def start(self) -> None:
+        return None
+
+    async def text(self, delta: str) -> None:
+        return None
+
+    async def reset(self) -> None:
+        return None
+
+    async def status(self, line: str) -> None:
+        return None
+
+    async def finish(self, result: RunResult) -> None:
+        return None
+
+
+# --- approval ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    run_id: str
+    caller: Caller
+    tool: str
+    call_id: str
+    arguments: dict[str, Any]
+    delivery: Delivery | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecision:
+    approved: bool
+    reason: str = ""
+
+
+@runtime_checkable
+class Approver(Protocol):
+    async def approve(self, request: ApprovalRequest) -> ApprovalDecision: ...
+
+
+class DenyAllApprover:
+    """The default: with nobody to ask, a tool needing approval is denied."""
+
+    async def approve(self, request: ApprovalRequest) -> ApprovalDecision:
+        return ApprovalDecision(approved=False, reason="no approver is configured")
+
+
+# --- critic --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunControl:
+    """What a critic (or any watcher) sees of a live run and may do to it."""
+
+    run_id: str
+    agent: RunnableAgent
+    caller: Caller
+    started_monotonic: float
+    delivery: Delivery
+    stop: Callable[[str, RunStatus], None]  # stop(reason, status): end the run now
+    steps: int = 0
+    usage_fn: Callable[[], Usage] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class CriticWatch(Protocol):
+    """One run's watcher; gets every event, is closed when the run ends."""
+
+    async def on_event(self, event: RunEvent) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Critic(Protocol):
+    def watch(self, control: RunControl) -> CriticWatch: ...
+
+
+# --- observers -----------------------------------------------------------------
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Anything that wants a run's events, text deltas included."""
+
+    async def on_event(self, event: RunEvent) -> None: ...
