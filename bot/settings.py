@@ -29,10 +29,12 @@ class Settings(BaseSettings):
 
     # --- providers ----------------------------------------------------------------
     anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COTERIE_ANTHROPIC_API_KEY")
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COTERIE_ANTHROPIC_API_KEY"),
     )
     anthropic_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "COTERIE_ANTHROPIC_BASE_URL")
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "COTERIE_ANTHROPIC_BASE_URL"),
     )
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "COTERIE_OPENAI_API_KEY")

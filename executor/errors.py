@@ -71,7 +71,9 @@ class UnknownTier(ConfigError):
     def __init__(self, tier: str, known: list[str]) -> None:
         self.tier = tier
         self.known = known
-        super().__init__(f"unknown tier {tier!r}; known tiers: {', '.join(sorted(known)) or '(none)'}")
+        super().__init__(
+            f"unknown tier {tier!r}; known tiers: {', '.join(sorted(known)) or '(none)'}"
+        )
 
 
 class UnknownModel(ConfigError):
@@ -99,7 +101,9 @@ class ModelAPIError(CoterieError):
 
     retriable: bool = True
 
-    def __init__(self, message: str, *, model: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, model: str | None = None, status: int | None = None
+    ) -> None:
         self.model = model
         self.status = status
         super().__init__(message)
@@ -164,7 +168,9 @@ class AllModelsFailed(ModelAPIError):
     def __init__(self, attempts: list[Any], *, tier: str | None = None) -> None:
         self.attempts = attempts
         self.tier = tier
-        tried = ", ".join(f"{a.model} ({a.error})" for a in attempts) or "no candidate was available"
+        tried = (
+            ", ".join(f"{a.model} ({a.error})" for a in attempts) or "no candidate was available"
+        )
         super().__init__(f"every model failed: {tried}")
         # Why: failover falls through a bad request immediately; keep that visible.
         self.retriable = False

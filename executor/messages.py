@@ -59,9 +59,7 @@ class ToolResultPart(_Frozen):
     is_error: bool = False
 
 
-Part = Annotated[
-    TextPart | ImagePart | ToolCallPart | ToolResultPart, Field(discriminator="type")
-]
+Part = Annotated[TextPart | ImagePart | ToolCallPart | ToolResultPart, Field(discriminator="type")]
 
 
 class Message(_Frozen):
@@ -75,7 +73,9 @@ class Message(_Frozen):
         return cls(role="system", parts=(TextPart(text=text),))
 
     @classmethod
-    def user(cls, text: str, *, name: str | None = None, images: tuple[ImagePart, ...] = ()) -> Message:
+    def user(
+        cls, text: str, *, name: str | None = None, images: tuple[ImagePart, ...] = ()
+    ) -> Message:
         return cls(role="user", parts=(TextPart(text=text), *images), name=name)
 
     @classmethod

@@ -68,7 +68,9 @@ class ModelResponse:
     message: Message  # role "assistant"
     usage: Usage
     model: str  # "provider:model" that answered
-    stop_reason: Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"] = "end_turn"
+    stop_reason: Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"] = (
+        "end_turn"
+    )
     attempts: tuple[Attempt, ...] = ()
 
     @property

@@ -1,0 +1,63 @@
+"""Named hooks on the run loop, and the run's mutable state they see.
+
+The loop stays small: the dispatch guard, compaction and anything else that
+must act *inside* a run hang here instead of on ``if``s threaded through it.
+Audit, budget and the critic are ports (``executor.ports``) driven by events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from executor.messages import Message, Usage
+
+if TYPE_CHECKING:
+    from executor.agent import Invocation, RunnableAgent, RunStatus
+    from executor.errors import ModelAPIError
+    from executor.models.base import Attempt, Model, ModelRequest, ModelResponse
+    from executor.ports import Delivery
+
+__all__ = ["RunHook", "RunState"]
+
+
+@dataclass(slots=True)
+class RunState:
+    """Everything one run knows about itself, oldest message first."""
+
+    run_id: str
+    agent: RunnableAgent
+    invocation: Invocation
+    model: Model
+    delivery: Delivery
+    messages: list[Message]  # the conversation without the system prompt
+    started_monotonic: float
+    steps: int = 0
+    usage: Usage = field(default_factory=Usage)
+    attempts: list[Attempt] = field(default_factory=list)
+    answered_by: str | None = None
+    partial_text: str = ""  # text streamed in the current step
+    last_text: str = ""  # the last complete assistant text
+    stop_reason: str | None = None
+    stop_status: RunStatus | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
+
+
+class RunHook:
+    """Override what you need; every method is a no-op by default."""
+
+    async def before_run(self, state: RunState) -> None:
+        """Raise :class:`~executor.errors.RunRefused` to refuse before any model call."""
+
+    async def before_model_request(self, state: RunState, request: ModelRequest) -> ModelRequest:
+        return request
+
+    async def after_model_response(self, state: RunState, response: ModelResponse) -> None:
+        return None
+
+    async def on_model_error(self, state: RunState, error: ModelAPIError, attempt: int) -> bool:
+        """Return True to retry the same step once more (e.g. after compacting)."""
+        return False

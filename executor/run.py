@@ -1,0 +1,646 @@
+"""The bounded run loop: ``Executor.run(agent, invocation) -> RunResult``.
+
+One run, in order:
+
+1. resolve the model (the agent's own, or its tier through the resolver);
+2. hooks' ``before_run`` (the dispatch guard refuses here, before any cost);
+3. reserve budget for an estimate (refusal: ``budget_denied``, nothing spent);
+4. the step loop, in a task of its own, raced against the runtime bound, the
+   caller's cancel event and the critic's stop: model request (streamed when
+   there is a delivery), tool calls (permission, approval, timeout), repeat;
+5. always, whatever happened: settle the budget to the real cost, record
+   ``RunFinished``, tell the delivery, close the critic's watch.
+
+The loop never knows which provider answered, except to record it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
+from executor.errors import (
+    AllModelsFailed,
+    ApprovalDenied,
+    BudgetExceeded,
+    ConfigError,
+    ModelAPIError,
+    RunRefused,
+)
+from executor.events import (
+    ApprovalEvent,
+    ModelAttemptEvent,
+    ModelRequestEvent,
+    RunEvent,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    TextDeltaEvent,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from executor.hooks import RunHook, RunState
+from executor.messages import Message, ToolCallPart, ToolResultPart
+from executor.models.base import (
+    Attempt,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamReset,
+    TextDelta,
+    ToolDefinition,
+)
+from executor.ports import (
+    ApprovalRequest,
+    Approver,
+    AuditSink,
+    BudgetGate,
+    Clock,
+    Critic,
+    CriticWatch,
+    Delivery,
+    DenyAllApprover,
+    InMemoryAuditSink,
+    NullDelivery,
+    Observer,
+    RealClock,
+    Reservation,
+    RunControl,
+    UnlimitedBudget,
+)
+from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
+
+__all__ = ["Executor", "ModelResolver", "estimate_tokens", "outcome_note"]
+
+
+@runtime_checkable
+class ModelResolver(Protocol):
+    """Turns a tier name into a model (with failover) and prices a run in advance."""
+
+    def resolve(self, tier: str) -> Model: ...
+
+    def estimate_micros(self, tier: str, input_tokens: int, output_tokens: int) -> int: ...
+
+
+def estimate_tokens(messages: Sequence[Message]) -> int:
+    """A cheap estimate: about four characters a token, plus per-message overhead."""
+    total = 0
+    for m in messages:
+        for p in m.parts:
+            if p.type == "text":
+                total += len(p.text)
+            elif p.type == "tool_result":
+                total += len(p.content)
+            elif p.type == "tool_call":
+                total += 40 + len(str(p.arguments))
+            else:
+                total += 4000  # an image is ~1-1.5k tokens
+        total += 16
+    return total // 4 + 1
+
+
+_DELTA_FREE = (TextDeltaEvent,)
+
+
+class _Stopped(Exception):
+    """Internal: the step loop ended early with a status (bound reached)."""
+
+    def __init__(self, status: RunStatus, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Executor:
+    """The kernel's one entry point. Every port has a default: ``Executor()`` is
+    a complete bounded in-memory agent (give the agent a ``model``)."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelResolver | None = None,
+        tools: ToolRegistry | None = None,
+        audit: AuditSink | None = None,
+        budget: BudgetGate | None = None,
+        critic: Critic | None = None,
+        approver: Approver | None = None,
+        clock: Clock | None = None,
+        observers: Sequence[Observer] = (),
+        hooks: Sequence[RunHook] = (),
+    ) -> None:
+        self.models = models
+        self.tools = tools if tools is not None else ToolRegistry()
+        self.audit: AuditSink = audit if audit is not None else InMemoryAuditSink()
+        self.budget: BudgetGate = budget if budget is not None else UnlimitedBudget()
+        self.critic = critic
+        self.approver: Approver = approver if approver is not None else DenyAllApprover()
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self.observers = list(observers)
+        self.hooks = list(hooks)
+
+    # ------------------------------------------------------------------ public
+
+    async def run(self, agent: RunnableAgent, invocation: Invocation) -> RunResult:
+        run_id = invocation.run_id or uuid.uuid4().hex
+        delivery: Delivery = invocation.delivery or NullDelivery()
+        try:
+            model = self._resolve(agent)
+        except ConfigError as exc:
+            result = RunResult(
+                run_id=run_id, status=RunStatus.ERROR, error=str(exc), error_kind="config"
+            )
+            result.note = str(exc)
+            await self._refused(agent, invocation, run_id, result, delivery, estimate=0)
+            return result
+
+        state = RunState(
+            run_id=run_id,
+            agent=agent,
+            invocation=invocation,
+            model=model,
+            delivery=delivery,
+            messages=[m for m in invocation.messages if m.role != "system"],
+            started_monotonic=self.clock.monotonic(),
+        )
+        estimate = self._estimate(agent, state)
+
+        try:
+            for hook in self.hooks:
+                await hook.before_run(state)
+        except RunRefused as exc:
+            result = RunResult(
+                run_id=run_id, status=RunStatus.REFUSED, error=str(exc), error_kind="refused"
+            )
+            result.note = str(exc)
+            await self._refused(agent, invocation, run_id, result, delivery, estimate=estimate)
+            return result
+
+        try:
+            reservation = await self.budget.reserve(invocation.caller, run_id, estimate)
+        except BudgetExceeded as exc:
+            result = RunResult(
+                run_id=run_id,
+                status=RunStatus.BUDGET_DENIED,
+                error=str(exc),
+                error_kind="budget",
+                details={"budget": exc.details},
+            )
+            result.note = str(exc)
+            await self._refused(agent, invocation, run_id, result, delivery, estimate=estimate)
+            return result
+
+        return await self._run_reserved(state, reservation, estimate)
+
+    # ------------------------------------------------------------------ internals
+
+    def _resolve(self, agent: RunnableAgent) -> Model:
+        if agent.model is not None:
+            return agent.model
+        if self.models is None:
+            raise ConfigError(
+                "no models are configured: give the agent a model or the Executor a resolver"
+            )
+        return self.models.resolve(agent.tier)
+
+    def _estimate(self, agent: RunnableAgent, state: RunState) -> int:
+        if self.models is None or agent.model is not None:
+            return 0
+        prompt = estimate_tokens(state.messages) + len(agent.system_prompt) // 4
+        # Why: each step resends the history; three steps' worth is a fair
+        # reservation without refusing members on a worst case that rarely happens.
+        steps = min(agent.bounds.max_steps, 3)
+        input_tokens = prompt * steps + 1500 * (steps - 1)
+        output_tokens = min(
+            agent.bounds.max_output_tokens, agent.bounds.max_tokens_per_response * steps
+        )
+        return self.models.estimate_micros(agent.tier, input_tokens, output_tokens)
+
+    def _started_event(
+        self, agent: RunnableAgent, inv: Invocation, run_id: str, estimate: int
+    ) -> RunStarted:
+        prompt = ""
+        for m in reversed(inv.messages):
+            if m.role == "user" and m.text:
+                prompt = m.text
+                break
+        return RunStarted(
+            run_id=run_id,
+            at=self.clock.now(),
+            agent=agent.name,
+            tier=agent.tier if agent.model is None else agent.model.name,
+            trigger=inv.trigger,
+            caller=inv.caller,
+            parent_run_id=inv.parent_run_id,
+            persona=agent.persona,
+            skill=agent.skill,
+            prompt_excerpt=prompt[:500],
+            estimate_micros=estimate,
+            metadata=dict(inv.metadata),
+        )
+
+    async def _refused(
+        self,
+        agent: RunnableAgent,
+        inv: Invocation,
+        run_id: str,
+        result: RunResult,
+        delivery: Delivery,
+        *,
+        estimate: int,
+    ) -> None:
+        """A run that never started still leaves its row, and its person an answer."""
+        await self._emit(self._started_event(agent, inv, run_id, estimate), None)
+        await self._emit(RunFinished(run_id=run_id, at=self.clock.now(), result=result), None)
+        await delivery.finish(result)
+
+    async def _emit(self, event: RunEvent, watch: CriticWatch | None) -> None:
+        if not isinstance(event, _DELTA_FREE):
+            await self.audit.record(event)
+        if watch is not None:
+            await watch.on_event(event)
+        for obs in self.observers:
+            await obs.on_event(event)
+
+    async def _run_reserved(
+        self, state: RunState, reservation: Reservation, estimate: int
+    ) -> RunResult:
+        agent, inv, delivery = state.agent, state.invocation, state.delivery
+        watch: CriticWatch | None = None
+        body: asyncio.Task[RunResult] | None = None
+
+        def stop(reason: str, status: RunStatus) -> None:
+            if state.stop_status is None:
+                state.stop_reason, state.stop_status = reason, status
+            if body is not None and not body.done():
+                body.cancel()
+
+        result: RunResult | None = None
+        try:
+            await self._emit(self._started_event(agent, inv, state.run_id, estimate), None)
+            if self.critic is not None:
+                watch = self.critic.watch(
+                    RunControl(
+                        run_id=state.run_id,
+                        agent=agent,
+                        caller=inv.caller,
+                        started_monotonic=state.started_monotonic,
+                        delivery=delivery,
+                        stop=stop,
+                        usage_fn=lambda: state.usage,
+                    )
+                )
+            state.extra["watch"] = watch
+            await delivery.start()
+            body = asyncio.create_task(self._steps(state, watch), name=f"run-{state.run_id}")
+            result = await self._race(state, body, stop)
+        except asyncio.CancelledError:
+            # The caller's task was cancelled (shutdown): end the body, settle, re-raise.
+            if body is not None and not body.done():
+                body.cancel()
+                with contextlib.suppress(BaseException):
+                    await body
+            result = self._result(
+                state, RunStatus.CANCELLED, error="the run was cancelled by its host"
+            )
+            await asyncio.shield(self._finish(state, reservation, result, watch))
+            raise
+        except Exception as exc:  # a bug of ours or a port's: still close the run
+            result = self._result(
+                state, RunStatus.ERROR, error=f"{type(exc).__name__}: {exc}", kind="internal"
+            )
+        assert result is not None
+        await asyncio.shield(self._finish(state, reservation, result, watch))
+        return result
+
+    async def _race(self, state: RunState, body: asyncio.Task[RunResult], stop: Any) -> RunResult:
+        bounds = state.agent.bounds
+        waiters: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.clock.sleep(bounds.max_runtime_s), name="run-deadline")
+        ]
+        cancel = state.invocation.cancel
+        if cancel is not None:
+            waiters.append(asyncio.create_task(cancel.wait(), name="run-cancel"))
+        try:
+            await asyncio.wait([body, *waiters], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if not body.done():
+            if waiters[0].done():
+                stop(f"the run passed its {bounds.max_runtime_s:g} s time limit", RunStatus.TIMEOUT)
+            else:
+                stop("cancelled by the person who asked", RunStatus.CANCELLED)
+            with contextlib.suppress(asyncio.CancelledError):
+                await body
+        if body.cancelled() or state.stop_status is not None:
+            status = state.stop_status or RunStatus.CANCELLED
+            return self._result(state, status, error=state.stop_reason, kind=status.value)
+        return body.result()
+
+    def _result(
+        self,
+        state: RunState,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        kind: str | None = None,
+        output: str | None = None,
+    ) -> RunResult:
+        out = output if output is not None else (state.partial_text or state.last_text)
+        result = RunResult(
+            run_id=state.run_id,
+            status=status,
+            output=out,
+            steps=state.steps,
+            usage=state.usage,
+            attempts=list(state.attempts),
+            error=error,
+            error_kind=kind,
+            model=state.answered_by,
+            messages=list(state.messages),
+        )
+        result.note = outcome_note(result)
+        return result
+
+    async def _finish(
+        self,
+        state: RunState,
+        reservation: Reservation,
+        result: RunResult,
+        watch: CriticWatch | None,
+    ) -> None:
+        try:
+            await self.budget.settle(reservation, result.usage.cost_micros)
+        finally:
+            try:
+                await self._emit(
+                    RunFinished(run_id=state.run_id, at=self.clock.now(), result=result), watch
+                )
+            finally:
+                if watch is not None:
+                    await watch.close()
+                await state.delivery.finish(result)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _steps(self, state: RunState, watch: CriticWatch | None) -> RunResult:
+        agent = state.agent
+        bounds = agent.bounds
+        tools = self.tools.available(agent.tools, state.invocation.caller.privilege)
+        tool_defs: list[ToolDefinition] = [t.definition for t in tools]
+        system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
+        streaming = state.invocation.delivery is not None
+        try:
+            while True:
+                if state.steps >= bounds.max_steps:
+                    raise _Stopped(
+                        RunStatus.STEP_LIMIT,
+                        f"the run reached its limit of {bounds.max_steps} steps",
+                    )
+                remaining = bounds.max_output_tokens - state.usage.output_tokens
+                if remaining <= 0:
+                    raise _Stopped(
+                        RunStatus.TOKEN_LIMIT,
+                        f"the run used its {bounds.max_output_tokens} output tokens",
+                    )
+                state.steps += 1
+                request = ModelRequest(
+                    messages=system + state.messages,
+                    tools=tool_defs,
+                    max_tokens=min(bounds.max_tokens_per_response, remaining),
+                    temperature=agent.temperature,
+                )
+                response = await self._model_step(state, request, watch, streaming)
+                state.messages.append(response.message)
+                state.last_text = response.text or state.last_text
+                state.partial_text = ""
+                calls = response.tool_calls
+                await self._emit(
+                    StepFinished(
+                        run_id=state.run_id,
+                        at=self.clock.now(),
+                        step=state.steps,
+                        model=response.model,
+                        usage=response.usage,
+                        stop_reason=response.stop_reason,
+                        text_excerpt=response.text[:500],
+                        tool_calls=len(calls),
+                    ),
+                    watch,
+                )
+                if not calls:
+                    return self._result(state, RunStatus.OK, output=response.text)
+                results = await asyncio.gather(*(self._tool_call(state, c, watch) for c in calls))
+                state.messages.append(Message(role="user", parts=tuple(results)))
+        except _Stopped as stopped:
+            return self._result(
+                state, stopped.status, error=stopped.reason, kind=stopped.status.value
+            )
+        except AllModelsFailed as exc:
+            return self._result(state, RunStatus.ERROR, error=str(exc), kind="all_models_failed")
+        except ModelAPIError as exc:
+            return self._result(state, RunStatus.ERROR, error=str(exc), kind=exc.kind)
+
+    async def _model_step(
+        self, state: RunState, request: ModelRequest, watch: CriticWatch | None, streaming: bool
+    ) -> ModelResponse:
+        retry = 0
+        while True:
+            for hook in self.hooks:
+                request = await hook.before_model_request(state, request)
+            await self._emit(
+                ModelRequestEvent(
+                    run_id=state.run_id,
+                    at=self.clock.now(),
+                    step=state.steps,
+                    message_count=len(request.messages),
+                ),
+                watch,
+            )
+            started = time.perf_counter()
+            try:
+                if streaming:
+                    response = await self._stream(state, request)
+                else:
+                    response = await state.model.generate(request)
+            except ModelAPIError as exc:
+                attempts = getattr(exc, "attempts", None) or [
+                    Attempt(
+                        model=exc.model or state.model.name,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        error=str(exc),
+                        error_kind=exc.kind,
+                    )
+                ]
+                await self._record_attempts(state, list(attempts), watch)
+                retry += 1
+                if (
+                    any([await h.on_model_error(state, exc, retry) for h in self.hooks])
+                    and retry <= 2
+                ):
+                    continue
+                raise
+            attempts = list(response.attempts) or [
+                Attempt(model=response.model, latency_ms=(time.perf_counter() - started) * 1000)
+            ]
+            await self._record_attempts(state, attempts, watch)
+            state.add_usage(response.usage)
+            state.answered_by = response.model
+            for hook in self.hooks:
+                await hook.after_model_response(state, response)
+            return response
+
+    async def _record_attempts(
+        self, state: RunState, attempts: list[Attempt], watch: CriticWatch | None
+    ) -> None:
+        state.attempts.extend(attempts)
+        for a in attempts:
+            await self._emit(
+                ModelAttemptEvent(
+                    run_id=state.run_id, at=self.clock.now(), step=state.steps, attempt=a
+                ),
+                watch,
+            )
+
+    async def _stream(self, state: RunState, request: ModelRequest) -> ModelResponse:
+        delivery = state.delivery
+        final: ModelResponse | None = None
+        stream = state.model.stream(request)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    state.partial_text += event.text
+                    await delivery.text(event.text)
+                    for obs in self.observers:
+                        await obs.on_event(
+                            TextDeltaEvent(
+                                run_id=state.run_id, at=self.clock.now(), text=event.text
+                            )
+                        )
+                elif isinstance(event, StreamReset):
+                    state.partial_text = ""
+                    await delivery.reset()
+                elif isinstance(event, ResponseDone):
+                    final = event.response
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if final is None:
+            raise ModelAPIError(
+                "the model's stream ended without a response", model=state.model.name
+            )
+        return final
+
+    async def _tool_call(
+        self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
+    ) -> ToolResultPart:
+        inv = state.invocation
+        await self._emit(
+            ToolCallStarted(
+                run_id=state.run_id,
+                at=self.clock.now(),
+                step=state.steps,
+                call_id=call.id,
+                name=call.name,
+                arguments=call.arguments,
+            ),
+            watch,
+        )
+        outcome: ToolOutcome
+        refusal = self.tools.refusal(call.name, state.agent.tools, inv.caller.privilege)
+        tool = self.tools.get(call.name)
+        if refusal is not None or tool is None:
+            outcome = ToolOutcome(content=f"refused: {refusal}", is_error=True)
+        else:
+            try:
+                if tool.requires_approval:
+                    await self._approve(state, call, watch)
+                await state.delivery.status(tool.status_line(call.arguments))
+                ctx = ToolContext(
+                    run_id=state.run_id, caller=inv.caller, call_id=call.id, agent=state.agent.name
+                )
+                outcome = await tool.invoke(call.arguments, ctx)
+            except ApprovalDenied as exc:
+                outcome = ToolOutcome(content=f"denied: {exc}", is_error=True)
+        await self._emit(
+            ToolCallFinished(
+                run_id=state.run_id,
+                at=self.clock.now(),
+                step=state.steps,
+                call_id=call.id,
+                name=call.name,
+                arguments=call.arguments,
+                result=outcome.content,
+                is_error=outcome.is_error,
+                duration_ms=outcome.duration_ms,
+            ),
+            watch,
+        )
+        return ToolResultPart(
+            tool_call_id=call.id, name=call.name, content=outcome.content, is_error=outcome.is_error
+        )
+
+    async def _approve(
+        self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
+    ) -> None:
+        decision = await self.approver.approve(
+            ApprovalRequest(
+                run_id=state.run_id,
+                caller=state.invocation.caller,
+                tool=call.name,
+                call_id=call.id,
+                arguments=call.arguments,
+                delivery=state.delivery,
+            )
+        )
+        await self._emit(
+            ApprovalEvent(
+                run_id=state.run_id,
+                at=self.clock.now(),
+                tool=call.name,
+                call_id=call.id,
+                approved=decision.approved,
+                reason=decision.reason,
+            ),
+            watch,
+        )
+        if not decision.approved:
+            raise ApprovalDenied(decision.reason or "the member did not approve this tool call")
+
+
+def outcome_note(result: RunResult) -> str | None:
+    """One plain sentence for the person who asked, when a run was not a plain success."""
+    s = result.status
+    if s is RunStatus.OK:
+        return None
+    if s is RunStatus.BUDGET_DENIED:
+        return result.error
+    if s is RunStatus.ERROR and result.error_kind == "all_models_failed":
+        tried = ", ".join(
+            f"{a.model} ({a.error_kind or 'error'})" for a in result.attempts if a.error
+        )
+        return (
+            f"No model could answer right now; tried {tried}."
+            if tried
+            else "No model could answer right now."
+        )
+    if s is RunStatus.ERROR:
+        return f"The run failed: {result.error}"
+    if s is RunStatus.STEP_LIMIT:
+        return f"Stopped: {result.error}."
+    if s is RunStatus.TOKEN_LIMIT:
+        return f"Stopped: {result.error}."
+    if s is RunStatus.TIMEOUT:
+        return f"Stopped: {result.error}."
+    if s is RunStatus.KILLED:
+        return f"Stopped by the critic: {result.error}."
+    if s is RunStatus.CANCELLED:
+        return "Cancelled."
+    return result.error
