@@ -1,0 +1,251 @@
+"""The host's tables: guild and channel settings, thread bindings, the audit trail, budgets.
+
+Discord ids (snowflakes) are strings. Money is integer micro-dollars. Every time is
+stored in UTC and read back timezone-aware on SQLite and PostgreSQL alike
+(sqlmodel's ``UTCDateTime``, its default for ``datetime`` fields).
+
+Budgets are per **user id across guilds** (a person has one 7-day allowance, not one
+per server they share with the bot); the operator's console runs use the user id
+from ``settings.operator_user_id`` ("console").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "AuditEventRow",
+    "AuditModelAttempt",
+    "AuditRun",
+    "AuditStep",
+    "AuditToolCall",
+    "BudgetGrant",
+    "BudgetLedgerEntry",
+    "BudgetMember",
+    "BudgetReservationRow",
+    "ChannelSettings",
+    "GuildSettings",
+    "ThreadBinding",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _when(*, nullable: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, nullable=True)
+    return Field(default_factory=utcnow, nullable=False)
+
+
+# --- guild settings and thread bindings ---------------------------------------------
+
+
+class GuildSettings(SQLModel, table=True):
+    __tablename__ = "guild_settings"
+
+    guild_id: str = Field(primary_key=True, max_length=32)
+    default_persona: str | None = Field(default=None, max_length=64)
+    admin_channel_id: str | None = Field(default=None, max_length=32)
+
+
+class ChannelSettings(SQLModel, table=True):
+    __tablename__ = "channel_settings"
+
+    channel_id: str = Field(primary_key=True, max_length=32)
+    guild_id: str = Field(max_length=32, index=True)
+    default_persona: str | None = Field(default=None, max_length=64)
+
+
+class ThreadBinding(SQLModel, table=True):
+    """A Discord thread in which one persona answers every message."""
+
+    __tablename__ = "thread_bindings"
+
+    thread_id: str = Field(primary_key=True, max_length=32)
+    guild_id: str = Field(max_length=32, index=True)
+    channel_id: str = Field(max_length=32)  # the parent channel
+    persona: str = Field(max_length=64)
+    created_by: str = Field(max_length=32)
+    created_at: datetime = _when()
+
+
+# --- audit -----------------------------------------------------------------------------
+
+
+class AuditRun(SQLModel, table=True):
+    """One run, a row from the moment it starts (status ``running``) to its end."""
+
+    __tablename__ = "audit_runs"
+    __table_args__ = (
+        Index("ix_audit_runs_started", "started_at", "run_id"),
+        Index("ix_audit_runs_user_started", "user_id", "started_at"),
+        Index("ix_audit_runs_guild_started", "guild_id", "started_at"),
+        Index("ix_audit_runs_persona_started", "persona", "started_at"),
+        Index("ix_audit_runs_skill_started", "skill", "started_at"),
+        Index("ix_audit_runs_status", "status"),
+    )
+
+    run_id: str = Field(primary_key=True, max_length=64)
+    trigger: str = Field(max_length=16)  # chat, slash, schedule, console, cli
+    user_id: str = Field(max_length=64)
+    user_name: str = Field(default="", max_length=100)
+    guild_id: str | None = Field(default=None, max_length=32)
+    channel_id: str | None = Field(default=None, max_length=32)
+    agent: str = Field(default="", max_length=100)
+    persona: str | None = Field(default=None, max_length=64)
+    skill: str | None = Field(default=None, max_length=100)
+    parent_run_id: str | None = Field(default=None, max_length=64, index=True)
+    tier: str = Field(default="", max_length=32)
+    model: str | None = Field(default=None, max_length=128)  # the model of the last answer
+    status: str = Field(default="running", max_length=16)
+    started_at: datetime = _when()
+    ended_at: datetime | None = _when(nullable=True)
+    steps: int = 0
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cost_micros: int = Field(default=0, sa_type=BigInteger)
+    # What the budget reserved for this run; crash recovery settles it.
+    estimate_micros: int = Field(default=0, sa_type=BigInteger)
+    prompt_excerpt: str = Field(default="")
+    output_excerpt: str = Field(default="")
+    error: str | None = None
+    error_kind: str | None = Field(default=None, max_length=64)
+    note: str | None = None
+
+
+def _run_fk() -> Any:
+    return Field(
+        sa_column_args=[ForeignKey("audit_runs.run_id", ondelete="CASCADE")],
+        max_length=64,
+        index=True,
+    )
+
+
+class AuditStep(SQLModel, table=True):
+    __tablename__ = "audit_steps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = _run_fk()
+    step: int
+    model: str = Field(default="", max_length=128)
+    stop_reason: str = Field(default="", max_length=32)
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cost_micros: int = Field(default=0, sa_type=BigInteger)
+    tool_calls: int = 0
+    text_excerpt: str = Field(default="")
+    at: datetime = _when()
+
+
+class AuditModelAttempt(SQLModel, table=True):
+    """One candidate model's try at one step (failover records several)."""
+
+    __tablename__ = "audit_model_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = _run_fk()
+    step: int
+    model: str = Field(max_length=128)
+    latency_ms: float = 0.0
+    error: str | None = None
+    error_kind: str | None = Field(default=None, max_length=64)
+    at: datetime = _when()
+
+
+class AuditToolCall(SQLModel, table=True):
+    """One tool call: arguments redacted and size-capped, a result excerpt."""
+
+    __tablename__ = "audit_tool_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = _run_fk()
+    step: int
+    call_id: str = Field(max_length=128)
+    name: str = Field(max_length=128)
+    arguments: str = Field(default="")  # JSON, redacted, capped
+    result_excerpt: str = Field(default="")
+    is_error: bool = False
+    duration_ms: float = 0.0
+    at: datetime = _when()
+
+
+class AuditEventRow(SQLModel, table=True):
+    """Everything else a run emits: model requests, compaction, critic verdicts, approvals."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = _run_fk()
+    kind: str = Field(max_length=32)
+    step: int = 0
+    # Money spent by the event itself (compaction calls a model).
+    cost_micros: int = Field(default=0, sa_type=BigInteger)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    at: datetime = _when()
+
+
+# --- budgets ---------------------------------------------------------------------------
+
+
+class BudgetMember(SQLModel, table=True):
+    """One row per member: the lock row for atomic reservations, and the limit override."""
+
+    __tablename__ = "budget_members"
+
+    user_id: str = Field(primary_key=True, max_length=64)
+    # None: the configured default applies.
+    limit_micros: int | None = Field(default=None, sa_type=BigInteger)
+    updated_at: datetime = _when()
+
+
+class BudgetLedgerEntry(SQLModel, table=True):
+    """A timestamped charge. Spend is the sum of charges in the last 7 x 24 hours."""
+
+    __tablename__ = "budget_ledger"
+    __table_args__ = (
+        # Why: covering index; the window sum is one range scan that never reads the table.
+        Index("ix_budget_ledger_user_at", "user_id", "at", "amount_micros"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(max_length=64)
+    at: datetime = _when()
+    amount_micros: int = Field(sa_type=BigInteger)
+    run_id: str | None = Field(default=None, max_length=64, index=True)
+    note: str = Field(default="", max_length=200)
+
+
+class BudgetReservationRow(SQLModel, table=True):
+    """An open reservation: held from before a run until it is settled."""
+
+    __tablename__ = "budget_reservations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(
+        sa_column_args=[ForeignKey("budget_members.user_id")], max_length=64, index=True
+    )
+    run_id: str = Field(max_length=64, index=True)
+    amount_micros: int = Field(sa_type=BigInteger)
+    created_at: datetime = _when()
+
+
+class BudgetGrant(SQLModel, table=True):
+    """A one-off grant by an admin: extra allowance until it expires (7 days by default)."""
+
+    __tablename__ = "budget_grants"
+    __table_args__ = (Index("ix_budget_grants_user_expires", "user_id", "expires_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(max_length=64)
+    amount_micros: int = Field(sa_type=BigInteger)
+    granted_by: str = Field(default="", max_length=64)
+    granted_at: datetime = _when()
+    expires_at: datetime = _when()
+    note: str = Field(default="", max_length=200)
