@@ -1,0 +1,324 @@
+"""``PersonaStore``: built-in personas merged with the ones a guild stores.
+
+Resolution of a name in a guild, later wins: built-ins (``personas/builtin``),
+then deployment-wide stored personas (``guild_id == ""``), then the guild's own.
+A stored persona whose name is a built-in's is that built-in's *override* in
+that guild; deleting the override brings the built-in back.
+
+Who may do what (``by`` is the acting :class:`~executor.agent.Caller`):
+
+- create: anyone; a name already stored in the guild is refused; a built-in's
+  name creates an override, which needs an admin (it changes the persona for
+  everyone in the server).
+- update / delete: the persona's creator or an admin. Editing a built-in creates
+  its override (admin only); a built-in itself cannot be deleted.
+- tools are capped at what the person writing them may use: each *added* tool
+  must pass ``ToolRegistry.refusal`` at their privilege. Tools already on the
+  persona are kept when someone else edits other fields.
+- ``delete_user_data(user_id)`` keeps the personas the user created (others may
+  rely on them, and channels may default to them) but clears ``created_by``, so
+  only admins can change them afterwards. ``purge=True`` deletes them instead.
+"""
+
+from __future__ import annotations
+
+import builtins as _builtins
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col
+
+from executor.agent import Caller, Privilege
+from executor.tools.registry import ToolRegistry
+from personas.errors import InvalidPersona, PersonaExists, PersonaNotFound, PersonaPermissionDenied
+from personas.markdown import parse_markdown, render_markdown
+from personas.model import Persona, normalise_name, validate_fields
+from personas.tables import PersonaRow
+
+__all__ = ["DEFAULT_TIERS", "MAX_CHOICES", "PersonaStore"]
+
+DEFAULT_TIERS: tuple[str, ...] = ("fast", "standard", "strong")
+MAX_CHOICES = 25  # Discord's cap on autocomplete choices
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_persona(row: PersonaRow, *, overrides_builtin: bool) -> Persona:
+    return Persona(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        system_prompt=row.system_prompt,
+        tier=row.tier,
+        tools=tuple(row.tools or ()),
+        avatar_url=row.avatar_url,
+        temperature=row.temperature,
+        guild_id=row.guild_id,
+        created_by=row.created_by,
+        overrides_builtin=overrides_builtin,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class PersonaStore:
+    """Personas of every guild. Takes an ``async_sessionmaker``; opens no engine."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[Any],
+        builtins: Mapping[str, Persona] | Iterable[Persona] = (),
+        *,
+        tools: ToolRegistry | None = None,
+        tiers: Iterable[str] = DEFAULT_TIERS,
+        admin: Privilege = Privilege.ADMIN,
+    ) -> None:
+        self._sessions = sessions
+        items = builtins.values() if isinstance(builtins, Mapping) else builtins
+        self._builtins: dict[str, Persona] = {
+            normalise_name(p.name): replace(p, builtin=True) for p in items
+        }
+        # Why an empty registry by default: with nothing registered every tool is
+        # refused, which is the safe failure when the composition root forgets it.
+        self._tools = tools if tools is not None else ToolRegistry()
+        self._tiers = tuple(dict.fromkeys(t.lower() for t in tiers))
+        self._admin = admin
+
+    # --- reading ------------------------------------------------------------------
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        return self._tiers
+
+    @property
+    def builtins(self) -> dict[str, Persona]:
+        return dict(self._builtins)
+
+    async def list(self, guild_id: str | None) -> _builtins.list[Persona]:
+        """Every persona usable in the guild, sorted by name."""
+        merged = dict(self._builtins)
+        for row in await self._rows(guild_id):
+            key = normalise_name(row.name)
+            merged[key] = _to_persona(row, overrides_builtin=key in self._builtins)
+        return sorted(merged.values(), key=lambda p: p.name)
+
+    async def find(self, guild_id: str | None, name: str) -> Persona | None:
+        """The persona called ``name`` (any case) in the guild, or None."""
+        key = normalise_name(name)
+        rows = await self._rows(guild_id, name=key)
+        if rows:
+            # The guild's own row wins over a deployment-wide one.
+            row = max(rows, key=lambda r: r.guild_id != "")
+            return _to_persona(row, overrides_builtin=key in self._builtins)
+        return self._builtins.get(key)
+
+    async def get(self, guild_id: str | None, name: str) -> Persona:
+        """Like :meth:`find`, but an unknown name raises :class:`PersonaNotFound`."""
+        persona = await self.find(guild_id, name)
+        if persona is None:
+            raise PersonaNotFound(normalise_name(name) or name)
+        return persona
+
+    async def search(
+        self, guild_id: str | None, typed: str = "", *, limit: int = MAX_CHOICES
+    ) -> _builtins.list[Persona]:
+        """For autocomplete: names starting with ``typed`` first, then names or
+        descriptions containing it; at most ``limit``."""
+        needle = normalise_name(typed)
+        everyone = await self.list(guild_id)
+        starts = [p for p in everyone if p.name.startswith(needle)]
+        contains = [
+            p
+            for p in everyone
+            if p not in starts and (needle in p.name or needle in p.description.lower())
+        ]
+        return (starts + contains)[: max(0, min(limit, MAX_CHOICES))]
+
+    # --- writing ------------------------------------------------------------------
+
+    async def create(self, guild_id: str | None, persona: Persona, *, by: Caller) -> Persona:
+        """Store a new persona in the guild, created by ``by``."""
+        gid = guild_id or ""
+        persona = self._validate(persona, by=by, previous=())
+        existing = await self._row(gid, persona.name)
+        if existing is not None:
+            raise PersonaExists(persona.name)
+        if persona.name in self._builtins and not self._is_admin(by):
+            raise PersonaPermissionDenied(
+                persona.name,
+                "override",
+                "it is a built-in persona; only an admin may override it for the whole server",
+            )
+        row = PersonaRow(
+            guild_id=gid,
+            name=persona.name,
+            description=persona.description,
+            system_prompt=persona.system_prompt,
+            tier=persona.tier,
+            tools=list(persona.tools),
+            avatar_url=persona.avatar_url,
+            temperature=persona.temperature,
+            created_by=by.user_id,
+        )
+        async with self._sessions() as session:
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError as exc:
+                # Why: two creates raced past the check above; the unique constraint decides.
+                raise PersonaExists(persona.name) from exc
+            await session.refresh(row)
+        return _to_persona(row, overrides_builtin=persona.name in self._builtins)
+
+    async def update(self, guild_id: str | None, persona: Persona, *, by: Caller) -> Persona:
+        """Replace the fields of the persona named ``persona.name`` (no renaming).
+
+        On a built-in this creates the guild's override of it (admin only).
+        """
+        gid = guild_id or ""
+        name = normalise_name(persona.name)
+        row = await self._row(gid, name)
+        if row is None:
+            builtin = self._builtins.get(name)
+            if builtin is None:
+                raise PersonaNotFound(name)
+            if not self._is_admin(by):
+                raise PersonaPermissionDenied(
+                    name, "edit", "it is a built-in persona; only an admin may override it"
+                )
+            # Editing a built-in stores the guild's override of it.
+            return await self.create(gid, replace(persona, name=name), by=by)
+        self._check_owner(row, by, "edit")
+        persona = self._validate(persona, by=by, previous=tuple(row.tools or ()))
+        async with self._sessions() as session:
+            stored = await session.get(PersonaRow, row.id)
+            if stored is None:
+                raise PersonaNotFound(name)
+            stored.description = persona.description
+            stored.system_prompt = persona.system_prompt
+            stored.tier = persona.tier
+            stored.tools = list(persona.tools)
+            stored.avatar_url = persona.avatar_url
+            stored.temperature = persona.temperature
+            stored.updated_at = _now()
+            session.add(stored)
+            await session.commit()
+            await session.refresh(stored)
+            return _to_persona(stored, overrides_builtin=name in self._builtins)
+
+    async def delete(self, guild_id: str | None, name: str, *, by: Caller) -> Persona:
+        """Delete the guild's persona ``name``; return what was deleted.
+
+        Deleting an override brings the built-in back; a built-in cannot be deleted.
+        """
+        gid = guild_id or ""
+        key = normalise_name(name)
+        row = await self._row(gid, key)
+        if row is None:
+            if key in self._builtins:
+                raise PersonaPermissionDenied(
+                    key, "delete", "built-in personas cannot be deleted (edit it to override it)"
+                )
+            raise PersonaNotFound(key)
+        self._check_owner(row, by, "delete")
+        deleted = _to_persona(row, overrides_builtin=key in self._builtins)
+        async with self._sessions() as session:
+            await session.execute(sa_delete(PersonaRow).where(col(PersonaRow.id) == row.id))
+            await session.commit()
+        return deleted
+
+    async def export_markdown(self, guild_id: str | None, name: str) -> str:
+        """The persona as a Markdown file, the same format as the built-ins."""
+        return render_markdown(await self.get(guild_id, name))
+
+    async def import_markdown(
+        self,
+        guild_id: str | None,
+        text: str,
+        *,
+        by: Caller,
+        source: str = "<upload>",
+        replace_existing: bool = False,
+    ) -> Persona:
+        """Create a persona from a Markdown file (or update it, with ``replace_existing``)."""
+        persona = parse_markdown(text, source=source)
+        if replace_existing and await self.find(guild_id, persona.name) is not None:
+            return await self.update(guild_id, persona, by=by)
+        return await self.create(guild_id, persona, by=by)
+
+    async def delete_user_data(self, user_id: str, *, purge: bool = False) -> int:
+        """Forget ``user_id``: clear ``created_by`` on their personas (or delete them
+        with ``purge``). Returns how many personas were touched."""
+        if not user_id:
+            return 0
+        async with self._sessions() as session:
+            where = col(PersonaRow.created_by) == user_id
+            if purge:
+                result = await session.execute(sa_delete(PersonaRow).where(where))
+            else:
+                result = await session.execute(
+                    update(PersonaRow).where(where).values(created_by="", updated_at=_now())
+                )
+            await session.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # --- rules ----------------------------------------------------------------------
+
+    def _is_admin(self, by: Caller) -> bool:
+        return by.privilege >= self._admin
+
+    def _check_owner(self, row: PersonaRow, by: Caller, action: str) -> None:
+        if self._is_admin(by):
+            return
+        if row.created_by and row.created_by == by.user_id:
+            return
+        if not row.guild_id:
+            reason = "it is shared by the whole deployment; only an admin may change it"
+        elif row.created_by:
+            reason = f"only its creator (<@{row.created_by}>) or an admin may {action} it"
+        else:
+            reason = f"its creator is unknown; only an admin may {action} it"
+        raise PersonaPermissionDenied(row.name, action, reason)
+
+    def _validate(self, persona: Persona, *, by: Caller, previous: tuple[str, ...]) -> Persona:
+        persona = validate_fields(persona)
+        if self._tiers and persona.tier not in self._tiers:
+            raise InvalidPersona(
+                "tier", f"unknown tier {persona.tier!r}; known tiers: {', '.join(self._tiers)}"
+            )
+        for name in persona.tools:
+            if name in previous and name in self._tools:
+                continue  # kept from before; capped when it was added
+            problem = self._tools.refusal(name, persona.tools, by.privilege)
+            if problem is not None:
+                raise InvalidPersona("tools", problem)
+        return persona
+
+    # --- queries --------------------------------------------------------------------
+
+    async def _rows(
+        self, guild_id: str | None, *, name: str | None = None
+    ) -> _builtins.list[PersonaRow]:
+        gids = ["", guild_id] if guild_id else [""]
+        stmt = select(PersonaRow).where(col(PersonaRow.guild_id).in_(gids))
+        if name is not None:
+            stmt = stmt.where(func.lower(PersonaRow.name) == name)
+        async with self._sessions() as session:
+            result = await session.execute(stmt)
+            return _builtins.list(result.scalars().all())
+
+    async def _row(self, guild_id: str, name: str) -> PersonaRow | None:
+        stmt = select(PersonaRow).where(
+            col(PersonaRow.guild_id) == guild_id, func.lower(PersonaRow.name) == name
+        )
+        async with self._sessions() as session:
+            result = await session.execute(stmt)
+            return result.scalars().first()  # type: ignore[no-any-return]
