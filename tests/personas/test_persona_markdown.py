@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from personas.errors import PersonaFileError
 from personas.markdown import BUILTIN_DIR, load_builtins, parse_markdown, render_markdown
-from personas.model import SYSTEM_PROMPT_MAX, Persona
+from personas.model import SYSTEM_PROMPT_MAX
 
 GOOD = """---
 name: Helper
@@ -42,7 +43,7 @@ def test_parse_normalises_and_round_trips() -> None:
     assert p.tools == ("calculator", "current_time")
     assert p.temperature == 0.5
     assert p.system_prompt == "You help.\n\nWith two paragraphs."
-    assert parse_markdown(render_markdown(p)) == Persona(**{**_fields(p), "source": "<persona>"})
+    assert parse_markdown(render_markdown(p)) == replace(p, source="<persona>")
 
 
 def test_builtins_round_trip_through_export() -> None:
@@ -54,10 +55,6 @@ def test_builtins_round_trip_through_export() -> None:
             p.tools,
             p.temperature,
         )
-
-
-def _fields(p: Persona) -> dict[str, object]:
-    return {f: getattr(p, f) for f in p.__dataclass_fields__}
 
 
 @pytest.mark.parametrize(
