@@ -6,31 +6,38 @@ Permission has three stages, all checked here:
 2. the persona or skill grants it (``RunnableAgent.tools``);
 3. the caller's privilege reaches the tool's ``min_privilege``.
 
+A fourth flag, ``requires_approval``, is only carried here: the run loop asks its
+``Approver`` port before calling such a tool.
+
 A tool never blocks the event loop: a synchronous function runs in a worker
 thread, and one registered with ``isolation="process"`` runs in a subprocess that
-is killed when its timeout passes.
+is killed when its timeout passes (see :mod:`executor.tools.isolation`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints, overload
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from executor.agent import Caller, Privilege
 from executor.errors import ConfigError, ToolRetry
 from executor.models.base import ToolDefinition
 
-__all__ = ["Tool", "ToolContext", "ToolOutcome", "ToolRegistry", "tool"]
+__all__ = ["Isolation", "Tool", "ToolContext", "ToolOutcome", "ToolRegistry", "tool"]
 
 Isolation = Literal["inline", "thread", "process"]
+
+# Why: both Anthropic and OpenAI reject tool names outside this pattern.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +62,70 @@ class ToolOutcome:
     truncated: bool = False
 
 
-_ARG_LINE = re.compile(r"^\s{2,}(\w+)(?:\s*\([^)]*\))?:\s*(.+)$")
+# --- docstrings -------------------------------------------------------------------
+
+_SECTION_RE = re.compile(
+    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also|Warnings?)\s*:\s*$",
+    re.IGNORECASE,
+)
+_ARGS_SECTIONS = {"args", "arguments", "parameters", "params"}
+# "name (type): description" or "name: description"
+_GOOGLE_ARG_RE = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+# ":param name: description" or ":param type name: description"
+_SPHINX_ARG_RE = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
 
 
 def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """Description (text before ``Args:``) and per-argument descriptions."""
+    """The description (text before the first section) and per-argument descriptions.
+
+    Google style (``Args:`` with indented ``name (type): text`` entries and
+    indented continuation lines) and Sphinx style (``:param name: text``).
+    """
     if not doc:
         return "", {}
-    doc = inspect.cleandoc(doc)
-    head, _, rest = doc.partition("\nArgs:")
+    lines = inspect.cleandoc(doc).splitlines()
+    description: list[str] = []
     params: dict[str, str] = {}
-    for line in rest.splitlines():
-        m = _ARG_LINE.match("  " + line if not line.startswith(" ") else line)
-        if m:
-            params[m.group(1)] = m.group(2).strip()
-        elif line.strip() and not line.startswith(" ") and params:
-            break
-    return head.strip(), params
+    section: str | None = None
+    current: str | None = None
+    arg_indent: int | None = None
+
+    for line in lines:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        sphinx = _SPHINX_ARG_RE.match(stripped)
+        if sphinx:
+            section, current = "sphinx", sphinx.group(1)
+            params[current] = sphinx.group(2).strip()
+            continue
+        if stripped.startswith(":") and section in (None, "sphinx"):
+            # :returns:, :raises ...: end the description without adding to it
+            section, current = "sphinx-other", None
+            continue
+        header = _SECTION_RE.match(stripped) if indent == 0 else None
+        if header:
+            section = header.group(1).lower()
+            current, arg_indent = None, None
+            continue
+        if section is None:
+            description.append(line)
+        elif section in _ARGS_SECTIONS:
+            if not stripped:
+                continue
+            if arg_indent is None:
+                arg_indent = indent
+            m = _GOOGLE_ARG_RE.match(stripped)
+            if indent <= arg_indent and m:
+                current = m.group(1)
+                params[current] = m.group(2).strip()
+            elif current is not None:
+                params[current] = f"{params[current]} {stripped}".strip()
+        elif section == "sphinx" and current is not None and stripped:
+            params[current] = f"{params[current]} {stripped}".strip()
+    return "\n".join(description).strip(), {k: v for k, v in params.items() if v}
+
+
+# --- the tool ----------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -86,31 +140,44 @@ class Tool:
     requires_approval: bool = False
     min_privilege: Privilege = Privilege.USER
     isolation: Isolation = "inline"
-    status: str | None = None  # a status line template, e.g. "reading {url}"
+    # A status line template, e.g. "reading {host}": the arguments, plus ``host``
+    # when a ``url`` argument is given.
+    status: str | None = None
+    # model field name -> the function's parameter name (they differ when a
+    # parameter's name would clash with pydantic's own attributes).
+    param_names: dict[str, str] = field(default_factory=dict)
     _schema: dict[str, Any] = field(default_factory=dict)
 
     @property
     def definition(self) -> ToolDefinition:
         if not self._schema:
             schema = self.args_model.model_json_schema()
-            schema.pop("title", None)
-            for prop in schema.get("properties", {}).values():
-                prop.pop("title", None)
+            _strip_titles(schema)
+            schema.setdefault("properties", {})
             self._schema = schema
         return ToolDefinition(name=self.name, description=self.description, parameters=self._schema)
 
-    def status_line(self, arguments: dict[str, Any]) -> str:
+    def status_line(self, arguments: Mapping[str, Any]) -> str:
+        values: dict[str, Any] = {k: _short(v) for k, v in arguments.items()}
+        url = arguments.get("url")
+        if isinstance(url, str) and "host" not in values:
+            try:
+                values["host"] = urlsplit(url.strip()).hostname or url
+            except ValueError:
+                values["host"] = _short(url)
         if self.status:
             try:
-                return self.status.format(**arguments)
-            except (KeyError, IndexError, ValueError):
+                return self.status.format_map(values)
+            except (KeyError, IndexError, ValueError, AttributeError):
                 pass
         return f"using {self.name}"
 
-    async def invoke(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
-        """Validate, call under the timeout, render and cap the result. Never raises
-        for the tool's own failures: they come back as ``is_error`` outcomes the
-        model can read."""
+    async def invoke(self, arguments: Mapping[str, Any] | None, ctx: ToolContext) -> ToolOutcome:
+        """Validate, call under the timeout, render and cap the result.
+
+        Never raises for the tool's own failures or for bad arguments: they come
+        back as ``is_error`` outcomes the model can read. Cancellation propagates.
+        """
         start = time.perf_counter()
 
         def done(content: str, is_error: bool) -> ToolOutcome:
@@ -127,25 +194,22 @@ class Tool:
             )
 
         try:
-            parsed = self.args_model.model_validate(arguments)
+            parsed = self.args_model.model_validate({} if arguments is None else arguments)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )
-            return done(f"invalid arguments for {self.name}: {problems}", True)
-        kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
+            return done(f"invalid arguments for {self.name}: {_validation_summary(exc)}", True)
+        kwargs = {self.param_names.get(k, k): getattr(parsed, k) for k in type(parsed).model_fields}
         if self.context_param:
             kwargs[self.context_param] = ctx
+        deadline = asyncio.timeout(self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with deadline:
                 result = await self._call(kwargs)
-        except TimeoutError:
-            return done(f"{self.name} timed out after {self.timeout_s:g} s", True)
         except ToolRetry as exc:
-            return done(str(exc), True)
-        except asyncio.CancelledError:
-            raise
+            return done(str(exc) or f"{self.name} failed", True)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return done(f"{self.name} timed out after {self.timeout_s:g} s", True)
+            return done(f"{self.name} failed: {type(exc).__name__}: {exc}", True)
         except Exception as exc:
             return done(f"{self.name} failed: {type(exc).__name__}: {exc}", True)
         return done(_render(result), False)
@@ -162,18 +226,73 @@ class Tool:
             # Why: a plain def is assumed to possibly block; inline is opt-in for
             # trivial pure functions where a thread hop is wasted.
             return fn(**kwargs)
+        # Why: a thread cannot be killed; on timeout the await returns and the
+        # thread finishes in the background. Use isolation="process" for work
+        # that must stop.
         return await asyncio.to_thread(fn, **kwargs)
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return value
+
+
+def _strip_titles(node: Any) -> None:
+    """Drop pydantic's auto titles: noise in a prompt (a property *named* title stays)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("title"), str):
+            del node["title"]
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, dict):
+                for prop in value.values():
+                    _strip_titles(prop)
+            else:
+                _strip_titles(value)
+    elif isinstance(node, list):
+        for item in node:
+            _strip_titles(item)
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    problems = []
+    for e in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in e["loc"]) or "arguments"
+        problems.append(f"{where}: {e['msg']}")
+    return "; ".join(problems)
 
 
 def _render(result: Any) -> str:
     if isinstance(result, str):
         return result
+    if result is None:
+        return "(no result)"
     if isinstance(result, BaseModel):
         return result.model_dump_json()
-    try:
-        return json.dumps(result, default=str, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(result)
+    # Why pydantic_core: it serialises dataclasses, datetimes, enums, sets and
+    # models nested in containers, where json.dumps would give up.
+    return pydantic_core.to_json(result, fallback=str).decode()
+
+
+# --- building tools ---------------------------------------------------------------
+
+
+def _is_context(annotation: Any) -> bool:
+    if annotation is ToolContext:
+        return True
+    if get_origin(annotation) is Annotated:
+        return _is_context(get_args(annotation)[0])
+    args = get_args(annotation)
+    # ToolContext | None
+    return bool(args) and any(a is ToolContext for a in args)
+
+
+def _field_name(pname: str) -> str:
+    # Why: a parameter named like a BaseModel attribute ("json", "schema",
+    # "model_x") would shadow it; pydantic warns (an error in our tests).
+    if pname.startswith(("_", "model_")) or hasattr(BaseModel, pname):
+        return f"arg_{pname.lstrip('_')}"
+    return pname
 
 
 def _build_tool(
@@ -188,33 +307,57 @@ def _build_tool(
     isolation: Isolation | None,
     status: str | None,
 ) -> Tool:
-    hints = get_type_hints(fn)
+    tool_name: str = name or str(getattr(fn, "__name__", ""))
+    if not _NAME_RE.match(tool_name):
+        raise ConfigError(
+            f"tool name {tool_name!r} must be 1-64 letters, digits, '_' or '-' (a provider rule)"
+        )
+    if timeout_s <= 0 or max_result_chars <= 0:
+        raise ConfigError(f"tool {tool_name}: timeout_s and max_result_chars must be positive")
+    try:
+        hints = get_type_hints(fn, include_extras=True)
+    except (NameError, TypeError) as exc:
+        raise ConfigError(f"tool {tool_name}: cannot resolve its type hints: {exc}") from exc
     sig = inspect.signature(fn)
     doc_desc, arg_docs = _parse_docstring(fn.__doc__)
     fields: dict[str, Any] = {}
+    param_names: dict[str, str] = {}
     context_param: str | None = None
-    from pydantic import Field
 
     for pname, param in sig.parameters.items():
         annotation = hints.get(pname, Any)
-        if annotation is ToolContext:
+        if _is_context(annotation):
             context_param = pname
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise ConfigError(f"tool {fn.__name__}: *args/**kwargs are not supported")
+            raise ConfigError(f"tool {tool_name}: *args/**kwargs are not supported")
+        if param.kind is param.POSITIONAL_ONLY:
+            raise ConfigError(f"tool {tool_name}: positional-only parameters are not supported")
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (annotation, Field(default, description=arg_docs.get(pname)))
-    model = create_model(  # type: ignore[call-overload]
-        f"{fn.__name__}_args",
+        fname = _field_name(pname)
+        alias = pname if fname != pname else None
+        if alias:
+            param_names[fname] = pname
+        fields[fname] = (
+            annotation,
+            Field(default, description=arg_docs.get(pname), alias=alias),
+        )
+    model: type[BaseModel] = create_model(
+        f"{tool_name}_args",
         __config__=ConfigDict(extra="forbid"),
         **fields,
     )
+    try:
+        model.model_json_schema()
+    except Exception as exc:  # an annotation pydantic cannot describe
+        raise ConfigError(f"tool {tool_name}: no JSON schema for its parameters: {exc}") from exc
+    is_async = inspect.iscoroutinefunction(fn)
     if isolation is None:
-        isolation = "thread" if not inspect.iscoroutinefunction(fn) else "inline"
+        isolation = "inline" if is_async else "thread"
     return Tool(
-        name=name or fn.__name__,
+        name=tool_name,
         function=fn,
-        description=description or doc_desc or (name or fn.__name__),
+        description=description or doc_desc or tool_name,
         args_model=model,
         context_param=context_param,
         timeout_s=timeout_s,
@@ -223,11 +366,18 @@ def _build_tool(
         min_privilege=min_privilege,
         isolation=isolation,
         status=status,
+        param_names=param_names,
     )
 
 
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
 def tool(
-    fn: Callable[..., Any] | None = None,
+    fn: None = None,
+    /,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -237,8 +387,44 @@ def tool(
     min_privilege: Privilege = Privilege.USER,
     isolation: Isolation | None = None,
     status: str | None = None,
-) -> Any:
-    """Turn a function into a :class:`Tool` (usable bare or with options)."""
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+@overload
+def tool(
+    fn: Callable[..., Any],
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float = 30.0,
+    max_result_chars: int = 16_000,
+    requires_approval: bool = False,
+    min_privilege: Privilege = Privilege.USER,
+    isolation: Isolation | None = None,
+    status: str | None = None,
+) -> Tool: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float = 30.0,
+    max_result_chars: int = 16_000,
+    requires_approval: bool = False,
+    min_privilege: Privilege = Privilege.USER,
+    isolation: Isolation | None = None,
+    status: str | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a function into a :class:`Tool` (usable bare or with options).
+
+    ``isolation``: ``"inline"`` (call on the loop: async functions and trivial
+    pure ones), ``"thread"`` (the default for a plain ``def``), or ``"process"``
+    (a top-level function run in a child process, killed at the timeout).
+    """
 
     def wrap(f: Callable[..., Any]) -> Tool:
         return _build_tool(
@@ -261,7 +447,7 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[Tool] = (), *, enabled: Iterable[str] | None = None) -> None:
         self._tools: dict[str, Tool] = {}
-        self._enabled: set[str] | None = set(enabled) if enabled is not None else None
+        self._enabled: frozenset[str] | None = frozenset(enabled) if enabled is not None else None
         for t in tools:
             self.add(t)
 
@@ -271,7 +457,7 @@ class ToolRegistry:
         self._tools[t.name] = t
         return t
 
-    def register(self, fn: Callable[..., Awaitable[Any]] | Callable[..., Any] | None = None, **options: Any) -> Any:
+    def register(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Decorator: ``@registry.register`` or ``@registry.register(timeout_s=5)``."""
 
         def wrap(f: Callable[..., Any]) -> Tool:
@@ -309,13 +495,20 @@ class ToolRegistry:
         if name not in set(granted):
             return f"the tool {name!r} is not granted to this agent"
         if privilege < t.min_privilege:
-            return f"the tool {name!r} needs {t.min_privilege.name.lower()} privilege"
+            return (
+                f"the tool {name!r} needs {t.min_privilege.name.lower()} privilege "
+                f"(the caller has {Privilege(privilege).name.lower()})"
+            )
         return None
 
     def available(self, granted: Iterable[str], privilege: Privilege) -> list[Tool]:
-        granted = list(granted)
+        """The tools this agent may offer the model, in grant order, once each."""
+        granted = list(dict.fromkeys(granted))
         return [
             self._tools[n]
             for n in granted
             if n in self._tools and self.refusal(n, granted, privilege) is None
         ]
+
+    def definitions(self, granted: Iterable[str], privilege: Privilege) -> list[ToolDefinition]:
+        return [t.definition for t in self.available(granted, privilege)]
