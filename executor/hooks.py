@@ -7,6 +7,7 @@ Audit, budget and the critic are ports (``executor.ports``) driven by events.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from executor.messages import Message, Usage
 if TYPE_CHECKING:
     from executor.agent import Invocation, RunnableAgent, RunStatus
     from executor.errors import ModelAPIError
+    from executor.events import RunEvent
     from executor.models.base import Attempt, Model, ModelRequest, ModelResponse
     from executor.ports import Delivery
 
@@ -41,6 +43,9 @@ class RunState:
     stop_reason: str | None = None
     stop_status: RunStatus | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set by the run loop: hooks record their own events (compaction) through it,
+    # to the audit sink, the critic and the observers. None outside a run.
+    emit: Callable[[RunEvent], Awaitable[None]] | None = None
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage

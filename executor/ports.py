@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -31,8 +31,11 @@ __all__ = [
     "CriticWatch",
     "DenyAllApprover",
     "Delivery",
+    "Escalation",
+    "Escalator",
     "InMemoryAuditSink",
     "NullDelivery",
+    "NullEscalator",
     "Observer",
     "RealClock",
     "Reservation",
@@ -224,6 +227,9 @@ class RunControl:
     steps: int = 0
     usage_fn: Callable[[], Usage] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set by the run loop: record an event of the watcher's own (a verdict) to the
+    # audit sink and the observers (not back to the watch).
+    emit: Callable[[RunEvent], Awaitable[None]] | None = None
 
 
 @runtime_checkable
@@ -238,6 +244,31 @@ class CriticWatch(Protocol):
 @runtime_checkable
 class Critic(Protocol):
     def watch(self, control: RunControl) -> CriticWatch: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A run a watcher stopped or killed, for the people who run the bot."""
+
+    run_id: str
+    agent: str
+    caller: Caller
+    action: str  # "stop" or "kill"
+    reason: str
+    elapsed_s: float
+    steps: int
+
+
+@runtime_checkable
+class Escalator(Protocol):
+    """Where stops and kills go (the Discord host posts them to an admin channel)."""
+
+    async def escalate(self, escalation: Escalation) -> None: ...
+
+
+class NullEscalator:
+    async def escalate(self, escalation: Escalation) -> None:
+        return None
 
 
 # --- observers -----------------------------------------------------------------

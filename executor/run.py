@@ -283,6 +283,10 @@ class Executor:
         result: RunResult | None = None
         try:
             await self._emit(self._started_event(agent, inv, state.run_id, estimate), None)
+
+            async def emit_side(event: RunEvent) -> None:
+                await self._emit(event, None)
+
             if self.critic is not None:
                 watch = self.critic.watch(
                     RunControl(
@@ -293,9 +297,15 @@ class Executor:
                         delivery=delivery,
                         stop=stop,
                         usage_fn=lambda: state.usage,
+                        emit=emit_side,
                     )
                 )
             state.extra["watch"] = watch
+
+            async def emit_hook(event: RunEvent, watch: CriticWatch | None = watch) -> None:
+                await self._emit(event, watch)
+
+            state.emit = emit_hook
             await delivery.start()
             body = asyncio.create_task(self._steps(state, watch), name=f"run-{state.run_id}")
             result = await self._race(state, body, stop)
