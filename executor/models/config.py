@@ -1,0 +1,266 @@
+"""Tier configuration: which models a tier tries, in what order, how long each gets.
+
+Read from a TOML file (``coterie.toml``; see ``coterie.example.toml``) and the
+environment, the environment winning. Every key is optional::
+
+    default_tier = "standard"     # the tier an agent without one uses
+    cooldown_seconds = 60         # how long a failed candidate goes to the back
+
+    [tiers.fast]                  # a tier: candidates in order, first is preferred
+    candidates = ["anthropic:claude-haiku-4-5", "openai:gpt-5-mini"]
+    timeout_seconds = 30          # our deadline for one attempt (whole call/stream)
+    first_token_seconds = 10      # optional: a stream must start within this
+
+    [providers.together]          # an OpenAI-compatible provider of your own
+    kind = "openai"               # "openai" or "anthropic" (the wire protocol)
+    base_url = "https://api.together.xyz/v1"
+    api_key_env = "TOGETHER_API_KEY"   # omit for a server without keys
+    base_url_env = "TOGETHER_BASE_URL" # optional override variable
+    max_tokens_param = "max_tokens"    # or "max_completion_tokens"
+
+    [prices."together:meta-llama/Llama-3.3-70B"]  # US$ per million tokens
+    input = 0.88
+    output = 0.88
+    cache_read = 0.0
+    cache_write = 0.0
+
+A ``[providers.NAME]`` with a built-in name (``anthropic``, ``openai``,
+``ollama``, ``openrouter``) replaces the built-in one; a ``[tiers.NAME]``
+replaces the default tier of that name, and defines a new tier otherwise.
+
+Environment (wins over the file):
+
+- ``COTERIE_TIER_<NAME>=provider:model,provider:model`` defines or replaces
+  the candidates of tier ``<name>`` (lower-cased); its timeouts are kept.
+- ``COTERIE_DEFAULT_TIER=<name>``.
+
+A malformed file raises :class:`~executor.errors.ConfigError` saying where
+(``file:line:column``); a bad value raises one naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, get_args
+
+from executor.errors import ConfigError
+from executor.models.pricing import Price, PriceTable
+from executor.models.providers import Kind, ProviderSpec
+
+__all__ = [
+    "DEFAULT_TIERS",
+    "ModelsConfig",
+    "TierConfig",
+    "load_tier_config",
+]
+
+ENV_TIER_PREFIX = "COTERIE_TIER_"
+ENV_DEFAULT_TIER = "COTERIE_DEFAULT_TIER"
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    name: str
+    candidates: tuple[str, ...]
+    timeout_s: float = 60.0  # deadline of one attempt: the whole call or the whole stream
+    first_token_s: float | None = None  # a stream's first event must come within this
+
+
+DEFAULT_TIERS: Mapping[str, TierConfig] = {
+    "fast": TierConfig("fast", ("anthropic:claude-haiku-4-5", "openai:gpt-5-mini"), timeout_s=30.0),
+    "standard": TierConfig(
+        "standard", ("anthropic:claude-sonnet-4-6", "openai:gpt-5.4"), timeout_s=90.0
+    ),
+    "smart": TierConfig("smart", ("anthropic:claude-opus-4-8", "openai:gpt-5.5"), timeout_s=180.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    tiers: Mapping[str, TierConfig] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    default_tier: str = "standard"
+    cooldown_s: float = 60.0
+    prices: Mapping[str, Price] = field(default_factory=dict)  # overrides of the table
+    providers: Mapping[str, ProviderSpec] = field(default_factory=dict)  # custom/overridden
+    source: Path | None = None
+
+    def price_table(self) -> PriceTable:
+        return PriceTable(self.prices)
+
+
+def load_tier_config(path: Path | None, environ: Mapping[str, str]) -> ModelsConfig:
+    """Defaults, then the TOML file at ``path`` (if given), then ``environ``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(path)
+    where = str(path) if path is not None else "config"
+
+    known = {"default_tier", "cooldown_seconds", "tiers", "providers", "prices"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}; expected one of {sorted(known)}")
+
+    tiers: dict[str, TierConfig] = dict(DEFAULT_TIERS)
+    for name, raw in _table(data, "tiers", where).items():
+        tiers[name] = _tier(name, raw, f"{where}: tiers.{name}")
+
+    providers = {
+        name: _provider(name, raw, f"{where}: providers.{name}")
+        for name, raw in _table(data, "providers", where).items()
+    }
+    prices = {
+        name: _price(raw, f"{where}: prices.{name!r}")
+        for name, raw in _table(data, "prices", where).items()
+    }
+    default_tier = _str(data.get("default_tier", "standard"), f"{where}: default_tier")
+    cooldown = _number(data.get("cooldown_seconds", 60.0), f"{where}: cooldown_seconds")
+
+    for var, value in environ.items():
+        if var.startswith(ENV_TIER_PREFIX) and len(var) > len(ENV_TIER_PREFIX):
+            name = var[len(ENV_TIER_PREFIX) :].lower()
+            candidates = tuple(c.strip() for c in value.split(",") if c.strip())
+            _check_candidates(candidates, var)
+            base = tiers.get(name, TierConfig(name, candidates))
+            tiers[name] = replace(base, candidates=candidates)
+    if environ.get(ENV_DEFAULT_TIER):
+        default_tier = environ[ENV_DEFAULT_TIER].strip().lower()
+        if default_tier not in tiers:
+            raise ConfigError(
+                f"{ENV_DEFAULT_TIER}={default_tier!r} is not a tier; known: {sorted(tiers)}"
+            )
+    elif default_tier not in tiers:
+        raise ConfigError(
+            f"{where}: default_tier {default_tier!r} is not a tier; known: {sorted(tiers)}"
+        )
+
+    return ModelsConfig(
+        tiers=tiers,
+        default_tier=default_tier,
+        cooldown_s=cooldown,
+        prices=prices,
+        providers=providers,
+        source=path,
+    )
+
+
+# --- parsing ------------------------------------------------------------------------
+
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read tier config {path}: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = _TOML_POSITION.search(msg)
+        if m:
+            line, col = m.groups()
+            msg = _TOML_POSITION.sub("", msg).strip()
+            raise ConfigError(f"{path}:{line}:{col}: invalid TOML: {msg}") from exc
+        raise ConfigError(f"{path}: invalid TOML: {msg}") from exc
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key} must be a table ([{key}.NAME])")
+    return value
+
+
+def _str(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _number(value: object, key: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
+    if positive and value == 0:
+        raise ConfigError(f"{key} must be greater than 0")
+    return float(value)
+
+
+def _check_candidates(candidates: tuple[str, ...], key: str) -> None:
+    if not candidates:
+        raise ConfigError(f"{key}: a tier needs at least one candidate (provider:model)")
+    for c in candidates:
+        provider, sep, model = c.partition(":")
+        if not sep or not provider.strip() or not model.strip():
+            raise ConfigError(
+                f"{key}: candidate {c!r} must be provider:model, e.g. anthropic:claude-haiku-4-5"
+            )
+
+
+def _tier(name: str, raw: object, key: str) -> TierConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key} must be a table")
+    unknown = set(raw) - {"candidates", "timeout_seconds", "first_token_seconds"}
+    if unknown:
+        raise ConfigError(f"{key}: unknown keys {sorted(unknown)}")
+    cands = raw.get("candidates")
+    if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+        raise ConfigError(f'{key}.candidates must be a list of "provider:model" strings')
+    candidates = tuple(c.strip() for c in cands)
+    _check_candidates(candidates, f"{key}.candidates")
+    base = DEFAULT_TIERS.get(name)
+    timeout = _number(
+        raw.get("timeout_seconds", base.timeout_s if base else 60.0),
+        f"{key}.timeout_seconds",
+        positive=True,
+    )
+    first = raw.get("first_token_seconds")
+    return TierConfig(
+        name,
+        candidates,
+        timeout_s=timeout,
+        first_token_s=None
+        if first is None
+        else _number(first, f"{key}.first_token_seconds", positive=True),
+    )
+
+
+def _provider(name: str, raw: object, key: str) -> ProviderSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key} must be a table")
+    unknown = set(raw) - {"kind", "base_url", "api_key_env", "base_url_env", "max_tokens_param"}
+    if unknown:
+        raise ConfigError(f"{key}: unknown keys {sorted(unknown)}")
+    kinds = get_args(Kind)
+    kind = raw.get("kind", "openai")
+    if kind not in kinds:
+        raise ConfigError(f"{key}.kind must be one of {list(kinds)}, got {kind!r}")
+    opt = {
+        k: _str(raw[k], f"{key}.{k}")
+        for k in ("base_url", "api_key_env", "base_url_env")
+        if k in raw
+    }
+    return ProviderSpec(
+        name,
+        kind,
+        base_url=opt.get("base_url"),
+        api_key_env=opt.get("api_key_env"),
+        base_url_env=opt.get("base_url_env"),
+        max_tokens_param=_str(raw.get("max_tokens_param", "max_tokens"), f"{key}.max_tokens_param"),
+    )
+
+
+def _price(raw: object, key: str) -> Price:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key} must be a table with input and output")
+    unknown = set(raw) - {"input", "output", "cache_read", "cache_write"}
+    if unknown or "input" not in raw or "output" not in raw:
+        raise ConfigError(
+            f"{key}: needs input and output (optional cache_read, cache_write) in US$ per million tokens"
+        )
+    vals = {k: _number(v, f"{key}.{k}") for k, v in raw.items()}
+    return Price.of(**vals)

@@ -1,0 +1,107 @@
+"""Tiers: a name (``fast``, ``standard``, ``smart``) -> a failover model.
+
+Build once at start-up and keep::
+
+    config = load_tier_config(path, os.environ)
+    registry = ProviderRegistry(ProviderSettings.from_environ(os.environ),
+                                providers=config.providers, prices=config.price_table())
+    tiers = TierResolver(config, registry)
+    model = tiers.resolve("standard")      # a FallbackModel, the same one every time
+
+A candidate whose provider has no key configured is left out of the tier (so
+the default tiers work with only one provider's key); when no candidate is
+left, :class:`~executor.errors.MissingCredentials` names the first missing
+variable. An unknown provider is always an error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from executor.errors import MissingCredentials, UnknownTier
+from executor.models.base import Model
+from executor.models.config import ModelsConfig, TierConfig
+from executor.models.fallback import Cooldowns, FallbackModel
+from executor.models.providers import ProviderRegistry
+
+__all__ = ["TierResolver"]
+
+
+class TierResolver:
+    def __init__(
+        self,
+        config: ModelsConfig,
+        providers: ProviderRegistry,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        # Why one for all tiers: a provider that is down is down for every tier.
+        self.cooldowns = Cooldowns(config.cooldown_s, monotonic=monotonic)
+        self._models: dict[str, FallbackModel] = {}
+
+    @property
+    def tiers(self) -> list[str]:
+        return sorted(self.config.tiers)
+
+    @property
+    def default_tier(self) -> str:
+        return self.config.default_tier
+
+    def tier(self, tier: str | None = None) -> TierConfig:
+        name = tier or self.config.default_tier
+        try:
+            return self.config.tiers[name]
+        except KeyError:
+            raise UnknownTier(name, self.tiers) from None
+
+    def candidates(self, tier: str | None = None) -> list[str]:
+        """The configured ``provider:model`` names of ``tier``, in order."""
+        return list(self.tier(tier).candidates)
+
+    def available(self, tier: str | None = None) -> list[str]:
+        """The candidates that can be built (their provider has its key)."""
+        out: list[str] = []
+        for name in self.candidates(tier):
+            try:
+                self.providers.check(name)
+            except MissingCredentials:
+                continue
+            out.append(name)
+        return out
+
+    def resolve(self, tier: str | None = None) -> Model:
+        """The tier's :class:`FallbackModel` (``None``: the default tier). Cached."""
+        cfg = self.tier(tier)
+        model = self._models.get(cfg.name)
+        if model is None:
+            model = self._build(cfg)
+            self._models[cfg.name] = model
+        return model
+
+    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
+        """The most this tier's candidates could cost for these tokens (budget reservation)."""
+        return self.providers.prices.estimate_micros(
+            self.available(tier) or self.candidates(tier), input_tokens, output_tokens
+        )
+
+    def _build(self, cfg: TierConfig) -> FallbackModel:
+        models: list[Model] = []
+        missing: MissingCredentials | None = None
+        for name in cfg.candidates:
+            try:
+                models.append(self.providers.model(name))
+            except MissingCredentials as exc:
+                missing = missing or exc
+        if not models:
+            assert missing is not None
+            raise missing
+        return FallbackModel(
+            models,
+            timeout_s=cfg.timeout_s,
+            first_token_s=cfg.first_token_s,
+            cooldowns=self.cooldowns,
+            name=f"tier:{cfg.name}",
+        )
