@@ -1,0 +1,180 @@
+"""The composition root: everything is built here, once, at start-up.
+
+``build_app(settings)`` reads the tiers, builds the provider registry (SDKs are
+imported only when a tier is first resolved), the tool registry, the database
+(upgraded to the newest schema, crashed runs closed), the audit sink and the
+budget ledger, the persona store, lanes and critic, the executor and the chat
+service. ``await app.close()`` flushes and closes all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.settings import Settings
+from executor.agent import Caller, Privilege
+from executor.models.config import ModelsConfig, load_tier_config
+from executor.models.providers import ProviderRegistry, ProviderSettings
+from executor.models.tiers import TierResolver
+from executor.run import Executor, ModelResolver
+from executor.tools.registry import ToolRegistry
+
+__all__ = ["App", "build_app", "build_resolver", "load_environ"]
+
+log = logging.getLogger("coterie")
+
+
+def load_environ(settings: Settings) -> dict[str, str]:
+    """The process environment over the ``.env`` file (the environment wins)."""
+    from dotenv import dotenv_values
+
+    env_file = settings.model_config.get("env_file") or ".env"
+    merged: dict[str, str] = {}
+    if isinstance(env_file, str | Path) and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def _provider_settings(settings: Settings, environ: Mapping[str, str]) -> ProviderSettings:
+    def secret(v: Any) -> str | None:
+        return v.get_secret_value() if v is not None else None
+
+    base = ProviderSettings.from_environ(environ)
+    return ProviderSettings(
+        anthropic_api_key=secret(settings.anthropic_api_key) or base.anthropic_api_key,
+        anthropic_base_url=settings.anthropic_base_url or base.anthropic_base_url,
+        openai_api_key=secret(settings.openai_api_key) or base.openai_api_key,
+        openai_base_url=settings.openai_base_url or base.openai_base_url,
+        openrouter_api_key=base.openrouter_api_key,
+        ollama_base_url=base.ollama_base_url,
+        extra=base.extra,
+    )
+
+
+def build_resolver(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> tuple[ModelsConfig, ProviderRegistry, TierResolver]:
+    """Tiers from ``coterie.toml`` (when it exists) and the environment."""
+    environ = environ if environ is not None else load_environ(settings)
+    path = settings.config_file if settings.config_file.is_file() else None
+    if path is None and "COTERIE_CONFIG_FILE" in environ:
+        from executor.errors import ConfigError
+
+        raise ConfigError(f"the config file {settings.config_file} does not exist")
+    config = load_tier_config(path, environ)
+    registry = ProviderRegistry(
+        _provider_settings(settings, environ),
+        providers=config.providers,
+        prices=config.price_table(),
+    )
+    return config, registry, TierResolver(config, registry)
+
+
+@dataclass
+class App:
+    """Everything the bot, the CLI and the cogs use, built once."""
+
+    settings: Settings
+    executor: Executor
+    tools: ToolRegistry
+    resolver: ModelResolver
+    models_config: ModelsConfig | None = None
+    providers: ProviderRegistry | None = None
+    db: Any = None
+    audit: Any = None
+    budget: Any = None
+    personas: Any = None
+    channel_defaults: Any = None
+    threads: Any = None
+    lanes: Any = None
+    critic: Any = None
+    chat: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    _closers: list[Any] = field(default_factory=list)
+
+    def operator(self) -> Caller:
+        """The person at the terminal: the operator, with owner privilege."""
+        return Caller(
+            user_id=self.settings.operator_user_id,
+            display_name="operator",
+            privilege=Privilege.OWNER,
+        )
+
+    async def start(self) -> None:
+        """Background services (called from the bot's setup_hook)."""
+        return None
+
+    async def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except Exception:  # close everything even if one part fails
+                log.exception("error while closing %r", closer)
+
+
+async def build_app(
+    settings: Settings,
+    *,
+    resolver: ModelResolver | None = None,
+    environ: Mapping[str, str] | None = None,
+    upgrade: bool = True,
+    recover: bool = True,
+) -> App:
+    """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos)."""
+    from adapters.audit import SqlAuditSink
+    from adapters.budget import SqlBudgetLedger
+
+    from adapters.db import Database
+    from executor.tools.builtin import default_registry
+
+    closers: list[Any] = []
+    models_config: ModelsConfig | None = None
+    providers: ProviderRegistry | None = None
+    if resolver is None:
+        models_config, providers, resolver = build_resolver(settings, environ)
+        closers.append(providers.aclose)
+
+    tools = default_registry(settings.enabled_tools)
+
+    db = Database.open(settings.database_url)
+    closers.append(db.close)
+    try:
+        if upgrade:
+            await db.upgrade()
+        audit = SqlAuditSink(db.sessions)
+        closers.append(audit.close)
+        budget = SqlBudgetLedger(
+            db.sessions, default_limit_micros=int(settings.budget_default_usd * 1_000_000)
+        )
+        if recover:
+            from adapters.recovery import recover_interrupted_runs
+
+            closed = await recover_interrupted_runs(db.sessions, budget)
+            if closed:
+                log.warning("closed %d run(s) left running by a crash as interrupted", closed)
+    except BaseException:
+        for c in reversed(closers):
+            await c()
+        raise
+
+    executor = Executor(models=resolver, tools=tools, audit=audit, budget=budget)
+    app = App(
+        settings=settings,
+        executor=executor,
+        tools=tools,
+        resolver=resolver,
+        models_config=models_config,
+        providers=providers,
+        db=db,
+        audit=audit,
+        budget=budget,
+    )
+    app._closers.extend(closers)
+    return app

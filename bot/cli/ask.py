@@ -1,0 +1,124 @@
+"""``coterie ask "PROMPT"``: one prompt through the executor, streamed to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executor.agent import RunResult
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "ask",
+        help="run one prompt through the executor and print the answer",
+        description="Run one prompt with the configured providers and the built-in tools.",
+    )
+    p.add_argument("prompt", help="what to ask")
+    p.add_argument("--tier", help="the model tier (default: the configured default tier)")
+    p.add_argument("--system", help="a system prompt instead of the general assistant's")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print only one JSON object (run_id, status, output, model, attempts, usage, cost_usd)",
+    )
+    p.set_defaults(handler=_ask)
+
+
+class StdoutDelivery:
+    """Streams deltas to stdout; status lines and notes to stderr."""
+
+    def __init__(self) -> None:
+        self.wrote = False
+
+    async def start(self) -> None:
+        return None
+
+    async def text(self, delta: str) -> None:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+        self.wrote = True
+
+    async def reset(self) -> None:
+        if self.wrote:
+            sys.stdout.write("\n[the model failed mid-answer; another one starts over]\n")
+            sys.stdout.flush()
+
+    async def status(self, line: str) -> None:
+        print(f"[{line}]", file=sys.stderr, flush=True)
+
+    async def finish(self, result: RunResult) -> None:
+        if self.wrote:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if result.note:
+            print(f"coterie: {result.note}", file=sys.stderr, flush=True)
+
+
+def result_json(result: RunResult) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "status": result.status.value,
+        "output": result.output,
+        "model": result.model,
+        "attempts": [
+            {"model": a.model, "latency_ms": round(a.latency_ms, 1), "error": a.error}
+            for a in result.attempts
+        ],
+        "usage": {
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "cache_read_tokens": result.usage.cache_read_tokens,
+            "cache_write_tokens": result.usage.cache_write_tokens,
+        },
+        "cost_usd": result.usage.cost_micros / 1_000_000,
+        "error": result.error,
+    }
+
+
+async def _ask(args: argparse.Namespace) -> int:
+    from bot.app import build_app
+    from bot.settings import Settings
+    from executor.agent import Invocation, RunnableAgent
+    from executor.messages import Message
+
+    settings = Settings()
+    app = await build_app(settings)
+    try:
+        tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)
+        # Fail before any run row when the tier is unknown or has no usable key.
+        app.resolver.resolve(tier)
+        agent = RunnableAgent(
+            name="ask",
+            system_prompt=args.system
+            or "You are a helpful, precise assistant. Answer directly; use tools when they help.",
+            tier=tier,
+            tools=tuple(app.tools.enabled_names),
+        )
+        delivery = None if args.json else StdoutDelivery()
+        result = await app.executor.run(
+            agent,
+            Invocation(
+                messages=[Message.user(args.prompt)],
+                caller=app.operator(),
+                trigger="cli",
+                delivery=delivery,
+            ),
+        )
+        if args.json:
+            print(json.dumps(result_json(result), ensure_ascii=False))
+        elif (
+            result.model
+            and app.providers is not None
+            and not app.providers.prices.is_priced(result.model)
+        ):
+            print(
+                f"coterie: no price is known for {result.model}; its cost was counted as $0",
+                file=sys.stderr,
+            )
+        return 0 if result.ok else 1
+    finally:
+        await app.close()
