@@ -1,0 +1,257 @@
+"""The Discord client: ``CoterieBot``, its command tree, and the one error renderer.
+
+Contract for cogs (``commands/<group>.py``): each module is a discord.py
+extension with ``async def setup(bot) -> None`` that adds one cog built from
+``bot.app`` (the composition root from ``bot.app.build_app``). ``setup`` may
+store ``bot.app`` but must not call into it: ``coterie sync`` loads the cogs
+with ``app=None`` to read the command tree. Errors raised from a slash command
+reach the person through :meth:`CoterieTree.on_error`; a cog does not catch
+them to render them itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.settings import Settings
+from executor import errors as xerr
+
+__all__ = [
+    "DEFAULT_EXTENSIONS",
+    "CoterieBot",
+    "CoterieTree",
+    "coterie_intents",
+    "coterie_permissions",
+    "render_error",
+]
+
+log = logging.getLogger("coterie.discord")
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("commands.persona", "commands.chat")
+MAX_MESSAGE = 2000
+
+
+class AppLike(Protocol):
+    """What the client needs from the composition root; both methods are optional."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def coterie_intents() -> discord.Intents:
+    """The least that works: guilds (channels, threads, roles), guild and DM messages,
+    and message content (to read persona threads without a mention). Message
+    content is privileged: enable it for the bot in the developer portal.
+    No members, no presences."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.dm_messages = True
+    intents.message_content = True
+    return intents
+
+
+def coterie_permissions() -> discord.Permissions:
+    """Exactly the permissions coterie asks for in its invite."""
+    return discord.Permissions(
+        view_channel=True,
+        send_messages=True,
+        send_messages_in_threads=True,
+        create_public_threads=True,
+        embed_links=True,
+        attach_files=True,
+        read_message_history=True,
+        manage_webhooks=True,  # personas speak with their own name and avatar
+        use_application_commands=True,
+    )
+
+
+# --- the one error renderer -------------------------------------------------------
+
+
+def _perm_names(names: Sequence[str]) -> str:
+    pretty = [n.replace("_", " ").replace("guild", "server").title() for n in names]
+    return " and ".join(pretty) if len(pretty) < 3 else ", ".join(pretty)
+
+
+def _render_coterie_error(exc: xerr.CoterieError) -> str | None:
+    if isinstance(exc, xerr.BudgetExceeded):
+        d = exc.details
+        when = f" Enough frees up at {d.frees_at:%Y-%m-%d %H:%M} UTC." if d.frees_at else ""
+        return (
+            f"That would take you past your 7-day budget of ${d.limit_micros / 1e6:.2f} "
+            f"(spent ${d.spent_micros / 1e6:.2f} so far).{when}"
+        )
+    if isinstance(exc, xerr.DispatchRefused):
+        return f"I won't start that run: {exc}."
+    if isinstance(exc, xerr.RunRefused):
+        return f"That run was refused before it started: {exc}."
+    if isinstance(exc, xerr.ConfigError):
+        return (
+            f"coterie is not configured for that ({exc}). An admin needs to fix the configuration."
+        )
+    if isinstance(exc, xerr.AllModelsFailed | xerr.RateLimited | xerr.Overloaded):
+        return "The AI providers are busy or failing right now. Try again in a minute."
+    if isinstance(exc, xerr.ModelAPIError) and exc.retriable:
+        return "The AI provider did not answer. Try again in a minute."
+    return None
+
+
+def render_error(error: BaseException) -> tuple[str, str | None]:
+    """The sentence for the person, and a reference when the traceback must be logged."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, app_commands.TransformerError) and isinstance(
+        error.__cause__, xerr.CoterieError
+    ):
+        error = error.__cause__
+    if isinstance(error, xerr.CoterieError):
+        text = _render_coterie_error(error)
+        if text is not None:
+            return text, None
+    elif isinstance(error, app_commands.MissingPermissions):
+        return f"You need the {_perm_names(error.missing_permissions)} permission for this.", None
+    elif isinstance(error, app_commands.BotMissingPermissions):
+        names = _perm_names(error.missing_permissions)
+        return f"I need the {names} permission in this channel; ask an admin to grant it.", None
+    elif isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down: try again in {max(error.retry_after, 1):.0f}s.", None
+    elif isinstance(error, app_commands.NoPrivateMessage):
+        return "This command only works in a server.", None
+    elif isinstance(error, app_commands.MissingRole | app_commands.MissingAnyRole):
+        return "You don't have the role this command needs.", None
+    elif isinstance(error, app_commands.CheckFailure):
+        # Why: discord.py's own message for a check that returned False is for developers;
+        # our checks raise CheckFailure subclasses whose message is written for the person.
+        if type(error) is not app_commands.CheckFailure and str(error):
+            return str(error), None
+        return "You can't use this command here.", None
+    elif isinstance(error, app_commands.TransformerError):
+        return f"I couldn't understand “{error.value}” for that option.", None
+    elif isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+        return "This command changed since Discord last saw it; try again in a minute.", None
+    ref = secrets.token_hex(3).upper()
+    return (
+        f"Something went wrong on our side; the admins can find it in the log (ref {ref}).",
+        ref,
+    )
+
+
+class CoterieTree(app_commands.CommandTree[Any]):
+    async def on_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        text, ref = render_error(error)
+        command = interaction.command.qualified_name if interaction.command else "?"
+        if ref is not None:
+            log.error("slash command /%s failed (ref %s)", command, ref, exc_info=error)
+        else:
+            log.info("slash command /%s refused: %s", command, text)
+        text = text[:MAX_MESSAGE]
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            # The interaction may have expired; the log above still has it.
+            log.warning("could not tell the user about the error on /%s", command, exc_info=True)
+
+
+# --- the client -------------------------------------------------------------------
+
+
+class CoterieBot(commands.Bot):
+    """The Discord client. Dependencies are keyword-only; ``options`` go to discord.py."""
+
+    def __init__(
+        self,
+        *,
+        app: Any,
+        settings: Settings,
+        extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+        services: bool = True,
+        **options: Any,
+    ) -> None:
+        options.setdefault("intents", coterie_intents())
+        options.setdefault(
+            "allowed_mentions",
+            discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True),
+        )
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            tree_cls=CoterieTree,
+            help_command=None,
+            **options,
+        )
+        self.app = app
+        self.settings = settings
+        self.extension_names: tuple[str, ...] = tuple(extensions)
+        # Why a switch: `coterie sync` needs the command tree but no services and no dev sync.
+        self.services = services
+        self._app_started = False
+        self._app_closed = False
+
+    @property
+    def owner_user_ids(self) -> frozenset[int]:
+        """Who counts as an owner of this coterie: settings.owner_ids plus the
+        application's owner (or its team's members)."""
+        ids = set(self.settings.owner_ids)
+        app_info = getattr(self, "_application", None)
+        if app_info is not None:
+            if app_info.team is not None:
+                ids.update(m.id for m in app_info.team.members)
+            elif app_info.owner is not None:
+                ids.add(app_info.owner.id)
+        return frozenset(ids)
+
+    async def setup_hook(self) -> None:
+        for name in self.extension_names:
+            await self._load(name)
+        if not self.services:
+            return
+        start = getattr(self.app, "start", None)
+        if start is not None:
+            await start()
+            self._app_started = True
+        if self.settings.dev_guild_id:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to dev guild %s", len(synced), guild.id)
+
+    async def _load(self, name: str) -> None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            log.debug("extension %s does not exist yet; skipped", name)
+            return
+        await self.load_extension(name)
+
+    async def on_ready(self) -> None:
+        user = self.user
+        name, uid = (user.name, user.id) if user else ("?", 0)
+        log.info("coterie ready as %s (%s) in %d guilds", name, uid, len(self.guilds))
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        # Why: coterie has no prefix commands; cogs listen to messages themselves.
+        return None
+
+    async def close(self) -> None:
+        try:
+            close = getattr(self.app, "close", None)
+            if close is not None and not self._app_closed:
+                self._app_closed = True
+                await close()
+        finally:
+            await super().close()

@@ -1,0 +1,120 @@
+"""pytest fixtures for the fake Discord. Register with
+``pytest_plugins = ["tests.fakediscord.plugin"]`` in ``tests/conftest.py``.
+
+Fixtures:
+
+``fake_discord``
+    A started :class:`FakeDiscord` with discord.py pointed at it (REST base and
+    gateway), restored afterwards.
+``bot_factory``
+    ``(fake) -> commands.Bot`` (or an awaitable of one). The default builds a
+    :class:`bot.client.CoterieBot` with :class:`FakeApp`, the fake's guild as
+    dev guild and no extensions. Override it in a test module to build the bot
+    with your own services and cogs.
+``discord_bot``
+    The bot from ``bot_factory``, logged in and connected to the fake, ready
+    (on_ready fired); closed cleanly afterwards.
+
+``run_bot(fake, bot)`` is the async context manager behind ``discord_bot``, for
+tests that need to start a bot themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from tests.fakediscord.server import FakeDiscord
+
+# Why: discord.py imports the deprecated `audioop` (voice support) and pytest runs
+# with filterwarnings=error; import it once here, with that one warning silenced.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
+    import discord  # noqa: F401
+
+__all__ = ["BotFactory", "FakeApp", "run_bot"]
+
+BotFactory = Callable[[FakeDiscord], Any]  # returns a commands.Bot or an awaitable of one
+
+# Why: discord.py waits this long after the last GUILD_CREATE before on_ready (2 s by default).
+GUILD_READY_TIMEOUT = 0.05
+
+
+class FakeApp:
+    """A composition root with nothing in it; records start/close."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.closed = 0
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def coterie_bot(fake: FakeDiscord, *, app: Any = None, **kwargs: Any) -> Any:
+    """A CoterieBot for the fake: its guild is the dev guild unless ``settings`` is given."""
+    from bot.client import CoterieBot
+    from bot.settings import Settings
+
+    settings = kwargs.pop("settings", None) or Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        dev_guild_id=fake.guild.id,
+        discord_token=fake.token,
+    )
+    kwargs.setdefault("extensions", ())
+    kwargs.setdefault("guild_ready_timeout", GUILD_READY_TIMEOUT)
+    return CoterieBot(app=app if app is not None else FakeApp(), settings=settings, **kwargs)
+
+
+@asynccontextmanager
+async def run_bot(fake: FakeDiscord, bot: Any, *, timeout: float = 10.0) -> AsyncIterator[Any]:
+    """Log ``bot`` in to ``fake`` (setup_hook runs), connect, wait for ready; close on exit."""
+    connect: asyncio.Task[None] | None = None
+    try:
+        await bot.login(fake.token)
+        connect = asyncio.create_task(bot.connect(reconnect=True), name="fake-discord-connect")
+        ready = asyncio.create_task(bot.wait_until_ready(), name="fake-discord-ready")
+        done, _ = await asyncio.wait(
+            {connect, ready}, timeout=timeout, return_when="FIRST_COMPLETED"
+        )
+        if ready not in done:
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+            if connect in done:
+                connect.result()  # raises what stopped the connection
+                raise AssertionError("the bot disconnected before it was ready")
+            raise AssertionError(f"the bot was not ready after {timeout}s")
+        yield bot
+    finally:
+        await bot.close()
+        if connect is not None:
+            await asyncio.wait_for(connect, timeout)
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord() as fake:
+        with fake.patch_discord():
+            yield fake
+
+
+@pytest.fixture
+def bot_factory() -> BotFactory:
+    return coterie_bot
+
+
+@pytest.fixture
+async def discord_bot(fake_discord: FakeDiscord, bot_factory: BotFactory) -> AsyncIterator[Any]:
+    made = bot_factory(fake_discord)
+    bot = await made if inspect.isawaitable(made) else made
+    async with run_bot(fake_discord, bot) as running:
+        yield running

@@ -1,0 +1,1170 @@
+"""A wire-level fake Discord: REST API v10 and the gateway, on 127.0.0.1.
+
+The real discord.py client talks to it; see ``README.md`` in this package for
+the API and ``plugin.py`` for the pytest fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.fakediscord import payloads as p
+
+__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction"]
+
+API_PREFIX = "/api/v10"
+Json = Any
+Handler = Callable[..., Awaitable[tuple[int, Json]]]
+
+
+@dataclass(frozen=True, slots=True)
+class FakeFile:
+    """One file part of a multipart request."""
+
+    field: str
+    filename: str | None
+    content: bytes
+    content_type: str | None
+
+
+@dataclass(slots=True)
+class Call:
+    """One REST request the fake answered (or refused with a 404)."""
+
+    method: str
+    path: str  # relative to /api/v10, e.g. "/channels/123/messages"
+    query: dict[str, str]
+    json: Json  # the JSON body; for multipart, the parsed payload_json part
+    files: list[FakeFile]
+    headers: dict[str, str]
+    status: int = 0
+    response: Json = None
+    unknown: bool = False  # no route matched: answered 404
+
+    def __repr__(self) -> str:
+        return f"<Call {self.method} {self.path} -> {self.status}>"
+
+
+@dataclass(slots=True)
+class FakeInteraction:
+    """An interaction the fake dispatched; its ids locate its responses."""
+
+    id: int
+    token: str
+    payload: dict[str, Any]
+
+    @property
+    def callback_path(self) -> str:
+        return f"/interactions/{self.id}/{self.token}/callback"
+
+
+@dataclass(slots=True)
+class FakeGuild:
+    id: int
+    name: str
+    owner_id: int
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
+    members: dict[int, dict[str, Any]] = field(default_factory=dict)  # by user id
+
+    def role_id(self, name: str) -> int:
+        return int(self.roles[name]["id"])
+
+    def channel_id(self, name: str) -> int:
+        return int(self.channels[name]["id"])
+
+
+def _pattern(path_pattern: str) -> re.Pattern[str]:
+    """``{name}`` matches one path segment; the rest is a regular expression."""
+    return re.compile(re.sub(r"\{[A-Za-z_][A-Za-z_0-9]*\}", r"[^/]+", path_pattern))
+
+
+class FakeDiscord:
+    """The fake. ``await start()``, point discord.py at it with ``patch_discord()``.
+
+    The default world: one guild "Test Guild" with text channels ``general`` and
+    ``random``; roles ``@everyone``, ``admin`` (Administrator), ``manager``
+    (Manage Server), ``moderator`` (Manage Messages), ``coterie`` (the bot's
+    managed role); members ``bot``, ``owner`` (owns the guild), ``admin``,
+    ``manager``, ``moderator`` and ``alice`` (no role), each in ``users`` by name.
+    The application id equals the bot user id, as for every application created
+    since 2019, and ``token`` starts with the base64 of that id.
+    """
+
+    heartbeat_interval_ms = 41250
+
+    def __init__(self, *, echo_messages: bool = False) -> None:
+        self.snowflake = p.Snowflakes()
+        # Why: a bot created since 2019 has application id == bot user id.
+        self.application_id = self.snowflake()
+        self.bot_user = p.user(self.application_id, "coterie", bot=True)
+        self.token = (
+            base64.b64encode(str(self.application_id).encode()).decode().rstrip("=")
+            + ".Gx1bVw."
+            + secrets.token_urlsafe(27)
+        )
+        self.users: dict[str, dict[str, Any]] = {"bot": self.bot_user}
+        for name in ("owner", "admin", "manager", "moderator", "alice", "bob"):
+            self.users[name] = p.user(self.snowflake(), name)
+        self.app_owner = self.users["owner"]
+        self.echo_messages = echo_messages
+
+        self.guilds: dict[int, FakeGuild] = {}
+        self.channels: dict[int, dict[str, Any]] = {}
+        self.messages: dict[int, list[dict[str, Any]]] = {}  # channel id -> oldest first
+        self.webhooks: dict[int, dict[str, Any]] = {}
+        self.global_commands: list[dict[str, Any]] = []
+        self.guild_commands: dict[int, list[dict[str, Any]]] = {}
+        self.interactions: dict[str, FakeInteraction] = {}  # by token
+        self._originals: dict[str, dict[str, Any]] = {}  # interaction token -> message
+
+        self.calls: list[Call] = []
+        self.gateway_frames: list[dict[str, Any]] = []  # every frame the client sent
+        self._changed = asyncio.Condition()
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._ws: web.WebSocketResponse | None = None
+        self._seq = 0
+        self.session_id = ""
+        self.identify_count = 0
+        self.resume_count = 0
+
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._install_routes()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.guild = self.add_guild("Test Guild")
+
+    # --- world ----------------------------------------------------------------
+
+    def add_guild(self, name: str) -> FakeGuild:
+        gid = self.snowflake()
+        g = FakeGuild(id=gid, name=name, owner_id=int(self.users["owner"]["id"]))
+        g.roles["@everyone"] = p.role(gid, "@everyone", p.EVERYONE_PERMISSIONS)
+        g.roles["admin"] = p.role(self.snowflake(), "admin", p.ADMINISTRATOR, position=4)
+        g.roles["manager"] = p.role(self.snowflake(), "manager", p.MANAGE_GUILD, position=3)
+        g.roles["moderator"] = p.role(self.snowflake(), "moderator", p.MANAGE_MESSAGES, position=2)
+        g.roles["coterie"] = p.role(
+            self.snowflake(), "coterie", p.BOT_PERMISSIONS, position=1, managed=True
+        )
+        for i, cname in enumerate(("general", "random")):
+            ch = p.text_channel(self.snowflake(), gid, cname, position=i)
+            g.channels[cname] = ch
+            self.channels[int(ch["id"])] = ch
+        role_of = {"bot": "coterie", "admin": "admin", "manager": "manager"}
+        role_of["moderator"] = "moderator"
+        for uname, u in self.users.items():
+            roles = [g.role_id(role_of[uname])] if uname in role_of else []
+            g.members[int(u["id"])] = p.member(u, roles)
+        self.guilds[gid] = g
+        return g
+
+    def user(self, who: str | int | dict[str, Any]) -> dict[str, Any]:
+        """A user payload by name ("alice"), id, or payload."""
+        if isinstance(who, dict):
+            return who
+        if isinstance(who, str):
+            return self.users[who]
+        for u in self.users.values():
+            if int(u["id"]) == who:
+                return u
+        raise KeyError(who)
+
+    def member_permissions(self, guild: FakeGuild, user_id: int) -> int:
+        if user_id == guild.owner_id:
+            return p.ALL_PERMISSIONS
+        m = guild.members[user_id]
+        perms = int(guild.roles["@everyone"]["permissions"])
+        by_id = {r["id"]: r for r in guild.roles.values()}
+        for rid in m["roles"]:
+            perms |= int(by_id[rid]["permissions"])
+        return p.ALL_PERMISSIONS if perms & p.ADMINISTRATOR else perms
+
+    def guild_of_channel(self, channel_id: int) -> FakeGuild | None:
+        ch = self.channels.get(channel_id)
+        if ch is None or "guild_id" not in ch:
+            return None
+        return self.guilds.get(int(ch["guild_id"]))
+
+    def add_thread(
+        self, parent_id: int, name: str, *, owner: str | int | dict[str, Any] = "bot"
+    ) -> dict[str, Any]:
+        """Create a public thread in the fake's state (no gateway event)."""
+        parent = self.channels[parent_id]
+        owner_id = int(self.user(owner)["id"])
+        th = p.thread_channel(self.snowflake(), int(parent["guild_id"]), parent_id, owner_id, name)
+        self.channels[int(th["id"])] = th
+        return th
+
+    def history(self, channel_id: int) -> list[dict[str, Any]]:
+        """Messages of a channel, oldest first."""
+        return self.messages.get(channel_id, [])
+
+    def find_message(self, message_id: int) -> dict[str, Any] | None:
+        for msgs in self.messages.values():
+            for m in msgs:
+                if int(m["id"]) == message_id:
+                    return m
+        return None
+
+    # --- lifecycle --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return self.base_url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._gateway)
+        app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeDiscord:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @contextmanager
+    def patch_discord(self) -> Iterator[None]:
+        """Point discord.py's REST base and default gateway at this fake."""
+        import discord.gateway
+        import discord.http
+        import yarl
+
+        old_base = discord.http.Route.BASE
+        old_gw = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+        discord.http.Route.BASE = self.api_base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
+        try:
+            yield
+        finally:
+            discord.http.Route.BASE = old_base
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gw
+
+    # --- waiting ------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait(self, find: Callable[[], Any], timeout: float, what: str) -> Any:
+        async def until() -> Any:
+            async with self._changed:
+                while (found := find()) is None:
+                    await self._changed.wait()
+                return found
+
+        try:
+            return await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            seen = "\n  ".join(repr(c) for c in self.calls) or "(none)"
+            raise AssertionError(f"timed out waiting for {what}; calls so far:\n  {seen}") from None
+
+    def find_calls(
+        self,
+        method: str,
+        path_pattern: str,
+        predicate: Callable[[Call], bool] | None = None,
+        *,
+        since: int = 0,
+    ) -> list[Call]:
+        """Recorded calls matching ``method`` and ``path_pattern`` (see ``wait_for_call``)."""
+        pat = _pattern(path_pattern)
+        return [
+            c
+            for c in self.calls[since:]
+            if c.method == method.upper()
+            and pat.fullmatch(c.path)
+            and (predicate is None or predicate(c))
+        ]
+
+    async def wait_for_call(
+        self,
+        method: str,
+        path_pattern: str,
+        predicate: Callable[[Call], bool] | None = None,
+        *,
+        timeout: float = 5.0,
+        since: int = 0,
+    ) -> Call:
+        """The first call (from index ``since`` of ``calls``) that matches, waiting for it.
+
+        ``path_pattern`` is a regular expression matched against the whole path
+        (without ``/api/v10``); ``{name}`` stands for one path segment, e.g.
+        ``"/channels/{id}/messages"``. Pass ``since=len(fake.calls)`` to wait
+        only for a call made after that point.
+        """
+
+        def find() -> Call | None:
+            found = self.find_calls(method, path_pattern, predicate, since=since)
+            return found[0] if found else None
+
+        result: Call = await self._wait(find, timeout, f"{method} {path_pattern}")
+        return result
+
+    async def wait_for_gateway(
+        self, op: int, *, since: int = 0, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The first frame with opcode ``op`` the client sent (from index ``since``)."""
+
+        def find() -> dict[str, Any] | None:
+            for frame in self.gateway_frames[since:]:
+                if frame.get("op") == op:
+                    return frame
+            return None
+
+        result: dict[str, Any] = await self._wait(find, timeout, f"gateway op {op}")
+        return result
+
+    async def wait_for_interaction_response(
+        self, interaction: FakeInteraction, *, timeout: float = 5.0
+    ) -> Call:
+        """The interaction's callback (``send_message``, ``defer``, ``send_modal`` ...)."""
+        return await self.wait_for_call(
+            "POST", re.escape(interaction.callback_path), timeout=timeout
+        )
+
+    @property
+    def unknown_calls(self) -> list[Call]:
+        return [c for c in self.calls if c.unknown]
+
+    # --- gateway ------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        # Why no compression: discord.py asks for zlib-stream, but decodes a text
+        # frame as plain JSON; Discord itself only compresses binary frames.
+        ws = web.WebSocketResponse(compress=False, autoping=True)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await self._send(
+                ws, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}
+            )
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                frame = json.loads(msg.data)
+                self.gateway_frames.append(frame)
+                await self._on_frame(ws, frame)
+                await self._notify()
+        finally:
+            self._sockets.discard(ws)
+            if self._ws is ws:
+                self._ws = None
+        return ws
+
+    async def _send(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
+        await ws.send_str(json.dumps(frame))
+
+    async def _on_frame(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
+        op = frame.get("op")
+        if op == 1:  # heartbeat
+            await self._send(ws, {"op": 11})
+        elif op == 2:  # identify
+            self.identify_count += 1
+            self._ws = ws
+            self._seq = 0
+            self.session_id = secrets.token_hex(16)
+            await self._dispatch_on(ws, "READY", self._ready_payload())
+            for g in self.guilds.values():
+                await self._dispatch_on(ws, "GUILD_CREATE", self.guild_create_payload(g))
+        elif op == 6:  # resume
+            self.resume_count += 1
+            self._ws = ws
+            await self._dispatch_on(ws, "RESUMED", {})
+
+    def _ready_payload(self) -> dict[str, Any]:
+        return {
+            "v": 10,
+            "user": {**self.bot_user, "verified": True, "mfa_enabled": False, "flags": 0},
+            "guilds": [{"id": str(gid), "unavailable": True} for gid in self.guilds],
+            "session_id": self.session_id,
+            "resume_gateway_url": self.gateway_url,
+            "session_type": "normal",
+            "application": {"id": str(self.application_id), "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+            "user_settings": {},
+            "presences": [],
+            "guild_join_requests": [],
+            "geo_ordered_rtc_regions": [],
+            "auth_session_id_hash": "",
+            "_trace": ["fakediscord"],
+        }
+
+    def guild_create_payload(self, g: FakeGuild) -> dict[str, Any]:
+        channels = [c for c in self.channels.values() if c.get("guild_id") == str(g.id)]
+        return {
+            "id": str(g.id),
+            "name": g.name,
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "owner_id": str(g.owner_id),
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "roles": list(g.roles.values()),
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "application_id": None,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "vanity_url_code": None,
+            "description": None,
+            "banner": None,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "public_updates_channel_id": None,
+            "nsfw_level": 0,
+            "premium_progress_bar_enabled": False,
+            "joined_at": p.iso_now(),
+            "large": False,
+            "unavailable": False,
+            "member_count": len(g.members),
+            "voice_states": [],
+            "members": list(g.members.values()),
+            "channels": [c for c in channels if c["type"] not in (10, 11, 12)],
+            "threads": [c for c in channels if c["type"] in (10, 11, 12)],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    async def _dispatch_on(self, ws: web.WebSocketResponse, event: str, data: Any) -> int:
+        self._seq += 1
+        await self._send(ws, {"op": 0, "t": event, "s": self._seq, "d": data})
+        return self._seq
+
+    async def dispatch(self, event: str, data: Any) -> int:
+        """Send one DISPATCH (op 0) to the connected client; returns its sequence number."""
+        if self._ws is None or self._ws.closed:
+            raise RuntimeError("no client is connected to the fake gateway")
+        return await self._dispatch_on(self._ws, event, data)
+
+    async def request_reconnect(self) -> None:
+        """Op 7: the client drops the socket and RESUMEs on a new one."""
+        assert self._ws is not None
+        await self._send(self._ws, {"op": 7, "d": None})
+
+    async def invalidate_session(self) -> None:
+        """Op 9 (not resumable): the client reconnects and IDENTIFYs again (a second READY)."""
+        assert self._ws is not None
+        await self._send(self._ws, {"op": 9, "d": False})
+
+    # --- dispatch helpers -------------------------------------------------------------
+
+    def _store(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.messages.setdefault(int(msg["channel_id"]), []).append(msg)
+        return msg
+
+    async def dispatch_message(
+        self,
+        content: str,
+        *,
+        author: str | int | dict[str, Any] = "alice",
+        channel_id: int | None = None,
+        mentions: list[str | int | dict[str, Any]] | None = None,
+        message_reference: dict[str, Any] | int | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """MESSAGE_CREATE from ``author`` (default: alice in #general); returns the payload.
+
+        ``channel_id`` may be a text channel, a thread, or a DM channel (from
+        ``open_dm``). ``message_reference`` is a message id in the same channel
+        or a full reference dict; the referenced message is included when known.
+        """
+        cid = channel_id if channel_id is not None else self.guild.channel_id("general")
+        u = self.user(author)
+        g = self.guild_of_channel(cid)
+        ref: dict[str, Any] | None = None
+        referenced: dict[str, Any] | None = None
+        if isinstance(message_reference, int):
+            ref = {"message_id": str(message_reference), "channel_id": str(cid), "type": 0}
+            if g is not None:
+                ref["guild_id"] = str(g.id)
+        elif message_reference is not None:
+            ref = message_reference
+        if ref is not None:
+            referenced = self.find_message(int(ref["message_id"]))
+        msg = p.message(
+            self.snowflake(),
+            cid,
+            u,
+            content,
+            guild_id=g.id if g else None,
+            member_payload=g.members.get(int(u["id"])) if g else None,
+            mentions=[self.user(m) for m in mentions or []],
+            message_reference=ref,
+            referenced_message=referenced,
+            attachments=attachments,
+            **extra,
+        )
+        self._store(msg)
+        await self.dispatch("MESSAGE_CREATE", msg)
+        return msg
+
+    def open_dm(self, who: str | int | dict[str, Any]) -> dict[str, Any]:
+        """The DM channel between the bot and a user (created on first use)."""
+        u = self.user(who)
+        for ch in self.channels.values():
+            if ch["type"] == 1 and ch["recipients"][0]["id"] == u["id"]:
+                return ch
+        ch = p.dm_channel(self.snowflake(), u)
+        self.channels[int(ch["id"])] = ch
+        return ch
+
+    def _interaction_base(
+        self,
+        itype: int,
+        data: dict[str, Any],
+        user: str | int | dict[str, Any],
+        channel_id: int | None,
+        message: dict[str, Any] | None = None,
+    ) -> FakeInteraction:
+        cid = channel_id if channel_id is not None else self.guild.channel_id("general")
+        u = self.user(user)
+        ch = self.channels[cid]
+        g = self.guild_of_channel(cid)
+        token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)
+        payload: dict[str, Any] = {
+            "id": str(self.snowflake()),
+            "application_id": str(self.application_id),
+            "type": itype,
+            "data": data,
+            "channel_id": str(cid),
+            "channel": ch,
+            "token": token,
+            "version": 1,
+            "locale": "en-US",
+            "app_permissions": str(p.BOT_PERMISSIONS),
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(g.id) if g else "0"},
+            "attachment_size_limit": 10 * 1024 * 1024,
+            "context": 0 if g else 1,
+        }
+        if g is not None:
+            payload["guild_id"] = str(g.id)
+            payload["guild"] = {"id": str(g.id), "locale": "en-US", "features": []}
+            payload["guild_locale"] = "en-US"
+            m = dict(g.members[int(u["id"])])
+            m["permissions"] = str(self.member_permissions(g, int(u["id"])))
+            payload["member"] = m
+        else:
+            payload["user"] = u
+        if message is not None:
+            payload["message"] = message
+        inter = FakeInteraction(id=int(payload["id"]), token=token, payload=payload)
+        self.interactions[token] = inter
+        return inter
+
+    async def dispatch_slash(
+        self,
+        name: str,
+        options: dict[str, Any] | list[dict[str, Any]] | None = None,
+        *,
+        user: str | int | dict[str, Any] = "alice",
+        channel_id: int | None = None,
+        subcommand: str | None = None,
+        group: str | None = None,
+        resolved: dict[str, Any] | None = None,
+    ) -> FakeInteraction:
+        """INTERACTION_CREATE type 2 for ``/name [group] [subcommand] options``.
+
+        ``options`` is ``{name: value}`` (str, int, float, bool; the option type
+        is inferred) or the raw list of option dicts (for user/channel options,
+        pass ``resolved`` too). The command id is the one the bot synced, when it did.
+        """
+        if isinstance(options, dict):
+            opts: list[dict[str, Any]] = [
+                {"name": k, "type": p.option_type(v), "value": v} for k, v in options.items()
+            ]
+        else:
+            opts = list(options or [])
+        if subcommand is not None:
+            opts = [{"name": subcommand, "type": 1, "options": opts}]
+        if group is not None:
+            opts = [{"name": group, "type": 2, "options": opts}]
+        cid = channel_id if channel_id is not None else self.guild.channel_id("general")
+        g = self.guild_of_channel(cid)
+        cmd_id = self._command_id(name, g.id if g else None)
+        data: dict[str, Any] = {"id": str(cmd_id), "name": name, "type": 1, "options": opts}
+        if g is not None and any(c["name"] == name for c in self.guild_commands.get(g.id, [])):
+            data["guild_id"] = str(g.id)
+        if resolved is not None:
+            data["resolved"] = resolved
+        inter = self._interaction_base(2, data, user, cid)
+        await self.dispatch("INTERACTION_CREATE", inter.payload)
+        return inter
+
+    def _command_id(self, name: str, guild_id: int | None) -> int:
+        synced = self.guild_commands.get(guild_id, []) if guild_id else []
+        for c in [*synced, *self.global_commands]:
+            if c["name"] == name:
+                return int(c["id"])
+        return self.snowflake()
+
+    async def dispatch_component(
+        self,
+        custom_id: str,
+        message_id: int,
+        *,
+        user: str | int | dict[str, Any] = "alice",
+        component_type: int = 2,
+        values: list[str] | None = None,
+    ) -> FakeInteraction:
+        """INTERACTION_CREATE type 3: a click on a button (or a select, with ``values``)."""
+        msg = self.find_message(message_id)
+        if msg is None:
+            raise KeyError(f"no message {message_id} in the fake")
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
+        if values is not None:
+            data["values"] = values
+        inter = self._interaction_base(3, data, user, int(msg["channel_id"]), message=msg)
+        await self.dispatch("INTERACTION_CREATE", inter.payload)
+        return inter
+
+    async def dispatch_modal_submit(
+        self,
+        custom_id: str,
+        fields: dict[str, str],
+        *,
+        user: str | int | dict[str, Any] = "alice",
+        channel_id: int | None = None,
+    ) -> FakeInteraction:
+        """INTERACTION_CREATE type 5: a modal submitted with ``{text input custom_id: value}``."""
+        components = [
+            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]}
+            for k, v in fields.items()
+        ]
+        data = {"custom_id": custom_id, "components": components}
+        inter = self._interaction_base(5, data, user, channel_id)
+        await self.dispatch("INTERACTION_CREATE", inter.payload)
+        return inter
+
+    # --- REST ------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str) -> Callable[[Handler], Handler]:
+        pat = re.compile(re.sub(r"\{([a-z_]+)\}", r"(?P<\1>[^/]+)", path))
+
+        def deco(fn: Handler) -> Handler:
+            self._routes.append((method, pat, fn))
+            return fn
+
+        return deco
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body: Json = None
+        files: list[FakeFile] = []
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, aiohttp.BodyPartReader)
+                if part.name == "payload_json":
+                    body = json.loads(await part.text())
+                else:
+                    files.append(
+                        FakeFile(
+                            field=part.name or "",
+                            filename=part.filename,
+                            content=bytes(await part.read()),
+                            content_type=part.headers.get("Content-Type"),
+                        )
+                    )
+        elif request.can_read_body:
+            raw = await request.read()
+            if raw:
+                body = json.loads(raw)
+        call = Call(
+            method=request.method,
+            path=path,
+            query=dict(request.query),
+            json=body,
+            files=files,
+            headers=dict(request.headers),
+        )
+        for method, pat, handler in self._routes:
+            if method == request.method and (m := pat.fullmatch(path)):
+                call.status, call.response = await handler(call, **m.groupdict())
+                break
+        else:
+            call.unknown = True
+            call.status, call.response = 404, {"message": "404: Not Found", "code": 0}
+        self.calls.append(call)
+        await self._notify()
+        if call.status == 204 or call.response is None:
+            return web.Response(status=call.status if call.status != 200 else 204)
+        # Why exact: discord.py parses JSON only for "application/json", no charset.
+        return web.Response(
+            status=call.status,
+            body=json.dumps(call.response).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+
+    def _not_found(self, what: str, code: int) -> tuple[int, Json]:
+        return 404, {"message": f"Unknown {what}", "code": code}
+
+    def _channel_or_404(self, channel_id: str) -> dict[str, Any] | None:
+        return self.channels.get(int(channel_id))
+
+    def _new_message(
+        self,
+        channel_id: int,
+        body: dict[str, Any],
+        author: dict[str, Any],
+        files: list[FakeFile],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        g = self.guild_of_channel(channel_id)
+        ref = body.get("message_reference")
+        attachments = [
+            {
+                "id": str(self.snowflake()),
+                "filename": f.filename or "file",
+                "size": len(f.content),
+                "url": f"{self.base_url}/attachments/{f.filename}",
+                "proxy_url": f"{self.base_url}/attachments/{f.filename}",
+                "content_type": f.content_type,
+            }
+            for f in files
+        ]
+        msg = p.message(
+            self.snowflake(),
+            channel_id,
+            author,
+            body.get("content") or "",
+            guild_id=g.id if g else None,
+            embeds=body.get("embeds"),
+            components=body.get("components"),
+            attachments=attachments,
+            message_reference=ref,
+            referenced_message=self.find_message(int(ref["message_id"])) if ref else None,
+            flags=int(body.get("flags") or 0),
+            **extra,
+        )
+        return self._store(msg)
+
+    def _edit(self, msg: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        for key in ("content", "embeds", "components", "flags"):
+            if key in body and body[key] is not None:
+                msg[key] = body[key]
+        msg["edited_timestamp"] = p.iso_now()
+        return msg
+
+    async def _echo(self, msg: dict[str, Any]) -> None:
+        if self.echo_messages and self._ws is not None and not self._ws.closed:
+            await self.dispatch("MESSAGE_CREATE", msg)
+
+    def _install_routes(self) -> None:
+        r = self._route
+
+        @r("GET", "/gateway")
+        async def gateway(call: Call) -> tuple[int, Json]:
+            return 200, {"url": self.gateway_url}
+
+        @r("GET", "/gateway/bot")
+        async def gateway_bot(call: Call) -> tuple[int, Json]:
+            return 200, {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+
+        @r("GET", "/users/@me")
+        async def me(call: Call) -> tuple[int, Json]:
+            if call.headers.get("Authorization") != f"Bot {self.token}":
+                return 401, {"message": "401: Unauthorized", "code": 0}
+            return 200, {**self.bot_user, "verified": True, "mfa_enabled": False, "flags": 0}
+
+        @r("GET", "/users/{user_id}")
+        async def get_user(call: Call, user_id: str) -> tuple[int, Json]:
+            try:
+                return 200, self.user(int(user_id))
+            except KeyError:
+                return self._not_found("User", 10013)
+
+        @r("POST", "/users/@me/channels")
+        async def open_dm(call: Call) -> tuple[int, Json]:
+            return 200, self.open_dm(int(call.json["recipient_id"]))
+
+        @r("GET", "/applications/@me")
+        @r("GET", "/oauth2/applications/@me")
+        async def app_info(call: Call) -> tuple[int, Json]:
+            return 200, {
+                "id": str(self.application_id),
+                "name": "coterie",
+                "icon": None,
+                "description": "",
+                "summary": "",
+                "type": None,
+                "bot_public": False,
+                "bot_require_code_grant": False,
+                "verify_key": "0" * 64,
+                "owner": self.app_owner,
+                "team": None,
+                "flags": 0,
+                "bot": self.bot_user,
+                "tags": [],
+                "redirect_uris": [],
+                "interactions_endpoint_url": None,
+            }
+
+        # --- application commands
+        def _with_ids(cmds: list[dict[str, Any]], guild_id: int | None) -> list[dict[str, Any]]:
+            out = []
+            for c in cmds:
+                c = {
+                    "type": 1,
+                    "description": "",
+                    "options": [],
+                    **c,
+                    "id": str(self.snowflake()),
+                    "application_id": str(self.application_id),
+                    "version": str(self.snowflake()),
+                }
+                if guild_id is not None:
+                    c["guild_id"] = str(guild_id)
+                out.append(c)
+            return out
+
+        @r("PUT", "/applications/{app_id}/commands")
+        async def put_global(call: Call, app_id: str) -> tuple[int, Json]:
+            self.global_commands = _with_ids(call.json or [], None)
+            return 200, self.global_commands
+
+        @r("GET", "/applications/{app_id}/commands")
+        async def get_global(call: Call, app_id: str) -> tuple[int, Json]:
+            return 200, self.global_commands
+
+        @r("PUT", "/applications/{app_id}/guilds/{guild_id}/commands")
+        async def put_guild(call: Call, app_id: str, guild_id: str) -> tuple[int, Json]:
+            cmds = _with_ids(call.json or [], int(guild_id))
+            self.guild_commands[int(guild_id)] = cmds
+            return 200, cmds
+
+        @r("GET", "/applications/{app_id}/guilds/{guild_id}/commands")
+        async def get_guild_cmds(call: Call, app_id: str, guild_id: str) -> tuple[int, Json]:
+            return 200, self.guild_commands.get(int(guild_id), [])
+
+        # --- guilds
+        @r("GET", "/guilds/{guild_id}")
+        async def get_guild(call: Call, guild_id: str) -> tuple[int, Json]:
+            g = self.guilds.get(int(guild_id))
+            return (200, self.guild_create_payload(g)) if g else self._not_found("Guild", 10004)
+
+        @r("GET", "/guilds/{guild_id}/members/{user_id}")
+        async def get_member(call: Call, guild_id: str, user_id: str) -> tuple[int, Json]:
+            g = self.guilds.get(int(guild_id))
+            if g is None or int(user_id) not in g.members:
+                return self._not_found("Member", 10007)
+            return 200, g.members[int(user_id)]
+
+        @r("GET", "/guilds/{guild_id}/channels")
+        async def get_guild_channels(call: Call, guild_id: str) -> tuple[int, Json]:
+            return 200, [c for c in self.channels.values() if c.get("guild_id") == guild_id]
+
+        @r("GET", "/guilds/{guild_id}/roles")
+        async def get_roles(call: Call, guild_id: str) -> tuple[int, Json]:
+            g = self.guilds.get(int(guild_id))
+            return (200, list(g.roles.values())) if g else self._not_found("Guild", 10004)
+
+        @r("GET", "/guilds/{guild_id}/webhooks")
+        async def guild_webhooks(call: Call, guild_id: str) -> tuple[int, Json]:
+            return 200, [w for w in self.webhooks.values() if w["guild_id"] == guild_id]
+
+        # --- channels
+        @r("GET", "/channels/{channel_id}")
+        async def get_channel(call: Call, channel_id: str) -> tuple[int, Json]:
+            ch = self._channel_or_404(channel_id)
+            return (200, ch) if ch else self._not_found("Channel", 10003)
+
+        @r("PATCH", "/channels/{channel_id}")
+        async def edit_channel(call: Call, channel_id: str) -> tuple[int, Json]:
+            ch = self._channel_or_404(channel_id)
+            if ch is None:
+                return self._not_found("Channel", 10003)
+            body = dict(call.json or {})
+            meta = ch.get("thread_metadata")
+            for key in ("archived", "locked", "auto_archive_duration"):
+                if meta is not None and key in body:
+                    meta[key] = body.pop(key)
+            ch.update(body)
+            return 200, ch
+
+        @r("POST", "/channels/{channel_id}/typing")
+        async def typing(call: Call, channel_id: str) -> tuple[int, Json]:
+            return 204, None
+
+        @r("GET", "/channels/{channel_id}/messages")
+        async def get_messages(call: Call, channel_id: str) -> tuple[int, Json]:
+            if self._channel_or_404(channel_id) is None:
+                return self._not_found("Channel", 10003)
+            msgs = list(reversed(self.history(int(channel_id))))  # newest first
+            if "before" in call.query:
+                msgs = [m for m in msgs if int(m["id"]) < int(call.query["before"])]
+            if "after" in call.query:
+                after = int(call.query["after"])
+                msgs = [m for m in msgs if int(m["id"]) > after][::-1]  # oldest first
+            limit = int(call.query.get("limit", 50))
+            return 200, msgs[:limit]
+
+        @r("GET", "/channels/{channel_id}/messages/{message_id}")
+        async def get_message(call: Call, channel_id: str, message_id: str) -> tuple[int, Json]:
+            for m in self.history(int(channel_id)):
+                if m["id"] == message_id:
+                    return 200, m
+            return self._not_found("Message", 10008)
+
+        @r("POST", "/channels/{channel_id}/messages")
+        async def post_message(call: Call, channel_id: str) -> tuple[int, Json]:
+            if self._channel_or_404(channel_id) is None:
+                return self._not_found("Channel", 10003)
+            msg = self._new_message(int(channel_id), call.json or {}, self.bot_user, call.files)
+            await self._echo(msg)
+            return 200, msg
+
+        @r("PATCH", "/channels/{channel_id}/messages/{message_id}")
+        async def edit_message(call: Call, channel_id: str, message_id: str) -> tuple[int, Json]:
+            for m in self.history(int(channel_id)):
+                if m["id"] == message_id:
+                    return 200, self._edit(m, call.json or {})
+            return self._not_found("Message", 10008)
+
+        @r("DELETE", "/channels/{channel_id}/messages/{message_id}")
+        async def delete_message(call: Call, channel_id: str, message_id: str) -> tuple[int, Json]:
+            msgs = self.history(int(channel_id))
+            for m in msgs:
+                if m["id"] == message_id:
+                    msgs.remove(m)
+                    return 204, None
+            return self._not_found("Message", 10008)
+
+        @r("PUT", "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me")
+        @r("DELETE", "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me")
+        async def react(
+            call: Call, channel_id: str, message_id: str, emoji: str
+        ) -> tuple[int, Json]:
+            return 204, None
+
+        # --- threads
+        async def _thread(call: Call, parent: str, thread_id: int | None) -> tuple[int, Json]:
+            ch = self._channel_or_404(parent)
+            if ch is None:
+                return self._not_found("Channel", 10003)
+            body = call.json or {}
+            th = p.thread_channel(
+                thread_id or self.snowflake(),
+                int(ch["guild_id"]),
+                int(parent),
+                self.application_id,
+                body.get("name", "thread"),
+                thread_type=int(body.get("type") or 11),
+                auto_archive_duration=int(body.get("auto_archive_duration") or 1440),
+            )
+            self.channels[int(th["id"])] = th
+            if self._ws is not None and not self._ws.closed:
+                # Why: Discord tells the gateway too; discord.py caches the thread from it.
+                await self.dispatch("THREAD_CREATE", {**th, "newly_created": True})
+            return 201, th
+
+        @r("POST", "/channels/{channel_id}/threads")
+        async def create_thread(call: Call, channel_id: str) -> tuple[int, Json]:
+            return await _thread(call, channel_id, None)
+
+        @r("POST", "/channels/{channel_id}/messages/{message_id}/threads")
+        async def thread_from_message(
+            call: Call, channel_id: str, message_id: str
+        ) -> tuple[int, Json]:
+            return await _thread(call, channel_id, int(message_id))
+
+        @r("PUT", "/channels/{channel_id}/thread-members/@me")
+        @r("DELETE", "/channels/{channel_id}/thread-members/@me")
+        async def join_thread(call: Call, channel_id: str) -> tuple[int, Json]:
+            return 204, None
+
+        # --- webhooks
+        @r("GET", "/channels/{channel_id}/webhooks")
+        async def channel_webhooks(call: Call, channel_id: str) -> tuple[int, Json]:
+            return 200, [w for w in self.webhooks.values() if w["channel_id"] == channel_id]
+
+        @r("POST", "/channels/{channel_id}/webhooks")
+        async def create_webhook(call: Call, channel_id: str) -> tuple[int, Json]:
+            ch = self._channel_or_404(channel_id)
+            if ch is None:
+                return self._not_found("Channel", 10003)
+            wid = self.snowflake()
+            hook = {
+                "id": str(wid),
+                "type": 1,
+                "guild_id": ch.get("guild_id"),
+                "channel_id": channel_id,
+                "name": (call.json or {}).get("name", "webhook"),
+                "avatar": None,
+                "token": secrets.token_urlsafe(50),
+                "application_id": str(self.application_id),
+                "user": self.bot_user,
+            }
+            self.webhooks[wid] = hook
+            return 200, hook
+
+        @r("GET", "/webhooks/{webhook_id}")
+        async def get_webhook(call: Call, webhook_id: str) -> tuple[int, Json]:
+            hook = self.webhooks.get(int(webhook_id))
+            return (200, hook) if hook else self._not_found("Webhook", 10015)
+
+        @r("DELETE", "/webhooks/{webhook_id}")
+        async def delete_webhook(call: Call, webhook_id: str) -> tuple[int, Json]:
+            return (204, None) if self.webhooks.pop(int(webhook_id), None) else (404, None)
+
+        def _is_app(webhook_id: str) -> bool:
+            return int(webhook_id) == self.application_id
+
+        @r("POST", "/webhooks/{webhook_id}/{token}")
+        async def execute(call: Call, webhook_id: str, token: str) -> tuple[int, Json]:
+            body = call.json or {}
+            if _is_app(webhook_id):  # an interaction followup
+                inter = self.interactions.get(token)
+                if inter is None:
+                    return self._not_found("Webhook", 10015)
+                cid = int(inter.payload["channel_id"])
+                msg = self._new_message(cid, body, self.bot_user, call.files)
+                return 200, msg
+            hook = self.webhooks.get(int(webhook_id))
+            if hook is None or hook["token"] != token:
+                return self._not_found("Webhook", 10015)
+            cid = int(call.query.get("thread_id") or hook["channel_id"])
+            author = {
+                "id": hook["id"],
+                "username": body.get("username") or hook["name"],
+                "avatar": None,
+                "discriminator": "0000",
+                "bot": True,
+                "global_name": None,
+            }
+            msg = self._new_message(cid, body, author, call.files, webhook_id=int(webhook_id))
+            if body.get("avatar_url"):
+                msg["author"]["avatar_url"] = body["avatar_url"]
+            await self._echo(msg)
+            return (200, msg) if call.query.get("wait") in ("true", "True", "1") else (204, None)
+
+        def _webhook_message(webhook_id: str, token: str, message_id: str) -> dict[str, Any] | None:
+            if _is_app(webhook_id) and message_id == "@original":
+                return self._originals.get(token)
+            return self.find_message(int(message_id)) if message_id.isdigit() else None
+
+        @r("GET", "/webhooks/{webhook_id}/{token}/messages/{message_id}")
+        async def get_wh_message(
+            call: Call, webhook_id: str, token: str, message_id: str
+        ) -> tuple[int, Json]:
+            msg = _webhook_message(webhook_id, token, message_id)
+            return (200, msg) if msg else self._not_found("Message", 10008)
+
+        @r("PATCH", "/webhooks/{webhook_id}/{token}/messages/{message_id}")
+        async def edit_wh_message(
+            call: Call, webhook_id: str, token: str, message_id: str
+        ) -> tuple[int, Json]:
+            msg = _webhook_message(webhook_id, token, message_id)
+            if msg is None:
+                return self._not_found("Message", 10008)
+            return 200, self._edit(msg, call.json or {})
+
+        @r("DELETE", "/webhooks/{webhook_id}/{token}/messages/{message_id}")
+        async def delete_wh_message(
+            call: Call, webhook_id: str, token: str, message_id: str
+        ) -> tuple[int, Json]:
+            msg = _webhook_message(webhook_id, token, message_id)
+            if msg is None:
+                return self._not_found("Message", 10008)
+            self.history(int(msg["channel_id"])).remove(msg)
+            return 204, None
+
+        # --- interactions
+        @r("POST", "/interactions/{interaction_id}/{token}/callback")
+        async def callback(call: Call, interaction_id: str, token: str) -> tuple[int, Json]:
+            inter = self.interactions.get(token)
+            if inter is None or str(inter.id) != interaction_id:
+                return self._not_found("interaction", 10062)
+            body = call.json or {}
+            kind = int(body.get("type", 0))
+            data = body.get("data") or {}
+            cid = int(inter.payload["channel_id"])
+            interaction: dict[str, Any] = {"id": interaction_id, "type": inter.payload["type"]}
+            resource: dict[str, Any] | None = {"type": kind}
+            if kind in (4, 5):  # message / deferred message
+                msg = self._new_message(
+                    cid,
+                    data if kind == 4 else {"content": "", "flags": data.get("flags", 0)},
+                    self.bot_user,
+                    call.files,
+                    message_type=20,
+                )
+                msg["interaction_metadata"] = {"id": interaction_id, "type": 2}
+                self._originals[token] = msg
+                interaction["response_message_id"] = msg["id"]
+                interaction["response_message_loading"] = kind == 5
+                interaction["response_message_ephemeral"] = bool(int(msg["flags"]) & 64)
+                if kind == 4:
+                    resource = {"type": kind, "message": msg}
+            elif kind == 7:  # update the component's message
+                msg = inter.payload.get("message")
+                stored = self.find_message(int(msg["id"])) if msg else None
+                if stored is not None:
+                    self._edit(stored, data)
+                    self._originals[token] = stored
+                    resource = {"type": kind, "message": stored}
+            elif kind == 6:  # deferred update
+                msg = inter.payload.get("message")
+                if msg is not None:
+                    self._originals[token] = self.find_message(int(msg["id"])) or msg
+            elif kind not in (1, 8, 9, 10, 12):
+                return 400, {"message": f"Invalid interaction response type {kind}", "code": 50035}
+            if call.query.get("with_response") in ("1", "true", "True"):
+                return 200, {"interaction": interaction, "resource": resource}
+            return 204, None
