@@ -74,10 +74,13 @@ def _fence_after(text: str, fence: str | None) -> str | None:
         marker = m.group(1)
         if fence is None:
             fence = line.strip()
-        elif marker.startswith(_marker(fence)[0]) and len(marker) >= len(_marker(fence)):
-            # Why: a fence closes only with the same character, at least as long.
-            if not m.group(2).strip():
-                fence = None
+        elif (
+            # Why: a fence closes only with the same character, at least as long, bare.
+            marker.startswith(_marker(fence)[0])
+            and len(marker) >= len(_marker(fence))
+            and not m.group(2).strip()
+        ):
+            fence = None
     return fence
 
 
@@ -108,12 +111,12 @@ def _cut_point(window: str, fence: str | None) -> int:
         pos = 0
         opened_at = -1
         state: str | None = None
-        for line in window[:cut].split("\n"):
+        for text_line in window[:cut].split("\n"):
             before = state
-            state = _fence_after(line, state)
+            state = _fence_after(text_line, state)
             if before is None and state is not None:
                 opened_at = pos
-            pos += len(line) + 1
+            pos += len(text_line) + 1
         if opened_at > floor:
             cut = opened_at - 1 if opened_at > 0 else opened_at
     return max(cut, 1)

@@ -38,7 +38,7 @@ def test_splits_at_paragraph_boundaries() -> None:
 
 
 def test_splits_at_lines_when_there_is_no_paragraph() -> None:
-    lines = ["line %03d " % i + "y" * 40 for i in range(80)]
+    lines = [f"line {i:03d} " + "y" * 40 for i in range(80)]
     pieces = split_message("\n".join(lines))
     for piece in pieces:
         assert len(piece) <= 2000
