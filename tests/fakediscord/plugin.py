@@ -72,7 +72,14 @@ def coterie_bot(fake: FakeDiscord, *, app: Any = None, **kwargs: Any) -> Any:
     )
     kwargs.setdefault("extensions", ())
     kwargs.setdefault("guild_ready_timeout", GUILD_READY_TIMEOUT)
-    return CoterieBot(app=app if app is not None else FakeApp(), settings=settings, **kwargs)
+    bot = CoterieBot(app=app if app is not None else FakeApp(), settings=settings, **kwargs)
+    bot.before_identify_hook = _identify_now  # type: ignore[method-assign]
+    return bot
+
+
+async def _identify_now(shard_id: int | None, *, initial: bool = False) -> None:
+    # Why: discord.py sleeps 5 s before re-IDENTIFYing (Discord's rate limit); the fake has none.
+    return None
 
 
 @asynccontextmanager
