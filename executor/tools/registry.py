@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints, overload
 from urllib.parse import urlsplit
 
@@ -65,7 +66,7 @@ class ToolOutcome:
 # --- docstrings -------------------------------------------------------------------
 
 _SECTION_RE = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also|Warnings?)\s*:\s*$",
+    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also|Warnings?)\s*:",
     re.IGNORECASE,
 )
 _ARGS_SECTIONS = {"args", "arguments", "parameters", "params"}
@@ -114,6 +115,9 @@ def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
                 continue
             if arg_indent is None:
                 arg_indent = indent
+            elif indent < arg_indent:
+                section, current = "other", None  # dedented: the section ended
+                continue
             m = _GOOGLE_ARG_RE.match(stripped)
             if indent <= arg_indent and m:
                 current = m.group(1)
@@ -314,8 +318,15 @@ def _build_tool(
         )
     if timeout_s <= 0 or max_result_chars <= 0:
         raise ConfigError(f"tool {tool_name}: timeout_s and max_result_chars must be positive")
+    # Why not get_type_hints(fn): an unresolvable *return* annotation (a class
+    # local to a test, say) is no reason to refuse the tool; only parameters matter.
+    annotations = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != "return"}
     try:
-        hints = get_type_hints(fn, include_extras=True)
+        hints = get_type_hints(
+            SimpleNamespace(__annotations__=annotations),
+            globalns=getattr(inspect.unwrap(fn), "__globals__", None),
+            include_extras=True,
+        )
     except (NameError, TypeError) as exc:
         raise ConfigError(f"tool {tool_name}: cannot resolve its type hints: {exc}") from exc
     sig = inspect.signature(fn)

@@ -1,0 +1,73 @@
+"""Fixtures for the tool tests: a caller context, a fake resolver, recording transports."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
+import pytest
+
+from executor.agent import Caller, Privilege
+from executor.tools import SSRFGuard, ToolContext, WebFetcher
+
+
+class FakeResolver:
+    """A DNS that answers from a dict and remembers every question."""
+
+    def __init__(self, answers: dict[str, Sequence[str]] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.calls: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append((host, port))
+        from executor.tools import BlockedURL
+
+        if host not in self.answers:
+            raise BlockedURL(f"cannot resolve {host!r}: no such host (fake)")
+        return list(self.answers[host])
+
+
+Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
+
+
+class RecordingTransport(httpx.MockTransport):
+    """An ``httpx.MockTransport`` that keeps every request it was sent."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.requests: list[httpx.Request] = []
+
+        async def record(request: httpx.Request) -> httpx.Response:
+            self.requests.append(request)
+            result = handler(request)
+            if isinstance(result, httpx.Response):
+                return result
+            return await result
+
+        super().__init__(record)
+
+
+PUBLIC_IP = "93.184.216.34"  # a documentation-era public address; never contacted
+
+
+@pytest.fixture
+def ctx() -> ToolContext:
+    return ToolContext(run_id="run-1", caller=Caller(user_id="u1", privilege=Privilege.USER))
+
+
+@pytest.fixture
+def resolver() -> FakeResolver:
+    return FakeResolver({"example.com": [PUBLIC_IP], "www.example.com": [PUBLIC_IP]})
+
+
+@pytest.fixture
+def make_fetcher(resolver: FakeResolver) -> Callable[..., WebFetcher]:
+    def make(handler: Handler, **options: object) -> WebFetcher:
+        transport = RecordingTransport(handler)
+        return WebFetcher(guard=SSRFGuard(resolver=resolver), transport=transport, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+def is_public(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_global
