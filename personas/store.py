@@ -151,11 +151,14 @@ class PersonaStore:
         existing = await self._row(gid, persona.name)
         if existing is not None:
             raise PersonaExists(persona.name)
-        if persona.name in self._builtins and not self._is_admin(by):
+        if not self._is_admin(by) and await self.find(gid, persona.name) is not None:
+            # A built-in (or deployment-wide) persona by that name: storing this one
+            # would override it for everyone in the server.
+            kind = "a built-in" if persona.name in self._builtins else "a deployment-wide"
             raise PersonaPermissionDenied(
                 persona.name,
                 "override",
-                "it is a built-in persona; only an admin may override it for the whole server",
+                f"it is {kind} persona; only an admin may override it for the whole server",
             )
         row = PersonaRow(
             guild_id=gid,
@@ -187,14 +190,9 @@ class PersonaStore:
         name = normalise_name(persona.name)
         row = await self._row(gid, name)
         if row is None:
-            builtin = self._builtins.get(name)
-            if builtin is None:
-                raise PersonaNotFound(name)
-            if not self._is_admin(by):
-                raise PersonaPermissionDenied(
-                    name, "edit", "it is a built-in persona; only an admin may override it"
-                )
-            # Editing a built-in stores the guild's override of it.
+            # A built-in or deployment-wide persona: raises unless ``by`` may override it.
+            await self.check_can_change(gid, name, by=by)
+            # Editing it stores the guild's override of it.
             return await self.create(gid, replace(persona, name=name), by=by)
         self._check_owner(row, by, "edit")
         persona = self._validate(persona, by=by, previous=tuple(row.tools or ()))
@@ -213,6 +211,40 @@ class PersonaStore:
             await session.commit()
             await session.refresh(stored)
             return _to_persona(stored, overrides_builtin=name in self._builtins)
+
+    async def check_can_change(
+        self, guild_id: str | None, name: str, *, by: Caller, action: str = "edit"
+    ) -> Persona:
+        """The persona ``by`` is about to edit or delete; raises as the change would.
+
+        For the cog to refuse before it shows an edit form, not after.
+        """
+        gid = guild_id or ""
+        key = normalise_name(name)
+        row = await self._row(gid, key)
+        if row is not None:
+            self._check_owner(row, by, action)
+            return _to_persona(row, overrides_builtin=key in self._builtins)
+        builtin = self._builtins.get(key)
+        if builtin is None:
+            found = await self.find(guild_id, key)
+            if found is None:
+                raise PersonaNotFound(key)
+            # A deployment-wide persona seen from a guild.
+            if not self._is_admin(by):
+                raise PersonaPermissionDenied(
+                    key, action, "it is shared by the whole deployment; only an admin may change it"
+                )
+            return found
+        if action == "delete":
+            raise PersonaPermissionDenied(
+                key, action, "built-in personas cannot be deleted (edit it to override it)"
+            )
+        if not self._is_admin(by):
+            raise PersonaPermissionDenied(
+                key, action, "it is a built-in persona; only an admin may override it"
+            )
+        return builtin
 
     async def delete(self, guild_id: str | None, name: str, *, by: Caller) -> Persona:
         """Delete the guild's persona ``name``; return what was deleted.

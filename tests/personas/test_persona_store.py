@@ -177,6 +177,21 @@ async def test_import_checks_like_create(store: PersonaStore) -> None:
         await store.import_markdown(G, "hello", by=ALICE, source="upload.md")
 
 
+async def test_check_can_change_refuses_before_a_form_is_shown(store: PersonaStore) -> None:
+    await store.create(G, poet(), by=ALICE)
+    assert (await store.check_can_change(G, "poet", by=ALICE)).name == "poet"
+    assert (await store.check_can_change(G, "poet", by=ADMIN, action="delete")).name == "poet"
+    with pytest.raises(PersonaPermissionDenied, match="may not edit"):
+        await store.check_can_change(G, "poet", by=BOB)
+    with pytest.raises(PersonaPermissionDenied, match="only an admin may override"):
+        await store.check_can_change(G, "reviewer", by=BOB)
+    assert (await store.check_can_change(G, "reviewer", by=ADMIN)).builtin
+    with pytest.raises(PersonaPermissionDenied, match="cannot be deleted"):
+        await store.check_can_change(G, "reviewer", by=ADMIN, action="delete")
+    with pytest.raises(PersonaNotFound):
+        await store.check_can_change(G, "ghost", by=ADMIN)
+
+
 async def test_search_for_autocomplete(store: PersonaStore) -> None:
     for i in range(30):
         await store.create(G, poet(name=f"poet-{i:02d}"), by=ALICE)
@@ -216,8 +231,13 @@ async def test_deployment_wide_personas_are_seen_everywhere_and_guilds_win(
     assert (await store.get(G, "poet")).description == "Shared."
     with pytest.raises(PersonaPermissionDenied, match="whole deployment"):
         await store.delete(None, "poet", by=ALICE)
-    await store.create(G, poet(description="Ours."), by=ALICE)
+    with pytest.raises(PersonaPermissionDenied, match="deployment-wide persona; only an admin"):
+        await store.create(G, poet(description="Ours."), by=ALICE)
+    with pytest.raises(PersonaPermissionDenied, match="whole deployment"):
+        await store.update(G, poet(description="Ours."), by=ALICE)
+    await store.update(G, poet(description="Ours."), by=ADMIN)
     assert (await store.get(G, "poet")).description == "Ours."
+    assert (await store.get(G, "poet")).created_by == ADMIN.user_id
     assert (await store.get(OTHER, "poet")).description == "Shared."
     assert [p.description for p in await store.list(G) if p.name == "poet"] == ["Ours."]
 
