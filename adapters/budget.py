@@ -1,0 +1,324 @@
+"""The durable budget gate: a ledger of charges in SQL, reservations taken atomically.
+
+The rules are the kernel's (:mod:`executor.budget`): a rolling 7-day window of charges
+per member (per user id, across guilds), a default limit, a per-member override,
+one-off grants that expire, reservations before a run and a settlement after it.
+
+Atomicity: every reservation and settlement is one transaction that first takes the
+member's lock row in ``budget_members`` (``SELECT ... FOR UPDATE`` on PostgreSQL;
+``BEGIN IMMEDIATE`` on SQLite, which takes the database's write lock at once). A
+member with no row yet gets one by ``INSERT ... ON CONFLICT DO NOTHING`` inside the
+same transaction, so their first concurrent reservations serialise too. Check and
+insert happen under that lock, so concurrent reservations can never sum past a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from adapters.db import IMMEDIATE, translate_errors
+from adapters.tables import (
+    BudgetGrant,
+    BudgetLedgerEntry,
+    BudgetMember,
+    BudgetReservationRow,
+)
+from executor.agent import Caller
+from executor.budget import WINDOW, BudgetStatus, frees_at
+from executor.errors import BudgetDetails, BudgetExceeded
+from executor.ports import Clock, RealClock, Reservation
+
+__all__ = ["OpenReservation", "SqlBudgetLedger"]
+
+_ledger = BudgetLedgerEntry.__table__  # type: ignore[attr-defined]
+_members = BudgetMember.__table__  # type: ignore[attr-defined]
+_reservations = BudgetReservationRow.__table__  # type: ignore[attr-defined]
+_grants = BudgetGrant.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReservation:
+    id: int
+    user_id: str
+    run_id: str
+    amount_micros: int
+    created_at: datetime
+
+
+def _engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError("the session factory must be bound to an AsyncEngine")
+    return bind
+
+
+class SqlBudgetLedger:
+    """``executor.ports.BudgetGate`` on SQLite or PostgreSQL, with the admin operations."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        default_limit_micros: int,
+        clock: Clock | None = None,
+        window: timedelta = WINDOW,
+    ) -> None:
+        if default_limit_micros < 0:
+            raise ValueError("default_limit_micros must not be negative")
+        self._sessions = sessions
+        engine = _engine_of(sessions)
+        self._url: URL = engine.url
+        self._dialect = engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"budgets need SQLite or PostgreSQL, not {self._dialect}")
+        self.default_limit_micros = default_limit_micros
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self.window = window
+        # Why: SQLite has one writer at a time anyway; queueing our own writers here
+        # instead of in SQLite's busy handler (which sleeps and retries) is much faster.
+        # BEGIN IMMEDIATE still guards against other processes.
+        self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
+
+    # --- transactions --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        with translate_errors(self._url):
+            async with lock, self._sessions() as session, session.begin():
+                await session.connection(execution_options=IMMEDIATE)
+                yield session
+
+    async def _lock_member(self, session: AsyncSession, user_id: str) -> int | None:
+        """Take the member's lock row (creating it) and return their limit override."""
+        insert_member: Any = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        await session.execute(
+            insert_member(_members)
+            .values(user_id=user_id, limit_micros=None, updated_at=self.clock.now())
+            .on_conflict_do_nothing(index_elements=["user_id"])
+        )
+        row = await session.execute(
+            select(_members.c.limit_micros).where(_members.c.user_id == user_id).with_for_update()
+        )
+        limit: int | None = row.scalar_one()
+        return limit
+
+    async def _status_in(
+        self, session: AsyncSession, user_id: str, override: int | None, now: datetime
+    ) -> BudgetStatus:
+        since = now - self.window
+        spent = (
+            select(func.coalesce(func.sum(_ledger.c.amount_micros), 0))
+            .where(_ledger.c.user_id == user_id, _ledger.c.at > since)
+            .scalar_subquery()
+        )
+        reserved = (
+            select(func.coalesce(func.sum(_reservations.c.amount_micros), 0))
+            .where(_reservations.c.user_id == user_id)
+            .scalar_subquery()
+        )
+        granted = (
+            select(func.coalesce(func.sum(_grants.c.amount_micros), 0))
+            .where(_grants.c.user_id == user_id, _grants.c.expires_at > now)
+            .scalar_subquery()
+        )
+        # Why one statement: one round trip, and one snapshot of all three sums.
+        row = (await session.execute(select(spent, reserved, granted))).one()
+        base = override if override is not None else self.default_limit_micros
+        return BudgetStatus(
+            user_id=user_id,
+            limit_micros=base + int(row[2]),
+            base_limit_micros=base,
+            overridden=override is not None,
+            granted_micros=int(row[2]),
+            spent_micros=int(row[0]),
+            reserved_micros=int(row[1]),
+        )
+
+    # --- the gate ----------------------------------------------------------------------
+
+    async def reserve(self, caller: Caller, run_id: str, estimate_micros: int) -> Reservation:
+        if estimate_micros < 0:
+            raise ValueError(f"estimate_micros must not be negative (got {estimate_micros})")
+        user_id = caller.user_id
+        denied: BudgetDetails | None = None
+        async with self._transaction() as session:
+            now = self.clock.now()
+            override = await self._lock_member(session, user_id)
+            status = await self._status_in(session, user_id, override, now)
+            total = status.spent_micros + status.reserved_micros + estimate_micros
+            if total > status.limit_micros:
+                charges = await session.execute(
+                    select(_ledger.c.at, _ledger.c.amount_micros)
+                    .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
+                    .order_by(_ledger.c.at)
+                )
+                denied = BudgetDetails(
+                    spent_micros=status.spent_micros,
+                    reserved_micros=status.reserved_micros,
+                    estimate_micros=estimate_micros,
+                    limit_micros=status.limit_micros,
+                    frees_at=frees_at(
+                        ((r[0], int(r[1])) for r in charges),
+                        total - status.limit_micros,
+                        self.window,
+                    ),
+                )
+            else:
+                token = await session.scalar(
+                    insert(_reservations)
+                    .values(
+                        user_id=user_id,
+                        run_id=run_id,
+                        amount_micros=estimate_micros,
+                        created_at=now,
+                    )
+                    .returning(_reservations.c.id)
+                )
+        if denied is not None:
+            raise BudgetExceeded(denied)
+        return Reservation(
+            run_id=run_id, caller=caller, amount_micros=estimate_micros, token=int(token or 0)
+        )
+
+    async def settle(self, reservation: Reservation, cost_micros: int) -> None:
+        await self.settle_by_id(int(reservation.token), cost_micros)
+
+    async def settle_by_id(self, reservation_id: int, cost_micros: int) -> bool:
+        """Charge ``cost_micros`` for an open reservation and release it.
+
+        False when it was settled already (settling twice never charges twice).
+        """
+        if cost_micros < 0:
+            raise ValueError(f"cost_micros must not be negative (got {cost_micros})")
+        async with self._transaction() as session:
+            row = (
+                await session.execute(
+                    select(_reservations.c.user_id, _reservations.c.run_id).where(
+                        _reservations.c.id == reservation_id
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                return False
+            user_id, run_id = str(row[0]), str(row[1])
+            await self._lock_member(session, user_id)
+            gone = await session.execute(
+                delete(_reservations)
+                .where(_reservations.c.id == reservation_id)
+                .returning(_reservations.c.id)
+            )
+            if gone.scalar_one_or_none() is None:
+                return False  # a concurrent settle won the race
+            if cost_micros:
+                await session.execute(
+                    insert(_ledger).values(
+                        user_id=user_id,
+                        at=self.clock.now(),
+                        amount_micros=cost_micros,
+                        run_id=run_id,
+                        note="",
+                    )
+                )
+        return True
+
+    async def open_reservations(self) -> list[OpenReservation]:
+        async with self._sessions() as session:
+            rows = await session.execute(select(_reservations).order_by(_reservations.c.id))
+            return [
+                OpenReservation(
+                    id=r.id,
+                    user_id=r.user_id,
+                    run_id=r.run_id,
+                    amount_micros=r.amount_micros,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]
+
+    # --- admin -----------------------------------------------------------------------
+
+    async def set_limit(self, user_id: str, limit_micros: int | None) -> None:
+        """Override one member's limit; None returns them to the default."""
+        if limit_micros is not None and limit_micros < 0:
+            raise ValueError("limit_micros must not be negative")
+        async with self._transaction() as session:
+            await self._lock_member(session, user_id)
+            await session.execute(
+                _members.update()
+                .where(_members.c.user_id == user_id)
+                .values(limit_micros=limit_micros, updated_at=self.clock.now())
+            )
+
+    async def grant(
+        self,
+        user_id: str,
+        amount_micros: int,
+        *,
+        granted_by: str = "",
+        expires_at: datetime | None = None,
+        note: str = "",
+    ) -> None:
+        """A one-off grant: extra allowance until it expires (one window by default)."""
+        if amount_micros < 0:
+            raise ValueError("amount_micros must not be negative")
+        async with self._transaction() as session:
+            await self._lock_member(session, user_id)
+            now = self.clock.now()
+            await session.execute(
+                insert(_grants).values(
+                    user_id=user_id,
+                    amount_micros=amount_micros,
+                    granted_by=granted_by,
+                    granted_at=now,
+                    expires_at=expires_at if expires_at is not None else now + self.window,
+                    note=note[:200],
+                )
+            )
+
+    async def status(self, user_id: str) -> BudgetStatus:
+        async with self._sessions() as session:
+            override = await session.scalar(
+                select(_members.c.limit_micros).where(_members.c.user_id == user_id)
+            )
+            return await self._status_in(session, user_id, override, self.clock.now())
+
+    async def spend_summary(self, user_ids: Sequence[str] | None = None) -> list[BudgetStatus]:
+        """Every member's status (or the given members'), biggest spenders first."""
+        async with self._sessions() as session:
+            if user_ids is None:
+                ids = list(await session.scalars(select(_members.c.user_id)))
+            else:
+                ids = list(user_ids)
+        out = [await self.status(u) for u in ids]
+        return sorted(out, key=lambda s: (-s.spent_micros, s.user_id))
+
+    async def delete_user_data(self, user_id: str) -> None:
+        """Forget a member's charges, grants and override.
+
+        Kept: open reservations (they belong to runs in flight and are settled when
+        those runs end) and so the member row they hang on.
+        """
+        async with self._transaction() as session:
+            await session.execute(delete(_ledger).where(_ledger.c.user_id == user_id))
+            await session.execute(delete(_grants).where(_grants.c.user_id == user_id))
+            open_count = await session.scalar(
+                select(func.count()).where(_reservations.c.user_id == user_id)
+            )
+            if open_count:
+                await session.execute(
+                    _members.update().where(_members.c.user_id == user_id).values(limit_micros=None)
+                )
+            else:
+                await session.execute(delete(_members).where(_members.c.user_id == user_id))

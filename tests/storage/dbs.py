@@ -1,0 +1,129 @@
+"""Databases for storage tests: a migrated SQLite file per test, and PostgreSQL.
+
+PostgreSQL runs where ``COTERIE_TEST_POSTGRES_URL`` is set. Set but unreachable is a
+failure, never a skip (CI sets it and must not pass silently); unset, the PostgreSQL
+cases skip with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from adapters.db import Database
+
+T = TypeVar("T")
+PG_ENV = "COTERIE_TEST_POSTGRES_URL"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on its own loop, in a thread.
+
+    Why a thread: session fixtures may be set up from inside a test's running loop.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(fn())).result()
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+async def _migrate(url: str) -> None:
+    db = Database.open(url)
+    try:
+        await db.upgrade()
+    finally:
+        await db.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test gets a copy (migrating per test is slow)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    run_async(lambda: _migrate(sqlite_url(path)))
+    return path
+
+
+@pytest.fixture
+async def sqlite_db(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Database]:
+    path = tmp_path / "coterie.db"
+    shutil.copyfile(sqlite_template, path)
+    db = Database.open(sqlite_url(path))
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def _pg_admin(url: str, *statements: str) -> None:
+    import asyncpg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set: the PostgreSQL cases need a server")
+    name = f"coterie_test_{uuid.uuid4().hex[:12]}"
+    try:
+        run_async(lambda: _pg_admin(base, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"{PG_ENV} is set but PostgreSQL is unreachable: {exc!r}", pytrace=False)
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        run_async(lambda: _migrate(url))
+        yield url
+    finally:
+        run_async(lambda: _pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+_TABLES = (
+    "audit_events, audit_tool_calls, audit_model_attempts, audit_steps, audit_runs, "
+    "budget_ledger, budget_reservations, budget_grants, budget_members, "
+    "guild_settings, channel_settings, thread_bindings, personas, "
+    "schedules, skill_versions, skills"
+)
+
+
+@pytest.fixture
+async def pg_db(pg_url: str) -> AsyncIterator[Database]:
+    db = Database.open(pg_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
+        yield db
+    finally:
+        await db.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest) -> Database:
+    """The same test on SQLite and PostgreSQL.
+
+    Why a sync fixture: an async fixture cannot request another by getfixturevalue.
+    """
+    result: Database = request.getfixturevalue(
+        f"{'sqlite' if request.param == 'sqlite' else 'pg'}_db"
+    )
+    return result
