@@ -1,0 +1,485 @@
+"""/persona: list, show, create, edit, delete, default, export, import.
+
+Thin by design: each callback parses, checks permission, calls
+``bot.app.personas`` (a :class:`personas.PersonaStore`) or
+``bot.app.channel_defaults`` (a :class:`personas.ChannelDefaults`), and renders.
+Errors are raised, never rendered here: the bot's one renderer
+(``CoterieTree.on_error``) turns them into an ephemeral message. A modal's
+errors do not pass through the command tree, so :class:`PersonaModal` hands
+them to the same renderer.
+
+What the cog reads from ``bot.app`` (at command time, never in ``setup``):
+``personas`` (PersonaStore), ``tools`` (ToolRegistry, for the form's hints),
+``settings`` (``default_tier``), ``channel_defaults`` (ChannelDefaults or None).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from executor.agent import Caller, Privilege
+from executor.errors import ConfigError
+from personas.errors import PersonaFileError
+from personas.model import DESCRIPTION_MAX, SYSTEM_PROMPT_MAX, Persona, parse_tools
+from personas.store import MAX_CHOICES, PersonaStore
+
+__all__ = ["MAX_IMPORT_BYTES", "PersonaCog", "PersonaModal", "PersonaTransformer", "setup"]
+
+log = logging.getLogger("coterie.commands.persona")
+
+MAX_IMPORT_BYTES = 32 * 1024  # a 4,000-character prompt plus front matter fits many times
+IMPORT_SUFFIXES = (".md", ".markdown", ".txt")
+EMBED_DESCRIPTION_MAX = 4096
+CHOICE_NAME_MAX = 100
+COLOUR = discord.Colour.blurple()
+
+
+# --- reaching the app ---------------------------------------------------------------
+
+
+def _app(interaction: discord.Interaction[Any]) -> Any:
+    app = getattr(interaction.client, "app", None)
+    if app is None or getattr(app, "personas", None) is None:
+        raise ConfigError("personas are not set up on this bot (no app.personas)")
+    return app
+
+
+def _store(interaction: discord.Interaction[Any]) -> PersonaStore:
+    store: PersonaStore = _app(interaction).personas
+    return store
+
+
+def _guild_id(interaction: discord.Interaction[Any]) -> str:
+    return str(interaction.guild_id) if interaction.guild_id else ""
+
+
+def _privilege(interaction: discord.Interaction[Any]) -> Privilege:
+    # Why local: adapters/identity.py (the shared policy) did not exist when this was
+    # written; this mirrors its intended rules (owner ids, then server permissions).
+    user = interaction.user
+    owners: frozenset[int] = getattr(interaction.client, "owner_user_ids", frozenset())
+    if user.id in owners:
+        return Privilege.OWNER
+    guild = interaction.guild
+    perms = interaction.permissions
+    if (guild is not None and guild.owner_id == user.id) or perms.administrator:
+        return Privilege.ADMIN
+    if perms.manage_guild:
+        return Privilege.ADMIN
+    if perms.manage_messages:
+        return Privilege.MODERATOR
+    return Privilege.USER
+
+
+def caller_from_interaction(interaction: discord.Interaction[Any]) -> Caller:
+    """Who is acting, as the store sees them."""
+    member = interaction.user
+    return Caller(
+        user_id=str(member.id),
+        display_name=member.display_name,
+        privilege=_privilege(interaction),
+        guild_id=_guild_id(interaction) or None,
+        channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+        roles=tuple(str(r.id) for r in getattr(member, "roles", ())),
+    )
+
+
+# --- the name -> Persona transformer, with autocomplete -----------------------------
+
+
+def _choice_label(p: Persona) -> str:
+    label = f"{p.name} — {p.description}" if p.description else p.name
+    return label if len(label) <= CHOICE_NAME_MAX else label[: CHOICE_NAME_MAX - 1] + "…"
+
+
+class PersonaTransformer(app_commands.Transformer[Any]):
+    """A persona name typed in a slash command -> the :class:`Persona` it names.
+
+    An unknown name raises ``PersonaNotFound`` ("no persona named X; try /persona
+    list"); discord.py wraps it in a ``TransformerError`` whose cause the renderer shows.
+    """
+
+    async def transform(self, interaction: discord.Interaction[Any], value: Any) -> Persona:
+        return await _store(interaction).get(_guild_id(interaction), str(value))
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction[Any], value: str
+    ) -> list[app_commands.Choice[str]]:
+        found = await _store(interaction).search(_guild_id(interaction), value, limit=MAX_CHOICES)
+        return [app_commands.Choice(name=_choice_label(p), value=p.name) for p in found]
+
+
+PersonaArg = app_commands.Transform[Persona, PersonaTransformer]
+
+
+# --- rendering ----------------------------------------------------------------------
+
+
+def _tools_text(p: Persona) -> str:
+    return ", ".join(f"`{t}`" for t in p.tools) or "none"
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def list_embed(personas: list[Persona], *, default: str | None, guild_name: str) -> discord.Embed:
+    lines: list[str] = []
+    used = 0
+    for i, p in enumerate(personas):
+        star = " ⭐ *default here*" if p.name == default else ""
+        line = (
+            f"**{p.name}**{star} — {p.description or '*no description*'}\n"
+            f"-# {p.origin} · tier `{p.tier}` · tools {_tools_text(p)}"
+        )
+        more = f"… and {len(personas) - i} more: type a name in /persona show"
+        if used + len(line) + 1 > EMBED_DESCRIPTION_MAX - len(more) - 1:
+            lines.append(more)
+            break
+        lines.append(line)
+        used += len(line) + 1
+    embed = discord.Embed(
+        title=f"Personas in {guild_name}",
+        description="\n".join(lines) or "No personas.",
+        colour=COLOUR,
+    )
+    embed.set_footer(text="/persona show <name> for the details · /persona create for a new one")
+    return embed
+
+
+def show_embed(p: Persona) -> discord.Embed:
+    prompt = p.system_prompt.replace("```", "`\u200b``")
+    head = f"{p.description}\n\n" if p.description else ""
+    room = EMBED_DESCRIPTION_MAX - len(head) - len("**System prompt**\n```\n\n```")
+    embed = discord.Embed(
+        title=p.name,
+        description=f"{head}**System prompt**\n```\n{_fit(prompt, room)}\n```",
+        colour=COLOUR,
+    )
+    embed.add_field(name="Tier", value=f"`{p.tier}`")
+    embed.add_field(name="Tools", value=_fit(_tools_text(p), 1024))
+    embed.add_field(name="Origin", value=p.origin)
+    if p.temperature is not None:
+        embed.add_field(name="Temperature", value=f"{p.temperature:g}")
+    if p.created_by:
+        embed.add_field(name="Created by", value=f"<@{p.created_by}>")
+    if p.avatar_url:
+        embed.set_thumbnail(url=p.avatar_url)
+    return embed
+
+
+# --- the create / edit form --------------------------------------------------------
+
+Submit = Callable[[discord.Interaction[Any], Persona], Awaitable[None]]
+
+
+class PersonaModal(discord.ui.Modal):
+    """The persona form: name (create only), description, system prompt, tier, tools.
+
+    Discord allows five inputs per modal, which is exactly these. Avatar and
+    temperature are set by /persona import.
+    """
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        submit: Submit,
+        base: Persona | None,
+        tiers: tuple[str, ...],
+        default_tier: str,
+        tool_names: list[str],
+    ) -> None:
+        super().__init__(
+            title=_fit(title, 45), timeout=900, custom_id=f"persona:{secrets.token_hex(8)}"
+        )
+        self._submit = submit
+        self._base = base
+        self.name: discord.ui.TextInput[PersonaModal] | None = None
+        if base is None:
+            self.name = discord.ui.TextInput(
+                custom_id="name",
+                placeholder="e.g. travel-agent",
+                min_length=2,
+                max_length=32,
+            )
+            self.add_item(
+                discord.ui.Label(
+                    text="Name",
+                    description="2-32 lowercase letters, digits and hyphens",
+                    component=self.name,
+                )
+            )
+        self.description = discord.ui.TextInput[PersonaModal](
+            custom_id="description",
+            default=base.description if base else None,
+            placeholder="One line shown in /persona list",
+            required=False,
+            max_length=DESCRIPTION_MAX,
+        )
+        self.add_item(discord.ui.Label(text="Description", component=self.description))
+        self.system_prompt = discord.ui.TextInput[PersonaModal](
+            custom_id="system_prompt",
+            style=discord.TextStyle.paragraph,
+            default=base.system_prompt if base else None,
+            placeholder="You are ... (who it is, how it answers, what it must not do)",
+            max_length=SYSTEM_PROMPT_MAX,
+        )
+        self.add_item(
+            discord.ui.Label(
+                text="System prompt",
+                description=f"At most {SYSTEM_PROMPT_MAX:,} characters",
+                component=self.system_prompt,
+            )
+        )
+        self.tier = discord.ui.TextInput[PersonaModal](
+            custom_id="tier",
+            default=base.tier if base else default_tier,
+            max_length=32,
+        )
+        self.add_item(
+            discord.ui.Label(
+                text="Tier",
+                description=_fit("One of: " + ", ".join(tiers), 100) if tiers else None,
+                component=self.tier,
+            )
+        )
+        self.tools = discord.ui.TextInput[PersonaModal](
+            custom_id="tools",
+            default=", ".join(base.tools) if base else None,
+            placeholder="comma-separated, e.g. current_time, calculator",
+            required=False,
+            max_length=400,
+        )
+        self.add_item(
+            discord.ui.Label(
+                text="Tools",
+                description=_fit("Available: " + ", ".join(tool_names), 100)
+                if tool_names
+                else "No tools are enabled on this deployment",
+                component=self.tools,
+            )
+        )
+
+    def persona(self) -> Persona:
+        """The form's values as a Persona (validated by the store, not here)."""
+        base = self._base or Persona(name="", system_prompt="")
+        return replace(
+            base,
+            name=self.name.value if self.name is not None else base.name,
+            description=self.description.value,
+            system_prompt=self.system_prompt.value,
+            tier=self.tier.value,
+            tools=parse_tools(self.tools.value),
+            builtin=False,
+        )
+
+    async def on_submit(self, interaction: discord.Interaction[Any], /) -> None:
+        await self._submit(interaction, self.persona())
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        # Why: a modal's errors bypass the command tree; hand them to its one renderer.
+        tree: Any = getattr(interaction.client, "tree", None)
+        if tree is None:  # pragma: no cover - every commands.Bot has a tree
+            await super().on_error(interaction, error)
+            return
+        await tree.on_error(interaction, error)
+
+
+# --- the cog ------------------------------------------------------------------------
+
+
+@app_commands.guild_only()
+class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI personas"):
+    """/persona: the server's personas."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    def _form(
+        self,
+        interaction: discord.Interaction[Any],
+        *,
+        title: str,
+        base: Persona | None,
+        submit: Submit,
+    ) -> PersonaModal:
+        app = _app(interaction)
+        store: PersonaStore = app.personas
+        tools = getattr(app, "tools", None)
+        settings = getattr(app, "settings", None)
+        default_tier = getattr(settings, "default_tier", "standard")
+        if store.tiers and default_tier not in store.tiers:
+            default_tier = store.tiers[0]
+        return PersonaModal(
+            title=title,
+            submit=submit,
+            base=base,
+            tiers=store.tiers,
+            default_tier=default_tier,
+            tool_names=list(tools.enabled_names) if tools is not None else [],
+        )
+
+    @app_commands.command(name="list")
+    async def list_(self, interaction: discord.Interaction[Any]) -> None:
+        """List the personas of this server."""
+        app = _app(interaction)
+        found = await _store(interaction).list(_guild_id(interaction))
+        defaults = getattr(app, "channel_defaults", None)
+        default = None
+        if defaults is not None and interaction.channel_id:
+            default = await defaults.get(str(interaction.channel_id))
+        guild_name = interaction.guild.name if interaction.guild else "this server"
+        await interaction.response.send_message(
+            embed=list_embed(found, default=default, guild_name=guild_name)
+        )
+
+    @app_commands.command(name="show")
+    @app_commands.describe(persona="The persona to show")
+    async def show(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+        """Show a persona: its description, prompt, tier and tools."""
+        await interaction.response.send_message(embed=show_embed(persona))
+
+    @app_commands.command(name="create")
+    async def create(self, interaction: discord.Interaction[Any]) -> None:
+        """Create a persona with a form."""
+        guild_id = _guild_id(interaction)
+
+        async def submit(submitted: discord.Interaction[Any], persona: Persona) -> None:
+            created = await _store(submitted).create(
+                guild_id, persona, by=caller_from_interaction(submitted)
+            )
+            await submitted.response.send_message(
+                f"Created the persona **{created.name}**.",
+                embed=show_embed(created),
+                ephemeral=True,
+            )
+
+        await interaction.response.send_modal(
+            self._form(interaction, title="New persona", base=None, submit=submit)
+        )
+
+    @app_commands.command(name="edit")
+    @app_commands.describe(persona="The persona to edit (its creator or an admin)")
+    async def edit(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+        """Edit a persona with a form (its creator or an admin)."""
+        guild_id = _guild_id(interaction)
+        # Refuse now rather than after the person has filled in the form.
+        current = await _store(interaction).check_can_change(
+            guild_id, persona.name, by=caller_from_interaction(interaction)
+        )
+
+        async def submit(submitted: discord.Interaction[Any], changed: Persona) -> None:
+            saved = await _store(submitted).update(
+                guild_id, changed, by=caller_from_interaction(submitted)
+            )
+            note = " (this server's override of the built-in)" if saved.overrides_builtin else ""
+            await submitted.response.send_message(
+                f"Saved the persona **{saved.name}**{note}.",
+                embed=show_embed(saved),
+                ephemeral=True,
+            )
+
+        await interaction.response.send_modal(
+            self._form(interaction, title=f"Edit {current.name}", base=current, submit=submit)
+        )
+
+    @app_commands.command(name="delete")
+    @app_commands.describe(persona="The persona to delete (its creator or an admin)")
+    async def delete(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+        """Delete a persona (its creator or an admin)."""
+        deleted = await _store(interaction).delete(
+            _guild_id(interaction), persona.name, by=caller_from_interaction(interaction)
+        )
+        note = " The built-in persona of that name is back." if deleted.overrides_builtin else ""
+        await interaction.response.send_message(
+            f"Deleted the persona **{deleted.name}**.{note}", ephemeral=True
+        )
+
+    # Why no default_permissions: Discord only honours it on top-level commands, and on
+    # /persona it would hide every subcommand. The check below is the real gate.
+    @app_commands.command(name="default")
+    @app_commands.describe(persona="The persona that answers here by default; leave empty to clear")
+    @app_commands.checks.has_permissions(manage_channels=True)
+    async def default(
+        self, interaction: discord.Interaction[Any], persona: PersonaArg | None = None
+    ) -> None:
+        """Set this channel's default persona (needs Manage Channels)."""
+        defaults = getattr(_app(interaction), "channel_defaults", None)
+        if defaults is None or interaction.channel_id is None:
+            raise ConfigError("channel defaults are not set up on this bot")
+        name = persona.name if persona is not None else None
+        await defaults.set(_guild_id(interaction), str(interaction.channel_id), name)
+        if name is None:
+            text = "This channel no longer has its own default persona."
+        else:
+            text = f"**{name}** now answers in this channel by default."
+        await interaction.response.send_message(text)
+
+    @app_commands.command(name="export")
+    @app_commands.describe(persona="The persona to export")
+    async def export(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+        """Export a persona as a Markdown file."""
+        text = await _store(interaction).export_markdown(_guild_id(interaction), persona.name)
+        file = discord.File(io.BytesIO(text.encode("utf-8")), filename=f"{persona.name}.md")
+        await interaction.response.send_message(
+            f"**{persona.name}**, ready for /persona import.", file=file, ephemeral=True
+        )
+
+    @app_commands.command(name="import")
+    @app_commands.describe(
+        file="A persona Markdown file (as made by /persona export), at most 32 KB",
+        overwrite="Replace a persona of the same name (its creator or an admin)",
+    )
+    async def import_(
+        self,
+        interaction: discord.Interaction[Any],
+        file: discord.Attachment,
+        overwrite: bool = False,
+    ) -> None:
+        """Import a persona from a Markdown file."""
+        filename = file.filename or "upload"
+        if not filename.lower().endswith(IMPORT_SUFFIXES):
+            raise PersonaFileError(filename, "must be a Markdown file (.md)")
+        if file.size > MAX_IMPORT_BYTES:
+            raise PersonaFileError(
+                filename,
+                f"is {file.size / 1024:.0f} KB; the limit is {MAX_IMPORT_BYTES // 1024} KB",
+            )
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            data = await file.read()
+        except discord.HTTPException as exc:
+            raise PersonaFileError(
+                filename, f"could not be downloaded from Discord (HTTP {exc.status})"
+            ) from exc
+        if len(data) > MAX_IMPORT_BYTES:
+            raise PersonaFileError(filename, f"is larger than {MAX_IMPORT_BYTES // 1024} KB")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PersonaFileError(filename, "is not UTF-8 text") from exc
+        imported = await _store(interaction).import_markdown(
+            _guild_id(interaction),
+            text,
+            by=caller_from_interaction(interaction),
+            source=filename,
+            replace_existing=overwrite,
+        )
+        await interaction.followup.send(
+            f"Imported the persona **{imported.name}**.", embed=show_embed(imported), ephemeral=True
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(PersonaCog(bot))
