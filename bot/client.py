@@ -204,14 +204,9 @@ class CoterieBot(commands.Bot):
     def owner_user_ids(self) -> frozenset[int]:
         """Who counts as an owner of this coterie: settings.owner_ids plus the
         application's owner (or its team's members)."""
-        ids = set(self.settings.owner_ids)
-        app_info = getattr(self, "_application", None)
-        if app_info is not None:
-            if app_info.team is not None:
-                ids.update(m.id for m in app_info.team.members)
-            elif app_info.owner is not None:
-                ids.add(app_info.owner.id)
-        return frozenset(ids)
+        from adapters.identity import app_owner_ids
+
+        return frozenset(self.settings.owner_ids) | app_owner_ids(self.application)
 
     async def setup_hook(self) -> None:
         for name in self.extension_names:
