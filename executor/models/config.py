@@ -165,8 +165,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         if m:
             line, col = m.groups()
             msg = _TOML_POSITION.sub("", msg).strip()
-            raise ConfigError(f"{path}:{line}:{col}: invalid TOML: {msg}") from exc
-        raise ConfigError(f"{path}: invalid TOML: {msg}") from exc
+        else:  # "(at end of document)": point at the end
+            lines = text.split("\n")
+            line, col = str(len(lines)), str(len(lines[-1]) + 1)
+            msg = msg.replace("(at end of document)", "at end of file").strip()
+        raise ConfigError(f"{path}:{line}:{col}: invalid TOML: {msg}") from exc
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:

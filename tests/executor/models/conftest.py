@@ -60,6 +60,10 @@ class Recorder:
         return result
 
 
+def _unreachable(request: httpx2.Request) -> httpx2.Response:
+    raise AssertionError(f"unexpected request to {request.url}")
+
+
 class Clients:
     """Builds SDK http clients over mock transports and closes them after the test."""
 
@@ -80,11 +84,10 @@ class Clients:
         prices: PriceTable | None = None,
     ) -> ProviderRegistry:
         return ProviderRegistry(
-            settings
-            or ProviderSettings(anthropic_api_key="sk-ant-test", openai_api_key="sk-test"),
+            settings or ProviderSettings(anthropic_api_key="sk-ant-test", openai_api_key="sk-test"),
             providers=providers,
             prices=prices,
-            http_client_factory=lambda spec: self.client(handlers[spec.name]),
+            http_client_factory=lambda spec: self.client(handlers.get(spec.name, _unreachable)),
         )
 
     def anthropic(self, handler: Handler, model_id: str = "claude-haiku-4-5") -> Any:

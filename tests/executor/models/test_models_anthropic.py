@@ -61,23 +61,70 @@ def stream_events(*, text: str = "Hello world", error: dict[str, object] | None 
     start["usage"] = {"input_tokens": 50, "output_tokens": 1, "cache_read_input_tokens": 20}
     events: list[tuple[str | None, object]] = [
         ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
         ("ping", {"type": "ping"}),
     ]
     for word in text.split(" "):
         events.append(
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}})
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": word + " "},
+                },
+            )
         )
     if error is not None:
         events.append(("error", error))
         return sse(*events)
     events += [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {}}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city": '}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '"Oslo"}'}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": "toolu_02",
+                    "name": "get_weather",
+                    "input": {},
+                },
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": '{"city": '},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": '"Oslo"}'},
+            },
+        ),
         ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 30}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 30},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     return sse(*events)
@@ -86,9 +133,28 @@ def stream_events(*, text: str = "Hello world", error: dict[str, object] | None 
 def request(**kw: object) -> ModelRequest:
     messages = [
         Message.system("You are terse."),
-        Message.user("What's the weather?", name="Ada [mod]", images=(ImagePart(data="aGk=", media_type="image/jpeg"), ImagePart(url="https://x.test/a.png"))),
-        Message(role="assistant", parts=(TextPart(text="Checking."), ToolCallPart(id="toolu_00", name="get_weather", arguments={"city": "Oslo"}))),
-        Message(role="user", parts=(ToolResultPart(tool_call_id="toolu_00", name="get_weather", content="12C"), TextPart(text="And tomorrow?"))),
+        Message.user(
+            "What's the weather?",
+            name="Ada [mod]",
+            images=(
+                ImagePart(data="aGk=", media_type="image/jpeg"),
+                ImagePart(url="https://x.test/a.png"),
+            ),
+        ),
+        Message(
+            role="assistant",
+            parts=(
+                TextPart(text="Checking."),
+                ToolCallPart(id="toolu_00", name="get_weather", arguments={"city": "Oslo"}),
+            ),
+        ),
+        Message(
+            role="user",
+            parts=(
+                ToolResultPart(tool_call_id="toolu_00", name="get_weather", content="12C"),
+                TextPart(text="And tomorrow?"),
+            ),
+        ),
     ]
     return ModelRequest(messages=messages, tools=[WEATHER], max_tokens=300, temperature=0.2, **kw)  # type: ignore[arg-type]
 
@@ -100,7 +166,9 @@ async def collect(model: object, req: ModelRequest) -> list[StreamEvent]:
 async def test_generate_translates_request_and_response(clients: Clients) -> None:
     rec = Recorder(lambda r: httpx2.Response(200, json=MESSAGE))
     model = clients.anthropic(rec)
-    resp = await model.generate(request(tool_choice="get_weather", response_schema={"type": "object"}))
+    resp = await model.generate(
+        request(tool_choice="get_weather", response_schema={"type": "object"})
+    )
 
     body = rec.bodies[0]
     assert rec.requests[0].url.path == "/v1/messages"
@@ -109,20 +177,49 @@ async def test_generate_translates_request_and_response(clients: Clients) -> Non
     assert "temperature" not in body  # API 2026-10-21 rejects sampling parameters
     assert "response_format" not in body and "output_config" not in body
     assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
-    assert body["tools"] == [{"name": "get_weather", "description": "Weather for a city", "input_schema": WEATHER.parameters}]
+    assert body["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "input_schema": WEATHER.parameters,
+        }
+    ]
     user, assistant, results = body["messages"]
     assert user["content"][0] == {"type": "text", "text": "[Ada mod]: What's the weather?"}
-    assert user["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "aGk="}}
-    assert user["content"][2] == {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
-    assert assistant["content"][1] == {"type": "tool_use", "id": "toolu_00", "name": "get_weather", "input": {"city": "Oslo"}}
-    assert results["content"][0] == {"type": "tool_result", "tool_use_id": "toolu_00", "content": "12C", "is_error": False}
+    assert user["content"][1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/jpeg", "data": "aGk="},
+    }
+    assert user["content"][2] == {
+        "type": "image",
+        "source": {"type": "url", "url": "https://x.test/a.png"},
+    }
+    assert assistant["content"][1] == {
+        "type": "tool_use",
+        "id": "toolu_00",
+        "name": "get_weather",
+        "input": {"city": "Oslo"},
+    }
+    assert results["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": "toolu_00",
+        "content": "12C",
+        "is_error": False,
+    }
 
     assert resp.model == "anthropic:claude-haiku-4-5"
     assert resp.text == "Let me check."
-    assert resp.tool_calls == [ToolCallPart(id="toolu_01", name="get_weather", arguments={"city": "Oslo"})]
+    assert resp.tool_calls == [
+        ToolCallPart(id="toolu_01", name="get_weather", arguments={"city": "Oslo"})
+    ]
     assert resp.stop_reason == "tool_use"
     u = resp.usage
-    assert (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens) == (1000, 200, 400, 100)
+    assert (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens) == (
+        1000,
+        200,
+        400,
+        100,
+    )
     # $1 in, $5 out, $0.10 cache read, $1.25 cache write per MTok
     assert u.cost_micros == 1000 * 1 + 200 * 5 + 40 + 125
 
@@ -150,7 +247,11 @@ async def test_stream_yields_text_tool_call_and_one_done(clients: Clients) -> No
     resp = done[0].response
     assert resp.text == "Hello world "
     assert resp.stop_reason == "tool_use"
-    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (50, 30, 20)
+    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (
+        50,
+        30,
+        20,
+    )
     assert resp.usage.cost_micros > 0
 
 
@@ -158,21 +259,31 @@ async def test_mid_stream_overloaded_error_maps_to_overloaded(clients: Clients) 
     body = stream_events(error=error_body("overloaded_error", "Overloaded"))
     model = clients.anthropic(lambda r: sse_response(body))
     seen: list[StreamEvent] = []
-    with pytest.raises(Overloaded) as info:
+
+    async def consume() -> None:
         async for e in model.stream(request()):
             seen.append(e)
+
+    with pytest.raises(Overloaded) as info:
+        await consume()
     assert any(isinstance(e, TextDelta) for e in seen)
     assert info.value.model == "anthropic:claude-haiku-4-5"
     assert info.value.__cause__ is not None
 
 
-@pytest.mark.parametrize("error", [httpx2.RemoteProtocolError("peer closed connection"), httpx2.ReadError("reset")])
-async def test_stream_dropped_halfway_maps_to_connection_error(clients: Clients, error: Exception) -> None:
+@pytest.mark.parametrize(
+    "error", [httpx2.RemoteProtocolError("peer closed connection"), httpx2.ReadError("reset")]
+)
+async def test_stream_dropped_halfway_maps_to_connection_error(
+    clients: Clients, error: Exception
+) -> None:
     full = stream_events()
     half = full[: len(full) // 2]
 
     def handler(r: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=DroppingStream([half], error))
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=DroppingStream([half], error)
+        )
 
     with pytest.raises(ProviderConnectionError) as info:
         await collect(clients.anthropic(handler), request())
@@ -194,11 +305,22 @@ async def test_stream_ending_without_message_stop_is_a_connection_error(clients:
         (503, error_body("api_error", "unavailable"), {}, ServerError),
         (401, error_body("authentication_error", "invalid x-api-key"), {}, AuthenticationFailed),
         (400, error_body("invalid_request_error", "messages: field required"), {}, BadRequest),
-        (400, error_body("invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"), {}, ContextTooLong),
+        (
+            400,
+            error_body(
+                "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"
+            ),
+            {},
+            ContextTooLong,
+        ),
     ],
 )
 async def test_status_errors_map(
-    clients: Clients, status: int, body: dict[str, object], headers: dict[str, str], expected: type[Exception]
+    clients: Clients,
+    status: int,
+    body: dict[str, object],
+    headers: dict[str, str],
+    expected: type[Exception],
 ) -> None:
     model = clients.anthropic(lambda r: httpx2.Response(status, json=body, headers=headers))
     with pytest.raises(expected) as info:

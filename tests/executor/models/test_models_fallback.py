@@ -37,7 +37,9 @@ REQ = ModelRequest(messages=[Message.user("hi")])
 class FakeModel:
     """Answers ``text``, or fails with ``error`` (after ``partial`` streamed text)."""
 
-    def __init__(self, name: str, text: str = "ok", error: Exception | None = None, partial: str = "") -> None:
+    def __init__(
+        self, name: str, text: str = "ok", error: Exception | None = None, partial: str = ""
+    ) -> None:
         self._name = name
         self.text = text
         self.error = error
@@ -52,7 +54,9 @@ class FakeModel:
         self.calls += 1
         if self.error:
             raise self.error
-        return ModelResponse(message=Message.assistant(self.text), usage=Usage(requests=1), model=self.name)
+        return ModelResponse(
+            message=Message.assistant(self.text), usage=Usage(requests=1), model=self.name
+        )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         self.calls += 1
@@ -61,7 +65,11 @@ class FakeModel:
         if self.error:
             raise self.error
         yield TextDelta(self.text)
-        yield ResponseDone(ModelResponse(message=Message.assistant(self.text), usage=Usage(requests=1), model=self.name))
+        yield ResponseDone(
+            ModelResponse(
+                message=Message.assistant(self.text), usage=Usage(requests=1), model=self.name
+            )
+        )
 
 
 class Clock:
@@ -78,7 +86,11 @@ async def test_fails_over_on_retriable_errors_and_records_attempts() -> None:
     c = FakeModel("p:c", text="from c")
     resp = await FallbackModel([a, b, c]).generate(REQ)
     assert resp.text == "from c" and resp.model == "p:c"
-    assert [(t.model, t.error_kind) for t in resp.attempts] == [("p:a", "overloaded"), ("p:b", "server_error"), ("p:c", None)]
+    assert [(t.model, t.error_kind) for t in resp.attempts] == [
+        ("p:a", "overloaded"),
+        ("p:b", "server_error"),
+        ("p:c", None),
+    ]
     assert resp.attempts[-1].error is None
 
 
@@ -99,7 +111,10 @@ async def test_our_own_bugs_propagate() -> None:
 
 
 async def test_all_failed_carries_every_attempt() -> None:
-    models = [FakeModel("p:a", error=RateLimited("429", retry_after=3)), FakeModel("p:b", error=ServerError("500"))]
+    models = [
+        FakeModel("p:a", error=RateLimited("429", retry_after=3)),
+        FakeModel("p:b", error=ServerError("500")),
+    ]
     with pytest.raises(AllModelsFailed) as info:
         await FallbackModel(models, name="tier:fast").generate(REQ)
     assert [t.model for t in info.value.attempts] == ["p:a", "p:b"]
@@ -173,12 +188,32 @@ async def test_a_hung_candidate_fails_over_within_the_deadline(clients: Clients)
         await never.wait()
         raise AssertionError("unreachable")
 
-    registry = clients.registry({"anthropic": hang, "openai": lambda r: httpx2.Response(200, json={
-        "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-5-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    })})
-    model = FallbackModel([registry.model("anthropic:claude-haiku-4-5"), registry.model("openai:gpt-5-mini")], timeout_s=0.2)
+    registry = clients.registry(
+        {
+            "anthropic": hang,
+            "openai": lambda r: httpx2.Response(
+                200,
+                json={
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "gpt-5-mini",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "hi"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                },
+            ),
+        }
+    )
+    model = FallbackModel(
+        [registry.model("anthropic:claude-haiku-4-5"), registry.model("openai:gpt-5-mini")],
+        timeout_s=0.2,
+    )
     started = time.perf_counter()
     resp = await model.generate(REQ)
     elapsed = time.perf_counter() - started
@@ -213,9 +248,13 @@ async def test_a_5xx_fails_over_without_sdk_retries(clients: Clients) -> None:
     def five_hundred(request: httpx2.Request) -> httpx2.Response:
         nonlocal hits
         hits += 1
-        return httpx2.Response(500, json={"type": "error", "error": {"type": "api_error", "message": "x"}})
+        return httpx2.Response(
+            500, json={"type": "error", "error": {"type": "api_error", "message": "x"}}
+        )
 
-    registry = clients.registry({"anthropic": five_hundred, "openai": lambda r: httpx2.Response(200, json=MESSAGE)})
+    registry = clients.registry(
+        {"anthropic": five_hundred, "openai": lambda r: httpx2.Response(200, json=MESSAGE)}
+    )
     backup = FakeModel("p:backup")
     started = time.perf_counter()
     resp = await FallbackModel([registry.model("anthropic:claude-haiku-4-5"), backup]).generate(REQ)

@@ -19,7 +19,14 @@ from executor.errors import (
     ServerError,
 )
 from executor.messages import ImagePart, Message, TextPart, ToolCallPart, ToolResultPart
-from executor.models.base import ModelRequest, ResponseDone, StreamEvent, TextDelta, ToolCallEvent, ToolDefinition
+from executor.models.base import (
+    ModelRequest,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    ToolCallEvent,
+    ToolDefinition,
+)
 
 WEATHER = ToolDefinition(
     name="get_weather",
@@ -39,7 +46,11 @@ COMPLETION = {
                 "role": "assistant",
                 "content": "Checking.",
                 "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                    }
                 ],
             },
             "finish_reason": "tool_calls",
@@ -54,9 +65,17 @@ COMPLETION = {
 }
 
 
-def chunk(delta: dict[str, object], finish: str | None = None, usage: dict[str, object] | None = None) -> dict[str, object]:
+def chunk(
+    delta: dict[str, object], finish: str | None = None, usage: dict[str, object] | None = None
+) -> dict[str, object]:
     choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]
-    out: dict[str, object] = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1767225600, "model": "gpt-5-mini", "choices": choices}
+    out: dict[str, object] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1767225600,
+        "model": "gpt-5-mini",
+        "choices": choices,
+    }
     if usage:
         out["usage"] = usage
     return out
@@ -67,11 +86,36 @@ def stream_body() -> bytes:
         (None, chunk({"role": "assistant", "content": ""})),
         (None, chunk({"content": "Hello "})),
         (None, chunk({"content": "world"})),
-        (None, chunk({"tool_calls": [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]})),
+        (
+            None,
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_9",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
+        ),
         (None, chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]})),
         (None, chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]})),
         (None, chunk({}, finish="tool_calls")),
-        (None, chunk({}, usage={"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92, "prompt_tokens_details": {"cached_tokens": 0}})),
+        (
+            None,
+            chunk(
+                {},
+                usage={
+                    "prompt_tokens": 80,
+                    "completion_tokens": 12,
+                    "total_tokens": 92,
+                    "prompt_tokens_details": {"cached_tokens": 0},
+                },
+            ),
+        ),
         (None, "[DONE]"),
     )
 
@@ -79,13 +123,28 @@ def stream_body() -> bytes:
 def request(**kw: object) -> ModelRequest:
     messages = [
         Message.system("You are terse."),
-        Message.user("Weather?", name="Zoë O'Brien!", images=(ImagePart(data="aGk=", media_type="image/jpeg"),)),
-        Message(role="assistant", parts=(TextPart(text=""), ToolCallPart(id="call_0", name="get_weather", arguments={"city": "Oslo"}))),
-        Message(role="user", parts=(
-            ToolResultPart(tool_call_id="call_0", name="get_weather", content="12C"),
-            ToolResultPart(tool_call_id="call_x", name="get_weather", content="boom", is_error=True),
-            TextPart(text="Tomorrow?"),
-        )),
+        Message.user(
+            "Weather?",
+            name="Zoë O'Brien!",
+            images=(ImagePart(data="aGk=", media_type="image/jpeg"),),
+        ),
+        Message(
+            role="assistant",
+            parts=(
+                TextPart(text=""),
+                ToolCallPart(id="call_0", name="get_weather", arguments={"city": "Oslo"}),
+            ),
+        ),
+        Message(
+            role="user",
+            parts=(
+                ToolResultPart(tool_call_id="call_0", name="get_weather", content="12C"),
+                ToolResultPart(
+                    tool_call_id="call_x", name="get_weather", content="boom", is_error=True
+                ),
+                TextPart(text="Tomorrow?"),
+            ),
+        ),
     ]
     return ModelRequest(messages=messages, tools=[WEATHER], max_tokens=300, temperature=0.2, **kw)  # type: ignore[arg-type]
 
@@ -93,16 +152,33 @@ def request(**kw: object) -> ModelRequest:
 async def test_generate_translates_request_and_response(clients: Clients) -> None:
     rec = Recorder(lambda r: httpx2.Response(200, json=COMPLETION))
     model = clients.openai(rec)
-    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
-    resp = await model.generate(request(tool_choice="get_weather", response_schema=schema, response_schema_name="answer"))
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    resp = await model.generate(
+        request(tool_choice="get_weather", response_schema=schema, response_schema_name="answer")
+    )
 
     body = rec.bodies[0]
     assert rec.requests[0].url.path == "/v1/chat/completions"
     assert body["max_completion_tokens"] == 300 and "max_tokens" not in body
     assert body["temperature"] == 0.2
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
-    assert body["tools"][0] == {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city", "parameters": WEATHER.parameters}}
-    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    assert body["tools"][0] == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": WEATHER.parameters,
+        },
+    }
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
     system, user, assistant, tool1, tool2, user2 = body["messages"]
     assert system == {"role": "system", "content": "You are terse."}
     assert user["name"] == "Zo_O_Brien"
@@ -111,14 +187,22 @@ async def test_generate_translates_request_and_response(clients: Clients) -> Non
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,aGk="}},
     ]
     assert assistant["content"] is None
-    assert assistant["tool_calls"] == [{"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]
+    assert assistant["tool_calls"] == [
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})},
+        }
+    ]
     assert tool1 == {"role": "tool", "tool_call_id": "call_0", "content": "12C"}
     assert tool2 == {"role": "tool", "tool_call_id": "call_x", "content": "Error: boom"}
     assert user2 == {"role": "user", "content": "Tomorrow?"}
 
     assert resp.model == "openai:gpt-5-mini"
     assert resp.text == "Checking."
-    assert resp.tool_calls == [ToolCallPart(id="call_1", name="get_weather", arguments={"city": "Oslo"})]
+    assert resp.tool_calls == [
+        ToolCallPart(id="call_1", name="get_weather", arguments={"city": "Oslo"})
+    ]
     assert resp.stop_reason == "tool_use"
     u = resp.usage
     assert (u.input_tokens, u.output_tokens, u.cache_read_tokens) == (600, 100, 400)
@@ -126,7 +210,9 @@ async def test_generate_translates_request_and_response(clients: Clients) -> Non
     assert u.cost_micros == 360
 
 
-async def test_compatible_server_uses_max_tokens_and_no_tools_means_no_tool_choice(clients: Clients) -> None:
+async def test_compatible_server_uses_max_tokens_and_no_tools_means_no_tool_choice(
+    clients: Clients,
+) -> None:
     rec = Recorder(lambda r: httpx2.Response(200, json=COMPLETION))
     model = clients.openai(rec, model_id="llama3.2", max_tokens_param="max_tokens")
     resp = await model.generate(ModelRequest(messages=[Message.user("hi")]))
@@ -155,7 +241,10 @@ async def test_stream_yields_text_tool_call_and_one_done(clients: Clients) -> No
 async def test_mid_stream_error_object_maps(clients: Clients) -> None:
     body = sse(
         (None, chunk({"content": "Hel"})),
-        (None, {"error": {"message": "The server had an error", "type": "server_error", "code": None}}),
+        (
+            None,
+            {"error": {"message": "The server had an error", "type": "server_error", "code": None}},
+        ),
     )
     with pytest.raises(ServerError):
         [e async for e in clients.openai(lambda r: sse_response(body)).stream(request())]
@@ -165,7 +254,11 @@ async def test_stream_dropped_halfway_maps_to_connection_error(clients: Clients)
     half = stream_body()[:300]
 
     def handler(r: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=DroppingStream([half], httpx2.RemoteProtocolError("peer closed")))
+        return httpx2.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            stream=DroppingStream([half], httpx2.RemoteProtocolError("peer closed")),
+        )
 
     with pytest.raises(ProviderConnectionError) as info:
         [e async for e in clients.openai(handler).stream(request())]
@@ -180,16 +273,39 @@ def oai_error(message: str, type_: str, code: str | None = None) -> dict[str, ob
 @pytest.mark.parametrize(
     ("status", "body", "headers", "expected"),
     [
-        (429, oai_error("Rate limit reached", "requests", "rate_limit_exceeded"), {"retry-after-ms": "1500"}, RateLimited),
+        (
+            429,
+            oai_error("Rate limit reached", "requests", "rate_limit_exceeded"),
+            {"retry-after-ms": "1500"},
+            RateLimited,
+        ),
         (503, oai_error("The engine is currently overloaded", "server_error"), {}, Overloaded),
         (500, oai_error("oops", "server_error"), {}, ServerError),
-        (401, oai_error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"), {}, AuthenticationFailed),
+        (
+            401,
+            oai_error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
+            {},
+            AuthenticationFailed,
+        ),
         (400, oai_error("Invalid value for 'messages'", "invalid_request_error"), {}, BadRequest),
-        (400, oai_error("This model's maximum context length is 128000 tokens.", "invalid_request_error", "context_length_exceeded"), {}, ContextTooLong),
+        (
+            400,
+            oai_error(
+                "This model's maximum context length is 128000 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            ),
+            {},
+            ContextTooLong,
+        ),
     ],
 )
 async def test_status_errors_map(
-    clients: Clients, status: int, body: dict[str, object], headers: dict[str, str], expected: type[Exception]
+    clients: Clients,
+    status: int,
+    body: dict[str, object],
+    headers: dict[str, str],
+    expected: type[Exception],
 ) -> None:
     model = clients.openai(lambda r: httpx2.Response(status, json=body, headers=headers))
     with pytest.raises(expected) as info:

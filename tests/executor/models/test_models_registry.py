@@ -1,0 +1,140 @@
+"""The provider registry and the tier resolver."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx2
+import pytest
+from conftest import Clients, Recorder
+from test_models_anthropic import MESSAGE
+
+from executor.errors import MissingCredentials, UnknownModel, UnknownTier
+from executor.messages import Message
+from executor.models.base import ModelRequest
+from executor.models.config import load_tier_config
+from executor.models.fallback import FallbackModel
+from executor.models.providers import ProviderSettings, ProviderSpec
+from executor.models.tiers import TierResolver
+
+OK_CHAT = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+
+
+def test_importing_the_package_imports_no_sdk() -> None:
+    code = "import sys, executor.models, executor.models.tiers; print('anthropic' in sys.modules, 'openai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_unknown_provider_lists_the_known_ones(clients: Clients) -> None:
+    registry = clients.registry({})
+    with pytest.raises(UnknownModel, match="anthropic, ollama, openai, openrouter"):
+        registry.model("mistral:large")
+    with pytest.raises(UnknownModel):
+        registry.model("no-colon")
+
+
+def test_missing_key_names_the_variable(clients: Clients) -> None:
+    registry = clients.registry({}, ProviderSettings())
+    with pytest.raises(MissingCredentials, match="ANTHROPIC_API_KEY"):
+        registry.model("anthropic:claude-haiku-4-5")
+    with pytest.raises(MissingCredentials, match="OPENROUTER_API_KEY"):
+        registry.model("openrouter:openai/gpt-5")
+
+
+async def test_ollama_needs_no_key_and_uses_its_base_url_and_max_tokens(clients: Clients) -> None:
+    rec = Recorder(lambda r: httpx2.Response(200, json=OK_CHAT))
+    registry = clients.registry({"ollama": rec}, ProviderSettings())
+    model = registry.model("ollama:llama3.2:3b")
+    assert model.name == "ollama:llama3.2:3b"
+    await model.generate(ModelRequest(messages=[Message.user("hi")]))
+    assert str(rec.requests[0].url) == "http://localhost:11434/v1/chat/completions"
+    assert rec.bodies[0]["model"] == "llama3.2:3b" and "max_tokens" in rec.bodies[0]
+
+
+async def test_base_urls_and_keys_come_from_settings(clients: Clients) -> None:
+    ant = Recorder(lambda r: httpx2.Response(200, json=MESSAGE))
+    oai = Recorder(lambda r: httpx2.Response(200, json=OK_CHAT))
+    settings = ProviderSettings.from_environ(
+        {
+            "ANTHROPIC_API_KEY": "sk-a",
+            "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/ant",
+            "OPENAI_API_KEY": "sk-o",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        }
+    )
+    registry = clients.registry({"anthropic": ant, "openai": oai}, settings)
+    await registry.model("anthropic:claude-haiku-4-5").generate(
+        ModelRequest(messages=[Message.user("hi")])
+    )
+    await registry.model("openai:gpt-5").generate(ModelRequest(messages=[Message.user("hi")]))
+    assert str(ant.requests[0].url) == "http://127.0.0.1:9/ant/v1/messages"
+    assert str(oai.requests[0].url) == "http://127.0.0.1:9/v1/chat/completions"
+    assert oai.requests[0].headers["authorization"] == "Bearer sk-o"
+
+
+async def test_custom_provider_from_config_and_one_client_per_provider(clients: Clients) -> None:
+    rec = Recorder(lambda r: httpx2.Response(200, json=OK_CHAT))
+    made: list[str] = []
+    spec = ProviderSpec(
+        "together", "openai", base_url="http://127.0.0.1:9/v1", api_key_env="TOGETHER_API_KEY"
+    )
+    registry = clients.registry(
+        {"together": rec},
+        ProviderSettings(extra={"TOGETHER_API_KEY": "tk"}),
+        providers={"together": spec},
+    )
+    factory = registry._http_client_factory
+    registry._http_client_factory = lambda s: (made.append(s.name), factory(s))[1]  # type: ignore[misc]
+    m1 = registry.model("together:llama-70b")
+    m2 = registry.model("together:qwen")
+    await m1.generate(ModelRequest(messages=[Message.user("hi")]))
+    await m2.generate(ModelRequest(messages=[Message.user("hi")]))
+    assert made == ["together"]
+    assert rec.requests[0].headers["authorization"] == "Bearer tk"
+
+
+async def test_tier_resolver(clients: Clients) -> None:
+    cfg = load_tier_config(
+        None, {"COTERIE_TIER_FAST": "anthropic:claude-haiku-4-5,openai:gpt-5-mini"}
+    )
+    registry = clients.registry(
+        {
+            "anthropic": lambda r: httpx2.Response(200, json=MESSAGE),
+            "openai": lambda r: httpx2.Response(200, json=OK_CHAT),
+        }
+    )
+    tiers = TierResolver(cfg, registry)
+    assert tiers.tiers == ["fast", "smart", "standard"]
+    assert tiers.candidates("fast") == ["anthropic:claude-haiku-4-5", "openai:gpt-5-mini"]
+    model = tiers.resolve("fast")
+    assert isinstance(model, FallbackModel) and tiers.resolve("fast") is model
+    assert tiers.resolve() is tiers.resolve("standard")
+    resp = await model.generate(ModelRequest(messages=[Message.user("hi")]))
+    assert resp.model == "anthropic:claude-haiku-4-5" and len(resp.attempts) == 1
+    with pytest.raises(UnknownTier, match="fast, smart, standard"):
+        tiers.resolve("huge")
+    # gpt-5.5 ($5/$30) is dearer than opus 4.8 ($5/$25)
+    assert tiers.estimate_micros("smart", 1000, 100) == 5000 + 3000
+
+
+def test_tier_skips_candidates_without_keys(clients: Clients) -> None:
+    cfg = load_tier_config(None, {})
+    tiers = TierResolver(cfg, clients.registry({}, ProviderSettings(openai_api_key="sk")))
+    model = tiers.resolve("fast")
+    assert isinstance(model, FallbackModel)
+    assert [m.name for m in model.candidates] == ["openai:gpt-5-mini"]
+    assert tiers.available("fast") == ["openai:gpt-5-mini"]
+    none = TierResolver(cfg, clients.registry({}, ProviderSettings()))
+    with pytest.raises(MissingCredentials, match="ANTHROPIC_API_KEY"):
+        none.resolve("fast")
