@@ -41,7 +41,9 @@ __all__ = [
     "MessageSink",
     "StreamingDelivery",
     "WebhookSink",
+    "Webhooks",
     "no_pings",
+    "open_delivery",
     "split_message",
 ]
 
@@ -556,3 +558,86 @@ class InteractionSink:
     async def typing(self) -> None:
         # Why: a deferred interaction already shows "thinking…".
         return None
+
+
+# --- persona webhooks and assembly ----------------------------------------------------
+
+WEBHOOK_NAME = "coterie"
+
+
+class Webhooks:
+    """One webhook per channel, created once and reused; ``None`` where not allowed."""
+
+    def __init__(self) -> None:
+        self._by_channel: dict[int, discord.Webhook | None] = {}
+        self.ids: set[int] = set()
+
+    def forget(self, channel_id: int) -> None:
+        self._by_channel.pop(channel_id, None)
+
+    async def for_channel(self, channel: Any) -> discord.Webhook | None:
+        """The webhook of ``channel`` (a thread's parent for a thread) or None."""
+        if isinstance(channel, discord.Thread):
+            channel = channel.parent
+        if not isinstance(channel, discord.TextChannel):
+            return None
+        if channel.id in self._by_channel:
+            return self._by_channel[channel.id]
+        if not channel.permissions_for(channel.guild.me).manage_webhooks:
+            return None  # not cached: an admin may grant it later
+        hook: discord.Webhook | None = None
+        try:
+            me = channel.guild.me.id
+            for existing in await channel.webhooks():
+                if existing.user is not None and existing.user.id == me and existing.token:
+                    hook = existing
+                    break
+            if hook is None:
+                hook = await channel.create_webhook(name=WEBHOOK_NAME)
+        except discord.HTTPException:
+            log.warning("cannot use a webhook in #%s; personas speak as the bot", channel)
+            hook = None
+        self._by_channel[channel.id] = hook
+        if hook is not None:
+            self.ids.add(hook.id)
+        return hook
+
+
+async def open_delivery(
+    target: discord.abc.Messageable,
+    *,
+    persona: str,
+    avatar_url: str | None,
+    requester_id: int,
+    webhooks: Webhooks | None = None,
+    reference: discord.Message | None = None,
+    clock: Clock | None = None,
+    interval: float = 1.0,
+    approval_timeout: float = 120.0,
+) -> StreamingDelivery:
+    """The delivery for a persona's answer in ``target`` (a channel, thread or DM).
+
+    Through the channel's webhook (the persona's name and avatar) when the bot may
+    manage webhooks there; otherwise a normal message headed by the persona's name,
+    replying to ``reference``.
+    """
+    from adapters.approval import ask_with_buttons
+
+    sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
+    hook = await webhooks.for_channel(target) if webhooks is not None else None
+    if hook is not None:
+        assert isinstance(sink, ChannelSink)
+        sink = WebhookSink(
+            hook,
+            username=persona,
+            avatar_url=avatar_url,
+            fallback=ChannelSink(target, persona=persona),
+            thread=target if isinstance(target, discord.Thread) else None,
+        )
+
+    async def ask(request: ApprovalRequest) -> ApprovalDecision:
+        return await ask_with_buttons(
+            target, request, requester_id=requester_id, wait_s=approval_timeout
+        )
+
+    return StreamingDelivery(sink, clock=clock, interval=interval, ask_approval=ask)

@@ -1,0 +1,128 @@
+"""Approving a tool call: Approve/Deny buttons for the member who asked.
+
+The executor has one :class:`~executor.ports.Approver` for every run;
+:class:`DeliveryApprover` hands each request to the run's own delivery (which
+knows the channel and the member), so a Discord run asks with buttons and a
+console run asks at the terminal. A delivery that cannot ask means "denied".
+
+Only the member who asked may press the buttons (anyone else is told, privately,
+that it is not theirs); no answer within the timeout counts as deny.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol, runtime_checkable
+
+import discord
+
+from executor.ports import ApprovalDecision, ApprovalRequest
+
+__all__ = ["ApprovalPrompt", "ApprovalView", "DeliveryApprover", "ask_with_buttons"]
+
+log = logging.getLogger(__name__)
+
+_NO_PINGS = discord.AllowedMentions.none()
+
+
+@runtime_checkable
+class ApprovalPrompt(Protocol):
+    """A delivery that can ask its member to approve a tool call."""
+
+    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision: ...
+
+
+class DeliveryApprover:
+    """The executor's approver: asks through the run's delivery."""
+
+    async def approve(self, request: ApprovalRequest) -> ApprovalDecision:
+        delivery = request.delivery
+        if isinstance(delivery, ApprovalPrompt):
+            return await delivery.ask_approval(request)
+        return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")
+
+
+class ApprovalView(discord.ui.View):
+    """Approve / Deny, pressable by ``requester_id`` only."""
+
+    def __init__(self, requester_id: int, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.requester_id = requester_id
+        self.decision: ApprovalDecision | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if interaction.user.id != self.requester_id:
+            await interaction.response.send_message(
+                "Not yours: only the member who asked can approve this.", ephemeral=True
+            )
+            return False
+        return True
+
+    async def _decide(self, interaction: discord.Interaction[Any], approved: bool) -> None:
+        self.decision = ApprovalDecision(
+            approved=approved,
+            reason="" if approved else f"{interaction.user.display_name} denied it",
+        )
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        verdict = "Approved" if approved else "Denied"
+        content = f"{interaction.message.content if interaction.message else ''}\n-# {verdict}."
+        await interaction.response.edit_message(
+            content=content[:2000], view=self, allowed_mentions=_NO_PINGS
+        )
+        self.stop()
+
+    @discord.ui.button(label="Approve", style=discord.ButtonStyle.success)
+    async def approve_button(
+        self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]
+    ) -> None:
+        await self._decide(interaction, True)
+
+    @discord.ui.button(label="Deny", style=discord.ButtonStyle.danger)
+    async def deny_button(
+        self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]
+    ) -> None:
+        await self._decide(interaction, False)
+
+
+def describe(request: ApprovalRequest) -> str:
+    args = json.dumps(request.arguments, ensure_ascii=False, default=str)
+    if len(args) > 1500:
+        args = args[:1500] + "…"
+    return f"Allow the tool **{request.tool}** to run?\n```json\n{args}\n```"
+
+
+async def ask_with_buttons(
+    channel: discord.abc.Messageable,
+    request: ApprovalRequest,
+    *,
+    requester_id: int,
+    wait_s: float = 120.0,
+) -> ApprovalDecision:
+    """Post the question with buttons and wait for the member (timeout: deny)."""
+    view = ApprovalView(requester_id, timeout=wait_s)
+    message = await channel.send(
+        f"<@{requester_id}> {describe(request)}",
+        view=view,
+        allowed_mentions=discord.AllowedMentions(
+            everyone=False, roles=False, users=[discord.Object(id=requester_id)]
+        ),
+    )
+    timed_out = await view.wait()
+    if view.decision is not None:
+        return view.decision
+    if timed_out:
+        for item in view.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        try:
+            await message.edit(
+                content=f"{message.content}\n-# No answer in time: denied.",
+                view=view,
+                allowed_mentions=_NO_PINGS,
+            )
+        except discord.HTTPException:
+            log.info("could not mark the approval as timed out")
+    return ApprovalDecision(approved=False, reason="no answer in time")
