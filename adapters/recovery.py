@@ -1,0 +1,110 @@
+"""Crash recovery, run once at start-up before any run begins.
+
+A process that dies mid-run leaves its runs marked ``running`` and their budget
+reservations open. :func:`recover` closes each such run as ``interrupted``, with the
+steps, tokens and cost its audit rows show, and settles every open reservation:
+
+* the run is in the audit trail: charge what the audit shows it spent;
+* the run never reached the audit trail (the process died between reserving and
+  starting): charge nothing, as no model was called.
+
+Why every open reservation: coterie is one process per database, so at start-up no
+run is in flight and every open reservation is an orphan. Run this from the bot's
+start-up (``coterie run``), not from a second process alongside a running bot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters.budget import SqlBudgetLedger
+from adapters.db import IMMEDIATE, translate_errors
+from adapters.tables import AuditEventRow, AuditRun, AuditStep
+from executor.agent import RunStatus
+from executor.ports import Clock, RealClock
+
+__all__ = ["INTERRUPTED_ERROR", "RUNNING", "RecoveryReport", "recover"]
+
+_runs = AuditRun.__table__  # type: ignore[attr-defined]
+_steps = AuditStep.__table__  # type: ignore[attr-defined]
+_events = AuditEventRow.__table__  # type: ignore[attr-defined]
+
+#: The status of a run's row while it runs (the kernel has no such RunStatus: a
+#: result only exists once a run has ended).
+RUNNING = "running"
+INTERRUPTED_ERROR = "the process stopped before the run finished"
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    interrupted_runs: list[str] = field(default_factory=list)
+    settled_reservations: int = 0
+    charged_micros: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"recovered {len(self.interrupted_runs)} interrupted run(s), settled "
+            f"{self.settled_reservations} reservation(s) for ${self.charged_micros / 1e6:.4f}"
+        )
+
+
+async def recover(
+    sessions: async_sessionmaker[AsyncSession], *, clock: Clock | None = None
+) -> RecoveryReport:
+    clock = clock if clock is not None else RealClock()
+    report = RecoveryReport()
+    url = sessions.kw["bind"].url
+    now = clock.now()
+    with translate_errors(url):
+        async with sessions() as session, session.begin():
+            await session.connection(execution_options=IMMEDIATE)
+            running = list(
+                await session.scalars(select(_runs.c.run_id).where(_runs.c.status == RUNNING))
+            )
+            for run_id in running:
+                steps = (
+                    await session.execute(
+                        select(
+                            func.count(),
+                            func.coalesce(func.max(_steps.c.step), 0),
+                            func.coalesce(func.sum(_steps.c.input_tokens), 0),
+                            func.coalesce(func.sum(_steps.c.output_tokens), 0),
+                            func.coalesce(func.sum(_steps.c.cost_micros), 0),
+                        ).where(_steps.c.run_id == run_id)
+                    )
+                ).one()
+                extra = await session.scalar(
+                    select(func.coalesce(func.sum(_events.c.cost_micros), 0)).where(
+                        _events.c.run_id == run_id
+                    )
+                )
+                await session.execute(
+                    update(_runs)
+                    .where(_runs.c.run_id == run_id)
+                    .values(
+                        status=RunStatus.INTERRUPTED.value,
+                        ended_at=now,
+                        steps=int(steps[1]),
+                        input_tokens=int(steps[2]),
+                        output_tokens=int(steps[3]),
+                        cost_micros=int(steps[4]) + int(extra or 0),
+                        error=INTERRUPTED_ERROR,
+                        error_kind="interrupted",
+                    )
+                )
+                report.interrupted_runs.append(run_id)
+
+    ledger = SqlBudgetLedger(sessions, default_limit_micros=0, clock=clock)
+    for reservation in await ledger.open_reservations():
+        async with sessions() as session:
+            cost = await session.scalar(
+                select(_runs.c.cost_micros).where(_runs.c.run_id == reservation.run_id)
+            )
+        charged = int(cost or 0)
+        if await ledger.settle_by_id(reservation.id, charged):
+            report.settled_reservations += 1
+            report.charged_micros += charged
+    return report
