@@ -130,8 +130,8 @@ def _v4_reason(ip: ipaddress.IPv4Address) -> str | None:
         (ip.is_link_local, "link-local"),
         (ip.is_multicast, "multicast"),
         (ip in _SHARED, "shared (carrier-grade NAT)"),
-        (ip.is_private, "private"),
         (ip.is_reserved, "reserved"),
+        (ip.is_private, "private"),
         (not ip.is_global, "non-public"),
     )
     return next((f"a {why} address" for bad, why in checks if bad), None)
@@ -387,6 +387,17 @@ async def _read(
     decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), max_bytes)
     body = bytearray()
     truncated = False
+    if response.is_stream_consumed:  # a transport that returned a read response
+        content = response.content
+        return FetchResult(
+            url=str(target.url),
+            status=response.status_code,
+            content_type=media,
+            charset=response.charset_encoding,
+            body=content[:max_bytes],
+            truncated=len(content) > max_bytes,
+            redirects=redirects,
+        )
     async for raw in response.aiter_raw():
         chunk, over = decoder.feed(raw)
         body += chunk

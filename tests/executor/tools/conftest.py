@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 import pytest
@@ -40,11 +40,23 @@ class RecordingTransport(httpx.MockTransport):
         async def record(request: httpx.Request) -> httpx.Response:
             self.requests.append(request)
             result = handler(request)
-            if isinstance(result, httpx.Response):
-                return result
-            return await result
+            response = result if isinstance(result, httpx.Response) else await result
+            if isinstance(response.stream, httpx.ByteStream):
+                # Why: a Response built from bytes arrives already read; a real
+                # transport streams, so re-stream its raw (still encoded) bytes.
+                return httpx.Response(
+                    response.status_code,
+                    headers=response.headers,
+                    content=_stream(bytes(b"".join(response.stream))),
+                )
+            return response
 
         super().__init__(record)
+
+
+async def _stream(data: bytes, size: int = 65_536) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
 
 
 PUBLIC_IP = "93.184.216.34"  # a documentation-era public address; never contacted
