@@ -26,7 +26,13 @@ from adapters.tables import AuditEventRow, AuditRun, AuditStep
 from executor.agent import RunStatus
 from executor.ports import Clock, RealClock
 
-__all__ = ["INTERRUPTED_ERROR", "RUNNING", "RecoveryReport", "recover"]
+__all__ = [
+    "INTERRUPTED_ERROR",
+    "RUNNING",
+    "RecoveryReport",
+    "recover",
+    "recover_interrupted_runs",
+]
 
 _runs = AuditRun.__table__  # type: ignore[attr-defined]
 _steps = AuditStep.__table__  # type: ignore[attr-defined]
@@ -51,10 +57,25 @@ class RecoveryReport:
         )
 
 
+async def recover_interrupted_runs(
+    sessions: async_sessionmaker[AsyncSession],
+    budget: SqlBudgetLedger | None = None,
+    *,
+    clock: Clock | None = None,
+) -> int:
+    """:func:`recover`, returning how many runs were closed as interrupted."""
+    return len((await recover(sessions, budget, clock=clock)).interrupted_runs)
+
+
 async def recover(
-    sessions: async_sessionmaker[AsyncSession], *, clock: Clock | None = None
+    sessions: async_sessionmaker[AsyncSession],
+    budget: SqlBudgetLedger | None = None,
+    *,
+    clock: Clock | None = None,
 ) -> RecoveryReport:
-    clock = clock if clock is not None else RealClock()
+    """Close runs left running as interrupted; settle every open reservation."""
+    if clock is None:
+        clock = budget.clock if budget is not None else RealClock()
     report = RecoveryReport()
     url = sessions.kw["bind"].url
     now = clock.now()
@@ -97,7 +118,7 @@ async def recover(
                 )
                 report.interrupted_runs.append(run_id)
 
-    ledger = SqlBudgetLedger(sessions, default_limit_micros=0, clock=clock)
+    ledger = budget or SqlBudgetLedger(sessions, default_limit_micros=0, clock=clock)
     for reservation in await ledger.open_reservations():
         async with sessions() as session:
             cost = await session.scalar(
