@@ -57,7 +57,7 @@ class PersonaApp:
     def __init__(self, personas: PersonaStore, tools: ToolRegistry) -> None:
         self.personas = personas
         self.tools = tools
-        self.settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        self.settings = Settings(_env_file=None)
         self.channel_defaults = InMemoryChannelDefaults()
 
     async def start(self) -> None:
