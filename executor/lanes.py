@@ -1,0 +1,255 @@
+"""Fair-share lanes: a bounded pool of run slots, and caps on model requests.
+
+::
+
+    lanes = Lanes(slots=4)
+    async with lanes.slot(member_id, on_position=show):   # show(3): "queued, 3rd"; show(0): started
+        result = await executor.run(agent, invocation)
+
+Queued work is served fairly across keys (the Discord member): the next free
+slot goes to the queued key holding the fewest slots, ties broken round-robin
+(the key that has waited longest for its turn), not to the oldest request, so
+a member with 50 requests in the queue delays another
+member's single request by at most about one run. ``on_position`` is called
+when a request is queued, whenever its place changes, and with 0 when it
+starts. Cancelling a queued request removes it cleanly.
+
+:class:`ModelLimiter` caps concurrent model requests, globally and per provider
+(by the ``provider:`` prefix of the model's name)::
+
+    limiter = ModelLimiter(global_cap=16, per_provider={"anthropic": 8, "openai": 8})
+    model = limiter.wrap(provider_model)     # wrap each candidate before failover
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from executor.models.base import Model, ModelRequest, ModelResponse, StreamEvent
+
+__all__ = ["Lanes", "LimitedModel", "ModelLimiter", "PositionCallback"]
+
+PositionCallback = Callable[[int], Any]  # may return an awaitable
+
+
+class _Waiter:
+    __slots__ = ("future", "key", "on_position", "position")
+
+    def __init__(
+        self, key: str, future: asyncio.Future[None], on_position: PositionCallback | None
+    ):
+        self.key = key
+        self.future = future
+        self.on_position = on_position
+        self.position = 0
+
+
+class Lanes:
+    """``slots`` concurrent runs; queued runs served round-robin by key."""
+
+    def __init__(self, slots: int = 4) -> None:
+        if slots < 1:
+            raise ValueError("Lanes needs at least one slot")
+        self.slots = slots
+        self.running = 0
+        self.running_by_key: dict[str, int] = {}
+        # key -> its queued waiters; the order of keys is the round-robin order.
+        self._queues: OrderedDict[str, deque[_Waiter]] = OrderedDict()
+        self._callbacks: set[asyncio.Future[Any]] = set()
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def queued_for(self, key: str) -> int:
+        q = self._queues.get(key)
+        return len(q) if q else 0
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self, key: str, *, on_position: PositionCallback | None = None
+    ) -> AsyncIterator[None]:
+        """Hold one slot for the block; wait fairly for it first."""
+        await self.acquire(key, on_position=on_position)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    async def acquire(self, key: str, *, on_position: PositionCallback | None = None) -> None:
+        if self.running < self.slots and not self._queues:
+            self._grant_to(key)
+            self._tell(on_position, 0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(key, fut, on_position)
+        self._queues.setdefault(key, deque()).append(waiter)
+        self._positions()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted in the same breath as the cancel: hand the slot on.
+                self.release(key)
+            else:
+                self._remove(waiter)
+            raise
+
+    def release(self, key: str) -> None:
+        self.running -= 1
+        n = self.running_by_key.get(key, 0) - 1
+        if n > 0:
+            self.running_by_key[key] = n
+        else:
+            self.running_by_key.pop(key, None)
+        self._dispatch()
+
+    # ------------------------------------------------------------------ internals
+
+    def _grant_to(self, key: str) -> None:
+        self.running += 1
+        self.running_by_key[key] = self.running_by_key.get(key, 0) + 1
+
+    def _dispatch(self) -> None:
+        changed = False
+        while self.running < self.slots and self._queues:
+            key = self._next_key(self.running_by_key)
+            queue = self._queues[key]
+            waiter = queue.popleft()
+            # Why move the key to the back: the next slot goes to another key first.
+            if queue:
+                self._queues.move_to_end(key)
+            else:
+                del self._queues[key]
+            if waiter.future.done():  # cancelled; its task is cleaning up
+                continue
+            self._grant_to(key)
+            waiter.future.set_result(None)
+            waiter.position = 0
+            self._tell(waiter.on_position, 0)
+            changed = True
+        if changed:
+            self._positions()
+
+    def _remove(self, waiter: _Waiter) -> None:
+        queue = self._queues.get(waiter.key)
+        if queue is None:
+            return
+        with contextlib.suppress(ValueError):
+            queue.remove(waiter)
+        if not queue:
+            del self._queues[waiter.key]
+        self._positions()
+        self._dispatch()
+
+    def _next_key(self, running: Mapping[str, int]) -> str:
+        # Why fewest-running first: a key already holding slots waits behind one
+        # holding none; among equals, the round-robin order decides.
+        return min(self._queues, key=lambda k: running.get(k, 0))
+
+    def order(self) -> list[tuple[str, int]]:
+        """The queue as it will be served if nothing ends meanwhile:
+        (key, index in that key's queue)."""
+        out: list[tuple[str, int]] = []
+        running = dict(self.running_by_key)
+        rr = [(k, len(q)) for k, q in self._queues.items()]
+        taken: dict[str, int] = {}
+        while rr:
+            i = min(range(len(rr)), key=lambda n: running.get(rr[n][0], 0))
+            k, left = rr.pop(i)
+            out.append((k, taken.get(k, 0)))
+            taken[k] = taken.get(k, 0) + 1
+            running[k] = running.get(k, 0) + 1
+            if left > 1:
+                rr.append((k, left - 1))
+        return out
+
+    def _positions(self) -> None:
+        if not any(w.on_position for q in self._queues.values() for w in q):
+            return
+        for place, (key, i) in enumerate(self.order(), start=1):
+            w = self._queues[key][i]
+            if w.position != place:
+                w.position = place
+                self._tell(w.on_position, place)
+
+    def _tell(self, callback: PositionCallback | None, position: int) -> None:
+        if callback is None:
+            return
+        out = callback(position)
+        if inspect.isawaitable(out):
+            task = asyncio.ensure_future(out)
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
+
+
+class ModelLimiter:
+    """Caps concurrent model requests: ``global_cap`` in all, ``per_provider`` each."""
+
+    def __init__(
+        self,
+        global_cap: int = 16,
+        per_provider: Mapping[str, int] | None = None,
+        *,
+        default_per_provider: int | None = None,
+    ) -> None:
+        self.global_sem = asyncio.Semaphore(global_cap)
+        self._caps = dict(per_provider or {})
+        self._default = default_per_provider
+        self._sems: dict[str, asyncio.Semaphore] = {}
+
+    def provider_semaphore(self, provider: str) -> asyncio.Semaphore | None:
+        sem = self._sems.get(provider)
+        if sem is None:
+            cap = self._caps.get(provider, self._default)
+            if cap is None:
+                return None
+            sem = self._sems[provider] = asyncio.Semaphore(cap)
+        return sem
+
+    @contextlib.asynccontextmanager
+    async def hold(self, model_name: str) -> AsyncIterator[None]:
+        provider = model_name.split(":", 1)[0]
+        sem = self.provider_semaphore(provider)
+        async with contextlib.AsyncExitStack() as stack:
+            # Why the provider first: waiting for a busy provider must not hold a
+            # global slot another provider's request could use.
+            if sem is not None:
+                await stack.enter_async_context(sem)
+            await stack.enter_async_context(self.global_sem)
+            yield
+
+    def wrap(self, model: Model) -> LimitedModel:
+        return LimitedModel(model, self)
+
+
+class LimitedModel:
+    """A :class:`~executor.models.base.Model` whose requests go through a limiter."""
+
+    def __init__(self, model: Model, limiter: ModelLimiter) -> None:
+        self.model = model
+        self.limiter = limiter
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        async with self.limiter.hold(self.model.name):
+            return await self.model.generate(request)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        async with self.limiter.hold(self.model.name):
+            events = self.model.stream(request)
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()

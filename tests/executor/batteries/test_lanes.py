@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import asyncio
+
+from executor.lanes import Lanes, ModelLimiter
+from executor.messages import Message
+from executor.models.base import ModelRequest, ModelResponse
+from executor.testing import ScriptedModel
+
+
+class Job:
+    """A request that holds its slot until released."""
+
+    def __init__(self, lanes: Lanes, key: str, log: list[str], name: str) -> None:
+        self.positions: list[int] = []
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.task = asyncio.create_task(self._run(lanes, key, log, name))
+
+    async def _run(self, lanes: Lanes, key: str, log: list[str], name: str) -> None:
+        async with lanes.slot(key, on_position=self.positions.append):
+            log.append(name)
+            self.started.set()
+            await self.release.wait()
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_one_member_with_many_requests_does_not_starve_another() -> None:
+    lanes = Lanes(slots=2)
+    log: list[str] = []
+    a = [Job(lanes, "A", log, f"a{i}") for i in range(10)]
+    await _settle()
+    b = Job(lanes, "B", log, "b0")
+    await _settle()
+    assert log == ["a0", "a1"]
+    assert lanes.queued == 9 and lanes.queued_for("A") == 8
+    assert b.positions == [1]  # B holds no slot: it goes before A's third
+    a[0].release.set()
+    await _settle()
+    assert log[-1] == "b0" and b.positions == [1, 0]
+    a[1].release.set()
+    await _settle()
+    assert log[-1] == "a2"
+    for j in [*a, b]:
+        j.release.set()
+    await asyncio.gather(*(j.task for j in [*a, b]))
+    assert lanes.running == 0 and lanes.queued == 0
+
+
+async def test_round_robin_across_three_keys_and_positions() -> None:
+    lanes = Lanes(slots=1)
+    log: list[str] = []
+    first = Job(lanes, "X", log, "x0")
+    await _settle()
+    jobs = [Job(lanes, k, log, f"{k.lower()}{i}") for k in "AB" for i in range(3)]
+    jobs.append(Job(lanes, "C", log, "c0"))
+    await _settle()
+    assert [(k, i) for k, i in lanes.order()] == [
+        ("A", 0),
+        ("B", 0),
+        ("C", 0),
+        ("A", 1),
+        ("B", 1),
+        ("A", 2),
+        ("B", 2),
+    ]
+    assert jobs[-1].positions == [3]
+    first.release.set()
+    for j in jobs:
+        j.release.set()
+    await asyncio.gather(first.task, *(j.task for j in jobs))
+    assert log == ["x0", "a0", "b0", "c0", "a1", "b1", "a2", "b2"]
+
+
+async def test_cancelling_a_queued_request_removes_it() -> None:
+    lanes = Lanes(slots=1)
+    log: list[str] = []
+    holder = Job(lanes, "A", log, "a0")
+    await _settle()
+    gone = Job(lanes, "B", log, "b0")
+    after = Job(lanes, "C", log, "c0")
+    await _settle()
+    assert after.positions == [2]
+    gone.task.cancel()
+    await _settle()
+    assert gone.task.cancelled()
+    assert after.positions == [2, 1] and lanes.queued == 1
+    holder.release.set()
+    after.release.set()
+    await asyncio.gather(holder.task, after.task)
+    assert log == ["a0", "c0"] and lanes.running == 0
+
+
+async def test_a_request_cancelled_as_it_is_granted_hands_the_slot_on() -> None:
+    lanes = Lanes(slots=1)
+    log: list[str] = []
+    holder = Job(lanes, "A", log, "a0")
+    await _settle()
+    unlucky = Job(lanes, "B", log, "b0")
+    nxt = Job(lanes, "C", log, "c0")
+    await _settle()
+    holder.release.set()
+    await asyncio.sleep(0)  # the holder leaves and grants b0 ...
+    await asyncio.sleep(0)
+    unlucky.task.cancel()  # ... which is cancelled before it runs
+    await _settle()
+    nxt.release.set()
+    await asyncio.gather(holder.task, nxt.task, return_exceptions=True)
+    assert "c0" in log and lanes.running == 0 and lanes.queued == 0
+
+
+async def test_async_position_callbacks_are_awaited() -> None:
+    lanes = Lanes(slots=1)
+    seen: list[int] = []
+
+    async def show(p: int) -> None:
+        seen.append(p)
+
+    async with lanes.slot("A"):
+        waiting = asyncio.create_task(_use(lanes, "B", show))
+        await _settle()
+    await waiting
+    await _settle()
+    assert seen == [1, 0]
+
+
+async def _use(lanes: Lanes, key: str, show: object) -> None:
+    async with lanes.slot(key, on_position=show):  # type: ignore[arg-type]
+        pass
+
+
+async def test_model_limiter_caps_global_and_per_provider() -> None:
+    gate = asyncio.Event()
+    inflight: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    class Slow(ScriptedModel):
+        async def generate(self, request: ModelRequest) -> ModelResponse:
+            p = self.name.split(":")[0]
+            inflight[p] = inflight.get(p, 0) + 1
+            peak[p] = max(peak.get(p, 0), inflight[p])
+            peak["all"] = max(peak.get("all", 0), sum(inflight.values()))
+            await gate.wait()
+            inflight[p] -= 1
+            return await super().generate(request)
+
+    limiter = ModelLimiter(global_cap=5, per_provider={"anthropic": 2})
+    anth = limiter.wrap(Slow(name="anthropic:x"))
+    oai = limiter.wrap(Slow(name="openai:y"))
+    req = ModelRequest(messages=[Message.user("hi")])
+    tasks = [asyncio.create_task(m.generate(req)) for m in [anth] * 6 + [oai] * 6]
+    await _settle()
+    assert peak == {"anthropic": 2, "openai": 3, "all": 5}
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert anth.name == "anthropic:x"
+
+
+async def test_limited_model_streams() -> None:
+    limiter = ModelLimiter(global_cap=1)
+    model = limiter.wrap(ScriptedModel(["hello"]))
+    events = [e async for e in model.stream(ModelRequest(messages=[Message.user("hi")]))]
+    assert events[-1].response.text == "hello"  # type: ignore[union-attr]
+    assert not limiter.global_sem.locked()
