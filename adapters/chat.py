@@ -8,8 +8,8 @@ in the member's lane, and runs the persona through the executor.
 
 The persona is, in order: the thread's (a bound ``/chat`` thread), one named
 explicitly (``/chat persona:``), one named at the start of the message
-(``researcher: ...``), the channel's default, the guild's default, and the
-deployment's fallback.
+(``researcher: ...``), the one that wrote the message being replied to, the
+channel's default, the guild's default, and the deployment's fallback.
 """
 
 from __future__ import annotations
@@ -176,6 +176,12 @@ class ChatService:
                 found = await self.personas.find(gid, name)
                 if found is not None:
                     return PersonaChoice(found, "prefix", rest)
+        if len(request.turns) > 1 and request.turns[-2].from_assistant:
+            name = request.turns[-2].persona
+            if name:
+                found = await self.personas.find(gid, name)
+                if found is not None:
+                    return PersonaChoice(found, "reply", prompt)
         if self.channel_defaults is not None:
             for cid in (request.thread_id, request.channel_id):
                 if cid is None:

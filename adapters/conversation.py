@@ -63,6 +63,7 @@ class Turn:
     author_id: str = ""
     images: tuple[ImagePart, ...] = ()
     attachments: tuple[tuple[str, str], ...] = ()  # (filename, text)
+    persona: str | None = None  # on an assistant turn: the persona that spoke
 
     def size(self) -> int:
         return len(self.content) + sum(len(t) + len(n) + 30 for n, t in self.attachments)
@@ -223,6 +224,7 @@ async def turn_from_message(
             content=_clean_assistant(text, persona),
             from_assistant=True,
             author_id=str(msg.author.id),
+            persona=persona,
         )
     text = content if content is not None else strip_bot_mention(msg.content, bot_id)
     images: list[ImagePart] = []

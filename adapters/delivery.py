@@ -223,7 +223,7 @@ class StreamingDelivery:
         self._last_push: float | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._typer: asyncio.Task[None] | None = None
-        self._sleeping = False
+        self._pushing = False
         self._closed = False
         self._push_lock = asyncio.Lock()
 
@@ -312,11 +312,7 @@ class StreamingDelivery:
             if self._last_push is not None:
                 wait = self._last_push + self.interval - self.clock.monotonic()
                 if wait > 0:
-                    self._sleeping = True
-                    try:
-                        await self.clock.sleep(wait)
-                    finally:
-                        self._sleeping = False
+                    await self.clock.sleep(wait)
             if self._closed:
                 return
             await self._push()
@@ -325,9 +321,10 @@ class StreamingDelivery:
         task, self._flusher = self._flusher, None
         if task is None or task.done():
             return
-        if self._sleeping or not self._dirty.is_set():
-            # Parked (throttle sleep or waiting for text): nothing in flight.
+        if not self._pushing:
+            # Parked (throttle sleep or waiting for text): nothing is in flight.
             task.cancel()
+        # Why not cancel a push: a cancelled request may still land, duplicating a message.
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -362,22 +359,29 @@ class StreamingDelivery:
 
     async def _push(self) -> None:
         async with self._push_lock:
-            self._stop_typing()
-            chunks = self.render()
-            for i, content in enumerate(chunks):
-                if i < len(self.handles):
-                    if self.sent[i] != content:
-                        self.handles[i] = await self.sink.edit(self.handles[i], content)
-                        self.sent[i] = content
-                else:
-                    self.handles.append(await self.sink.send(content))
-                    self.sent.append(content)
-            while len(self.handles) > len(chunks):
-                # A failover reset shortened the answer.
-                handle = self.handles.pop()
-                self.sent.pop()
-                await self.sink.delete(handle)
-            self._last_push = self.clock.monotonic()
+            self._pushing = True
+            try:
+                await self._push_now()
+            finally:
+                self._pushing = False
+
+    async def _push_now(self) -> None:
+        self._stop_typing()
+        chunks = self.render()
+        for i, content in enumerate(chunks):
+            if i < len(self.handles):
+                if self.sent[i] != content:
+                    self.handles[i] = await self.sink.edit(self.handles[i], content)
+                    self.sent[i] = content
+            else:
+                self.handles.append(await self.sink.send(content))
+                self.sent.append(content)
+        while len(self.handles) > len(chunks):
+            # A failover reset shortened the answer.
+            handle = self.handles.pop()
+            self.sent.pop()
+            await self.sink.delete(handle)
+        self._last_push = self.clock.monotonic()
 
 
 # --- discord sinks --------------------------------------------------------------------
@@ -416,7 +420,7 @@ class ChannelSink:
                     allowed_mentions=no_pings(reply_to_author=True),
                 )
             except discord.HTTPException:
-                log.info("reply failed (message gone?); sending without a reference")
+                log.info("reply failed (message gone?); sending without a reference", exc_info=True)
         return await self.channel.send(content, allowed_mentions=no_pings())
 
     async def edit(self, handle: Any, content: str) -> Any:
