@@ -16,9 +16,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import discord
+from typing import TYPE_CHECKING, Any
 
 from executor.messages import ImagePart, Message, TextPart
 
@@ -35,6 +33,9 @@ __all__ = [
     "thread_history",
     "turn_from_message",
 ]
+
+if TYPE_CHECKING:
+    import discord
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,10 @@ def build_conversation(
 
 
 # --- discord -------------------------------------------------------------------------
+# Why the imports inside the functions: the console and the chat service use the pure
+# part above, and should not pay for importing discord.py.
 
-IsOurs = Callable[[discord.Message], bool]
+IsOurs = Callable[["discord.Message"], bool]
 """True for a message the bot wrote (its own user or one of its persona webhooks)."""
 
 
@@ -209,6 +212,8 @@ async def turn_from_message(
     content: str | None = None,
 ) -> Turn:
     """One Discord message as a turn. ``content`` overrides the text (already parsed)."""
+    import discord
+
     lim = limits or HistoryLimits()
     if is_ours(msg):
         persona = msg.author.name if msg.webhook_id else None
@@ -254,6 +259,8 @@ async def turn_from_message(
 
 async def reply_chain(msg: discord.Message, *, max_messages: int) -> list[discord.Message]:
     """The messages ``msg`` replies to, oldest first, ``msg`` last (at most ``max_messages``)."""
+    import discord
+
     chain = [msg]
     current = msg
     while len(chain) < max_messages + 1 and current.reference is not None:
@@ -282,6 +289,8 @@ async def thread_history(
     When the whole thread fits, the message it was started from (a ``/chat``
     starter in the parent channel) leads.
     """
+    import discord
+
     before = [m async for m in thread.history(limit=max_messages + 1, before=msg)]
     before.reverse()
     out = before + ([msg] if msg is not None else [])
