@@ -26,7 +26,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from executor.agent import Caller, Privilege
+from adapters.identity import caller_from_interaction
 from executor.errors import ConfigError
 from personas.errors import PersonaFileError
 from personas.model import DESCRIPTION_MAX, SYSTEM_PROMPT_MAX, Persona, parse_tools
@@ -60,37 +60,6 @@ def _store(interaction: discord.Interaction[Any]) -> PersonaStore:
 
 def _guild_id(interaction: discord.Interaction[Any]) -> str:
     return str(interaction.guild_id) if interaction.guild_id else ""
-
-
-def _privilege(interaction: discord.Interaction[Any]) -> Privilege:
-    # Why local: adapters/identity.py (the shared policy) did not exist when this was
-    # written; this mirrors its intended rules (owner ids, then server permissions).
-    user = interaction.user
-    owners: frozenset[int] = getattr(interaction.client, "owner_user_ids", frozenset())
-    if user.id in owners:
-        return Privilege.OWNER
-    guild = interaction.guild
-    perms = interaction.permissions
-    if (guild is not None and guild.owner_id == user.id) or perms.administrator:
-        return Privilege.ADMIN
-    if perms.manage_guild:
-        return Privilege.ADMIN
-    if perms.manage_messages:
-        return Privilege.MODERATOR
-    return Privilege.USER
-
-
-def caller_from_interaction(interaction: discord.Interaction[Any]) -> Caller:
-    """Who is acting, as the store sees them."""
-    member = interaction.user
-    return Caller(
-        user_id=str(member.id),
-        display_name=member.display_name,
-        privilege=_privilege(interaction),
-        guild_id=_guild_id(interaction) or None,
-        channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-        roles=tuple(str(r.id) for r in getattr(member, "roles", ())),
-    )
 
 
 # --- the name -> Persona transformer, with autocomplete -----------------------------
