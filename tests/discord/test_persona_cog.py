@@ -521,3 +521,22 @@ async def test_autocomplete_is_filtered_and_capped_at_25(
     assert researcher[0]["value"] == "researcher"
     assert researcher[0]["name"].startswith("researcher — ")
     assert all(len(c["name"]) <= 100 for c in everything)
+
+
+async def test_the_command_tree_loads_without_an_app() -> None:
+    """`coterie sync` loads the cogs with app=None: setup must not touch the app."""
+    from bot.client import CoterieBot
+
+    bot = CoterieBot(app=None, settings=Settings(_env_file=None), extensions=(), services=False)
+    try:
+        await bot.load_extension("commands.persona")
+        group = bot.tree.get_command("persona")
+        assert isinstance(group, discord.app_commands.Group)
+        assert group.guild_only
+        names = sorted(c.name for c in group.commands)
+        assert names == ["create", "default", "delete", "edit", "export", "import", "list", "show"]
+        for command in group.commands:
+            assert "\n" not in command.description
+            assert 0 < len(command.description) <= 100
+    finally:
+        await bot.close()
