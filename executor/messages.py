@@ -70,17 +70,21 @@ class Message(_Frozen):
 
     @classmethod
     def system(cls, text: str) -> Message:
-        return cls(role="system", parts=(TextPart(text=text),))
+        # Why model_construct: these inputs are typed already; validation here
+        # was half of the kernel's per-run overhead.
+        return cls.model_construct(role="system", parts=(TextPart.model_construct(text=text),))
 
     @classmethod
     def user(
         cls, text: str, *, name: str | None = None, images: tuple[ImagePart, ...] = ()
     ) -> Message:
-        return cls(role="user", parts=(TextPart(text=text), *images), name=name)
+        return cls.model_construct(
+            role="user", parts=(TextPart.model_construct(text=text), *images), name=name
+        )
 
     @classmethod
     def assistant(cls, text: str) -> Message:
-        return cls(role="assistant", parts=(TextPart(text=text),))
+        return cls.model_construct(role="assistant", parts=(TextPart.model_construct(text=text),))
 
     @property
     def text(self) -> str:
@@ -107,7 +111,7 @@ class Usage(_Frozen):
     requests: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
+        return Usage.model_construct(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,

@@ -17,10 +17,9 @@ The loop never knows which provider answered, except to record it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
@@ -272,14 +271,25 @@ class Executor:
     ) -> RunResult:
         agent, inv, delivery = state.agent, state.invocation, state.delivery
         watch: CriticWatch | None = None
-        body: asyncio.Task[RunResult] | None = None
+        task = asyncio.current_task()
+        assert task is not None, "Executor.run must run inside a task"
+        # Why inline and not a child task: a stop (deadline, cancel event, critic)
+        # cancels this task the way asyncio.timeout does, and ``uncancel`` tells our
+        # own stop from the host's cancellation. One task less per run matters
+        # when 200 runs share one event loop.
+        armed = True
+        requested = False
 
         def stop(reason: str, status: RunStatus) -> None:
+            nonlocal requested
             if state.stop_status is None:
                 state.stop_reason, state.stop_status = reason, status
-            if body is not None and not body.done():
-                body.cancel()
+            if armed and not requested:
+                requested = True
+                task.cancel()
 
+        bounds = agent.bounds
+        timers: list[Any] = []
         result: RunResult | None = None
         try:
             await self._emit(self._started_event(agent, inv, state.run_id, estimate), None)
@@ -306,52 +316,63 @@ class Executor:
                 await self._emit(event, watch)
 
             state.emit = emit_hook
-            await delivery.start()
-            body = asyncio.create_task(self._steps(state, watch), name=f"run-{state.run_id}")
-            result = await self._race(state, body, stop)
+            timeout_reason = f"the run passed its {bounds.max_runtime_s:g} s time limit"
+            if isinstance(self.clock, RealClock):
+                timers.append(
+                    asyncio.get_running_loop().call_later(
+                        bounds.max_runtime_s, stop, timeout_reason, RunStatus.TIMEOUT
+                    )
+                )
+            else:
+                timers.append(
+                    asyncio.create_task(
+                        self._after(bounds.max_runtime_s, stop, timeout_reason, RunStatus.TIMEOUT)
+                    )
+                )
+            if inv.cancel is not None:
+                timers.append(asyncio.create_task(self._on_cancel(inv.cancel, stop)))
+            try:
+                await delivery.start()
+                result = await self._steps(state, watch)
+            finally:
+                armed = False
+                for t in timers:
+                    t.cancel()
         except asyncio.CancelledError:
-            # The caller's task was cancelled (shutdown): end the body, settle, re-raise.
-            if body is not None and not body.done():
-                body.cancel()
-                with contextlib.suppress(BaseException):
-                    await body
-            result = self._result(
-                state, RunStatus.CANCELLED, error="the run was cancelled by its host"
-            )
-            await asyncio.shield(self._finish(state, reservation, result, watch))
-            raise
+            if requested and task.uncancel() == 0:
+                # Our own stop: the run ends with the status the stop gave.
+                status = state.stop_status or RunStatus.CANCELLED
+                result = self._result(state, status, error=state.stop_reason, kind=status.value)
+            else:
+                # The host cancelled us (shutdown): close the run, then re-raise.
+                result = self._result(
+                    state, RunStatus.CANCELLED, error="the run was cancelled by its host"
+                )
+                await asyncio.shield(self._finish(state, reservation, result, watch))
+                raise
         except Exception as exc:  # a bug of ours or a port's: still close the run
             result = self._result(
                 state, RunStatus.ERROR, error=f"{type(exc).__name__}: {exc}", kind="internal"
             )
+        else:
+            if requested:
+                # The stop landed after the last await of the run: the run is done
+                # anyway; take back the cancellation we asked for.
+                task.uncancel()
         assert result is not None
         await asyncio.shield(self._finish(state, reservation, result, watch))
         return result
 
-    async def _race(self, state: RunState, body: asyncio.Task[RunResult], stop: Any) -> RunResult:
-        bounds = state.agent.bounds
-        waiters: list[asyncio.Task[Any]] = [
-            asyncio.create_task(self.clock.sleep(bounds.max_runtime_s), name="run-deadline")
-        ]
-        cancel = state.invocation.cancel
-        if cancel is not None:
-            waiters.append(asyncio.create_task(cancel.wait(), name="run-cancel"))
-        try:
-            await asyncio.wait([body, *waiters], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-        if not body.done():
-            if waiters[0].done():
-                stop(f"the run passed its {bounds.max_runtime_s:g} s time limit", RunStatus.TIMEOUT)
-            else:
-                stop("cancelled by the person who asked", RunStatus.CANCELLED)
-            with contextlib.suppress(asyncio.CancelledError):
-                await body
-        if body.cancelled() or state.stop_status is not None:
-            status = state.stop_status or RunStatus.CANCELLED
-            return self._result(state, status, error=state.stop_reason, kind=status.value)
-        return body.result()
+    async def _after(
+        self, seconds: float, stop: Callable[[str, RunStatus], None], reason: str, status: RunStatus
+    ) -> None:
+        await self.clock.sleep(seconds)
+        stop(reason, status)
+
+    @staticmethod
+    async def _on_cancel(event: asyncio.Event, stop: Callable[[str, RunStatus], None]) -> None:
+        await event.wait()
+        stop("cancelled by the person who asked", RunStatus.CANCELLED)
 
     def _result(
         self,
