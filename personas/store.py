@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 
 from executor.agent import Caller, Privilege
+from executor.models.config import DEFAULT_TIERS as _KERNEL_TIERS
 from executor.tools.registry import ToolRegistry
 from personas.errors import InvalidPersona, PersonaExists, PersonaNotFound, PersonaPermissionDenied
 from personas.markdown import parse_markdown, render_markdown
@@ -43,7 +44,8 @@ from personas.tables import PersonaRow
 
 __all__ = ["DEFAULT_TIERS", "MAX_CHOICES", "PersonaStore"]
 
-DEFAULT_TIERS: tuple[str, ...] = ("fast", "standard", "strong")
+# The kernel's built-in tier names; pass the configured ones (``models_config.tiers``).
+DEFAULT_TIERS: tuple[str, ...] = tuple(_KERNEL_TIERS)
 MAX_CHOICES = 25  # Discord's cap on autocomplete choices
 
 

@@ -63,5 +63,5 @@ async def sessions(tmp_path: Any) -> AsyncIterator[async_sessionmaker[AsyncSessi
 @pytest.fixture
 def store(sessions: async_sessionmaker[AsyncSession], registry: ToolRegistry) -> PersonaStore:
     return PersonaStore(
-        sessions, load_builtins(), tools=registry, tiers=("fast", "standard", "strong")
+        sessions, load_builtins(), tools=registry, tiers=("fast", "standard", "smart")
     )

@@ -77,7 +77,7 @@ async def test_create_normalises_and_refuses_a_taken_name(store: PersonaStore) -
         ({"description": "d" * 101}, "description", "at most 100 characters (got 101)"),
         ({"system_prompt": "  "}, "system_prompt", "may not be empty"),
         ({"system_prompt": "p" * 4001}, "system_prompt", "at most 4000 characters"),
-        ({"tier": "huge"}, "tier", "unknown tier 'huge'; known tiers: fast, standard, strong"),
+        ({"tier": "huge"}, "tier", "unknown tier 'huge'; known tiers: fast, standard, smart"),
         ({"tools": ("nope",)}, "tools", "there is no tool named 'nope'"),
         ({"tools": ("disabled_one",)}, "tools", "not enabled on this deployment"),
         ({"tools": ("shell",)}, "tools", "the tool 'shell' needs admin privilege"),
