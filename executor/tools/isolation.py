@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SubprocessToolError", "run_in_subprocess"]
+__all__ = ["SubprocessToolError", "check_importable", "run_in_subprocess"]
 
 _STDERR_TAIL = 2_000
 
@@ -80,6 +80,11 @@ class _RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f"\n---- traceback in the child process ----\n{self.tb}"
+
+
+def check_importable(fn: Callable[..., Any]) -> None:
+    """Raise :class:`SubprocessToolError` unless a child process can import ``fn``."""
+    _reference(fn)
 
 
 def _reference(fn: Callable[..., Any]) -> tuple[str, str]:

@@ -363,6 +363,13 @@ def _build_tool(
     except Exception as exc:  # an annotation pydantic cannot describe
         raise ConfigError(f"tool {tool_name}: no JSON schema for its parameters: {exc}") from exc
     is_async = inspect.iscoroutinefunction(fn)
+    if isolation == "process":
+        from executor.tools.isolation import SubprocessToolError, check_importable
+
+        try:
+            check_importable(fn)
+        except SubprocessToolError as exc:
+            raise ConfigError(f"tool {tool_name}: {exc}") from exc
     if isolation is None:
         isolation = "inline" if is_async else "thread"
     return Tool(

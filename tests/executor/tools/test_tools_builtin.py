@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from conftest import PUBLIC_IP
+from tool_fakes import PUBLIC_IP
 
 import executor.errors
 import executor.tools

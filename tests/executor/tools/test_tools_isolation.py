@@ -103,3 +103,18 @@ async def test_a_process_tool_through_the_registry(ctx: ToolContext) -> None:
     assert not out.is_error and int(out.content) != os.getpid()
     out = await tool_targets.spin.invoke({"seconds": 60}, ctx)
     assert out.is_error and out.content == "spin timed out after 1 s"
+
+
+async def test_a_process_tool_receives_its_context(ctx: ToolContext) -> None:
+    out = await tool_targets.whoami.invoke({"greeting": "hi"}, ctx)
+    assert out.content == "hi u1 in run-1"
+
+
+def test_a_local_function_cannot_be_a_process_tool() -> None:
+    from executor.errors import ConfigError
+    from executor.tools import tool
+
+    def local() -> None: ...
+
+    with pytest.raises(ConfigError, match="top-level function"):
+        tool(local, isolation="process")

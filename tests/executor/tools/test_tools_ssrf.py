@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PUBLIC_IP, FakeResolver, RecordingTransport
+from tool_fakes import PUBLIC_IP, FakeResolver, RecordingTransport
 
 from executor.tools import BlockedURL, SSRFGuard, WebFetcher, forbidden_reason, guarded_get
 from executor.tools.ssrf import parse_ipv4_host

@@ -7,7 +7,7 @@ import os
 import time
 
 from executor.errors import ToolRetry
-from executor.tools import tool
+from executor.tools import ToolContext, tool
 
 
 def add(a: int, b: int) -> int:
@@ -70,3 +70,9 @@ def spin(seconds: float) -> str:
 def pid_tool() -> int:
     """The child's pid."""
     return os.getpid()
+
+
+@tool(isolation="process", timeout_s=20.0)
+def whoami(context: ToolContext, greeting: str = "hello") -> str:
+    """Greet the caller from a child process."""
+    return f"{greeting} {context.caller.user_id} in {context.run_id}"
