@@ -119,6 +119,25 @@ class App:
                 log.exception("error while closing %r", closer)
 
 
+class LoggingEscalator:
+    """Stops and kills go to the log until the Discord client replaces the target."""
+
+    def __init__(self) -> None:
+        self.target: Any = None  # an Escalator set by the Discord host (admin channel)
+
+    async def escalate(self, escalation: Any) -> None:
+        log.warning(
+            "critic %s run %s (%s, %s): %s",
+            escalation.action,
+            escalation.run_id,
+            escalation.agent,
+            escalation.caller.user_id,
+            escalation.reason,
+        )
+        if self.target is not None:
+            await self.target.escalate(escalation)
+
+
 async def build_app(
     settings: Settings,
     *,
@@ -126,13 +145,25 @@ async def build_app(
     environ: Mapping[str, str] | None = None,
     upgrade: bool = True,
     recover: bool = True,
+    clock: Any = None,
 ) -> App:
     """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos)."""
+    from adapters.approval import DeliveryApprover
     from adapters.audit import SqlAuditSink
     from adapters.budget import SqlBudgetLedger
-
+    from adapters.channel_defaults import SqlChannelDefaults
+    from adapters.chat import ChatService
+    from adapters.conversation import HistoryLimits
     from adapters.db import Database
+    from adapters.threads import SqlThreadStore
+    from executor.compaction import CompactionHook
+    from executor.critic import CriticConfig, WatchdogCritic
+    from executor.guard import DispatchGuard
+    from executor.lanes import Lanes
+    from executor.ports import RealClock
     from executor.tools.builtin import default_registry
+    from personas.markdown import load_builtins
+    from personas.store import PersonaStore
 
     closers: list[Any] = []
     models_config: ModelsConfig | None = None
@@ -140,6 +171,7 @@ async def build_app(
     if resolver is None:
         models_config, providers, resolver = build_resolver(settings, environ)
         closers.append(providers.aclose)
+    clock = clock or RealClock()
 
     tools = default_registry(settings.enabled_tools)
 
@@ -151,7 +183,7 @@ async def build_app(
         audit = SqlAuditSink(db.sessions)
         closers.append(audit.close)
         budget = SqlBudgetLedger(
-            db.sessions, default_limit_micros=int(settings.budget_default_usd * 1_000_000)
+            db.sessions, default_limit_micros=round(settings.budget_default_usd * 1_000_000)
         )
         if recover:
             from adapters.recovery import recover_interrupted_runs
@@ -164,7 +196,61 @@ async def build_app(
             await c()
         raise
 
-    executor = Executor(models=resolver, tools=tools, audit=audit, budget=budget)
+    escalator = LoggingEscalator()
+    critic = WatchdogCritic(
+        CriticConfig(
+            soft_runtime_s=settings.critic_soft_runtime_s,
+            soft_steps=settings.critic_soft_steps,
+            hard_factor=settings.critic_hard_factor,
+            judge=settings.critic_judge_tier,
+        ),
+        clock=clock,
+        escalator=escalator,
+        resolver=resolver,
+    )
+    hooks = [
+        DispatchGuard(),
+        CompactionHook(
+            settings.compaction_tier,
+            resolver=resolver,
+            trigger_share=settings.compaction_share,
+            clock=clock,
+        ),
+    ]
+    executor = Executor(
+        models=resolver,
+        tools=tools,
+        audit=audit,
+        budget=budget,
+        critic=critic,
+        approver=DeliveryApprover(),
+        clock=clock,
+        hooks=hooks,
+    )
+    tiers = list(getattr(resolver, "tiers", None) or (models_config.tiers if models_config else []))
+    personas = (
+        PersonaStore(db.sessions, load_builtins(), tools=tools, tiers=tiers)
+        if tiers
+        else PersonaStore(db.sessions, load_builtins(), tools=tools)
+    )
+    channel_defaults = SqlChannelDefaults(db.sessions)
+
+    async def guild_default(guild_id: str) -> str | None:
+        return await channel_defaults.resolve(guild_id, None)
+
+    threads = SqlThreadStore(db.sessions)
+    lanes = Lanes(slots=settings.lane_slots)
+    chat = ChatService(
+        executor=executor,
+        personas=personas,
+        channel_defaults=channel_defaults,
+        guild_default=guild_default,
+        threads=threads,
+        lanes=lanes,
+        limits=HistoryLimits(
+            max_messages=settings.history_max_messages, max_chars=settings.history_max_chars
+        ),
+    )
     app = App(
         settings=settings,
         executor=executor,
@@ -175,6 +261,13 @@ async def build_app(
         db=db,
         audit=audit,
         budget=budget,
+        personas=personas,
+        channel_defaults=channel_defaults,
+        threads=threads,
+        lanes=lanes,
+        critic=critic,
+        chat=chat,
     )
+    app.extras["escalator"] = escalator
     app._closers.extend(closers)
     return app

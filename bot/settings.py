@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     default_tier: str = "standard"
     enabled_tools: list[str] | None = None  # None: every built-in tool
 
+    # --- lanes, critic, compaction, history --------------------------------------------
+    lane_slots: int = Field(default=4, ge=1)  # runs at once; fair-shared between members
+    critic_soft_runtime_s: float = Field(default=60.0, gt=0)
+    critic_soft_steps: int = Field(default=8, ge=1)
+    critic_hard_factor: float = Field(default=3.0, ge=1)
+    critic_judge_tier: str | None = None  # e.g. "fast": ask a cheap model "making progress?"
+    compaction_tier: str = "fast"
+    compaction_share: float = Field(default=0.75, gt=0, lt=1)
+    history_max_messages: int = Field(default=30, ge=1)
+    history_max_chars: int = Field(default=24_000, ge=1000)
+
     # --- budgets ----------------------------------------------------------------------
     budget_default_usd: float = 5.0  # per member, rolling 7 days
     operator_user_id: str = "console"

@@ -1,0 +1,130 @@
+"""`coterie ask` end to end: the real CLI process, the real OpenAI and Anthropic
+SDKs, a loopback LLMock server standing in for the providers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llmock")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COTERIE_", "ANTHROPIC_", "OPENAI_"))}
+    env.update(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _ask(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "ask", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+        check=False,
+    )
+
+
+def test_ask_json_through_openai(llmock: Any, tmp_path: Path) -> None:
+    llmock.reply("Paris is the capital of France.")
+    out = _ask(
+        tmp_path,
+        "Capital of France?",
+        "--json",
+        OPENAI_BASE_URL=llmock.base_url("openai"),
+        OPENAI_API_KEY="sk-test",
+        COTERIE_TIER_STANDARD="openai:gpt-5-mini",
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["status"] == "ok"
+    assert data["output"] == "Paris is the capital of France."
+    assert data["model"] == "openai:gpt-5-mini"
+    assert [a["error"] for a in data["attempts"]] == [None]
+    assert data["usage"]["output_tokens"] > 0
+    assert data["cost_usd"] > 0
+    assert set(data) >= {"run_id", "status", "output", "model", "attempts", "usage", "cost_usd"}
+    # the run is in the audit trail of the database the CLI upgraded
+    audit = subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "show", data["run_id"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        check=False,
+    )
+    assert audit.returncode == 0, audit.stderr
+    assert data["run_id"] in audit.stdout
+
+
+def test_ask_fails_over_from_a_dead_provider(llmock: Any, tmp_path: Path) -> None:
+    llmock.outage(status=503, provider="anthropic")
+    llmock.reply("from openai", provider="openai")
+    out = _ask(
+        tmp_path,
+        "hello",
+        "--json",
+        ANTHROPIC_BASE_URL=llmock.base_url("anthropic"),
+        ANTHROPIC_API_KEY="sk-ant-test",
+        OPENAI_BASE_URL=llmock.base_url("openai"),
+        OPENAI_API_KEY="sk-test",
+        COTERIE_TIER_FAST="anthropic:claude-haiku-4-5,openai:gpt-5-mini",
+        COTERIE_DEFAULT_TIER="fast",
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["output"] == "from openai"
+    assert data["model"] == "openai:gpt-5-mini"
+    assert data["attempts"][0]["model"] == "anthropic:claude-haiku-4-5"
+    assert data["attempts"][0]["error"]
+    assert data["attempts"][-1]["error"] is None
+
+
+def test_ask_streams_text(llmock: Any, tmp_path: Path) -> None:
+    llmock.reply("streamed answer")
+    out = _ask(
+        tmp_path,
+        "hi",
+        OPENAI_BASE_URL=llmock.base_url("openai"),
+        OPENAI_API_KEY="sk-test",
+        COTERIE_TIER_STANDARD="openai:gpt-5-mini",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "streamed answer"
+
+
+def test_missing_key_names_the_variable(tmp_path: Path) -> None:
+    out = _ask(tmp_path, "hi", COTERIE_TIER_STANDARD="anthropic:claude-sonnet-4-6")
+    assert out.returncode != 0
+    assert "ANTHROPIC_API_KEY" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_tier_lists_the_known_ones(tmp_path: Path) -> None:
+    out = _ask(tmp_path, "hi", "--tier", "nope", OPENAI_API_KEY="sk-test")
+    assert out.returncode != 0
+    assert "unknown tier 'nope'" in out.stderr
+    assert "standard" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_malformed_config_file_says_where(tmp_path: Path) -> None:
+    (tmp_path / "coterie.toml").write_text("[tiers.fast\ncandidates = 1\n")
+    out = _ask(tmp_path, "hi", OPENAI_API_KEY="sk-test")
+    assert out.returncode != 0
+    assert "coterie.toml" in out.stderr
+    assert "line 1" in out.stderr or ":1:" in out.stderr
+    assert "Traceback" not in out.stderr
