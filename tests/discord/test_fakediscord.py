@@ -143,3 +143,23 @@ def test_render_error_sentences() -> None:
     assert render_error(RateLimited("slow"))[0].startswith("The AI providers are busy")
     text, ref = render_error(KeyError("internal"))
     assert ref is not None and f"(ref {ref})" in text and "internal" not in text
+
+
+async def test_interaction_response_message_names_the_invoker(
+    fake_discord: FakeDiscord, discord_bot: Any
+) -> None:
+    from discord import app_commands
+
+    results: asyncio.Queue[discord.InteractionMessage] = asyncio.Queue()
+
+    @app_commands.command(name="ping", description="Ping")
+    async def ping(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("pong")
+        await results.put(await interaction.original_response())
+
+    discord_bot.tree.add_command(ping)
+    await fake_discord.dispatch_slash("ping", user="bob")
+    message = await asyncio.wait_for(results.get(), 5)
+    assert message.content == "pong"
+    assert message.interaction_metadata is not None
+    assert message.interaction_metadata.user.id == int(fake_discord.users["bob"]["id"])

@@ -1145,7 +1145,15 @@ class FakeDiscord:
                     call.files,
                     message_type=20,
                 )
-                msg["interaction_metadata"] = {"id": interaction_id, "type": 2}
+                invoker = inter.payload.get("member", {}).get("user") or inter.payload["user"]
+                msg["interaction_metadata"] = {
+                    "id": interaction_id,
+                    "type": inter.payload["type"],
+                    "user": invoker,
+                    "authorizing_integration_owners": inter.payload[
+                        "authorizing_integration_owners"
+                    ],
+                }
                 self._originals[token] = msg
                 interaction["response_message_id"] = msg["id"]
                 interaction["response_message_loading"] = kind == 5
