@@ -19,13 +19,11 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from adapters.db import IMMEDIATE, translate_errors
 from adapters.tables import (
@@ -78,6 +76,7 @@ class SqlBudgetLedger:
             raise ValueError("default_limit_micros must not be negative")
         self._sessions = sessions
         engine = _engine_of(sessions)
+        self._engine = engine
         self._url: URL = engine.url
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
@@ -93,31 +92,48 @@ class SqlBudgetLedger:
     # --- transactions --------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
         with translate_errors(self._url):
-            async with lock, self._sessions() as session, session.begin():
-                await session.connection(execution_options=IMMEDIATE)
-                yield session
+            async with lock, self._engine.connect() as conn:
+                conn = await conn.execution_options(**IMMEDIATE)
+                async with conn.begin():
+                    yield conn
 
-    async def _lock_member(self, session: AsyncSession, user_id: str) -> int | None:
-        """Take the member's lock row (creating it) and return their limit override."""
-        insert_member: Any = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        await session.execute(
-            insert_member(_members)
+    async def _lock_member(self, conn: AsyncConnection, user_id: str) -> None:
+        """Serialise this member's reservations (creating their lock row if need be).
+
+        On SQLite, BEGIN IMMEDIATE has already taken the database's write lock, and the
+        row is created by :meth:`_ensure_member` only when missing (one round trip less).
+        """
+        if self._dialect != "postgresql":
+            return
+        await conn.execute(
+            pg_insert(_members)
             .values(user_id=user_id, limit_micros=None, updated_at=self.clock.now())
             .on_conflict_do_nothing(index_elements=["user_id"])
         )
-        row = await session.execute(
-            select(_members.c.limit_micros).where(_members.c.user_id == user_id).with_for_update()
+        await conn.execute(
+            select(_members.c.user_id).where(_members.c.user_id == user_id).with_for_update()
         )
-        limit: int | None = row.scalar_one()
-        return limit
+
+    async def _ensure_member(self, conn: AsyncConnection, user_id: str, exists: bool) -> None:
+        if not exists:
+            await conn.execute(
+                insert(_members).values(
+                    user_id=user_id, limit_micros=None, updated_at=self.clock.now()
+                )
+            )
 
     async def _status_in(
-        self, session: AsyncSession, user_id: str, override: int | None, now: datetime
-    ) -> BudgetStatus:
+        self, conn: AsyncConnection, user_id: str, now: datetime
+    ) -> tuple[BudgetStatus, bool]:
+        """The member's status and whether their row exists, in one statement."""
         since = now - self.window
+        member = (
+            select(_members.c.limit_micros).where(_members.c.user_id == user_id).scalar_subquery()
+        )
+        exists = select(_members.c.user_id).where(_members.c.user_id == user_id).exists()
         spent = (
             select(func.coalesce(func.sum(_ledger.c.amount_micros), 0))
             .where(_ledger.c.user_id == user_id, _ledger.c.at > since)
@@ -133,10 +149,11 @@ class SqlBudgetLedger:
             .where(_grants.c.user_id == user_id, _grants.c.expires_at > now)
             .scalar_subquery()
         )
-        # Why one statement: one round trip, and one snapshot of all three sums.
-        row = (await session.execute(select(spent, reserved, granted))).one()
+        # Why one statement: one round trip, and one snapshot of every sum.
+        row = (await conn.execute(select(spent, reserved, granted, member, exists))).one()
+        override = None if row[3] is None else int(row[3])
         base = override if override is not None else self.default_limit_micros
-        return BudgetStatus(
+        status = BudgetStatus(
             user_id=user_id,
             limit_micros=base + int(row[2]),
             base_limit_micros=base,
@@ -145,6 +162,7 @@ class SqlBudgetLedger:
             spent_micros=int(row[0]),
             reserved_micros=int(row[1]),
         )
+        return status, bool(row[4])
 
     # --- the gate ----------------------------------------------------------------------
 
@@ -155,8 +173,8 @@ class SqlBudgetLedger:
         denied: BudgetDetails | None = None
         async with self._transaction() as session:
             now = self.clock.now()
-            override = await self._lock_member(session, user_id)
-            status = await self._status_in(session, user_id, override, now)
+            await self._lock_member(session, user_id)
+            status, exists = await self._status_in(session, user_id, now)
             total = status.spent_micros + status.reserved_micros + estimate_micros
             if total > status.limit_micros:
                 charges = await session.execute(
@@ -176,6 +194,7 @@ class SqlBudgetLedger:
                     ),
                 )
             else:
+                await self._ensure_member(session, user_id, exists)
                 token = await session.scalar(
                     insert(_reservations)
                     .values(
@@ -203,24 +222,18 @@ class SqlBudgetLedger:
         if cost_micros < 0:
             raise ValueError(f"cost_micros must not be negative (got {cost_micros})")
         async with self._transaction() as session:
-            row = (
+            # Why no member lock: a reservation turning into a charge is one commit, and a
+            # concurrent reserve sees it wholly before or wholly after (one snapshot).
+            gone = (
                 await session.execute(
-                    select(_reservations.c.user_id, _reservations.c.run_id).where(
-                        _reservations.c.id == reservation_id
-                    )
+                    delete(_reservations)
+                    .where(_reservations.c.id == reservation_id)
+                    .returning(_reservations.c.user_id, _reservations.c.run_id)
                 )
             ).one_or_none()
-            if row is None:
-                return False
-            user_id, run_id = str(row[0]), str(row[1])
-            await self._lock_member(session, user_id)
-            gone = await session.execute(
-                delete(_reservations)
-                .where(_reservations.c.id == reservation_id)
-                .returning(_reservations.c.id)
-            )
-            if gone.scalar_one_or_none() is None:
-                return False  # a concurrent settle won the race
+            if gone is None:
+                return False  # settled already, maybe by a concurrent settle
+            user_id, run_id = str(gone[0]), str(gone[1])
             if cost_micros:
                 await session.execute(
                     insert(_ledger).values(
@@ -255,6 +268,8 @@ class SqlBudgetLedger:
             raise ValueError("limit_micros must not be negative")
         async with self._transaction() as session:
             await self._lock_member(session, user_id)
+            _, exists = await self._status_in(session, user_id, self.clock.now())
+            await self._ensure_member(session, user_id, exists)
             await session.execute(
                 _members.update()
                 .where(_members.c.user_id == user_id)
@@ -274,7 +289,6 @@ class SqlBudgetLedger:
         if amount_micros < 0:
             raise ValueError("amount_micros must not be negative")
         async with self._transaction() as session:
-            await self._lock_member(session, user_id)
             now = self.clock.now()
             await session.execute(
                 insert(_grants).values(
@@ -288,11 +302,11 @@ class SqlBudgetLedger:
             )
 
     async def status(self, user_id: str) -> BudgetStatus:
-        async with self._sessions() as session:
-            override = await session.scalar(
-                select(_members.c.limit_micros).where(_members.c.user_id == user_id)
-            )
-            return await self._status_in(session, user_id, override, self.clock.now())
+        with translate_errors(self._url):
+            async with self._engine.connect() as conn:
+                status, _ = await self._status_in(conn, user_id, self.clock.now())
+                await conn.rollback()
+        return status
 
     async def spend_summary(self, user_ids: Sequence[str] | None = None) -> list[BudgetStatus]:
         """Every member's status (or the given members'), biggest spenders first."""

@@ -1,0 +1,358 @@
+"""Storage benchmark: the audit sink and the budget ledger on SQLite (WAL).
+
+    .venv/bin/python benchmarks/storage.py [--runs 400] [--ledger-rows 1000000]
+
+Prints, side by side in one run:
+
+* audit rows per second through ``SqlAuditSink`` versus a raw ``aiosqlite`` batched
+  ``executemany`` of the same rows (the floor), and the sink's cost per run step;
+* budget reserve+settle pairs per second with 1 and with 50 concurrent members;
+* the p50/p95 of a budget check (a reservation, and a status read) with 1,000,000
+  rows in the ledger.
+
+Goals: audit >= 10,000 rows/s; budget check <= 10 ms p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.audit import SqlAuditSink  # noqa: E402
+from adapters.budget import SqlBudgetLedger  # noqa: E402
+from adapters.db import Database  # noqa: E402
+from executor.agent import Caller, RunResult, RunStatus  # noqa: E402
+from executor.events import (  # noqa: E402
+    ModelAttemptEvent,
+    ModelRequestEvent,
+    RunEvent,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    ToolCallFinished,
+)
+from executor.messages import Usage  # noqa: E402
+from executor.models.base import Attempt  # noqa: E402
+
+STEPS = 10  # per run: request + attempt + step + tool call = 4 child rows per step
+
+
+def run_events(run_id: str, now: datetime) -> list[RunEvent]:
+    events: list[RunEvent] = [
+        RunStarted(
+            run_id=run_id,
+            at=now,
+            agent="assistant",
+            tier="standard",
+            trigger="chat",
+            caller=Caller(user_id="u1", guild_id="g1", channel_id="c1"),
+            prompt_excerpt="summarise this page",
+            estimate_micros=20_000,
+        )
+    ]
+    for step in range(1, STEPS + 1):
+        events += [
+            ModelRequestEvent(run_id=run_id, at=now, step=step, message_count=step * 2),
+            ModelAttemptEvent(
+                run_id=run_id, at=now, step=step, attempt=Attempt(model="a:m", latency_ms=812.5)
+            ),
+            StepFinished(
+                run_id=run_id,
+                at=now,
+                step=step,
+                model="a:m",
+                usage=Usage(input_tokens=1200, output_tokens=80, cost_micros=900),
+                stop_reason="tool_use",
+                text_excerpt="let me look that up",
+                tool_calls=1,
+            ),
+            ToolCallFinished(
+                run_id=run_id,
+                at=now,
+                step=step,
+                call_id=f"call_{step}",
+                name="web_fetch",
+                arguments={"url": "https://example.com/page", "api_key": "sk-abcdefghijklmnop"},
+                result="Example Domain. This domain is for use in examples. " * 8,
+                is_error=False,
+                duration_ms=120.0,
+            ),
+        ]
+    events.append(
+        RunFinished(
+            run_id=run_id,
+            at=now,
+            result=RunResult(
+                run_id=run_id,
+                status=RunStatus.OK,
+                output="The page says ...",
+                steps=STEPS,
+                usage=Usage(input_tokens=12_000, output_tokens=800, cost_micros=9_000),
+            ),
+        )
+    )
+    return events
+
+
+async def fresh_db(directory: Path, name: str) -> Database:
+    db = Database.open(f"sqlite+aiosqlite:///{directory / name}")
+    await db.upgrade()
+    return db
+
+
+async def bench_audit_sink(directory: Path, runs: int, concurrency: int) -> tuple[float, int, int]:
+    db = await fresh_db(directory, "audit.db")
+    sink = SqlAuditSink(db.sessions)
+    now = datetime.now(UTC)
+    batches = [
+        [run_events(f"r{c}-{i}", now) for i in range(runs // concurrency)]
+        for c in range(concurrency)
+    ]
+    rows = sum(len(evts) for b in batches for evts in b)
+    steps = runs // concurrency * concurrency * STEPS
+
+    async def worker(my_runs: list[list[RunEvent]]) -> None:
+        for evts in my_runs:
+            for e in evts:
+                await sink.record(e)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker(b) for b in batches))
+    await sink.close()
+    elapsed = time.perf_counter() - t
+    await db.close()
+    return elapsed, rows, steps
+
+
+async def bench_raw_floor(directory: Path, runs: int) -> tuple[float, int]:
+    """The same rows, inserted with aiosqlite executemany in batches: the floor."""
+    import aiosqlite
+
+    db = await fresh_db(directory, "floor.db")
+    path = db.sqlite_path
+    await db.close()
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    rows = 0
+    t = time.perf_counter()
+    per_batch = 50  # runs per transaction, ~2,000 rows like the sink's batch
+    for start in range(0, runs, per_batch):
+        ids = [f"r{i}" for i in range(start, min(start + per_batch, runs))]
+        run_rows = [
+            (
+                rid,
+                "chat",
+                "u1",
+                "",
+                "g1",
+                "c1",
+                "assistant",
+                "standard",
+                "ok",
+                now,
+                now,
+                STEPS,
+                1,
+                1,
+                9000,
+                0,
+                "",
+                "",
+            )
+            for rid in ids
+        ]
+        step_rows = [
+            (rid, s, "a:m", "tool_use", 1200, 80, 900, 1, "let me", now)
+            for rid in ids
+            for s in range(1, STEPS + 1)
+        ]
+        att_rows = [(rid, s, "a:m", 812.5, now) for rid in ids for s in range(1, STEPS + 1)]
+        tool_rows = [
+            (rid, s, f"call_{s}", "web_fetch", '{"url": "x"}', "Example" * 50, 0, 120.0, now)
+            for rid in ids
+            for s in range(1, STEPS + 1)
+        ]
+        ev_rows = [
+            (rid, "model_request", s, 0, '{"message_count": 2}', now)
+            for rid in ids
+            for s in range(1, STEPS + 1)
+        ]
+        await conn.execute("BEGIN IMMEDIATE")
+        await conn.executemany(
+            "INSERT INTO audit_runs (run_id, trigger, user_id, user_name, guild_id, channel_id, agent, tier, status,"
+            " started_at, ended_at, steps, input_tokens, output_tokens, cost_micros, estimate_micros,"
+            " prompt_excerpt, output_excerpt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            run_rows,
+        )
+        await conn.executemany(
+            "INSERT INTO audit_steps (run_id, step, model, stop_reason, input_tokens, output_tokens, cost_micros,"
+            " tool_calls, text_excerpt, at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            step_rows,
+        )
+        await conn.executemany(
+            "INSERT INTO audit_model_attempts (run_id, step, model, latency_ms, at) VALUES (?,?,?,?,?)",
+            att_rows,
+        )
+        await conn.executemany(
+            "INSERT INTO audit_tool_calls (run_id, step, call_id, name, arguments, result_excerpt, is_error,"
+            " duration_ms, at) VALUES (?,?,?,?,?,?,?,?,?)",
+            tool_rows,
+        )
+        await conn.executemany(
+            "INSERT INTO audit_events (run_id, kind, step, cost_micros, data, at) VALUES (?,?,?,?,?,?)",
+            ev_rows,
+        )
+        await conn.execute("COMMIT")
+        rows += len(run_rows) * 2 + len(step_rows) + len(att_rows) + len(tool_rows) + len(ev_rows)
+    elapsed = time.perf_counter() - t
+    await conn.close()
+    return elapsed, rows
+
+
+async def bench_budget_pairs(directory: Path, members: int, pairs_per_member: int) -> float:
+    db = await fresh_db(directory, f"budget_{members}.db")
+    ledger = SqlBudgetLedger(db.sessions, default_limit_micros=10**12)
+
+    async def member(m: int) -> None:
+        who = Caller(user_id=f"m{m}")
+        for i in range(pairs_per_member):
+            r = await ledger.reserve(who, f"r{m}-{i}", 20_000)
+            await ledger.settle(r, 9_000)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(member(m) for m in range(members)))
+    elapsed = time.perf_counter() - t
+    await db.close()
+    return members * pairs_per_member / elapsed
+
+
+def fill_ledger(path: Path, rows: int, members: int) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rnd = random.Random(7)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    chunk = 100_000
+    for start in range(0, rows, chunk):
+        batch = [
+            (
+                f"m{rnd.randrange(members)}",
+                (now - timedelta(seconds=rnd.randrange(30 * 86400))).isoformat(sep=" "),
+                rnd.randrange(1, 20_000),
+                f"old{start + i}",
+                "",
+            )
+            for i in range(min(chunk, rows - start))
+        ]
+        conn.executemany(
+            "INSERT INTO budget_ledger (user_id, at, amount_micros, run_id, note) VALUES (?,?,?,?,?)",
+            batch,
+        )
+        conn.commit()
+    conn.execute("ANALYZE")
+    conn.commit()
+    conn.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=100)[int(p) - 1]
+
+
+async def bench_budget_check(
+    directory: Path, ledger_rows: int, members: int, samples: int
+) -> dict[str, Any]:
+    db = await fresh_db(directory, "ledger.db")
+    path = db.sqlite_path
+    await db.close()
+    t = time.perf_counter()
+    fill_ledger(path, ledger_rows, members)  # type: ignore[arg-type]
+    fill_s = time.perf_counter() - t
+    db = Database.open(f"sqlite+aiosqlite:///{path}")
+    ledger = SqlBudgetLedger(db.sessions, default_limit_micros=10**12)
+    rnd = random.Random(11)
+    reserve_ms: list[float] = []
+    status_ms: list[float] = []
+    for i in range(samples):
+        who = Caller(user_id=f"m{rnd.randrange(members)}")
+        t = time.perf_counter()
+        r = await ledger.reserve(who, f"bench{i}", 20_000)
+        reserve_ms.append((time.perf_counter() - t) * 1000)
+        await ledger.settle(r, 9_000)
+        t = time.perf_counter()
+        await ledger.status(who.user_id)
+        status_ms.append((time.perf_counter() - t) * 1000)
+    await db.close()
+    return {
+        "fill_s": fill_s,
+        "reserve_p50": statistics.median(reserve_ms),
+        "reserve_p95": pct(reserve_ms, 95),
+        "status_p50": statistics.median(status_ms),
+        "status_p95": pct(status_ms, 95),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=400, help="audited runs (10 steps each)")
+    parser.add_argument("--ledger-rows", type=int, default=1_000_000)
+    parser.add_argument("--members", type=int, default=1_000, help="members in the big ledger")
+    parser.add_argument("--samples", type=int, default=500, help="budget checks timed")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="coterie-bench-") as tmp:
+        d = Path(tmp)
+        sink_s, sink_rows, sink_steps = await bench_audit_sink(d, args.runs, concurrency=10)
+        floor_s, floor_rows = await bench_raw_floor(d, args.runs)
+        pairs_1 = await bench_budget_pairs(d, members=1, pairs_per_member=500)
+        pairs_50 = await bench_budget_pairs(d, members=50, pairs_per_member=20)
+        check = await bench_budget_check(d, args.ledger_rows, args.members, args.samples)
+
+    print(
+        f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=NORMAL; Python {sys.version.split()[0]}"
+    )
+    print()
+    print(
+        f"{'audit (' + str(args.runs) + ' runs x ' + str(STEPS) + ' steps)':<44}{'rows':>9}{'rows/s':>12}"
+    )
+    print(f"{'  SqlAuditSink, 10 concurrent runs':<44}{sink_rows:>9}{sink_rows / sink_s:>12,.0f}")
+    print(
+        f"{'  raw aiosqlite executemany (floor)':<44}{floor_rows:>9}{floor_rows / floor_s:>12,.0f}"
+    )
+    print(f"{'  sink cost per step (4 rows)':<44}{'':>9}{sink_s / sink_steps * 1e6:>9,.0f} us")
+    print()
+    print(f"{'budget reserve+settle':<44}{'':>9}{'pairs/s':>12}")
+    print(f"{'  1 member':<44}{'':>9}{pairs_1:>12,.0f}")
+    print(f"{'  50 concurrent members':<44}{'':>9}{pairs_50:>12,.0f}")
+    print()
+    print(
+        f"budget check with {args.ledger_rows:,} ledger rows ({args.members:,} members, 30 days; filled in {check['fill_s']:.1f} s)"
+    )
+    print(
+        f"{'  reserve (check + hold), p50 / p95':<44}{check['reserve_p50']:>8.2f} / {check['reserve_p95']:.2f} ms"
+    )
+    print(
+        f"{'  status read, p50 / p95':<44}{check['status_p50']:>8.2f} / {check['status_p95']:.2f} ms"
+    )
+    ok_audit = sink_rows / sink_s >= 10_000
+    ok_check = check["reserve_p95"] <= 10
+    print()
+    print(
+        f"goals: audit >= 10,000 rows/s {'met' if ok_audit else 'MISSED'}; budget check <= 10 ms p95 {'met' if ok_check else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
