@@ -65,8 +65,12 @@ class ToolOutcome:
 
 # --- docstrings -------------------------------------------------------------------
 
+# A section header alone on its line ("Args:", "Example:"); Returns/Yields/Raises
+# may also carry text on the same line ("Returns: the sum"). "Note: ..." with text
+# stays in the description.
 _SECTION_RE = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also|Warnings?)\s*:",
+    r"^(?:(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also"
+    r"|Warnings?)\s*:\s*$|(Returns?|Yields?|Raises)\s*:)",
     re.IGNORECASE,
 )
 _ARGS_SECTIONS = {"args", "arguments", "parameters", "params"}
@@ -105,7 +109,7 @@ def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
             continue
         header = _SECTION_RE.match(stripped) if indent == 0 else None
         if header:
-            section = header.group(1).lower()
+            section = (header.group(1) or header.group(2)).lower()
             current, arg_indent = None, None
             continue
         if section is None:

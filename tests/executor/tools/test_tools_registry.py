@@ -114,6 +114,14 @@ def test_a_returns_line_is_not_a_parameter() -> None:
     assert params == {"a": "first"}
 
 
+def test_inline_notes_stay_in_the_description() -> None:
+    desc, params = _parse_docstring(
+        "Fetch a page.\n\nNote: it may be slow.\n\nArgs:\n    url: where\n"
+    )
+    assert desc == "Fetch a page.\n\nNote: it may be slow."
+    assert params == {"url": "where"}
+
+
 def test_parameter_names_that_clash_with_pydantic(ctx: ToolContext) -> None:
     @tool
     async def dump(json: str, schema: int = 1, model_name: str = "m") -> str:
