@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import time
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
@@ -73,6 +74,25 @@ _attempts = AuditModelAttempt.__table__  # type: ignore[attr-defined]
 _tools = AuditToolCall.__table__  # type: ignore[attr-defined]
 _events = AuditEventRow.__table__  # type: ignore[attr-defined]
 _CHILDREN = (_steps, _attempts, _tools, _events)
+_FINISHED_COLUMNS = (
+    "status",
+    "ended_at",
+    "steps",
+    "input_tokens",
+    "output_tokens",
+    "cost_micros",
+    "model",
+    "output_excerpt",
+    "error",
+    "error_kind",
+    "note",
+)
+# One statement, executed for many runs at once (executemany).
+_FINISH = (
+    update(_runs)
+    .where(_runs.c.run_id == bindparam("b_run_id"))
+    .values({c: bindparam(c) for c in _FINISHED_COLUMNS})
+)
 
 # --- redaction ---------------------------------------------------------------------
 
@@ -165,6 +185,11 @@ class SqlAuditSink:
         # Why: SQLite has one writer; queue ours here rather than in its busy handler.
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._engine = engine
+        self._starts: list[dict[str, Any]] = []
+        self._finishes: list[dict[str, Any]] = []
+        self._generation = 0  # the batch now filling
+        self._durable = -1  # every batch up to this one is committed
 
     # --- AuditSink ------------------------------------------------------------------
 
@@ -187,19 +212,11 @@ class SqlAuditSink:
         if self._oldest is None:
             self._oldest = now
         if self._pending >= self.batch_size or now - self._oldest >= self.flush_interval_s:
-            await self.flush()
+            await self._commit()
 
     async def flush(self) -> None:
         """Write every buffered row now."""
-        async with self._write_lock:
-            batch = self._take()
-            if batch:
-                try:
-                    async with self._transaction() as conn:
-                        await self._write(conn, batch)
-                except BaseException:
-                    self._put_back(batch)
-                    raise
+        await self._commit()
 
     async def close(self) -> None:
         """Write what is buffered. The sink may not be used afterwards."""
@@ -215,23 +232,56 @@ class SqlAuditSink:
         self._oldest = None
         return batch
 
-    def _put_back(self, batch: dict[Any, list[dict[str, Any]]]) -> None:
-        """A failed write keeps its rows for the next try, ahead of newer ones."""
-        for table, rows in batch.items():
-            self._buffer[table][:0] = rows
-            self._pending += len(rows)
-        if self._pending and self._oldest is None:
-            self._oldest = time.monotonic()
+    async def _commit(self) -> None:
+        """Make everything recorded so far durable: a group commit.
+
+        Runs that start or finish while another write is under way are written
+        together in the next transaction, so N concurrent runs cost about one
+        transaction, not N (SQLite has one writer; PostgreSQL saves round trips).
+        """
+        mine = self._generation
+        async with self._write_lock:
+            if self._durable >= mine:
+                return  # a writer before us took our rows with theirs
+            starts, self._starts = self._starts, []
+            finishes, self._finishes = self._finishes, []
+            batch = self._take()
+            taken = self._generation
+            self._generation += 1
+            try:
+                async with self._transaction() as conn:
+                    if starts:
+                        await conn.execute(insert(_runs), starts)
+                    await self._write(conn, batch)
+                    if finishes:
+                        await conn.execute(_FINISH, finishes)
+            except BaseException:
+                # Keep the rows for the next try, ahead of newer ones.
+                self._starts[:0] = starts
+                self._finishes[:0] = finishes
+                for table, rows in batch.items():
+                    self._buffer[table][:0] = rows
+                    self._pending += len(rows)
+                if self._pending and self._oldest is None:
+                    self._oldest = time.monotonic()
+                raise
+            self._durable = taken
 
     @staticmethod
     async def _write(conn: Any, batch: dict[Any, list[dict[str, Any]]]) -> None:
-        for table in _CHILDREN:  # in this order; children only reference runs
+        for table in _CHILDREN:  # children only reference runs
             rows = batch.get(table)
             if rows:
                 await conn.execute(insert(table), rows)
 
-    def _transaction(self) -> Any:
-        return _Tx(self)
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite), errors translated."""
+        with translate_errors(self._url):
+            async with self._engine.connect() as conn:
+                conn = await conn.execution_options(**IMMEDIATE)
+                async with conn.begin():
+                    yield conn
 
     def _remember(self, run_id: str) -> None:
         self._known[run_id] = None
@@ -243,31 +293,37 @@ class SqlAuditSink:
         if self._closed:
             raise RuntimeError("the audit sink is closed")
         caller = e.caller
-        row = {
-            "run_id": e.run_id,
-            "trigger": e.trigger[:16],
-            "user_id": caller.user_id,
-            "user_name": caller.display_name[:100],
-            "guild_id": caller.guild_id,
-            "channel_id": caller.channel_id,
-            "agent": e.agent[:100],
-            "persona": e.persona,
-            "skill": e.skill,
-            "parent_run_id": e.parent_run_id,
-            "tier": e.tier[:32],
-            "status": "running",
-            "started_at": e.at,
-            "estimate_micros": e.estimate_micros,
-            "prompt_excerpt": excerpt(e.prompt_excerpt, self.excerpt_chars),
-            "output_excerpt": "",
-            "steps": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "cost_micros": 0,
-        }
-        async with self._write_lock, self._transaction() as conn:
-            await conn.execute(insert(_runs), [row])
+        self._starts.append(
+            {
+                "run_id": e.run_id,
+                "trigger": e.trigger[:16],
+                "user_id": caller.user_id,
+                "user_name": caller.display_name[:100],
+                "guild_id": caller.guild_id,
+                "channel_id": caller.channel_id,
+                "agent": e.agent[:100],
+                "persona": e.persona,
+                "skill": e.skill,
+                "parent_run_id": e.parent_run_id,
+                "tier": e.tier[:32],
+                "model": None,
+                "status": "running",
+                "started_at": e.at,
+                "ended_at": None,
+                "estimate_micros": e.estimate_micros,
+                "prompt_excerpt": excerpt(e.prompt_excerpt, self.excerpt_chars),
+                "output_excerpt": "",
+                "steps": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cost_micros": 0,
+                "error": None,
+                "error_kind": None,
+                "note": None,
+            }
+        )
         self._remember(e.run_id)
+        await self._commit()
 
     async def _placeholder(self, run_id: str, at: datetime) -> None:
         """A run this sink never saw start (it was built mid-run): give it a row."""
@@ -284,31 +340,24 @@ class SqlAuditSink:
         if e.run_id not in self._known:
             await self._placeholder(e.run_id, e.at)
         r = e.result
-        values = {
-            "status": r.status.value,
-            "ended_at": e.at,
-            "steps": r.steps,
-            "input_tokens": r.usage.input_tokens,
-            "output_tokens": r.usage.output_tokens,
-            "cost_micros": r.usage.cost_micros,
-            "model": r.model[:128] if r.model else None,
-            "output_excerpt": excerpt(r.output, self.excerpt_chars),
-            "error": excerpt(r.error, self.excerpt_chars) if r.error else None,
-            "error_kind": r.error_kind[:64] if r.error_kind else None,
-            "note": excerpt(r.note, self.excerpt_chars) if r.note else None,
-        }
-        async with self._write_lock:
-            batch = self._take()
-            # Why one transaction: the run's last rows and its closing land together.
-            try:
-                async with self._transaction() as conn:
-                    await self._write(conn, batch)
-                    await conn.execute(
-                        update(_runs).where(_runs.c.run_id == e.run_id).values(values)
-                    )
-            except BaseException:
-                self._put_back(batch)
-                raise
+        self._finishes.append(
+            {
+                "b_run_id": e.run_id,
+                "status": r.status.value,
+                "ended_at": e.at,
+                "steps": r.steps,
+                "input_tokens": r.usage.input_tokens,
+                "output_tokens": r.usage.output_tokens,
+                "cost_micros": r.usage.cost_micros,
+                "model": r.model[:128] if r.model else None,
+                "output_excerpt": excerpt(r.output, self.excerpt_chars),
+                "error": excerpt(r.error, self.excerpt_chars) if r.error else None,
+                "error_kind": r.error_kind[:64] if r.error_kind else None,
+                "note": excerpt(r.note, self.excerpt_chars) if r.note else None,
+            }
+        )
+        # Why one transaction: the run's last rows and its closing land together.
+        await self._commit()
 
     def _row(self, event: RunEvent) -> tuple[Any, dict[str, Any]]:
         base: dict[str, Any] = {"run_id": event.run_id, "at": event.at}
@@ -345,30 +394,6 @@ class SqlAuditSink:
             }
         kind, step, cost, data = _event_data(event)
         return _events, base | {"kind": kind, "step": step, "cost_micros": cost, "data": data}
-
-
-class _Tx:
-    """One write transaction (BEGIN IMMEDIATE on SQLite), errors translated."""
-
-    def __init__(self, sink: SqlAuditSink) -> None:
-        self._sink = sink
-        self._session: AsyncSession | None = None
-
-    async def __aenter__(self) -> Any:
-        self._session = self._sink._sessions()
-        with translate_errors(self._sink._url):
-            return await self._session.connection(execution_options=IMMEDIATE)
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._session is not None
-        try:
-            with translate_errors(self._sink._url):
-                if exc_type is None:
-                    await self._session.commit()
-                else:
-                    await self._session.rollback()
-        finally:
-            await self._session.close()
 
 
 def _event_data(event: RunEvent) -> tuple[str, int, int, dict[str, Any]]:

@@ -29,11 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.audit import SqlAuditSink  # noqa: E402
-from adapters.budget import SqlBudgetLedger  # noqa: E402
-from adapters.db import Database  # noqa: E402
-from executor.agent import Caller, RunResult, RunStatus  # noqa: E402
-from executor.events import (  # noqa: E402
+from adapters.audit import SqlAuditSink
+from adapters.budget import SqlBudgetLedger
+from adapters.db import Database
+from executor.agent import Caller, RunResult, RunStatus
+from executor.events import (
     ModelAttemptEvent,
     ModelRequestEvent,
     RunEvent,
@@ -42,8 +42,8 @@ from executor.events import (  # noqa: E402
     StepFinished,
     ToolCallFinished,
 )
-from executor.messages import Usage  # noqa: E402
-from executor.models.base import Attempt  # noqa: E402
+from executor.messages import Usage
+from executor.models.base import Attempt
 
 STEPS = 10  # per run: request + attempt + step + tool call = 4 child rows per step
 
@@ -106,6 +106,7 @@ def run_events(run_id: str, now: datetime) -> list[RunEvent]:
 
 
 async def fresh_db(directory: Path, name: str) -> Database:
+    directory.mkdir(parents=True, exist_ok=True)
     db = Database.open(f"sqlite+aiosqlite:///{directory / name}")
     await db.upgrade()
     return db
@@ -315,6 +316,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="coterie-bench-") as tmp:
         d = Path(tmp)
         sink_s, sink_rows, sink_steps = await bench_audit_sink(d, args.runs, concurrency=10)
+        seq_s, seq_rows, seq_steps = await bench_audit_sink(d / "seq", args.runs, concurrency=1)
         floor_s, floor_rows = await bench_raw_floor(d, args.runs)
         pairs_1 = await bench_budget_pairs(d, members=1, pairs_per_member=500)
         pairs_50 = await bench_budget_pairs(d, members=50, pairs_per_member=20)
@@ -328,10 +330,14 @@ async def main() -> None:
         f"{'audit (' + str(args.runs) + ' runs x ' + str(STEPS) + ' steps)':<44}{'rows':>9}{'rows/s':>12}"
     )
     print(f"{'  SqlAuditSink, 10 concurrent runs':<44}{sink_rows:>9}{sink_rows / sink_s:>12,.0f}")
+    print(f"{'  SqlAuditSink, 1 run at a time':<44}{seq_rows:>9}{seq_rows / seq_s:>12,.0f}")
     print(
         f"{'  raw aiosqlite executemany (floor)':<44}{floor_rows:>9}{floor_rows / floor_s:>12,.0f}"
     )
-    print(f"{'  sink cost per step (4 rows)':<44}{'':>9}{sink_s / sink_steps * 1e6:>9,.0f} us")
+    print(
+        f"{'  sink cost per step (4 rows), 10 / 1 runs':<44}{'':>9}"
+        f"{sink_s / sink_steps * 1e6:>6,.0f} / {seq_s / seq_steps * 1e6:,.0f} us"
+    )
     print()
     print(f"{'budget reserve+settle':<44}{'':>9}{'pairs/s':>12}")
     print(f"{'  1 member':<44}{'':>9}{pairs_1:>12,.0f}")
