@@ -83,6 +83,10 @@ def _perm_names(names: Sequence[str]) -> str:
 
 
 def _render_coterie_error(exc: xerr.CoterieError) -> str | None:
+    from personas.errors import PersonaError
+
+    if isinstance(exc, PersonaError):
+        return str(exc)  # written for the person: "no persona named 'x'; try /persona list"
     if isinstance(exc, xerr.BudgetExceeded):
         d = exc.details
         when = f" Enough frees up at {d.frees_at:%Y-%m-%d %H:%M} UTC." if d.frees_at else ""

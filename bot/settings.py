@@ -54,6 +54,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "COTERIE_DISCORD_TOKEN")
     )
     dev_guild_id: int | None = None
+    application_id: int | None = None  # for `coterie invite`; read from the token when unset
     owner_ids: list[int] = Field(default_factory=list)
     allow_dms: bool = True
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx2
 import pytest
-from conftest import Clients, DroppingStream, Recorder, sse, sse_response
 
 from executor.errors import (
     AuthenticationFailed,
@@ -25,6 +24,7 @@ from executor.models.base import (
     ToolCallEvent,
     ToolDefinition,
 )
+from tests.executor.models.conftest import Clients, DroppingStream, Recorder, sse, sse_response
 
 WEATHER = ToolDefinition(
     name="get_weather",

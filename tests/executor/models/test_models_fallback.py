@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
-from conftest import Clients
-from test_models_anthropic import MESSAGE
 
 from executor.errors import (
     AllModelsFailed,
@@ -30,6 +28,8 @@ from executor.models.base import (
     TextDelta,
 )
 from executor.models.fallback import Cooldowns, FallbackModel
+from tests.executor.models.conftest import Clients
+from tests.executor.models.test_models_anthropic import MESSAGE
 
 REQ = ModelRequest(messages=[Message.user("hi")])
 

@@ -6,7 +6,6 @@ import json
 
 import httpx2
 import pytest
-from conftest import Clients, DroppingStream, Recorder, sse, sse_response
 
 from executor.errors import (
     AuthenticationFailed,
@@ -27,6 +26,7 @@ from executor.models.base import (
     ToolCallEvent,
     ToolDefinition,
 )
+from tests.executor.models.conftest import Clients, DroppingStream, Recorder, sse, sse_response
 
 WEATHER = ToolDefinition(
     name="get_weather",

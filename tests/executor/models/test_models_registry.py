@@ -7,8 +7,6 @@ import sys
 
 import httpx2
 import pytest
-from conftest import Clients, Recorder
-from test_models_anthropic import MESSAGE
 
 from executor.errors import MissingCredentials, UnknownModel, UnknownTier
 from executor.messages import Message
@@ -17,6 +15,8 @@ from executor.models.config import load_tier_config
 from executor.models.fallback import FallbackModel
 from executor.models.providers import ProviderSettings, ProviderSpec
 from executor.models.tiers import TierResolver
+from tests.executor.models.conftest import Clients, Recorder
+from tests.executor.models.test_models_anthropic import MESSAGE
 
 OK_CHAT = {
     "id": "c",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tool_fakes import PUBLIC_IP, FakeResolver, Handler, RecordingTransport
 
 from executor.agent import Caller, Privilege
 from executor.tools import SSRFGuard, ToolContext, WebFetcher
+from tests.executor.tools.tool_fakes import PUBLIC_IP, FakeResolver, Handler, RecordingTransport
 
 
 @pytest.fixture

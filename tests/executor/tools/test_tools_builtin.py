@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from tool_fakes import PUBLIC_IP
 
 import executor.errors
 import executor.tools
@@ -19,6 +18,7 @@ from executor.tools.builtin import (
     current_time_tool,
     html_to_text,
 )
+from tests.executor.tools.tool_fakes import PUBLIC_IP
 
 # --- calculator -------------------------------------------------------------------------
 

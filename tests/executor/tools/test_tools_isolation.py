@@ -6,10 +6,10 @@ import asyncio
 import os
 
 import pytest
-import tool_targets
 
 from executor.errors import ToolRetry
 from executor.tools import SubprocessToolError, ToolContext, run_in_subprocess
+from tests.executor.tools import tool_targets
 
 
 def _gone(pid: int) -> bool:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tool_fakes import PUBLIC_IP, FakeResolver, RecordingTransport
 
 from executor.tools import BlockedURL, SSRFGuard, WebFetcher, forbidden_reason, guarded_get
 from executor.tools.ssrf import parse_ipv4_host
+from tests.executor.tools.tool_fakes import PUBLIC_IP, FakeResolver, RecordingTransport
 
 # --- address classes ---------------------------------------------------------------
 
