@@ -16,7 +16,11 @@ pytest.importorskip("llmock")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COTERIE_", "ANTHROPIC_", "OPENAI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COTERIE_", "ANTHROPIC_", "OPENAI_"))
+    }
     env.update(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}",
         PYTHONUNBUFFERED="1",
