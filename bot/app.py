@@ -144,10 +144,15 @@ async def build_app(
     resolver: ModelResolver | None = None,
     environ: Mapping[str, str] | None = None,
     upgrade: bool = True,
-    recover: bool = True,
+    recover: bool = False,
     clock: Any = None,
 ) -> App:
-    """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos)."""
+    """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos).
+
+    ``recover`` closes runs left ``running`` as ``interrupted`` and settles every
+    open reservation: only the bot process (``coterie run``) may do that at its
+    start, never a ``coterie ask`` or ``coterie chat`` beside a running bot.
+    """
     from adapters.approval import DeliveryApprover
     from adapters.audit import SqlAuditSink
     from adapters.budget import SqlBudgetLedger
@@ -156,6 +161,7 @@ async def build_app(
     from adapters.conversation import HistoryLimits
     from adapters.db import Database
     from adapters.threads import SqlThreadStore
+    from executor.budget import dollars_to_micros
     from executor.compaction import CompactionHook
     from executor.critic import CriticConfig, WatchdogCritic
     from executor.guard import DispatchGuard
@@ -183,7 +189,7 @@ async def build_app(
         audit = SqlAuditSink(db.sessions)
         closers.append(audit.close)
         budget = SqlBudgetLedger(
-            db.sessions, default_limit_micros=round(settings.budget_default_usd * 1_000_000)
+            db.sessions, default_limit_micros=dollars_to_micros(settings.budget_default_usd)
         )
         if recover:
             from adapters.recovery import recover_interrupted_runs

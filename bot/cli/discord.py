@@ -108,19 +108,13 @@ async def _run(args: argparse.Namespace) -> int:
     token = _token(settings)
     if token is None:
         return fail(NO_TOKEN)
-    try:
-        from bot.app import build_app
-    except ImportError as exc:
-        if exc.name in ("bot.app",) or "build_app" in str(exc):
-            return fail("bot.app.build_app is not available in this build; cannot start", 1)
-        raise
-
     import discord
 
+    from bot.app import build_app
     from bot.client import CoterieBot
 
     _setup_logging()
-    app = await build_app(settings)
+    app = await build_app(settings, recover=True)
     try:
         bot = CoterieBot(app=app, settings=settings)
     except BaseException:

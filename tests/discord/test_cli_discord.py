@@ -121,7 +121,10 @@ async def test_run_starts_the_bot_and_stops_cleanly_on_sigterm(
 
     app = FakeApp()
 
-    async def build_app(settings: object) -> FakeApp:
+    built_with: dict[str, object] = {}
+
+    async def build_app(settings: object, **options: object) -> FakeApp:
+        built_with.update(options)
         return app
 
     monkeypatch.setattr(bot.app, "build_app", build_app)
@@ -134,4 +137,6 @@ async def test_run_starts_the_bot_and_stops_cleanly_on_sigterm(
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(running, 10) == 0
     assert app.closed == 1
+    # only the bot process recovers crashed runs (never ask or chat beside it)
+    assert built_with == {"recover": True}
     assert fake_discord.unknown_calls == []

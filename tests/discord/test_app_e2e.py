@@ -1,0 +1,113 @@
+"""The whole product through its real composition root: ``build_app`` (migrated
+SQLite, SQL audit and budget, persona store with the built-ins, lanes, critic,
+compaction, guard, chat service), ``CoterieBot`` with its real cogs, the real
+discord.py client against the fake Discord. Only the model is scripted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.audit import AuditQueries, RunFilter
+from bot.app import App, build_app
+from bot.settings import Settings
+from executor.events import RunFinished
+from executor.messages import Usage
+from executor.models.base import Model
+from executor.testing import Reply, ScriptedModel
+from tests.fakediscord import FakeDiscord
+from tests.fakediscord.plugin import coterie_bot, run_bot
+
+
+class ScriptedTiers:
+    """A resolver whose every tier is the same scripted model, priced at 1 micro-dollar a token."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        self.model = model
+        self.tiers = ["fast", "standard", "smart"]
+        self.default_tier = "standard"
+
+    def resolve(self, tier: str | None = None) -> Model:
+        return self.model
+
+    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
+        return input_tokens + output_tokens
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel]]:
+    model = ScriptedModel()
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
+        budget_default_usd=1.0,
+    )
+    built = await build_app(settings, resolver=ScriptedTiers(model))
+    try:
+        yield built, model
+    finally:
+        await built.close()
+
+
+async def test_mention_through_the_real_app_is_answered_audited_and_billed(
+    fake_discord: FakeDiscord, app: tuple[App, ScriptedModel]
+) -> None:
+    the_app, model = app
+    fake = fake_discord
+    bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
+    finished = asyncio.Event()
+
+    class Finished:
+        async def on_event(self, event: object) -> None:
+            if isinstance(event, RunFinished):
+                finished.set()
+
+    the_app.executor.observers.append(Finished())
+    async with run_bot(fake, bot):
+        model.push(
+            Reply(
+                text="Hi Alice, I am the researcher.",
+                chunks=["Hi Alice,", " I am the researcher."],
+                usage=Usage(input_tokens=900, output_tokens=12, cost_micros=4_321, requests=1),
+            )
+        )
+        since = len(fake.calls)
+        await fake.dispatch_message(
+            f"<@{fake.bot_user['id']}> researcher: who are you?", mentions=["bot"]
+        )
+        post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+        assert post.json["username"] == "researcher"  # the built-in persona, by prefix
+        final = "Hi Alice, I am the researcher."
+        if post.json["content"] != final:
+            await fake.wait_for_call(
+                "PATCH",
+                r"/webhooks/{id}/{token}/messages/{m}",
+                predicate=lambda c: c.json.get("content") == final,
+                since=since,
+            )
+        # the researcher's system prompt and its web_fetch grant reached the model
+        req = model.requests[-1]
+        assert req.messages[0].role == "system"
+        assert "web_fetch" in [t.name for t in req.tools]
+        assert req.messages[-1].text == "who are you?"
+        assert fake.unknown_calls == []
+        await finished.wait()
+
+        # (inside the block: leaving it closes the bot, and the bot closes the app)
+        # The audit trail has the run, with its trigger, member and cost.
+        await the_app.audit.flush()
+        page = await AuditQueries(the_app.db.sessions).list_runs(RunFilter(trigger="chat"))
+        assert len(page.runs) == 1
+        run: Any = page.runs[0]
+        assert run.status == "ok"
+        assert run.persona == "researcher"
+        assert run.user_id == str(fake.user("alice")["id"])
+        assert run.cost_micros == 4_321
+        # ... and the member's rolling budget was charged exactly that, nothing left reserved.
+        status = await the_app.budget.status(run.user_id)
+        assert status.spent_micros == 4_321
+        assert status.reserved_micros == 0
