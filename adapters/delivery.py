@@ -450,8 +450,11 @@ class WebhookSink:
         avatar_url: str | None,
         fallback: ChannelSink,
         thread: discord.abc.Snowflake | None = None,
+        on_gone: Callable[[], None] | None = None,
     ) -> None:
         self.webhook = webhook
+        # Called when Discord says the webhook no longer exists (forget the cached one).
+        self.on_gone = on_gone
         self.username = username
         self.avatar_url = avatar_url
         self.thread = thread
@@ -461,6 +464,11 @@ class WebhookSink:
     @property
     def prefix(self) -> str:
         return self.fallback.prefix if self.failed else ""
+
+    def _failed(self, exc: discord.HTTPException) -> None:
+        self.failed = True
+        if isinstance(exc, discord.NotFound) and self.on_gone is not None:
+            self.on_gone()
 
     async def send(self, content: str) -> Any:
         if not self.failed:
@@ -477,9 +485,9 @@ class WebhookSink:
                     wait=True,
                     **kwargs,
                 )
-            except discord.HTTPException:
+            except discord.HTTPException as exc:
                 log.warning("webhook send failed; falling back to a normal message", exc_info=True)
-                self.failed = True
+                self._failed(exc)
                 content = self.fallback.prefix + content
         return await self.fallback.send(content)
 
@@ -487,9 +495,9 @@ class WebhookSink:
         if isinstance(handle, discord.WebhookMessage):
             try:
                 return await handle.edit(content=content, allowed_mentions=no_pings())
-            except discord.HTTPException:
+            except discord.HTTPException as exc:
                 log.warning("webhook edit failed; continuing in a normal message", exc_info=True)
-                self.failed = True
+                self._failed(exc)
                 return await self.fallback.send(self.fallback.prefix + content)
         return await self.fallback.edit(handle, content)
 
@@ -629,14 +637,22 @@ async def open_delivery(
 
     sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
     hook = await webhooks.for_channel(target) if webhooks is not None else None
-    if hook is not None:
-        assert isinstance(sink, ChannelSink)
+    if hook is not None and webhooks is not None:
+        hooks = webhooks
+        hook_channel = hook.channel_id
+
+        def gone() -> None:
+            # Why: a deleted webhook stays cached otherwise; the next run makes a new one.
+            if hook_channel is not None:
+                hooks.forget(hook_channel)
+
         sink = WebhookSink(
             hook,
             username=persona,
             avatar_url=avatar_url,
             fallback=ChannelSink(target, persona=persona),
             thread=target if isinstance(target, discord.Thread) else None,
+            on_gone=gone,
         )
 
     async def ask(request: ApprovalRequest) -> ApprovalDecision:

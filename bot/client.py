@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import secrets
+import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -162,9 +163,13 @@ class CoterieTree(app_commands.CommandTree[Any]):
         text = text[:MAX_MESSAGE]
         try:
             if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
+                await interaction.followup.send(
+                    text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+                )
             else:
-                await interaction.response.send_message(text, ephemeral=True)
+                await interaction.response.send_message(
+                    text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+                )
         except discord.HTTPException:
             # The interaction may have expired; the log above still has it.
             log.warning("could not tell the user about the error on /%s", command, exc_info=True)
@@ -203,6 +208,7 @@ class CoterieBot(commands.Bot):
         self.services = services
         self._app_started = False
         self._app_closed = False
+        self._escalator_host: Any = None
 
     @property
     def owner_user_ids(self) -> frozenset[int]:
@@ -217,6 +223,7 @@ class CoterieBot(commands.Bot):
             await self._load(name)
         if not self.services:
             return
+        self._attach_escalator()
         start = getattr(self.app, "start", None)
         if start is not None:
             await start()
@@ -226,6 +233,24 @@ class CoterieBot(commands.Bot):
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to dev guild %s", len(synced), guild.id)
+
+    def _attach_escalator(self) -> None:
+        """Route the critic's stops and kills to the guilds' admin channels."""
+        extras = getattr(self.app, "extras", None)
+        escalator = extras.get("escalator") if isinstance(extras, dict) else None
+        db = getattr(self.app, "db", None)
+        if escalator is None or not hasattr(escalator, "target") or db is None:
+            return
+        from adapters.escalation import DiscordEscalator
+
+        escalator.target = DiscordEscalator(self, db.sessions)
+        self._escalator_host = escalator
+
+    def _detach_escalator(self) -> None:
+        # Why: the app may outlive this client (tests, a restart); never post through a closed one.
+        host, self._escalator_host = self._escalator_host, None
+        if host is not None:
+            host.target = None
 
     async def _load(self, name: str) -> None:
         try:
@@ -246,7 +271,34 @@ class CoterieBot(commands.Bot):
         # Why: coterie has no prefix commands; cogs listen to messages themselves.
         return None
 
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        """An event listener raised: log the traceback with a reference and, when a
+        member's message was being handled, tell them (with the same renderer as
+        slash commands, no mentions, no traceback)."""
+        error = sys.exc_info()[1]
+        if error is None:  # pragma: no cover - discord.py calls this from an except block
+            return await super().on_error(event_method, *args, **kwargs)
+        text, ref = render_error(error)
+        message = args[0] if args and isinstance(args[0], discord.Message) else None
+        if ref is not None or message is None:
+            log.error("event %s failed (ref %s)", event_method, ref, exc_info=error)
+        else:
+            log.info("event %s refused: %s", event_method, text)
+        if event_method != "on_message" or message is None or message.author.bot:
+            return None
+        try:
+            await message.channel.send(
+                text[:MAX_MESSAGE],
+                reference=message.to_reference(fail_if_not_exists=False),
+                mention_author=False,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException:
+            log.warning("could not tell the member about the error (ref %s)", ref, exc_info=True)
+        return None
+
     async def close(self) -> None:
+        self._detach_escalator()
         try:
             close = getattr(self.app, "close", None)
             if close is not None and not self._app_closed:

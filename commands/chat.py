@@ -82,24 +82,27 @@ class ChatCog(commands.Cog):
             return False
         if message.guild is None:
             return self.allow_dms
-        if (
-            isinstance(message.channel, discord.Thread)
-            and await chat.threads.get(str(message.channel.id)) is not None
-        ):
-            return True
         if any(u.id == me.id for u in message.mentions):
             return True
         ref = message.reference
-        return (
+        if (
             ref is not None
             and isinstance(ref.resolved, discord.Message)
             and self.is_ours(ref.resolved)
+        ):
+            return True
+        # Why last: the only check that reads the database (it runs for every thread message).
+        return (
+            isinstance(message.channel, discord.Thread)
+            and await chat.threads.get(str(message.channel.id)) is not None
         )
 
     # --- messages --------------------------------------------------------------------
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
+        # Why no try/except: a failure reaches CoterieBot.on_error, the one renderer
+        # (a short reply with a log reference; the traceback goes to the log).
         chat = self.chat
         if chat is None or message.author.bot or message.webhook_id is not None:
             return
@@ -129,6 +132,15 @@ class ChatCog(commands.Cog):
             approval_timeout=self.approval_timeout,
         )
         await chat.run(request, delivery, choice=choice)
+
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        """A deleted thread stops being bound to its persona."""
+        chat = self.chat
+        if chat is None:
+            return
+        if await chat.threads.unbind(str(payload.thread_id)):
+            log.info("thread %s was deleted; its persona binding is gone", payload.thread_id)
 
     # --- /chat -----------------------------------------------------------------------
 
