@@ -24,7 +24,7 @@ class FakeSender:
 
     async def send(self, channel_id: int, content: str) -> None:
         if self.fail:
-            raise discord.DiscordServerError(_Resp(), "down")  # type: ignore[arg-type]
+            raise discord.DiscordServerError(_Resp(), "down")  # type: ignore[arg-type,unused-ignore]
         self.sent.append((channel_id, content))
 
 
