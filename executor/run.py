@@ -360,7 +360,10 @@ class Executor:
                 # anyway; take back the cancellation we asked for.
                 task.uncancel()
         assert result is not None
-        await asyncio.shield(self._finish(state, reservation, result, watch))
+        # Why not shielded here (it is on the host-cancel path above): a shield is a
+        # task per run, and a host cancelling exactly now is a shutdown, after which
+        # start-up recovery settles what this finish could not.
+        await self._finish(state, reservation, result, watch)
         return result
 
     async def _after(
