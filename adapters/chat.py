@@ -14,6 +14,7 @@ channel's default, the guild's default, and the deployment's fallback.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -256,15 +257,18 @@ class ChatService:
                 if inspect.isawaitable(out):
                     await out
 
-        async with self.lanes.slot(caller.user_id, on_position=_sync_or_async(on_position)):
+        tasks: set[asyncio.Task[None]] = set()
+        async with self.lanes.slot(caller.user_id, on_position=_sync_or_async(on_position, tasks)):
+            # Why: the "started" update must reach the member before the answer does.
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
             yield
 
 
-def _sync_or_async(fn: Callable[[int], Coroutine[Any, Any, None]]) -> PositionCallback:
+def _sync_or_async(
+    fn: Callable[[int], Coroutine[Any, Any, None]], tasks: set[asyncio.Task[None]]
+) -> PositionCallback:
     """Lanes may call ``on_position`` synchronously; schedule the update then."""
-    import asyncio
-
-    tasks: set[asyncio.Task[None]] = set()
 
     def call(position: int) -> Any:
         coro = fn(position)
