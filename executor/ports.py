@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -224,9 +224,7 @@ class RunControl:
     started_monotonic: float
     delivery: Delivery
     stop: Callable[[str, RunStatus], None]  # stop(reason, status): end the run now
-    steps: int = 0
     usage_fn: Callable[[], Usage] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     # Set by the run loop: record an event of the watcher's own (a verdict) to the
     # audit sink and the observers (not back to the watch).
     emit: Callable[[RunEvent], Awaitable[None]] | None = None

@@ -310,7 +310,6 @@ class Executor:
                         emit=emit_side,
                     )
                 )
-            state.extra["watch"] = watch
 
             async def emit_hook(event: RunEvent, watch: CriticWatch | None = watch) -> None:
                 await self._emit(event, watch)
@@ -514,9 +513,9 @@ class Executor:
                 ]
                 await self._record_attempts(state, list(attempts), watch)
                 retry += 1
-                if (
-                    any([await h.on_model_error(state, exc, retry) for h in self.hooks])
-                    and retry <= 2
+                # Why the cap first: past it no hook's work (a compaction) can help.
+                if retry <= 2 and any(
+                    [await h.on_model_error(state, exc, retry) for h in self.hooks]
                 ):
                     continue
                 raise
@@ -551,11 +550,12 @@ class Executor:
                 if isinstance(event, TextDelta):
                     state.partial_text += event.text
                     await delivery.text(event.text)
-                    for obs in self.observers:
-                        await obs.on_event(
+                    if self.observers:
+                        await self._emit(
                             TextDeltaEvent(
                                 run_id=state.run_id, at=self.clock.now(), text=event.text
-                            )
+                            ),
+                            None,
                         )
                 elif isinstance(event, StreamReset):
                     state.partial_text = ""

@@ -252,7 +252,9 @@ class FakeClock:
         self._t = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
-        self._changed = asyncio.Condition() if _loop_running() else None
+        # Made on first use: a Condition binds to the running loop, and a clock
+        # may be built before there is one.
+        self._changed: asyncio.Condition | None = None
 
     def now(self) -> datetime:
         return self._start + timedelta(seconds=self._t)
@@ -273,18 +275,21 @@ class FakeClock:
         await self._notify()
         await fut
 
-    async def _notify(self) -> None:
+    def _condition(self) -> asyncio.Condition:
         if self._changed is None:
             self._changed = asyncio.Condition()
-        async with self._changed:
-            self._changed.notify_all()
+        return self._changed
+
+    async def _notify(self) -> None:
+        changed = self._condition()
+        async with changed:
+            changed.notify_all()
 
     async def wait_for_sleepers(self, n: int = 1) -> None:
         """Wait until at least ``n`` tasks are parked in ``sleep``."""
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.sleepers >= n)
+        changed = self._condition()
+        async with changed:
+            await changed.wait_for(lambda: self.sleepers >= n)
 
     async def advance(self, seconds: float) -> None:
         target = self._t + seconds
@@ -299,11 +304,3 @@ class FakeClock:
         self._t = target
         for _ in range(5):
             await asyncio.sleep(0)
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import anthropic
 import httpx2
@@ -52,6 +52,7 @@ from executor.models.base import (
     ModelRequest,
     ModelResponse,
     ResponseDone,
+    StopReason,
     StreamEvent,
     TextDelta,
     ToolCallEvent,
@@ -61,7 +62,6 @@ from executor.models.providers import ProviderSpec, is_context_too_long, parse_r
 
 __all__ = ["AnthropicModel", "make_client", "make_model"]
 
-StopReason = Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"]
 _STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end_turn",
     "tool_use": "tool_use",

@@ -19,6 +19,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "ResponseDone",
+    "StopReason",
     "StreamEvent",
     "StreamReset",
     "TextDelta",
@@ -63,14 +64,15 @@ class Attempt:
     error_kind: str | None = None
 
 
+StopReason = Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"]
+
+
 @dataclass(frozen=True, slots=True)
 class ModelResponse:
     message: Message  # role "assistant"
     usage: Usage
     model: str  # "provider:model" that answered
-    stop_reason: Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"] = (
-        "end_turn"
-    )
+    stop_reason: StopReason = "end_turn"
     attempts: tuple[Attempt, ...] = ()
 
     @property

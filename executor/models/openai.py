@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 import openai
@@ -55,6 +55,7 @@ from executor.models.base import (
     ModelRequest,
     ModelResponse,
     ResponseDone,
+    StopReason,
     StreamEvent,
     TextDelta,
     ToolCallEvent,
@@ -64,7 +65,6 @@ from executor.models.providers import ProviderSpec, is_context_too_long, parse_r
 
 __all__ = ["OpenAIModel", "make_client", "make_model"]
 
-StopReason = Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"]
 _STOP_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",
     "tool_calls": "tool_use",
