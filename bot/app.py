@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bot.settings import Settings
 from executor.agent import Caller, Privilege
+from executor.errors import ConfigError
 from executor.models.config import ModelsConfig, load_tier_config
 from executor.models.providers import ProviderRegistry, ProviderSettings
 from executor.models.tiers import TierResolver
@@ -45,15 +46,14 @@ def _provider_settings(settings: Settings, environ: Mapping[str, str]) -> Provid
     def secret(v: Any) -> str | None:
         return v.get_secret_value() if v is not None else None
 
+    # Why replace: every other field (and any added later) comes from the environment.
     base = ProviderSettings.from_environ(environ)
-    return ProviderSettings(
+    return replace(
+        base,
         anthropic_api_key=secret(settings.anthropic_api_key) or base.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url or base.anthropic_base_url,
         openai_api_key=secret(settings.openai_api_key) or base.openai_api_key,
         openai_base_url=settings.openai_base_url or base.openai_base_url,
-        openrouter_api_key=base.openrouter_api_key,
-        ollama_base_url=base.ollama_base_url,
-        extra=base.extra,
     )
 
 
@@ -64,8 +64,6 @@ def build_resolver(
     environ = environ if environ is not None else load_environ(settings)
     path = settings.config_file if settings.config_file.is_file() else None
     if path is None and "COTERIE_CONFIG_FILE" in environ:
-        from executor.errors import ConfigError
-
         raise ConfigError(f"the config file {settings.config_file} does not exist")
     config = load_tier_config(path, environ)
     registry = ProviderRegistry(
