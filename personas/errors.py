@@ -9,9 +9,13 @@
         ├── PersonaPermissionDenied  only its creator or an admin may change it
         └── InvalidPersona           a field breaks a rule; names the field and the rule
             └── PersonaFileError     a Markdown persona file is malformed; names the file
+                └── UnsafeFile       refused unread: too large, too deep, too many nodes,
+                                     or YAML anchors/aliases (``kind`` says which)
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from executor.errors import CoterieError
 
@@ -22,7 +26,11 @@ __all__ = [
     "PersonaFileError",
     "PersonaNotFound",
     "PersonaPermissionDenied",
+    "UnsafeFile",
+    "UnsafeKind",
 ]
+
+UnsafeKind = Literal["size", "depth", "nodes", "anchor", "alias"]
 
 
 class PersonaError(CoterieError):
@@ -68,3 +76,14 @@ class PersonaFileError(InvalidPersona):
         super().__init__(field, problem)
         # Why: the base message names the field; a file error must also name the file.
         self.args = (f"{source}: {f'{field}: ' if field else ''}{problem}",)
+
+
+class UnsafeFile(PersonaFileError):
+    """A file refused before its contents were read as data, to keep the bot up.
+
+    ``kind`` says which limit it broke. The message never quotes the file's contents.
+    """
+
+    def __init__(self, source: str, problem: str, *, kind: UnsafeKind) -> None:
+        self.kind = kind
+        super().__init__(source, problem)
