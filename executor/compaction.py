@@ -6,7 +6,8 @@
     Executor(models=tiers, hooks=[hook])
 
 Before each model request the hook estimates the conversation's tokens; when
-they pass ``trigger_share`` of the model's context window it summarises the
+they pass ``trigger_share`` of the model's context window (its profile's
+``context_window``: for a tier, the candidate that will answer) it summarises the
 oldest turns with a cheap model into one message and keeps the system prompt
 and the newest turns. A tool call is never separated from its result, and the
 member's latest message is never summarised away (it is kept verbatim). When a
@@ -26,61 +27,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from executor.errors import ContextTooLong, ModelAPIError
 from executor.events import CompactionEvent
 from executor.hooks import RunHook, RunState
 from executor.messages import Message, Usage
-from executor.models.base import Model, ModelRequest, ModelResponse
+from executor.models.base import DEFAULT_PROFILE, Model, ModelRequest, ModelResponse, profile_of
 from executor.ports import Clock, RealClock
 from executor.structured import TierResolver, resolve_model
 
 __all__ = [
-    "DEFAULT_CONTEXT_WINDOW",
-    "DEFAULT_CONTEXT_WINDOWS",
     "SUMMARY_PREFIX",
     "Compaction",
     "CompactionHook",
     "Compactor",
     "TokenCounter",
     "TokenEstimator",
-    "context_window",
     "estimate_message_tokens",
 ]
-
-DEFAULT_CONTEXT_WINDOW = 32_000
-
-# Longest prefix wins. Conservative figures: a window a little small only compacts early.
-DEFAULT_CONTEXT_WINDOWS: Mapping[str, int] = {
-    "anthropic:": 200_000,
-    "openai:gpt-4.1": 1_000_000,
-    "openai:gpt-4o": 128_000,
-    "openai:gpt-5": 400_000,
-    "openai:o1": 200_000,
-    "openai:o3": 200_000,
-    "openai:o4": 200_000,
-    "openai:": 128_000,
-    "ollama:": 8_192,
-    "test:": 32_000,
-}
-
-
-def context_window(
-    model_name: str,
-    table: Mapping[str, int] = DEFAULT_CONTEXT_WINDOWS,
-    default: int = DEFAULT_CONTEXT_WINDOW,
-) -> int:
-    """The context window of ``provider:model`` (a failover model: its smallest)."""
-    if model_name.startswith("fallback:"):
-        names = [n for n in model_name.removeprefix("fallback:").split(",") if n]
-        return min((context_window(n, table, default) for n in names), default=default)
-    best = ""
-    for prefix in table:
-        if model_name.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
-    return table[best] if best else default
 
 
 def estimate_message_tokens(message: Message) -> float:
@@ -207,8 +173,6 @@ class Compactor:
         summary_max_tokens: int = 1024,
         clip_chars: int = 2000,
         estimator: TokenEstimator | None = None,
-        windows: Mapping[str, int] = DEFAULT_CONTEXT_WINDOWS,
-        default_window: int = DEFAULT_CONTEXT_WINDOW,
     ) -> None:
         if not 0 < keep_share < 1:
             raise ValueError("keep_share must be between 0 and 1")
@@ -218,14 +182,9 @@ class Compactor:
         self.summary_max_tokens = summary_max_tokens
         self.clip_chars = clip_chars
         self.estimator = estimator or TokenEstimator()
-        self.windows = windows
-        self.default_window = default_window
 
     def summariser(self) -> Model:
         return resolve_model(self._summariser, self._resolver)
-
-    def window(self, model_name: str) -> int:
-        return context_window(model_name, self.windows, self.default_window)
 
     def split_point(self, messages: Sequence[Message], keep_tokens: int, model_name: str) -> int:
         """The first kept index: as few newest messages as fit ``keep_tokens``, at least
@@ -243,13 +202,21 @@ class Compactor:
         return best
 
     async def compact(
-        self, messages: Sequence[Message], model_name: str, *, keep_tokens: int | None = None
+        self,
+        messages: Sequence[Message],
+        model_name: str,
+        *,
+        keep_tokens: int | None = None,
+        window: int | None = None,
     ) -> Compaction | None:
         """Summarise the oldest part of ``messages`` (no system prompt), or None if
-        there is nothing that may be summarised."""
+        there is nothing that may be summarised.
+
+        ``model_name`` keys the token calibration; ``keep_tokens`` defaults to
+        ``keep_share`` of ``window`` (the model's context window)."""
         before = self.estimator.estimate(model_name, messages)
         if keep_tokens is None:
-            keep_tokens = int(self.window(model_name) * self.keep_share)
+            keep_tokens = int((window or DEFAULT_PROFILE.context_window) * self.keep_share)
         split = self.split_point(messages, keep_tokens, model_name)
         if split <= 0:
             return None
@@ -279,7 +246,7 @@ class Compactor:
 
     async def _summarise(self, model: Model, old: Sequence[Message]) -> tuple[str, Usage, str]:
         # Rolling summary over chunks that fit the summariser's own window.
-        budget_chars = int(self.window(model.name) * 0.5 * 4)
+        budget_chars = int(profile_of(model).context_window * 0.5 * 4)
         chunks: list[str] = []
         current: list[str] = []
         size = 0
@@ -328,8 +295,6 @@ class CompactionHook(RunHook):
         counter: TokenCounter | None = None,
         compactor: Compactor | None = None,
         cost: Callable[[str, Usage], int] | None = None,
-        windows: Mapping[str, int] = DEFAULT_CONTEXT_WINDOWS,
-        default_window: int = DEFAULT_CONTEXT_WINDOW,
         clock: Clock | None = None,
     ) -> None:
         if not 0 < keep_share < trigger_share <= 1:
@@ -339,11 +304,7 @@ class CompactionHook(RunHook):
         self.counter = counter
         self.cost = cost
         self.compactor = compactor or Compactor(
-            summariser,
-            resolver=resolver,
-            keep_share=keep_share,
-            windows=windows,
-            default_window=default_window,
+            summariser, resolver=resolver, keep_share=keep_share
         )
 
     @property
@@ -357,9 +318,14 @@ class CompactionHook(RunHook):
                 return counted
         return self.estimator.estimate(state.model.name, messages)
 
+    @staticmethod
+    def window(state: RunState) -> int:
+        """The context window of the model the run's next request goes to."""
+        return profile_of(state.model).context_window
+
     async def before_model_request(self, state: RunState, request: ModelRequest) -> ModelRequest:
         system = [m for m in request.messages if m.role == "system"]
-        window = self.compactor.window(state.model.name)
+        window = self.window(state)
         tokens = await self.count(state, [*system, *state.messages])
         if tokens > window * self.trigger_share:
             system_tokens = self.estimator.estimate(state.model.name, system)
@@ -381,7 +347,7 @@ class CompactionHook(RunHook):
     async def on_model_error(self, state: RunState, error: ModelAPIError, attempt: int) -> bool:
         if not isinstance(error, ContextTooLong) or attempt > 1:
             return False
-        window = self.compactor.window(state.model.name)
+        window = self.window(state)
         now = self.estimator.estimate(state.model.name, state.messages)
         # Why harder than usual: the provider's limit is below what we sent, whatever
         # the table says; keep at most a third of it.

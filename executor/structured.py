@@ -4,11 +4,18 @@
 
     verdict = await generate_structured("fast", messages, Judgement, resolver=tiers)
 
-How the model is asked depends on its provider (by the ``provider:`` prefix of
-its name): Anthropic models are *forced* to call one tool whose arguments are
-the schema; every other model gets the schema as a JSON response format
-(``ModelRequest.response_schema``) and answers in JSON text. A forced-tool
-answer is accepted from any model, and JSON is found inside code fences.
+How the model is asked is its profile's ``structured_output`` (for a tier, the
+candidate that will answer):
+
+- ``"tool"`` (Anthropic): the model is *forced* to call one tool whose
+  arguments are the schema;
+- ``"json_schema"`` (OpenAI, Ollama): the schema is the response format
+  (``ModelRequest.response_schema``) and the model answers in JSON text;
+- ``"prompted"`` (a model nobody described): the schema goes in the system
+  prompt and the JSON is read from the reply.
+
+A forced-tool answer is accepted from any model, and JSON is found inside code
+fences.
 
 A reply that fails validation goes back to the model with the validation error,
 up to ``max_retries`` times; then :class:`~executor.errors.StructuredOutputError`.
@@ -21,15 +28,24 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from executor.errors import ConfigError, StructuredOutputError
 from executor.messages import Message, TextPart, ToolResultPart, Usage
-from executor.models.base import Attempt, Model, ModelRequest, ModelResponse, ToolDefinition
+from executor.models.base import (
+    Attempt,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    StructuredOutputMode,
+    ToolDefinition,
+    profile_of,
+)
 
 __all__ = [
+    "Strategy",
     "StructuredResult",
     "TierResolver",
     "generate_structured",
@@ -40,10 +56,7 @@ __all__ = [
 
 T = TypeVar("T", bound=BaseModel)
 
-Strategy = Literal["tool", "json"]
-
-# Why a prefix table and not if/elif: a provider added later declares its way here.
-_TOOL_PROVIDERS = frozenset({"anthropic"})
+Strategy = StructuredOutputMode
 
 
 class TierResolver(Protocol):
@@ -64,13 +77,8 @@ def resolve_model(model_or_tier: Model | str, resolver: TierResolver | None) -> 
 
 
 def strategy_for(model: Model) -> Strategy:
-    """``"tool"`` (forced tool use) for Anthropic models, ``"json"`` otherwise."""
-    provider = model.name.split(":", 1)[0]
-    if provider == "fallback":
-        # A failover model named "fallback:a,b": ask the way its first candidate wants.
-        first = model.name.split(":", 1)[1].split(",", 1)[0]
-        provider = first.split(":", 1)[0]
-    return "tool" if provider in _TOOL_PROVIDERS else "json"
+    """How ``model`` wants to be asked: its profile's ``structured_output``."""
+    return profile_of(model).structured_output
 
 
 @dataclass(slots=True)
@@ -146,6 +154,8 @@ async def generate_structured_result(
         parameters=json_schema,
     )
     history = list(messages)
+    if how == "prompted":
+        history = _with_schema_prompt(history, schema.__name__, json_schema)
     usage = Usage()
     attempts: list[Attempt] = []
     last_error = ""
@@ -159,13 +169,17 @@ async def generate_structured_result(
                 max_tokens=max_tokens,
                 temperature=temperature,
             )
-        else:
+        elif how == "json_schema":
             request = ModelRequest(
                 messages=list(history),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 response_schema=json_schema,
                 response_schema_name=name,
+            )
+        else:
+            request = ModelRequest(
+                messages=list(history), max_tokens=max_tokens, temperature=temperature
             )
         response = await model.generate(request)
         usage = usage + response.usage
@@ -184,6 +198,21 @@ async def generate_structured_result(
         attempts=tries,
         last_error=last_error,
     )
+
+
+def _with_schema_prompt(
+    messages: list[Message], type_name: str, json_schema: dict[str, Any]
+) -> list[Message]:
+    """``messages`` with the schema added to the system prompt (one is made if none)."""
+    instruction = (
+        f"Answer with one JSON object only, a {type_name} matching this JSON schema, "
+        f"and nothing else:\n{json.dumps(json_schema, ensure_ascii=False)}"
+    )
+    if messages and messages[0].role == "system":
+        # Why merged: some local servers take one system message, and only first.
+        first = Message.system(f"{messages[0].text}\n\n{instruction}")
+        return [first, *messages[1:]]
+    return [Message.system(instruction), *messages]
 
 
 def _parse(

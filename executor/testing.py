@@ -23,6 +23,7 @@ from executor.agent import RunResult
 from executor.events import RunEvent
 from executor.messages import Message, TextPart, ToolCallPart, Usage
 from executor.models.base import (
+    ModelProfile,
     ModelRequest,
     ModelResponse,
     ResponseDone,
@@ -33,6 +34,7 @@ from executor.models.base import (
 from executor.ports import InMemoryAuditSink
 
 __all__ = [
+    "TEST_PROFILE",
     "AuditCapture",
     "FakeClock",
     "FunctionModel",
@@ -41,6 +43,12 @@ __all__ = [
     "ScriptedModel",
     "call",
 ]
+
+# What the doubles can do unless told otherwise: images in, JSON-schema output,
+# a 32k window (so a test reaches compaction without megabytes of text).
+TEST_PROFILE = ModelProfile(
+    provider="test", context_window=32_000, structured_output="json_schema", sees_images=True
+)
 
 _ids = itertools.count(1)
 
@@ -111,9 +119,11 @@ class ScriptedModel:
         name: str = "test:scripted",
         default: ScriptItem | None = "ok",
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        profile: ModelProfile = TEST_PROFILE,
     ) -> None:
         self._script: list[ScriptItem] = list(script)
         self._name = name
+        self.profile = profile
         self._default = default
         self._sleep = sleep or asyncio.sleep
         self.requests: list[ModelRequest] = []
@@ -168,9 +178,11 @@ class FunctionModel:
         fn: Callable[[ModelRequest], ScriptItem | Awaitable[ScriptItem]],
         *,
         name: str = "test:function",
+        profile: ModelProfile = TEST_PROFILE,
     ) -> None:
         self._fn = fn
         self._name = name
+        self.profile = profile
         self.requests: list[ModelRequest] = []
 
     @property

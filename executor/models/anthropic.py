@@ -49,6 +49,7 @@ from executor.messages import (
     Usage,
 )
 from executor.models.base import (
+    ModelProfile,
     ModelRequest,
     ModelResponse,
     ResponseDone,
@@ -58,6 +59,7 @@ from executor.models.base import (
     ToolCallEvent,
 )
 from executor.models.pricing import PriceTable
+from executor.models.profiles import anthropic_profile
 from executor.models.providers import ProviderSpec, is_context_too_long, parse_retry_after
 
 __all__ = ["AnthropicModel", "make_client", "make_model"]
@@ -102,15 +104,21 @@ class AnthropicModel:
         client: anthropic.AsyncAnthropic,
         provider: str = "anthropic",
         prices: PriceTable | None = None,
+        profile: ModelProfile | None = None,
     ) -> None:
         self.model_id = model_id
         self._client = client
         self._name = f"{provider}:{model_id}"
         self._prices = prices or PriceTable()
+        self._profile = profile or anthropic_profile(model_id, provider=provider)
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def profile(self) -> ModelProfile:
+        return self._profile
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         try:

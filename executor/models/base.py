@@ -1,8 +1,15 @@
-"""The `Model` protocol every provider implements, and the request/response shapes.
+"""The `Model` protocol every provider implements, its profile, and the
+request/response shapes.
 
 A model answers a :class:`ModelRequest` either in one piece (``generate``) or as
 a stream of :data:`StreamEvent` ending in exactly one :class:`ResponseDone`
 that carries the full response with its usage.
+
+A model's :class:`ModelProfile` says what it can do (its context window, how
+it gives structured output, whether it sees images). The batteries read it
+through :func:`profile_of`, never from the model's name: a wrapper (failover,
+a tier) is named ``tier:standard`` and passes its current candidate's profile
+through.
 """
 
 from __future__ import annotations
@@ -14,18 +21,47 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from executor.messages import Message, ToolCallPart, Usage
 
 __all__ = [
+    "DEFAULT_PROFILE",
     "Attempt",
     "Model",
+    "ModelProfile",
     "ModelRequest",
     "ModelResponse",
     "ResponseDone",
     "StopReason",
     "StreamEvent",
     "StreamReset",
+    "StructuredOutputMode",
     "TextDelta",
     "ToolCallEvent",
     "ToolDefinition",
+    "profile_of",
 ]
+
+# How a model is asked for structured output (see :mod:`executor.structured`):
+# "tool": forced use of one tool whose arguments are the schema (Anthropic);
+# "json_schema": the schema as the response format (OpenAI's ``json_schema``);
+# "prompted": the schema in the prompt, the JSON read from the reply (any model).
+StructuredOutputMode = Literal["tool", "json_schema", "prompted"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """What a model can do, as the batteries need to know it.
+
+    ``context_window``: input tokens the model takes (compaction's trigger);
+    ``structured_output``: how :mod:`executor.structured` asks it for a value;
+    ``sees_images``: whether images in the conversation reach it usefully.
+    The defaults are the conservative ones of a model nobody described.
+    """
+
+    provider: str = "unknown"
+    context_window: int = 32_000
+    structured_output: StructuredOutputMode = "prompted"
+    sees_images: bool = False
+
+
+DEFAULT_PROFILE = ModelProfile()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +147,25 @@ StreamEvent = TextDelta | ToolCallEvent | StreamReset | ResponseDone
 
 @runtime_checkable
 class Model(Protocol):
-    """A chat model. ``name`` is ``"provider:model"``."""
+    """A chat model. ``name`` is ``"provider:model"`` (an opaque label: read
+    capabilities from ``profile``)."""
 
     @property
     def name(self) -> str: ...
 
+    @property
+    def profile(self) -> ModelProfile: ...
+
     async def generate(self, request: ModelRequest) -> ModelResponse: ...
 
     def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]: ...
+
+
+def profile_of(model: object) -> ModelProfile:
+    """``model.profile``, or :data:`DEFAULT_PROFILE` for a model that has none.
+
+    Why tolerate its absence: a host's own model written before profiles
+    existed keeps working, with the conservative defaults.
+    """
+    profile = getattr(model, "profile", None)
+    return profile if isinstance(profile, ModelProfile) else DEFAULT_PROFILE

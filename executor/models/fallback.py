@@ -17,6 +17,10 @@ A candidate that failed cools down for ``cooldown_s`` (or the provider's
 ``retry-after`` when longer) in a :class:`Cooldowns` shared by every tier and
 run, so a dead provider is not tried first every time. Cooling candidates go
 after the others, soonest-recovered first; they are still tried.
+
+Its :attr:`~FallbackModel.profile` is the profile of the candidate tried first
+now (pydantic-ai's ``WrapperModel.profile``): the batteries size compaction and
+choose a structured-output mode for the model that will answer.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from executor.errors import (
 from executor.models.base import (
     Attempt,
     Model,
+    ModelProfile,
     ModelRequest,
     ModelResponse,
     ResponseDone,
@@ -43,6 +48,7 @@ from executor.models.base import (
     StreamReset,
     TextDelta,
     ToolCallEvent,
+    profile_of,
 )
 
 __all__ = ["Cooldowns", "FallbackModel"]
@@ -104,6 +110,16 @@ class FallbackModel:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def profile(self) -> ModelProfile:
+        """The profile of the candidate the next request goes to first.
+
+        Before any failure that is the first candidate; after a failover the one
+        that answered, since the failed ones cool down behind it (the cooldowns
+        are shared, so every run sees the same order).
+        """
+        return profile_of(self.cooldowns.order(self.candidates)[0])
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         attempts: list[Attempt] = []

@@ -52,6 +52,7 @@ from executor.messages import (
     Usage,
 )
 from executor.models.base import (
+    ModelProfile,
     ModelRequest,
     ModelResponse,
     ResponseDone,
@@ -61,6 +62,7 @@ from executor.models.base import (
     ToolCallEvent,
 )
 from executor.models.pricing import PriceTable
+from executor.models.profiles import openai_compatible_profile
 from executor.models.providers import ProviderSpec, is_context_too_long, parse_retry_after
 
 __all__ = ["OpenAIModel", "make_client", "make_model"]
@@ -115,16 +117,22 @@ class OpenAIModel:
         provider: str = "openai",
         prices: PriceTable | None = None,
         max_tokens_param: str = "max_completion_tokens",
+        profile: ModelProfile | None = None,
     ) -> None:
         self.model_id = model_id
         self._client = client
         self._name = f"{provider}:{model_id}"
         self._prices = prices or PriceTable()
         self._max_tokens_param = max_tokens_param
+        self._profile = profile or openai_compatible_profile(provider, model_id)
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def profile(self) -> ModelProfile:
+        return self._profile
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         try:

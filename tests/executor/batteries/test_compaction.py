@@ -6,12 +6,11 @@ from executor.compaction import (
     CompactionHook,
     Compactor,
     TokenEstimator,
-    context_window,
 )
 from executor.errors import ContextTooLong
 from executor.events import CompactionEvent
 from executor.messages import Message, ToolResultPart, Usage
-from executor.models.base import ModelRequest
+from executor.models.base import ModelProfile, ModelRequest
 from executor.run import Executor
 from executor.testing import AuditCapture, FunctionModel, Reply, ScriptedModel, call
 
@@ -58,13 +57,8 @@ def _pairs_intact(messages: list[Message]) -> bool:
     return True
 
 
-def test_context_windows() -> None:
-    assert context_window("anthropic:claude-sonnet-4") == 200_000
-    assert context_window("openai:gpt-4o-mini") == 128_000
-    assert context_window("openai:gpt-4.1-mini") == 1_000_000
-    assert context_window("nobody:knows") == 32_000
-    assert context_window("fallback:anthropic:x,openai:gpt-4o") == 128_000
-    assert context_window("x:y", {"x:": 10}, 5) == 10
+def _window(tokens: int) -> ModelProfile:
+    return ModelProfile(provider="test", context_window=tokens)
 
 
 def test_estimator_calibrates_toward_reported_tokens() -> None:
@@ -123,9 +117,10 @@ async def test_nothing_to_compact_returns_none() -> None:
 async def test_hook_compacts_inside_a_run_and_charges_the_run() -> None:
     audit = AuditCapture()
     summariser = _summariser("SUMMARY", cost=500)
-    hook = CompactionHook(summariser, windows={"test:": 4000})
+    hook = CompactionHook(summariser)
     model = ScriptedModel(
-        [Reply(text="done", usage=Usage(input_tokens=10, output_tokens=5, cost_micros=100))]
+        [Reply(text="done", usage=Usage(input_tokens=10, output_tokens=5, cost_micros=100))],
+        profile=_window(4000),
     )
     history = _conversation(30)  # ~6k tokens in a 4k window
     result = await Executor(audit=audit, hooks=[hook]).run(
@@ -164,8 +159,8 @@ async def test_context_too_long_compacts_and_retries_once() -> None:
         sizes.append(len(req.messages))
         return ContextTooLong("prompt is too long", model="test:function")
 
-    model = FunctionModel(answer)  # type: ignore[arg-type]
-    hook = CompactionHook(_summariser(), windows={"test:": 1_000_000})
+    model = FunctionModel(answer, profile=_window(1_000_000))  # type: ignore[arg-type]
+    hook = CompactionHook(_summariser())
     result = await Executor(audit=audit, hooks=[hook]).run(
         RunnableAgent(model=model), Invocation(messages=_conversation(20))
     )
@@ -176,8 +171,8 @@ async def test_context_too_long_compacts_and_retries_once() -> None:
 
 
 async def test_context_too_long_then_success() -> None:
-    model = ScriptedModel([ContextTooLong("too long"), "fine"])
-    hook = CompactionHook(_summariser(), windows={"test:": 1_000_000})
+    model = ScriptedModel([ContextTooLong("too long"), "fine"], profile=_window(1_000_000))
+    hook = CompactionHook(_summariser())
     result = await Executor(hooks=[hook]).run(
         RunnableAgent(model=model), Invocation(messages=_conversation(20))
     )

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from pydantic import BaseModel
 
 from executor.errors import ConfigError, Overloaded, StructuredOutputError
 from executor.messages import Message, Usage
-from executor.models.base import Model, ModelRequest
+from executor.models.base import DEFAULT_PROFILE, Model, ModelRequest
 from executor.structured import generate_structured, generate_structured_result, strategy_for
-from executor.testing import FunctionModel, Reply, ScriptedModel, call
+from executor.testing import TEST_PROFILE, FunctionModel, Reply, ScriptedModel, call
 
 
 class Weather(BaseModel):
@@ -18,10 +20,12 @@ class Weather(BaseModel):
 
 
 MSGS = [Message.user("weather in Oslo?")]
+TOOL = dataclasses.replace(TEST_PROFILE, structured_output="tool")
+PROMPTED = dataclasses.replace(TEST_PROFILE, structured_output="prompted")
 
 
 async def test_anthropic_is_forced_to_call_the_schema_tool() -> None:
-    model = ScriptedModel([call("Weather", city="Oslo", celsius=-3)], name="anthropic:claude-x")
+    model = ScriptedModel([call("Weather", city="Oslo", celsius=-3)], profile=TOOL)
     value = await generate_structured(model, MSGS, Weather)
     assert value == Weather(city="Oslo", celsius=-3)
     req = model.requests[0]
@@ -60,7 +64,7 @@ async def test_invalid_json_goes_back_with_the_error_then_succeeds() -> None:
 
 async def test_invalid_tool_arguments_get_a_tool_result_with_the_error() -> None:
     bad = call("Weather", city="Oslo", celsius="cold")
-    model = ScriptedModel([bad, call("Weather", city="Oslo", celsius=0)], name="anthropic:c")
+    model = ScriptedModel([bad, call("Weather", city="Oslo", celsius=0)], profile=TOOL)
     value = await generate_structured(model, MSGS, Weather)
     assert value.celsius == 0
     feedback = model.requests[1].messages[-1]
@@ -99,14 +103,30 @@ async def test_tier_names_go_through_the_resolver() -> None:
         await generate_structured("fast", MSGS, Weather)
 
 
-def test_strategy_by_provider_prefix() -> None:
-    def named(name: str) -> Model:
-        return ScriptedModel(name=name)
+def test_the_strategy_is_the_profile_s_not_the_name_s() -> None:
+    assert strategy_for(ScriptedModel(name="openai:gpt-4o", profile=TOOL)) == "tool"
+    assert strategy_for(ScriptedModel(name="anthropic:claude")) == "json_schema"
 
-    assert strategy_for(named("anthropic:claude")) == "tool"
-    assert strategy_for(named("openai:gpt-4o")) == "json"
-    assert strategy_for(named("ollama:llama3")) == "json"
-    assert strategy_for(named("fallback:anthropic:a,openai:b")) == "tool"
+    class Bare:  # a host's model written before profiles
+        name = "anthropic:claude-x"
+
+    assert strategy_for(Bare()) == DEFAULT_PROFILE.structured_output == "prompted"  # type: ignore[arg-type]
+
+
+async def test_prompted_puts_the_schema_in_the_system_prompt() -> None:
+    model = ScriptedModel(['{"city": "Oslo", "celsius": 4}'], profile=PROMPTED)
+    history = [Message.system("You are terse."), *MSGS]
+    assert (await generate_structured(model, history, Weather)).celsius == 4
+    req = model.requests[0]
+    assert req.response_schema is None and req.tools == []
+    system = [m for m in req.messages if m.role == "system"]
+    assert len(system) == 1 and system[0].text.startswith("You are terse.")
+    assert '"celsius"' in system[0].text and "Weather" in system[0].text
+    assert req.messages[1:] == MSGS
+    # without a system prompt, one is made
+    model = ScriptedModel(['{"city": "Oslo", "celsius": 4}'], profile=PROMPTED)
+    await generate_structured(model, MSGS, Weather)
+    assert model.requests[0].messages[0].role == "system"
 
 
 async def test_forced_strategy_override() -> None:
