@@ -18,8 +18,8 @@ Each compaction is a :class:`~executor.events.CompactionEvent` (tokens before
 and after, the model used, its usage); the summary's usage and cost are added
 to the run's.
 
-Token counts are an estimate (about four characters a token) calibrated per
-model by the input tokens the provider reported for earlier requests; a
+Token counts are :mod:`executor.tokens`' estimate (the one the budget
+reservation uses too) calibrated per model by the input tokens the provider reported for earlier requests; a
 ``counter`` may supply a provider's own count instead.
 """
 
@@ -37,6 +37,7 @@ from executor.messages import Message, Usage
 from executor.models.base import DEFAULT_PROFILE, Model, ModelRequest, ModelResponse, profile_of
 from executor.ports import Clock, RealClock
 from executor.structured import TierResolver, resolve_model
+from executor.tokens import estimate_message_tokens
 
 __all__ = [
     "SUMMARY_PREFIX",
@@ -45,23 +46,7 @@ __all__ = [
     "Compactor",
     "TokenCounter",
     "TokenEstimator",
-    "estimate_message_tokens",
 ]
-
-
-def estimate_message_tokens(message: Message) -> float:
-    """Uncalibrated: about four characters a token, plus per-message overhead."""
-    chars = 0
-    for p in message.parts:
-        if p.type == "text":
-            chars += len(p.text)
-        elif p.type == "tool_result":
-            chars += len(p.content) + 20
-        elif p.type == "tool_call":
-            chars += 40 + len(p.name) + len(json.dumps(p.arguments, default=str))
-        else:
-            chars += 6000  # an image: ~1.5k tokens
-    return chars / 4 + 4
 
 
 class TokenEstimator:

@@ -73,9 +73,10 @@ from executor.ports import (
     RunControl,
     UnlimitedBudget,
 )
+from executor.tokens import estimate_tokens
 from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 
-__all__ = ["Executor", "ModelResolver", "estimate_tokens", "outcome_note"]
+__all__ = ["Executor", "ModelResolver", "outcome_note"]
 
 
 @runtime_checkable
@@ -85,23 +86,6 @@ class ModelResolver(Protocol):
     def resolve(self, tier: str) -> Model: ...
 
     def estimate_micros(self, tier: str, input_tokens: int, output_tokens: int) -> int: ...
-
-
-def estimate_tokens(messages: Sequence[Message]) -> int:
-    """A cheap estimate: about four characters a token, plus per-message overhead."""
-    total = 0
-    for m in messages:
-        for p in m.parts:
-            if p.type == "text":
-                total += len(p.text)
-            elif p.type == "tool_result":
-                total += len(p.content)
-            elif p.type == "tool_call":
-                total += 40 + len(str(p.arguments))
-            else:
-                total += 4000  # an image is ~1-1.5k tokens
-        total += 16
-    return total // 4 + 1
 
 
 _DELTA_FREE = (TextDeltaEvent,)
