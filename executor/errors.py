@@ -13,6 +13,7 @@
     │   ├── ServerError             retriable (5xx)
     │   ├── ProviderTimeout         retriable (our deadline or the SDK's)
     │   ├── ProviderConnectionError retriable (refused, reset, dropped stream)
+    │   ├── MalformedResponse       retriable (a 200 the SDK could not read: bad JSON, broken SSE)
     │   ├── AuthenticationFailed    retriable for failover: the next provider has its own key
     │   ├── BadRequest              never retried: the same request fails everywhere
     │   │   └── ContextTooLong      compaction may retry once
@@ -27,9 +28,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import pydantic
 
 __all__ = [
     "AllModelsFailed",
@@ -41,6 +45,7 @@ __all__ = [
     "ContextTooLong",
     "CoterieError",
     "DispatchRefused",
+    "MalformedResponse",
     "MissingCredentials",
     "ModelAPIError",
     "Overloaded",
@@ -142,6 +147,31 @@ class ProviderTimeout(ModelAPIError):
 
 class ProviderConnectionError(ModelAPIError):
     pass
+
+
+class MalformedResponse(ModelAPIError):
+    """An HTTP 200 we could not read: invalid or truncated JSON, a broken SSE event,
+    a body without the fields the API documents.
+
+    The provider failed, not the request: the next candidate may answer. The
+    message says what was wrong, never quotes the body (it may echo the request).
+    """
+
+    @classmethod
+    def because(cls, model: str, cause: BaseException | str) -> MalformedResponse:
+        """The error for ``model``'s unreadable response; ``cause`` is what broke reading it."""
+        if isinstance(cause, str):
+            why = cause
+        elif isinstance(cause, json.JSONDecodeError):
+            # Why not str(cause): the position is enough; the document is the body.
+            why = f"invalid JSON ({cause.msg} at char {cause.pos})"
+        elif isinstance(cause, pydantic.ValidationError):
+            fields = sorted({".".join(str(p) for p in e["loc"]) for e in cause.errors()})
+            why = f"invalid field(s): {', '.join(fields)}"
+        else:
+            # Why only the type: a ValueError's text may quote a value from the body.
+            why = f"a missing field or one of the wrong type ({type(cause).__name__})"
+        return cls(f"{model}: the provider's response could not be read: {why}", model=model)
 
 
 class AuthenticationFailed(ModelAPIError):

@@ -17,6 +17,9 @@ Translation notes:
   forced tool use (``tool_choice`` set to the tool's name).
 - ``overloaded_error`` may arrive inside an HTTP 200 stream as an ``error``
   event; it maps to :class:`~executor.errors.Overloaded` like a 529 does.
+- A 200 we cannot read (invalid or truncated JSON, a broken SSE event, fields
+  missing or of the wrong type) is :class:`~executor.errors.MalformedResponse`:
+  the provider failed, so failover moves on and cools it down.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from executor.errors import (
     AuthenticationFailed,
     BadRequest,
     ContextTooLong,
+    MalformedResponse,
     ModelAPIError,
     Overloaded,
     ProviderConnectionError,
@@ -121,10 +125,24 @@ class AnthropicModel:
         return self._profile
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
+        params = self._params(request)
         try:
-            msg = await self._client.messages.create(**self._params(request))
+            msg = await self._client.messages.create(**params)
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
             raise self._map_error(exc) from exc
+        except json.JSONDecodeError as exc:  # the SDK lets a 200's bad JSON through
+            raise MalformedResponse.because(self._name, exc) from exc
+        # Why read under a net: a 200 that is not JSON comes back as its text, and the
+        # SDK builds the message unvalidated (strict validation would refuse every new
+        # block type or stop reason), so a wrong shape shows only as we read it.
+        if not isinstance(msg, anthropic.types.Message):
+            raise MalformedResponse.because(self._name, f"a {type(msg).__name__}, not a message")
+        try:
+            return self._response(msg)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise MalformedResponse.because(self._name, exc) from exc
+
+    def _response(self, msg: anthropic.types.Message) -> ModelResponse:
         parts: list[Part] = []
         for block in msg.content:
             if block.type == "text":
@@ -149,16 +167,21 @@ class AnthropicModel:
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        params = self._params(request)
         try:
-            async for event in self._stream(request):
+            async for event in self._stream(params):
                 yield event
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
             # Why httpx2 too: a dropped stream surfaces as the raw transport
             # error; the SDK only wraps errors raised before the response.
             raise self._map_error(exc) from exc
+        except (AttributeError, TypeError, ValueError) as exc:
+            # Why: a broken SSE event is the SDK's json.loads error, mid-stream; events
+            # are built unvalidated, so a wrong shape shows only as we read it.
+            raise MalformedResponse.because(self._name, exc) from exc
 
-    async def _stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        stream = await self._client.messages.create(**self._params(request), stream=True)
+    async def _stream(self, params: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+        stream = await self._client.messages.create(**params, stream=True)
         parts: list[Part] = []
         text: list[str] = []  # the text block being streamed
         tool: dict[str, Any] | None = None  # the tool_use block being streamed
@@ -177,14 +200,16 @@ class AnthropicModel:
                     if block.type == "tool_use":
                         tool = {"id": block.id, "name": block.name, "json": []}
                     elif block.type == "text":
-                        text = [block.text] if block.text else []
-                        if block.text:
-                            yield TextDelta(block.text)
+                        start = _text(block.text or "")
+                        text = [start] if start else []
+                        if start:
+                            yield TextDelta(start)
                 elif ev.type == "content_block_delta":
                     delta = ev.delta
                     if delta.type == "text_delta":
-                        text.append(delta.text)
-                        yield TextDelta(delta.text)
+                        piece = _text(delta.text)
+                        text.append(piece)
+                        yield TextDelta(piece)
                     elif delta.type == "input_json_delta" and tool is not None:
                         tool["json"].append(delta.partial_json)
                 elif ev.type == "content_block_stop":
@@ -266,6 +291,8 @@ class AnthropicModel:
             return ProviderConnectionError(f"{name}: connection failed: {exc}", model=name)
         if isinstance(exc, anthropic.APIStatusError):
             return _status_error(exc, name)
+        if isinstance(exc, anthropic.APIResponseValidationError):  # strict validation only
+            return MalformedResponse.because(name, "not the documented schema")
         if isinstance(exc, anthropic.CredentialsError):
             return AuthenticationFailed(f"{name}: {exc}", model=name)
         return ServerError(f"{name}: {exc}", model=name)
@@ -343,6 +370,13 @@ def _tool_choice(choice: str) -> dict[str, Any]:
     if choice == "none":
         return {"type": "none"}
     return {"type": "tool", "name": choice}
+
+
+def _text(value: object) -> str:
+    # Why: text reaches the consumer as it streams, before any model checks its type.
+    if not isinstance(value, str):
+        raise TypeError(f"a text field holds {type(value).__name__}")
+    return value
 
 
 def _json_args(raw: str) -> dict[str, Any]:

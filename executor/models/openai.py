@@ -20,6 +20,9 @@ Translation notes:
   strict mode requires).
 - Usage: ``prompt_tokens`` includes cached tokens; they are split out so
   ``input_tokens`` counts uncached ones only (see :mod:`.pricing`).
+- A 200 we cannot read (invalid or truncated JSON, a broken SSE event, fields
+  missing or of the wrong type) is :class:`~executor.errors.MalformedResponse`:
+  the provider failed, so failover moves on and cools it down.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from executor.errors import (
     AuthenticationFailed,
     BadRequest,
     ContextTooLong,
+    MalformedResponse,
     ModelAPIError,
     Overloaded,
     ProviderConnectionError,
@@ -135,12 +139,28 @@ class OpenAIModel:
         return self._profile
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
+        params = self._params(request)
         try:
-            completion = await self._client.chat.completions.create(**self._params(request))
+            completion = await self._client.chat.completions.create(**params)
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self._map_error(exc) from exc
+        except json.JSONDecodeError as exc:  # the SDK lets a 200's bad JSON through
+            raise MalformedResponse.because(self._name, exc) from exc
+        # Why read under a net: a 200 that is not JSON comes back as its text, and the
+        # SDK builds the completion unvalidated (strict validation would refuse a
+        # compatible server's own finish reasons), so a wrong shape shows as we read it.
+        if not isinstance(completion, openai.types.chat.ChatCompletion):
+            raise MalformedResponse.because(
+                self._name, f"a {type(completion).__name__}, not a completion"
+            )
+        try:
+            return self._response(completion)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise MalformedResponse.because(self._name, exc) from exc
+
+    def _response(self, completion: openai.types.chat.ChatCompletion) -> ModelResponse:
         if not completion.choices:
-            raise ServerError(f"{self._name}: the response had no choices", model=self._name)
+            raise MalformedResponse.because(self._name, "no choices")
         choice = completion.choices[0]
         msg = choice.message
         parts: list[Part] = []
@@ -163,15 +183,19 @@ class OpenAIModel:
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        params = self._params(request)
         try:
-            async for event in self._stream(request):
+            async for event in self._stream(params):
                 yield event
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             # Why httpx2 too: a dropped stream surfaces as the raw transport error.
             raise self._map_error(exc) from exc
+        except (AttributeError, TypeError, ValueError) as exc:
+            # Why: a broken SSE event is the SDK's json.loads error, mid-stream; chunks
+            # are built unvalidated, so a wrong shape shows only as we read it.
+            raise MalformedResponse.because(self._name, exc) from exc
 
-    async def _stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        params = self._params(request)
+    async def _stream(self, params: dict[str, Any]) -> AsyncIterator[StreamEvent]:
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
         stream = await self._client.chat.completions.create(**params)
@@ -183,11 +207,13 @@ class OpenAIModel:
             async for chunk in stream:
                 if chunk.usage is not None:
                     usage = chunk.usage
-                for choice in chunk.choices[:1]:
+                # Why `or []`: a compatible server may leave choices out of a usage chunk.
+                for choice in (chunk.choices or [])[:1]:
                     delta = choice.delta
                     if delta.content:
-                        text.append(delta.content)
-                        yield TextDelta(delta.content)
+                        piece = _text(delta.content)
+                        text.append(piece)
+                        yield TextDelta(piece)
                     for tc in delta.tool_calls or []:
                         slot = calls.setdefault(tc.index, {"id": "", "name": "", "args": []})
                         if tc.id:
@@ -283,6 +309,8 @@ class OpenAIModel:
             return ProviderConnectionError(f"{name}: connection failed: {exc}", model=name)
         if isinstance(exc, openai.APIStatusError):
             return _status_error(exc, name)
+        if isinstance(exc, openai.APIResponseValidationError):  # strict validation only
+            return MalformedResponse.because(name, "not the documented schema")
         if isinstance(exc, openai.APIError):
             return _stream_error(exc, name)
         return ServerError(f"{name}: {exc}", model=name)
@@ -380,6 +408,13 @@ def _tool_choice(choice: str) -> str | dict[str, Any]:
     if choice in ("auto", "required", "none"):
         return choice
     return {"type": "function", "function": {"name": choice}}
+
+
+def _text(value: object) -> str:
+    # Why: text reaches the consumer as it streams, before any model checks its type.
+    if not isinstance(value, str):
+        raise TypeError(f"a text field holds {type(value).__name__}")
+    return value
 
 
 def _json_args(raw: str) -> dict[str, Any]:
