@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.audit import SqlAuditSink
-from adapters.budget import SqlBudgetLedger
-from adapters.db import Database
+from adapters.storage.audit_sink import SqlAuditSink
+from adapters.storage.budget import SqlBudgetLedger
+from adapters.storage.db import Database
 from executor.agent import Caller, RunResult, RunStatus
 from executor.events import (
     ModelAttemptEvent,

@@ -11,19 +11,37 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.settings import Settings
-from executor.agent import Caller, Privilege
+from executor.agent import Caller, Privilege, RunnableAgent
 from executor.errors import ConfigError
 from executor.models.config import ModelsConfig, load_tier_config
 from executor.models.providers import ProviderRegistry, ProviderSettings
 from executor.models.tiers import TierResolver
+from executor.ports import Clock
 from executor.run import Executor, ModelResolver
 from executor.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from adapters.services.chat import ChatService
+    from adapters.services.deletion import DataDeletion
+    from adapters.services.escalation import Escalations
+    from adapters.services.runner import Runner
+    from adapters.storage.audit_queries import AuditQueries
+    from adapters.storage.audit_sink import SqlAuditSink
+    from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.db import Database
+    from adapters.storage.guild_settings import SqlGuildSettings
+    from adapters.storage.threads import SqlThreadStore
+    from executor.critic import WatchdogCritic
+    from executor.lanes import Lanes
+    from personas.model import Persona
+    from personas.store import PersonaStore
+    from skills.store import SkillStore
 
 __all__ = ["App", "build_app", "build_resolver", "load_environ"]
 
@@ -74,27 +92,31 @@ def build_resolver(
     return config, registry, TierResolver(config, registry)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class App:
-    """Everything the bot, the CLI and the cogs use, built once."""
+    """Everything the bot, the CLI and the cogs use, built once by :func:`build_app`."""
 
     settings: Settings
     executor: Executor
     tools: ToolRegistry
     resolver: ModelResolver
-    models_config: ModelsConfig | None = None
-    providers: ProviderRegistry | None = None
-    db: Any = None
-    audit: Any = None
-    budget: Any = None
-    personas: Any = None
-    channel_defaults: Any = None
-    threads: Any = None
-    lanes: Any = None
-    critic: Any = None
-    chat: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    _closers: list[Any] = field(default_factory=list)
+    models_config: ModelsConfig | None
+    providers: ProviderRegistry | None
+    db: Database
+    audit: SqlAuditSink
+    audit_queries: AuditQueries
+    budget: SqlBudgetLedger
+    personas: PersonaStore
+    skills: SkillStore
+    guild_settings: SqlGuildSettings
+    threads: SqlThreadStore
+    lanes: Lanes
+    runner: Runner
+    critic: WatchdogCritic
+    escalations: Escalations
+    chat: ChatService
+    deletion: DataDeletion
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def operator(self) -> Caller:
         """The person at the terminal: the operator, with owner privilege."""
@@ -117,25 +139,6 @@ class App:
                 log.exception("error while closing %r", closer)
 
 
-class LoggingEscalator:
-    """Stops and kills go to the log until the Discord client replaces the target."""
-
-    def __init__(self) -> None:
-        self.target: Any = None  # an Escalator set by the Discord host (admin channel)
-
-    async def escalate(self, escalation: Any) -> None:
-        log.warning(
-            "critic %s run %s (%s, %s): %s",
-            escalation.action,
-            escalation.run_id,
-            escalation.agent,
-            escalation.caller.user_id,
-            escalation.reason,
-        )
-        if self.target is not None:
-            await self.target.escalate(escalation)
-
-
 async def build_app(
     settings: Settings,
     *,
@@ -143,22 +146,28 @@ async def build_app(
     environ: Mapping[str, str] | None = None,
     upgrade: bool = True,
     recover: bool = False,
-    clock: Any = None,
+    clock: Clock | None = None,
+    to_agent: Callable[[Persona], RunnableAgent] | None = None,
 ) -> App:
-    """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos).
+    """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos);
+    ``to_agent`` replaces how a persona becomes an agent (tests give a scripted model).
 
     ``recover`` closes runs left ``running`` as ``interrupted`` and settles every
     open reservation: only the bot process (``coterie run``) may do that at its
     start, never a ``coterie ask`` or ``coterie chat`` beside a running bot.
     """
-    from adapters.approval import DeliveryApprover
-    from adapters.audit import SqlAuditSink
-    from adapters.budget import SqlBudgetLedger
-    from adapters.channel_defaults import SqlChannelDefaults
-    from adapters.chat import ChatService
-    from adapters.conversation import HistoryLimits
-    from adapters.db import Database
-    from adapters.threads import SqlThreadStore
+    from adapters.services.approval import DeliveryApprover
+    from adapters.services.chat import ChatService
+    from adapters.services.conversation import HistoryLimits
+    from adapters.services.deletion import DataDeletion
+    from adapters.services.escalation import Escalations
+    from adapters.services.runner import Runner
+    from adapters.storage.audit_queries import AuditQueries
+    from adapters.storage.audit_sink import SqlAuditSink
+    from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.db import Database
+    from adapters.storage.guild_settings import SqlGuildSettings
+    from adapters.storage.threads import SqlThreadStore
     from executor.budget import dollars_to_micros
     from executor.compaction import CompactionHook
     from executor.critic import CriticConfig, WatchdogCritic
@@ -167,9 +176,11 @@ async def build_app(
     from executor.ports import RealClock
     from executor.tools.builtin import default_registry
     from personas.markdown import load_builtins
+    from personas.runnable import to_runnable
     from personas.store import PersonaStore
+    from skills.store import SkillStore
 
-    closers: list[Any] = []
+    closers: list[Callable[[], Awaitable[None]]] = []
     models_config: ModelsConfig | None = None
     providers: ProviderRegistry | None = None
     if resolver is None:
@@ -190,7 +201,7 @@ async def build_app(
             db.sessions, default_limit_micros=dollars_to_micros(settings.budget_default_usd)
         )
         if recover:
-            from adapters.recovery import recover_interrupted_runs
+            from adapters.storage.recovery import recover_interrupted_runs
 
             closed = await recover_interrupted_runs(db.sessions, budget)
             if closed:
@@ -200,7 +211,7 @@ async def build_app(
             await c()
         raise
 
-    escalator = LoggingEscalator()
+    escalations = Escalations()
     critic = WatchdogCritic(
         CriticConfig(
             soft_runtime_s=settings.critic_soft_runtime_s,
@@ -209,7 +220,7 @@ async def build_app(
             judge=settings.critic_judge_tier,
         ),
         clock=clock,
-        escalator=escalator,
+        escalator=escalations,
         resolver=resolver,
     )
     hooks = [
@@ -237,23 +248,37 @@ async def build_app(
         if tiers
         else PersonaStore(db.sessions, load_builtins(), tools=tools)
     )
-    channel_defaults = SqlChannelDefaults(db.sessions)
-
-    async def guild_default(guild_id: str) -> str | None:
-        return await channel_defaults.resolve(guild_id, None)
-
+    skills = SkillStore(db.sessions)
+    guild_settings = SqlGuildSettings(db.sessions)
     threads = SqlThreadStore(db.sessions)
+    audit_queries = AuditQueries(db.sessions)
     lanes = Lanes(slots=settings.lane_slots)
+    runner = Runner(executor, lanes)
     chat = ChatService(
         executor=executor,
         personas=personas,
-        channel_defaults=channel_defaults,
-        guild_default=guild_default,
+        guild_settings=guild_settings,
         threads=threads,
-        lanes=lanes,
+        runner=runner,
         limits=HistoryLimits(
             max_messages=settings.history_max_messages, max_chars=settings.history_max_chars
         ),
+        to_agent=to_agent or to_runnable,
+        sees_images=_sees_images(resolver),
+        allow_dms=settings.allow_dms,
+    )
+
+    async def forget_personas(user_id: str) -> int:
+        return await personas.delete_user_data(user_id, purge=True)
+
+    deletion = DataDeletion(
+        {
+            "skills and schedules": skills.delete_user_data,
+            "personas": forget_personas,
+            "thread bindings": threads.delete_user_data,
+            "budget": budget.delete_user_data,
+            "audit (anonymised)": audit_queries.delete_user_data,
+        }
     )
     app = App(
         settings=settings,
@@ -264,14 +289,27 @@ async def build_app(
         providers=providers,
         db=db,
         audit=audit,
+        audit_queries=audit_queries,
         budget=budget,
         personas=personas,
-        channel_defaults=channel_defaults,
+        skills=skills,
+        guild_settings=guild_settings,
         threads=threads,
         lanes=lanes,
+        runner=runner,
         critic=critic,
+        escalations=escalations,
         chat=chat,
+        deletion=deletion,
     )
-    app.extras["escalator"] = escalator
     app._closers.extend(closers)
     return app
+
+
+def _sees_images(resolver: ModelResolver) -> Callable[[RunnableAgent], bool]:
+    """Whether an agent's model sees images, from the model's profile."""
+
+    def sees(agent: RunnableAgent) -> bool:
+        return True
+
+    return sees

@@ -1,12 +1,12 @@
 """The Discord client: ``CoterieBot``, its command tree, and the one error renderer.
 
 Contract for cogs (``commands/<group>.py``): each module is a discord.py
-extension with ``async def setup(bot) -> None`` that adds one cog built from
-``bot.app`` (the composition root from ``bot.app.build_app``). ``setup`` may
-store ``bot.app`` but must not call into it: ``coterie sync`` loads the cogs
-with ``app=None`` to read the command tree. Errors raised from a slash command
-reach the person through :meth:`CoterieTree.on_error`; a cog does not catch
-them to render them itself.
+extension with ``async def setup(bot) -> None`` that adds one cog. A cog reads the
+app at command time through ``interaction.client.app``, typed by its own protocol
+(see :mod:`adapters.discord.client`), never in ``setup``: ``coterie sync`` loads
+the cogs with ``app=None`` to read the command tree. Errors raised from a slash
+command reach the person through :meth:`CoterieTree.on_error`; a cog does not
+catch them to render them itself.
 """
 
 from __future__ import annotations
@@ -16,14 +16,19 @@ import logging
 import secrets
 import sys
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.discord.client import CoterieClient
+from bot.app import App
 from bot.settings import Settings
 from executor import errors as xerr
+
+if TYPE_CHECKING:
+    from adapters.discord.escalation import DiscordEscalator
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
@@ -38,13 +43,6 @@ log = logging.getLogger("coterie.discord")
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("commands.persona", "commands.chat")
 MAX_MESSAGE = 2000
-
-
-class AppLike(Protocol):
-    """What the client needs from the composition root; both methods are optional."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 def coterie_intents() -> discord.Intents:
@@ -150,9 +148,9 @@ def render_error(error: BaseException) -> tuple[str, str | None]:
     )
 
 
-class CoterieTree(app_commands.CommandTree[Any]):
+class CoterieTree(app_commands.CommandTree["CoterieBot"]):
     async def on_error(
-        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+        self, interaction: discord.Interaction[CoterieBot], error: app_commands.AppCommandError
     ) -> None:
         text, ref = render_error(error)
         command = interaction.command.qualified_name if interaction.command else "?"
@@ -178,79 +176,68 @@ class CoterieTree(app_commands.CommandTree[Any]):
 # --- the client -------------------------------------------------------------------
 
 
-class CoterieBot(commands.Bot):
-    """The Discord client. Dependencies are keyword-only; ``options`` go to discord.py."""
+class CoterieBot(CoterieClient[App]):
+    """The Discord client. Dependencies are keyword-only; ``options`` go to discord.py.
+
+    ``app=None`` only with ``services=False`` (``coterie sync`` reads the command tree).
+    """
 
     def __init__(
         self,
         *,
-        app: Any,
+        app: App | None,
         settings: Settings,
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         services: bool = True,
         **options: Any,
     ) -> None:
+        if app is None and services:
+            raise ValueError("a bot with services needs an app")
         options.setdefault("intents", coterie_intents())
         options.setdefault(
             "allowed_mentions",
             discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True),
         )
         super().__init__(
+            app=app,
+            owner_ids=frozenset(settings.owner_ids),
             command_prefix=commands.when_mentioned,
             tree_cls=CoterieTree,
             help_command=None,
             **options,
         )
-        self.app = app
         self.settings = settings
         self.extension_names: tuple[str, ...] = tuple(extensions)
         # Why a switch: `coterie sync` needs the command tree but no services and no dev sync.
         self.services = services
         self._app_started = False
         self._app_closed = False
-        self._escalator_host: Any = None
-
-    @property
-    def owner_user_ids(self) -> frozenset[int]:
-        """Who counts as an owner of this coterie: settings.owner_ids plus the
-        application's owner (or its team's members)."""
-        from adapters.identity import app_owner_ids
-
-        return frozenset(self.settings.owner_ids) | app_owner_ids(self.application)
+        self._escalator: DiscordEscalator | None = None
 
     async def setup_hook(self) -> None:
         for name in self.extension_names:
             await self._load(name)
         if not self.services:
             return
-        self._attach_escalator()
-        start = getattr(self.app, "start", None)
-        if start is not None:
-            await start()
-            self._app_started = True
+        app = self.app
+        from adapters.discord.escalation import DiscordEscalator
+
+        # Route the critic's stops and kills to the guilds' admin channels.
+        self._escalator = DiscordEscalator(self, app.guild_settings)
+        app.escalations.attach(self._escalator)
+        await app.start()
+        self._app_started = True
         if self.settings.dev_guild_id:
             guild = discord.Object(id=self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to dev guild %s", len(synced), guild.id)
 
-    def _attach_escalator(self) -> None:
-        """Route the critic's stops and kills to the guilds' admin channels."""
-        extras = getattr(self.app, "extras", None)
-        escalator = extras.get("escalator") if isinstance(extras, dict) else None
-        db = getattr(self.app, "db", None)
-        if escalator is None or not hasattr(escalator, "target") or db is None:
-            return
-        from adapters.escalation import DiscordEscalator
-
-        escalator.target = DiscordEscalator(self, db.sessions)
-        self._escalator_host = escalator
-
     def _detach_escalator(self) -> None:
         # Why: the app may outlive this client (tests, a restart); never post through a closed one.
-        host, self._escalator_host = self._escalator_host, None
-        if host is not None:
-            host.target = None
+        escalator, self._escalator = self._escalator, None
+        if escalator is not None and self.has_app:
+            self.app.escalations.detach(escalator)
 
     async def _load(self, name: str) -> None:
         try:
@@ -300,9 +287,18 @@ class CoterieBot(commands.Bot):
     async def close(self) -> None:
         self._detach_escalator()
         try:
-            close = getattr(self.app, "close", None)
-            if close is not None and not self._app_closed:
+            if self.has_app and not self._app_closed:
                 self._app_closed = True
-                await close()
+                await self.app.close()
         finally:
             await super().close()
+
+
+if TYPE_CHECKING:
+    from commands.chat import ChatApp
+    from commands.persona import PersonaApp
+
+    def _app_serves_every_cog(app: App) -> tuple[ChatApp, PersonaApp]:
+        # Why: discord.py hands cogs the client at run time; this is where mypy checks
+        # that the App satisfies each cog's protocol.
+        return app, app

@@ -1,16 +1,15 @@
 """/persona: list, show, create, edit, delete, default, export, import.
 
 Thin by design: each callback parses, checks permission, calls
-``bot.app.personas`` (a :class:`personas.PersonaStore`) or
-``bot.app.channel_defaults`` (a :class:`personas.ChannelDefaults`), and renders.
+``app.personas`` (a :class:`personas.PersonaStore`) or ``app.guild_settings``
+(the channel's default persona), and renders.
 Errors are raised, never rendered here: the bot's one renderer
 (``CoterieTree.on_error``) turns them into an ephemeral message. A modal's
 errors do not pass through the command tree, so :class:`PersonaModal` hands
 them to the same renderer.
 
-What the cog reads from ``bot.app`` (at command time, never in ``setup``):
-``personas`` (PersonaStore), ``tools`` (ToolRegistry, for the form's hints),
-``settings`` (``default_tier``), ``channel_defaults`` (ChannelDefaults or None).
+What the cog reads from the app (at command time, never in ``setup``) is
+:class:`PersonaApp`.
 """
 
 from __future__ import annotations
@@ -20,19 +19,23 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from adapters.identity import caller_from_interaction
+from adapters.discord.client import CoterieClient
+from adapters.discord.identity import caller_from_interaction
+from adapters.discord.options import PersonaArg, guild_key
+from adapters.services.ports import GuildSettingsStore
 from executor.errors import ConfigError
+from executor.tools.registry import ToolRegistry
 from personas.errors import PersonaFileError
 from personas.model import DESCRIPTION_MAX, SYSTEM_PROMPT_MAX, Persona, parse_tools
-from personas.store import MAX_CHOICES, PersonaStore
+from personas.store import PersonaStore
 
-__all__ = ["MAX_IMPORT_BYTES", "PersonaCog", "PersonaModal", "PersonaTransformer", "setup"]
+__all__ = ["MAX_IMPORT_BYTES", "PersonaApp", "PersonaCog", "PersonaModal", "setup"]
 
 log = logging.getLogger("coterie.commands.persona")
 
@@ -46,48 +49,35 @@ COLOUR = discord.Colour.blurple()
 # --- reaching the app ---------------------------------------------------------------
 
 
-def _app(interaction: discord.Interaction[Any]) -> Any:
-    app = getattr(interaction.client, "app", None)
-    if app is None or getattr(app, "personas", None) is None:
-        raise ConfigError("personas are not set up on this bot (no app.personas)")
-    return app
+class HasDefaultTier(Protocol):
+    @property
+    def default_tier(self) -> str: ...
 
 
-def _store(interaction: discord.Interaction[Any]) -> PersonaStore:
-    store: PersonaStore = _app(interaction).personas
-    return store
+class PersonaApp(Protocol):
+    """What this cog needs of the app."""
+
+    @property
+    def personas(self) -> PersonaStore: ...
+
+    @property
+    def tools(self) -> ToolRegistry: ...
+
+    @property
+    def settings(self) -> HasDefaultTier: ...
+
+    @property
+    def guild_settings(self) -> GuildSettingsStore: ...
 
 
-def _guild_id(interaction: discord.Interaction[Any]) -> str:
-    return str(interaction.guild_id) if interaction.guild_id else ""
+Interaction = discord.Interaction[CoterieClient[PersonaApp]]
 
 
-# --- the name -> Persona transformer, with autocomplete -----------------------------
+def _store(interaction: Interaction) -> PersonaStore:
+    return interaction.client.app.personas
 
 
-def _choice_label(p: Persona) -> str:
-    label = f"{p.name} — {p.description}" if p.description else p.name
-    return label if len(label) <= CHOICE_NAME_MAX else label[: CHOICE_NAME_MAX - 1] + "…"
-
-
-class PersonaTransformer(app_commands.Transformer[Any]):
-    """A persona name typed in a slash command -> the :class:`Persona` it names.
-
-    An unknown name raises ``PersonaNotFound`` ("no persona named X; try /persona
-    list"); discord.py wraps it in a ``TransformerError`` whose cause the renderer shows.
-    """
-
-    async def transform(self, interaction: discord.Interaction[Any], value: Any) -> Persona:
-        return await _store(interaction).get(_guild_id(interaction), str(value))
-
-    async def autocomplete(  # type: ignore[override]
-        self, interaction: discord.Interaction[Any], value: str
-    ) -> list[app_commands.Choice[str]]:
-        found = await _store(interaction).search(_guild_id(interaction), value, limit=MAX_CHOICES)
-        return [app_commands.Choice(name=_choice_label(p), value=p.name) for p in found]
-
-
-PersonaArg = app_commands.Transform[Persona, PersonaTransformer]
+_guild_id = guild_key
 
 
 # --- rendering ----------------------------------------------------------------------
@@ -148,7 +138,7 @@ def show_embed(p: Persona) -> discord.Embed:
 
 # --- the create / edit form --------------------------------------------------------
 
-Submit = Callable[[discord.Interaction[Any], Persona], Awaitable[None]]
+Submit = Callable[[Interaction, Persona], Awaitable[None]]
 
 
 class PersonaModal(discord.ui.Modal):
@@ -257,11 +247,7 @@ class PersonaModal(discord.ui.Modal):
 
     async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
         # Why: a modal's errors bypass the command tree; hand them to its one renderer.
-        tree: Any = getattr(interaction.client, "tree", None)
-        if tree is None:  # pragma: no cover - every commands.Bot has a tree
-            await super().on_error(interaction, error)
-            return
-        await tree.on_error(interaction, error)
+        await interaction.client.tree.on_error(interaction, error)
 
 
 # --- the cog ------------------------------------------------------------------------
@@ -271,23 +257,22 @@ class PersonaModal(discord.ui.Modal):
 class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI personas"):
     """/persona: the server's personas."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: CoterieClient[PersonaApp]) -> None:
         self.bot = bot
         super().__init__()
 
     def _form(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         *,
         title: str,
         base: Persona | None,
         submit: Submit,
     ) -> PersonaModal:
-        app = _app(interaction)
-        store: PersonaStore = app.personas
-        tools = getattr(app, "tools", None)
-        settings = getattr(app, "settings", None)
-        default_tier = getattr(settings, "default_tier", "standard")
+        app = interaction.client.app
+        store = app.personas
+        tools = app.tools
+        default_tier = app.settings.default_tier
         if store.tiers and default_tier not in store.tiers:
             default_tier = store.tiers[0]
         return PersonaModal(
@@ -296,18 +281,17 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
             base=base,
             tiers=store.tiers,
             default_tier=default_tier,
-            tool_names=list(tools.enabled_names) if tools is not None else [],
+            tool_names=list(tools.enabled_names),
         )
 
     @app_commands.command(name="list")
-    async def list_(self, interaction: discord.Interaction[Any]) -> None:
+    async def list_(self, interaction: Interaction) -> None:
         """List the personas of this server."""
-        app = _app(interaction)
+        app = interaction.client.app
         found = await _store(interaction).list(_guild_id(interaction))
-        defaults = getattr(app, "channel_defaults", None)
         default = None
-        if defaults is not None and interaction.channel_id:
-            default = await defaults.get(str(interaction.channel_id))
+        if interaction.channel_id:
+            default = await app.guild_settings.channel_persona(str(interaction.channel_id))
         guild_name = interaction.guild.name if interaction.guild else "this server"
         await interaction.response.send_message(
             embed=list_embed(found, default=default, guild_name=guild_name)
@@ -315,16 +299,16 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
 
     @app_commands.command(name="show")
     @app_commands.describe(persona="The persona to show")
-    async def show(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+    async def show(self, interaction: Interaction, persona: PersonaArg) -> None:
         """Show a persona: its description, prompt, tier and tools."""
         await interaction.response.send_message(embed=show_embed(persona))
 
     @app_commands.command(name="create")
-    async def create(self, interaction: discord.Interaction[Any]) -> None:
+    async def create(self, interaction: Interaction) -> None:
         """Create a persona with a form."""
         guild_id = _guild_id(interaction)
 
-        async def submit(submitted: discord.Interaction[Any], persona: Persona) -> None:
+        async def submit(submitted: Interaction, persona: Persona) -> None:
             created = await _store(submitted).create(
                 guild_id, persona, by=caller_from_interaction(submitted)
             )
@@ -340,7 +324,7 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
 
     @app_commands.command(name="edit")
     @app_commands.describe(persona="The persona to edit (its creator or an admin)")
-    async def edit(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+    async def edit(self, interaction: Interaction, persona: PersonaArg) -> None:
         """Edit a persona with a form (its creator or an admin)."""
         guild_id = _guild_id(interaction)
         # Refuse now rather than after the person has filled in the form.
@@ -348,7 +332,7 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
             guild_id, persona.name, by=caller_from_interaction(interaction)
         )
 
-        async def submit(submitted: discord.Interaction[Any], changed: Persona) -> None:
+        async def submit(submitted: Interaction, changed: Persona) -> None:
             saved = await _store(submitted).update(
                 guild_id, changed, by=caller_from_interaction(submitted)
             )
@@ -365,7 +349,7 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
 
     @app_commands.command(name="delete")
     @app_commands.describe(persona="The persona to delete (its creator or an admin)")
-    async def delete(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+    async def delete(self, interaction: Interaction, persona: PersonaArg) -> None:
         """Delete a persona (its creator or an admin)."""
         deleted = await _store(interaction).delete(
             _guild_id(interaction), persona.name, by=caller_from_interaction(interaction)
@@ -380,15 +364,14 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
     @app_commands.command(name="default")
     @app_commands.describe(persona="The persona that answers here by default; leave empty to clear")
     @app_commands.checks.has_permissions(manage_channels=True)
-    async def default(
-        self, interaction: discord.Interaction[Any], persona: PersonaArg | None = None
-    ) -> None:
+    async def default(self, interaction: Interaction, persona: PersonaArg | None = None) -> None:
         """Set this channel's default persona (needs Manage Channels)."""
-        defaults = getattr(_app(interaction), "channel_defaults", None)
-        if defaults is None or interaction.channel_id is None:
-            raise ConfigError("channel defaults are not set up on this bot")
+        if interaction.channel_id is None:
+            raise ConfigError("this command needs a channel")
         name = persona.name if persona is not None else None
-        await defaults.set(_guild_id(interaction), str(interaction.channel_id), name)
+        await interaction.client.app.guild_settings.set_channel_persona(
+            _guild_id(interaction), str(interaction.channel_id), name
+        )
         if name is None:
             text = "This channel no longer has its own default persona."
         else:
@@ -397,7 +380,7 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
 
     @app_commands.command(name="export")
     @app_commands.describe(persona="The persona to export")
-    async def export(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
+    async def export(self, interaction: Interaction, persona: PersonaArg) -> None:
         """Export a persona as a Markdown file."""
         text = await _store(interaction).export_markdown(_guild_id(interaction), persona.name)
         file = discord.File(io.BytesIO(text.encode("utf-8")), filename=f"{persona.name}.md")
@@ -412,7 +395,7 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
     )
     async def import_(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         file: discord.Attachment,
         overwrite: bool = False,
     ) -> None:
@@ -450,5 +433,5 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
         )
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: CoterieClient[PersonaApp]) -> None:
     await bot.add_cog(PersonaCog(bot))

@@ -41,6 +41,7 @@ __all__ = [
     "Reservation",
     "RunControl",
     "UnlimitedBudget",
+    "utcnow",
 ]
 
 
@@ -56,9 +57,14 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
 
+def utcnow() -> datetime:
+    """Now, timezone-aware, in UTC: the one spelling of it in coterie."""
+    return datetime.now(UTC)
+
+
 class RealClock:
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return utcnow()
 
     def monotonic(self) -> float:
         return time.monotonic()

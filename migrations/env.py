@@ -2,12 +2,12 @@
 
 Two ways in:
 
-* ``coterie db upgrade`` (``adapters.db.Database.upgrade``) hands us an open
+* ``coterie db upgrade`` (``adapters.storage.db.Database.upgrade``) hands us an open
   connection in ``config.attributes["connection"]``: we migrate on it and the caller
   commits.
 * The ``alembic`` command line (``alembic -c migrations/alembic.ini ...``) takes the URL
   from ``-x url=...``, else ``DATABASE_URL``, else the default SQLite file, and opens
-  the engine through ``adapters.db.Database`` so the SQLite pragmas apply.
+  the engine through ``adapters.storage.db.Database`` so the SQLite pragmas apply.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import adapters.tables
+import adapters.storage.tables
 import personas.tables
 import skills.tables
-from adapters.db import DEFAULT_URL, IMMEDIATE, Database
+from adapters.storage.db import DEFAULT_URL, IMMEDIATE, Database
 
-_ = (adapters.tables, personas.tables, skills.tables)  # every table registers itself
+_ = (adapters.storage.tables, personas.tables, skills.tables)  # every table registers itself
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -1,23 +1,57 @@
-"""Personas: the noun, its store, the built-ins, and ``to_runnable``."""
+"""Personas: the noun, its store, the built-ins, and ``to_runnable``.
 
-from personas.defaults import ChannelDefaults, InMemoryChannelDefaults
-from personas.errors import (
-    InvalidPersona,
-    PersonaError,
-    PersonaExists,
-    PersonaFileError,
-    PersonaNotFound,
-    PersonaPermissionDenied,
-)
-from personas.markdown import BUILTIN_DIR, load_builtins, parse_markdown, render_markdown
-from personas.model import Persona
-from personas.runnable import to_runnable
-from personas.store import PersonaStore
+The names below are loaded on first use, so that importing ``personas.model``
+(what the services need) does not import the SQL store.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from personas.errors import (
+        InvalidPersona,
+        PersonaError,
+        PersonaExists,
+        PersonaFileError,
+        PersonaNotFound,
+        PersonaPermissionDenied,
+        UnsafeFile,
+    )
+    from personas.markdown import (
+        BUILTIN_DIR,
+        load_builtins,
+        load_untrusted_yaml,
+        parse_front_matter,
+        parse_markdown,
+        render_markdown,
+    )
+    from personas.model import Persona
+    from personas.runnable import to_runnable
+    from personas.store import PersonaStore
+
+_WHERE = {
+    "BUILTIN_DIR": "personas.markdown",
+    "InvalidPersona": "personas.errors",
+    "Persona": "personas.model",
+    "PersonaError": "personas.errors",
+    "PersonaExists": "personas.errors",
+    "PersonaFileError": "personas.errors",
+    "PersonaNotFound": "personas.errors",
+    "PersonaPermissionDenied": "personas.errors",
+    "PersonaStore": "personas.store",
+    "UnsafeFile": "personas.errors",
+    "load_builtins": "personas.markdown",
+    "load_untrusted_yaml": "personas.markdown",
+    "parse_front_matter": "personas.markdown",
+    "parse_markdown": "personas.markdown",
+    "render_markdown": "personas.markdown",
+    "to_runnable": "personas.runnable",
+}
 
 __all__ = [
     "BUILTIN_DIR",
-    "ChannelDefaults",
-    "InMemoryChannelDefaults",
     "InvalidPersona",
     "Persona",
     "PersonaError",
@@ -26,8 +60,20 @@ __all__ = [
     "PersonaNotFound",
     "PersonaPermissionDenied",
     "PersonaStore",
+    "UnsafeFile",
     "load_builtins",
+    "load_untrusted_yaml",
+    "parse_front_matter",
     "parse_markdown",
     "render_markdown",
     "to_runnable",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'personas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

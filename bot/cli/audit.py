@@ -68,7 +68,7 @@ def _when(text: str) -> datetime:
 
 
 def _filter(args: argparse.Namespace) -> Any:
-    from adapters.audit import RunFilter
+    from adapters.storage.audit_queries import RunFilter
 
     return RunFilter(
         user_id=args.member,
@@ -83,7 +83,7 @@ def _filter(args: argparse.Namespace) -> Any:
 
 
 def _open() -> Any:
-    from adapters.db import Database
+    from adapters.storage.db import Database
     from bot.settings import Settings
 
     return Database.open(Settings().database_url)
@@ -94,7 +94,7 @@ def _usd(micros: int) -> str:
 
 
 async def _list(args: argparse.Namespace) -> int:
-    from adapters.audit import AuditQueries
+    from adapters.storage.audit_queries import AuditQueries
 
     db = _open()
     try:
@@ -108,7 +108,7 @@ async def _list(args: argparse.Namespace) -> int:
         await db.close()
     for run in page.runs:
         if args.json:
-            from adapters.audit import RunDetail
+            from adapters.storage.audit_queries import RunDetail
 
             row = RunDetail(run=run).to_dict()
             for key in ("steps", "attempts", "tool_calls", "events"):
@@ -127,7 +127,7 @@ async def _list(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace) -> int:
-    from adapters.audit import AuditQueries
+    from adapters.storage.audit_queries import AuditQueries
 
     db = _open()
     try:
@@ -172,7 +172,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    from adapters.audit import AuditQueries
+    from adapters.storage.audit_queries import AuditQueries
 
     db = _open()
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: ASYNC230, SIM115
@@ -190,7 +190,7 @@ async def _export(args: argparse.Namespace) -> int:
 
 
 async def _spend(args: argparse.Namespace) -> int:
-    from adapters.audit import AuditQueries
+    from adapters.storage.audit_queries import AuditQueries
 
     db = _open()
     since = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(

@@ -35,7 +35,7 @@ async def chat_loop(
     out: TextIO | None = None,
 ) -> int:
     """The REPL on an app; ``read(prompt) -> line | None`` (default: stdin)."""
-    from adapters.console import ConsoleSession, stdin_reader
+    from adapters.services.console import ConsoleSession, stdin_reader
 
     out = out if out is not None else sys.stdout
     read = read or stdin_reader

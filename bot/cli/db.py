@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 
 def _open() -> Any:
-    from adapters.db import Database
+    from adapters.storage.db import Database
     from bot.settings import Settings
 
     return Database.open(Settings().database_url)

@@ -10,14 +10,19 @@ from typing import Any
 
 import pytest
 
-from adapters.chat import ChatRequest, ChatService
-from adapters.conversation import HistoryLimits, Turn, build_conversation, parse_persona_prefix
-from adapters.threads import InMemoryThreadStore
+from adapters.services.chat import ChatRequest, ChatService
+from adapters.services.conversation import (
+    HistoryLimits,
+    Turn,
+    build_conversation,
+    parse_persona_prefix,
+)
+from adapters.services.ports import InMemoryGuildSettings, InMemoryThreadStore
 from executor.agent import Caller, RunnableAgent, RunStatus
 from executor.messages import ImagePart
 from executor.run import Executor
 from executor.testing import RecordingDelivery, ScriptedModel
-from personas import InMemoryChannelDefaults, Persona, PersonaNotFound, to_runnable
+from personas import Persona, PersonaNotFound, to_runnable
 
 
 class Personas:
@@ -62,15 +67,11 @@ async def test_persona_order_thread_explicit_prefix_channel_guild() -> None:
     await threads.bind(
         thread_id="t1", guild_id="g1", channel_id="c1", persona="poet", created_by="u"
     )
-    defaults = InMemoryChannelDefaults()
-    await defaults.set("g1", "c1", "chef")
+    settings = InMemoryGuildSettings()
+    await settings.set_channel_persona("g1", "c1", "chef")
+    await settings.update_guild("g1", default_persona="researcher")
 
-    async def guild_default(gid: str) -> str | None:
-        return "researcher"
-
-    svc = service(
-        ScriptedModel(), threads=threads, channel_defaults=defaults, guild_default=guild_default
-    )
+    svc = service(ScriptedModel(), threads=threads, guild_settings=settings)
     pick = svc.choose_persona
     # A bound thread wins over everything, even a prefix.
     c = await pick(request("researcher: x", thread_id="t1"))

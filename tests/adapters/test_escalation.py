@@ -9,10 +9,11 @@ import discord
 import pytest
 from sqlmodel import SQLModel
 
-import adapters.tables  # noqa: F401  (registers the tables)
-from adapters.db import Database
-from adapters.escalation import DiscordEscalator, render_escalation
-from adapters.tables import GuildSettings
+import adapters.storage.tables  # noqa: F401  (registers the tables)
+from adapters.discord.escalation import DiscordEscalator, render_escalation
+from adapters.storage.db import Database
+from adapters.storage.guild_settings import SqlGuildSettings
+from adapters.storage.tables import GuildSettings
 from executor.agent import Caller
 from executor.ports import Escalation, Escalator
 
@@ -60,7 +61,7 @@ def escalation(guild_id: str | None = "10", reason: str = "went in circles") -> 
 
 async def test_posts_to_the_guild_admin_channel(db: Database) -> None:
     sender = FakeSender()
-    esc = DiscordEscalator(None, db.sessions, sender=sender)
+    esc = DiscordEscalator(None, SqlGuildSettings(db.sessions), sender=sender)
     assert isinstance(esc, Escalator)
     await esc.escalate(escalation())
     [(channel, text)] = sender.sent
@@ -75,8 +76,10 @@ async def test_without_an_admin_channel_only_logs(
     db: Database, guild_id: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     sender = FakeSender()
-    caplog.set_level("INFO", logger="adapters.escalation")
-    await DiscordEscalator(None, db.sessions, sender=sender).escalate(escalation(guild_id))
+    caplog.set_level("INFO", logger="adapters.discord.escalation")
+    await DiscordEscalator(None, SqlGuildSettings(db.sessions), sender=sender).escalate(
+        escalation(guild_id)
+    )
     assert sender.sent == []
     assert "no admin channel" in caplog.text
 
@@ -84,7 +87,9 @@ async def test_without_an_admin_channel_only_logs(
 async def test_a_failed_post_is_logged_not_raised(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await DiscordEscalator(None, db.sessions, sender=FakeSender(fail=True)).escalate(escalation())
+    await DiscordEscalator(
+        None, SqlGuildSettings(db.sessions), sender=FakeSender(fail=True)
+    ).escalate(escalation())
     assert "could not post run run-abc" in caplog.text
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from adapters.delivery import split_message
+from adapters.discord.split import split_message
 
 
 def _balanced(piece: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from adapters.delivery import StreamingDelivery
+from adapters.discord.streaming import StreamingDelivery
 from executor.agent import Caller, RunResult, RunStatus
 from executor.ports import ApprovalDecision, ApprovalRequest
 from executor.testing import FakeClock

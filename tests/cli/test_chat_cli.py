@@ -13,8 +13,8 @@ import pytest
 with warnings.catch_warnings():
     # Why: discord.py imports the deprecated audioop; the approver's module imports discord.
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    from adapters.approval import DeliveryApprover
-from adapters.chat import ChatService
+    from adapters.services.approval import DeliveryApprover
+from adapters.services.chat import ChatService
 from bot.cli import build_parser
 from bot.cli.chat import chat_loop
 from executor.agent import Caller, Privilege, RunnableAgent

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from adapters.audit import AuditQueries, SqlAuditSink
-from adapters.db import Database
+from adapters.storage.audit_queries import AuditQueries
+from adapters.storage.audit_sink import SqlAuditSink
+from adapters.storage.db import Database
 from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
 from executor.budget import InMemoryBudgetLedger
 from executor.events import (

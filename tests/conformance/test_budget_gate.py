@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from adapters.budget import SqlBudgetLedger
-from adapters.db import Database
+from adapters.storage.budget import SqlBudgetLedger
+from adapters.storage.db import Database
 from executor.agent import Caller
 from executor.budget import WINDOW, InMemoryBudgetLedger
 from executor.errors import BudgetExceeded

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adapters.audit import AuditQueries, RunFilter
+from adapters.storage.audit_queries import AuditQueries, RunFilter
 from bot.app import App, build_app
 from bot.settings import Settings
 from executor.events import RunFinished

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import SQLModel
 
-import adapters.tables  # noqa: F401  (registers the tables)
+import adapters.storage.tables  # noqa: F401  (registers the tables)
 import personas.tables  # noqa: F401
-from adapters.approval import DeliveryApprover
-from adapters.chat import ChatService
-from adapters.db import Database
-from adapters.threads import SqlThreadStore
+from adapters.services.approval import DeliveryApprover
+from adapters.services.chat import ChatService
+from adapters.services.escalation import Escalations
+from adapters.services.ports import InMemoryGuildSettings
+from adapters.storage.db import Database
+from adapters.storage.threads import SqlThreadStore
 from executor.agent import Caller, RunnableAgent
 from executor.errors import BudgetDetails, BudgetExceeded
 from executor.ports import Reservation
@@ -52,6 +54,8 @@ class ChatApp:
     model: ScriptedModel
     db: Database
     executor: Executor
+    guild_settings: InMemoryGuildSettings = field(default_factory=InMemoryGuildSettings)
+    escalations: Escalations = field(default_factory=Escalations)
 
     async def start(self) -> None:
         return None
@@ -107,7 +111,7 @@ def bot_factory(chat_app: ChatApp) -> BotFactory:
 @pytest.fixture
 def cog(discord_bot: Any) -> Any:
     c = discord_bot.get_cog("ChatCog")
-    c.edit_interval = 0.0
+    c.delivery_options.edit_interval = 0.0
     return c
 
 

@@ -16,14 +16,15 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
-import adapters.tables  # noqa: F401  (registers the tables)
+import adapters.storage.tables  # noqa: F401  (registers the tables)
 import personas.tables  # noqa: F401
-from adapters.approval import DeliveryApprover
-from adapters.chat import ChatService
-from adapters.db import Database
-from adapters.tables import GuildSettings
-from adapters.threads import SqlThreadStore
-from bot.app import LoggingEscalator
+from adapters.services.approval import DeliveryApprover
+from adapters.services.chat import ChatService
+from adapters.services.escalation import Escalations
+from adapters.storage.db import Database
+from adapters.storage.guild_settings import SqlGuildSettings
+from adapters.storage.tables import GuildSettings
+from adapters.storage.threads import SqlThreadStore
 from executor.agent import Caller, RunnableAgent
 from executor.ports import Escalation
 from executor.run import Executor
@@ -59,7 +60,8 @@ class HardeningApp:
     model: ScriptedModel
     db: Database
     threads: WatchedThreads
-    extras: dict[str, Any] = field(default_factory=dict)
+    guild_settings: SqlGuildSettings
+    escalations: Escalations = field(default_factory=Escalations)
 
     async def start(self) -> None:
         return None
@@ -100,8 +102,14 @@ async def app(tmp_path: Path) -> AsyncIterator[HardeningApp]:
         threads=threads,
         to_agent=to_agent,
     )
-    built = HardeningApp(chat=chat, personas=store, model=model, db=db, threads=threads)
-    built.extras["escalator"] = LoggingEscalator()
+    built = HardeningApp(
+        chat=chat,
+        personas=store,
+        model=model,
+        db=db,
+        threads=threads,
+        guild_settings=SqlGuildSettings(db.sessions),
+    )
     yield built
     await db.close()
 
@@ -117,7 +125,7 @@ def bot_factory(app: HardeningApp) -> BotFactory:
 @pytest.fixture
 def cog(discord_bot: Any) -> Any:
     c = discord_bot.get_cog("ChatCog")
-    c.edit_interval = 0.0
+    c.delivery_options.edit_interval = 0.0
     return c
 
 
@@ -196,7 +204,7 @@ async def test_a_critic_kill_is_posted_to_the_admin_channel_without_pings(
         await s.commit()
     alice = str(fake.user("alice")["id"])
     since = len(fake.calls)
-    await app.extras["escalator"].escalate(
+    await app.escalations.escalate(
         Escalation(
             run_id="run-1",
             agent="assistant",
@@ -282,7 +290,7 @@ async def test_an_unanswered_approval_times_out_as_denied_and_the_model_sees_it(
     fake_discord: FakeDiscord, cog: Any, app: HardeningApp
 ) -> None:
     fake = fake_discord
-    cog.approval_timeout = 0.05
+    cog.delivery_options.approval_timeout = 0.05
     app.model.push(call("delete_everything", target="logs"), "Fine, I left the logs alone.")
     since = len(fake.calls)
     await fake.dispatch_message(f"<@{fake.bot_user['id']}> janitor: clean up", mentions=["bot"])

@@ -1,4 +1,4 @@
-"""adapters.identity: real discord.py Member/User objects (built by the client from
+"""adapters.discord.identity: real discord.py Member/User objects (built by the client from
 the fake's payloads) -> Caller and Privilege."""
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from adapters.identity import caller_from_interaction, caller_from_message, require_privilege
+from adapters.discord.identity import (
+    caller_from_interaction,
+    caller_from_message,
+    require_privilege,
+)
 from bot.settings import Settings
 from executor.agent import Caller, Privilege
 from tests.fakediscord import FakeDiscord

@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlmodel import SQLModel
 
 import personas.tables  # noqa: F401  (the table on the metadata)
+from adapters.services.escalation import Escalations
+from adapters.services.ports import InMemoryGuildSettings
 from bot.settings import Settings
 from executor.agent import Caller, Privilege
 from executor.tools.registry import ToolRegistry, tool
-from personas.defaults import InMemoryChannelDefaults
 from personas.markdown import load_builtins, parse_markdown
 from personas.model import Persona
 from personas.store import PersonaStore
@@ -60,7 +61,8 @@ class PersonaApp:
         self.personas = personas
         self.tools = tools
         self.settings = Settings(_env_file=None)
-        self.channel_defaults = InMemoryChannelDefaults()
+        self.guild_settings = InMemoryGuildSettings()
+        self.escalations = Escalations()
 
     async def start(self) -> None:
         return None
@@ -363,12 +365,12 @@ async def test_default_needs_manage_channels_on_the_server_side(
     data = message_of(call)
     assert is_ephemeral(data)
     assert "Manage Channels" in data["content"]
-    assert await app.channel_defaults.get(general) is None
+    assert await app.guild_settings.channel_persona(general) is None
 
     _, call = await slash(fake_discord, "default", {"persona": "researcher"}, user="admin")
     data = message_of(call)
     assert "**researcher** now answers in this channel" in data["content"]
-    assert await app.channel_defaults.get(general) == "researcher"
+    assert await app.guild_settings.channel_persona(general) == "researcher"
 
     _, call = await slash(fake_discord, "list")
     (embed,) = message_of(call)["embeds"]
@@ -376,7 +378,7 @@ async def test_default_needs_manage_channels_on_the_server_side(
 
     _, call = await slash(fake_discord, "default", user="admin")
     assert "no longer has its own default" in message_of(call)["content"]
-    assert await app.channel_defaults.get(general) is None
+    assert await app.guild_settings.channel_persona(general) is None
 
 
 async def test_export_sends_a_markdown_attachment(

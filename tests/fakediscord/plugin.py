@@ -47,11 +47,16 @@ GUILD_READY_TIMEOUT = 0.05
 
 
 class FakeApp:
-    """A composition root with nothing in it; records start/close."""
+    """A composition root with next to nothing in it; records start/close."""
 
     def __init__(self) -> None:
+        from adapters.services.escalation import Escalations
+        from adapters.services.ports import InMemoryGuildSettings
+
         self.started = 0
         self.closed = 0
+        self.escalations = Escalations()
+        self.guild_settings = InMemoryGuildSettings()
 
     async def start(self) -> None:
         self.started += 1

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from adapters.db import Database
+from adapters.storage.db import Database
 
 T = TypeVar("T")
 PG_ENV = "COTERIE_TEST_POSTGRES_URL"

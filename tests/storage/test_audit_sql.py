@@ -7,14 +7,16 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from adapters.audit import AuditQueries, RunFilter, SqlAuditSink, redact
-from adapters.budget import SqlBudgetLedger
-from adapters.db import Database
-from adapters.recovery import INTERRUPTED_ERROR, recover
-from adapters.tables import AuditStep, AuditToolCall
+from adapters.storage.audit_queries import FORGOTTEN, AuditQueries, RunFilter
+from adapters.storage.audit_sink import SqlAuditSink
+from adapters.storage.budget import SqlBudgetLedger
+from adapters.storage.db import Database
+from adapters.storage.recovery import INTERRUPTED_ERROR, recover
+from adapters.storage.tables import AuditStep, AuditToolCall
 from executor.agent import Caller, RunStatus
 from executor.events import StepFinished, ToolCallFinished
 from executor.messages import Usage
+from executor.redaction import redact
 from executor.testing import FakeClock
 from tests.conformance.test_audit_sink import T0, finished, full_run, started
 
@@ -135,16 +137,27 @@ async def test_show_and_export_shape(sqlite_db: Database) -> None:
     assert await AuditQueries(sqlite_db.sessions).get_run("nope") is None
 
 
-async def test_delete_user_data(db: Database) -> None:
+async def test_delete_user_data_anonymises_the_members_runs(db: Database) -> None:
     sink = SqlAuditSink(db.sessions)
     await full_run(sink, "a1", user="alice")
     await full_run(sink, "b1", user="bob")
     await sink.close()
     q = AuditQueries(db.sessions)
+    before = await q.get_run("a1")
+    assert before is not None and before.run.cost_micros > 0
     assert await q.delete_user_data("alice") == 1
-    assert await q.get_run("a1") is None
-    assert await q.get_run("b1") is not None
-    assert await _count(db, AuditStep) == 2  # bob's only
+    after = await q.get_run("a1")
+    assert after is not None  # kept for accounting
+    assert after.run.user_id == FORGOTTEN and after.run.user_name == ""
+    assert after.run.prompt_excerpt == "" and after.run.output_excerpt == ""
+    assert after.run.cost_micros == before.run.cost_micros
+    assert all(s.text_excerpt == "" for s in after.steps)
+    assert all(t.arguments == "" and t.result_excerpt == "" for t in after.tool_calls)
+    assert all(e.data == {} for e in after.events)
+    assert "alice" not in json.dumps(after.to_dict(), default=str)
+    bob = await q.get_run("b1")
+    assert bob is not None and bob.run.user_id == "bob" and bob.tool_calls[0].arguments
+    assert await _count(db, AuditStep) == 4
 
 
 async def test_recovery_closes_running_runs_and_settles_reservations(db: Database) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.audit import SqlAuditSink
-from adapters.db import Database
+from adapters.storage.audit_sink import SqlAuditSink
+from adapters.storage.db import Database
 from bot.cli import main
 from tests.conformance.test_audit_sink import full_run
 from tests.storage.dbs import sqlite_url

@@ -10,16 +10,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-from adapters.db import Database
-from adapters.recovery import recover
+from adapters.storage.db import Database
+from adapters.storage.recovery import recover
 from tests.storage.dbs import sqlite_url
 
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from datetime import UTC, datetime
-    from adapters.audit import SqlAuditSink
-    from adapters.db import Database
+    from adapters.storage.audit_sink import SqlAuditSink
+    from adapters.storage.db import Database
     from executor.agent import Caller, RunResult, RunStatus
     from executor.events import RunFinished, RunStarted, StepFinished, ToolCallFinished
     from executor.messages import Usage

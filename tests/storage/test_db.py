@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from adapters.db import (
+from adapters.storage.db import (
     BackupUnsupported,
     Database,
     DatabaseLocked,
@@ -68,7 +68,7 @@ async def test_a_read_only_database(sqlite_db: Database) -> None:
 
 async def test_a_read_only_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Running as root ignores file modes, so pretend the OS said no.
-    import adapters.db as dbmod
+    import adapters.storage.db as dbmod
 
     monkeypatch.setattr(dbmod.os, "access", lambda *a, **k: False)
     with pytest.raises(DatabaseReadOnly, match="read-only"):
@@ -97,7 +97,7 @@ async def test_a_locked_database(sqlite_db: Database) -> None:
 
 
 async def test_backup_while_writing_is_consistent(sqlite_db: Database, tmp_path: Path) -> None:
-    from adapters.tables import GuildSettings
+    from adapters.storage.tables import GuildSettings
 
     stop = asyncio.Event()
 

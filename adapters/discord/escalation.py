@@ -1,11 +1,11 @@
 """Critic stops and kills, posted to the guild's admin channel.
 
 :class:`DiscordEscalator` implements :class:`executor.ports.Escalator`: it looks
-up ``GuildSettings.admin_channel_id`` for the run's guild and posts one short
+up the run's guild's admin channel (the guild settings store) and posts one short
 message there (run id, agent, member, reason, elapsed time, steps). The member
 is named by a mention that never pings (``AllowedMentions.none()``), and so is
 anything the reason quotes. A run with no guild, or a guild with no admin
-channel, is only logged (the composition root's ``LoggingEscalator`` already
+channel, is only logged (:class:`adapters.services.escalation.Escalations` already
 logs every escalation before it reaches this one).
 """
 
@@ -15,9 +15,8 @@ import logging
 from typing import Any, Protocol, runtime_checkable
 
 import discord
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from adapters.tables import GuildSettings
+from adapters.services.ports import GuildSettingsStore
 from executor.ports import Escalation
 
 __all__ = ["ChannelSender", "ClientSender", "DiscordEscalator", "render_escalation"]
@@ -69,13 +68,13 @@ class DiscordEscalator:
     """Posts stops and kills to the admin channel of the run's guild.
 
     ``client``: the discord.py client (used unless ``sender`` is given);
-    ``sessions``: the database's ``async_sessionmaker`` (guild settings).
+    ``settings``: the guild settings store (the admin channel).
     """
 
     def __init__(
         self,
         client: discord.Client | None,
-        sessions: async_sessionmaker[Any],
+        settings: GuildSettingsStore,
         *,
         sender: ChannelSender | None = None,
     ) -> None:
@@ -84,14 +83,11 @@ class DiscordEscalator:
                 raise ValueError("DiscordEscalator needs a client or a sender")
             sender = ClientSender(client)
         self.sender = sender
-        self._sessions = sessions
+        self.settings = settings
 
     async def admin_channel(self, guild_id: str) -> int | None:
-        async with self._sessions() as session:
-            row = await session.get(GuildSettings, guild_id)
-        if row is None or not row.admin_channel_id:
-            return None
-        return int(row.admin_channel_id)
+        config = await self.settings.guild(guild_id)
+        return int(config.admin_channel_id) if config.admin_channel_id else None
 
     async def escalate(self, escalation: Escalation) -> None:
         guild_id = escalation.caller.guild_id

@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import os
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,12 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
 from alembic.util import CommandError
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -61,8 +63,10 @@ __all__ = [
     "SchemaTooNew",
     "SchemaVersion",
     "alembic_config",
+    "engine_of",
     "migrations_dir",
     "translate_errors",
+    "write_transaction",
 ]
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///./data/coterie.db"
@@ -319,6 +323,43 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+# --- transactions ------------------------------------------------------------------
+
+# Why a weak map and not a Database attribute: stores receive only a session factory.
+# One lock per engine, so the audit sink, the budget ledger and every other writer
+# queue here, in the process, instead of in SQLite's busy handler (which sleeps and
+# retries); BEGIN IMMEDIATE still guards against other processes.
+_write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine a store's session factory is bound to."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError("the session factory must be bound to an AsyncEngine")
+    return bind
+
+
+def _write_lock(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()  # PostgreSQL: row locks, many writers
+    lock = _write_locks.get(engine.sync_engine)
+    if lock is None:
+        lock = _write_locks[engine.sync_engine] = asyncio.Lock()
+    return lock
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One write transaction: the process's SQLite write lock, then ``BEGIN IMMEDIATE``
+    (row locks on PostgreSQL), errors translated; committed when the block ends."""
+    with translate_errors(engine.url):
+        async with _write_lock(engine), engine.connect() as conn:
+            conn = await conn.execution_options(**IMMEDIATE)
+            async with conn.begin():
+                yield conn
 
 
 # --- alembic -----------------------------------------------------------------------

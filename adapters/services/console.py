@@ -13,8 +13,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from adapters.chat import ChatRequest, ChatService
-from adapters.conversation import Turn
+from adapters.services.chat import ChatRequest, ChatService
+from adapters.services.conversation import Turn
 from executor.agent import Caller, RunResult
 from executor.ports import ApprovalDecision, ApprovalRequest
 

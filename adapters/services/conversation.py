@@ -1,9 +1,8 @@
 """From Discord messages to the model's conversation.
 
-The pure part (:class:`Turn`, :func:`build_conversation`, :func:`parse_persona_prefix`,
-:func:`strip_bot_mention`) knows nothing of Discord and is what the chat service and
-the console use. The Discord part (:func:`turn_from_message`, :func:`reply_chain`,
-:func:`thread_history`) reads messages through discord.py and turns them into turns.
+This module knows nothing of Discord: :class:`Turn`, :func:`build_conversation`,
+:func:`parse_persona_prefix` and :func:`strip_bot_mention` are what the chat flow and
+the console use. :mod:`adapters.discord.history` reads Discord messages into turns.
 
 History is the reply chain or the thread's history, oldest first, kept newest-first
 within a message cap and a character cap; when something was left out the result
@@ -14,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from executor.messages import ImagePart, Message, TextPart
 
@@ -26,16 +25,11 @@ __all__ = [
     "HistoryLimits",
     "Turn",
     "build_conversation",
+    "clean_assistant",
     "parse_persona_prefix",
-    "reply_chain",
     "starter_text",
     "strip_bot_mention",
-    "thread_history",
-    "turn_from_message",
 ]
-
-if TYPE_CHECKING:
-    import discord
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +112,7 @@ def starter_text(display_name: str, persona: str, prompt: str, limit: int = 2000
     return head + body
 
 
-def _clean_assistant(text: str, persona: str | None) -> str:
+def clean_assistant(text: str, persona: str | None) -> str:
     """Our own message back as the assistant's words: no name header, no note lines."""
     if persona and text.startswith(f"**{persona}**\n"):
         text = text[len(persona) + 5 :]
@@ -186,121 +180,3 @@ def build_conversation(
             0, Message.user("(an earlier part of this conversation)", name=_CONTINUED)
         )
     return conv
-
-
-# --- discord -------------------------------------------------------------------------
-# Why the imports inside the functions: the console and the chat service use the pure
-# part above, and should not pay for importing discord.py.
-
-IsOurs = Callable[["discord.Message"], bool]
-"""True for a message the bot wrote (its own user or one of its persona webhooks)."""
-
-
-def _is_text_attachment(a: discord.Attachment) -> bool:
-    ctype = (a.content_type or "").split(";")[0].strip()
-    if ctype.startswith("text/") or ctype in ("application/json", "application/xml"):
-        return True
-    return a.filename.rsplit(".", 1)[-1].lower() in {"txt", "md", "py", "json", "csv", "log"}
-
-
-async def turn_from_message(
-    msg: discord.Message,
-    *,
-    is_ours: IsOurs,
-    bot_id: int | None,
-    limits: HistoryLimits | None = None,
-    content: str | None = None,
-) -> Turn:
-    """One Discord message as a turn. ``content`` overrides the text (already parsed)."""
-    import discord
-
-    lim = limits or HistoryLimits()
-    if is_ours(msg):
-        persona = msg.author.name if msg.webhook_id else None
-        text = msg.content
-        m = STARTER_PATTERN.match(text)
-        if m is not None:
-            return Turn(author_name=m.group("name"), content=m.group("prompt"))
-        if persona is None:
-            header = re.match(r"^\*\*([^*\n]+)\*\*\n", text)
-            persona = header.group(1) if header else None
-        return Turn(
-            author_name=msg.author.display_name,
-            content=_clean_assistant(text, persona),
-            from_assistant=True,
-            author_id=str(msg.author.id),
-            persona=persona,
-        )
-    text = content if content is not None else strip_bot_mention(msg.content, bot_id)
-    images: list[ImagePart] = []
-    files: list[tuple[str, str]] = []
-    for a in msg.attachments:
-        ctype = (a.content_type or "").split(";")[0].strip()
-        if ctype.startswith("image/"):
-            images.append(ImagePart(url=a.url, media_type=ctype))
-        elif _is_text_attachment(a) and a.size <= lim.max_attachment_bytes:
-            try:
-                raw = await a.read()
-            except (discord.HTTPException, discord.DiscordException):
-                log.info("could not read attachment %s", a.filename)
-                continue
-            body = raw.decode("utf-8", errors="replace")
-            if len(body) > lim.attachment_chars:
-                body = body[: lim.attachment_chars] + "\n[… attachment cut]"
-            files.append((a.filename, body))
-    return Turn(
-        author_name=msg.author.display_name,
-        content=text,
-        author_id=str(msg.author.id),
-        images=tuple(images),
-        attachments=tuple(files),
-    )
-
-
-async def reply_chain(msg: discord.Message, *, max_messages: int) -> list[discord.Message]:
-    """The messages ``msg`` replies to, oldest first, ``msg`` last (at most ``max_messages``)."""
-    import discord
-
-    chain = [msg]
-    current = msg
-    while len(chain) < max_messages + 1 and current.reference is not None:
-        ref = current.reference
-        parent: discord.Message | None = None
-        if isinstance(ref.resolved, discord.Message):
-            parent = ref.resolved
-        elif ref.message_id is not None:
-            try:
-                parent = await current.channel.fetch_message(ref.message_id)
-            except discord.HTTPException:
-                parent = None
-        if parent is None:
-            break
-        chain.append(parent)
-        current = parent
-    chain.reverse()
-    return chain
-
-
-async def thread_history(
-    thread: discord.Thread, msg: discord.Message | None, *, max_messages: int
-) -> list[discord.Message]:
-    """The thread's messages before ``msg`` (and ``msg``), oldest first.
-
-    When the whole thread fits, the message it was started from (a ``/chat``
-    starter in the parent channel) leads.
-    """
-    import discord
-
-    before = [m async for m in thread.history(limit=max_messages + 1, before=msg)]
-    before.reverse()
-    out = before + ([msg] if msg is not None else [])
-    if len(before) <= max_messages and thread.parent is not None:
-        parent = thread.parent
-        if isinstance(parent, discord.TextChannel):
-            try:
-                starter = await parent.fetch_message(thread.id)
-            except discord.HTTPException:
-                starter = None
-            if starter is not None:
-                out.insert(0, starter)
-    return out

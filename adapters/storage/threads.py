@@ -1,63 +1,22 @@
 """Which persona owns which Discord thread (``thread_bindings``).
 
 A ``/chat`` thread is bound to its persona, so every message in it is answered by
-that persona without a mention. :class:`ThreadStore` is the port the chat service
-uses; :class:`SqlThreadStore` keeps it in the database, :class:`InMemoryThreadStore`
-in memory (tests, the console).
+that persona without a mention. :class:`SqlThreadStore` implements the chat flow's
+:class:`~adapters.services.ports.ThreadStore` port in the database.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 
-from adapters.tables import ThreadBinding, utcnow
+from adapters.services.ports import Binding
+from adapters.storage.tables import ThreadBinding
 
-__all__ = ["Binding", "InMemoryThreadStore", "SqlThreadStore", "ThreadStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    thread_id: str
-    guild_id: str
-    channel_id: str  # the parent channel
-    persona: str
-    created_by: str
-    created_at: datetime
-
-
-@runtime_checkable
-class ThreadStore(Protocol):
-    async def get(self, thread_id: str) -> Binding | None: ...
-
-    async def bind(
-        self, *, thread_id: str, guild_id: str, channel_id: str, persona: str, created_by: str
-    ) -> Binding: ...
-
-    async def unbind(self, thread_id: str) -> bool: ...
-
-
-class InMemoryThreadStore:
-    def __init__(self) -> None:
-        self._by_id: dict[str, Binding] = {}
-
-    async def get(self, thread_id: str) -> Binding | None:
-        return self._by_id.get(thread_id)
-
-    async def bind(
-        self, *, thread_id: str, guild_id: str, channel_id: str, persona: str, created_by: str
-    ) -> Binding:
-        b = Binding(thread_id, guild_id, channel_id, persona, created_by, utcnow())
-        self._by_id[thread_id] = b
-        return b
-
-    async def unbind(self, thread_id: str) -> bool:
-        return self._by_id.pop(thread_id, None) is not None
+__all__ = ["SqlThreadStore"]
 
 
 def _binding(row: ThreadBinding) -> Binding:

@@ -1,9 +1,8 @@
 """Approving a tool call: Approve/Deny buttons for the member who asked.
 
-The executor has one :class:`~executor.ports.Approver` for every run;
-:class:`DeliveryApprover` hands each request to the run's own delivery (which
-knows the channel and the member), so a Discord run asks with buttons and a
-console run asks at the terminal. A delivery that cannot ask means "denied".
+The executor's one approver (:class:`adapters.services.approval.DeliveryApprover`)
+hands each request to the run's own delivery; a Discord delivery asks here, with
+buttons.
 
 Only the member who asked may press the buttons (anyone else is told, privately,
 that it is not theirs); no answer within the timeout counts as deny.
@@ -13,34 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import discord
 
 from executor.ports import ApprovalDecision, ApprovalRequest
 
-__all__ = ["ApprovalPrompt", "ApprovalView", "DeliveryApprover", "ask_with_buttons"]
+__all__ = ["ApprovalView", "ask_with_buttons"]
 
 log = logging.getLogger(__name__)
 
 _NO_PINGS = discord.AllowedMentions.none()
-
-
-@runtime_checkable
-class ApprovalPrompt(Protocol):
-    """A delivery that can ask its member to approve a tool call."""
-
-    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision: ...
-
-
-class DeliveryApprover:
-    """The executor's approver: asks through the run's delivery."""
-
-    async def approve(self, request: ApprovalRequest) -> ApprovalDecision:
-        delivery = request.delivery
-        if isinstance(delivery, ApprovalPrompt):
-            return await delivery.ask_approval(request)
-        return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")
 
 
 class ApprovalView(discord.ui.View):

@@ -14,19 +14,18 @@ insert happen under that lock, so concurrent reservations can never sum past a l
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from adapters.db import IMMEDIATE, translate_errors
-from adapters.tables import (
+from adapters.storage.db import engine_of, translate_errors, write_transaction
+from adapters.storage.tables import (
     BudgetGrant,
     BudgetLedgerEntry,
     BudgetMember,
@@ -54,13 +53,6 @@ class OpenReservation:
     created_at: datetime
 
 
-def _engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
-    bind = sessions.kw.get("bind")
-    if not isinstance(bind, AsyncEngine):
-        raise TypeError("the session factory must be bound to an AsyncEngine")
-    return bind
-
-
 class SqlBudgetLedger:
     """``executor.ports.BudgetGate`` on SQLite or PostgreSQL, with the admin operations."""
 
@@ -75,7 +67,7 @@ class SqlBudgetLedger:
         if default_limit_micros < 0:
             raise ValueError("default_limit_micros must not be negative")
         self._sessions = sessions
-        engine = _engine_of(sessions)
+        engine = engine_of(sessions)
         self._engine = engine
         self._url: URL = engine.url
         self._dialect = engine.dialect.name
@@ -84,21 +76,11 @@ class SqlBudgetLedger:
         self.default_limit_micros = default_limit_micros
         self.clock: Clock = clock if clock is not None else RealClock()
         self.window = window
-        # Why: SQLite has one writer at a time anyway; queueing our own writers here
-        # instead of in SQLite's busy handler (which sleeps and retries) is much faster.
-        # BEGIN IMMEDIATE still guards against other processes.
-        self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
 
     # --- transactions --------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
-        with translate_errors(self._url):
-            async with lock, self._engine.connect() as conn:
-                conn = await conn.execution_options(**IMMEDIATE)
-                async with conn.begin():
-                    yield conn
+    def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return write_transaction(self._engine)
 
     async def _lock_member(self, conn: AsyncConnection, user_id: str) -> None:
         """Serialise this member's reservations (creating their lock row if need be).
@@ -318,15 +300,19 @@ class SqlBudgetLedger:
         out = [await self.status(u) for u in ids]
         return sorted(out, key=lambda s: (-s.spent_micros, s.user_id))
 
-    async def delete_user_data(self, user_id: str) -> None:
-        """Forget a member's charges, grants and override.
+    async def delete_user_data(self, user_id: str) -> int:
+        """Forget a member's charges, grants and override; returns how many rows went.
 
         Kept: open reservations (they belong to runs in flight and are settled when
         those runs end) and so the member row they hang on.
         """
         async with self._transaction() as session:
-            await session.execute(delete(_ledger).where(_ledger.c.user_id == user_id))
-            await session.execute(delete(_grants).where(_grants.c.user_id == user_id))
+            gone = (
+                await session.execute(delete(_ledger).where(_ledger.c.user_id == user_id))
+            ).rowcount
+            gone += (
+                await session.execute(delete(_grants).where(_grants.c.user_id == user_id))
+            ).rowcount
             open_count = await session.scalar(
                 select(func.count()).where(_reservations.c.user_id == user_id)
             )
@@ -335,4 +321,7 @@ class SqlBudgetLedger:
                     _members.update().where(_members.c.user_id == user_id).values(limit_micros=None)
                 )
             else:
-                await session.execute(delete(_members).where(_members.c.user_id == user_id))
+                gone += (
+                    await session.execute(delete(_members).where(_members.c.user_id == user_id))
+                ).rowcount
+        return int(gone)

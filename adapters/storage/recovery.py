@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from adapters.budget import SqlBudgetLedger
-from adapters.db import IMMEDIATE, translate_errors
-from adapters.tables import AuditEventRow, AuditRun, AuditStep
+from adapters.storage.budget import SqlBudgetLedger
+from adapters.storage.db import IMMEDIATE, translate_errors
+from adapters.storage.tables import AuditEventRow, AuditRun, AuditStep
 from executor.agent import RunStatus
 from executor.ports import Clock, RealClock
 

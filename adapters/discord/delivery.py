@@ -1,0 +1,59 @@
+"""Assembling the delivery for a persona's answer in a channel, thread or DM."""
+
+from __future__ import annotations
+
+import discord
+
+from adapters.discord.approval import ask_with_buttons
+from adapters.discord.sinks import ChannelSink, WebhookSink
+from adapters.discord.streaming import MessageSink, StreamingDelivery
+from adapters.discord.webhooks import Webhooks
+from executor.ports import ApprovalDecision, ApprovalRequest, Clock
+
+__all__ = ["open_delivery"]
+
+
+async def open_delivery(
+    target: discord.abc.Messageable,
+    *,
+    persona: str,
+    avatar_url: str | None,
+    requester_id: int,
+    webhooks: Webhooks | None = None,
+    reference: discord.Message | None = None,
+    clock: Clock | None = None,
+    interval: float = 1.0,
+    approval_timeout: float = 120.0,
+) -> StreamingDelivery:
+    """The delivery for a persona's answer in ``target`` (a channel, thread or DM).
+
+    Through the channel's webhook (the persona's name and avatar) when the bot may
+    manage webhooks there; otherwise a normal message headed by the persona's name,
+    replying to ``reference``.
+    """
+    sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
+    hook = await webhooks.for_channel(target) if webhooks is not None else None
+    if hook is not None and webhooks is not None:
+        hooks = webhooks
+        hook_channel = hook.channel_id
+
+        def gone() -> None:
+            # Why: a deleted webhook stays cached otherwise; the next run makes a new one.
+            if hook_channel is not None:
+                hooks.forget(hook_channel)
+
+        sink = WebhookSink(
+            hook,
+            username=persona,
+            avatar_url=avatar_url,
+            fallback=ChannelSink(target, persona=persona),
+            thread=target if isinstance(target, discord.Thread) else None,
+            on_gone=gone,
+        )
+
+    async def ask(request: ApprovalRequest) -> ApprovalDecision:
+        return await ask_with_buttons(
+            target, request, requester_id=requester_id, wait_s=approval_timeout
+        )
+
+    return StreamingDelivery(sink, clock=clock, interval=interval, ask_approval=ask)

@@ -1,0 +1,144 @@
+"""The sinks: :class:`StreamingDelivery`'s messages as discord.py calls.
+
+:class:`ChannelSink` posts normal messages headed by the persona's name;
+:class:`WebhookSink` speaks with the persona's own name and avatar through a channel
+webhook, falling back to the channel when a webhook call fails. Every send and edit
+carries :func:`~adapters.discord.split.no_pings`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import discord
+
+from adapters.discord.split import no_pings
+
+__all__ = ["ChannelSink", "WebhookSink"]
+
+log = logging.getLogger(__name__)
+
+
+class ChannelSink:
+    """Normal messages in a channel or thread, headed by the persona's name.
+
+    The first message replies to ``reference`` (the member's message) when given;
+    that reply is the one mention allowed through.
+    """
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        *,
+        persona: str | None = None,
+        reference: discord.Message | None = None,
+    ) -> None:
+        self.channel = channel
+        self.persona = persona
+        self.reference = reference
+
+    @property
+    def prefix(self) -> str:
+        return f"**{self.persona}**\n" if self.persona else ""
+
+    async def send(self, content: str) -> discord.Message:
+        reference, self.reference = self.reference, None
+        if reference is not None:
+            try:
+                return await self.channel.send(
+                    content,
+                    reference=reference,
+                    mention_author=True,
+                    allowed_mentions=no_pings(reply_to_author=True),
+                )
+            except discord.HTTPException:
+                log.info("reply failed (message gone?); sending without a reference", exc_info=True)
+        return await self.channel.send(content, allowed_mentions=no_pings())
+
+    async def edit(self, handle: Any, content: str) -> Any:
+        msg: discord.Message = handle
+        return await msg.edit(content=content, allowed_mentions=no_pings())
+
+    async def delete(self, handle: Any) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await handle.delete()
+
+    async def typing(self) -> None:
+        await self.channel.typing()
+
+
+class WebhookSink:
+    """The persona's own name and avatar through the channel's webhook.
+
+    When a webhook call fails (deleted webhook, lost permission) it continues
+    through ``fallback`` for the rest of the run.
+    """
+
+    def __init__(
+        self,
+        webhook: discord.Webhook,
+        *,
+        username: str,
+        avatar_url: str | None,
+        fallback: ChannelSink,
+        thread: discord.abc.Snowflake | None = None,
+        on_gone: Callable[[], None] | None = None,
+    ) -> None:
+        self.webhook = webhook
+        # Called when Discord says the webhook no longer exists (forget the cached one).
+        self.on_gone = on_gone
+        self.username = username
+        self.avatar_url = avatar_url
+        self.thread = thread
+        self.fallback = fallback
+        self.failed = False
+
+    @property
+    def prefix(self) -> str:
+        return self.fallback.prefix if self.failed else ""
+
+    def _failed(self, exc: discord.HTTPException) -> None:
+        self.failed = True
+        if isinstance(exc, discord.NotFound) and self.on_gone is not None:
+            self.on_gone()
+
+    async def send(self, content: str) -> Any:
+        if not self.failed:
+            try:
+                kwargs: dict[str, Any] = {}
+                if self.thread is not None:
+                    kwargs["thread"] = self.thread
+                if self.avatar_url:
+                    kwargs["avatar_url"] = self.avatar_url
+                return await self.webhook.send(
+                    content,
+                    username=self.username,
+                    allowed_mentions=no_pings(),
+                    wait=True,
+                    **kwargs,
+                )
+            except discord.HTTPException as exc:
+                log.warning("webhook send failed; falling back to a normal message", exc_info=True)
+                self._failed(exc)
+                content = self.fallback.prefix + content
+        return await self.fallback.send(content)
+
+    async def edit(self, handle: Any, content: str) -> Any:
+        if isinstance(handle, discord.WebhookMessage):
+            try:
+                return await handle.edit(content=content, allowed_mentions=no_pings())
+            except discord.HTTPException as exc:
+                log.warning("webhook edit failed; continuing in a normal message", exc_info=True)
+                self._failed(exc)
+                return await self.fallback.send(self.fallback.prefix + content)
+        return await self.fallback.edit(handle, content)
+
+    async def delete(self, handle: Any) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await handle.delete()
+
+    async def typing(self) -> None:
+        await self.fallback.typing()

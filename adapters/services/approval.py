@@ -1,0 +1,33 @@
+"""Approving a tool call, host-neutral.
+
+The executor has one :class:`~executor.ports.Approver` for every run;
+:class:`DeliveryApprover` hands each request to the run's own delivery (which
+knows the channel and the member), so a Discord run asks with buttons
+(:mod:`adapters.discord.approval`) and a console run asks at the terminal. A
+delivery that cannot ask means "denied".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from executor.ports import ApprovalDecision, ApprovalRequest
+
+__all__ = ["ApprovalPrompt", "DeliveryApprover"]
+
+
+@runtime_checkable
+class ApprovalPrompt(Protocol):
+    """A delivery that can ask its member to approve a tool call."""
+
+    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision: ...
+
+
+class DeliveryApprover:
+    """The executor's approver: asks through the run's delivery."""
+
+    async def approve(self, request: ApprovalRequest) -> ApprovalDecision:
+        delivery = request.delivery
+        if isinstance(delivery, ApprovalPrompt):
+            return await delivery.ask_approval(request)
+        return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")

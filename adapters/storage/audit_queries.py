@@ -1,0 +1,261 @@
+"""Reading the audit trail: what ``/audit`` and ``coterie audit`` show.
+
+:class:`AuditQueries` lists runs newest first with a cursor (:class:`RunFilter`),
+reads one run with everything under it (:class:`RunDetail`), iterates for export,
+sums spend per member per day (:class:`DailySpend`), and forgets a member.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import SQLModel
+
+from adapters.storage.db import engine_of, translate_errors, write_transaction
+from adapters.storage.tables import (
+    AuditEventRow,
+    AuditModelAttempt,
+    AuditRun,
+    AuditStep,
+    AuditToolCall,
+)
+
+__all__ = ["FORGOTTEN", "AuditQueries", "DailySpend", "RunDetail", "RunFilter", "RunPage"]
+
+#: The user id of a run whose member asked to be forgotten.
+FORGOTTEN = "forgotten"
+
+_runs = AuditRun.__table__  # type: ignore[attr-defined]
+_steps = AuditStep.__table__  # type: ignore[attr-defined]
+_attempts = AuditModelAttempt.__table__  # type: ignore[attr-defined]
+_tools = AuditToolCall.__table__  # type: ignore[attr-defined]
+_events = AuditEventRow.__table__  # type: ignore[attr-defined]
+_CHILDREN = (_steps, _attempts, _tools, _events)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    user_id: str | None = None
+    guild_id: str | None = None
+    persona: str | None = None
+    skill: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    since: datetime | None = None  # started at or after
+    until: datetime | None = None  # started before
+    parent_run_id: str | None = None
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        c = _runs.c
+        out: list[ColumnElement[bool]] = []
+        for column, value in (
+            (c.user_id, self.user_id),
+            (c.guild_id, self.guild_id),
+            (c.persona, self.persona),
+            (c.skill, self.skill),
+            (c.status, self.status),
+            (c.trigger, self.trigger),
+            (c.parent_run_id, self.parent_run_id),
+        ):
+            if value is not None:
+                out.append(column == value)
+        if self.since is not None:
+            out.append(c.started_at >= self.since)
+        if self.until is not None:
+            out.append(c.started_at < self.until)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    runs: list[AuditRun]
+    next_cursor: str | None  # pass back to get the next (older) page
+
+
+@dataclass(slots=True)
+class RunDetail:
+    run: AuditRun
+    steps: list[AuditStep] = field(default_factory=list)
+    attempts: list[AuditModelAttempt] = field(default_factory=list)
+    tool_calls: list[AuditToolCall] = field(default_factory=list)
+    events: list[AuditEventRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(row: Any, drop: Sequence[str] = ()) -> dict[str, Any]:
+            d = row.model_dump()
+            for key in drop:
+                d.pop(key, None)
+            return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in d.items()}
+
+        out = plain(self.run)
+        child = ("run_id",)
+        out["steps"] = [plain(s, child) for s in self.steps]
+        out["attempts"] = [plain(a, child) for a in self.attempts]
+        out["tool_calls"] = [plain(t, child) for t in self.tool_calls]
+        out["events"] = [plain(e, child) for e in self.events]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DailySpend:
+    day: date  # UTC, by the run's start
+    user_id: str
+    runs: int
+    cost_micros: int
+    input_tokens: int
+    output_tokens: int
+
+
+def _encode_cursor(run: AuditRun) -> str:
+    raw = f"{run.started_at.isoformat()}|{run.run_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(at), run_id
+    except ValueError as exc:
+        raise ValueError(f"not a cursor from this audit trail: {cursor!r}") from exc
+
+
+M = TypeVar("M", bound=SQLModel)
+
+
+async def _children(session: AsyncSession, model: type[M], table: Any, run_id: str) -> list[M]:
+    stmt = select(model).where(table.c.run_id == run_id).order_by(table.c.id)
+    return list(await session.scalars(stmt))
+
+
+class AuditQueries:
+    """Reading the audit trail (what ``/audit`` and ``coterie audit`` show)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._url: URL = engine_of(sessions).url
+
+    async def list_runs(
+        self, where: RunFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """Runs newest first, ``limit`` a page; ``cursor`` continues a previous page."""
+        limit = max(1, min(limit, 1000))
+        clauses = (where or RunFilter()).clauses()
+        if cursor:
+            at, run_id = _decode_cursor(cursor)
+            c = _runs.c
+            clauses.append(or_(c.started_at < at, and_(c.started_at == at, c.run_id < run_id)))
+        stmt = (
+            select(AuditRun)
+            .where(*clauses)
+            .order_by(AuditRun.started_at.desc(), AuditRun.run_id.desc())  # type: ignore[attr-defined]
+            .limit(limit + 1)
+        )
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                runs = list(await session.scalars(stmt))
+        more = len(runs) > limit
+        runs = runs[:limit]
+        return RunPage(runs=runs, next_cursor=_encode_cursor(runs[-1]) if more else None)
+
+    async def iter_runs(self, where: RunFilter | None = None) -> AsyncIterator[RunDetail]:
+        """Every matching run with everything under it, newest first (for export)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_runs(where, limit=200, cursor=cursor)
+            for run in page.runs:
+                detail = await self.get_run(run.run_id)
+                if detail is not None:
+                    yield detail
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def get_run(self, run_id: str) -> RunDetail | None:
+        """One run with its steps, model attempts, tool calls and events, in order."""
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                run = await session.get(AuditRun, run_id)
+                if run is None:
+                    return None
+                return RunDetail(
+                    run=run,
+                    steps=await _children(session, AuditStep, _steps, run_id),
+                    attempts=await _children(session, AuditModelAttempt, _attempts, run_id),
+                    tool_calls=await _children(session, AuditToolCall, _tools, run_id),
+                    events=await _children(session, AuditEventRow, _events, run_id),
+                )
+
+    async def spend_per_day(
+        self,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        user_id: str | None = None,
+        guild_id: str | None = None,
+    ) -> list[DailySpend]:
+        """Spend per member per UTC day (by run start), oldest day first."""
+        where = RunFilter(user_id=user_id, guild_id=guild_id, since=since, until=until)
+        c = _runs.c
+        stmt = select(
+            c.user_id, c.started_at, c.cost_micros, c.input_tokens, c.output_tokens
+        ).where(*where.clauses())
+        # Why in Python: "the UTC day of a timestamp" differs per SQL dialect, and one
+        # member's month of runs is small.
+        totals: dict[tuple[date, str], list[int]] = {}
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                for user, started, cost, tin, tout in await session.execute(stmt):
+                    t = totals.setdefault((started.date(), user), [0, 0, 0, 0])
+                    t[0] += 1
+                    t[1] += cost
+                    t[2] += tin
+                    t[3] += tout
+        return [
+            DailySpend(
+                day=d, user_id=u, runs=t[0], cost_micros=t[1], input_tokens=t[2], output_tokens=t[3]
+            )
+            for (d, u), t in sorted(totals.items())
+        ]
+
+    async def delete_user_data(self, user_id: str) -> int:
+        """Anonymise every run a member started; returns how many.
+
+        The rows stay, for accounting (what ran, when, on which model, at what cost),
+        but lose who and what: the member's id becomes :data:`FORGOTTEN`, their name,
+        the prompt, the output, the notes, every step's text, every tool call's
+        arguments and result, and every event's data are cleared. Runs other people
+        started (even in the same channel, or as children of this member's) are kept.
+        """
+        mine = select(_runs.c.run_id).where(_runs.c.user_id == user_id)
+        async with write_transaction(engine_of(self._sessions)) as conn:
+            await conn.execute(
+                update(_steps).where(_steps.c.run_id.in_(mine)).values(text_excerpt="")
+            )
+            await conn.execute(
+                update(_tools)
+                .where(_tools.c.run_id.in_(mine))
+                .values(arguments="", result_excerpt="")
+            )
+            await conn.execute(update(_events).where(_events.c.run_id.in_(mine)).values(data={}))
+            result = await conn.execute(
+                update(_runs)
+                .where(_runs.c.user_id == user_id)
+                .values(
+                    user_id=FORGOTTEN,
+                    user_name="",
+                    prompt_excerpt="",
+                    output_excerpt="",
+                    error=None,
+                    note=None,
+                )
+            )
+            return int(result.rowcount)
