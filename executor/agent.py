@@ -119,6 +119,9 @@ class RunResult:
     messages: list[Message] = field(default_factory=list)
     note: str | None = None  # why a run ended short, for the person who asked
     details: dict[str, Any] = field(default_factory=dict)
+    # A failure the member cannot be told about in detail: the short reference the
+    # note gives them and the log line carries ("ref 3FA9C1").
+    error_ref: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -21,7 +21,8 @@
     ├── RunRefused                  a run that never started: nothing was spent
     │   ├── BudgetExceeded
     │   └── DispatchRefused         depth, width or repetition cap of the guard
-    ├── ToolRetry                   control flow: send this message back to the model
+    ├── ToolFailed                  raised by a tool: this message reaches the model as its error
+    │   └── ToolRetry               the same, asking the model to correct its call
     ├── ApprovalDenied              control flow: a tool needing approval was denied
     └── StructuredOutputError       the model never produced valid structured output
 """
@@ -55,6 +56,7 @@ __all__ = [
     "RunRefused",
     "ServerError",
     "StructuredOutputError",
+    "ToolFailed",
     "ToolRetry",
     "UnknownModel",
     "UnknownTier",
@@ -242,8 +244,17 @@ class DispatchRefused(RunRefused):
 # --- control flow inside a run ----------------------------------------------------
 
 
-class ToolRetry(CoterieError):
-    """Raised by a tool: the message goes back to the model as a tool error."""
+class ToolFailed(CoterieError):
+    """Raised by a tool: its message goes back to the model as the tool's error.
+
+    The opt-in way to show a model a failure (pydantic-ai's ``ModelRetry``): any
+    other exception a tool raises is logged, and the model is told only that the
+    tool failed, since its text may hold paths, addresses or secrets.
+    """
+
+
+class ToolRetry(ToolFailed):
+    """A :class:`ToolFailed` that asks the model to correct its call and try again."""
 
 
 class ApprovalDenied(CoterieError):

@@ -17,11 +17,13 @@ The loop never knows which provider answered, except to record it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from executor._trace import log_failure, new_ref
 from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
 from executor.errors import (
     AllModelsFailed,
@@ -73,10 +75,16 @@ from executor.ports import (
     RunControl,
     UnlimitedBudget,
 )
+from executor.redaction import excerpt, scrub
 from executor.tokens import estimate_tokens
 from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 
 __all__ = ["Executor", "ModelResolver", "outcome_note"]
+
+log = logging.getLogger(__name__)
+
+# How much of an unexpected exception's text the result (and so the audit) keeps.
+_INTERNAL_EXCERPT = 300
 
 
 @runtime_checkable
@@ -334,9 +342,7 @@ class Executor:
                 await asyncio.shield(self._finish(state, reservation, result, watch))
                 raise
         except Exception as exc:  # a bug of ours or a port's: still close the run
-            result = self._result(
-                state, RunStatus.ERROR, error=f"{type(exc).__name__}: {exc}", kind="internal"
-            )
+            result = self._internal_error(state, exc)
         else:
             if requested:
                 # The stop landed after the last await of the run: the run is done
@@ -360,6 +366,14 @@ class Executor:
         await event.wait()
         stop("cancelled by the person who asked", RunStatus.CANCELLED)
 
+    def _internal_error(self, state: RunState, exc: Exception) -> RunResult:
+        """A bug in the loop, a port, a hook or an observer: the traceback to the log,
+        an excerpt to the audit, a reference to the member."""
+        ref = new_ref()
+        log_failure(log, exc, "run %s failed on our side (ref %s)", state.run_id, ref)
+        error = excerpt(f"{type(exc).__name__}: {exc}", _INTERNAL_EXCERPT)
+        return self._result(state, RunStatus.ERROR, error=error, kind="internal", ref=ref)
+
     def _result(
         self,
         state: RunState,
@@ -368,6 +382,7 @@ class Executor:
         error: str | None = None,
         kind: str | None = None,
         output: str | None = None,
+        ref: str | None = None,
     ) -> RunResult:
         out = output if output is not None else (state.partial_text or state.last_text)
         result = RunResult(
@@ -381,6 +396,7 @@ class Executor:
             error_kind=kind,
             model=state.answered_by,
             messages=list(state.messages),
+            error_ref=ref,
         )
         result.note = outcome_note(result)
         return result
@@ -460,9 +476,22 @@ class Executor:
                 state, stopped.status, error=stopped.reason, kind=stopped.status.value
             )
         except AllModelsFailed as exc:
-            return self._result(state, RunStatus.ERROR, error=str(exc), kind="all_models_failed")
+            error = scrub(str(exc))
+            log.warning("run %s: %s", state.run_id, excerpt(error, 1000))
+            return self._result(state, RunStatus.ERROR, error=error, kind="all_models_failed")
         except ModelAPIError as exc:
-            return self._result(state, RunStatus.ERROR, error=str(exc), kind=exc.kind)
+            # Why not in the note: a provider's text may echo the request, and a proxy's
+            # may echo a credential. The audit keeps it scrubbed; the log has it by ref.
+            ref = new_ref()
+            error = scrub(str(exc))
+            log.warning(
+                "run %s: the model failed, %s (ref %s): %s",
+                state.run_id,
+                exc.kind,
+                ref,
+                excerpt(error, 1000),
+            )
+            return self._result(state, RunStatus.ERROR, error=error, kind=exc.kind, ref=ref)
 
     async def _model_step(
         self, state: RunState, request: ModelRequest, watch: CriticWatch | None, streaming: bool
@@ -650,7 +679,18 @@ def outcome_note(result: RunResult) -> str | None:
             else "No model could answer right now."
         )
     if s is RunStatus.ERROR:
-        return f"The run failed: {result.error}"
+        kind = result.error_kind
+        if kind == "config":
+            return result.error  # an operator's message naming what to set; no secret
+        ref = f" (ref {result.error_ref})" if result.error_ref else ""
+        if kind == "context_too_long":
+            return (
+                f"The conversation is too long for the model, even shortened; start a new one{ref}."
+            )
+        if kind is None or kind == "internal":
+            return f"Something went wrong on our side; the admins can find it in the log{ref}."
+        # A provider's error: its text stays in the audit and the log, never here.
+        return f"The model could not answer this request; the admins can find it in the log{ref}."
     if s is RunStatus.STEP_LIMIT:
         return f"Stopped: {result.error}."
     if s is RunStatus.TOKEN_LIMIT:

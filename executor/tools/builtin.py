@@ -3,6 +3,12 @@
 ``builtin_tools()`` builds them (nothing is built at import time) and
 ``default_registry()`` puts them in a :class:`ToolRegistry`. The web fetcher and
 the clock are injectable for tests.
+
+Every failure a model should hear about is raised as
+:class:`~executor.errors.ToolRetry` (fix the call: a bad expression, an unknown
+timezone, a refused URL) or :class:`~executor.errors.ToolFailed` (the call was
+fine, the world was not: a timeout, an HTTP error, a page that is not text);
+anything else is a bug, logged, and the model hears only that the tool failed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
-from executor.errors import ToolRetry
+from executor.errors import ToolFailed, ToolRetry
 from executor.tools.registry import Tool, ToolRegistry, tool
 from executor.tools.ssrf import SSRFGuard, guarded_get
 
@@ -195,6 +201,10 @@ def calculate(expression: str) -> str:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise CalculationError(f"cannot parse {text!r}: {exc.msg}") from None
+    except ValueError:  # a NUL character
+        raise CalculationError("the expression holds a character that is not allowed") from None
+    except (MemoryError, RecursionError):
+        raise CalculationError("the expression is nested too deeply") from None
     try:
         return _format(_eval(tree))
     except ZeroDivisionError:
@@ -372,11 +382,15 @@ class WebFetcher:
                 total_timeout_s=self.total_timeout_s,
             )
         except TimeoutError:
-            raise ToolRetry(f"fetching {url} took longer than {self.total_timeout_s:g} s") from None
+            raise ToolFailed(
+                f"fetching {url} took longer than {self.total_timeout_s:g} s"
+            ) from None
+        except httpx.InvalidURL as exc:
+            raise ToolRetry(f"not a valid URL: {url:.200}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise ToolRetry(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
+            raise ToolFailed(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
         if result.status >= 400:
-            raise ToolRetry(f"{result.url} answered HTTP {result.status}")
+            raise ToolFailed(f"{result.url} answered HTTP {result.status}")
         media = result.content_type
         if not media and result.body.lstrip()[:512].lower().startswith(
             (b"<!doctype html", b"<html")
@@ -388,7 +402,7 @@ class WebFetcher:
         elif media in _TEXT_TYPES or (not media and b"\x00" not in result.body[:1024]):
             text = _decode(result.body, result.charset)
         else:
-            raise ToolRetry(
+            raise ToolFailed(
                 f"{result.url} is {media or 'binary data'}, not a web page; "
                 "web_fetch reads HTML and plain text only"
             )

@@ -12,12 +12,19 @@ A fourth flag, ``requires_approval``, is only carried here: the run loop asks it
 A tool never blocks the event loop: a synchronous function runs in a worker
 thread, and one registered with ``isolation="process"`` runs in a subprocess that
 is killed when its timeout passes (see :mod:`executor.tools.isolation`).
+
+A tool shows the model a failure by raising :class:`~executor.errors.ToolFailed`
+(or :class:`~executor.errors.ToolRetry`, to ask for a corrected call): its message
+is the tool's error. Any other exception is a bug: it is logged with the tool's
+name, the run id and a reference, and the model is told only that the tool failed
+(pydantic-ai's ``ModelRetry`` rule: only opted-in errors reach the model).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,13 +36,16 @@ from urllib.parse import urlsplit
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from executor._trace import log_failure, new_ref
 from executor.agent import Caller, Privilege
-from executor.errors import ConfigError, ToolRetry
+from executor.errors import ConfigError, ToolFailed
 from executor.models.base import ToolDefinition
 
 __all__ = ["Isolation", "Tool", "ToolContext", "ToolOutcome", "ToolRegistry", "tool"]
 
 Isolation = Literal["inline", "thread", "process"]
+
+log = logging.getLogger(__name__)
 
 # Why: both Anthropic and OpenAI reject tool names outside this pattern.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -184,7 +194,8 @@ class Tool:
         """Validate, call under the timeout, render and cap the result.
 
         Never raises for the tool's own failures or for bad arguments: they come
-        back as ``is_error`` outcomes the model can read. Cancellation propagates.
+        back as ``is_error`` outcomes the model can read (an unexpected exception's
+        text is logged, not shown). Cancellation propagates.
         """
         start = time.perf_counter()
 
@@ -212,15 +223,29 @@ class Tool:
         try:
             async with deadline:
                 result = await self._call(kwargs)
-        except ToolRetry as exc:
+        except ToolFailed as exc:  # ToolRetry too
             return done(str(exc) or f"{self.name} failed", True)
         except TimeoutError as exc:
             if deadline.expired():
                 return done(f"{self.name} timed out after {self.timeout_s:g} s", True)
-            return done(f"{self.name} failed: {type(exc).__name__}: {exc}", True)
+            return done(self._unexpected(exc, ctx), True)
         except Exception as exc:
-            return done(f"{self.name} failed: {type(exc).__name__}: {exc}", True)
+            return done(self._unexpected(exc, ctx), True)
         return done(_render(result), False)
+
+    def _unexpected(self, exc: Exception, ctx: ToolContext) -> str:
+        """Log a tool's unexpected exception; what the model is told instead."""
+        ref = new_ref()
+        log_failure(
+            log,
+            exc,
+            "tool %s failed in run %s, call %s (ref %s)",
+            self.name,
+            ctx.run_id or "-",
+            ctx.call_id or "-",
+            ref,
+        )
+        return f"{self.name} failed: the tool had an internal error (ref {ref})."
 
     async def _call(self, kwargs: dict[str, Any]) -> Any:
         fn = self.function

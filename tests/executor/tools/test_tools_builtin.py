@@ -257,7 +257,7 @@ async def test_transport_failures_are_tool_errors(
 
     fetcher = make_fetcher(refuse)
     with pytest.raises(
-        executor.errors.ToolRetry, match=r"could not fetch http://example\.com/: ConnectError"
+        executor.errors.ToolFailed, match=r"could not fetch http://example\.com/: ConnectError"
     ):
         await fetcher.fetch_text("http://example.com/")
 

@@ -349,9 +349,9 @@ async def test_total_time_is_bounded(resolver: FakeResolver) -> None:
     fetcher = WebFetcher(
         guard=SSRFGuard(resolver=resolver), transport=RecordingTransport(hang), total_timeout_s=0.1
     )
-    from executor.errors import ToolRetry
+    from executor.errors import ToolFailed
 
-    with pytest.raises(ToolRetry, match=r"took longer than 0.1 s"):
+    with pytest.raises(ToolFailed, match=r"took longer than 0.1 s"):
         await fetcher.fetch_text("http://example.com/")
 
 
