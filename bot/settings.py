@@ -7,7 +7,6 @@ conventional names (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``, ...).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -87,6 +86,3 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, file_secret_settings)
-
-    def extra(self) -> dict[str, Any]:
-        return {}

@@ -301,7 +301,8 @@ class SqlBudgetLedger:
         return sorted(out, key=lambda s: (-s.spent_micros, s.user_id))
 
     async def delete_user_data(self, user_id: str) -> int:
-        """Forget a member's charges, grants and override; returns how many rows went.
+        """Forget a member's charges, grants and override, and their name on grants they
+        gave; returns how many rows were touched.
 
         Kept: open reservations (they belong to runs in flight and are settled when
         those runs end) and so the member row they hang on.
@@ -312,6 +313,12 @@ class SqlBudgetLedger:
             ).rowcount
             gone += (
                 await session.execute(delete(_grants).where(_grants.c.user_id == user_id))
+            ).rowcount
+            # Grants this member gave others as an admin stay, without their name.
+            gone += (
+                await session.execute(
+                    _grants.update().where(_grants.c.granted_by == user_id).values(granted_by="")
+                )
             ).rowcount
             open_count = await session.scalar(
                 select(func.count()).where(_reservations.c.user_id == user_id)

@@ -193,3 +193,29 @@ async def test_lanes_queue_a_members_second_request() -> None:
     a, b = await first, await second
     assert (a.result.output, b.result.output) == ("one", "two")
     assert positions.count(0) == 2
+
+
+async def test_should_answer_and_which_history() -> None:
+    from adapters.services.chat import IncomingMessage
+
+    threads = InMemoryThreadStore()
+    await threads.bind(thread_id="t1", guild_id="g", channel_id="c", persona="poet", created_by="u")
+    svc = service(ScriptedModel(), threads=threads, allow_dms=False)
+    who = Caller(user_id="u1")
+
+    def msg(**kw: Any) -> IncomingMessage:
+        kw.setdefault("guild_id", "g")
+        return IncomingMessage(caller=who, channel_id="c", **kw)
+
+    assert not await svc.should_answer(msg())  # a plain message in a channel
+    assert await svc.should_answer(msg(mentions_bot=True))
+    assert await svc.should_answer(msg(replies_to_ours=True, is_reply=True))
+    assert await svc.should_answer(msg(thread_id="t1"))  # a bound thread
+    assert not await svc.should_answer(msg(thread_id="t2"))  # someone else's thread
+    assert not await svc.should_answer(msg(guild_id=None))  # DMs are off here
+    svc.allow_dms = True
+    assert await svc.should_answer(msg(guild_id=None))
+    assert svc.history_source(msg(thread_id="t1")) == "thread"
+    assert svc.history_source(msg(guild_id=None)) == "dm"
+    assert svc.history_source(msg(guild_id=None, is_reply=True)) == "reply_chain"
+    assert svc.history_source(msg(mentions_bot=True)) == "reply_chain"

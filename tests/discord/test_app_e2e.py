@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 
 from adapters.storage.audit_queries import AuditQueries, RunFilter
@@ -111,3 +112,53 @@ async def test_mention_through_the_real_app_is_answered_audited_and_billed(
         status = await the_app.budget.status(run.user_id)
         assert status.spent_micros == 4_321
         assert status.reserved_micros == 0
+
+
+async def test_post_as_a_persona_in_a_channel_with_no_message_to_answer(
+    fake_discord: FakeDiscord, app: tuple[App, ScriptedModel]
+) -> None:
+    """The scheduler's path: the chat flow posts as persona P in channel C."""
+    from adapters.discord.surface import DiscordSurface
+    from adapters.discord.webhooks import Webhooks
+    from executor.agent import Caller
+
+    the_app, model = app
+    fake = fake_discord
+    bot = coterie_bot(fake, app=the_app, extensions=("commands.chat",))
+    async with run_bot(fake, bot):
+        channel = bot.get_channel(fake.guild.channel_id("general"))
+        assert isinstance(channel, discord.TextChannel)
+        alice = fake.user("alice")
+        model.push(
+            Reply(
+                text="- one\n- two\n- three",
+                usage=Usage(input_tokens=50, output_tokens=9, cost_micros=777, requests=1),
+            )
+        )
+        since = len(fake.calls)
+        outcome = await the_app.chat.post_as(
+            persona="researcher",
+            caller=Caller(
+                user_id=str(alice["id"]),
+                display_name="alice",
+                guild_id=str(fake.guild.id),
+                channel_id=str(channel.id),
+            ),
+            prompt="Summarise #reading as three bullets",
+            surface=DiscordSurface(
+                channel,
+                requester_id=int(alice["id"]),
+                bot_user_id=bot.user.id if bot.user else None,
+                webhooks=Webhooks(),
+                limits=the_app.chat.limits,
+            ),
+            metadata={"skill": "digest"},
+        )
+        assert outcome.result.ok and outcome.persona.name == "researcher"
+        post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+        assert post.json["username"] == "researcher"
+        assert model.requests[-1].messages[-1].text == "Summarise #reading as three bullets"
+        await the_app.audit.flush()
+        page = await the_app.audit_queries.list_runs(RunFilter(trigger="schedule"))
+        assert [r.persona for r in page.runs] == ["researcher"]
+        assert (await the_app.budget.status(str(alice["id"]))).spent_micros == 777
