@@ -11,122 +11,259 @@ with no ports is a complete bounded in-memory agent::
         RunnableAgent(model=ScriptedModel(["hi"])), Invocation([Message.user("hello")])
     )
 
+Every name a host needs is here; the test doubles live in :mod:`executor.testing`.
 Names load on first use, so ``import executor`` stays cheap (the CLI's
-``--help`` imports it).
+``--help`` imports it). No public name is also a submodule's name: a submodule
+imported later would otherwise replace it on the package (``fan_out`` is the
+function, ``executor.fanout`` its module).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "DEFAULT_TIERS": "executor.models.config",
     "AllModelsFailed": "executor.errors",
     "ApprovalDecision": "executor.ports",
+    "ApprovalDenied": "executor.errors",
+    "ApprovalEvent": "executor.events",
     "ApprovalRequest": "executor.ports",
     "Approver": "executor.ports",
+    "Attempt": "executor.models.base",
     "AuditSink": "executor.ports",
+    "AuthenticationFailed": "executor.errors",
+    "BadRequest": "executor.errors",
+    "Bounds": "executor.agent",
+    "BudgetDetails": "executor.errors",
     "BudgetExceeded": "executor.errors",
     "BudgetGate": "executor.ports",
-    "Bounds": "executor.agent",
+    "BudgetStatus": "executor.budget",
     "Caller": "executor.agent",
     "Clock": "executor.ports",
+    "CompactionEvent": "executor.events",
     "CompactionHook": "executor.compaction",
+    "Compactor": "executor.compaction",
     "ConfigError": "executor.errors",
+    "ContextTooLong": "executor.errors",
     "CoterieError": "executor.errors",
     "Critic": "executor.ports",
     "CriticConfig": "executor.critic",
+    "CriticVerdictEvent": "executor.events",
+    "CriticWatch": "executor.ports",
     "Delivery": "executor.ports",
+    "DenyAllApprover": "executor.ports",
     "DispatchGuard": "executor.guard",
+    "DispatchRefused": "executor.errors",
+    "Escalation": "executor.ports",
     "Escalator": "executor.ports",
     "Executor": "executor.run",
     "FallbackModel": "executor.models.fallback",
+    "FanoutResult": "executor.fanout",
     "ImagePart": "executor.messages",
     "InMemoryAuditSink": "executor.ports",
     "InMemoryBudgetLedger": "executor.budget",
     "Invocation": "executor.agent",
     "Lanes": "executor.lanes",
+    "MalformedResponse": "executor.errors",
     "Message": "executor.messages",
+    "MissingCredentials": "executor.errors",
     "Model": "executor.models.base",
     "ModelAPIError": "executor.errors",
+    "ModelAttemptEvent": "executor.events",
+    "ModelProfile": "executor.models.base",
     "ModelRequest": "executor.models.base",
+    "ModelRequestEvent": "executor.events",
+    "ModelResolver": "executor.run",
     "ModelResponse": "executor.models.base",
+    "ModelsConfig": "executor.models.config",
+    "NullDelivery": "executor.ports",
+    "NullEscalator": "executor.ports",
+    "Observer": "executor.ports",
+    "Overloaded": "executor.errors",
     "Privilege": "executor.agent",
+    "ProviderConnectionError": "executor.errors",
+    "ProviderRegistry": "executor.models.providers",
+    "ProviderSettings": "executor.models.providers",
+    "ProviderSpec": "executor.models.providers",
+    "ProviderTimeout": "executor.errors",
+    "RateLimited": "executor.errors",
+    "RealClock": "executor.ports",
+    "Reservation": "executor.ports",
+    "RunControl": "executor.ports",
+    "RunEvent": "executor.events",
+    "RunFinished": "executor.events",
     "RunHook": "executor.hooks",
+    "RunRefused": "executor.errors",
     "RunResult": "executor.agent",
+    "RunStarted": "executor.events",
+    "RunState": "executor.hooks",
     "RunStatus": "executor.agent",
     "RunnableAgent": "executor.agent",
+    "ServerError": "executor.errors",
+    "StepFinished": "executor.events",
+    "StructuredOutputError": "executor.errors",
+    "StructuredResult": "executor.structured",
+    "TextDeltaEvent": "executor.events",
     "TextPart": "executor.messages",
+    "TierConfig": "executor.models.config",
     "TierResolver": "executor.models.tiers",
+    "TokenEstimator": "executor.compaction",
     "Tool": "executor.tools.registry",
+    "ToolCallFinished": "executor.events",
     "ToolCallPart": "executor.messages",
+    "ToolCallStarted": "executor.events",
     "ToolContext": "executor.tools.registry",
+    "ToolFailed": "executor.errors",
+    "ToolOutcome": "executor.tools.registry",
     "ToolRegistry": "executor.tools.registry",
     "ToolResultPart": "executor.messages",
+    "ToolRetry": "executor.errors",
+    "UnknownModel": "executor.errors",
+    "UnknownTier": "executor.errors",
+    "UnlimitedBudget": "executor.ports",
     "Usage": "executor.messages",
     "WatchdogCritic": "executor.critic",
-    "fanout": "executor.fanout",
+    "default_registry": "executor.tools.builtin",
+    "dollars_to_micros": "executor.budget",
+    "estimate_tokens": "executor.tokens",
+    "excerpt": "executor.redaction",
+    "fan_out": "executor.fanout",
+    "frees_at": "executor.budget",
     "generate_structured": "executor.structured",
+    "generate_structured_result": "executor.structured",
+    "load_tier_config": "executor.models.config",
+    "outcome_note": "executor.run",
+    "profile_of": "executor.models.base",
+    "redact": "executor.redaction",
     "tool": "executor.tools.registry",
+    "utcnow": "executor.ports",
 }
 
 __all__ = [
+    "DEFAULT_TIERS",
     "AllModelsFailed",
     "ApprovalDecision",
+    "ApprovalDenied",
+    "ApprovalEvent",
     "ApprovalRequest",
     "Approver",
+    "Attempt",
     "AuditSink",
+    "AuthenticationFailed",
+    "BadRequest",
     "Bounds",
+    "BudgetDetails",
     "BudgetExceeded",
     "BudgetGate",
+    "BudgetStatus",
     "Caller",
     "Clock",
+    "CompactionEvent",
     "CompactionHook",
+    "Compactor",
     "ConfigError",
+    "ContextTooLong",
     "CoterieError",
     "Critic",
     "CriticConfig",
+    "CriticVerdictEvent",
+    "CriticWatch",
     "Delivery",
+    "DenyAllApprover",
     "DispatchGuard",
+    "DispatchRefused",
+    "Escalation",
     "Escalator",
     "Executor",
     "FallbackModel",
+    "FanoutResult",
     "ImagePart",
     "InMemoryAuditSink",
     "InMemoryBudgetLedger",
     "Invocation",
     "Lanes",
+    "MalformedResponse",
     "Message",
+    "MissingCredentials",
     "Model",
     "ModelAPIError",
+    "ModelAttemptEvent",
+    "ModelProfile",
     "ModelRequest",
+    "ModelRequestEvent",
+    "ModelResolver",
     "ModelResponse",
+    "ModelsConfig",
+    "NullDelivery",
+    "NullEscalator",
+    "Observer",
+    "Overloaded",
     "Privilege",
+    "ProviderConnectionError",
+    "ProviderRegistry",
+    "ProviderSettings",
+    "ProviderSpec",
+    "ProviderTimeout",
+    "RateLimited",
+    "RealClock",
+    "Reservation",
+    "RunControl",
+    "RunEvent",
+    "RunFinished",
     "RunHook",
+    "RunRefused",
     "RunResult",
+    "RunStarted",
+    "RunState",
     "RunStatus",
     "RunnableAgent",
+    "ServerError",
+    "StepFinished",
+    "StructuredOutputError",
+    "StructuredResult",
+    "TextDeltaEvent",
     "TextPart",
+    "TierConfig",
     "TierResolver",
+    "TokenEstimator",
     "Tool",
+    "ToolCallFinished",
     "ToolCallPart",
+    "ToolCallStarted",
     "ToolContext",
+    "ToolFailed",
+    "ToolOutcome",
     "ToolRegistry",
     "ToolResultPart",
+    "ToolRetry",
+    "UnknownModel",
+    "UnknownTier",
+    "UnlimitedBudget",
     "Usage",
     "WatchdogCritic",
-    "fanout",
+    "default_registry",
+    "dollars_to_micros",
+    "estimate_tokens",
+    "excerpt",
+    "fan_out",
+    "frees_at",
     "generate_structured",
+    "generate_structured_result",
+    "load_tier_config",
+    "outcome_note",
+    "profile_of",
+    "redact",
     "tool",
+    "utcnow",
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'executor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 
@@ -135,7 +272,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from executor.agent import (
         Bounds,
         Caller,
@@ -145,24 +282,108 @@ if TYPE_CHECKING:
         RunResult,
         RunStatus,
     )
-    from executor.budget import InMemoryBudgetLedger
-    from executor.compaction import CompactionHook
-    from executor.critic import CriticConfig, WatchdogCritic
+    from executor.budget import (
+        BudgetStatus,
+        InMemoryBudgetLedger,
+        dollars_to_micros,
+        frees_at,
+    )
+    from executor.compaction import (
+        CompactionHook,
+        Compactor,
+        TokenEstimator,
+    )
+    from executor.critic import (
+        CriticConfig,
+        WatchdogCritic,
+    )
     from executor.errors import (
         AllModelsFailed,
+        ApprovalDenied,
+        AuthenticationFailed,
+        BadRequest,
+        BudgetDetails,
         BudgetExceeded,
         ConfigError,
+        ContextTooLong,
         CoterieError,
+        DispatchRefused,
+        MalformedResponse,
+        MissingCredentials,
         ModelAPIError,
+        Overloaded,
+        ProviderConnectionError,
+        ProviderTimeout,
+        RateLimited,
+        RunRefused,
+        ServerError,
+        StructuredOutputError,
+        ToolFailed,
+        ToolRetry,
+        UnknownModel,
+        UnknownTier,
     )
-    from executor.fanout import fanout
-    from executor.guard import DispatchGuard
-    from executor.hooks import RunHook
-    from executor.lanes import Lanes
-    from executor.messages import ImagePart, Message, TextPart, ToolCallPart, ToolResultPart, Usage
-    from executor.models.base import Model, ModelRequest, ModelResponse
-    from executor.models.fallback import FallbackModel
-    from executor.models.tiers import TierResolver
+    from executor.events import (
+        ApprovalEvent,
+        CompactionEvent,
+        CriticVerdictEvent,
+        ModelAttemptEvent,
+        ModelRequestEvent,
+        RunEvent,
+        RunFinished,
+        RunStarted,
+        StepFinished,
+        TextDeltaEvent,
+        ToolCallFinished,
+        ToolCallStarted,
+    )
+    from executor.fanout import (
+        FanoutResult,
+        fan_out,
+    )
+    from executor.guard import (
+        DispatchGuard,
+    )
+    from executor.hooks import (
+        RunHook,
+        RunState,
+    )
+    from executor.lanes import (
+        Lanes,
+    )
+    from executor.messages import (
+        ImagePart,
+        Message,
+        TextPart,
+        ToolCallPart,
+        ToolResultPart,
+        Usage,
+    )
+    from executor.models.base import (
+        Attempt,
+        Model,
+        ModelProfile,
+        ModelRequest,
+        ModelResponse,
+        profile_of,
+    )
+    from executor.models.config import (
+        DEFAULT_TIERS,
+        ModelsConfig,
+        TierConfig,
+        load_tier_config,
+    )
+    from executor.models.fallback import (
+        FallbackModel,
+    )
+    from executor.models.providers import (
+        ProviderRegistry,
+        ProviderSettings,
+        ProviderSpec,
+    )
+    from executor.models.tiers import (
+        TierResolver,
+    )
     from executor.ports import (
         ApprovalDecision,
         ApprovalRequest,
@@ -171,10 +392,45 @@ if TYPE_CHECKING:
         BudgetGate,
         Clock,
         Critic,
+        CriticWatch,
         Delivery,
+        DenyAllApprover,
+        Escalation,
         Escalator,
         InMemoryAuditSink,
+        NullDelivery,
+        NullEscalator,
+        Observer,
+        RealClock,
+        Reservation,
+        RunControl,
+        UnlimitedBudget,
+        utcnow,
     )
-    from executor.run import Executor
-    from executor.structured import generate_structured
-    from executor.tools.registry import Tool, ToolContext, ToolRegistry, tool
+    from executor.redaction import (
+        excerpt,
+        redact,
+    )
+    from executor.run import (
+        Executor,
+        ModelResolver,
+        outcome_note,
+    )
+    from executor.structured import (
+        StructuredResult,
+        generate_structured,
+        generate_structured_result,
+    )
+    from executor.tokens import (
+        estimate_tokens,
+    )
+    from executor.tools.builtin import (
+        default_registry,
+    )
+    from executor.tools.registry import (
+        Tool,
+        ToolContext,
+        ToolOutcome,
+        ToolRegistry,
+        tool,
+    )

@@ -41,6 +41,7 @@ __all__ = [
     "ApprovalDenied",
     "AuthenticationFailed",
     "BadRequest",
+    "BudgetDetails",
     "BudgetExceeded",
     "ConfigError",
     "ContextTooLong",

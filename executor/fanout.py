@@ -2,8 +2,8 @@
 
 ::
 
-    results = await fanout(executor, [summariser, critic], ["text a", "text b"],
-                           parent=invocation, parent_agent="digest", concurrency=4)
+    results = await fan_out(executor, [summariser, critic], ["text a", "text b"],
+                            parent=invocation, parent_agent="digest", concurrency=4)
     # results[i * len(inputs) + j] is agents[i] over inputs[j], failures included
 
 Each run goes through ``executor.run`` on its own, so budget, audit, critic and
@@ -25,7 +25,7 @@ from executor.guard import DispatchGuard, child_invocation
 from executor.messages import Message
 from executor.run import Executor
 
-__all__ = ["FanoutInput", "FanoutResult", "fanout"]
+__all__ = ["FanoutInput", "FanoutResult", "fan_out"]
 
 FanoutInput = str | Message | Sequence[Message]
 
@@ -55,7 +55,7 @@ def _messages(item: FanoutInput) -> list[Message]:
     return list(item)
 
 
-async def fanout(
+async def fan_out(
     executor: Executor,
     agents: Sequence[RunnableAgent],
     inputs: Sequence[FanoutInput],

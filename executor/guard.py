@@ -4,7 +4,7 @@
 
     guard = DispatchGuard(max_depth=3, max_width=16, max_repeats=2)
     Executor(hooks=[guard, ...])
-    await fanout(executor, agents, inputs, parent=inv, guard=guard)
+    await fan_out(executor, agents, inputs, parent=inv, guard=guard)
 
 A run whose ``Invocation.depth`` passes ``max_depth`` (a skill that runs a
 skill that runs a skill ...), or whose agent already appears ``max_repeats``

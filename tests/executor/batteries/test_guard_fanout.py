@@ -7,7 +7,7 @@ import pytest
 from executor.agent import Caller, Invocation, RunnableAgent, RunStatus
 from executor.errors import DispatchRefused, Overloaded
 from executor.events import RunStarted
-from executor.fanout import fanout
+from executor.fanout import fan_out
 from executor.guard import DispatchGuard, child_invocation
 from executor.messages import Message
 from executor.models.base import ModelRequest
@@ -80,7 +80,7 @@ async def test_fanout_returns_every_result_in_a_stable_order() -> None:
         for n in ("a", "b")
     ]
     parent = Invocation(messages=[], run_id="parent", caller=Caller(user_id="u"), depth=0)
-    results = await fanout(
+    results = await fan_out(
         Executor(audit=audit),
         agents,
         ["in 0", "in 1", "in 2"],
@@ -127,7 +127,9 @@ async def test_fanout_bounds_concurrency_globally_and_per_key() -> None:
         return FunctionModel(answer)  # type: ignore[arg-type]
 
     agents = [RunnableAgent(name=n, model=model_for(n)) for n in ("a", "b", "c")]
-    results = await fanout(Executor(), agents, [str(i) for i in range(6)], concurrency=4, per_key=2)
+    results = await fan_out(
+        Executor(), agents, [str(i) for i in range(6)], concurrency=4, per_key=2
+    )
     assert all(r.ok for r in results) and len(results) == 18
     assert peak["all"] <= 4 and max(peak[n] for n in "abc") == 2
 
@@ -138,9 +140,9 @@ async def test_fanout_children_pass_through_the_guard() -> None:
     ex = Executor(hooks=[guard])
     agent = RunnableAgent(name="w", model=model)
     with pytest.raises(DispatchRefused):
-        await fanout(ex, [agent], ["1", "2", "3", "4", "5"], guard=guard)
+        await fan_out(ex, [agent], ["1", "2", "3", "4", "5"], guard=guard)
     assert model.requests == []
     deep = Invocation(messages=[], depth=1, lineage=("root",))
-    results = await fanout(ex, [agent], ["1"], parent=deep, parent_agent="mid", guard=guard)
+    results = await fan_out(ex, [agent], ["1"], parent=deep, parent_agent="mid", guard=guard)
     assert results[0].status is RunStatus.REFUSED and "depth 2" in (results[0].result.error or "")  # type: ignore[union-attr]
     assert model.requests == []

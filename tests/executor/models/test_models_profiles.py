@@ -161,7 +161,7 @@ def test_default_tiers_have_their_provider_s_profile(
 def test_reading_a_tier_s_profile_needs_no_network_and_no_sdk_before_resolve() -> None:
     code = (
         "import sys\n"
-        "from executor.models.base import profile_of\n"
+        "from executor import profile_of\n"
         "from executor.models import ModelsConfig, ProviderRegistry, ProviderSettings, TierResolver\n"
         "tiers = TierResolver(ModelsConfig(), ProviderRegistry(ProviderSettings("
         "anthropic_api_key='sk-ant-test')))\n"
