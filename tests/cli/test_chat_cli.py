@@ -19,6 +19,7 @@ from bot.cli import build_parser
 from bot.cli.chat import chat_loop
 from executor.agent import Caller, Privilege, RunnableAgent
 from executor.errors import BudgetDetails, BudgetExceeded
+from executor.events import RunStarted
 from executor.ports import InMemoryAuditSink, Reservation
 from executor.run import Executor
 from executor.testing import ScriptedModel, call
@@ -87,7 +88,7 @@ async def test_streams_answers_keeps_history_and_audits_as_console() -> None:
     second = [m for m in model.requests[1].messages if m.role != "system"]
     assert [m.text for m in second] == ["hi", "Hello!", "what did I say?"]
     assert second[0].name is None  # one person at a terminal
-    started = [e for e in app.audit.events if type(e).__name__ == "RunStarted"]
+    started = [e for e in app.audit.events if isinstance(e, RunStarted)]
     assert {e.trigger for e in started} == {"console"}
     assert {e.caller.user_id for e in started} == {"console"}
     assert {e.persona for e in started} == {"poet"}

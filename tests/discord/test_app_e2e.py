@@ -43,7 +43,7 @@ class ScriptedTiers:
 async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel]]:
     model = ScriptedModel()
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
         budget_default_usd=1.0,
     )

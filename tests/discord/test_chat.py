@@ -209,7 +209,7 @@ async def test_long_reply_with_a_code_block_is_split(
     await fake.dispatch_message(f"<@{fake.bot_user['id']}> code please", mentions=["bot"])
     await chat_app_done(fake, since, chat_app)
     hooks = [c for c in _webhook_posts(fake) if fake.calls.index(c) >= since]
-    pieces = [fake.find_message(int(c.response["id"]))["content"] for c in hooks]
+    pieces = [fake.message(int(c.response["id"]))["content"] for c in hooks]
     assert len(pieces) >= 3
     for piece in pieces:
         assert len(piece) <= 2000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -90,18 +91,16 @@ async def test_sync_publishes_global_commands_over_rest_only(
     monkeypatch.setenv("DISCORD_TOKEN", fake_discord.token)
     monkeypatch.setenv("COTERIE_DEV_GUILD_ID", str(fake_discord.guild.id))
 
-    class Args:
-        guild = None
-
-    assert await _sync(Args()) == 0  # type: ignore[arg-type]
+    args = argparse.Namespace(guild=None)
+    assert await _sync(args) == 0
     assert fake_discord.find_calls("PUT", "/applications/{app}/commands")
     # the dev guild is not synced by the explicit verb, and no gateway was opened
     assert fake_discord.find_calls("PUT", "/applications/{app}/guilds/{g}/commands") == []
     assert fake_discord.gateway_frames == []
     assert "global commands" in capsys.readouterr().out
 
-    Args.guild = fake_discord.guild.id
-    assert await _sync(Args()) == 0  # type: ignore[arg-type]
+    args.guild = fake_discord.guild.id
+    assert await _sync(args) == 0
     assert fake_discord.find_calls(
         "PUT", f"/applications/{{app}}/guilds/{fake_discord.guild.id}/commands"
     )

@@ -60,6 +60,7 @@ async def test_message_reply_thread_webhook_history(
     assert thread.id == msg.id
     assert discord_bot.get_channel(thread.id) is not None  # cached from THREAD_CREATE
 
+    assert isinstance(msg.channel, discord.TextChannel)
     hook = await msg.channel.create_webhook(name="coterie personas")
     assert [w.id for w in await msg.channel.webhooks()] == [hook.id]
     as_persona = await hook.send(
@@ -67,7 +68,7 @@ async def test_message_reply_thread_webhook_history(
     )
     assert as_persona.author.name == "Ada" and as_persona.channel.id == thread.id
     await hook.edit_message(as_persona.id, content="I am Ada, edited", thread=thread)
-    assert fake.find_message(as_persona.id)["content"] == "I am Ada, edited"
+    assert fake.message(as_persona.id)["content"] == "I am Ada, edited"
 
     history = [m.content async for m in msg.channel.history(limit=10)]
     assert history == ["hello again", "<@bot> hi"]
@@ -99,7 +100,7 @@ async def test_components_and_modals(fake_discord: FakeDiscord, discord_bot: Any
     submitted: asyncio.Queue[str] = asyncio.Queue()
 
     class Ask(discord.ui.Modal, title="Name"):
-        name = discord.ui.TextInput(label="Name", custom_id="name")
+        name: discord.ui.TextInput[Ask] = discord.ui.TextInput(label="Name", custom_id="name")
 
         async def on_submit(self, interaction: discord.Interaction) -> None:
             await submitted.put(self.name.value)

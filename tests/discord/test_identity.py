@@ -47,7 +47,7 @@ class WhoAmI(commands.Cog):
 @pytest.fixture
 def bot_factory() -> BotFactory:
     async def make(fake: FakeDiscord) -> Any:
-        settings = Settings(  # type: ignore[call-arg]
+        settings = Settings(
             _env_file=None, dev_guild_id=fake.guild.id, owner_ids=[int(fake.users["bob"]["id"])]
         )
         bot = coterie_bot(fake, settings=settings)

@@ -104,7 +104,7 @@ async def test_dev_guild_sync_happens_once_in_setup_hook(
 async def test_no_dev_guild_no_sync(fake_discord: FakeDiscord) -> None:
     from bot.settings import Settings
 
-    settings = Settings(_env_file=None, dev_guild_id=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, dev_guild_id=None)
     async with run_bot(fake_discord, coterie_bot(fake_discord, settings=settings)):
         pass
     assert _guild_puts(fake_discord) == []
@@ -125,7 +125,9 @@ async def test_unexpected_error_is_an_ephemeral_reference_and_a_logged_traceback
     ref = text.rsplit("ref ", 1)[1].rstrip(").")
     [record] = [r for r in caplog.records if ref in r.getMessage()]
     assert record.exc_info is not None
-    assert "kaboom" in str(record.exc_info[1].__cause__ or record.exc_info[1])
+    raised = record.exc_info[1]
+    assert raised is not None
+    assert "kaboom" in str(raised.__cause__ or raised)
     assert fake_discord.unknown_calls == []
 
 

@@ -153,7 +153,9 @@ def bot_factory(app: PersonaApp, outcomes: Outcomes) -> BotFactory:
         bot = coterie_bot(fake, app=app, extensions=("commands.persona",))
         render = bot.tree.on_error
 
-        async def on_error(interaction: discord.Interaction[Any], error: Exception) -> None:
+        async def on_error(
+            interaction: discord.Interaction[Any], error: discord.app_commands.AppCommandError
+        ) -> None:
             try:
                 await render(interaction, error)
             finally:
@@ -162,7 +164,7 @@ def bot_factory(app: PersonaApp, outcomes: Outcomes) -> BotFactory:
         async def on_app_command_completion(interaction: discord.Interaction[Any], _: Any) -> None:
             await outcomes.record(interaction.id, None)
 
-        bot.tree.on_error = on_error
+        bot.tree.on_error = on_error  # type: ignore[method-assign]  # wraps the renderer
         bot.add_listener(on_app_command_completion)
         return bot
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
@@ -36,11 +36,16 @@ from tests.fakediscord.server import FakeDiscord
 # with filterwarnings=error; import it once here, with that one warning silenced.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    import discord  # noqa: F401
+    from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.client import CoterieBot
 
 __all__ = ["BotFactory", "FakeApp", "run_bot"]
 
-BotFactory = Callable[[FakeDiscord], Any]  # returns a commands.Bot or an awaitable of one
+BotFactory = Callable[[FakeDiscord], "commands.Bot | Awaitable[commands.Bot]"]
+BotT = TypeVar("BotT", bound=commands.Bot)
 
 # Why: discord.py waits this long after the last GUILD_CREATE before on_ready (2 s by default).
 GUILD_READY_TIMEOUT = 0.05
@@ -65,19 +70,24 @@ class FakeApp:
         self.closed += 1
 
 
-def coterie_bot(fake: FakeDiscord, *, app: Any = None, **kwargs: Any) -> Any:
-    """A CoterieBot for the fake: its guild is the dev guild unless ``settings`` is given."""
+def coterie_bot(fake: FakeDiscord, *, app: object = None, **kwargs: Any) -> CoterieBot:
+    """A CoterieBot for the fake: its guild is the dev guild unless ``settings`` is given.
+
+    ``app`` is any object with what the loaded cogs use (default: a :class:`FakeApp`).
+    """
     from bot.client import CoterieBot
     from bot.settings import Settings
 
     settings = kwargs.pop("settings", None) or Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         dev_guild_id=fake.guild.id,
         discord_token=fake.token,
     )
     kwargs.setdefault("extensions", ())
     kwargs.setdefault("guild_ready_timeout", GUILD_READY_TIMEOUT)
-    bot = CoterieBot(app=app if app is not None else FakeApp(), settings=settings, **kwargs)
+    # Why a cast: a test's app holds only what its cogs (and setup_hook) use, not a whole App.
+    the_app = cast("App", app if app is not None else FakeApp())
+    bot = CoterieBot(app=the_app, settings=settings, **kwargs)
     bot.before_identify_hook = _identify_now  # type: ignore[method-assign]
     return bot
 
@@ -88,7 +98,7 @@ async def _identify_now(shard_id: int | None, *, initial: bool = False) -> None:
 
 
 @asynccontextmanager
-async def run_bot(fake: FakeDiscord, bot: Any, *, timeout: float = 10.0) -> AsyncIterator[Any]:
+async def run_bot(fake: FakeDiscord, bot: BotT, *, timeout: float = 10.0) -> AsyncIterator[BotT]:
     """Log ``bot`` in to ``fake`` (setup_hook runs), connect, wait for ready; close on exit."""
     connect: asyncio.Task[None] | None = None
     try:
@@ -125,7 +135,9 @@ def bot_factory() -> BotFactory:
 
 
 @pytest.fixture
-async def discord_bot(fake_discord: FakeDiscord, bot_factory: BotFactory) -> AsyncIterator[Any]:
+async def discord_bot(
+    fake_discord: FakeDiscord, bot_factory: BotFactory
+) -> AsyncIterator[commands.Bot]:
     made = bot_factory(fake_discord)
     bot = await made if inspect.isawaitable(made) else made
     async with run_bot(fake_discord, bot) as running:

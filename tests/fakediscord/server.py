@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +26,7 @@ __all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction"]
 API_PREFIX = "/api/v10"
 Json = Any
 Handler = Callable[..., Awaitable[tuple[int, Json]]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,13 @@ class FakeDiscord:
                     return m
         return None
 
+    def message(self, message_id: int) -> dict[str, Any]:
+        """A message the fake knows (``find_message`` that raises ``KeyError``)."""
+        found = self.find_message(message_id)
+        if found is None:
+            raise KeyError(f"no message {message_id} in the fake")
+        return found
+
     # --- lifecycle --------------------------------------------------------------
 
     @property
@@ -281,8 +289,8 @@ class FakeDiscord:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _wait(self, find: Callable[[], Any], timeout: float, what: str) -> Any:
-        async def until() -> Any:
+    async def _wait(self, find: Callable[[], T | None], timeout: float, what: str) -> T:
+        async def until() -> T:
             async with self._changed:
                 while (found := find()) is None:
                     await self._changed.wait()
@@ -333,8 +341,7 @@ class FakeDiscord:
             found = self.find_calls(method, path_pattern, predicate, since=since)
             return found[0] if found else None
 
-        result: Call = await self._wait(find, timeout, f"{method} {path_pattern}")
-        return result
+        return await self._wait(find, timeout, f"{method} {path_pattern}")
 
     async def wait_for_gateway(
         self, op: int, *, since: int = 0, timeout: float = 5.0
@@ -347,8 +354,7 @@ class FakeDiscord:
                     return frame
             return None
 
-        result: dict[str, Any] = await self._wait(find, timeout, f"gateway op {op}")
-        return result
+        return await self._wait(find, timeout, f"gateway op {op}")
 
     async def wait_for_interaction_response(
         self, interaction: FakeInteraction, *, timeout: float = 5.0
@@ -655,9 +661,7 @@ class FakeDiscord:
         values: list[str] | None = None,
     ) -> FakeInteraction:
         """INTERACTION_CREATE type 3: a click on a button (or a select, with ``values``)."""
-        msg = self.find_message(message_id)
-        if msg is None:
-            raise KeyError(f"no message {message_id} in the fake")
+        msg = self.message(message_id)
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
         if values is not None:
             data["values"] = values
@@ -1161,16 +1165,16 @@ class FakeDiscord:
                 if kind == 4:
                     resource = {"type": kind, "message": msg}
             elif kind == 7:  # update the component's message
-                msg = inter.payload.get("message")
-                stored = self.find_message(int(msg["id"])) if msg else None
+                clicked: dict[str, Any] | None = inter.payload.get("message")
+                stored = self.find_message(int(clicked["id"])) if clicked else None
                 if stored is not None:
                     self._edit(stored, data)
                     self._originals[token] = stored
                     resource = {"type": kind, "message": stored}
             elif kind == 6:  # deferred update
-                msg = inter.payload.get("message")
-                if msg is not None:
-                    self._originals[token] = self.find_message(int(msg["id"])) or msg
+                clicked = inter.payload.get("message")
+                if clicked is not None:
+                    self._originals[token] = self.find_message(int(clicked["id"])) or clicked
             elif kind not in (1, 8, 9, 10, 12):
                 return 400, {"message": f"Invalid interaction response type {kind}", "code": 50035}
             if call.query.get("with_response") in ("1", "true", "True"):

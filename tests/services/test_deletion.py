@@ -36,7 +36,7 @@ ADMIN = Caller(user_id="999", display_name="Admin", privilege=Privilege.ADMIN, g
 async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel]]:
     model = ScriptedModel()
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
     )
     built = await build_app(settings, resolver=ScriptedTiers(model))

@@ -68,9 +68,7 @@ async def test_a_read_only_database(sqlite_db: Database) -> None:
 
 async def test_a_read_only_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Running as root ignores file modes, so pretend the OS said no.
-    import adapters.storage.db as dbmod
-
-    monkeypatch.setattr(dbmod.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr("adapters.storage.db.os.access", lambda *a, **k: False)
     with pytest.raises(DatabaseReadOnly, match="read-only"):
         Database.open(sqlite_url(tmp_path / "coterie.db"))
 
@@ -84,6 +82,7 @@ async def test_a_newer_schema_than_the_code(sqlite_db: Database) -> None:
 
 async def test_a_locked_database(sqlite_db: Database) -> None:
     path = sqlite_db.sqlite_path
+    assert path is not None
     await sqlite_db.close()
     db = Database.open(sqlite_url(path), busy_timeout_ms=50)
     holder = sqlite3.connect(path, isolation_level=None)
