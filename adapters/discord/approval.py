@@ -16,6 +16,7 @@ from typing import Any
 
 import discord
 
+from adapters.discord.ui import ConfirmView
 from executor.ports import ApprovalDecision, ApprovalRequest
 
 __all__ = ["ApprovalView", "ask_with_buttons"]
@@ -25,48 +26,35 @@ log = logging.getLogger(__name__)
 _NO_PINGS = discord.AllowedMentions.none()
 
 
-class ApprovalView(discord.ui.View):
-    """Approve / Deny, pressable by ``requester_id`` only."""
+class ApprovalView(ConfirmView):
+    """Approve / Deny, pressable by ``requester_id`` only (a :class:`ConfirmView`)."""
 
     def __init__(self, requester_id: int, *, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self.requester_id = requester_id
+        super().__init__(
+            requester_id,
+            timeout=timeout,
+            confirm_label="Approve",
+            cancel_label="Deny",
+            confirm_style=discord.ButtonStyle.success,
+            cancel_style=discord.ButtonStyle.danger,
+            refusal="Not yours: only the member who asked can approve this.",
+        )
         self.decision: ApprovalDecision | None = None
 
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        if interaction.user.id != self.requester_id:
-            await interaction.response.send_message(
-                "Not yours: only the member who asked can approve this.", ephemeral=True
-            )
-            return False
-        return True
+    @property
+    def requester_id(self) -> int:
+        return self.author_id
 
-    async def _decide(self, interaction: discord.Interaction[Any], approved: bool) -> None:
+    async def on_choice(self, interaction: discord.Interaction[Any], confirmed: bool) -> None:
         self.decision = ApprovalDecision(
-            approved=approved,
-            reason="" if approved else f"{interaction.user.display_name} denied it",
+            approved=confirmed,
+            reason="" if confirmed else f"{interaction.user.display_name} denied it",
         )
-        for item in self.children:
-            if isinstance(item, discord.ui.Button):
-                item.disabled = True
-        verdict = "Approved" if approved else "Denied"
+        verdict = "Approved" if confirmed else "Denied"
         content = f"{interaction.message.content if interaction.message else ''}\n-# {verdict}."
         await interaction.response.edit_message(
             content=content[:2000], view=self, allowed_mentions=_NO_PINGS
         )
-        self.stop()
-
-    @discord.ui.button(label="Approve", style=discord.ButtonStyle.success)
-    async def approve_button(
-        self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]
-    ) -> None:
-        await self._decide(interaction, True)
-
-    @discord.ui.button(label="Deny", style=discord.ButtonStyle.danger)
-    async def deny_button(
-        self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]
-    ) -> None:
-        await self._decide(interaction, False)
 
 
 def describe(request: ApprovalRequest) -> str:
@@ -96,9 +84,7 @@ async def ask_with_buttons(
     if view.decision is not None:
         return view.decision
     if timed_out:
-        for item in view.children:
-            if isinstance(item, discord.ui.Button):
-                item.disabled = True
+        view.disable_all()
         try:
             await message.edit(
                 content=f"{message.content}\n-# No answer in time: denied.",
