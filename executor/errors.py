@@ -190,13 +190,6 @@ class ContextTooLong(BadRequest):
     pass
 
 
-@dataclass(frozen=True)
-class AttemptError:
-    model: str
-    kind: str
-    message: str
-
-
 class AllModelsFailed(ModelAPIError):
     def __init__(self, attempts: list[Any], *, tier: str | None = None) -> None:
         self.attempts = attempts

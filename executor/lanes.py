@@ -1,4 +1,4 @@
-"""Fair-share lanes: a bounded pool of run slots, and caps on model requests.
+"""Fair-share lanes: a bounded pool of run slots.
 
 ::
 
@@ -13,12 +13,6 @@ a member with 50 requests in the queue delays another
 member's single request by at most about one run. ``on_position`` is called
 when a request is queued, whenever its place changes, and with 0 when it
 starts. Cancelling a queued request removes it cleanly.
-
-:class:`ModelLimiter` caps concurrent model requests, globally and per provider
-(by the ``provider:`` prefix of the model's name)::
-
-    limiter = ModelLimiter(global_cap=16, per_provider={"anthropic": 8, "openai": 8})
-    model = limiter.wrap(provider_model)     # wrap each candidate before failover
 """
 
 from __future__ import annotations
@@ -30,9 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from executor.models.base import Model, ModelRequest, ModelResponse, StreamEvent
-
-__all__ = ["Lanes", "LimitedModel", "ModelLimiter", "PositionCallback"]
+__all__ = ["Lanes", "PositionCallback"]
 
 PositionCallback = Callable[[int], Any]  # may return an awaitable
 
@@ -186,70 +178,3 @@ class Lanes:
             task = asyncio.ensure_future(out)
             self._callbacks.add(task)
             task.add_done_callback(self._callbacks.discard)
-
-
-class ModelLimiter:
-    """Caps concurrent model requests: ``global_cap`` in all, ``per_provider`` each."""
-
-    def __init__(
-        self,
-        global_cap: int = 16,
-        per_provider: Mapping[str, int] | None = None,
-        *,
-        default_per_provider: int | None = None,
-    ) -> None:
-        self.global_sem = asyncio.Semaphore(global_cap)
-        self._caps = dict(per_provider or {})
-        self._default = default_per_provider
-        self._sems: dict[str, asyncio.Semaphore] = {}
-
-    def provider_semaphore(self, provider: str) -> asyncio.Semaphore | None:
-        sem = self._sems.get(provider)
-        if sem is None:
-            cap = self._caps.get(provider, self._default)
-            if cap is None:
-                return None
-            sem = self._sems[provider] = asyncio.Semaphore(cap)
-        return sem
-
-    @contextlib.asynccontextmanager
-    async def hold(self, model_name: str) -> AsyncIterator[None]:
-        provider = model_name.split(":", 1)[0]
-        sem = self.provider_semaphore(provider)
-        async with contextlib.AsyncExitStack() as stack:
-            # Why the provider first: waiting for a busy provider must not hold a
-            # global slot another provider's request could use.
-            if sem is not None:
-                await stack.enter_async_context(sem)
-            await stack.enter_async_context(self.global_sem)
-            yield
-
-    def wrap(self, model: Model) -> LimitedModel:
-        return LimitedModel(model, self)
-
-
-class LimitedModel:
-    """A :class:`~executor.models.base.Model` whose requests go through a limiter."""
-
-    def __init__(self, model: Model, limiter: ModelLimiter) -> None:
-        self.model = model
-        self.limiter = limiter
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    async def generate(self, request: ModelRequest) -> ModelResponse:
-        async with self.limiter.hold(self.model.name):
-            return await self.model.generate(request)
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        async with self.limiter.hold(self.model.name):
-            events = self.model.stream(request)
-            try:
-                async for event in events:
-                    yield event
-            finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()

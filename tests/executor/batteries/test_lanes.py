@@ -2,10 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from executor.lanes import Lanes, ModelLimiter
-from executor.messages import Message
-from executor.models.base import ModelRequest, ModelResponse
-from executor.testing import ScriptedModel
+from executor.lanes import Lanes
 
 
 class Job:
@@ -131,38 +128,3 @@ async def test_async_position_callbacks_are_awaited() -> None:
 async def _use(lanes: Lanes, key: str, show: object) -> None:
     async with lanes.slot(key, on_position=show):  # type: ignore[arg-type]
         pass
-
-
-async def test_model_limiter_caps_global_and_per_provider() -> None:
-    gate = asyncio.Event()
-    inflight: dict[str, int] = {}
-    peak: dict[str, int] = {}
-
-    class Slow(ScriptedModel):
-        async def generate(self, request: ModelRequest) -> ModelResponse:
-            p = self.name.split(":")[0]
-            inflight[p] = inflight.get(p, 0) + 1
-            peak[p] = max(peak.get(p, 0), inflight[p])
-            peak["all"] = max(peak.get("all", 0), sum(inflight.values()))
-            await gate.wait()
-            inflight[p] -= 1
-            return await super().generate(request)
-
-    limiter = ModelLimiter(global_cap=5, per_provider={"anthropic": 2})
-    anth = limiter.wrap(Slow(name="anthropic:x"))
-    oai = limiter.wrap(Slow(name="openai:y"))
-    req = ModelRequest(messages=[Message.user("hi")])
-    tasks = [asyncio.create_task(m.generate(req)) for m in [anth] * 6 + [oai] * 6]
-    await _settle()
-    assert peak == {"anthropic": 2, "openai": 3, "all": 5}
-    gate.set()
-    await asyncio.gather(*tasks)
-    assert anth.name == "anthropic:x"
-
-
-async def test_limited_model_streams() -> None:
-    limiter = ModelLimiter(global_cap=1)
-    model = limiter.wrap(ScriptedModel(["hello"]))
-    events = [e async for e in model.stream(ModelRequest(messages=[Message.user("hi")]))]
-    assert events[-1].response.text == "hello"  # type: ignore[union-attr]
-    assert not limiter.global_sem.locked()
