@@ -22,7 +22,6 @@ from adapters.discord.client import CoterieClient
 from adapters.discord.identity import caller_from_interaction
 from adapters.discord.options import persona_autocomplete
 from adapters.discord.surface import DeliveryOptions, DiscordSurface, incoming
-from adapters.discord.webhooks import Webhooks
 from adapters.services.chat import ChatRequest, ChatService
 from adapters.services.conversation import Turn
 from personas.model import Persona
@@ -45,7 +44,6 @@ Interaction = discord.Interaction[CoterieClient[ChatApp]]
 class ChatCog(commands.Cog):
     def __init__(self, bot: CoterieClient[ChatApp]) -> None:
         self.bot = bot
-        self.webhooks = Webhooks()
         # Test knobs: the throttle interval and the approval wait.
         self.delivery_options = DeliveryOptions()
 
@@ -62,7 +60,7 @@ class ChatCog(commands.Cog):
             target,
             requester_id=requester.id,
             bot_user_id=me.id if me else None,
-            webhooks=self.webhooks,
+            webhooks=self.bot.webhooks,
             limits=self.bot.app.chat.limits,
             message=message,
             options=self.delivery_options,
@@ -81,7 +79,7 @@ class ChatCog(commands.Cog):
         facts = incoming(
             message,
             bot_user_id=me.id,
-            webhooks=self.webhooks,
+            webhooks=self.bot.webhooks,
             owner_ids=self.bot.owner_user_ids,
         )
         surface = self._surface(

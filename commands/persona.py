@@ -26,6 +26,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from adapters.discord.client import CoterieClient
+from adapters.discord.history import read_attachment
 from adapters.discord.identity import caller_from_interaction
 from adapters.discord.options import PersonaArg, guild_key
 from adapters.services.ports import GuildSettingsStore
@@ -400,7 +401,7 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
         overwrite: bool = False,
     ) -> None:
         """Import a persona from a Markdown file."""
-        filename = file.filename or "upload"
+        filename = (file.filename or "upload")[:64]
         if not filename.lower().endswith(IMPORT_SUFFIXES):
             raise PersonaFileError(filename, "must be a Markdown file (.md)")
         if file.size > MAX_IMPORT_BYTES:
@@ -410,12 +411,12 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
             )
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            data = await file.read()
-        except discord.HTTPException as exc:
+            data = await read_attachment(file, max_bytes=MAX_IMPORT_BYTES)
+        except discord.DiscordException as exc:
             raise PersonaFileError(
-                filename, f"could not be downloaded from Discord (HTTP {exc.status})"
+                filename, f"could not be downloaded from Discord ({exc})"
             ) from exc
-        if len(data) > MAX_IMPORT_BYTES:
+        if data is None:
             raise PersonaFileError(filename, f"is larger than {MAX_IMPORT_BYTES // 1024} KB")
         try:
             text = data.decode("utf-8")

@@ -15,6 +15,7 @@ import discord
 from discord.ext import commands
 
 from adapters.discord.identity import app_owner_ids
+from adapters.discord.webhooks import Webhooks
 
 __all__ = ["CoterieClient", "app_of"]
 
@@ -22,12 +23,15 @@ AppT_co = TypeVar("AppT_co", covariant=True)
 
 
 class CoterieClient(commands.Bot, Generic[AppT_co]):
-    """``app``: the composition root's services; ``owner_ids``: from the settings."""
+    """``app``: the composition root's services; ``owner_ids``: from the settings;
+    ``webhooks``: the persona webhooks, one cache for every cog and the scheduler (so a
+    reply to a scheduled post is recognised as a reply to a persona)."""
 
     def __init__(self, *, app: AppT_co | None, owner_ids: frozenset[int], **options: Any) -> None:
         super().__init__(**options)
         self._app = app
         self._owner_ids = owner_ids
+        self.webhooks = Webhooks()
 
     @property
     def app(self) -> AppT_co:

@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Callable
 
+import aiohttp
 import discord
 
 from adapters.services.conversation import (
@@ -23,9 +24,50 @@ from adapters.services.conversation import (
 )
 from executor.messages import ImagePart
 
-__all__ = ["IsOurs", "dm_history", "reply_chain", "thread_history", "turn_from_message"]
+__all__ = [
+    "IsOurs",
+    "dm_history",
+    "read_attachment",
+    "reply_chain",
+    "thread_history",
+    "turn_from_message",
+]
 
 log = logging.getLogger(__name__)
+
+
+_CHUNK = 64 * 1024
+_READ_TIMEOUT_S = 30.0
+
+
+async def read_attachment(attachment: discord.Attachment, *, max_bytes: int) -> bytes | None:
+    """The attachment's bytes, or None when it is larger than ``max_bytes``.
+
+    Why not ``Attachment.read()``: it reads whatever the server sends, whatever size
+    Discord stated (an attachment that claimed 10 bytes sent 300 MB here). This
+    streams and stops one chunk past the cap. Raises ``discord.HTTPException``-like
+    errors as :class:`discord.DiscordException` for the caller to report.
+    """
+    if attachment.size > max_bytes:
+        return None
+    timeout = aiohttp.ClientTimeout(total=_READ_TIMEOUT_S)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(attachment.url) as response,
+        ):
+            if response.status != 200:
+                raise discord.DiscordException(f"HTTP {response.status}")
+            if (response.content_length or 0) > max_bytes:
+                return None
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    return None
+            return bytes(data)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise discord.DiscordException(f"could not download: {type(exc).__name__}") from exc
 
 
 IsOurs = Callable[[discord.Message], bool]
@@ -74,9 +116,12 @@ async def turn_from_message(
             images.append(ImagePart(url=a.url, media_type=ctype))
         elif _is_text_attachment(a) and a.size <= lim.max_attachment_bytes:
             try:
-                raw = await a.read()
-            except (discord.HTTPException, discord.DiscordException):
+                raw = await read_attachment(a, max_bytes=lim.max_attachment_bytes)
+            except discord.DiscordException:
                 log.info("could not read attachment %s", a.filename)
+                continue
+            if raw is None:
+                log.info("attachment %s is larger than it said; left out", a.filename)
                 continue
             body = raw.decode("utf-8", errors="replace")
             if len(body) > lim.attachment_chars:
