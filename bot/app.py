@@ -130,6 +130,11 @@ class App:
         """Background services (called from the bot's setup_hook)."""
         return None
 
+    async def stop_intake(self) -> None:
+        """Stop starting new work on its own (the scheduler); the first step of a drain.
+        Idempotent."""
+        return None
+
     async def close(self) -> None:
         while self._closers:
             closer = self._closers.pop()
