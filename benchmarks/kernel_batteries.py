@@ -116,7 +116,7 @@ async def compaction(turns: int = 200) -> None:
         f"{took:.1f} ms of our own time (summariser instant)"
     )
     # and inside a run, with the hook deciding (a 32k window, trigger at 75%)
-    hook = CompactionHook(summariser, windows={"test:": 32_000})
+    hook = CompactionHook(summariser)
     model = ScriptedModel(["done"])
     started = time.perf_counter()
     result = await Executor(hooks=[hook]).run(

@@ -312,9 +312,15 @@ async def build_app(
 
 
 def _sees_images(resolver: ModelResolver) -> Callable[[RunnableAgent], bool]:
-    """Whether an agent's model sees images, from the model's profile."""
+    """Whether an agent's model sees images, from the model's profile (no request is
+    sent: resolving a tier builds its candidates, it does not call them)."""
+    from executor.models.base import profile_of
 
     def sees(agent: RunnableAgent) -> bool:
-        return True
+        try:
+            model = agent.model or resolver.resolve(agent.tier)
+        except ConfigError:
+            return False  # the run will fail with the reason; send no images meanwhile
+        return profile_of(model).sees_images
 
     return sees
