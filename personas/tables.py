@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from executor.ports import utcnow
+
 __all__ = ["PersonaRow"]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class PersonaRow(SQLModel, table=True):
@@ -29,5 +27,5 @@ class PersonaRow(SQLModel, table=True):
     avatar_url: str | None = Field(default=None, max_length=512)
     temperature: float | None = None
     created_by: str = Field(default="", max_length=32)
-    created_at: datetime = Field(default_factory=_now)
-    updated_at: datetime = Field(default_factory=_now)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -11,11 +11,13 @@ from ``settings.operator_user_id`` ("console").
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index
 from sqlmodel import Field, SQLModel
+
+from executor.ports import utcnow
 
 __all__ = [
     "AuditEventRow",
@@ -32,10 +34,6 @@ __all__ = [
     "ThreadBinding",
     "utcnow",
 ]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _when(*, nullable: bool = False) -> Any:
