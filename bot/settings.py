@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     history_max_messages: int = Field(default=30, ge=1)
     history_max_chars: int = Field(default=24_000, ge=1000)
 
+    # --- skills and schedules ------------------------------------------------------------
+    scheduler_role: str | None = None  # a role (name or id) that may schedule, beside Manage Server
+    schedule_min_interval_s: int = Field(default=300, ge=60)  # the closest two runs may be
+    schedules_per_member: int = Field(default=10, ge=1)
+    schedule_grace_s: int = Field(default=3600, ge=0)  # how late a missed slot may still catch up
+    schedule_warn_after: int = Field(default=2, ge=1)  # consecutive failures before a DM
+    schedule_disable_after: int = Field(default=5, ge=1)  # consecutive failures: disabled
+    skill_dispatch_depth: int = Field(default=2, ge=1)  # run_skill inside run_skill, at most
+
     # --- budgets ----------------------------------------------------------------------
     budget_default_usd: float = 5.0  # per member, rolling 7 days
     operator_user_id: str = "console"
