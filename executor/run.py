@@ -611,7 +611,11 @@ class Executor:
                     await self._approve(state, call, watch)
                 await state.delivery.status(tool.status_line(call.arguments))
                 ctx = ToolContext(
-                    run_id=state.run_id, caller=inv.caller, call_id=call.id, agent=state.agent.name
+                    run_id=state.run_id,
+                    caller=inv.caller,
+                    call_id=call.id,
+                    agent=state.agent.name,
+                    invocation=inv,
                 )
                 outcome = await tool.invoke(call.arguments, ctx)
             except ApprovalDenied as exc:

@@ -37,7 +37,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from executor._trace import log_failure, new_ref
-from executor.agent import Caller, Privilege
+from executor.agent import Caller, Invocation, Privilege
 from executor.errors import ConfigError, ToolFailed
 from executor.models.base import ToolDefinition
 
@@ -59,6 +59,9 @@ class ToolContext:
     caller: Caller
     call_id: str = ""
     agent: str = ""
+    # The calling run's invocation: a tool that starts a run (run_skill) starts it one
+    # level deeper (executor.guard.child_invocation), with the same caller and cancel.
+    invocation: Invocation | None = None
 
     @property
     def privilege(self) -> Privilege:
@@ -546,6 +549,27 @@ class ToolRegistry:
                 f"the tool {name!r} needs {t.min_privilege.name.lower()} privilege "
                 f"(the caller has {Privilege(privilege).name.lower()})"
             )
+        return None
+
+    def grant_refusal(
+        self, names: Iterable[str], privilege: Privilege, *, kept: Iterable[str] = ()
+    ) -> str | None:
+        """Why someone at ``privilege`` may not grant ``names`` to an agent, or None.
+
+        Each name must be registered, enabled, and within ``privilege``; the first one
+        that is not gives the reason. A name in ``kept`` (granted earlier, by someone
+        who could) passes while it is still registered, so editing another field of an
+        agent does not need its granter's privilege. Personas and skills cap their
+        tools with this when they are saved.
+        """
+        granted = list(dict.fromkeys(names))
+        previous = set(kept)
+        for name in granted:
+            if name in previous and name in self._tools:
+                continue
+            problem = self.refusal(name, granted, privilege)
+            if problem is not None:
+                return problem
         return None
 
     def available(self, granted: Iterable[str], privilege: Privilege) -> list[Tool]:
