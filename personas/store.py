@@ -328,12 +328,10 @@ class PersonaStore:
             raise InvalidPersona(
                 "tier", f"unknown tier {persona.tier!r}; known tiers: {', '.join(self._tiers)}"
             )
-        for name in persona.tools:
-            if name in previous and name in self._tools:
-                continue  # kept from before; capped when it was added
-            problem = self._tools.refusal(name, persona.tools, by.privilege)
-            if problem is not None:
-                raise InvalidPersona("tools", problem)
+        # Tools kept from before were capped when they were added.
+        problem = self._tools.grant_refusal(persona.tools, by.privilege, kept=previous)
+        if problem is not None:
+            raise InvalidPersona("tools", problem)
         return persona
 
     # --- queries --------------------------------------------------------------------
