@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,7 @@ from executor.testing import (
     ScriptedModel,
     call,
 )
-from executor.tools.registry import ToolContext, ToolRegistry
+from executor.tools.registry import Tool, ToolContext, ToolRegistry
 
 
 def _registry() -> ToolRegistry:
@@ -29,12 +31,16 @@ def _registry() -> ToolRegistry:
         """Add two integers."""
         return a + b
 
-    @reg.register(min_privilege=Privilege.ADMIN)
+    # `register(**options)` returns Any; say what the decorator it returns does.
+    admin_only: Callable[[Callable[..., Any]], Tool] = reg.register(min_privilege=Privilege.ADMIN)
+    needs_approval: Callable[[Callable[..., Any]], Tool] = reg.register(requires_approval=True)
+
+    @admin_only
     async def wipe(ctx: ToolContext) -> str:
         """Dangerous."""
         return f"wiped by {ctx.caller.user_id}"
 
-    @reg.register(requires_approval=True)
+    @needs_approval
     async def post(text: str) -> str:
         """Post something."""
         return f"posted {text}"

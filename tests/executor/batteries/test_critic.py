@@ -16,7 +16,15 @@ from executor.critic import (
 )
 from executor.events import CriticVerdictEvent, ModelRequestEvent, StepFinished, ToolCallStarted
 from executor.messages import Message, Usage
-from executor.models.base import ModelRequest, ModelResponse, ResponseDone, StreamEvent, TextDelta
+from executor.models.base import (
+    DEFAULT_PROFILE,
+    ModelProfile,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+)
 from executor.ports import Escalation, NullDelivery, RunControl
 from executor.run import Executor
 from executor.testing import AuditCapture, FakeClock, RecordingDelivery, Reply, ScriptedModel, call
@@ -39,6 +47,10 @@ class Gated:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
+
+    @property
+    def profile(self) -> ModelProfile:
+        return DEFAULT_PROFILE
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         self.started.set()

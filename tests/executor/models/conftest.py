@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import httpx2
@@ -12,7 +12,11 @@ import pytest
 from executor.models.pricing import PriceTable
 from executor.models.providers import ProviderRegistry, ProviderSettings, ProviderSpec
 
-Handler = Callable[[httpx2.Request], httpx2.Response | Awaitable[httpx2.Response]]
+# What ``httpx2.MockTransport`` takes: a sync handler or an async one.
+Handler = (
+    Callable[[httpx2.Request], httpx2.Response]
+    | Callable[[httpx2.Request], Coroutine[Any, Any, httpx2.Response]]
+)
 
 
 def sse(*events: tuple[str | None, Any]) -> bytes:

@@ -20,6 +20,8 @@ from executor.errors import (
 )
 from executor.messages import Message, Usage
 from executor.models.base import (
+    DEFAULT_PROFILE,
+    ModelProfile,
     ModelRequest,
     ModelResponse,
     ResponseDone,
@@ -49,6 +51,10 @@ class FakeModel:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def profile(self) -> ModelProfile:
+        return DEFAULT_PROFILE
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         self.calls += 1

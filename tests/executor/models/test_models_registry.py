@@ -95,7 +95,13 @@ async def test_custom_provider_from_config_and_one_client_per_provider(clients: 
         providers={"together": spec},
     )
     factory = registry._http_client_factory
-    registry._http_client_factory = lambda s: (made.append(s.name), factory(s))[1]  # type: ignore[misc]
+    assert factory is not None
+
+    def recording_factory(s: ProviderSpec) -> object:
+        made.append(s.name)
+        return factory(s)
+
+    registry._http_client_factory = recording_factory
     m1 = registry.model("together:llama-70b")
     m2 = registry.model("together:qwen")
     await m1.generate(ModelRequest(messages=[Message.user("hi")]))

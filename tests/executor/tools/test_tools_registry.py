@@ -7,8 +7,9 @@ import enum
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
@@ -158,10 +159,10 @@ def test_context_is_injected_and_not_in_the_schema(ctx: ToolContext) -> None:
     ],
 )
 def test_unsupported_signatures_are_config_errors(fn_source: str, message: str) -> None:
-    namespace: dict[str, object] = {}
+    namespace: dict[str, Any] = {}
     exec(fn_source, namespace)
     with pytest.raises(ConfigError, match=message):
-        tool(namespace["f"])  # type: ignore[arg-type]
+        tool(namespace["f"])
 
 
 def test_tool_names_follow_the_provider_rule() -> None:
@@ -334,7 +335,7 @@ async def test_result_cap_and_rendering(ctx: ToolContext) -> None:
 # --- the event loop is never blocked ------------------------------------------------------
 
 
-async def _max_ticker_lag(work: asyncio.Future[object], period: float = 0.01) -> float:
+async def _max_ticker_lag(work: asyncio.Future[Any], period: float = 0.01) -> float:
     """Run a ticker until ``work`` is done; return the worst lateness of a tick."""
     loop = asyncio.get_running_loop()
     worst = 0.0
@@ -456,7 +457,10 @@ def test_register_decorator_and_duplicates() -> None:
         """One."""
         return 1
 
-    @reg.register(timeout_s=2, name="two")
+    # `register(**options)` returns Any; say what the decorator it returns does.
+    register_two: Callable[[Callable[..., Any]], Tool] = reg.register(timeout_s=2, name="two")
+
+    @register_two
     async def second() -> int:
         """Two."""
         return 2

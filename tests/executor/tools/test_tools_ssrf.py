@@ -328,11 +328,11 @@ async def test_gzip_and_raw_deflate_bodies_are_decoded(resolver: FakeResolver) -
         ("deflate", zlib.compress(b"hello zlib"), b"hello zlib"),
         ("deflate", deflated, b"hello deflate"),
     ]:
-        transport = RecordingTransport(
-            lambda r, c=content, e=encoding: httpx.Response(
-                200, content=c, headers={"content-encoding": e}
-            )
-        )
+
+        def answer(request: httpx.Request, c: bytes = content, e: str = encoding) -> httpx.Response:
+            return httpx.Response(200, content=c, headers={"content-encoding": e})
+
+        transport = RecordingTransport(answer)
         result = await guarded_get(
             "http://example.com/", guard=SSRFGuard(resolver=resolver), transport=transport
         )
