@@ -2,9 +2,11 @@
 
 A skill is a named, reusable agent task within a guild ("" for deployment-wide).
 Editing a skill adds a :class:`SkillVersion`; ``Skill.current_version`` points at the
-one that runs. A :class:`Schedule` runs a skill by cron expression, fixed interval, or
-once at a time, on behalf of the member who created it (whose budget pays), and
-delivers to a channel.
+one that runs. A :class:`Schedule` runs a skill by cron expression or once at a time,
+on behalf of the member who created it (whose budget pays), and delivers to a channel.
+Every slot a schedule reaches (ran, failed, skipped, running now) is one
+:class:`ScheduleSlot` row, unique per (schedule, slot time): that constraint is what
+keeps a slot from ever running twice, across processes and restarts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, ForeignKey, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-__all__ = ["Schedule", "Skill", "SkillVersion"]
+__all__ = ["Schedule", "ScheduleSlot", "Skill", "SkillVersion"]
 
 
 def _now() -> datetime:
@@ -70,7 +72,10 @@ class SkillVersion(SQLModel, table=True):
 
 
 class Schedule(SQLModel, table=True):
-    """When a skill runs by itself: exactly one of cron, interval_s, run_at is set."""
+    """When a skill runs by itself: exactly one of cron and run_at is set.
+
+    ``interval_s`` is from the first schema and unused (a cron expression says it).
+    """
 
     __tablename__ = "schedules"
     __table_args__ = (Index("ix_schedules_enabled_next", "enabled", "next_run_at"),)
@@ -90,5 +95,32 @@ class Schedule(SQLModel, table=True):
     last_run_at: datetime | None = _when(nullable=True)
     last_run_id: str | None = Field(default=None, max_length=64)
     last_status: str | None = Field(default=None, max_length=16)
+    # What to do with a slot missed while coterie was down: "skip" or "catch-up".
+    missed: str = Field(default="skip", max_length=16, sa_column_kwargs={"server_default": "skip"})
+    consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    disabled_reason: str | None = Field(default=None, max_length=300)
+    # Seconds a top-of-hour cron fires after its slot (skills.scheduling.stagger_s).
+    stagger_s: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = _when()
     updated_at: datetime = _when()
+
+
+class ScheduleSlot(SQLModel, table=True):
+    """One slot of a schedule: claimed (``running``) before the run starts, then
+    ``ok`` / ``failed``; or ``skipped`` with the reason (overlap, missed while down)."""
+
+    __tablename__ = "schedule_slots"
+    # Why no separate index on schedule_id: this constraint's index leads with it.
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "slot_at", name="uq_schedule_slots_schedule_slot"),
+        Index("ix_schedule_slots_status", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: int = Field(sa_column_args=[ForeignKey("schedules.id", ondelete="CASCADE")])
+    slot_at: datetime  # the trigger's time before any stagger, UTC
+    status: str = Field(max_length=16)  # running | ok | failed | skipped
+    reason: str | None = Field(default=None, max_length=300)  # why skipped or failed
+    run_id: str | None = Field(default=None, max_length=64)
+    started_at: datetime | None = _when(nullable=True)
+    ended_at: datetime | None = _when(nullable=True)

@@ -1,0 +1,530 @@
+"""``ScheduleStore``: the schedules table (the scheduler's source of truth) and its slots.
+
+A schedule runs a skill by cron expression or once (``run_at``), as its creator, in a
+channel. Each slot it reaches is one ``schedule_slots`` row, unique per (schedule,
+slot time), where the slot time is the trigger's time *before* any stagger, in UTC:
+
+* :meth:`ScheduleStore.claim_slot` inserts the ``running`` row before the run starts;
+  a slot that already has a row is refused (the unique constraint decides, so two
+  processes or a restart cannot both run it);
+* :meth:`ScheduleStore.finish_slot` closes it ``ok`` or ``failed`` and keeps the
+  schedule's run of consecutive failures;
+* :meth:`ScheduleStore.record_skipped` writes a ``skipped`` row with the reason
+  (the previous run was still going, missed while coterie was down);
+* :meth:`ScheduleStore.interrupt_running` closes the slots a crash left ``running``
+  as failed, so they are never run again.
+
+Deleting a schedule deletes its slots (``ON DELETE CASCADE``). A member's schedules go
+with their data (``SkillStore.delete_user_data``); slots hold no member id of their own.
+"""
+
+from __future__ import annotations
+
+import builtins as _builtins
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col
+
+from skills import scheduling
+from skills.errors import ScheduleError, TooManySchedules
+from skills.tables import Schedule, ScheduleSlot
+
+__all__ = [
+    "MISSED_POLICIES",
+    "Missed",
+    "ScheduleInfo",
+    "ScheduleStore",
+    "SlotInfo",
+    "SlotStatus",
+]
+
+Missed = Literal["skip", "catch-up"]
+SlotStatus = Literal["running", "ok", "failed", "skipped"]
+MISSED_POLICIES: tuple[Missed, ...] = ("skip", "catch-up")
+_REASON_MAX = 300
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _short(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 1] + "…"
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.utcoffset() is None:
+        raise ValueError("schedule times must be timezone-aware")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    id: int
+    skill_id: int
+    guild_id: str
+    channel_id: str
+    created_by: str
+    cron: str | None
+    run_at: datetime | None
+    timezone: str
+    arguments: dict[str, str] = field(hash=False)
+    missed: Missed
+    enabled: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_status: str | None
+    last_run_id: str | None
+    consecutive_failures: int
+    disabled_reason: str | None
+    stagger_s: int
+    created_at: datetime
+
+    @property
+    def one_shot(self) -> bool:
+        return self.run_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    schedule_id: int
+    slot_at: datetime  # before stagger, UTC
+    status: SlotStatus
+    reason: str | None
+    run_id: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+def _info(row: Schedule) -> ScheduleInfo:
+    assert row.id is not None
+    missed: Missed = "catch-up" if row.missed == "catch-up" else "skip"
+    return ScheduleInfo(
+        id=row.id,
+        skill_id=row.skill_id,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        created_by=row.created_by,
+        cron=row.cron,
+        run_at=row.run_at,
+        timezone=row.timezone,
+        arguments={str(k): str(v) for k, v in (row.arguments or {}).items()},
+        missed=missed,
+        enabled=row.enabled,
+        next_run_at=row.next_run_at,
+        last_run_at=row.last_run_at,
+        last_status=row.last_status,
+        last_run_id=row.last_run_id,
+        consecutive_failures=row.consecutive_failures,
+        disabled_reason=row.disabled_reason,
+        stagger_s=row.stagger_s,
+        created_at=row.created_at,
+    )
+
+
+def _slot(row: ScheduleSlot) -> SlotInfo:
+    status: Any = row.status
+    return SlotInfo(
+        schedule_id=row.schedule_id,
+        slot_at=row.slot_at,
+        status=status,
+        reason=row.reason,
+        run_id=row.run_id,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
+
+
+def _slot_is(schedule_id: int, slot_at: datetime) -> Any:
+    return (col(ScheduleSlot.schedule_id) == schedule_id) & (
+        col(ScheduleSlot.slot_at) == _utc(slot_at)
+    )
+
+
+class ScheduleStore:
+    """Schedules and their slots. Takes an ``async_sessionmaker``; opens no engine."""
+
+    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+        self._sessions = sessions
+
+    # --- schedules ---------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        skill_id: int,
+        guild_id: str,
+        channel_id: str,
+        created_by: str,
+        cron: str | None = None,
+        run_at: datetime | None = None,
+        timezone: str = "UTC",
+        arguments: Mapping[str, str] | None = None,
+        missed: str = "skip",
+        max_per_member: int | None = None,
+    ) -> ScheduleInfo:
+        """Save a schedule: exactly one of ``cron`` and ``run_at``.
+
+        Checks what the table must never hold (an unknown zone, an unreadable cron
+        expression, an unknown missed-run policy) and, with ``max_per_member``, the
+        member's cap in the same transaction as the insert. Policy checks (minimum
+        interval, budget, a time in the past) are the caller's. The stagger is set here,
+        from the new id. The caller then gives it a job (``SkillScheduler.add``).
+        """
+        if (cron is None) == (run_at is None):
+            raise ScheduleError("give exactly one of cron: (repeating) or at: (once)")
+        if missed not in MISSED_POLICIES:
+            raise ScheduleError(f"missed: is `skip` or `catch-up`, not {missed[:20]!r}")
+        tz = scheduling.zone(timezone)
+        if cron is not None:
+            cron = " ".join(cron.split())
+            scheduling.parse_cron(cron, tz)
+        row = Schedule(
+            skill_id=skill_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            created_by=created_by,
+            cron=cron,
+            run_at=_utc(run_at) if run_at is not None else None,
+            timezone=tz.key,
+            arguments=dict(arguments or {}),
+            missed=missed,
+        )
+        async with self._sessions() as session, session.begin():
+            # Why insert first: the write takes SQLite's lock, so the count below cannot
+            # race another member's insert.
+            session.add(row)
+            await session.flush()
+            assert row.id is not None
+            row.stagger_s = scheduling.stagger_s(row.id, cron)
+            if max_per_member is not None:
+                mine = await self._count(session, created_by)
+                if mine > max_per_member:
+                    raise TooManySchedules(
+                        f"you already have {mine - 1} schedules, the most a member may have; "
+                        "remove one with /skill unschedule"
+                    )
+            await session.flush()
+            return _info(row)
+
+    async def get(self, schedule_id: int) -> ScheduleInfo | None:
+        async with self._sessions() as session:
+            row = await session.get(Schedule, schedule_id)
+            return _info(row) if row is not None else None
+
+    async def _select(self, *where: Any) -> _builtins.list[ScheduleInfo]:
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(select(Schedule).where(*where).order_by(col(Schedule.id)))
+            ).scalars()
+            return [_info(row) for row in rows]
+
+    async def list(
+        self, guild_id: str, *, created_by: str | None = None
+    ) -> _builtins.list[ScheduleInfo]:
+        """A guild's schedules (enabled or not), oldest first; only one member's with
+        ``created_by``."""
+        where = [col(Schedule.guild_id) == guild_id]
+        if created_by is not None:
+            where.append(col(Schedule.created_by) == created_by)
+        return await self._select(*where)
+
+    async def for_skill(self, skill_id: int) -> _builtins.list[ScheduleInfo]:
+        return await self._select(col(Schedule.skill_id) == skill_id)
+
+    async def enabled(self) -> _builtins.list[ScheduleInfo]:
+        """Every enabled schedule: what the scheduler's jobs are built from."""
+        return await self._select(col(Schedule.enabled).is_(True))
+
+    async def delete(self, schedule_id: int) -> bool:
+        """Delete a schedule and its slots; False when there was none."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                sa_delete(Schedule).where(col(Schedule.id) == schedule_id)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    @staticmethod
+    async def _count(session: Any, created_by: str) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(Schedule)
+            .where(col(Schedule.created_by) == created_by, col(Schedule.enabled).is_(True))
+        )
+        return int((await session.execute(stmt)).scalar_one())
+
+    async def count_for_member(self, created_by: str) -> int:
+        """How many *enabled* schedules a member has (a finished one-shot or a schedule
+        disabled after failures does not count against the cap)."""
+        async with self._sessions() as session:
+            return await self._count(session, created_by)
+
+    async def set_next_run(self, schedule_id: int, at: datetime | None) -> None:
+        await self.set_next_runs({schedule_id: at})
+
+    async def set_next_runs(self, next_runs: Mapping[int, datetime | None]) -> None:
+        """Record when each schedule fires next (with its stagger), in one transaction."""
+        if not next_runs:
+            return
+        async with self._sessions() as session, session.begin():
+            for schedule_id, at in next_runs.items():
+                await session.execute(
+                    update(Schedule)
+                    .where(col(Schedule.id) == schedule_id)
+                    .values(next_run_at=_utc(at) if at is not None else None)
+                )
+
+    async def disable(self, schedule_id: int, reason: str) -> bool:
+        """Disable a schedule and say why; False when there is no such schedule."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(Schedule)
+                .where(col(Schedule.id) == schedule_id)
+                .values(
+                    enabled=False,
+                    disabled_reason=_short(reason),
+                    next_run_at=None,
+                    updated_at=_now(),
+                )
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    # --- slots -------------------------------------------------------------------------
+
+    async def claim_slot(
+        self, schedule_id: int, slot_at: datetime, *, started_at: datetime
+    ) -> bool:
+        """Mark a slot ``running`` before its run starts. False when the slot already has
+        a row (it ran, is running, or was skipped) or the schedule is gone: do not run it.
+        """
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(
+                    ScheduleSlot(
+                        schedule_id=schedule_id,
+                        slot_at=_utc(slot_at),
+                        status="running",
+                        started_at=_utc(started_at),
+                    )
+                )
+        except IntegrityError:
+            # Why the constraint and not a SELECT first: it is the only check two
+            # processes (or a restarted one) cannot both pass.
+            return False
+        return True
+
+    async def finish_slot(
+        self,
+        schedule_id: int,
+        slot_at: datetime,
+        status: Literal["ok", "failed"],
+        *,
+        run_id: str | None = None,
+        reason: str | None = None,
+        ended_at: datetime | None = None,
+    ) -> int:
+        """Close a claimed (``running``) slot and return the schedule's consecutive
+        failures after it (0 after ``ok``; one more after ``failed``). Also sets the
+        schedule's last status, run time and run id. A slot that is not running is left
+        as it is."""
+        if status not in ("ok", "failed"):
+            raise ValueError(f"a slot finishes ok or failed, not {status!r}")
+        ended = _utc(ended_at) if ended_at is not None else _now()
+        async with self._sessions() as session, session.begin():
+            closed = await session.execute(
+                update(ScheduleSlot)
+                .where(_slot_is(schedule_id, slot_at), col(ScheduleSlot.status) == "running")
+                .values(status=status, run_id=run_id, reason=_short(reason), ended_at=ended)
+            )
+            # Only a running slot is closed: one already closed (say, as interrupted by a
+            # restart while this run went on) keeps its row and counts once.
+            if getattr(closed, "rowcount", 0):
+                started = (
+                    await session.execute(
+                        select(col(ScheduleSlot.started_at)).where(_slot_is(schedule_id, slot_at))
+                    )
+                ).scalar_one_or_none()
+                failures: Any = 0 if status == "ok" else col(Schedule.consecutive_failures) + 1
+                await session.execute(
+                    update(Schedule)
+                    .where(col(Schedule.id) == schedule_id)
+                    .values(
+                        consecutive_failures=failures,
+                        last_status=status,
+                        last_run_at=started or ended,
+                        last_run_id=run_id,
+                        updated_at=ended,
+                    )
+                )
+            count = (
+                await session.execute(
+                    select(col(Schedule.consecutive_failures)).where(
+                        col(Schedule.id) == schedule_id
+                    )
+                )
+            ).scalar_one_or_none()
+            return int(count or 0)
+
+    async def record_skipped(
+        self, schedule_id: int, slot_at: datetime, reason: str, *, at: datetime | None = None
+    ) -> bool:
+        """Record a slot as skipped, with why. Idempotent: a slot that already has a row
+        keeps it (False)."""
+        return bool(await self.record_skipped_many([(schedule_id, slot_at, reason)], at=at))
+
+    async def record_skipped_many(
+        self, slots: Iterable[tuple[int, datetime, str]], *, at: datetime | None = None
+    ) -> int:
+        """Record many skipped slots in one transaction (start-up); returns how many were
+        new. Slots that already have a row are left as they are."""
+        wanted = {(sid, _utc(slot_at)): reason for sid, slot_at, reason in slots}
+        if not wanted:
+            return 0
+        when = _utc(at) if at is not None else _now()
+        ids = {sid for sid, _ in wanted}
+        try:
+            async with self._sessions() as session, session.begin():
+                existing = await session.execute(
+                    select(col(ScheduleSlot.schedule_id), col(ScheduleSlot.slot_at)).where(
+                        col(ScheduleSlot.schedule_id).in_(ids),
+                        col(ScheduleSlot.slot_at).in_({slot for _, slot in wanted}),
+                    )
+                )
+                for sid, slot_at in existing.all():
+                    wanted.pop((sid, slot_at), None)
+                for (sid, slot_at), reason in wanted.items():
+                    session.add(
+                        ScheduleSlot(
+                            schedule_id=sid,
+                            slot_at=slot_at,
+                            status="skipped",
+                            reason=_short(reason),
+                            started_at=when,
+                            ended_at=when,
+                        )
+                    )
+                if wanted:
+                    await session.execute(
+                        update(Schedule)
+                        .where(col(Schedule.id).in_({sid for sid, _ in wanted}))
+                        .values(last_status="skipped")
+                    )
+        except IntegrityError:
+            # A slot claimed between our read and our write (or a schedule just deleted):
+            # fall back to one row at a time, each in its own transaction.
+            if len(wanted) == 1:
+                return 0
+            return sum(
+                [
+                    await self.record_skipped_many([(sid, slot_at, reason)], at=at)
+                    for (sid, slot_at), reason in wanted.items()
+                ]
+            )
+        return len(wanted)
+
+    async def running_slot(self, schedule_id: int) -> SlotInfo | None:
+        """The schedule's slot that is running now, if any."""
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(ScheduleSlot)
+                    .where(
+                        col(ScheduleSlot.schedule_id) == schedule_id,
+                        col(ScheduleSlot.status) == "running",
+                    )
+                    .order_by(col(ScheduleSlot.slot_at).desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            return _slot(row) if row is not None else None
+
+    async def recent_slots(self, schedule_id: int, n: int = 10) -> _builtins.list[SlotInfo]:
+        """The schedule's last ``n`` slots, newest first."""
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(ScheduleSlot)
+                    .where(col(ScheduleSlot.schedule_id) == schedule_id)
+                    .order_by(col(ScheduleSlot.slot_at).desc())
+                    .limit(n)
+                )
+            ).scalars()
+            return [_slot(row) for row in rows]
+
+    async def last_slot(self, schedule_id: int) -> SlotInfo | None:
+        recent = await self.recent_slots(schedule_id, 1)
+        return recent[0] if recent else None
+
+    async def last_slot_times(self) -> dict[int, datetime]:
+        """Each schedule's latest recorded slot time (any status): one query at start-up."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(col(ScheduleSlot.schedule_id), func.max(col(ScheduleSlot.slot_at))).group_by(
+                    col(ScheduleSlot.schedule_id)
+                )
+            )
+            return {int(sid): _as_utc(at) for sid, at in rows.all() if at is not None}
+
+    async def interrupt_running(
+        self, reason: str, *, at: datetime | None = None
+    ) -> _builtins.list[SlotInfo]:
+        """Close every slot left ``running`` (a crash or a kill) as failed with ``reason``.
+
+        Called once at start-up, under the single-instance lock, before any slot is
+        claimed. The schedule's last status becomes ``failed``, but its consecutive
+        failures do not grow: a restart is not the skill failing.
+        """
+        when = _utc(at) if at is not None else _now()
+        async with self._sessions() as session, session.begin():
+            rows = (
+                (
+                    await session.execute(
+                        select(ScheduleSlot).where(col(ScheduleSlot.status) == "running")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not rows:
+                return []
+            ids = [row.id for row in rows]
+            await session.execute(
+                update(ScheduleSlot)
+                .where(col(ScheduleSlot.id).in_(ids))
+                .values(status="failed", reason=_short(reason), ended_at=when)
+            )
+            await session.execute(
+                update(Schedule)
+                .where(col(Schedule.id).in_({row.schedule_id for row in rows}))
+                .values(last_status="failed", updated_at=when)
+            )
+            return [
+                SlotInfo(
+                    schedule_id=row.schedule_id,
+                    slot_at=row.slot_at,
+                    status="failed",
+                    reason=_short(reason),
+                    run_id=row.run_id,
+                    started_at=row.started_at,
+                    ended_at=when,
+                )
+                for row in rows
+            ]
+
+
+def _as_utc(value: Any) -> datetime:
+    # func.max() over a UTCDateTime column comes back through the column's type on
+    # PostgreSQL, as a string on SQLite (the aggregate loses the type there).
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    moment: datetime = value
+    return moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment.astimezone(UTC)
