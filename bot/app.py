@@ -27,10 +27,13 @@ from executor.run import Executor, ModelResolver
 from executor.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
+    from adapters.services.admin import AdminService
+    from adapters.services.budget_alerts import BudgetAlerts
     from adapters.services.chat import ChatService
     from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
     from adapters.services.runner import Runner
+    from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
@@ -116,6 +119,10 @@ class App:
     escalations: Escalations
     chat: ChatService
     deletion: DataDeletion
+    admin: AdminService
+    admin_log: SqlAdminLog
+    alerts: SqlAlertStore
+    budget_alerts: BudgetAlerts
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def operator(self) -> Caller:
@@ -161,12 +168,16 @@ async def build_app(
     open reservation: only the bot process (``coterie run``) may do that at its
     start, never a ``coterie ask`` or ``coterie chat`` beside a running bot.
     """
+    from adapters.services.admin import AdminService
     from adapters.services.approval import DeliveryApprover
+    from adapters.services.budget_alerts import BudgetAlerts
+    from adapters.services.budgets import GuildBudgetLimits
     from adapters.services.chat import ChatService
     from adapters.services.conversation import HistoryLimits
     from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
     from adapters.services.runner import Runner
+    from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
@@ -271,6 +282,24 @@ async def build_app(
         to_agent=to_agent or to_runnable,
         sees_images=_sees_images(resolver),
         allow_dms=settings.allow_dms,
+        default_tier=settings.default_tier,
+    )
+    # Admin review (issue 10): guild budgets, budget warnings, the admin log.
+    budget.limits = GuildBudgetLimits(guild_settings, budget.default_limit_micros)
+    alerts = SqlAlertStore(db.sessions)
+    budget_alerts = BudgetAlerts(budget, alerts, thresholds=settings.budget_warn_percent)
+    budget.after_settle.append(budget_alerts.check)
+    admin_log = SqlAdminLog(db.sessions)
+
+    async def persona_exists(guild_id: str, name: str) -> bool:
+        return await personas.find(guild_id, name) is not None
+
+    admin = AdminService(
+        guild_settings=guild_settings,
+        budget=budget,
+        log=admin_log,
+        tiers=tiers,
+        persona_exists=persona_exists,
     )
 
     async def forget_personas(user_id: str) -> int:
@@ -283,6 +312,8 @@ async def build_app(
             "thread bindings": threads.delete_user_data,
             "budget": budget.delete_user_data,
             "audit (anonymised)": audit_queries.delete_user_data,
+            "budget warnings": alerts.delete_user_data,
+            "admin actions (anonymised)": admin_log.delete_user_data,
         }
     )
     app = App(
@@ -306,6 +337,10 @@ async def build_app(
         escalations=escalations,
         chat=chat,
         deletion=deletion,
+        admin=admin,
+        admin_log=admin_log,
+        alerts=alerts,
+        budget_alerts=budget_alerts,
     )
     app._closers.extend(closers)
     return app

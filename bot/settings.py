@@ -83,6 +83,8 @@ class Settings(BaseSettings):
 
     # --- budgets ----------------------------------------------------------------------
     budget_default_usd: float = 5.0  # per member, rolling 7 days
+    # A DM to the member when their 7-day spend passes each share of their limit.
+    budget_warn_percent: list[int] = Field(default_factory=lambda: [50, 80])
     operator_user_id: str = "console"
 
     @classmethod

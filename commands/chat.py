@@ -21,7 +21,7 @@ from discord.ext import commands
 from adapters.discord.client import CoterieClient
 from adapters.discord.identity import caller_from_interaction
 from adapters.discord.options import persona_autocomplete
-from adapters.discord.surface import DeliveryOptions, DiscordSurface, incoming
+from adapters.discord.surface import DeliveryOptions, DiscordSurface, category_of, incoming
 from adapters.services.chat import ChatRequest, ChatService
 from adapters.services.conversation import Turn
 from personas.model import Persona
@@ -65,6 +65,7 @@ class ChatCog(commands.Cog):
             message=message,
             options=self.delivery_options,
             use_webhooks=guild,
+            client=self.bot,
         )
 
     # --- messages --------------------------------------------------------------------
@@ -123,6 +124,7 @@ class ChatCog(commands.Cog):
             guild_id=str(interaction.guild_id) if interaction.guild_id else None,
             channel_id=str(thread.parent_id if thread else getattr(channel, "id", "")),
             thread_id=str(thread.id) if thread else None,
+            category_id=category_of(channel),
             persona=persona,
             parse_prefix=False,
             shared=interaction.guild_id is not None,

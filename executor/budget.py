@@ -31,6 +31,7 @@ __all__ = [
     "BudgetStatus",
     "InMemoryBudgetLedger",
     "dollars_to_micros",
+    "format_usd",
     "frees_at",
 ]
 
@@ -208,3 +209,10 @@ class InMemoryBudgetLedger:
             spent_micros=spent,
             reserved_micros=reserved,
         )
+
+
+def format_usd(micros: int, places: int = 4) -> str:
+    """Integer micro-dollars as dollars for people: ``format_usd(4200) == "$0.0042"``,
+    ``format_usd(5_000_000, 2) == "$5.00"``; thousands separated, the sign in front."""
+    sign = "-" if micros < 0 else ""
+    return f"{sign}${abs(micros) / 1_000_000:,.{places}f}"

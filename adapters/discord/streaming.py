@@ -20,8 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import discord
 
+from adapters.discord.budget_text import budget_refusal, cost_footer
 from adapters.discord.split import DISCORD_LIMIT, split_message
-from executor.agent import RunResult
+from executor.agent import RunResult, RunStatus
+from executor.errors import BudgetDetails
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock, RealClock
 
 __all__ = ["ApprovalAsker", "MessageSink", "StreamingDelivery"]
@@ -88,10 +90,15 @@ class StreamingDelivery:
         self._pushing = False
         self._closed = False
         self._push_lock = asyncio.Lock()
+        #: End the answer with its cost, model and time (the guild's cost footer).
+        self.cost_footer = False
+        self._started_at: float | None = None
 
     # --- Delivery ------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._started_at is None:
+            self._started_at = self.clock.monotonic()
         if self.status_line is not None and self.status_line.startswith("waiting"):
             # Was queued: say that it started.
             self.status_line = "working…"
@@ -122,16 +129,28 @@ class StreamingDelivery:
         await self._stop_flusher()
         self.status_line = None
         note = result.note
+        budget = result.details.get("budget")
+        if result.status is RunStatus.BUDGET_DENIED and isinstance(budget, BudgetDetails):
+            note = budget_refusal(budget)  # Why: says how to ask an admin for more
         if note and note not in self.notes:
             self.notes.append(note)
         if not self.body.strip() and not self.notes:
             self.notes.append("(no answer)")
+        if self.cost_footer and result.model:
+            seconds = (
+                self.clock.monotonic() - self._started_at if self._started_at is not None else None
+            )
+            self.notes.append(cost_footer(result.cost_micros, result.model, seconds))
         try:
             await self._push()
         finally:
             self.finished.set()
 
     # --- extras used by the chat service -------------------------------------------
+
+    def show_cost_footer(self) -> None:
+        """End the answer with ``-# $cost · model · seconds`` (the chat flow asks)."""
+        self.cost_footer = True
 
     def note(self, line: str) -> None:
         """A line shown at the end of the answer (e.g. "history was cut")."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import discord
 
@@ -25,7 +26,7 @@ from adapters.services.conversation import HistoryLimits, Turn
 from executor.ports import Clock, Delivery
 from personas.model import Persona
 
-__all__ = ["DeliveryOptions", "DiscordSurface", "incoming", "is_ours"]
+__all__ = ["DeliveryOptions", "DiscordSurface", "category_of", "incoming", "is_ours"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ def is_ours(message: discord.Message, *, bot_user_id: int | None, webhooks: Webh
     return message.webhook_id is not None and webhooks.is_ours(message.webhook_id)
 
 
+def category_of(channel: Any) -> str | None:
+    """The category of a channel (a thread: its parent's), as the settings key it."""
+    if isinstance(channel, discord.Thread):
+        channel = channel.parent
+    category_id = getattr(channel, "category_id", None)
+    return str(category_id) if category_id else None
+
+
 def incoming(
     message: discord.Message,
     *,
@@ -62,6 +71,7 @@ def incoming(
         guild_id=str(message.guild.id) if message.guild else None,
         channel_id=str(thread.parent_id if thread else channel.id),
         thread_id=str(thread.id) if thread else None,
+        category_id=category_of(channel),
         mentions_bot=any(u.id == bot_user_id for u in message.mentions),
         replies_to_ours=isinstance(replied, discord.Message)
         and is_ours(replied, bot_user_id=bot_user_id, webhooks=webhooks),
@@ -83,6 +93,7 @@ class DiscordSurface:
         message: discord.Message | None = None,
         options: DeliveryOptions | None = None,
         use_webhooks: bool = True,
+        client: discord.Client | None = None,
     ) -> None:
         self.target = target
         self.message = message
@@ -93,6 +104,28 @@ class DiscordSurface:
         self.limits = limits
         self.options = options or DeliveryOptions()
         self.use_webhooks = use_webhooks
+        self.client = client
+
+    async def shares_guild(self, *, excluding: Collection[str]) -> bool:
+        """Whether the member is in one of the bot's guilds other than ``excluding``
+        (a DM's question: some guild turned DMs off). Asks Discord for the member
+        only in guilds not excluded, stopping at the first."""
+        if self.client is None:
+            return False
+        for guild in self.client.guilds:
+            if str(guild.id) in excluding:
+                continue
+            if guild.get_member(self.requester_id) is not None:
+                return True
+            try:
+                await guild.fetch_member(self.requester_id)
+            except discord.NotFound:
+                continue
+            except discord.HTTPException:
+                log.info("could not look up member %s in %s", self.requester_id, guild.id)
+                continue
+            return True
+        return False
 
     def _is_ours(self, message: discord.Message) -> bool:
         return is_ours(message, bot_user_id=self.bot_user_id, webhooks=self.webhooks)

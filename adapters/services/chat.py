@@ -8,7 +8,9 @@ flow decides the rest:
 
 - whether to answer (:meth:`ChatService.should_answer`): a mention, a reply to one
   of coterie's messages, a DM (when DMs are allowed), any message in a thread bound
-  to a persona;
+  to a persona; in a guild, only in the channels and categories its admins chose
+  (``/config answer-in``); a DM, only while the deployment allows DMs and, when some
+  guild turned them off, from a member of a guild that did not;
 - which history to read (the thread's, the DM's or the reply chain);
 - which persona answers (:meth:`ChatService.choose_persona`), in order: the
   thread's (a bound ``/chat`` thread), one named explicitly (``/chat persona:``),
@@ -20,16 +22,18 @@ flow decides the rest:
 - for the scheduler, posting as a persona in a channel with no message to answer
   (:meth:`ChatService.post_as`);
 
-then builds the conversation within its caps and gives it to the
+then builds the conversation within its caps, applies the guild's settings to the
+run (its default tier to agents on the deployment's default tier, its critic limits
+to agents without their own, the cost footer) and gives it to the
 :class:`~adapters.services.runner.Runner` (the member's lane, then the executor).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from adapters.services.conversation import (
     Conversation,
@@ -39,7 +43,13 @@ from adapters.services.conversation import (
     parse_persona_prefix,
     starter_text,
 )
-from adapters.services.ports import GuildSettingsStore, InMemoryThreadStore, ThreadStore
+from adapters.services.errors import NotAnsweringHere
+from adapters.services.ports import (
+    GuildConfig,
+    GuildSettingsStore,
+    InMemoryThreadStore,
+    ThreadStore,
+)
 from adapters.services.runner import LanePool, Runner
 from executor.agent import Caller, Invocation, RunnableAgent, RunResult
 from executor.ports import Delivery
@@ -53,6 +63,7 @@ __all__ = [
     "ChatRequest",
     "ChatService",
     "ChatSurface",
+    "GuildMembership",
     "HistorySource",
     "IncomingMessage",
     "PersonaChoice",
@@ -91,6 +102,15 @@ class ChatSurface(Protocol):
         ...
 
 
+@runtime_checkable
+class GuildMembership(Protocol):
+    """A DM surface that can tell which guilds the member shares with coterie."""
+
+    async def shares_guild(self, *, excluding: Collection[str]) -> bool:
+        """Whether the member is in a guild with coterie other than ``excluding``."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A member's message, as the facts the edge read off it."""
@@ -99,6 +119,7 @@ class IncomingMessage:
     guild_id: str | None  # None: a DM
     channel_id: str  # the parent channel for a thread
     thread_id: str | None = None
+    category_id: str | None = None  # the (parent) channel's category
     mentions_bot: bool = False
     replies_to_ours: bool = False  # a reply to the bot or one of its personas
     is_reply: bool = False  # a reply to any message
@@ -118,6 +139,7 @@ class ChatRequest:
     guild_id: str | None = None
     channel_id: str | None = None  # the parent channel for a thread
     thread_id: str | None = None
+    category_id: str | None = None  # the (parent) channel's category
     persona: str | None = None  # chosen explicitly (/chat persona:, --persona)
     parse_prefix: bool = True  # "researcher: ..." at the start of the last turn
     shared: bool = True  # more than two people may speak: name each user turn
@@ -179,6 +201,7 @@ class ChatService:
         to_agent: Callable[[Persona], RunnableAgent] = to_runnable,
         sees_images: Callable[[RunnableAgent], bool] | None = None,
         allow_dms: bool = True,
+        default_tier: str = "standard",
     ) -> None:
         self.executor = executor
         self.personas = personas
@@ -190,12 +213,41 @@ class ChatService:
         self.to_agent = to_agent
         self.sees_images = sees_images or (lambda _agent: True)
         self.allow_dms = allow_dms
+        self.default_tier = default_tier
 
     # --- a member's message ----------------------------------------------------------
 
-    async def should_answer(self, msg: IncomingMessage) -> bool:
+    async def _config(self, guild_id: str | None) -> GuildConfig | None:
+        if guild_id is None or self.guild_settings is None:
+            return None
+        return await self.guild_settings.guild(guild_id)
+
+    async def answers_in(
+        self, guild_id: str | None, channel_id: str | None, category_id: str | None
+    ) -> bool:
+        """Whether the guild's admins let coterie answer in this channel."""
+        config = await self._config(guild_id)
+        return config is None or config.answers_in(channel_id, category_id)
+
+    async def answers_dm(self, surface: object = None) -> bool:
+        if not self.allow_dms:
+            return False
+        if self.guild_settings is None:
+            return True
+        off = await self.guild_settings.guilds_without_dms()
+        if not off:
+            return True
+        # Why the member's guilds: a guild's admins decide for their own members only.
+        if isinstance(surface, GuildMembership):
+            return await surface.shares_guild(excluding=off)
+        return False
+
+    async def should_answer(self, msg: IncomingMessage, surface: object = None) -> bool:
+        """``surface``: where the message came from (a DM's tells the member's guilds)."""
         if msg.is_dm:
-            return self.allow_dms
+            return await self.answers_dm(surface)
+        if not await self.answers_in(msg.guild_id, msg.channel_id, msg.category_id):
+            return False
         if msg.mentions_bot or msg.replies_to_ours:
             return True
         # Why last: the only check that reads the database (it runs for every thread message).
@@ -211,7 +263,7 @@ class ChatService:
 
     async def answer(self, msg: IncomingMessage, surface: ChatSurface) -> ChatOutcome | None:
         """Answer ``msg`` when it is addressed to coterie (None when it is not)."""
-        if not await self.should_answer(msg):
+        if not await self.should_answer(msg, surface):
             return None
         turns = await surface.history(
             self.history_source(msg), max_messages=self.limits.max_messages
@@ -223,6 +275,7 @@ class ChatService:
             guild_id=msg.guild_id,
             channel_id=msg.channel_id,
             thread_id=msg.thread_id,
+            category_id=msg.category_id,
             shared=not msg.is_dm,
         )
         choice = await self.choose_persona(request)
@@ -243,8 +296,11 @@ class ChatService:
 
         ``announce(persona, thread_id)`` is awaited once the thread exists, before the
         run (the cog tells the member where to look). An explicitly named persona
-        that does not exist raises ``PersonaNotFound`` before anything is posted.
+        that does not exist raises ``PersonaNotFound`` before anything is posted, and
+        a channel the guild's admins did not open to coterie ``NotAnsweringHere``.
         """
+        if not await self.answers_in(request.guild_id, request.channel_id, request.category_id):
+            raise NotAnsweringHere()
         choice = await self.choose_persona(request)
         persona = choice.persona
         starter = starter_text(request.caller.display_name, persona.name, choice.prompt)
@@ -349,6 +405,27 @@ class ChatService:
 
     # --- running -------------------------------------------------------------------
 
+    def for_guild(self, agent: RunnableAgent, config: GuildConfig | None) -> RunnableAgent:
+        """The agent with the guild's default tier (when it is on the deployment's
+        default) and critic limits (where it has none of its own)."""
+        if config is None:
+            return agent
+        changes: dict[str, Any] = {}
+        if config.default_tier and agent.tier == self.default_tier:
+            changes["tier"] = config.default_tier
+        b = agent.bounds
+        bounds: dict[str, Any] = {}
+        if config.critic_soft_runtime_s is not None and b.soft_runtime_s is None:
+            bounds["soft_runtime_s"] = config.critic_soft_runtime_s
+        if config.critic_soft_steps is not None and b.soft_steps is None:
+            bounds["soft_steps"] = config.critic_soft_steps
+        hard = config.critic_hard_runtime_s
+        if hard is not None and hard < b.max_runtime_s:
+            bounds["max_runtime_s"] = hard
+        if bounds:
+            changes["bounds"] = replace(b, **bounds)
+        return replace(agent, **changes) if changes else agent
+
     def conversation(
         self, turns: Sequence[Turn], agent: RunnableAgent, *, shared: bool
     ) -> Conversation:
@@ -369,12 +446,16 @@ class ChatService:
         turns = list(request.turns)
         if turns and choice.prompt != turns[-1].content:
             turns[-1] = replace(turns[-1], content=choice.prompt)
-        agent = agent or self.to_agent(choice.persona)
+        config = await self._config(request.guild_id)
+        agent = self.for_guild(agent or self.to_agent(choice.persona), config)
         conv = self.conversation(turns, agent, shared=request.shared)
         note = conv.note()
         add_note = getattr(delivery, "note", None)
         if note and callable(add_note):
             add_note(note)
+        show_cost = getattr(delivery, "show_cost_footer", None)
+        if config is not None and config.cost_footer and callable(show_cost):
+            show_cost()
         invocation = Invocation(
             messages=conv.messages,
             caller=request.caller,

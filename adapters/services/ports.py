@@ -11,6 +11,7 @@ and ``bot.app`` wires them in. The in-memory versions serve tests and the consol
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -81,16 +82,59 @@ class InMemoryThreadStore:
 
 @dataclass(frozen=True, slots=True)
 class GuildConfig:
-    """A guild's settings. A guild that never set anything gets these defaults,
-    which mean "use the deployment's" (None) for every field."""
+    """A guild's settings (``/config``). A guild that never set anything gets these
+    defaults, which mean "use the deployment's" (None, or empty) for every field.
+
+    - where coterie answers: ``answer_channels`` / ``answer_categories`` (channel
+      and category ids; both empty: every channel); ``allow_dms`` (None: the
+      deployment's ``COTERIE_ALLOW_DMS``);
+    - ``admin_channel_id``: where critic stops and kills are posted;
+    - ``default_persona``, ``default_tier`` (runs of agents on the deployment's
+      default tier use this one), ``timezone`` (IANA name: days of charts and spend);
+    - ``budget_default_micros``: members' rolling 7-day limit asked from here;
+      ``role_budgets``: (role id, limit) pairs, the most generous of a member's
+      roles winning over the guild's default (a member's own override wins over both);
+    - the critic's limits for runs started here: ``critic_soft_runtime_s``,
+      ``critic_soft_steps`` and ``critic_hard_runtime_s`` (a run's time bound);
+    - ``cost_footer``: answers end with ``-# $0.0042 · model · 3.1 s``.
+    """
 
     guild_id: str
     default_persona: str | None = None
     admin_channel_id: str | None = None
+    answer_channels: tuple[str, ...] = ()
+    answer_categories: tuple[str, ...] = ()
+    allow_dms: bool | None = None
+    default_tier: str | None = None
+    timezone: str | None = None
+    budget_default_micros: int | None = None
+    role_budgets: tuple[tuple[str, int], ...] = ()
+    critic_soft_runtime_s: float | None = None
+    critic_soft_steps: int | None = None
+    critic_hard_runtime_s: float | None = None
+    cost_footer: bool = False
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls) if f.name != "guild_id")
+
+    @property
+    def answers_everywhere(self) -> bool:
+        return not self.answer_channels and not self.answer_categories
+
+    def answers_in(self, channel_id: str | None, category_id: str | None = None) -> bool:
+        """Whether coterie answers in this channel (a thread: its parent channel)."""
+        if self.answers_everywhere:
+            return True
+        if channel_id is not None and channel_id in self.answer_channels:
+            return True
+        return category_id is not None and category_id in self.answer_categories
+
+    def role_budget(self, roles: Iterable[str]) -> int | None:
+        """The most generous role limit among ``roles``, or None when none has one."""
+        mine = set(roles)
+        found = [limit for role, limit in self.role_budgets if role in mine]
+        return max(found) if found else None
 
 
 @runtime_checkable
@@ -105,6 +149,10 @@ class GuildSettingsStore(Protocol):
 
     async def channel_persona(self, channel_id: str) -> str | None:
         """The channel's own default persona, or None."""
+        ...
+
+    async def guilds_without_dms(self) -> frozenset[str]:
+        """The guilds whose admins turned DMs off (``allow_dms`` False)."""
         ...
 
     async def set_channel_persona(self, guild_id: str, channel_id: str, name: str | None) -> None:
@@ -135,6 +183,9 @@ class InMemoryGuildSettings:
     async def channel_persona(self, channel_id: str) -> str | None:
         found = self._channels.get(channel_id)
         return found[1] if found else None
+
+    async def guilds_without_dms(self) -> frozenset[str]:
+        return frozenset(g for g, c in self._guilds.items() if c.allow_dms is False)
 
     async def set_channel_persona(self, guild_id: str, channel_id: str, name: str | None) -> None:
         if name is None:

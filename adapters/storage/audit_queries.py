@@ -1,24 +1,31 @@
-"""Reading the audit trail: what ``/audit`` and ``coterie audit`` show.
+"""Reading the audit trail: what ``/audit``, ``/budget`` and ``coterie audit`` show.
 
 :class:`AuditQueries` lists runs newest first with a cursor (:class:`RunFilter`),
-reads one run with everything under it (:class:`RunDetail`), iterates for export,
-sums spend per member per day (:class:`DailySpend`), and forgets a member.
+finds a run by a unique id prefix, reads one run with everything under it
+(:class:`RunDetail`), iterates for export (:meth:`AuditQueries.export_lines`: the one
+JSON Lines format of ``/audit export`` and ``coterie audit export``), sums spend per
+member per day (:class:`DailySpend`), per day per persona or skill in a time zone
+(the spend chart), per member (``/budget top``), offers autocomplete choices, and
+forgets a member.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
+from adapters.services.errors import RunNotFound
 from adapters.storage.db import engine_of, translate_errors, write_transaction
 from adapters.storage.tables import (
     AuditEventRow,
@@ -28,7 +35,16 @@ from adapters.storage.tables import (
     AuditToolCall,
 )
 
-__all__ = ["FORGOTTEN", "AuditQueries", "DailySpend", "RunDetail", "RunFilter", "RunPage"]
+__all__ = [
+    "FORGOTTEN",
+    "AuditQueries",
+    "DailySpend",
+    "LabelSpend",
+    "MemberSpend",
+    "RunDetail",
+    "RunFilter",
+    "RunPage",
+]
 
 #: The user id of a run whose member asked to be forgotten.
 FORGOTTEN = "forgotten"
@@ -114,6 +130,26 @@ class DailySpend:
     output_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class LabelSpend:
+    day: date  # in the asked time zone, by the run's start
+    label: str  # the skill, else the persona, else the agent
+    cost_micros: int
+    runs: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpend:
+    user_id: str
+    user_name: str
+    runs: int
+    cost_micros: int
+
+
+_PREFIX = re.compile(r"[0-9A-Za-z_-]{1,64}")
+MIN_PREFIX = 4
+
+
 def _encode_cursor(run: AuditRun) -> str:
     raw = f"{run.started_at.isoformat()}|{run.run_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -193,6 +229,148 @@ class AuditQueries:
                     tool_calls=await _children(session, AuditToolCall, _tools, run_id),
                     events=await _children(session, AuditEventRow, _events, run_id),
                 )
+
+    async def resolve_run(self, prefix: str, *, guild_id: str | None = None) -> str:
+        """The one run whose id starts with ``prefix`` (within ``guild_id`` when given).
+
+        Raises :class:`RunNotFound` (written for the person) when none or several match.
+        """
+        prefix = prefix.strip()
+        if not _PREFIX.fullmatch(prefix):
+            raise RunNotFound(f"“{prefix[:70]}” is not a run id.")
+        clauses: list[ColumnElement[bool]] = [_runs.c.run_id.startswith(prefix, autoescape=True)]
+        if guild_id is not None:
+            clauses.append(_runs.c.guild_id == guild_id)
+        stmt = select(_runs.c.run_id).where(*clauses).order_by(_runs.c.run_id).limit(2)
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                found = list(await session.scalars(stmt))
+        if not found:
+            raise RunNotFound(f"No run starts with `{prefix}`; `/audit list` shows recent ones.")
+        if len(found) > 1 and found[0] != prefix:
+            raise RunNotFound(
+                f"More than one run starts with `{prefix}`; type more of its id "
+                f"(at least {MIN_PREFIX} characters usually do)."
+            )
+        return str(found[0])
+
+    async def recent_runs(
+        self, *, guild_id: str | None = None, typed: str = "", limit: int = 25
+    ) -> list[AuditRun]:
+        """Newest runs whose id starts with ``typed`` (autocomplete on run ids)."""
+        clauses: list[ColumnElement[bool]] = []
+        if guild_id is not None:
+            clauses.append(_runs.c.guild_id == guild_id)
+        typed = typed.strip()
+        if typed:
+            if not _PREFIX.fullmatch(typed):
+                return []
+            clauses.append(_runs.c.run_id.startswith(typed, autoescape=True))
+        page = (
+            select(AuditRun)
+            .where(*clauses)
+            .order_by(AuditRun.started_at.desc())  # type: ignore[attr-defined]
+            .limit(limit)
+        )
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                return list(await session.scalars(page))
+
+    async def recent_skills(
+        self, *, guild_id: str | None = None, typed: str = "", limit: int = 25
+    ) -> list[str]:
+        """Names of skills that ran (here), most recent first (autocomplete on skills:
+        the audit knows deleted skills too)."""
+        c = _runs.c
+        clauses: list[ColumnElement[bool]] = [c.skill.is_not(None)]
+        if guild_id is not None:
+            clauses.append(c.guild_id == guild_id)
+        if typed.strip():
+            clauses.append(c.skill.contains(typed.strip(), autoescape=True))
+        stmt = (
+            select(c.skill, func.max(c.started_at).label("last"))
+            .where(*clauses)
+            .group_by(c.skill)
+            .order_by(func.max(c.started_at).desc())
+            .limit(limit)
+        )
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                return [str(r[0]) for r in await session.execute(stmt)]
+
+    async def recent_costs(
+        self, *, user_id: str | None = None, guild_id: str | None = None, limit: int = 20
+    ) -> list[int]:
+        """The costs of the newest finished runs (a member's, or a guild's)."""
+        c = _runs.c
+        clauses: list[ColumnElement[bool]] = [c.status != "running"]
+        if user_id is not None:
+            clauses.append(c.user_id == user_id)
+        if guild_id is not None:
+            clauses.append(c.guild_id == guild_id)
+        stmt = select(c.cost_micros).where(*clauses).order_by(c.started_at.desc()).limit(limit)
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                return [int(v) for v in await session.scalars(stmt)]
+
+    async def spend_by_label(
+        self,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        user_id: str | None = None,
+        guild_id: str | None = None,
+        tz: tzinfo | None = None,
+    ) -> list[LabelSpend]:
+        """Spend per day (in ``tz``, UTC by default) per skill or persona, oldest first."""
+        where = RunFilter(user_id=user_id, guild_id=guild_id, since=since, until=until)
+        c = _runs.c
+        stmt = select(c.started_at, c.skill, c.persona, c.agent, c.cost_micros).where(
+            *where.clauses()
+        )
+        totals: dict[tuple[date, str], list[int]] = {}
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                for started, skill, persona, agent, cost in await session.execute(stmt):
+                    day = (started.astimezone(tz) if tz is not None else started).date()
+                    label = skill or persona or agent or "?"
+                    t = totals.setdefault((day, label), [0, 0])
+                    t[0] += int(cost)
+                    t[1] += 1
+        return [
+            LabelSpend(day=d, label=label, cost_micros=t[0], runs=t[1])
+            for (d, label), t in sorted(totals.items())
+        ]
+
+    async def top_spenders(
+        self, *, since: datetime, guild_id: str | None = None, limit: int = 10
+    ) -> list[MemberSpend]:
+        """Members by what their runs cost since ``since`` (here), biggest first."""
+        c = _runs.c
+        clauses: list[ColumnElement[bool]] = [c.started_at >= since]
+        if guild_id is not None:
+            clauses.append(c.guild_id == guild_id)
+        total = func.sum(c.cost_micros)
+        stmt = (
+            select(c.user_id, func.max(c.user_name), func.count(), total)
+            .where(*clauses)
+            .group_by(c.user_id)
+            .order_by(total.desc(), c.user_id)
+            .limit(limit)
+        )
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                return [
+                    MemberSpend(
+                        user_id=str(u), user_name=str(n or ""), runs=int(k), cost_micros=int(t)
+                    )
+                    for u, n, k, t in await session.execute(stmt)
+                ]
+
+    async def export_lines(self, where: RunFilter | None = None) -> AsyncIterator[str]:
+        """The export format: one JSON object per run (``RunDetail.to_dict``) per line."""
+        async for detail in self.iter_runs(where):
+            yield json.dumps(detail.to_dict(), ensure_ascii=False) + "\n"
 
     async def spend_per_day(
         self,

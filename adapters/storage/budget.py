@@ -14,7 +14,8 @@ insert happen under that lock, so concurrent reservations can never sum past a l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from adapters.services.budgets import BudgetLimits
 from adapters.storage.db import engine_of, translate_errors, write_transaction
 from adapters.storage.tables import (
     BudgetGrant,
@@ -36,7 +38,9 @@ from executor.budget import WINDOW, BudgetStatus, frees_at
 from executor.errors import BudgetDetails, BudgetExceeded
 from executor.ports import Clock, RealClock, Reservation
 
-__all__ = ["OpenReservation", "SqlBudgetLedger"]
+__all__ = ["ActiveGrant", "OpenReservation", "SqlBudgetLedger"]
+
+log = logging.getLogger(__name__)
 
 _ledger = BudgetLedgerEntry.__table__  # type: ignore[attr-defined]
 _members = BudgetMember.__table__  # type: ignore[attr-defined]
@@ -53,8 +57,27 @@ class OpenReservation:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class ActiveGrant:
+    amount_micros: int
+    granted_by: str
+    granted_at: datetime
+    expires_at: datetime
+    note: str
+
+
+AfterSettle = Callable[[Caller], Awaitable[object]]
+
+
 class SqlBudgetLedger:
-    """``executor.ports.BudgetGate`` on SQLite or PostgreSQL, with the admin operations."""
+    """``executor.ports.BudgetGate`` on SQLite or PostgreSQL, with the admin operations.
+
+    ``limits`` (optional) decides a member's base limit from where they ask (the
+    guild's default or a role's, :class:`adapters.services.budgets.GuildBudgetLimits`)
+    when they have no override of their own; without it every member's base is
+    ``default_limit_micros``. ``after_settle`` callbacks run after each settled run
+    with its caller (the budget warnings); their errors are logged, never raised.
+    """
 
     def __init__(
         self,
@@ -76,6 +99,13 @@ class SqlBudgetLedger:
         self.default_limit_micros = default_limit_micros
         self.clock: Clock = clock if clock is not None else RealClock()
         self.window = window
+        self.limits: BudgetLimits | None = None
+        self.after_settle: list[AfterSettle] = []
+
+    async def _default_for(self, caller: Caller | None) -> int:
+        if caller is None or self.limits is None:
+            return self.default_limit_micros
+        return await self.limits.default_for(caller)
 
     # --- transactions --------------------------------------------------------------
 
@@ -108,7 +138,7 @@ class SqlBudgetLedger:
             )
 
     async def _status_in(
-        self, conn: AsyncConnection, user_id: str, now: datetime
+        self, conn: AsyncConnection, user_id: str, now: datetime, default: int | None = None
     ) -> tuple[BudgetStatus, bool]:
         """The member's status and whether their row exists, in one statement."""
         since = now - self.window
@@ -134,7 +164,8 @@ class SqlBudgetLedger:
         # Why one statement: one round trip, and one snapshot of every sum.
         row = (await conn.execute(select(spent, reserved, granted, member, exists))).one()
         override = None if row[3] is None else int(row[3])
-        base = override if override is not None else self.default_limit_micros
+        fallback = default if default is not None else self.default_limit_micros
+        base = override if override is not None else fallback
         status = BudgetStatus(
             user_id=user_id,
             limit_micros=base + int(row[2]),
@@ -153,10 +184,13 @@ class SqlBudgetLedger:
             raise ValueError(f"estimate_micros must not be negative (got {estimate_micros})")
         user_id = caller.user_id
         denied: BudgetDetails | None = None
+        # Why before the transaction: the guild's limits are a cached read; never hold
+        # the write lock over it.
+        default = await self._default_for(caller)
         async with self._transaction() as session:
             now = self.clock.now()
             await self._lock_member(session, user_id)
-            status, exists = await self._status_in(session, user_id, now)
+            status, exists = await self._status_in(session, user_id, now, default)
             total = status.spent_micros + status.reserved_micros + estimate_micros
             if total > status.limit_micros:
                 charges = await session.execute(
@@ -194,7 +228,13 @@ class SqlBudgetLedger:
         )
 
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
-        await self.settle_by_id(int(reservation.token), cost_micros)
+        settled = await self.settle_by_id(int(reservation.token), cost_micros)
+        if settled and cost_micros:
+            for callback in list(self.after_settle):
+                try:
+                    await callback(reservation.caller)
+                except Exception:  # Why: a warning DM must never fail the run's finish
+                    log.exception("after-settle callback failed for run %s", reservation.run_id)
 
     async def settle_by_id(self, reservation_id: int, cost_micros: int) -> bool:
         """Charge ``cost_micros`` for an open reservation and release it.
@@ -283,12 +323,67 @@ class SqlBudgetLedger:
                 )
             )
 
-    async def status(self, user_id: str) -> BudgetStatus:
+    async def status(self, user_id: str, *, context: Caller | None = None) -> BudgetStatus:
+        """The member's budget now; ``context`` (the member where they ask: guild and
+        roles) picks the guild's or a role's limit when they have no override."""
+        default = await self._default_for(context)
         with translate_errors(self._url):
             async with self._engine.connect() as conn:
-                status, _ = await self._status_in(conn, user_id, self.clock.now())
+                status, _ = await self._status_in(conn, user_id, self.clock.now(), default)
                 await conn.rollback()
         return status
+
+    async def window_charges(self, user_id: str) -> list[tuple[datetime, int]]:
+        """The member's charges inside the window now, oldest first."""
+        now = self.clock.now()
+        stmt = (
+            select(_ledger.c.at, _ledger.c.amount_micros)
+            .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
+            .order_by(_ledger.c.at)
+        )
+        async with self._sessions() as session:
+            return [(r[0], int(r[1])) for r in await session.execute(stmt)]
+
+    async def spent_at(self, user_id: str, at: datetime) -> int:
+        """What the member had spent in the window that ended at ``at`` (charges in
+        ``(at - window, at]``): their budget before or after a run, from the ledger."""
+        stmt = select(func.coalesce(func.sum(_ledger.c.amount_micros), 0)).where(
+            _ledger.c.user_id == user_id,
+            _ledger.c.at > at - self.window,
+            _ledger.c.at <= at,
+        )
+        async with self._sessions() as session:
+            return int(await session.scalar(stmt) or 0)
+
+    async def active_grants(self, user_id: str) -> list[ActiveGrant]:
+        now = self.clock.now()
+        stmt = (
+            select(_grants)
+            .where(_grants.c.user_id == user_id, _grants.c.expires_at > now)
+            .order_by(_grants.c.granted_at)
+        )
+        async with self._sessions() as session:
+            return [
+                ActiveGrant(
+                    amount_micros=int(r.amount_micros),
+                    granted_by=r.granted_by,
+                    granted_at=r.granted_at,
+                    expires_at=r.expires_at,
+                    note=r.note,
+                )
+                for r in await session.execute(stmt)
+            ]
+
+    async def affordable_at(
+        self, user_id: str, needed_micros: int, *, context: Caller | None = None
+    ) -> datetime | None:
+        """When enough spend will have rolled out of the window for ``needed_micros``
+        more: None when it is affordable now or when rolling out is not enough."""
+        status = await self.status(user_id, context=context)
+        excess = needed_micros - status.available_micros
+        if excess <= 0:
+            return None
+        return frees_at(await self.window_charges(user_id), excess, self.window)
 
     async def spend_summary(self, user_ids: Sequence[str] | None = None) -> list[BudgetStatus]:
         """Every member's status (or the given members'), biggest spenders first."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.services.ports import GuildConfig, check_changes
@@ -26,10 +27,27 @@ _MISSING = object()
 def _config(guild_id: str, row: GuildSettings | None) -> GuildConfig:
     if row is None:
         return GuildConfig(guild_id=guild_id)
-    return GuildConfig(
-        guild_id=guild_id,
-        **{name: getattr(row, name) for name in GuildConfig.field_names()},
+    values = {name: getattr(row, name) for name in GuildConfig.field_names()}
+    # JSON columns -> the config's immutable shapes.
+    values["answer_channels"] = tuple(str(c) for c in row.answer_channels or ())
+    values["answer_categories"] = tuple(str(c) for c in row.answer_categories or ())
+    values["role_budgets"] = tuple(
+        sorted((str(role), int(limit)) for role, limit in (row.role_budgets or {}).items())
     )
+    values["cost_footer"] = bool(row.cost_footer)
+    return GuildConfig(guild_id=guild_id, **values)
+
+
+def _column_value(name: str, value: Any) -> Any:
+    """A config value as its column holds it (tuples -> JSON lists and objects)."""
+    if name in ("answer_channels", "answer_categories"):
+        return [str(v) for v in value or ()]
+    if name == "role_budgets":
+        pairs = value.items() if isinstance(value, dict) else (value or ())
+        return {str(role): int(limit) for role, limit in pairs}
+    if name == "cost_footer":
+        return bool(value)
+    return value
 
 
 class SqlGuildSettings:
@@ -82,12 +100,26 @@ class SqlGuildSettings:
             if row is None:
                 row = GuildSettings(guild_id=guild_id)
             for name, value in changes.items():
-                setattr(row, name, value)
+                setattr(row, name, _column_value(name, value))
             session.add(row)
             await session.commit()
             config = _config(guild_id, row)
         self._cache.pop(("guild", guild_id), None)
+        self._cache.pop(("dms", ""), None)
         return config
+
+    async def guilds_without_dms(self) -> frozenset[str]:
+        key = ("dms", "")
+        hit = self._cached(key)
+        if hit is not _MISSING:
+            found: frozenset[str] = hit
+            return found
+        table = GuildSettings.__table__  # type: ignore[attr-defined]
+        stmt = select(table.c.guild_id).where(table.c.allow_dms.is_(False))
+        async with self._sessions() as session:
+            found = frozenset(await session.scalars(stmt))
+        self._keep(key, found)
+        return found
 
     # --- channels ------------------------------------------------------------------
 

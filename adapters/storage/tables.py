@@ -1,4 +1,5 @@
-"""The host's tables: guild and channel settings, thread bindings, the audit trail, budgets.
+"""The host's tables: guild and channel settings, thread bindings, the audit trail, budgets
+(and their warnings), admin actions.
 
 Discord ids (snowflakes) are strings. Money is integer micro-dollars. Every time is
 stored in UTC and read back timezone-aware on SQLite and PostgreSQL alike
@@ -14,17 +15,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, false
 from sqlmodel import Field, SQLModel
 
 from executor.ports import utcnow
 
 __all__ = [
+    "AdminAction",
     "AuditEventRow",
     "AuditModelAttempt",
     "AuditRun",
     "AuditStep",
     "AuditToolCall",
+    "BudgetAlert",
     "BudgetGrant",
     "BudgetLedgerEntry",
     "BudgetMember",
@@ -46,11 +49,33 @@ def _when(*, nullable: bool = False) -> Any:
 
 
 class GuildSettings(SQLModel, table=True):
+    """One guild's ``/config`` (see ``adapters.services.ports.GuildConfig``); NULL (or
+    an empty list) means the deployment's default."""
+
     __tablename__ = "guild_settings"
 
     guild_id: str = Field(primary_key=True, max_length=32)
     default_persona: str | None = Field(default=None, max_length=64)
     admin_channel_id: str | None = Field(default=None, max_length=32)
+    # Channel and category ids coterie answers in (both empty: every channel).
+    answer_channels: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+    answer_categories: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+    allow_dms: bool | None = None
+    default_tier: str | None = Field(default=None, max_length=32)
+    timezone: str | None = Field(default=None, max_length=64)
+    budget_default_micros: int | None = Field(default=None, sa_type=BigInteger)
+    # {role id: limit in micro-dollars}
+    role_budgets: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+    critic_soft_runtime_s: float | None = None
+    critic_soft_steps: int | None = None
+    critic_hard_runtime_s: float | None = None
+    cost_footer: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class ChannelSettings(SQLModel, table=True):
@@ -247,3 +272,41 @@ class BudgetGrant(SQLModel, table=True):
     granted_at: datetime = _when()
     expires_at: datetime = _when()
     note: str = Field(default="", max_length=200)
+
+
+class BudgetAlert(SQLModel, table=True):
+    """A budget warning DM sent to a member: at most one per threshold per crossing.
+
+    The row is the "sent" mark (it survives restarts); it is deleted once the member's
+    spend is back under the threshold (spend rolled out of the window, or the limit
+    grew), so the next crossing warns again.
+    """
+
+    __tablename__ = "budget_alerts"
+
+    user_id: str = Field(primary_key=True, max_length=64)
+    threshold_pct: int = Field(primary_key=True)
+    sent_at: datetime = _when()
+
+
+# --- admin actions ---------------------------------------------------------------------
+
+
+class AdminAction(SQLModel, table=True):
+    """Who changed what: every ``/config`` change, budget limit, grant, export, forget.
+
+    ``detail`` holds the action's values (the settings before and after, the limit,
+    the amount and reason); never a member's id other than ``target_id``.
+    """
+
+    __tablename__ = "admin_actions"
+    __table_args__ = (Index("ix_admin_actions_guild_at", "guild_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _when()
+    guild_id: str | None = Field(default=None, max_length=32)
+    actor_id: str = Field(max_length=64, index=True)
+    actor_name: str = Field(default="", max_length=100)
+    action: str = Field(max_length=32)  # config.set, budget.set, budget.grant, audit.export, ...
+    target_id: str | None = Field(default=None, max_length=64, index=True)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

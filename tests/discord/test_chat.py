@@ -239,8 +239,9 @@ async def test_budget_refusal_says_spent_limit(
     await fake.dispatch_message(f"<@{fake.bot_user['id']}> expensive", mentions=["bot"])
     post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
     content = post.json["content"]
-    assert "budget exceeded" in content
-    assert "$5.1000" in content and "$5.00" in content
+    assert "past your 7-day budget" in content
+    assert "$5.10" in content and "$5.00" in content
+    assert "/budget grant" in content  # how to ask an admin for more
     assert chat_app.model.requests == []
 
 
