@@ -22,7 +22,7 @@ Who may do what (``by`` is the acting :class:`~executor.agent.Caller`):
 Each write is one transaction, begun with the write lock taken (``BEGIN
 IMMEDIATE`` on SQLite, a row lock on PostgreSQL), so nothing is half-written and a
 concurrent save cannot slip between the read and the write. ``delete`` removes the
-skill's schedules, versions and the skill explicitly, never trusting a foreign key
+skill's schedules (and their slots), versions and the skill explicitly, never trusting a foreign key
 cascade (SQLite only cascades with ``PRAGMA foreign_keys`` on).
 
 ``delete_user_data(user_id)`` deletes the skills the member owns (with their
@@ -66,7 +66,7 @@ from skills.model import (
     check_name,
     validate_spec,
 )
-from skills.tables import Schedule, Skill, SkillVersion
+from skills.tables import Schedule, ScheduleSlot, Skill, SkillVersion
 
 __all__ = ["MAX_CHOICES", "NOTE_MAX", "SkillStore"]
 
@@ -383,8 +383,9 @@ class SkillStore:
             return _version_info(added, row.description)
 
     async def delete(self, guild_id: str | None, name: str, *, by: Caller) -> SkillDeleted:
-        """Delete the skill, its versions and its schedules in one transaction; return
-        the skill as it was and how many versions and schedules went. Owner or admin."""
+        """Delete the skill, its versions and its schedules (with their slots) in one
+        transaction; return the skill as it was and how many versions and schedules
+        went. Owner or admin."""
         gid = guild_id or ""
         key = name.strip().lower()
         async with self._write() as session:
@@ -466,7 +467,8 @@ class SkillStore:
 
     async def delete_user_data(self, user_id: str) -> int:
         """Delete the skills a member owns (their versions and schedules with them) and
-        the schedules they made on others' skills; returns how many rows went."""
+        the schedules they made on others' skills; returns how many skills, versions and
+        schedules went (a schedule's slots go with it, uncounted)."""
         if not user_id:
             return 0
         async with self._write() as session:
@@ -566,4 +568,7 @@ class SkillStore:
 
     @staticmethod
     async def _delete_schedules(session: AsyncSession, where: Any) -> int:
+        """Delete the schedules ``where`` selects, their slots first; how many schedules."""
+        ids = select(col(Schedule.id)).where(where)
+        await session.execute(sa_delete(ScheduleSlot).where(col(ScheduleSlot.schedule_id).in_(ids)))
         return _count(await session.execute(sa_delete(Schedule).where(where)))

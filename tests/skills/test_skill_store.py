@@ -13,6 +13,7 @@ from sqlmodel import col
 
 from adapters.storage.db import IMMEDIATE, Database
 from executor.agent import Caller, Privilege
+from executor.ports import utcnow
 from skills import store as store_module
 from skills.errors import (
     InvalidSkill,
@@ -23,7 +24,7 @@ from skills.errors import (
 )
 from skills.model import PROMPT_MAX, SkillDeleted, SkillSpec
 from skills.store import SkillStore
-from skills.tables import Schedule, Skill, SkillVersion
+from skills.tables import Schedule, ScheduleSlot, Skill, SkillVersion
 from tests.skills.conftest import ADMIN, ALICE, BOB, GUILD
 
 SPEC = SkillSpec(
@@ -55,6 +56,12 @@ async def _schedule(db: Database, skill_id: int, *, by: str = ALICE.user_id) -> 
         await session.commit()
         assert row.id is not None
         return row.id
+
+
+async def _slot(db: Database, schedule_id: int) -> None:
+    async with db.sessions() as session:
+        session.add(ScheduleSlot(schedule_id=schedule_id, slot_at=utcnow(), status="ok"))
+        await session.commit()
 
 
 def test_immediate_matches_the_storage_layer() -> None:
@@ -332,9 +339,10 @@ async def test_delete_takes_versions_and_schedules(store: SkillStore, db: Databa
     info, _ = await store.save(GUILD, "digest", SPEC, by=ALICE)
     await store.save(GUILD, "digest", SkillSpec(prompt="two"), by=ALICE)
     other, _ = await store.save(GUILD, "other", SkillSpec(prompt="p"), by=ALICE)
-    await _schedule(db, info.id)
+    await _slot(db, await _schedule(db, info.id))
     await _schedule(db, info.id, by=BOB.user_id)
     kept = await _schedule(db, other.id)
+    await _slot(db, kept)
 
     with pytest.raises(SkillPermissionDenied):
         await store.delete(GUILD, "digest", by=BOB)
@@ -349,6 +357,7 @@ async def test_delete_takes_versions_and_schedules(store: SkillStore, db: Databa
     async with db.sessions() as session:
         left = list(await session.scalars(select(col(Schedule.id))))
     assert left == [kept]
+    assert await _count(db, ScheduleSlot) == 1  # the kept schedule's
     with pytest.raises(SkillNotFound):
         await store.delete(GUILD, "digest", by=ALICE)
 
@@ -388,9 +397,14 @@ async def test_delete_does_not_need_foreign_key_cascades(sqlite_db: Database) ->
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 0
         plain = SkillStore(sessions)
         info, _ = await plain.save(GUILD, "digest", SkillSpec(prompt="p"), by=ALICE)
-        await _schedule(sqlite_db, info.id)
+        await _slot(sqlite_db, await _schedule(sqlite_db, info.id))
         assert (await plain.delete(GUILD, "digest", by=ALICE)).schedules == 1
         assert await _counts(sqlite_db) == (0, 0, 0)
+        assert await _count(sqlite_db, ScheduleSlot) == 0
+        mine, _ = await plain.save(GUILD, "mine", SkillSpec(prompt="p"), by=ALICE)
+        await _slot(sqlite_db, await _schedule(sqlite_db, mine.id))
+        assert await plain.delete_user_data(ALICE.user_id) == 3
+        assert await _count(sqlite_db, ScheduleSlot) == 0
     finally:
         await engine.dispose()
 
