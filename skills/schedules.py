@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins as _builtins
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,6 +33,7 @@ from sqlmodel import col
 
 from skills import scheduling
 from skills.errors import ScheduleError, TooManySchedules
+from skills.slots import MISSED_POLICIES, Missed, ScheduleInfo, SlotInfo, SlotStatus
 from skills.tables import Schedule, ScheduleSlot
 
 __all__ = [
@@ -45,9 +45,6 @@ __all__ = [
     "SlotStatus",
 ]
 
-Missed = Literal["skip", "catch-up"]
-SlotStatus = Literal["running", "ok", "failed", "skipped"]
-MISSED_POLICIES: tuple[Missed, ...] = ("skip", "catch-up")
 _REASON_MAX = 300
 
 
@@ -65,44 +62,6 @@ def _utc(moment: datetime) -> datetime:
     if moment.utcoffset() is None:
         raise ValueError("schedule times must be timezone-aware")
     return moment.astimezone(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleInfo:
-    id: int
-    skill_id: int
-    guild_id: str
-    channel_id: str
-    created_by: str
-    cron: str | None
-    run_at: datetime | None
-    timezone: str
-    arguments: dict[str, str] = field(hash=False)
-    missed: Missed
-    enabled: bool
-    next_run_at: datetime | None
-    last_run_at: datetime | None
-    last_status: str | None
-    last_run_id: str | None
-    consecutive_failures: int
-    disabled_reason: str | None
-    stagger_s: int
-    created_at: datetime
-
-    @property
-    def one_shot(self) -> bool:
-        return self.run_at is not None
-
-
-@dataclass(frozen=True, slots=True)
-class SlotInfo:
-    schedule_id: int
-    slot_at: datetime  # before stagger, UTC
-    status: SlotStatus
-    reason: str | None
-    run_id: str | None
-    started_at: datetime | None
-    ended_at: datetime | None
 
 
 def _info(row: Schedule) -> ScheduleInfo:

@@ -1,0 +1,524 @@
+"""``SkillScheduler``: APScheduler 3's asyncio scheduler over the schedules table.
+
+The table is the source of truth. Jobs live in APScheduler's memory job store and are
+rebuilt from :meth:`ScheduleStore.enabled` at :meth:`SkillScheduler.start`; a change
+through a command changes both: the caller writes the row, then calls :meth:`add`
+(and deletes the row again when ``add`` raises) or :meth:`remove`.
+
+One slot, one run, at most:
+
+* **Slot identity** is the time APScheduler scheduled the run for, minus the
+  schedule's stagger, in UTC. APScheduler hands that time to our executor
+  (:class:`_SlotExecutor`), so nothing is recomputed from "now" and a run that starts
+  late, or in the hour DST repeats, still names the slot it was scheduled for.
+* The slot is claimed (a ``running`` row, unique per schedule and slot) **before**
+  ``fire`` is called. A claimed slot is never fired again: a restart during a run
+  marks it failed ("interrupted by a restart") and moves on.
+* A schedule never overlaps itself: APScheduler's ``max_instances=1`` refuses a
+  second instance (we record that slot as skipped from ``EVENT_JOB_MAX_INSTANCES``,
+  which APScheduler would otherwise only log), and :meth:`fire_due` checks again for
+  the paths APScheduler does not see (catch-up at start, another process).
+
+Missed slots at start: for each enabled schedule, the latest slot due between its last
+recorded slot (or its creation) and now is fired once when the schedule says
+``catch-up`` and the slot is at most ``grace_s`` old; otherwise it is recorded as
+skipped ("missed while coterie was down"). Only the latest missed slot (and, after a
+catch-up, the one before it) gets a row: a minutely schedule down for a week writes
+one row, not ten thousand.
+
+After ``warn_after`` consecutive failures :meth:`ScheduleEvents.failing` is told once;
+after ``disable_after`` the schedule is disabled in the table, its job removed, and
+:meth:`ScheduleEvents.disabled` told. A one-shot is disabled once it has fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.date import DateTrigger
+
+from executor.ports import Clock, RealClock
+from skills import scheduling
+from skills.errors import InvalidTime, ScheduleError, ScheduleNotFound
+from skills.slots import Fire, FireResult, ScheduleEvents, ScheduleInfo, SlotOutcome
+
+if TYPE_CHECKING:
+    from skills.schedules import ScheduleStore
+
+__all__ = [
+    "LATE_GRACE_S",
+    "Fire",
+    "FireResult",
+    "ScheduleEvents",
+    "SkillScheduler",
+    "SlotOutcome",
+    "StartReport",
+]
+
+log = logging.getLogger(__name__)
+
+#: How late a *skip* schedule's slot may start and still run (a busy event loop,
+#: 100 schedules due in one minute, a short pause of the VM). Later than this, the
+#: slot counts as missed and the skip policy applies. A catch-up schedule may start as
+#: late as ``grace_s``, as it would at start-up.
+LATE_GRACE_S = 600.0
+
+OVERLAP = "the previous run was still going"
+MISSED = "missed while coterie was down"
+INTERRUPTED = "interrupted by a restart"
+DONE = "a one-shot: it has run"
+
+
+@dataclass(frozen=True)
+class StartReport:
+    loaded: int  # jobs built from the table
+    caught_up: int  # missed slots fired once now (catch-up within the grace)
+    skipped: int  # missed slots recorded as skipped
+    interrupted: int  # slots a crash left running, now failed
+    disabled: int  # one-shots found done or missed, rows that cannot be scheduled
+
+
+class _Staggered(BaseTrigger):  # type: ignore[misc]  # apscheduler ships no types
+    """A cron trigger that fires ``seconds`` after each of its slots.
+
+    Why not APScheduler's ``jitter``: it is random per fire, so a slot's fire time could
+    not be turned back into the slot, and runs of one schedule would drift.
+    """
+
+    __slots__ = ("inner", "offset")
+
+    def __init__(self, inner: BaseTrigger, seconds: int) -> None:
+        self.inner = inner
+        self.offset = timedelta(seconds=seconds)
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        # Why in UTC: aware arithmetic in a ZoneInfo adds to the wall clock, which is
+        # wrong across a DST change; in UTC the shift is exactly `offset` seconds.
+        previous = previous_fire_time.astimezone(UTC) - self.offset if previous_fire_time else None
+        slot = self.inner.get_next_fire_time(previous, now.astimezone(UTC) - self.offset)
+        return slot.astimezone(UTC) + self.offset if slot is not None else None
+
+    def __str__(self) -> str:
+        return f"{self.inner} +{int(self.offset.total_seconds())}s"
+
+
+class _SlotExecutor(BaseExecutor):  # type: ignore[misc]  # apscheduler ships no types
+    """Runs a due job as a task on the loop, handing it the time it was scheduled for.
+
+    APScheduler's own ``AsyncIOExecutor`` calls the job with its arguments only (the
+    scheduled time reaches listeners, not the job), and cancels running jobs on
+    shutdown. This one passes the run time, leaves running slots alone on shutdown (the
+    lifecycle drains runs), and does not apply ``misfire_grace_time`` itself:
+    :meth:`SkillScheduler.due` does, against the injected clock, and records a late
+    slot as skipped instead of dropping it with a log line.
+    """
+
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
+        super().__init__()
+        self._spawn = spawn
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass  # Why: never cancel a slot in progress.
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        # coalesce=True: APScheduler already kept only the latest due time.
+        task = self._spawn(job.func(*job.args, run_times[-1]))
+        job_id = job.id
+        task.add_done_callback(lambda _task: self._run_job_success(job_id, []))
+
+
+class SkillScheduler:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        fire: Fire,
+        *,
+        events: ScheduleEvents | None = None,
+        clock: Clock | None = None,
+        grace_s: float = 3600,
+        warn_after: int = 2,
+        disable_after: int = 5,
+    ) -> None:
+        if warn_after < 1 or disable_after < 1:
+            raise ValueError("warn_after and disable_after are at least 1")
+        self._store = store
+        self._fire = fire
+        self._events = events
+        self._clock: Clock = clock or RealClock()
+        self.grace_s = float(grace_s)
+        self.warn_after = warn_after
+        self.disable_after = disable_after
+        self._aps: AsyncIOScheduler | None = None
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._running: set[int] = set()  # schedules with a slot in progress here
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stagger: dict[int, timedelta] = {}
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def apscheduler(self) -> AsyncIOScheduler | None:
+        """The APScheduler underneath, for tests and ``coterie doctor``: read, do not add."""
+        return self._aps
+
+    async def start(self) -> StartReport:
+        """Close slots a crash left running, settle missed slots, build one job per
+        enabled schedule, start APScheduler. Needs the running loop; starts once."""
+        if self._state != "new":
+            raise RuntimeError("a SkillScheduler starts once; build a new one")
+        loop = asyncio.get_running_loop()
+        now = self._clock.now()
+        interrupted = await self._store.interrupt_running(INTERRUPTED, at=now)
+        schedules = await self._store.enabled()
+        last = await self._store.last_slot_times()
+        aps = AsyncIOScheduler(
+            timezone=UTC,
+            event_loop=loop,
+            executors={"default": _SlotExecutor(self._spawn)},
+        )
+        aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        self._aps = aps
+
+        skipped: list[tuple[int, datetime, str]] = []
+        catch_up: list[tuple[ScheduleInfo, datetime]] = []
+        disable: list[tuple[int, str]] = []
+        for info in schedules:
+            try:
+                slots, job_trigger, stagger = self._triggers(info)
+            except ScheduleError as exc:
+                # A row that cannot be scheduled any more (say, a zone gone from tzdata).
+                log.warning("schedule %s cannot be scheduled: %s", info.id, exc)
+                disable.append((info.id, f"cannot be scheduled: {exc}"))
+                continue
+            since = last.get(info.id, info.created_at)
+            if info.run_at is not None:
+                if info.id in last:  # fired or skipped already: done
+                    disable.append((info.id, DONE))
+                    continue
+                if info.run_at <= now:
+                    if self._catches_up(info, info.run_at, now):
+                        catch_up.append((info, info.run_at))
+                    else:
+                        skipped.append((info.id, info.run_at, MISSED))
+                        disable.append((info.id, DONE))
+                    continue
+            else:
+                # A slot is due once slot + stagger has passed.
+                missed = scheduling.last_fires(slots, since, now - stagger, n=2)
+                if missed:
+                    latest = missed[-1]
+                    if self._catches_up(info, latest, now):
+                        catch_up.append((info, latest))
+                        missed = missed[:-1]
+                    if missed:
+                        skipped.append((info.id, missed[-1], MISSED))
+            self._add_job(aps, info, job_trigger, stagger)
+
+        recorded = await self._store.record_skipped_many(skipped, at=now)
+        for schedule_id, reason in disable:
+            await self._store.disable(schedule_id, reason)
+        aps.start()
+        self._state = "running"
+        await self._store.set_next_runs(self.jobs())
+        for info, slot in catch_up:
+            self._spawn(self._fire_slot(info, slot))
+        report = StartReport(
+            loaded=len(aps.get_jobs()),
+            caught_up=len(catch_up),
+            skipped=recorded,
+            interrupted=len(interrupted),
+            disabled=len(disable),
+        )
+        log.info(
+            "scheduler started: %d jobs, %d caught up, %d skipped, %d interrupted, %d disabled",
+            report.loaded,
+            report.caught_up,
+            report.skipped,
+            report.interrupted,
+            report.disabled,
+        )
+        return report
+
+    def shutdown(self) -> None:
+        """Stop APScheduler and take no new slot; slots in progress finish (the lifecycle
+        drains their runs; :meth:`wait_idle` waits for their bookkeeping). Idempotent."""
+        state, self._state = self._state, "closed"
+        if state != "running" or self._aps is None:
+            return
+        try:
+            self._aps.shutdown(wait=False)
+        except RuntimeError:  # the loop is already closed: nothing left to stop
+            log.debug("scheduler shutdown after its loop closed", exc_info=True)
+
+    async def wait_idle(self) -> None:
+        """Wait until no slot is in progress and no bookkeeping task is pending."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- jobs ------------------------------------------------------------------------
+
+    def _triggers(self, info: ScheduleInfo) -> tuple[BaseTrigger, BaseTrigger, timedelta]:
+        """(the slot trigger, the job's trigger, the stagger) for a schedule."""
+        if info.cron is not None:
+            slots: BaseTrigger = scheduling.parse_cron(info.cron, scheduling.zone(info.timezone))
+            if info.stagger_s:
+                return slots, _Staggered(slots, info.stagger_s), timedelta(seconds=info.stagger_s)
+            return slots, slots, timedelta(0)
+        if info.run_at is None:
+            raise ScheduleError(f"schedule #{info.id} has neither cron nor a time")
+        once = DateTrigger(run_date=info.run_at, timezone=UTC)
+        return once, once, timedelta(0)
+
+    def _add_job(
+        self, aps: AsyncIOScheduler, info: ScheduleInfo, trigger: BaseTrigger, stagger: timedelta
+    ) -> None:
+        self._stagger[info.id] = stagger
+        aps.add_job(
+            self._on_job,
+            trigger,
+            args=(info.id,),
+            id=str(info.id),
+            name=f"schedule {info.id}",
+            replace_existing=True,
+            # Why None: APScheduler's default of 1 s silently drops a slot that starts
+            # 30 s late. Our executor never drops one; `due` applies the grace
+            # (LATE_GRACE_S, or grace_s for catch-up schedules) and records a late
+            # slot as skipped.
+            misfire_grace_time=None,
+            # Why coalesce: a backlog (the loop blocked past several slots) runs once,
+            # for the latest slot, not once per slot in a burst.
+            coalesce=True,
+            # Why 1: a schedule never overlaps itself; the refused slot is recorded as
+            # skipped by `_on_max_instances`.
+            max_instances=1,
+        )
+
+    async def add(self, info: ScheduleInfo) -> datetime | None:
+        """Give a saved schedule its job; returns when it fires next (with its stagger).
+
+        Reads the row again (the table is the truth). Raises :class:`ScheduleNotFound`
+        when the row is gone or disabled, :class:`InvalidTime` for a one-shot whose
+        time has passed, :class:`InvalidCron`/:class:`UnknownTimezone` for a row that
+        cannot be scheduled; then no job exists and the caller deletes the row. Before
+        :meth:`start` or after :meth:`shutdown` no job is made (``start`` loads the
+        table), and the next run is computed from the clock.
+        """
+        row = await self._store.get(info.id)
+        if row is None or not row.enabled:
+            raise ScheduleNotFound(f"#{info.id}")
+        _slots, trigger, stagger = self._triggers(row)
+        now = self._clock.now()
+        if row.run_at is not None and row.run_at <= now:
+            raise InvalidTime(f"{row.run_at:%Y-%m-%d %H:%M} UTC has passed; give a later time")
+        if self._aps is not None and self._state == "running":
+            self._add_job(self._aps, row, trigger, stagger)
+            at = self.next_run(row.id)
+        else:
+            nxt = trigger.get_next_fire_time(None, now)
+            at = nxt.astimezone(UTC) if nxt is not None else None
+        await self._store.set_next_run(row.id, at)
+        return at
+
+    async def remove(self, schedule_id: int) -> bool:
+        """Remove a schedule's job (after its row is deleted); False when there was none."""
+        return self._drop_job(schedule_id)
+
+    def _drop_job(self, schedule_id: int) -> bool:
+        self._stagger.pop(schedule_id, None)
+        if self._aps is None or self._state != "running":
+            return False
+        try:
+            self._aps.remove_job(str(schedule_id))
+        except JobLookupError:
+            return False
+        return True
+
+    def jobs(self) -> dict[int, datetime | None]:
+        """Schedule id -> when its job fires next (UTC, with stagger)."""
+        if self._aps is None or self._state != "running":
+            return {}
+        return {
+            int(job.id): _utc(getattr(job, "next_run_time", None)) for job in self._aps.get_jobs()
+        }
+
+    def next_run(self, schedule_id: int) -> datetime | None:
+        """When the schedule's job fires next (UTC, with stagger); None without a job."""
+        if self._aps is None or self._state != "running":
+            return None
+        job = self._aps.get_job(str(schedule_id))
+        return _utc(getattr(job, "next_run_time", None)) if job is not None else None
+
+    # --- firing ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler task failed", exc_info=task.exception())
+
+    async def _on_job(self, schedule_id: int, run_time: datetime | None = None) -> FireResult:
+        # Why a default: APScheduler checks a job's arguments when it is added, before
+        # our executor appends the run time.
+        if run_time is None:
+            raise RuntimeError("SkillScheduler jobs run on its executor, which passes run_time")
+        return await self.due(schedule_id, run_time)
+
+    def _late_limit(self, info: ScheduleInfo) -> float:
+        return self.grace_s if info.missed == "catch-up" else min(self.grace_s, LATE_GRACE_S)
+
+    def _catches_up(self, info: ScheduleInfo, slot: datetime, now: datetime) -> bool:
+        return info.missed == "catch-up" and (now - slot).total_seconds() <= self.grace_s
+
+    async def due(self, schedule_id: int, run_time: datetime) -> FireResult:
+        """What a job does when APScheduler says it is due: ``run_time`` is the time it
+        was scheduled for (stagger included). Works out the slot, refuses a slot that
+        starts past its grace (recorded skipped), then :meth:`fire_due`."""
+        if self._state != "running":
+            return "closed"
+        slot = run_time.astimezone(UTC) - self._stagger.get(schedule_id, timedelta(0))
+        info = await self._store.get(schedule_id)
+        if info is None or not info.enabled:
+            self._drop_job(schedule_id)
+            return "gone"
+        await self._store.set_next_run(schedule_id, self.next_run(schedule_id))
+        late = (self._clock.now() - run_time).total_seconds()
+        limit = self._late_limit(info)
+        if late > limit:
+            log.warning("schedule %s slot %s started %.0f s late: skipped", info.id, slot, late)
+            await self._store.record_skipped(
+                info.id,
+                slot,
+                f"started {late:.0f} s late, past the {limit:.0f} s grace",
+                at=self._clock.now(),
+            )
+            if info.one_shot:
+                await self._store.disable(info.id, DONE)
+            return "skipped"
+        return await self._fire_slot(info, slot)
+
+    async def fire_due(self, schedule_id: int, slot_at: datetime) -> FireResult:
+        """Run one slot of a schedule (``slot_at``: before stagger, UTC) unless it is
+        running already, was claimed before, or the schedule is gone or disabled."""
+        info = await self._store.get(schedule_id)
+        if info is None or not info.enabled:
+            self._drop_job(schedule_id)
+            return "gone"
+        return await self._fire_slot(info, slot_at.astimezone(UTC))
+
+    def _on_max_instances(self, event: JobSubmissionEvent) -> None:
+        # APScheduler refused the run (max_instances=1: the last one is still going)
+        # and would only log it: record each refused slot as skipped.
+        schedule_id = int(event.job_id)
+        stagger = self._stagger.get(schedule_id, timedelta(0))
+        for run_time in event.scheduled_run_times:
+            slot = run_time.astimezone(UTC) - stagger
+            log.info("schedule %s slot %s skipped: %s", schedule_id, slot, OVERLAP)
+            self._spawn(
+                self._store.record_skipped(schedule_id, slot, OVERLAP, at=self._clock.now())
+            )
+
+    async def _fire_slot(self, info: ScheduleInfo, slot: datetime) -> FireResult:
+        if self._state == "closed":
+            return "closed"
+        sid = info.id
+        # Why check-and-add before any await: two fires of one schedule on this loop
+        # cannot both pass.
+        if sid in self._running:
+            await self._skip_overlap(info, slot)
+            return "skipped"
+        self._running.add(sid)
+        try:
+            if await self._store.running_slot(sid) is not None:  # running elsewhere
+                await self._skip_overlap(info, slot)
+                return "skipped"
+            if not await self._store.claim_slot(sid, slot, started_at=self._clock.now()):
+                log.info("schedule %s slot %s already has a row: not fired again", sid, slot)
+                return "duplicate"
+            outcome = await self._call(info, slot)
+            failures = await self._store.finish_slot(
+                sid,
+                slot,
+                outcome.status,
+                run_id=outcome.run_id,
+                reason=outcome.error if outcome.status == "failed" else None,
+                ended_at=self._clock.now(),
+            )
+        finally:
+            self._running.discard(sid)
+        await self._after(info, outcome, failures)
+        return "fired"
+
+    async def _skip_overlap(self, info: ScheduleInfo, slot: datetime) -> None:
+        log.info("schedule %s slot %s skipped: %s", info.id, slot, OVERLAP)
+        await self._store.record_skipped(info.id, slot, OVERLAP, at=self._clock.now())
+
+    async def _call(self, info: ScheduleInfo, slot: datetime) -> SlotOutcome:
+        try:
+            return await self._fire(info, slot)
+        except asyncio.CancelledError:
+            await self._store.finish_slot(
+                info.id, slot, "failed", reason="cancelled", ended_at=self._clock.now()
+            )
+            raise
+        except Exception as exc:
+            # Why catch everything: `fire` reports what it can as an outcome; anything
+            # else is a bug, and the slot must still be closed and counted.
+            log.exception("schedule %s slot %s: fire raised", info.id, slot)
+            return SlotOutcome(
+                status="failed", error=f"an internal error ({type(exc).__name__}); see the log"
+            )
+
+    async def _after(self, info: ScheduleInfo, outcome: SlotOutcome, failures: int) -> None:
+        if info.one_shot:
+            await self._store.disable(info.id, DONE)
+            self._drop_job(info.id)
+            return
+        if outcome.status != "failed":
+            return
+        error = outcome.error or "the run failed"
+        if failures >= self.disable_after:
+            reason = f"it failed {failures} times in a row; the last time: {error}"
+            await self._store.disable(info.id, reason)
+            self._drop_job(info.id)
+            log.warning("schedule %s disabled: %s", info.id, reason)
+            if self._events is not None:
+                fresh = await self._store.get(info.id) or info
+                await self._notify("disabled", self._events.disabled(fresh, reason))
+        elif failures == self.warn_after and self._events is not None:
+            fresh = await self._store.get(info.id) or info
+            await self._notify("failing", self._events.failing(fresh, failures, error))
+
+    @staticmethod
+    async def _notify(what: str, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except Exception:
+            # Why not raise: no caller is waiting for a background slot; the traceback
+            # goes to the log and the schedule's state is already in the table.
+            log.exception("schedule event %r failed", what)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(UTC) if moment is not None else None

@@ -1,0 +1,90 @@
+"""The plain types of schedules and slots: what the scheduler hands to ``fire`` and what
+``fire`` answers. No SQL and no APScheduler here, so the host-neutral services can
+import them (``skills.schedules`` holds the store, ``skills.scheduler`` the scheduler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+__all__ = [
+    "MISSED_POLICIES",
+    "Fire",
+    "FireResult",
+    "Missed",
+    "ScheduleEvents",
+    "ScheduleInfo",
+    "SlotInfo",
+    "SlotOutcome",
+    "SlotStatus",
+]
+
+Missed = Literal["skip", "catch-up"]
+SlotStatus = Literal["running", "ok", "failed", "skipped"]
+MISSED_POLICIES: tuple[Missed, ...] = ("skip", "catch-up")
+
+#: What became of a slot the scheduler was asked to run: ``fired`` (fire was called),
+#: ``skipped`` (recorded: overlap or too late), ``duplicate`` (the slot already had a
+#: row), ``gone`` (no such enabled schedule), ``closed`` (the scheduler is shut down).
+FireResult = Literal["fired", "skipped", "duplicate", "gone", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    id: int
+    skill_id: int
+    guild_id: str
+    channel_id: str
+    created_by: str
+    cron: str | None
+    run_at: datetime | None
+    timezone: str
+    arguments: dict[str, str] = field(hash=False)
+    missed: Missed
+    enabled: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_status: str | None
+    last_run_id: str | None
+    consecutive_failures: int
+    disabled_reason: str | None
+    stagger_s: int
+    created_at: datetime
+
+    @property
+    def one_shot(self) -> bool:
+        return self.run_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    schedule_id: int
+    slot_at: datetime  # before stagger, UTC
+    status: SlotStatus
+    reason: str | None
+    run_id: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SlotOutcome:
+    status: Literal["ok", "failed"]
+    run_id: str | None = None
+    error: str | None = None  # written for the person: goes to the slot and the owner
+
+
+#: ``(schedule, slot_at) -> what happened``: runs the skill. ``slot_at`` is the slot's
+#: identity (the trigger's time before stagger, UTC).
+Fire = Callable[[ScheduleInfo, datetime], Awaitable[SlotOutcome]]
+
+
+class ScheduleEvents(Protocol):
+    async def failing(self, schedule: ScheduleInfo, failures: int, error: str) -> None:
+        """Once per run of failures, when it reaches ``warn_after``."""
+
+    async def disabled(self, schedule: ScheduleInfo, reason: str) -> None:
+        """When failures reach ``disable_after``; the table already says disabled."""
