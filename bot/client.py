@@ -28,6 +28,7 @@ from bot.settings import Settings
 from executor import errors as xerr
 
 if TYPE_CHECKING:
+    from adapters.discord.dm import DirectMessages
     from adapters.discord.escalation import DiscordEscalator
 
 __all__ = [
@@ -41,7 +42,14 @@ __all__ = [
 
 log = logging.getLogger("coterie.discord")
 
-DEFAULT_EXTENSIONS: tuple[str, ...] = ("commands.persona", "commands.chat")
+DEFAULT_EXTENSIONS: tuple[str, ...] = (
+    "commands.persona",
+    "commands.chat",
+    "commands.config",
+    "commands.audit",
+    "commands.budget",
+    "commands.privacy",
+)
 MAX_MESSAGE = 2000
 
 
@@ -82,17 +90,14 @@ def _perm_names(names: Sequence[str]) -> str:
 
 
 def _render_coterie_error(exc: xerr.CoterieError) -> str | None:
+    from adapters.discord.budget_text import budget_refusal
+    from adapters.services.errors import Refusal
     from personas.errors import PersonaError
 
-    if isinstance(exc, PersonaError):
+    if isinstance(exc, PersonaError | Refusal):
         return str(exc)  # written for the person: "no persona named 'x'; try /persona list"
     if isinstance(exc, xerr.BudgetExceeded):
-        d = exc.details
-        when = f" Enough frees up at {d.frees_at:%Y-%m-%d %H:%M} UTC." if d.frees_at else ""
-        return (
-            f"That would take you past your 7-day budget of ${d.limit_micros / 1e6:.2f} "
-            f"(spent ${d.spent_micros / 1e6:.2f} so far).{when}"
-        )
+        return budget_refusal(exc.details)  # spent, limit, when it frees, how to ask an admin
     if isinstance(exc, xerr.DispatchRefused):
         return f"I won't start that run: {exc}."
     if isinstance(exc, xerr.RunRefused):
@@ -213,6 +218,7 @@ class CoterieBot(CoterieClient[App]):
         self._app_started = False
         self._app_closed = False
         self._escalator: DiscordEscalator | None = None
+        self._direct: DirectMessages | None = None
 
     async def setup_hook(self) -> None:
         for name in self.extension_names:
@@ -225,6 +231,13 @@ class CoterieBot(CoterieClient[App]):
         # Route the critic's stops and kills to the guilds' admin channels.
         self._escalator = DiscordEscalator(self, app.guild_settings)
         app.escalations.attach(self._escalator)
+        # Budget warnings go to members as DMs (an app built for a test may have none).
+        alerts = getattr(app, "budget_alerts", None)
+        if alerts is not None:
+            from adapters.discord.dm import DirectMessages
+
+            self._direct = DirectMessages(self)
+            alerts.attach(self._direct)
         await app.start()
         self._app_started = True
         if self.settings.dev_guild_id:
@@ -238,6 +251,10 @@ class CoterieBot(CoterieClient[App]):
         escalator, self._escalator = self._escalator, None
         if escalator is not None and self.has_app:
             self.app.escalations.detach(escalator)
+        direct, self._direct = self._direct, None
+        alerts = getattr(self.app, "budget_alerts", None) if self.has_app else None
+        if direct is not None and alerts is not None:
+            alerts.detach(direct)
 
     async def _load(self, name: str) -> None:
         try:
@@ -295,10 +312,17 @@ class CoterieBot(CoterieClient[App]):
 
 
 if TYPE_CHECKING:
+    from commands.audit import AuditApp
+    from commands.budget import BudgetApp
     from commands.chat import ChatApp
+    from commands.config import ConfigApp
     from commands.persona import PersonaApp
+    from commands.privacy import PrivacyApp
 
     def _app_serves_every_cog(app: App) -> tuple[ChatApp, PersonaApp]:
         # Why: discord.py hands cogs the client at run time; this is where mypy checks
         # that the App satisfies each cog's protocol.
         return app, app
+
+    def _app_serves_the_admin_cogs(app: App) -> tuple[ConfigApp, AuditApp, BudgetApp, PrivacyApp]:
+        return app, app, app, app

@@ -129,6 +129,7 @@ _EXPORTS: dict[str, str] = {
     "estimate_tokens": "executor.tokens",
     "excerpt": "executor.redaction",
     "fan_out": "executor.fanout",
+    "format_usd": "executor.budget",
     "frees_at": "executor.budget",
     "generate_structured": "executor.structured",
     "generate_structured_result": "executor.structured",
@@ -247,6 +248,7 @@ __all__ = [
     "estimate_tokens",
     "excerpt",
     "fan_out",
+    "format_usd",
     "frees_at",
     "generate_structured",
     "generate_structured_result",
@@ -286,6 +288,7 @@ if _typing.TYPE_CHECKING:
         BudgetStatus,
         InMemoryBudgetLedger,
         dollars_to_micros,
+        format_usd,
         frees_at,
     )
     from executor.compaction import (
