@@ -402,7 +402,8 @@ class SkillScheduler:
         if info is None or not info.enabled:
             self._drop_job(schedule_id)
             return "gone"
-        await self._store.set_next_run(schedule_id, self.next_run(schedule_id))
+        # Why not awaited: the listing's next run must not delay this slot's claim.
+        self._spawn(self._store.set_next_run(schedule_id, self.next_run(schedule_id)))
         late = (self._clock.now() - run_time).total_seconds()
         limit = self._late_limit(info)
         if late > limit:

@@ -13,7 +13,10 @@ differs from crontab are handled here rather than left to surprise a member:
   APScheduler only when *both* do. Rather than run on other days than the member
   meant, such an expression is refused with the reason.
 
-Every datetime returned is timezone-aware UTC.
+Every datetime returned is timezone-aware UTC. Across DST a fire is an instant: a wall
+time the spring change skips fires once, at the offset before the change (APScheduler
+3's choice: ``30 2 * * *`` in Paris on 2026-03-29 fires at 01:30 UTC); a wall time the
+autumn change repeats fires twice, an hour apart, as two slots.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from skills.errors import InvalidCron, InvalidTime, UnknownTimezone
+from skills.errors import InvalidCron, InvalidTime, TooFrequent, UnknownTimezone
 
 __all__ = [
     "MAX_STAGGER_S",
+    "check_interval",
     "fires_between",
     "is_top_of_hour",
     "last_fires",
@@ -154,23 +158,27 @@ def parse_cron(expr: str, tz: ZoneInfo) -> CronTrigger:
     for (label, name, allowed), value in zip(_FIELDS, fields, strict=True):
         if not _TOKEN.fullmatch(value):
             raise InvalidCron(expr, f"the {label} field `{value}` is not valid: it takes {allowed}")
-        if name == "day_of_week":
-            value = _expand_day_of_week(value, expr)
-        try:
-            # Why one field at a time: APScheduler's message does not say which field.
-            CronTrigger(**{name: value}, timezone=tz)
-        except ValueError as exc:
-            raise InvalidCron(
-                expr, f"the {label} field `{value}` is not valid: it takes {allowed}"
-            ) from exc
-        values[name] = value
+        values[name] = _expand_day_of_week(value, expr) if name == "day_of_week" else value
     if values["day"] != "*" and values["day_of_week"] != "*":
         raise InvalidCron(
             expr,
             "it sets both day-of-month and day-of-week, which crontab reads as either one "
             "and this scheduler as both; set one of them to `*`",
         )
-    return CronTrigger(**values, timezone=tz)
+    try:
+        return CronTrigger(**values, timezone=tz)
+    except ValueError:
+        pass
+    # Why one field at a time, and only now: APScheduler's message does not say which
+    # field is wrong, and building a trigger per field costs 6x on every start-up.
+    for (label, name, allowed), value in zip(_FIELDS, fields, strict=True):
+        try:
+            CronTrigger(**{name: values[name]}, timezone=tz)
+        except ValueError as exc:
+            raise InvalidCron(
+                expr, f"the {label} field `{value}` is not valid: it takes {allowed}"
+            ) from exc
+    raise InvalidCron(expr, "its fields do not make a valid schedule")
 
 
 def parse_at(text: str, tz: ZoneInfo, now: datetime) -> datetime:
@@ -301,3 +309,23 @@ def min_gap_s(
     fires = fires_between(trigger, now, now + horizon, limit=3_000)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
     return min(gaps) if gaps else math.inf
+
+
+def _duration(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def check_interval(cron: str, tz: ZoneInfo, now: datetime, min_interval_s: float) -> float:
+    """The expression's smallest gap (:func:`min_gap_s`), or :class:`TooFrequent` when it
+    is under ``min_interval_s`` (``COTERIE_SCHEDULE_MIN_INTERVAL_S``)."""
+    gap = min_gap_s(cron, tz, now)
+    if gap < min_interval_s:
+        raise TooFrequent(
+            f"`{cron}` runs {_duration(gap)} apart at its closest; schedules here may run "
+            f"at most every {_duration(min_interval_s)}"
+        )
+    return gap

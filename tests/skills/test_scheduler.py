@@ -171,6 +171,11 @@ def scheduler(
     )
 
 
+async def stop(sched: SkillScheduler) -> None:
+    sched.shutdown()
+    await sched.wait_idle()  # bookkeeping tasks done before the database closes
+
+
 def slots(got: Iterable[Any]) -> list[tuple[datetime, str, str | None]]:
     return [(s.slot_at, s.status, s.reason) for s in got]
 
@@ -301,7 +306,7 @@ async def test_a_schedule_fires_through_apscheduler_with_its_slot(
     assert following == slot + timedelta(hours=1) + stagger
     got = await store.get(info.id)
     assert got is not None and got.next_run_at == following and got.last_run_id == "run-1"
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_jobs_are_rebuilt_from_the_table_on_restart(
@@ -345,6 +350,7 @@ async def test_jobs_are_rebuilt_from_the_table_on_restart(
         assert sched.next_run(off.id) is None
         sched.shutdown()
         sched.shutdown()  # idempotent
+        await sched.wait_idle()
         assert sched.jobs() == {}
 
 
@@ -362,7 +368,7 @@ async def test_catch_up_within_grace_runs_the_latest_missed_slot_once(
         (at(10, 30), "ok", None),
         (at(9, 30), "skipped", MISSED),  # the one before it; 8:30 leaves no row
     ]
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_catch_up_beyond_grace_is_skipped(store: ScheduleStore, skill_id: int) -> None:
@@ -376,7 +382,7 @@ async def test_catch_up_beyond_grace_is_skipped(store: ScheduleStore, skill_id: 
     assert slots(await store.recent_slots(info.id, 10)) == [(at(10, 30), "skipped", MISSED)]
     got = await store.get(info.id)
     assert got is not None and got.last_status == "skipped" and got.enabled
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_skip_policy_records_the_missed_slot(store: ScheduleStore, skill_id: int) -> None:
@@ -389,7 +395,7 @@ async def test_skip_policy_records_the_missed_slot(store: ScheduleStore, skill_i
     assert fire.calls == []
     assert slots(await store.recent_slots(info.id, 10)) == [(at(10, 30), "skipped", MISSED)]
     assert info.id in sched.jobs()  # still scheduled
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_missed_is_counted_from_the_last_slot_not_creation(
@@ -403,7 +409,7 @@ async def test_missed_is_counted_from_the_last_slot_not_creation(
     report = await sched.start()
     await sched.wait_idle()
     assert (report.caught_up, report.skipped, fire.calls) == (0, 0, [])
-    sched.shutdown()
+    await stop(sched)
 
 
 @pytest.mark.parametrize("missed", ["catch-up", "skip"])
@@ -419,7 +425,7 @@ async def test_a_missed_one_shot(store: ScheduleStore, skill_id: int, missed: st
     got = await store.get(info.id)
     assert got is not None and not got.enabled and got.disabled_reason == DONE
     assert info.id not in sched.jobs()
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_no_second_run_of_a_slot_across_a_restart(
@@ -448,7 +454,7 @@ async def test_no_second_run_of_a_slot_across_a_restart(
     first_fire.gate.set()  # the old run ends: its slot stays as the restart closed it
     assert await running == "fired"
     assert slots(await store.recent_slots(info.id, 5)) == [(at(10, 30), "failed", INTERRUPTED)]
-    second.shutdown()
+    await stop(second)
 
 
 async def test_a_slot_due_while_the_last_run_goes_on_is_skipped(
@@ -469,7 +475,7 @@ async def test_a_slot_due_while_the_last_run_goes_on_is_skipped(
         (at(10, 30), "skipped", OVERLAP),
         (at(9, 30), "ok", None),
     ]
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_apscheduler_max_instances_refusal_is_recorded_as_skipped(
@@ -501,7 +507,7 @@ async def test_apscheduler_max_instances_refusal_is_recorded_as_skipped(
         (again, "skipped", OVERLAP),
         (latest, "ok", None),
     ]
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_a_slot_started_past_its_grace_is_skipped_not_dropped(
@@ -518,7 +524,7 @@ async def test_a_slot_started_past_its_grace_is_skipped_not_dropped(
     assert slots(await store.recent_slots(skip.id, 5)) == [
         (at(10, 30), "skipped", "started 1560 s late, past the 600 s grace")
     ]
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_stagger_shifts_the_fire_not_the_slot_across_dst(
@@ -550,7 +556,7 @@ async def test_stagger_shifts_the_fire_not_the_slot_across_dst(
     plain_trigger = aps.get_job(str(plain.id)).trigger
     plain_next = plain_trigger.get_next_fire_time(None, datetime(2026, 3, 30, tzinfo=UTC))
     assert plain_next == datetime(2026, 3, 30, 9, 5, tzinfo=scheduling.zone("Europe/Paris"))
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_two_failures_warn_once_five_disable(store: ScheduleStore, skill_id: int) -> None:
@@ -576,7 +582,7 @@ async def test_two_failures_warn_once_five_disable(store: ScheduleStore, skill_i
     assert info.id not in sched.jobs()
     assert await sched.fire_due(info.id, at(6, 17)) == "gone"
     assert len(fire.calls) == 5
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_a_success_resets_the_failure_run(store: ScheduleStore, skill_id: int) -> None:
@@ -592,7 +598,7 @@ async def test_a_success_resets_the_failure_run(store: ScheduleStore, skill_id: 
     assert seen.failing == [(info.id, 2, "boom")]
     got = await store.get(info.id)
     assert got is not None and got.consecutive_failures == 1 and got.enabled
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_a_fire_that_raises_is_a_failed_slot(store: ScheduleStore, skill_id: int) -> None:
@@ -605,7 +611,7 @@ async def test_a_fire_that_raises_is_a_failed_slot(store: ScheduleStore, skill_i
     [slot] = await store.recent_slots(info.id, 5)
     assert slot.status == "failed" and slot.reason is not None and "RuntimeError" in slot.reason
     assert "a bug" not in slot.reason  # the traceback goes to the log, not to members
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_a_one_shot_is_disabled_after_it_fires(store: ScheduleStore, skill_id: int) -> None:
@@ -622,7 +628,7 @@ async def test_a_one_shot_is_disabled_after_it_fires(store: ScheduleStore, skill
     got = await store.get(info.id)
     assert got is not None and not got.enabled and got.disabled_reason == DONE
     assert info.id not in sched.jobs()
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_add_and_remove_keep_jobs_with_the_table(store: ScheduleStore, skill_id: int) -> None:
@@ -652,7 +658,7 @@ async def test_add_and_remove_keep_jobs_with_the_table(store: ScheduleStore, ski
     with pytest.raises(InvalidTime, match="has passed"):
         await sched.add(past)
     assert past.id not in sched.jobs()
-    sched.shutdown()
+    await stop(sched)
 
 
 async def test_after_shutdown_nothing_fires(store: ScheduleStore, skill_id: int) -> None:
@@ -660,9 +666,33 @@ async def test_after_shutdown_nothing_fires(store: ScheduleStore, skill_id: int)
     fire = Fire()
     sched = scheduler(store, fire, FakeClock(start=at(12)))
     await sched.start()
-    sched.shutdown()
+    await stop(sched)
     assert await sched.fire_due(info.id, at(1, 17)) == "closed"
     assert await sched.due(info.id, at(1, 17)) == "closed"
     assert fire.calls == [] and sched.jobs() == {}
     with pytest.raises(RuntimeError, match="starts once"):
         await sched.start()
+
+
+async def test_concurrent_slot_writes_queue_instead_of_failing(
+    store: ScheduleStore, skill_id: int
+) -> None:
+    # 100 slots at once, as at the top of a busy minute: claims, skips and next-run
+    # writes interleave on one SQLite file; none may fail with "database is locked".
+    infos = [await make(store, skill_id, cron="17 * * * *") for _ in range(20)]
+    base = at(9, 17)
+
+    async def one(i: int) -> None:
+        info = infos[i % len(infos)]
+        slot = base + timedelta(hours=i)
+        if i % 3 == 0:
+            await store.record_skipped_many([(info.id, slot, "x"), (info.id, slot, "x")])
+        elif i % 3 == 1:
+            assert await store.claim_slot(info.id, slot, started_at=slot)
+            await store.finish_slot(info.id, slot, "ok")
+        else:
+            await store.set_next_run(info.id, slot)
+
+    await asyncio.gather(*(one(i) for i in range(100)))
+    total = sum([len(await store.recent_slots(info.id, 100)) for info in infos])
+    assert total == 34 + 33
