@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from adapters.services.errors import InvalidSetting
 from adapters.services.ports import GuildConfig, GuildSettingsStore
@@ -110,12 +110,18 @@ PersonaExists = Callable[[str, str], Awaitable[bool]]
 
 def check_timezone(name: str) -> str:
     """An IANA zone name as ``zoneinfo`` spells it, or :class:`InvalidSetting`."""
+    typed = name.strip().replace(" ", "_")
     try:
-        return str(ZoneInfo(name.strip()))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidSetting(
-            f"“{name}” is not a time zone I know; use an IANA name like Europe/Paris or UTC."
-        ) from exc
+        return str(ZoneInfo(typed))
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    # Why: people type "europe/paris"; zoneinfo's names are case-sensitive on Linux.
+    by_lower = {z.lower(): z for z in available_timezones()}
+    if typed.lower() in by_lower:
+        return by_lower[typed.lower()]
+    raise InvalidSetting(
+        f"“{name[:60]}” is not a time zone I know; use an IANA name like Europe/Paris or UTC."
+    )
 
 
 def _plain(value: Any) -> Any:

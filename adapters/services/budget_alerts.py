@@ -3,10 +3,12 @@
 After each settled run (``SqlBudgetLedger.after_settle``) :meth:`BudgetAlerts.check`
 reads the member's budget where they ran, and for each threshold
 (``COTERIE_BUDGET_WARN_PERCENT``, ``[50, 80]`` by default) they are now at or past,
-*claims* the warning in the store (a row per member and threshold: it survives
-restarts) before telling them; a threshold already claimed is not sent again. When
-their spend is back under a threshold (spend rolled out of the window, a grant, a
-higher limit) its claim is released, so the next crossing warns again: once per
+*claims* the warning in the store (a row per member and threshold, stamped with the
+ledger's clock: it survives restarts) before telling them; a threshold already
+claimed is not sent again. A claim is released once the member was back under its
+threshold: now (a grant, a higher limit), or just before this run's charge, later
+than the claim (spend rolled out of the window since; spend only falls between
+charges, so that is the lowest it was). The next crossing then warns again: once per
 crossing. Several thresholds crossed by one run send one DM, naming the highest.
 
 The DM goes through an :class:`AlertSender` attached by the host (the Discord client
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from adapters.services.budgets import BudgetReader
 from executor.agent import Caller
 from executor.budget import BudgetStatus, format_usd
+from executor.ports import Clock, RealClock
 
 __all__ = ["AlertSender", "AlertStore", "BudgetAlerts", "InMemoryAlertStore", "warning_text"]
 
@@ -30,11 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class AlertStore(Protocol):
-    async def claimed(self, user_id: str) -> set[int]:
-        """The thresholds already warned about in the member's current crossing."""
+    async def claimed(self, user_id: str) -> dict[int, datetime]:
+        """The thresholds already warned about, and when."""
         ...
 
-    async def claim(self, user_id: str, threshold_pct: int) -> bool:
+    async def claim(self, user_id: str, threshold_pct: int, at: datetime) -> bool:
         """Mark the threshold as warned about; False when it already was (by anyone)."""
         ...
 
@@ -47,22 +51,30 @@ class AlertSender(Protocol):
     async def send_warning(self, user_id: str, text: str) -> None: ...
 
 
+class SpendReader(BudgetReader, Protocol):
+    async def spent_at(self, user_id: str, at: datetime) -> int:
+        """The member's window spend as it was at ``at``."""
+        ...
+
+
 class InMemoryAlertStore:
     def __init__(self) -> None:
-        self._sent: dict[str, set[int]] = {}
+        self._sent: dict[str, dict[int, datetime]] = {}
 
-    async def claimed(self, user_id: str) -> set[int]:
-        return set(self._sent.get(user_id, ()))
+    async def claimed(self, user_id: str) -> dict[int, datetime]:
+        return dict(self._sent.get(user_id, {}))
 
-    async def claim(self, user_id: str, threshold_pct: int) -> bool:
-        mine = self._sent.setdefault(user_id, set())
+    async def claim(self, user_id: str, threshold_pct: int, at: datetime) -> bool:
+        mine = self._sent.setdefault(user_id, {})
         if threshold_pct in mine:
             return False
-        mine.add(threshold_pct)
+        mine[threshold_pct] = at
         return True
 
     async def release(self, user_id: str, thresholds: Sequence[int]) -> None:
-        self._sent.get(user_id, set()).difference_update(thresholds)
+        mine = self._sent.get(user_id, {})
+        for t in thresholds:
+            mine.pop(t, None)
 
     async def delete_user_data(self, user_id: str) -> int:
         return len(self._sent.pop(user_id, ()))
@@ -81,10 +93,11 @@ def warning_text(threshold_pct: int, status: BudgetStatus) -> str:
 class BudgetAlerts:
     def __init__(
         self,
-        ledger: BudgetReader,
+        ledger: SpendReader,
         store: AlertStore,
         *,
         thresholds: Sequence[int] = (50, 80),
+        clock: Clock | None = None,
     ) -> None:
         bad = [t for t in thresholds if not 0 < t <= 100]
         if bad:
@@ -92,6 +105,7 @@ class BudgetAlerts:
         self.ledger = ledger
         self.store = store
         self.thresholds = tuple(sorted(set(thresholds)))
+        self.clock: Clock = clock if clock is not None else RealClock()
         self._sender: AlertSender | None = None
 
     def attach(self, sender: AlertSender) -> None:
@@ -101,21 +115,37 @@ class BudgetAlerts:
         if self._sender is sender:
             self._sender = None
 
-    async def check(self, caller: Caller) -> int | None:
-        """Warn ``caller`` of a newly crossed threshold; returns the one sent, or None."""
+    async def check(self, caller: Caller, charged_at: datetime | None = None) -> int | None:
+        """Warn ``caller`` of a newly crossed threshold after a charge made at
+        ``charged_at``; returns the threshold sent, or None."""
         if not self.thresholds:
             return None
+        now = self.clock.now()
         status = await self.ledger.status(caller.user_id, context=caller)
-        if status.limit_micros <= 0:
+        limit = status.limit_micros
+        if limit <= 0:
             return None  # a zero budget refuses every run: nothing to warn about
         # Why spent only: a reservation is an estimate that is settled a moment later.
-        pct = status.spent_micros * 100 / status.limit_micros
+        pct = status.spent_micros * 100 / limit
         passed = [t for t in self.thresholds if pct >= t]
         claimed = await self.store.claimed(caller.user_id)
         under = [t for t in claimed if t not in passed]
+        if charged_at is not None and len(under) < len(claimed):
+            # The lowest the member's spend was since the last charge: just before this one.
+            just_before = charged_at - timedelta(microseconds=1)
+            before = await self.ledger.spent_at(caller.user_id, just_before) * 100 / limit
+            under += [
+                t
+                for t, sent in claimed.items()
+                if t not in under and before < t and sent < charged_at
+            ]
         if under:
             await self.store.release(caller.user_id, under)
-        new = [t for t in passed if t not in claimed and await self.store.claim(caller.user_id, t)]
+            for t in under:
+                claimed.pop(t)
+        new = [
+            t for t in passed if t not in claimed and await self.store.claim(caller.user_id, t, now)
+        ]
         if not new:
             return None
         highest = max(new)

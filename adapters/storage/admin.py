@@ -135,16 +135,18 @@ class SqlAlertStore:
         self._engine = engine_of(sessions)
         self._dialect = self._engine.dialect.name
 
-    async def claimed(self, user_id: str) -> set[int]:
-        stmt = select(_alerts.c.threshold_pct).where(_alerts.c.user_id == user_id)
+    async def claimed(self, user_id: str) -> dict[int, datetime]:
+        stmt = select(_alerts.c.threshold_pct, _alerts.c.sent_at).where(
+            _alerts.c.user_id == user_id
+        )
         async with self._sessions() as session:
-            return {int(t) for t in await session.scalars(stmt)}
+            return {int(t): at for t, at in await session.execute(stmt)}
 
-    async def claim(self, user_id: str, threshold_pct: int) -> bool:
+    async def claim(self, user_id: str, threshold_pct: int, at: datetime) -> bool:
         insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
         stmt = (
             insert(_alerts)
-            .values(user_id=user_id, threshold_pct=threshold_pct, sent_at=utcnow())
+            .values(user_id=user_id, threshold_pct=threshold_pct, sent_at=at)
             .on_conflict_do_nothing(index_elements=["user_id", "threshold_pct"])
         )
         # Why one statement: two settles at once both see "not claimed"; only one insert wins.

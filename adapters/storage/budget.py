@@ -66,7 +66,7 @@ class ActiveGrant:
     note: str
 
 
-AfterSettle = Callable[[Caller], Awaitable[object]]
+AfterSettle = Callable[[Caller, datetime], Awaitable[object]]
 
 
 class SqlBudgetLedger:
@@ -76,7 +76,8 @@ class SqlBudgetLedger:
     guild's default or a role's, :class:`adapters.services.budgets.GuildBudgetLimits`)
     when they have no override of their own; without it every member's base is
     ``default_limit_micros``. ``after_settle`` callbacks run after each settled run
-    with its caller (the budget warnings); their errors are logged, never raised.
+    that cost something, with its caller and the charge's time (the budget warnings);
+    their errors are logged, never raised.
     """
 
     def __init__(
@@ -228,15 +229,18 @@ class SqlBudgetLedger:
         )
 
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
-        settled = await self.settle_by_id(int(reservation.token), cost_micros)
+        at = self.clock.now()
+        settled = await self.settle_by_id(int(reservation.token), cost_micros, at=at)
         if settled and cost_micros:
             for callback in list(self.after_settle):
                 try:
-                    await callback(reservation.caller)
+                    await callback(reservation.caller, at)
                 except Exception:  # Why: a warning DM must never fail the run's finish
                     log.exception("after-settle callback failed for run %s", reservation.run_id)
 
-    async def settle_by_id(self, reservation_id: int, cost_micros: int) -> bool:
+    async def settle_by_id(
+        self, reservation_id: int, cost_micros: int, *, at: datetime | None = None
+    ) -> bool:
         """Charge ``cost_micros`` for an open reservation and release it.
 
         False when it was settled already (settling twice never charges twice).
@@ -260,7 +264,7 @@ class SqlBudgetLedger:
                 await session.execute(
                     insert(_ledger).values(
                         user_id=user_id,
-                        at=self.clock.now(),
+                        at=at or self.clock.now(),
                         amount_micros=cost_micros,
                         run_id=run_id,
                         note="",

@@ -1,4 +1,9 @@
-"""``coterie audit list|show|export``: read the audit trail from the terminal."""
+"""``coterie audit list|show|export|spend|actions``: read the audit trail from the terminal.
+
+``show`` takes a run id or a unique prefix of one; ``export`` writes the JSON Lines
+format of ``/audit export``; ``actions`` lists the admin log (settings, limits,
+grants, exports, forgets, with who did them).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ def register(sub: Any) -> None:
     ls.set_defaults(handler=_list)
 
     show = verbs.add_parser("show", help="one run with everything under it")
-    show.add_argument("run_id")
+    show.add_argument("run_id", help="a run id, or a unique prefix of one (e.g. 7bb637b9)")
     show.add_argument("--json", action="store_true", help="print the run as one JSON object")
     show.set_defaults(handler=_show)
 
@@ -36,11 +41,18 @@ def register(sub: Any) -> None:
     ex.add_argument("--output", "-o", default="-", help="a file to write (default: stdout)")
     ex.set_defaults(handler=_export)
 
-    spend = verbs.add_parser("spend", help="spend per member per day")
+    spend = verbs.add_parser("spend", help="spend per member per day (UTC days)")
     spend.add_argument("--member", help="one member's user id")
     spend.add_argument("--guild", help="one guild's id")
     spend.add_argument("--days", type=int, default=7, help="how many days back (default 7)")
     spend.set_defaults(handler=_spend)
+
+    acts = verbs.add_parser("actions", help="the admin log: who changed what, newest first")
+    acts.add_argument("--guild", help="one guild's actions")
+    acts.add_argument("--action", help="config.set, budget.set, budget.grant, audit.export, forget")
+    acts.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    acts.add_argument("--json", action="store_true", help="one JSON object per line")
+    acts.set_defaults(handler=_actions)
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -90,7 +102,9 @@ def _open() -> Any:
 
 
 def _usd(micros: int) -> str:
-    return f"${micros / 1e6:.4f}"
+    from executor.budget import format_usd
+
+    return format_usd(micros)
 
 
 async def _list(args: argparse.Namespace) -> int:
@@ -106,22 +120,47 @@ async def _list(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from exc
     finally:
         await db.close()
-    for run in page.runs:
-        if args.json:
-            from adapters.storage.audit_queries import RunDetail
+    if args.json:
+        from adapters.storage.audit_queries import RunDetail
 
+        for run in page.runs:
             row = RunDetail(run=run).to_dict()
             for key in ("steps", "attempts", "tool_calls", "events"):
                 row.pop(key)
             print(json.dumps(row, ensure_ascii=False))
-            continue
-        where = f"{run.guild_id or 'dm'}/{run.channel_id or '-'}"
-        who = run.persona or run.skill or run.agent
-        print(
-            f"{run.started_at:%Y-%m-%d %H:%M:%S} {run.run_id} {run.status:<13} {run.trigger:<8} "
-            f"{run.user_id} {where} {who} steps={run.steps} {_usd(run.cost_micros)}"
+        return 0
+    from bot.cli.tables import table
+
+    print(
+        table(
+            (
+                "started (UTC)",
+                "run",
+                "status",
+                "trigger",
+                "member",
+                "where",
+                "agent",
+                "steps",
+                "cost",
+            ),
+            [
+                (
+                    f"{run.started_at:%Y-%m-%d %H:%M:%S}",
+                    run.run_id,
+                    run.status,
+                    run.trigger,
+                    run.user_id,
+                    f"{run.guild_id or 'dm'}/{run.channel_id or '-'}",
+                    run.skill or run.persona or run.agent,
+                    run.steps,
+                    _usd(run.cost_micros),
+                )
+                for run in page.runs
+            ],
         )
-    if page.next_cursor and not args.json:
+    )
+    if page.next_cursor:
         print(f"-- more: --cursor {page.next_cursor}")
     return 0
 
@@ -131,7 +170,9 @@ async def _show(args: argparse.Namespace) -> int:
 
     db = _open()
     try:
-        detail = await AuditQueries(db.sessions).get_run(args.run_id)
+        queries = AuditQueries(db.sessions)
+        # A unique prefix is enough; RunNotFound says when none or several match.
+        detail = await queries.get_run(await queries.resolve_run(args.run_id))
     finally:
         await db.close()
     if detail is None:
@@ -202,9 +243,67 @@ async def _spend(args: argparse.Namespace) -> int:
         )
     finally:
         await db.close()
-    for row in rows:
-        print(
-            f"{row.day} {row.user_id} runs={row.runs} in={row.input_tokens} "
-            f"out={row.output_tokens} {_usd(row.cost_micros)}"
+    from bot.cli.tables import table
+
+    print(
+        table(
+            ("day (UTC)", "member", "runs", "tokens in", "tokens out", "cost"),
+            [
+                (
+                    row.day,
+                    row.user_id,
+                    row.runs,
+                    row.input_tokens,
+                    row.output_tokens,
+                    _usd(row.cost_micros),
+                )
+                for row in rows
+            ],
         )
+    )
+    return 0
+
+
+async def _actions(args: argparse.Namespace) -> int:
+    from adapters.services.admin import describe
+    from adapters.storage.admin import SqlAdminLog
+    from bot.cli.tables import table
+
+    db = _open()
+    try:
+        page = await SqlAdminLog(db.sessions).list(
+            guild_id=args.guild, action=args.action, limit=max(args.limit, 1)
+        )
+    finally:
+        await db.close()
+    if args.json:
+        for e in page.entries:
+            row = {
+                "id": e.id,
+                "at": e.at.isoformat(),
+                "guild_id": e.guild_id,
+                "actor_id": e.actor_id,
+                "actor_name": e.actor_name,
+                "action": e.action,
+                "target_id": e.target_id,
+                "detail": e.detail,
+            }
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    print(
+        table(
+            ("at (UTC)", "guild", "by", "action", "member", "what"),
+            [
+                (
+                    f"{e.at:%Y-%m-%d %H:%M:%S}",
+                    e.guild_id or "-",
+                    f"{e.actor_id} {e.actor_name}".strip(),
+                    e.action,
+                    e.target_id or "-",
+                    describe(e),
+                )
+                for e in page.entries
+            ],
+        )
+    )
     return 0

@@ -1,0 +1,126 @@
+"""The operator's views: ``coterie budget show|set|grant|top``, ``coterie audit show`` by a
+unique prefix, ``coterie audit actions``, ``coterie forget``, against a SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from adapters.storage.audit_queries import FORGOTTEN, RunFilter
+from bot.app import build_app
+from bot.cli import build_parser, main
+from bot.settings import Settings
+from executor.agent import Caller, Invocation, RunnableAgent
+from executor.messages import Message, Usage
+from executor.testing import Reply, ScriptedModel
+from tests.storage.dbs import sqlite_url
+
+
+@pytest.fixture
+def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    value = sqlite_url(tmp_path / "data" / "coterie.db")
+    monkeypatch.setenv("DATABASE_URL", value)
+    monkeypatch.setenv("COTERIE_BUDGET_DEFAULT_USD", "1")
+    monkeypatch.chdir(tmp_path)
+    return value
+
+
+def seed(url: str, *runs: tuple[str, int]) -> list[str]:
+    """Runs by (user id, cost) through the real app; returns their ids."""
+
+    async def go() -> list[str]:
+        app = await build_app(Settings(_env_file=None, database_url=url))
+        ids = []
+        try:
+            for user, cost in runs:
+                model = ScriptedModel()
+                model.push(Reply(text="ok", usage=Usage(output_tokens=1, cost_micros=cost)))
+                result = await app.executor.run(
+                    RunnableAgent(name="assistant", persona="assistant", model=model),
+                    Invocation(
+                        messages=[Message.user("hi")],
+                        caller=Caller(user_id=user, display_name=f"name-{user}", guild_id="7"),
+                        trigger="chat",
+                    ),
+                )
+                ids.append(result.run_id)
+            await app.audit.flush()
+        finally:
+            await app.close()
+        return ids
+
+    return asyncio.run(go())
+
+
+def test_budget_verbs(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(url, ("111", 250_000), ("111", 50_000), ("222", 10_000))
+    assert main(["budget", "show", "111"]) == 0
+    out = capsys.readouterr().out
+    assert "spent (7 days)" in out and "$0.3000" in out and "$1.00" in out
+
+    assert main(["budget", "set", "111", "3.50"]) == 0
+    captured = capsys.readouterr()
+    assert "own limit $3.50" in captured.err and "limit (own limit)" in captured.out
+    assert main(["budget", "grant", "111", "2", "--reason", "exam week"]) == 0
+    out = capsys.readouterr().out
+    assert "$5.50" in out and "exam week" in out and "console" in out  # by the operator
+    assert main(["budget", "set", "111", "default"]) == 0
+    assert "limit (default)" in capsys.readouterr().out
+    assert main(["budget", "set", "111", "lots"]) == 2
+    assert "not an amount" in capsys.readouterr().err
+
+    assert main(["budget", "top", "--days", "7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["member", "name", "runs", "spent", "limit", "now"]
+    assert lines[2].split()[:4] == ["111", "name-111", "2", "$0.3000"]
+    assert lines[3].split()[:4] == ["222", "name-222", "1", "$0.0100"]
+
+    # Every change is in the admin log, by the operator.
+    assert main(["audit", "actions"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("budget.set") == 2 and "budget.grant" in out and "console operator" in out
+
+
+def test_audit_show_takes_a_unique_prefix(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = seed(url, ("111", 1_000), ("111", 2_000))
+    prefix = ids[0][:8]
+    assert main(["audit", "show", prefix]) == 0
+    assert f"run       {ids[0]}" in capsys.readouterr().out
+    assert main(["audit", "show", "ffffffffffff"]) == 1
+    assert "No run starts with" in capsys.readouterr().err
+    assert main(["audit", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["started", "(UTC)", "run"]
+    assert main(["audit", "spend", "--days", "1"]) == 0
+    assert "$0.0030" in capsys.readouterr().out
+
+
+def test_forget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(url, ("111", 1_000), ("222", 2_000))
+    assert main(["forget", "111", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "audit (anonymised)" in out and "budget" in out
+
+    async def check() -> None:
+        app = await build_app(Settings(_env_file=None, database_url=url))
+        try:
+            forgotten = await app.audit_queries.list_runs(RunFilter(user_id=FORGOTTEN))
+            assert len(forgotten.runs) == 1
+            assert (await app.audit_queries.list_runs(RunFilter(user_id="111"))).runs == []
+            assert (await app.budget.status("111")).spent_micros == 0
+            assert (await app.budget.status("222")).spent_micros == 2_000
+            (entry,) = (await app.admin_log.list(action="forget")).entries
+            assert "111" not in repr(entry)  # the log says a member was forgotten, not who
+        finally:
+            await app.close()
+
+    asyncio.run(check())
+
+
+def test_help_lists_the_verbs() -> None:
+    text = build_parser().format_help()
+    assert "budget" in text and "forget" in text
+    audit = build_parser().parse_args(["audit", "spend"])
+    assert audit.handler.__name__ == "_spend"
