@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
     from adapters.services.runner import Runner
+    from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from executor.lanes import Lanes
     from personas.model import Persona
     from personas.store import PersonaStore
+    from skills.scheduler import SkillScheduler
+    from skills.schedules import ScheduleStore
     from skills.store import SkillStore
 
 __all__ = ["App", "build_app", "build_resolver", "load_environ"]
@@ -111,6 +114,9 @@ class App:
     budget: SqlBudgetLedger
     personas: PersonaStore
     skills: SkillStore
+    schedules: ScheduleStore
+    scheduler: SkillScheduler
+    skill_service: SkillService
     guild_settings: SqlGuildSettings
     threads: SqlThreadStore
     lanes: Lanes
@@ -134,15 +140,21 @@ class App:
         )
 
     async def start(self) -> None:
-        """Background services (called from the bot's setup_hook)."""
-        return None
+        """Background services (called from the bot's setup_hook): the scheduler, its
+        jobs rebuilt from the schedules table and missed slots handled."""
+        if not self.scheduler.running:
+            report = await self.scheduler.start()
+            log.info("scheduler started: %s", report)
 
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
         Idempotent."""
-        return None
+        self.scheduler.shutdown()
 
     async def close(self) -> None:
+        self.scheduler.shutdown()
+        # Why before the closers: a slot in flight finishes its bookkeeping on the database.
+        await self.scheduler.wait_idle()
         while self._closers:
             closer = self._closers.pop()
             try:
@@ -194,6 +206,8 @@ async def build_app(
     from personas.markdown import load_builtins
     from personas.runnable import to_runnable
     from personas.store import PersonaStore
+    from skills.scheduler import SkillScheduler
+    from skills.schedules import ScheduleStore
     from skills.store import SkillStore
 
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -207,7 +221,8 @@ async def build_app(
     tools = default_registry(settings.enabled_tools)
 
     db = Database.open(settings.database_url)
-    closers.append(db.close)
+    # Why insert: the database closes last, after the audit's flush and the providers.
+    closers.insert(0, db.close)
     try:
         if upgrade:
             await db.upgrade()
@@ -240,7 +255,7 @@ async def build_app(
         resolver=resolver,
     )
     hooks = [
-        DispatchGuard(),
+        DispatchGuard(max_depth=settings.skill_dispatch_depth),
         CompactionHook(
             settings.compaction_tier,
             resolver=resolver,
@@ -264,7 +279,7 @@ async def build_app(
         if tiers
         else PersonaStore(db.sessions, load_builtins(), tools=tools)
     )
-    skills = SkillStore(db.sessions)
+    skills = SkillStore(db.sessions, tools=tools, tiers=tiers, personas=personas)
     guild_settings = SqlGuildSettings(db.sessions)
     threads = SqlThreadStore(db.sessions)
     audit_queries = AuditQueries(db.sessions)
@@ -284,12 +299,46 @@ async def build_app(
         allow_dms=settings.allow_dms,
         default_tier=settings.default_tier,
     )
+    # Skills and their schedules (issue 9). The scheduler fires through the service,
+    # and the service adds and removes the scheduler's jobs: one of them is set second.
+    from adapters.services.skills import PastRun, SkillService
+    from adapters.storage.audit_queries import RunFilter
+
+    async def skill_history(guild_id: str, skill: str, limit: int) -> list[PastRun]:
+        page = await audit_queries.list_runs(RunFilter(guild_id=guild_id, skill=skill), limit=limit)
+        return [PastRun(r.run_id, r.status, r.cost_micros, r.started_at) for r in page.runs]
+
+    schedules = ScheduleStore(db.sessions)
+    skill_service = SkillService(
+        skills=skills,
+        schedules=schedules,
+        scheduler=None,
+        chat=chat,
+        budget=budget,
+        history=skill_history,
+        estimator=resolver,
+        default_tier=settings.default_tier,
+        min_interval_s=settings.schedule_min_interval_s,
+        schedules_per_member=settings.schedules_per_member,
+        clock=clock,
+    )
+    scheduler = SkillScheduler(
+        schedules,
+        skill_service.fire,
+        events=skill_service,
+        clock=clock,
+        grace_s=settings.schedule_grace_s,
+        warn_after=settings.schedule_warn_after,
+        disable_after=settings.schedule_disable_after,
+    )
+    skill_service.scheduler = scheduler
+    # Registered always; usable where COTERIE_ENABLED_TOOLS allows it (all by default).
+    tools.add(skill_service.run_skill_tool())
+
     # Admin review (issue 10): guild budgets, budget warnings, the admin log.
     budget.limits = GuildBudgetLimits(guild_settings, budget.default_limit_micros)
     alerts = SqlAlertStore(db.sessions)
-    budget_alerts = BudgetAlerts(
-        budget, alerts, thresholds=settings.budget_warn_percent, clock=budget.clock
-    )
+    budget_alerts = BudgetAlerts(budget, alerts, thresholds=settings.budget_warn_percent)
     budget.after_settle.append(budget_alerts.check)
     admin_log = SqlAdminLog(db.sessions)
 
@@ -331,6 +380,9 @@ async def build_app(
         budget=budget,
         personas=personas,
         skills=skills,
+        schedules=schedules,
+        scheduler=scheduler,
+        skill_service=skill_service,
         guild_settings=guild_settings,
         threads=threads,
         lanes=lanes,

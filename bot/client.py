@@ -45,6 +45,7 @@ log = logging.getLogger("coterie.discord")
 DEFAULT_EXTENSIONS: tuple[str, ...] = (
     "commands.persona",
     "commands.chat",
+    "commands.skill",
     "commands.config",
     "commands.audit",
     "commands.budget",
@@ -231,6 +232,15 @@ class CoterieBot(CoterieClient[App]):
         # Route the critic's stops and kills to the guilds' admin channels.
         self._escalator = DiscordEscalator(self, app.guild_settings)
         app.escalations.attach(self._escalator)
+        from adapters.discord.skill_host import DiscordSkillHost
+
+        # Where scheduled skills post, and who hears when a schedule keeps failing.
+        app.skill_service.host = DiscordSkillHost(
+            self,
+            webhooks=self.webhooks,
+            guild_settings=app.guild_settings,
+            owner_ids=self.owner_user_ids,
+        )
         # Budget warnings go to members as DMs (an app built for a test may have none).
         alerts = getattr(app, "budget_alerts", None)
         if alerts is not None:
@@ -248,6 +258,8 @@ class CoterieBot(CoterieClient[App]):
 
     def _detach_escalator(self) -> None:
         # Why: the app may outlive this client (tests, a restart); never post through a closed one.
+        if self.has_app and self.services:
+            self.app.skill_service.host = None
         escalator, self._escalator = self._escalator, None
         if escalator is not None and self.has_app:
             self.app.escalations.detach(escalator)
@@ -318,11 +330,12 @@ if TYPE_CHECKING:
     from commands.config import ConfigApp
     from commands.persona import PersonaApp
     from commands.privacy import PrivacyApp
+    from commands.skill import SkillApp
 
-    def _app_serves_every_cog(app: App) -> tuple[ChatApp, PersonaApp]:
+    def _app_serves_every_cog(app: App) -> tuple[ChatApp, PersonaApp, SkillApp]:
         # Why: discord.py hands cogs the client at run time; this is where mypy checks
         # that the App satisfies each cog's protocol.
-        return app, app
+        return app, app, app
 
     def _app_serves_the_admin_cogs(app: App) -> tuple[ConfigApp, AuditApp, BudgetApp, PrivacyApp]:
         return app, app, app, app

@@ -124,6 +124,7 @@ _EXPORTS: dict[str, str] = {
     "UnlimitedBudget": "executor.ports",
     "Usage": "executor.messages",
     "WatchdogCritic": "executor.critic",
+    "child_invocation": "executor.guard",
     "default_registry": "executor.tools.builtin",
     "dollars_to_micros": "executor.budget",
     "estimate_tokens": "executor.tokens",
@@ -243,6 +244,7 @@ __all__ = [
     "UnlimitedBudget",
     "Usage",
     "WatchdogCritic",
+    "child_invocation",
     "default_registry",
     "dollars_to_micros",
     "estimate_tokens",
@@ -346,6 +348,7 @@ if _typing.TYPE_CHECKING:
     )
     from executor.guard import (
         DispatchGuard,
+        child_invocation,
     )
     from executor.hooks import (
         RunHook,

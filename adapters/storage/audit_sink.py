@@ -78,6 +78,11 @@ _FINISH = (
     .values({c: bindparam(c) for c in _FINISHED_COLUMNS})
 )
 
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 # --- the sink ----------------------------------------------------------------------
 
 
@@ -218,6 +223,7 @@ class SqlAuditSink:
                 "agent": e.agent[:100],
                 "persona": e.persona,
                 "skill": e.skill,
+                "skill_version": _int_or_none(e.metadata.get("skill_version")),
                 "parent_run_id": e.parent_run_id,
                 "tier": e.tier[:32],
                 "model": None,

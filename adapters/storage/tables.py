@@ -124,6 +124,7 @@ class AuditRun(SQLModel, table=True):
     agent: str = Field(default="", max_length=100)
     persona: str | None = Field(default=None, max_length=64)
     skill: str | None = Field(default=None, max_length=100)
+    skill_version: int | None = None  # the version of ``skill`` that ran
     parent_run_id: str | None = Field(default=None, max_length=64, index=True)
     tier: str = Field(default="", max_length=32)
     model: str | None = Field(default=None, max_length=128)  # the model of the last answer

@@ -27,7 +27,7 @@ from executor.testing import Reply, ScriptedModel, call
 from executor.tools.registry import ToolRegistry, tool
 from personas import Persona, PersonaStore, to_runnable
 from tests.fakediscord import FakeDiscord
-from tests.fakediscord.plugin import BotFactory, coterie_bot
+from tests.fakediscord.plugin import BotFactory, NoSkills, coterie_bot
 
 EPHEMERAL = 64
 
@@ -56,6 +56,7 @@ class ChatApp:
     executor: Executor
     guild_settings: InMemoryGuildSettings = field(default_factory=InMemoryGuildSettings)
     escalations: Escalations = field(default_factory=Escalations)
+    skill_service: NoSkills = field(default_factory=NoSkills)
 
     async def start(self) -> None:
         return None

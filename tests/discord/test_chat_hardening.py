@@ -32,7 +32,7 @@ from executor.testing import ScriptedModel, call
 from executor.tools.registry import ToolRegistry, tool
 from personas import Persona, PersonaStore, to_runnable
 from tests.fakediscord import FakeDiscord
-from tests.fakediscord.plugin import BotFactory, coterie_bot
+from tests.fakediscord.plugin import BotFactory, NoSkills, coterie_bot
 
 EPHEMERAL = 64
 SORRY = re.compile(
@@ -62,6 +62,7 @@ class HardeningApp:
     threads: WatchedThreads
     guild_settings: SqlGuildSettings
     escalations: Escalations = field(default_factory=Escalations)
+    skill_service: NoSkills = field(default_factory=NoSkills)
 
     async def start(self) -> None:
         return None

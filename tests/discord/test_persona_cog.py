@@ -23,7 +23,7 @@ from personas.markdown import load_builtins, parse_markdown
 from personas.model import Persona
 from personas.store import PersonaStore
 from tests.fakediscord import FakeDiscord
-from tests.fakediscord.plugin import BotFactory, coterie_bot
+from tests.fakediscord.plugin import BotFactory, NoSkills, coterie_bot
 from tests.fakediscord.server import Call, FakeInteraction
 
 EPHEMERAL = 64
@@ -63,6 +63,7 @@ class PersonaApp:
         self.settings = Settings(_env_file=None)
         self.guild_settings = InMemoryGuildSettings()
         self.escalations = Escalations()
+        self.skill_service = NoSkills()
 
     async def start(self) -> None:
         return None

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from bot.app import App
     from bot.client import CoterieBot
 
-__all__ = ["BotFactory", "FakeApp", "run_bot"]
+__all__ = ["BotFactory", "FakeApp", "NoSkills", "run_bot"]
 
 BotFactory = Callable[[FakeDiscord], "commands.Bot | Awaitable[commands.Bot]"]
 BotT = TypeVar("BotT", bound=commands.Bot)
@@ -51,10 +51,21 @@ BotT = TypeVar("BotT", bound=commands.Bot)
 GUILD_READY_TIMEOUT = 0.05
 
 
+class NoSkills:
+    """A skill service that is never asked to run anything: where the client plugs
+    its host in (``setup_hook``), for test apps without skills."""
+
+    def __init__(self) -> None:
+        self.host: object = None
+
+
 class FakeApp:
     """A composition root with next to nothing in it; records start/close."""
 
     def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from adapters.services.conversation import HistoryLimits
         from adapters.services.escalation import Escalations
         from adapters.services.ports import InMemoryGuildSettings
 
@@ -62,6 +73,8 @@ class FakeApp:
         self.closed = 0
         self.escalations = Escalations()
         self.guild_settings = InMemoryGuildSettings()
+        self.skill_service = NoSkills()
+        self.chat = SimpleNamespace(limits=HistoryLimits())
 
     async def start(self) -> None:
         self.started += 1

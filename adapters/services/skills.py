@@ -1,0 +1,447 @@
+"""Skills as members use them: run one now, schedule it, preview what it will cost,
+and fire a scheduled slot. Host-neutral (no discord, no SQL): the stores and the
+scheduler come in typed, and the host reaches Discord through :class:`SkillHost`.
+
+Every run of a skill goes through the chat flow's ``post_as`` ("post as persona P in
+channel C"), so it streams like chat, waits in its owner's lane, is audited with the
+skill's name and version, and is charged to its owner. A scheduled run is watched by
+the critic like every run (with the skill's bounds).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from adapters.services.chat import ChatOutcome, ChatService, ChatSurface
+from executor.agent import Caller, Invocation
+from executor.errors import CoterieError
+from executor.messages import Message
+from executor.ports import Clock, RealClock
+from executor.tokens import estimate_tokens
+from executor.tools.registry import ToolContext
+from skills.errors import InvalidTime, OverBudget, ScheduleError, TooManySchedules
+from skills.model import parse_arguments, render_prompt
+from skills.slots import ScheduleInfo, SlotOutcome
+
+if TYPE_CHECKING:
+    from executor.budget import BudgetStatus
+    from executor.tools.registry import Tool
+    from skills.model import SkillInfo, SkillVersionInfo
+    from skills.scheduler import SkillScheduler
+    from skills.schedules import ScheduleStore
+    from skills.store import SkillStore
+
+__all__ = [
+    "CostPreview",
+    "HostUnavailable",
+    "PastRun",
+    "RunHistory",
+    "ScheduleRequest",
+    "SkillHost",
+    "SkillRun",
+    "SkillService",
+]
+
+log = logging.getLogger(__name__)
+
+# How a skill without history is estimated: per step, the prompt plus this much
+# context in, this much out (a typical tool step), for the skill's step bound.
+_CONTEXT_TOKENS = 1_500
+_OUTPUT_TOKENS = 800
+_DEFAULT_STEPS = 4
+
+
+class HostUnavailable(CoterieError):
+    """The place a scheduled skill posts to, or its owner, is gone: the slot fails
+    with this reason (written for the owner), never a traceback."""
+
+
+class SkillHost(Protocol):
+    """What the skill service needs of the chat host (the Discord edge implements it)."""
+
+    async def member(self, guild_id: str, user_id: str) -> Caller | None:
+        """The owner as a caller in the guild (their privilege now), or None if they left."""
+        ...
+
+    async def channel_surface(
+        self, guild_id: str, channel_id: str, requester: Caller
+    ) -> ChatSurface:
+        """A surface that posts in the channel; raises :class:`HostUnavailable` when the
+        channel is gone or the bot may not post there."""
+        ...
+
+    async def failing(self, schedule: ScheduleInfo, failures: int, error: str) -> None:
+        """Tell the owner their schedule keeps failing."""
+        ...
+
+    async def disabled(self, schedule: ScheduleInfo, reason: str) -> None:
+        """Tell the owner and the guild's admins the schedule was turned off."""
+        ...
+
+
+class BudgetView(Protocol):
+    async def status(self, user_id: str) -> BudgetStatus: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PastRun:
+    run_id: str
+    status: str
+    cost_micros: int
+    started_at: datetime | None = None
+
+
+class RunHistory(Protocol):
+    async def __call__(self, guild_id: str, skill: str, limit: int) -> list[PastRun]:
+        """The skill's last runs in the guild, newest first (from the audit)."""
+        ...
+
+
+class Estimator(Protocol):
+    def estimate_micros(self, tier: str, input_tokens: int, output_tokens: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SkillRun:
+    skill: SkillInfo
+    version: SkillVersionInfo
+    outcome: ChatOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class CostPreview:
+    per_run_micros: int
+    basis: Literal["history", "estimate"]
+    runs_per_week: float
+    weekly_micros: int
+    budget_micros: int  # the owner's 7-day limit
+
+    @property
+    def share(self) -> float:
+        return self.weekly_micros / self.budget_micros if self.budget_micros > 0 else float("inf")
+
+    @property
+    def verdict(self) -> Literal["ok", "confirm", "refuse"]:
+        if self.share > 1.0:
+            return "refuse"
+        return "confirm" if self.share > 0.5 else "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRequest:
+    guild_id: str
+    name: str
+    channel_id: str
+    owner: Caller
+    cron: str | None = None
+    at: str | None = None
+    arguments: str | None = None
+    timezone: str = "UTC"
+    missed: Literal["skip", "catch-up"] = "skip"
+
+
+class SkillService:
+    def __init__(
+        self,
+        *,
+        skills: SkillStore,
+        schedules: ScheduleStore,
+        scheduler: SkillScheduler | None,
+        chat: ChatService,
+        budget: BudgetView,
+        history: RunHistory,
+        estimator: Estimator,
+        default_tier: str = "standard",
+        min_interval_s: int = 300,
+        schedules_per_member: int = 10,
+        clock: Clock | None = None,
+    ) -> None:
+        self.skills = skills
+        self.schedules = schedules
+        self.scheduler = scheduler
+        self.chat = chat
+        self.budget = budget
+        self.history = history
+        self.estimator = estimator
+        self.default_tier = default_tier
+        self.min_interval_s = min_interval_s
+        self.schedules_per_member = schedules_per_member
+        self.clock: Clock = clock or RealClock()
+        self.host: SkillHost | None = None  # attached by the Discord client at start
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(
+        self,
+        guild_id: str,
+        name: str,
+        *,
+        caller: Caller,
+        surface: ChatSurface,
+        arguments: dict[str, str] | str | None = None,
+        trigger: str = "skill",
+        metadata: dict[str, object] | None = None,
+    ) -> SkillRun:
+        """Run the skill's current version as its persona through ``surface``."""
+        skill = await self.skills.get(guild_id, name)
+        version = await self.skills.version(skill)
+        args = arguments if isinstance(arguments, dict) else parse_arguments(arguments)
+        prompt = render_prompt(version.spec.prompt, args)  # before anything is posted
+        persona_name = version.spec.persona or (await self._default_persona(guild_id))
+        persona = await self.chat.personas.find(guild_id, persona_name)
+        if persona is None:
+            from personas.errors import PersonaNotFound
+
+            raise PersonaNotFound(persona_name)
+        from skills.runnable import to_runnable
+
+        agent = to_runnable(skill, version, persona, owner=caller, tools=self.skills.tools)
+        outcome = await self.chat.post_as(
+            persona=persona.name,
+            caller=caller,
+            prompt=prompt,
+            surface=surface,
+            trigger=trigger,
+            agent=agent,
+            metadata={
+                **(metadata or {}),
+                "skill": skill.name,
+                "skill_version": version.version,
+            },
+        )
+        return SkillRun(skill=skill, version=version, outcome=outcome)
+
+    async def _default_persona(self, guild_id: str) -> str:
+        settings = self.chat.guild_settings
+        if settings is not None:
+            config = await settings.guild(guild_id)
+            if config.default_persona:
+                return config.default_persona
+        return self.chat.fallback_persona
+
+    async def fire(self, schedule: ScheduleInfo, slot_at: datetime) -> SlotOutcome:
+        """A scheduled slot: the owner as caller, the schedule's channel as the place."""
+        host = self.host
+        try:
+            if host is None:
+                raise HostUnavailable("coterie is not connected to Discord")
+            owner = await host.member(schedule.guild_id, schedule.created_by)
+            if owner is None:
+                raise HostUnavailable("its owner has left the server")
+            skill = await self.skills.find_by_id(schedule.skill_id)
+            if skill is None:
+                raise HostUnavailable("its skill no longer exists")
+            surface = await host.channel_surface(schedule.guild_id, schedule.channel_id, owner)
+            run = await self.run(
+                schedule.guild_id,
+                skill.name,
+                caller=owner,
+                surface=surface,
+                arguments=dict(schedule.arguments),
+                trigger="schedule",
+                metadata={"schedule_id": schedule.id, "slot_at": slot_at.isoformat()},
+            )
+        except CoterieError as exc:
+            # Written for the person (a deleted persona, a gone channel, a missing
+            # argument): the reason goes to the slot and, repeated, to the owner.
+            log.info("schedule %s slot %s failed: %s", schedule.id, slot_at, exc)
+            return SlotOutcome(status="failed", error=str(exc)[:300])
+        result = run.outcome.result
+        if result.ok:
+            return SlotOutcome(status="ok", run_id=result.run_id)
+        return SlotOutcome(
+            status="failed",
+            run_id=result.run_id,
+            error=(result.note or result.error or result.status.value)[:300],
+        )
+
+    # --- schedules -------------------------------------------------------------------
+
+    async def preview(
+        self, skill: SkillInfo, version: SkillVersionInfo, runs_per_week: float, owner: str
+    ) -> CostPreview:
+        recent = [
+            r.cost_micros
+            for r in await self.history(skill.guild_id, skill.name, 20)
+            if r.status == "ok"
+        ][:10]
+        if recent:
+            per_run = int(statistics.median(recent))
+            basis: Literal["history", "estimate"] = "history"
+        else:
+            spec = version.spec
+            steps = spec.max_steps or _DEFAULT_STEPS
+            tokens_in = estimate_tokens([Message.user(spec.prompt)]) + _CONTEXT_TOKENS
+            per_run = steps * self.estimator.estimate_micros(
+                spec.tier or self.default_tier, tokens_in, _OUTPUT_TOKENS
+            )
+            basis = "estimate"
+        status = await self.budget.status(owner)
+        return CostPreview(
+            per_run_micros=per_run,
+            basis=basis,
+            runs_per_week=runs_per_week,
+            weekly_micros=int(per_run * runs_per_week),
+            budget_micros=status.limit_micros,
+        )
+
+    async def plan(
+        self, request: ScheduleRequest
+    ) -> tuple[SkillInfo, SkillVersionInfo, CostPreview]:
+        """Check a schedule request without saving anything: the skill, its arguments,
+        the time (cron or at), the member's cap, and what it will cost."""
+        from skills import scheduling
+
+        if (request.cron is None) == (request.at is None):
+            raise ScheduleError("give exactly one of cron: (repeating) or at: (once)")
+        tz = scheduling.zone(request.timezone)
+        skill = await self.skills.get(request.guild_id, request.name)
+        version = await self.skills.version(skill)
+        render_prompt(version.spec.prompt, parse_arguments(request.arguments))
+        now = self.clock.now()
+        if request.cron is not None:
+            scheduling.check_interval(request.cron, tz, now, self.min_interval_s)
+            per_week = scheduling.runs_per_week(request.cron, tz, now)
+        else:
+            assert request.at is not None
+            when = scheduling.parse_at(request.at, tz, now)
+            if when <= now:
+                raise InvalidTime("that time is in the past")
+            per_week = 1.0
+        mine = await self.schedules.count_for_member(request.owner.user_id)
+        if mine >= self.schedules_per_member:
+            raise TooManySchedules(
+                f"you already have {mine} schedules, the most a member may have; "
+                "remove one with /skill unschedule"
+            )
+        preview = await self.preview(skill, version, per_week, request.owner.user_id)
+        if preview.verdict == "refuse":
+            raise OverBudget(
+                f"at about ${preview.per_run_micros / 1e6:.4f} a run, {preview.runs_per_week:g} "
+                f"runs a week would cost ${preview.weekly_micros / 1e6:.2f}, more than your "
+                f"7-day budget of ${preview.budget_micros / 1e6:.2f}; run it less often, or ask "
+                "an admin for a bigger budget"
+            )
+        return skill, version, preview
+
+    async def create_schedule(
+        self, request: ScheduleRequest, skill: SkillInfo
+    ) -> tuple[ScheduleInfo, datetime | None]:
+        """Save the schedule and give it its job, in one step: a job that cannot be
+        made takes its row with it."""
+        from skills import scheduling
+
+        tz = scheduling.zone(request.timezone)
+        run_at = (
+            scheduling.parse_at(request.at, tz, self.clock.now())
+            if request.at is not None
+            else None
+        )
+        info = await self.schedules.create(
+            skill_id=skill.id,
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            created_by=request.owner.user_id,
+            cron=request.cron,
+            run_at=run_at,
+            timezone=request.timezone,
+            arguments=parse_arguments(request.arguments),
+            missed=request.missed,
+            max_per_member=self.schedules_per_member,  # checked in the insert's transaction
+        )
+        if self.scheduler is None:
+            return info, None
+        try:
+            next_run = await self.scheduler.add(info)
+        except BaseException:
+            await self.schedules.delete(info.id)
+            raise
+        return info, next_run
+
+    async def recent_runs(self, guild_id: str, skill: str, limit: int = 5) -> list[PastRun]:
+        return await self.history(guild_id, skill, limit)
+
+    async def forget_jobs(self, schedule_ids: list[int]) -> None:
+        """Drop the jobs of schedules whose rows went with their skill."""
+        if self.scheduler is not None:
+            for schedule_id in schedule_ids:
+                await self.scheduler.remove(schedule_id)
+
+    # --- ScheduleEvents: told to the owner and the admins through the host ---------------
+
+    async def failing(self, schedule: ScheduleInfo, failures: int, error: str) -> None:
+        if self.host is not None:
+            await self.host.failing(schedule, failures, error)
+
+    async def disabled(self, schedule: ScheduleInfo, reason: str) -> None:
+        if self.host is not None:
+            await self.host.disabled(schedule, reason)
+
+    async def remove_schedule(self, schedule_id: int) -> bool:
+        gone = await self.schedules.delete(schedule_id)
+        if self.scheduler is not None:
+            await self.scheduler.remove(schedule_id)
+        return gone
+
+    # --- the run_skill tool ------------------------------------------------------------
+
+    def run_skill_tool(self, *, timeout_s: float = 900.0) -> Tool:
+        """``run_skill``: a persona runs one of the server's skills and reads its answer.
+
+        The skill runs as a child of the calling run (one level deeper, so the
+        dispatch guard bounds a skill that runs a skill), in the calling run's lane
+        slot, charged to the same member; its tools are capped at that member's rights.
+        """
+        from executor.errors import ToolFailed, ToolRetry
+        from executor.guard import child_invocation
+        from executor.tools.registry import tool
+        from skills.errors import ArgumentError, SkillError
+
+        service = self
+
+        async def run_skill(ctx: ToolContext, name: str, args: str = "") -> str:
+            """Run one of this server's saved skills and return its answer.
+
+            Args:
+                name: the skill's name, as in /skill list
+                args: its arguments, as key=value; key2=value2
+            """
+            caller = ctx.caller
+            guild = caller.guild_id or ""
+            try:
+                skill = await service.skills.get(guild, name)
+                version = await service.skills.version(skill)
+                prompt = render_prompt(version.spec.prompt, parse_arguments(args))
+            except ArgumentError as exc:
+                raise ToolRetry(str(exc)) from exc
+            except SkillError as exc:
+                raise ToolFailed(str(exc)) from exc
+            persona_name = version.spec.persona or await service._default_persona(guild)
+            persona = await service.chat.personas.find(guild, persona_name)
+            if persona is None:
+                raise ToolFailed(f"the skill's persona {persona_name!r} no longer exists")
+            from skills.runnable import to_runnable
+
+            agent = to_runnable(skill, version, persona, owner=caller, tools=service.skills.tools)
+            parent = ctx.invocation or Invocation(messages=[], caller=caller)
+            child = child_invocation(
+                parent, [Message.user(prompt)], parent_agent=ctx.agent, parent_run_id=ctx.run_id
+            )
+            child.metadata = {
+                **child.metadata,
+                "skill": skill.name,
+                "skill_version": version.version,
+            }
+            result = await service.chat.executor.run(agent, child)
+            if not result.ok:
+                raise ToolFailed(
+                    f"the skill {skill.name} ended {result.status.value}: "
+                    f"{result.note or result.error or 'no answer'}"
+                )
+            return result.output or "(the skill gave no answer)"
+
+        return tool(run_skill, timeout_s=timeout_s, status="running a skill")

@@ -1,0 +1,183 @@
+"""Skills end to end through the real composition root, the real cogs and the fake
+Discord: /skill save -> /skill schedule at:in 1m -> the slot fires (the scheduler's own
+job entry, on a fake clock) -> the answer appears as the persona, audited with trigger
+``schedule`` and the skill's name and version, charged to the schedule's owner. And a
+scheduled skill that loops on one tool call is killed by the critic, the admin channel
+told, the verdict audited, and only what was spent charged."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.storage.audit_queries import RunFilter
+from bot.app import App, build_app
+from bot.client import CoterieBot
+from bot.settings import Settings
+from executor.agent import Caller, Privilege
+from executor.messages import Usage
+from executor.testing import FakeClock, Reply, ScriptedModel, call
+from skills.model import SkillSpec
+from tests.discord.test_app_e2e import ScriptedTiers
+from tests.fakediscord import FakeDiscord
+from tests.fakediscord.plugin import coterie_bot, run_bot
+
+EPHEMERAL = 64
+START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel, FakeClock]]:
+    model = ScriptedModel()
+    clock = FakeClock(START)
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
+        budget_default_usd=5.0,
+    )
+    app = await build_app(settings, resolver=ScriptedTiers(model), clock=clock)
+    try:
+        yield app, model, clock
+    finally:
+        await app.close()
+
+
+def _bot(fake: FakeDiscord, app: App) -> CoterieBot:
+    return coterie_bot(fake, app=app, extensions=("commands.chat", "commands.skill"))
+
+
+async def _answer(fake: FakeDiscord, interaction: Any) -> str:
+    """The text the member reads back for a slash command (its reply or first followup)."""
+    response = await fake.wait_for_interaction_response(interaction)
+    if response.json["type"] == 4:
+        return str(response.json["data"].get("content", ""))
+    followup = await fake.wait_for_call("POST", rf"/webhooks/{{app}}/{interaction.token}")
+    return str(followup.json.get("content", ""))
+
+
+async def test_save_schedule_fire_post_as_persona_audited_and_charged(
+    fake_discord: FakeDiscord, world: tuple[App, ScriptedModel, FakeClock]
+) -> None:
+    app, model, clock = world
+    fake = fake_discord
+    async with run_bot(fake, _bot(fake, app)):
+        saved = await fake.dispatch_slash(
+            "skill",
+            {
+                "name": "digest",
+                "prompt": "Summarise what was said about {topic} as three bullets",
+                "persona": "researcher",
+            },
+            user="manager",
+            subcommand="save",
+        )
+        assert "Saved the skill **digest**" in await _answer(fake, saved)
+
+        scheduled = await fake.dispatch_slash(
+            "skill",
+            {"name": "digest", "at": "in 1m", "args": "topic=rust"},
+            user="manager",
+            subcommand="schedule",
+        )
+        reply = await _answer(fake, scheduled)
+        assert "Scheduled **digest**" in reply
+        due = START + timedelta(minutes=1)
+        assert f"<t:{int(due.timestamp())}:F>" in reply and ":R>" in reply
+        [info] = await app.schedules.list(str(fake.guild.id))
+        assert app.scheduler.jobs()[info.id] == due  # APScheduler holds exactly this job
+
+        model.push(
+            Reply(
+                text="- one\n- two\n- three",
+                usage=Usage(input_tokens=80, output_tokens=12, cost_micros=2_500, requests=1),
+            )
+        )
+        since = len(fake.calls)
+        await clock.advance(60)
+        assert await app.scheduler.due(info.id, due) == "fired"
+        post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+        assert post.json["username"] == "researcher"
+        assert "Summarise what was said about rust" in model.requests[-1].messages[-1].text
+
+        await app.audit.flush()
+        [run] = (await app.audit_queries.list_runs(RunFilter(trigger="schedule"))).runs
+        manager = str(fake.user("manager")["id"])
+        assert (run.skill, run.skill_version, run.persona, run.user_id) == (
+            "digest",
+            1,
+            "researcher",
+            manager,
+        )
+        assert run.status == "ok" and run.cost_micros == 2_500
+        assert (await app.budget.status(manager)).spent_micros == 2_500
+        # A one-shot is done: disabled, no job left, the slot recorded.
+        done = await app.schedules.get(info.id)
+        assert done is not None and not done.enabled and done.last_status == "ok"
+        assert info.id not in app.scheduler.jobs()
+        # And the same slot never runs twice.
+        assert await app.scheduler.fire_due(info.id, due) in ("gone", "duplicate")
+
+
+async def test_a_looping_scheduled_skill_is_killed_and_the_admins_are_told(
+    fake_discord: FakeDiscord, world: tuple[App, ScriptedModel, FakeClock]
+) -> None:
+    app, model, _clock = world
+    fake = fake_discord
+    guild = str(fake.guild.id)
+    admin_channel = fake.guild.channel_id("random")
+    await app.guild_settings.update_guild(guild, admin_channel_id=str(admin_channel))
+    owner = str(fake.user("manager")["id"])
+    await app.skills.save(
+        guild,
+        "looper",
+        SkillSpec(prompt="What time is it?", persona="assistant", tools=("current_time",)),
+        by=Caller(user_id=owner, privilege=Privilege.ADMIN, guild_id=guild),
+    )
+    skill = await app.skills.get(guild, "looper")
+    info = await app.schedules.create(
+        skill_id=skill.id,
+        guild_id=guild,
+        channel_id=str(fake.guild.channel_id("general")),
+        created_by=owner,
+        cron="0 9 * * *",
+    )
+    # The model asks for the same tool with the same arguments, forever.
+    for _ in range(40):
+        model.push(
+            Reply(
+                tool_calls=[call("current_time", timezone="UTC")],
+                usage=Usage(input_tokens=10, output_tokens=5, cost_micros=100, requests=1),
+            )
+        )
+    async with run_bot(fake, _bot(fake, app)):
+        since = len(fake.calls)
+        assert await app.scheduler.fire_due(info.id, START) == "fired"
+        await app.scheduler.wait_idle()
+        told = await fake.wait_for_call(
+            "POST",
+            rf"/channels/{admin_channel}/messages",
+            predicate=lambda c: "critic" in c.json.get("content", ""),
+            since=since,
+        )
+        assert "killed" in told.json["content"] or "stopped" in told.json["content"]
+        assert told.json["allowed_mentions"]["parse"] == []
+        await app.audit.flush()
+        [run] = (await app.audit_queries.list_runs(RunFilter(trigger="schedule"))).runs
+        assert run.status == "killed"
+        detail = await app.audit_queries.get_run(run.run_id)
+        assert detail is not None
+        verdicts = [e for e in detail.events if e.kind == "critic_verdict"]
+        assert verdicts and verdicts[-1].data["verdict"] == "stop"
+        assert "same tool call" in verdicts[-1].data["reason"]
+        spent = sum(s.cost_micros for s in detail.steps)
+        assert spent == run.cost_micros == 100 * detail.run.steps
+        status = await app.budget.status(owner)
+        assert status.spent_micros == spent and status.reserved_micros == 0
+        slot = await app.schedules.last_slot(info.id)
+        assert slot is not None and slot.status == "failed"
+        assert re.search(r"critic", slot.reason or "", re.IGNORECASE)
