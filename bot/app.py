@@ -338,7 +338,9 @@ async def build_app(
     # Admin review (issue 10): guild budgets, budget warnings, the admin log.
     budget.limits = GuildBudgetLimits(guild_settings, budget.default_limit_micros)
     alerts = SqlAlertStore(db.sessions)
-    budget_alerts = BudgetAlerts(budget, alerts, thresholds=settings.budget_warn_percent)
+    budget_alerts = BudgetAlerts(
+        budget, alerts, thresholds=settings.budget_warn_percent, clock=budget.clock
+    )
     budget.after_settle.append(budget_alerts.check)
     admin_log = SqlAdminLog(db.sessions)
 
