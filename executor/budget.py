@@ -11,7 +11,7 @@ Budgets are keyed by ``Caller.user_id`` alone: one allowance per person across e
 guild (the operator's console runs use their own id, "console" by default).
 
 :class:`InMemoryBudgetLedger` is the kernel's default with limits (state lives in the
-process; ``adapters.budget.SqlBudgetLedger`` is the durable one). Both pass the same
+process; ``adapters.storage.budget.SqlBudgetLedger`` is the durable one). Both pass the same
 conformance suite.
 """
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import builtins as _builtins
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete as sa_delete
@@ -36,6 +35,7 @@ from sqlmodel import col
 
 from executor.agent import Caller, Privilege
 from executor.models.config import DEFAULT_TIERS as _KERNEL_TIERS
+from executor.ports import utcnow
 from executor.tools.registry import ToolRegistry
 from personas.errors import InvalidPersona, PersonaExists, PersonaNotFound, PersonaPermissionDenied
 from personas.markdown import parse_markdown, render_markdown
@@ -47,10 +47,6 @@ __all__ = ["DEFAULT_TIERS", "MAX_CHOICES", "PersonaStore"]
 # The kernel's built-in tier names; pass the configured ones (``models_config.tiers``).
 DEFAULT_TIERS: tuple[str, ...] = tuple(_KERNEL_TIERS)
 MAX_CHOICES = 25  # Discord's cap on autocomplete choices
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _to_persona(row: PersonaRow, *, overrides_builtin: bool) -> Persona:
@@ -208,7 +204,7 @@ class PersonaStore:
             stored.tools = list(persona.tools)
             stored.avatar_url = persona.avatar_url
             stored.temperature = persona.temperature
-            stored.updated_at = _now()
+            stored.updated_at = utcnow()
             session.add(stored)
             await session.commit()
             await session.refresh(stored)
@@ -299,7 +295,7 @@ class PersonaStore:
                 result = await session.execute(sa_delete(PersonaRow).where(where))
             else:
                 result = await session.execute(
-                    update(PersonaRow).where(where).values(created_by="", updated_at=_now())
+                    update(PersonaRow).where(where).values(created_by="", updated_at=utcnow())
                 )
             await session.commit()
             return int(getattr(result, "rowcount", 0) or 0)
