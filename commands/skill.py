@@ -96,6 +96,10 @@ def _fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _tool_names(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.strip() for t in text.replace(";", ",").split(",") if t.strip()))
+
+
 def may_schedule(interaction: Interaction, role: str | None) -> bool:
     """Manage Server, or the configured scheduler role (by name or id), or an owner."""
     user = interaction.user
@@ -284,6 +288,7 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
         persona="Which persona runs it (default: the server's)",
         description="One line shown in /skill list",
         tier="Which model tier (default: the persona's)",
+        tools="Tools it may use, comma-separated (at most your own rights), e.g. web_fetch",
     )
     @app_commands.autocomplete(persona=persona_autocomplete)
     async def save(
@@ -294,6 +299,7 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
         persona: str | None = None,
         description: app_commands.Range[str, 0, DESCRIPTION_MAX] | None = None,
         tier: str | None = None,
+        tools: app_commands.Range[str, 0, 400] | None = None,
     ) -> None:
         """Save a skill, or a new version of yours."""
         from skills.model import check_name
@@ -306,7 +312,7 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
             prompt=prompt or (base.prompt if base else ""),
             persona=persona if persona is not None else (base.persona if base else None),
             tier=tier if tier is not None else (base.tier if base else None),
-            tools=base.tools if base else (),
+            tools=_tool_names(tools) if tools is not None else (base.tools if base else ()),
             max_steps=base.max_steps if base else None,
             max_runtime_s=base.max_runtime_s if base else None,
             description=description
