@@ -640,3 +640,36 @@ async def test_forgetme_confirmed_leaves_no_row_naming_the_member_but_anonymised
     assert len(page.runs) == 1 and page.runs[0].cost_micros == 600_000
     granted = (await the_app.admin_log.list(action="budget.grant")).entries
     assert granted[0].target_id == FORGOTTEN
+
+
+async def test_dms_turned_off_by_the_only_guild_are_not_answered(
+    fake_discord: FakeDiscord, discord_bot: Any, app: tuple[App, ScriptedModel]
+) -> None:
+    fake = fake_discord
+    the_app, model = app
+    decided: asyncio.Queue[bool] = asyncio.Queue()
+    should_answer = the_app.chat.should_answer
+
+    async def recorded(msg: Any, surface: Any = None) -> bool:
+        answer = await should_answer(msg, surface)
+        await decided.put(answer)
+        return answer
+
+    the_app.chat.should_answer = recorded  # type: ignore[method-assign]
+    dm = int(fake.open_dm("alice")["id"])
+    _, got = await slash(fake, "config", "set", {"dms": False})
+    assert "DMs: off" in text_of(got.json["data"])
+    await fake.dispatch_message("hello in private", channel_id=dm)
+    assert await decided.get() is False  # alice shares no other guild with coterie
+    _, got = await slash(fake, "config", "set", {"dms": True})
+    model.push("Hi in private.")
+    since = len(fake.calls)
+    await fake.dispatch_message("hello again", channel_id=dm)
+    assert await decided.get() is True
+
+    def says(c: Call) -> bool:
+        return "Hi in private." in (c.json or {}).get("content", "")
+
+    if not fake.find_calls("POST", f"/channels/{dm}/messages", says, since=since):
+        await fake.wait_for_call("PATCH", f"/channels/{dm}/messages/{{m}}", says, since=since)
+    assert len(model.requests) == 1
