@@ -128,7 +128,7 @@ def render_spend_chart(data: ChartData, *, title: str) -> bytes:
         ax.text(0.5, 0.5, "no spend", ha="center", va="center", transform=ax.transAxes)
     fig.subplots_adjust(left=0.08, right=0.78, bottom=0.2, top=0.9)
     out = io.BytesIO()
-    canvas.print_png(out)
+    canvas.print_png(out)  # type: ignore[no-untyped-call]
     return out.getvalue()
 
 
