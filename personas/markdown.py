@@ -53,6 +53,8 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_YAML_DEPTH",
     "MAX_YAML_NODES",
+    "excerpt_key",
+    "kind_of",
     "load_builtins",
     "load_untrusted_yaml",
     "parse_front_matter",
@@ -122,7 +124,8 @@ class _LimitedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _excerpt(text: str, limit: int = _EXCERPT_MAX) -> str:
+def excerpt_key(text: str, limit: int = _EXCERPT_MAX) -> str:
+    """A short, printable excerpt of a key from an untrusted file, for a message."""
     """At most ``limit`` characters of ``text``, control characters replaced, for a message."""
     short = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
     return short if len(short) <= limit else short[: limit - 1] + "…"
@@ -142,7 +145,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f" (front matter line {mark.line + 1})" if mark is not None else ""
     # Why an excerpt: a problem can quote the input (an unknown tag, an anchor's name).
-    problem = _excerpt(getattr(exc, "problem", None) or type(exc).__name__, 120)
+    problem = excerpt_key(getattr(exc, "problem", None) or type(exc).__name__, 120)
     return f"invalid YAML{where}: {problem}"
 
 
@@ -247,7 +250,7 @@ def parse_front_matter(
 # --- personas ------------------------------------------------------------------------
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
     """What a YAML value is, in words, for a message that must not quote it."""
     if value is None:
         return "nothing"
@@ -271,7 +274,7 @@ def _check_types(meta: Mapping[str, Any], source: str) -> None:
     for key in ("name", "description", "tier", "avatar_url"):
         value = meta.get(key)
         if value is not None and not isinstance(value, str):
-            raise PersonaFileError(source, f"must be text, got {_kind(value)}", field=key)
+            raise PersonaFileError(source, f"must be text, got {kind_of(value)}", field=key)
     name = meta["name"].strip()
     if len(name) > _NAME_MAX:
         raise PersonaFileError(
@@ -286,12 +289,12 @@ def _check_types(meta: Mapping[str, Any], source: str) -> None:
     if tools is not None:
         if not isinstance(tools, str | list):
             raise PersonaFileError(
-                source, f"must be a list of tool names, got {_kind(tools)}", field="tools"
+                source, f"must be a list of tool names, got {kind_of(tools)}", field="tools"
             )
         for item in tools if isinstance(tools, list) else tools.replace(",", " ").split():
             if not isinstance(item, str):
                 raise PersonaFileError(
-                    source, f"each tool must be a name, got {_kind(item)}", field="tools"
+                    source, f"each tool must be a name, got {kind_of(item)}", field="tools"
                 )
             if len(item.strip()) > _TOOL_NAME_MAX:
                 raise PersonaFileError(
@@ -303,7 +306,7 @@ def _check_types(meta: Mapping[str, Any], source: str) -> None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise PersonaFileError(
                 source,
-                f"must be a number between {low:g} and {high:g}, got {_kind(temperature)}",
+                f"must be a number between {low:g} and {high:g}, got {kind_of(temperature)}",
                 field="temperature",
             )
         if not math.isfinite(temperature) or not low <= temperature <= high:
@@ -318,7 +321,7 @@ def parse_markdown(text: str, *, source: str = "<persona>") -> Persona:
     meta, body = parse_front_matter(text, source=source, what="persona")
     unknown = sorted(key for key in meta if key not in _KEYS)
     if unknown:
-        shown = ", ".join(_excerpt(key) for key in unknown[:5])
+        shown = ", ".join(excerpt_key(key) for key in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise PersonaFileError(
             source, f"unknown key(s) {shown}{more}; allowed keys: {', '.join(_KEYS)}"

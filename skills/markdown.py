@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from personas.errors import PersonaFileError, UnsafeFile
-from personas.markdown import parse_front_matter
+from personas.markdown import excerpt_key, kind_of, parse_front_matter
 from skills.errors import InvalidSkill, SkillFileError, UnsafeSkillFile
 from skills.model import NAME_PATTERN, SkillInfo, SkillSpec, SkillVersionInfo, validate_spec
 
@@ -37,29 +37,6 @@ __all__ = ["KEYS", "parse_markdown", "render_markdown"]
 KEYS = ("name", "description", "persona", "tier", "tools", "max_steps", "max_runtime_s")
 _TEXT_KEYS = ("name", "description", "persona", "tier")
 _TEXT_MAX = 200  # longer than any text field may be; checked before the value is used
-_EXCERPT_MAX = 40
-
-
-def _excerpt(text: str, limit: int = _EXCERPT_MAX) -> str:
-    short = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
-    return short if len(short) <= limit else short[: limit - 1] + "…"
-
-
-def _kind(value: object) -> str:
-    """What a YAML value is, in words, for a message that must not quote it."""
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return "a date" if hasattr(value, "isoformat") else "another kind of value"
 
 
 def _error(source: str, problem: str, field: str = "") -> SkillFileError:
@@ -74,7 +51,7 @@ def _text(meta: Mapping[str, Any], key: str, source: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _error(source, f"must be text, got {_kind(value)}", key)
+        raise _error(source, f"must be text, got {kind_of(value)}", key)
     if len(value) > _TEXT_MAX:
         raise _error(source, f"at most {_TEXT_MAX} characters (got {len(value):,})", key)
     return value
@@ -88,10 +65,10 @@ def _tools(value: Any, source: str) -> tuple[str, ...]:
     elif isinstance(value, list):
         items = value
     else:
-        raise _error(source, f"must be a list of tool names, got {_kind(value)}", "tools")
+        raise _error(source, f"must be a list of tool names, got {kind_of(value)}", "tools")
     for item in items:
         if not isinstance(item, str):
-            raise _error(source, f"each tool must be a name, got {_kind(item)}", "tools")
+            raise _error(source, f"each tool must be a name, got {kind_of(item)}", "tools")
     return tuple(items)
 
 
@@ -102,7 +79,7 @@ def _number(meta: Mapping[str, Any], key: str, source: str, *, whole: bool) -> A
     wanted = int if whole else int | float
     if isinstance(value, bool) or not isinstance(value, wanted):
         noun = "a whole number" if whole else "a number of seconds"
-        raise _error(source, f"must be {noun}, got {_kind(value)}", key)
+        raise _error(source, f"must be {noun}, got {kind_of(value)}", key)
     return value
 
 
@@ -118,7 +95,7 @@ def parse_markdown(text: str, *, source: str = "<skill>") -> tuple[str, SkillSpe
         raise _error(source, exc.problem) from exc
     unknown = sorted(key for key in meta if key not in KEYS)
     if unknown:
-        shown = ", ".join(_excerpt(key) for key in unknown[:5])
+        shown = ", ".join(excerpt_key(key) for key in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise _error(source, f"unknown key(s) {shown}{more}; allowed keys: {', '.join(KEYS)}")
     fields = {key: _text(meta, key, source) for key in _TEXT_KEYS}
