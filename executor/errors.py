@@ -221,13 +221,16 @@ class BudgetDetails:
 
 class BudgetExceeded(RunRefused):
     def __init__(self, details: BudgetDetails) -> None:
+        # Why here: executor.budget imports this module; one money formatter for all.
+        from executor.budget import format_usd
+
         self.details = details
         d = details
         when = f"; enough frees up at {d.frees_at:%Y-%m-%d %H:%M} UTC" if d.frees_at else ""
         super().__init__(
-            f"budget exceeded: spent ${d.spent_micros / 1e6:.4f} + reserved "
-            f"${d.reserved_micros / 1e6:.4f} + this run ~${d.estimate_micros / 1e6:.4f} "
-            f"would pass the 7-day limit ${d.limit_micros / 1e6:.2f}{when}"
+            f"budget exceeded: spent {format_usd(d.spent_micros)} + reserved "
+            f"{format_usd(d.reserved_micros)} + this run ~{format_usd(d.estimate_micros)} "
+            f"would pass the 7-day limit {format_usd(d.limit_micros, 2)}{when}"
         )
 
 

@@ -218,7 +218,10 @@ def run_detail_pages(
     head.add_field(name="Trigger", value=f"{r.trigger} in {where}")
     head.add_field(name="Member", value=_member(r.user_id, r.user_name))
     who = r.persona or r.agent
-    agent = f"persona **{who}**" + (f" · skill **{r.skill}**" if r.skill else "")
+    # Why getattr: the skill's version is recorded where the audit has the column.
+    version = getattr(r, "skill_version", None)
+    skill = f" · skill **{r.skill}**" + (f" v{version}" if version else "") if r.skill else ""
+    agent = f"persona **{who}**{skill}"
     head.add_field(name="Agent", value=agent)
     head.add_field(name="Tier / model", value=f"`{r.tier}` · {_model(r.model)}")
     head.add_field(

@@ -1,18 +1,19 @@
 """Admin review below the Discord edge: guild settings (typed, stored, cached), whose
 budget applies where, budget warnings (once per crossing, across a restart, re-armed
 when spend rolls out of the window on a fake clock), the chat flow's allowlist, DMs,
-tier and critic limits, the admin service's checks, money and times for people."""
+tier and critic limits, the admin service's checks, money and times for people.
+
+The stores run on a migrated SQLite file and on PostgreSQL (``db``, from
+``tests.storage.dbs``: migration 0003 included)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import SQLModel
 
-import adapters.storage.tables  # noqa: F401  (the tables on the metadata)
 from adapters.services.admin import AdminService
 from adapters.services.budget_alerts import BudgetAlerts, InMemoryAlertStore
 from adapters.services.budgets import GuildBudgetLimits, member_view, typical_cost
@@ -37,15 +38,6 @@ from tests.discord.test_app_e2e import ScriptedTiers
 
 GUILD = "100"
 MEMBER = Caller(user_id="42", display_name="m", guild_id=GUILD, roles=("r-helper",))
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.open(f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}")
-    async with database.engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)
-    yield database
-    await database.close()
 
 
 # --- money and times -------------------------------------------------------------------
