@@ -40,7 +40,7 @@ from adapters.discord.identity import (
 from adapters.discord.options import MemberArg, MemberRef, member_ref
 from adapters.services.budgets import member_view
 from adapters.services.errors import InvalidSetting
-from executor.agent import Privilege
+from executor.agent import Caller, Privilege
 from executor.budget import BudgetStatus, dollars_to_micros, format_usd
 
 if TYPE_CHECKING:
@@ -193,8 +193,13 @@ class BudgetCog(
         gid = _need_guild(interaction)
         since = datetime.now(UTC) - timedelta(days=days)
         rows = await app.audit_queries.top_spenders(since=since, guild_id=gid, limit=15)
+        # The limit where they ask: here (their roles are not known from a list).
         statuses = {
-            r.user_id: await app.budget.status(r.user_id) for r in rows if r.user_id.isdigit()
+            r.user_id: await app.budget.status(
+                r.user_id, context=Caller(user_id=r.user_id, guild_id=gid)
+            )
+            for r in rows
+            if r.user_id.isdigit()
         }
         await interaction.response.send_message(
             embed=top_embed(rows, statuses, days=days), ephemeral=True, allowed_mentions=_NO_PINGS
