@@ -100,6 +100,14 @@ def _tool_names(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.strip() for t in text.replace(";", ",").split(",") if t.strip()))
 
 
+class MayNotSchedule(app_commands.CheckFailure):
+    """Neither Manage Server nor the scheduler role; the message is written for the person.
+
+    Why a subclass: the renderer shows a bare ``CheckFailure`` as "You can't use this
+    command here." (discord.py's own messages are for developers), a subclass as is.
+    """
+
+
 def may_schedule(interaction: Interaction, role: str | None) -> bool:
     """Manage Server, or the configured scheduler role (by name or id), or an owner."""
     user = interaction.user
@@ -529,7 +537,7 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
         if not may_schedule(interaction, app.settings.scheduler_role):
             role = app.settings.scheduler_role
             need = f"Manage Server or the **{role}** role" if role else "Manage Server"
-            raise app_commands.CheckFailure(f"You need {need} to schedule skills.")
+            raise MayNotSchedule(f"You need {need} to schedule skills.")
         target = channel or interaction.channel
         if not isinstance(target, discord.TextChannel | discord.Thread):
             raise ScheduleError(
