@@ -94,8 +94,9 @@ def _render_coterie_error(exc: xerr.CoterieError) -> str | None:
     from adapters.discord.budget_text import budget_refusal
     from adapters.services.errors import Refusal
     from personas.errors import PersonaError
+    from skills.errors import SkillError
 
-    if isinstance(exc, PersonaError | Refusal):
+    if isinstance(exc, PersonaError | SkillError | Refusal):
         return str(exc)  # written for the person: "no persona named 'x'; try /persona list"
     if isinstance(exc, xerr.BudgetExceeded):
         return budget_refusal(exc.details)  # spent, limit, when it frees, how to ask an admin

@@ -71,24 +71,6 @@ class World:
 
 
 @pytest.fixture(autouse=True)
-def _renderer_knows_skill_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until bot/client.py renders SkillError itself (``str(exc)`` is written for the
-    person; see test_the_bot_renders_skill_errors_itself), teach it here; a no-op once
-    it does. Delete then."""
-    from bot import client
-    from skills.errors import SkillError, SkillNotFound
-
-    if client.render_error(SkillNotFound("x"))[1] is None:
-        return
-    original = client._render_coterie_error
-
-    def render(exc: Any) -> str | None:
-        return str(exc) if isinstance(exc, SkillError) else original(exc)
-
-    monkeypatch.setattr(client, "_render_coterie_error", render)
-
-
-@pytest.fixture(autouse=True)
 def _no_logged_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """A traceback the bot only logs (a view callback, a scheduler task, a schedule
     event, a "something went wrong") fails the test."""
@@ -807,15 +789,9 @@ async def test_a_skill_running_itself_is_refused_past_the_dispatch_depth(world: 
 # --- the renderer ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/client.py _render_coterie_error does not know SkillError: every skill "
-    "refusal reaches members as 'Something went wrong ... (ref ...)'",
-)
-def test_the_bot_renders_skill_errors_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bot_renders_skill_errors_itself() -> None:
     from bot import client
     from skills.errors import InvalidCron, SkillExists
 
-    monkeypatch.undo()  # the real renderer, without this module's teaching
     for error in (SkillExists("digest"), InvalidCron("0 9 * *", "it has 4 fields")):
         assert client.render_error(error) == (str(error), None)

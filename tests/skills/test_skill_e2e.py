@@ -28,7 +28,9 @@ from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 
 EPHEMERAL = 64
-START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+# Why years ahead: APScheduler times its jobs by the real clock; a one-shot in the real
+# past would fire at once.
+START = datetime(2036, 12, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
