@@ -34,6 +34,7 @@ from adapters.discord.options import (
 from adapters.discord.surface import DiscordSurface
 from adapters.services.skills import PastRun, ScheduleRequest, SkillService
 from executor.agent import Privilege
+from executor.budget import format_usd
 from skills.errors import ScheduleError, ScheduleNotFound, SkillFileError
 from skills.model import DESCRIPTION_MAX, PROMPT_MAX, SkillSpec, parse_arguments, template_arguments
 
@@ -88,8 +89,7 @@ def _ts(when: datetime | None) -> str:
     return f"<t:{t}:F> (<t:{t}:R>)"
 
 
-def _usd(micros: int) -> str:
-    return f"${micros / 1e6:.4f}"
+_usd = format_usd
 
 
 def _fit(text: str, limit: int) -> str:

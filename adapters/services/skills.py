@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from adapters.services.chat import ChatOutcome, ChatService, ChatSurface
 from executor.agent import Caller, Invocation
+from executor.budget import format_usd
 from executor.errors import CoterieError
 from executor.messages import Message
 from executor.ports import Clock, RealClock
@@ -321,9 +322,9 @@ class SkillService:
         preview = await self.preview(skill, version, per_week, request.owner.user_id)
         if preview.verdict == "refuse":
             raise OverBudget(
-                f"at about ${preview.per_run_micros / 1e6:.4f} a run, {preview.runs_per_week:g} "
-                f"runs a week would cost ${preview.weekly_micros / 1e6:.2f}, more than your "
-                f"7-day budget of ${preview.budget_micros / 1e6:.2f}; run it less often, or ask "
+                f"at about {format_usd(preview.per_run_micros)} a run, {preview.runs_per_week:g} "
+                f"runs a week would cost {format_usd(preview.weekly_micros, 2)}, more than your "
+                f"7-day budget of {format_usd(preview.budget_micros, 2)}; run it less often, or ask "
                 "an admin for a bigger budget"
             )
         return skill, version, preview
