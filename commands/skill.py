@@ -35,7 +35,7 @@ from adapters.discord.surface import DiscordSurface
 from adapters.services.skills import PastRun, ScheduleRequest, SkillService
 from executor.agent import Privilege
 from executor.budget import format_usd
-from skills.errors import ScheduleError, ScheduleNotFound, SkillFileError
+from skills.errors import ArgumentError, ScheduleError, ScheduleNotFound, SkillFileError
 from skills.model import DESCRIPTION_MAX, PROMPT_MAX, SkillSpec, parse_arguments, template_arguments
 
 if TYPE_CHECKING:
@@ -149,13 +149,12 @@ async def args_autocomplete(
     if skill is None:
         return []
     version = await store.version(skill)
+    done, _, _typing = current.rpartition(";")
     try:
-        given = parse_arguments(current.rsplit(";", 1)[0] if ";" in current else "")
-    except ScheduleError:
+        given = parse_arguments(done)
+    except ArgumentError:  # a half-typed earlier pair: suggest from scratch
         given = {}
-    except Exception:  # a half-typed value: suggest from scratch
-        given = {}
-    head = current.rsplit(";", 1)[0] + "; " if ";" in current else ""
+    head = f"{done}; " if done else ""
     wanted = [a for a in version.spec.arguments if a not in given]
     return [
         app_commands.Choice(name=_fit(f"{head}{a}=", 100), value=_fit(f"{head}{a}=", 100))
