@@ -11,6 +11,7 @@ catch them to render them itself.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import secrets
@@ -201,6 +202,10 @@ class CoterieBot(CoterieClient[App]):
         if app is None and services:
             raise ValueError("a bot with services needs an app")
         options.setdefault("intents", coterie_intents())
+        # Why: discord.py fires on_ready this long after the last GUILD_CREATE (2 s by
+        # default, for bots in thousands of guilds); a small bot's arrive at once, and a
+        # late one is still handled when it comes.
+        options.setdefault("guild_ready_timeout", 0.5)
         options.setdefault(
             "allowed_mentions",
             discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True),
@@ -220,7 +225,35 @@ class CoterieBot(CoterieClient[App]):
         self._app_started = False
         self._app_closed = False
         self._escalator: DiscordEscalator | None = None
+        self._looks: set[asyncio.Task[None]] = set()
         self._direct: DirectMessages | None = None
+
+    def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
+        """discord.py's dispatch, except that a member's reply or thread message in a
+        channel whose persona webhooks were not read yet (the first after a restart)
+        waits until they are: the chat flow then knows the personas' earlier messages."""
+        message = args[0] if event_name == "message" and args else None
+        if (
+            isinstance(message, discord.Message)
+            and not message.author.bot
+            and self.webhooks.needs_look(message)
+        ):
+            task = asyncio.create_task(
+                self._dispatch_after_look(message, kwargs), name="coterie-webhook-look"
+            )
+            self._looks.add(task)
+            task.add_done_callback(self._looks.discard)
+            return
+        super().dispatch(event_name, *args, **kwargs)
+
+    async def _dispatch_after_look(self, message: discord.Message, kwargs: dict[str, Any]) -> None:
+        try:
+            await self.webhooks.look(message)
+        except Exception:  # never lose the message over it
+            log.warning(
+                "could not read the webhooks of channel %s", message.channel.id, exc_info=True
+            )
+        super().dispatch("message", message, **kwargs)
 
     async def setup_hook(self) -> None:
         for name in self.extension_names:
@@ -315,13 +348,17 @@ class CoterieBot(CoterieClient[App]):
         return None
 
     async def close(self) -> None:
+        """Close the Discord connection, then the app (audit, providers, database).
+
+        Why in that order: whatever is still answering needs the app until Discord is
+        gone; a shutdown drains the runs before it gets here (:mod:`bot.lifecycle`)."""
         self._detach_escalator()
         try:
+            await super().close()
+        finally:
             if self.has_app and not self._app_closed:
                 self._app_closed = True
                 await self.app.close()
-        finally:
-            await super().close()
 
 
 if TYPE_CHECKING:

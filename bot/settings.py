@@ -1,17 +1,41 @@
 """Settings from the environment, `.env`, and `coterie.toml` (environment wins).
 
 Every setting has a ``COTERIE_`` variable; provider keys keep their own
-conventional names (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``, ...).
+conventional names (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``, ...). Lists may be
+written as JSON (``[1, 2]``) or comma-separated (``1,2``). :func:`env_name` gives a
+field's variable; ``bot.cli._common`` turns a bad value into one line naming it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-__all__ = ["Settings"]
+__all__ = ["LogLevel", "Settings", "env_name"]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _split_list(value: Any) -> Any:
+    """``"1,2"`` or ``"[1, 2]"`` -> a list; anything else goes to pydantic as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return value  # pydantic names the variable and says it is not a list
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class Settings(BaseSettings):
@@ -54,12 +78,12 @@ class Settings(BaseSettings):
     )
     dev_guild_id: int | None = None
     application_id: int | None = None  # for `coterie invite`; read from the token when unset
-    owner_ids: list[int] = Field(default_factory=list)
+    owner_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     allow_dms: bool = True
 
     # --- runs -------------------------------------------------------------------------
     default_tier: str = "standard"
-    enabled_tools: list[str] | None = None  # None: every built-in tool
+    enabled_tools: Annotated[list[str] | None, NoDecode] = None  # None: every built-in tool
 
     # --- lanes, critic, compaction, history --------------------------------------------
     lane_slots: int = Field(default=4, ge=1)  # runs at once; fair-shared between members
@@ -87,6 +111,34 @@ class Settings(BaseSettings):
     budget_warn_percent: list[int] = Field(default_factory=lambda: [50, 80])
     operator_user_id: str = "console"
 
+    # --- operations -------------------------------------------------------------------
+    shutdown_grace_s: float = Field(default=20.0, ge=0)  # running runs may finish this long
+    log_level: LogLevel = "INFO"  # coterie's own log lines
+    log_format: Literal["logfmt", "json"] = "logfmt"  # logfmt: key=value; json: an object a line
+    log_libraries: LogLevel = "WARNING"  # discord.py, httpx, Alembic, the SDKs
+
+    @field_validator("owner_ids", mode="before")
+    @classmethod
+    def _owner_ids(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("enabled_tools", mode="before")
+    @classmethod
+    def _enabled_tools(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None  # COTERIE_ENABLED_TOOLS= (empty): every tool, like unset
+        return _split_list(value)
+
+    @field_validator("log_level", "log_libraries", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -97,3 +149,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+
+
+def env_name(field: str) -> str:
+    """The variable that sets ``field``: its conventional name where it has one
+    (``DATABASE_URL``), else ``COTERIE_<FIELD>``."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices) and alias.choices and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    if isinstance(alias, str):
+        return alias
+    return f"COTERIE_{field.upper()}"

@@ -4,23 +4,55 @@ scheduler all start runs here, so every trigger queues fairly and is bounded ali
 While a run waits for a slot in its member's lane, the delivery is told its place
 (``delivery.queued(n)``, 1 = next) and told 0 when it starts, before the run's first
 token, so the member sees "waiting in line" turn into the answer in order.
+
+The runner also knows every run in flight, which is what a shutdown drains
+(:meth:`Runner.drain`)::
+
+    stop_intake()      new runs are refused: the member reads "coterie is restarting"
+    drain(grace_s)     runs waiting in a lane are refused the same way at once; running
+                       runs may finish within the grace period; the rest are cancelled
+                       and their member reads "Stopped: coterie is restarting."
+
+A cancelled run still ends with its audit row closed (status ``cancelled``) and its
+budget settled to what it spent: the executor does that on its host's cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from executor.agent import Caller, Invocation, RunnableAgent, RunResult
-from executor.ports import Delivery
+from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
+from executor.ports import Clock, Delivery, RealClock
 from executor.run import Executor
 
-__all__ = ["LanePool", "PositionCallback", "Runner"]
+__all__ = [
+    "SHUTDOWN_NOTE",
+    "SHUTDOWN_REFUSAL",
+    "DrainReport",
+    "LanePool",
+    "PositionCallback",
+    "Runner",
+]
+
+log = logging.getLogger(__name__)
 
 PositionCallback = Callable[[int], Any]
+
+#: What a member reads when their request arrives (or waits in line) during a shutdown.
+SHUTDOWN_REFUSAL = "coterie is restarting; try again in a minute."
+#: What a member reads under an answer the shutdown had to cut short.
+SHUTDOWN_NOTE = "Stopped: coterie is restarting."
+_SHUTDOWN_ERROR = "coterie was shutting down"
+
+# How long a cancelled run may take to close its audit row, settle and post its note.
+_CANCEL_WAIT_S = 10.0
 
 
 class LanePool(Protocol):
@@ -35,16 +67,215 @@ class LanePool(Protocol):
     ) -> AbstractAsyncContextManager[Any]: ...
 
 
-class Runner:
-    """``executor`` runs, each in its caller's lane of ``lanes`` (None: no queueing)."""
+@dataclass(slots=True)
+class DrainReport:
+    """What a drain did: runs that finished in the grace period, runs cancelled after
+    it, and runs refused while they waited in a lane."""
 
-    def __init__(self, executor: Executor, lanes: LanePool | None = None) -> None:
+    finished: int = 0
+    cancelled: int = 0
+    refused: int = 0
+    unfinished: list[str] = field(default_factory=list)  # run ids still open at the end
+
+    def __str__(self) -> str:
+        return (
+            f"{self.finished} run(s) finished, {self.cancelled} cancelled, "
+            f"{self.refused} refused while waiting"
+        )
+
+
+class _StoppingDelivery:
+    """The run's delivery, with the shutdown's note in place of "Cancelled." when the
+    drain cut the run short. Everything else goes to the delivery unchanged."""
+
+    __slots__ = ("_inner", "final", "note_on_finish")
+
+    def __init__(self, inner: Delivery) -> None:
+        self._inner = inner
+        self.note_on_finish: str | None = None
+        self.final: RunResult | None = None  # what the run ended with
+
+    def __getattr__(self, name: str) -> Any:
+        # Why: deliveries carry extras (queued, note, ask_approval) found by getattr.
+        return getattr(self._inner, name)
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def text(self, delta: str) -> None:
+        await self._inner.text(delta)
+
+    async def reset(self) -> None:
+        await self._inner.reset()
+
+    async def status(self, line: str) -> None:
+        await self._inner.status(line)
+
+    async def finish(self, result: RunResult) -> None:
+        if self.note_on_finish is not None and result.status is RunStatus.CANCELLED:
+            result.note = self.note_on_finish
+        self.final = result
+        await self._inner.finish(result)
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One call of :meth:`Runner.run` until it returns."""
+
+    task: asyncio.Task[Any]
+    run_id: str
+    delivery: _StoppingDelivery | None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    running: bool = False  # past the lane, inside the executor
+    stopped: bool = False  # the drain cancelled it
+
+
+class Runner:
+    """``executor`` runs, each in its caller's lane of ``lanes`` (None: no queueing).
+
+    ``clock`` times the drain's grace period (tests give a fake one).
+    """
+
+    def __init__(
+        self, executor: Executor, lanes: LanePool | None = None, *, clock: Clock | None = None
+    ) -> None:
         self.executor = executor
         self.lanes = lanes
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self._flights: set[_Flight] = set()
+        self._accepting = True
+
+    # --- runs ------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
 
     async def run(self, agent: RunnableAgent, invocation: Invocation) -> RunResult:
-        async with self._slot(invocation.caller, invocation.delivery):
-            return await self.executor.run(agent, invocation)
+        if not self._accepting:
+            return await self._refuse(invocation, invocation.delivery)
+        task = asyncio.current_task()
+        assert task is not None, "Runner.run must run inside a task"
+        run_id = invocation.run_id or uuid.uuid4().hex
+        wrapped = _StoppingDelivery(invocation.delivery) if invocation.delivery else None
+        flight = _Flight(task=task, run_id=run_id, delivery=wrapped)
+        self._flights.add(flight)
+        try:
+            async with self._slot(invocation.caller, invocation.delivery):
+                flight.running = True
+                return await self.executor.run(
+                    agent, replace(invocation, run_id=run_id, delivery=wrapped)
+                )
+        except asyncio.CancelledError:
+            if not flight.stopped or task.uncancel() > 0:
+                raise  # someone else cancelled it too: theirs to handle
+            if not flight.running:
+                return await self._refuse(invocation, invocation.delivery, run_id=run_id)
+            # The executor closed the run (audit, budget, the note) before re-raising.
+            if wrapped is not None and wrapped.final is not None:
+                return wrapped.final
+            return RunResult(
+                run_id=run_id,
+                status=RunStatus.CANCELLED,
+                error=_SHUTDOWN_ERROR,
+                error_kind="shutdown",
+                note=SHUTDOWN_NOTE,
+            )
+        finally:
+            self._flights.discard(flight)
+            flight.done.set()
+
+    async def _refuse(
+        self, invocation: Invocation, delivery: Delivery | None, *, run_id: str | None = None
+    ) -> RunResult:
+        """A run that will not start because coterie is stopping: no audit row (nothing
+        ran, nothing was reserved), one short line for the member."""
+        result = RunResult(
+            run_id=run_id or invocation.run_id or uuid.uuid4().hex,
+            status=RunStatus.REFUSED,
+            error=_SHUTDOWN_ERROR,
+            error_kind="shutdown",
+            note=SHUTDOWN_REFUSAL,
+        )
+        if delivery is not None:
+            try:
+                await delivery.start()
+                await delivery.finish(result)
+            except Exception:  # the member may not be told; the shutdown goes on
+                log.warning("could not tell a member that coterie is restarting", exc_info=True)
+        return result
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    def stop_intake(self) -> None:
+        """Refuse new runs from now on (idempotent)."""
+        self._accepting = False
+
+    async def drain(self, grace_s: float, *, clock: Clock | None = None) -> DrainReport:
+        """Stop intake; refuse runs still waiting in a lane; let running runs finish
+        within ``grace_s`` seconds (timed on ``clock``, default the runner's); cancel
+        the rest (their member is told) and wait for them to close."""
+        self.stop_intake()
+        report = DrainReport()
+        waiting = [f for f in self._flights if not f.running]
+        for flight in waiting:
+            self._stop(flight)
+        report.refused = len(waiting)
+        running = [f for f in self._flights if f.running]
+        if running:
+            log.info(
+                "waiting up to %gs for %d run(s) to finish before stopping", grace_s, len(running)
+            )
+            await self._wait(running, grace_s, clock=clock or self.clock)
+        late = [f for f in running if not f.done.is_set()]
+        report.finished = len(running) - len(late)
+        for flight in late:
+            self._stop(flight)
+        report.cancelled = len(late)
+        # Why a real-time wait: a cancelled run only has to write its row and post a
+        # note; nothing here waits on the model.
+        await self._wait([*waiting, *late], _CANCEL_WAIT_S, clock=RealClock())
+        report.unfinished = [f.run_id for f in [*waiting, *late] if not f.done.is_set()]
+        if report.unfinished:
+            log.warning(
+                "%d run(s) did not close in time: %s",
+                len(report.unfinished),
+                ", ".join(report.unfinished),
+            )
+        return report
+
+    def _stop(self, flight: _Flight) -> None:
+        if flight.done.is_set() or flight.stopped:
+            return
+        flight.stopped = True
+        if flight.delivery is not None:
+            flight.delivery.note_on_finish = SHUTDOWN_NOTE
+        flight.task.cancel()
+
+    @staticmethod
+    async def _wait(flights: list[_Flight], seconds: float, *, clock: Clock) -> None:
+        pending = [f for f in flights if not f.done.is_set()]
+        if not pending:
+            return
+
+        async def all_done() -> None:
+            for f in pending:
+                await f.done.wait()
+
+        waiter = asyncio.ensure_future(all_done())
+        timer = asyncio.ensure_future(clock.sleep(seconds))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (waiter, timer):
+                t.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
+
+    # --- lanes -----------------------------------------------------------------------
 
     @asynccontextmanager
     async def _slot(self, caller: Caller, delivery: Delivery | None) -> AsyncIterator[None]:

@@ -14,7 +14,12 @@ Errors an operator can fix are raised as one clear message::
         ├── DatabaseReadOnly      the file or its directory is read-only
         ├── DatabaseLocked        another process holds the write lock past the busy timeout
         ├── SchemaTooNew          the database was upgraded by a newer coterie
-        └── BackupUnsupported     ``db backup`` on PostgreSQL: use pg_dump
+        ├── BackupUnsupported     ``db backup`` on PostgreSQL: use pg_dump
+        ├── UnsupportedDatabase   ``DATABASE_URL`` names a database coterie does not speak (MySQL)
+        └── InstanceLocked        another coterie holds the database (:mod:`adapters.storage.lock`)
+
+``DATABASE_URL`` may be spelled the way most people write it: ``sqlite:///path`` and
+``postgresql://`` (or ``postgres://``) get the async driver (:func:`async_url`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -62,8 +68,11 @@ __all__ = [
     "DatabaseUnavailable",
     "SchemaTooNew",
     "SchemaVersion",
+    "UnsupportedDatabase",
     "alembic_config",
+    "async_url",
     "engine_of",
+    "known_revision",
     "migrations_dir",
     "translate_errors",
     "write_transaction",
@@ -110,6 +119,53 @@ class BackupUnsupported(DatabaseError):
     pass
 
 
+class UnsupportedDatabase(DatabaseError):
+    pass
+
+
+_SUPPORTED = (
+    "use SQLite (DATABASE_URL=sqlite:///./data/coterie.db) or PostgreSQL "
+    "(DATABASE_URL=postgresql://user@host/db)"
+)
+
+
+def async_url(url: str | URL) -> URL:
+    """``url`` with the async driver coterie uses: ``sqlite:///x`` -> ``sqlite+aiosqlite:///x``,
+    ``postgresql://`` and ``postgres://`` -> ``postgresql+asyncpg://``. Anything else is one
+    clear :class:`UnsupportedDatabase`."""
+    from sqlalchemy.exc import ArgumentError
+
+    if isinstance(url, str):
+        text = url.strip()
+        if text.startswith("postgres://"):  # Heroku's and libpq's spelling
+            text = "postgresql://" + text.removeprefix("postgres://")
+        try:
+            parsed = make_url(text)
+        except ArgumentError:
+            raise UnsupportedDatabase(
+                f"DATABASE_URL is not a database URL ({_safe_text(text)!r}): {_SUPPORTED}"
+            ) from None
+    else:
+        parsed = url
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        return parsed if driver == "aiosqlite" else parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed if driver == "asyncpg" else parsed.set(drivername="postgresql+asyncpg")
+    if backend in ("mysql", "mariadb"):
+        raise UnsupportedDatabase(
+            f"DATABASE_URL names a {backend} database, which coterie does not support: {_SUPPORTED}"
+        )
+    raise UnsupportedDatabase(
+        f"DATABASE_URL names a {backend!r} database, which coterie does not support: {_SUPPORTED}"
+    )
+
+
+def _safe_text(url: str) -> str:
+    """A URL-ish string with any password hidden (``user:***@host``)."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
 def _describe(url: URL) -> str:
     if url.get_backend_name() == "sqlite":
         return f"SQLite database {url.database or ':memory:'!s}"
@@ -134,10 +190,39 @@ def _translate(exc: BaseException, url: URL) -> DatabaseError | None:
         return DatabaseUnavailable(
             f"cannot open {where}: check that the path exists and that its directory is writable"
         )
+    if url.get_backend_name() != "sqlite":
+        pg = _translate_postgres(text, url)
+        if pg is not None:
+            return pg
     if url.get_backend_name() != "sqlite" and isinstance(
         exc, (OperationalError, SAInterfaceError, OSError, ConnectionError)
     ):
         return DatabaseUnavailable(f"cannot connect to {where}: {exc}")
+    return None
+
+
+def _translate_postgres(text: str, url: URL) -> DatabaseError | None:
+    """The PostgreSQL server's refusals an operator fixes, each with the fix."""
+    host = f"{url.host or 'localhost'}:{url.port or 5432}"
+    user = url.username or "postgres"
+    if m := re.search(r'database "([^"]+)" does not exist', text):
+        return DatabaseUnavailable(
+            f'PostgreSQL database "{m[1]}" does not exist on {host}: create it '
+            f"(createdb -h {url.host or 'localhost'} -U {user} {m[1]}) or fix DATABASE_URL"
+        )
+    if m := re.search(r'role "([^"]+)" does not exist', text):
+        return DatabaseUnavailable(
+            f'PostgreSQL role "{m[1]}" does not exist on {host}: create it '
+            f"(createuser -h {url.host or 'localhost'} {m[1]}) or fix the user in DATABASE_URL"
+        )
+    if "password authentication failed" in text or "no password supplied" in text:
+        return DatabaseUnavailable(
+            f"PostgreSQL on {host} refused the password for user {user}: fix DATABASE_URL"
+        )
+    if "no pg_hba.conf entry" in text:
+        return DatabaseUnavailable(
+            f"PostgreSQL on {host} does not let user {user} connect from here (pg_hba.conf)"
+        )
     return None
 
 
@@ -235,8 +320,9 @@ class Database:
     def open(
         cls, url: str | URL = DEFAULT_URL, *, busy_timeout_ms: int = 5_000, echo: bool = False
     ) -> Database:
-        """Build the engine (no connection yet). Creates a SQLite file's directory."""
-        parsed = make_url(url) if isinstance(url, str) else url
+        """Build the engine (no connection yet). Creates a SQLite file's directory.
+        ``url`` may be spelled ``sqlite:///`` or ``postgresql://`` (see :func:`async_url`)."""
+        parsed = async_url(url)
         kwargs: dict[str, Any] = {"echo": echo}
         backend = parsed.get_backend_name()
         if backend == "sqlite":
@@ -291,6 +377,19 @@ class Database:
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
         return await self.current()
+
+    async def server_version(self) -> str:
+        """Connect once and say what answered ("SQLite 3.40.1", "PostgreSQL 15.4")."""
+        from sqlalchemy import text
+
+        async with self._translated(), self.engine.connect() as conn:
+            if self.is_sqlite:
+                return "SQLite " + str(
+                    (await conn.execute(text("SELECT sqlite_version()"))).scalar_one()
+                )
+            return "PostgreSQL " + str(
+                (await conn.execute(text("SHOW server_version"))).scalar_one()
+            )
 
     async def check(self) -> None:
         """Connect and take the write lock once: a read-only or locked database fails here."""
@@ -388,6 +487,15 @@ def _current_revision(conn: Connection) -> str | None:
 
 def _head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this coterie's migrations know ``revision`` (False: a newer coterie's)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        return script.get_revision(revision) is not None
+    except (ResolutionError, CommandError):
+        return False
 
 
 def _upgrade(conn: Connection, revision: str) -> None:

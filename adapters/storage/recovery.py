@@ -9,8 +9,10 @@ steps, tokens and cost its audit rows show, and settles every open reservation:
   starting): charge nothing, as no model was called.
 
 Why every open reservation: coterie is one process per database, so at start-up no
-run is in flight and every open reservation is an orphan. Run this from the bot's
-start-up (``coterie run``), not from a second process alongside a running bot.
+run is in flight and every open reservation is an orphan. That holds only while this
+process holds the single-instance lock (:mod:`adapters.storage.lock`), so
+:func:`recover_interrupted_runs`, the start-up entry point, refuses to run without it:
+a second process would close the first one's live runs and release their reservations.
 """
 
 from __future__ import annotations
@@ -63,7 +65,16 @@ async def recover_interrupted_runs(
     *,
     clock: Clock | None = None,
 ) -> int:
-    """:func:`recover`, returning how many runs were closed as interrupted."""
+    """:func:`recover`, returning how many runs were closed as interrupted. Only while
+    this process holds the database's single-instance lock."""
+    from adapters.storage.db import DatabaseError
+    from adapters.storage.lock import holds_lock
+
+    if not holds_lock(sessions.kw["bind"].url):
+        raise DatabaseError(
+            "crash recovery needs the single-instance lock on the database "
+            "(take it with adapters.storage.lock.InstanceLock first)"
+        )
     return len((await recover(sessions, budget, clock=clock)).interrupted_runs)
 
 

@@ -58,14 +58,26 @@ class StdoutDelivery:
             print(f"coterie: {result.note}", file=sys.stderr, flush=True)
 
 
+# How much of a provider's error text the JSON keeps (the audit keeps the same excerpt).
+ERROR_CHARS = 500
+
+
 def result_json(result: RunResult) -> dict[str, Any]:
+    """The run as one JSON object. Error texts go through the audit's scrubber: a
+    provider (or a proxy in front of one) may echo the request's credential."""
+    from executor.redaction import excerpt
+
     return {
         "run_id": result.run_id,
         "status": result.status.value,
         "output": result.output,
         "model": result.model,
         "attempts": [
-            {"model": a.model, "latency_ms": round(a.latency_ms, 1), "error": a.error}
+            {
+                "model": a.model,
+                "latency_ms": round(a.latency_ms, 1),
+                "error": excerpt(a.error, ERROR_CHARS) if a.error else None,
+            }
             for a in result.attempts
         ],
         "usage": {
@@ -75,19 +87,37 @@ def result_json(result: RunResult) -> dict[str, Any]:
             "cache_write_tokens": result.usage.cache_write_tokens,
         },
         "cost_usd": result.usage.cost_micros / 1_000_000,
-        "error": result.error,
+        "error": excerpt(result.error, ERROR_CHARS * 4) if result.error else None,
     }
 
 
 async def _ask(args: argparse.Namespace) -> int:
+    from bot.cli._common import load_settings
+    from bot.cli._logging import setup_logging
+    from bot.lifecycle import Stopped, cancel_on_sigterm
+
+    settings = load_settings()
+    # Why WARNING: stdout is the answer; stderr keeps only what needs a look.
+    setup_logging(settings, level="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+    try:
+        return await cancel_on_sigterm(_ask_with(args, settings))
+    except Stopped as stop:
+        print(
+            f"coterie: {stop}; the run was closed as cancelled and its budget settled",
+            file=sys.stderr,
+        )
+        return stop.code
+
+
+async def _ask_with(args: argparse.Namespace, settings: Any) -> int:
     from bot.app import build_app
-    from bot.settings import Settings
+    from bot.cli._preflight import check_tools
     from executor.agent import Invocation, RunnableAgent
     from executor.messages import Message
 
-    settings = Settings()
     app = await build_app(settings)
     try:
+        check_tools(settings.enabled_tools, list(app.tools.names))
         tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)
         # Fail before any run row when the tier is unknown or has no usable key.
         app.resolver.resolve(tier)

@@ -96,9 +96,9 @@ def _filter(args: argparse.Namespace) -> Any:
 
 def _open() -> Any:
     from adapters.storage.db import Database
-    from bot.settings import Settings
+    from bot.cli._common import load_settings
 
-    return Database.open(Settings().database_url)
+    return Database.open(load_settings().database_url)
 
 
 def _usd(micros: int) -> str:

@@ -64,12 +64,58 @@ async def chat_loop(
     return 0
 
 
-async def _chat(args: argparse.Namespace) -> int:
-    from bot.app import build_app
-    from bot.settings import Settings
+def daemon_reader(prompt: str) -> Any:
+    """Read a line in a daemon thread: a SIGTERM while the operator types must not wait
+    for the Enter key (the default executor's threads are joined at exit)."""
+    import asyncio
+    import threading
 
-    app = await build_app(Settings())
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str | None] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def read() -> None:
+        try:
+            line: str | None = input(prompt)
+        except EOFError:
+            line = None
+        except BaseException as exc:  # e.g. a closed stdin
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        loop.call_soon_threadsafe(settle, line, None)
+
+    threading.Thread(target=read, name="coterie-chat-input", daemon=True).start()
+    return future
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from bot.cli._common import load_settings
+    from bot.cli._logging import setup_logging
+    from bot.lifecycle import Stopped, cancel_on_sigterm
+
+    settings = load_settings()
+    setup_logging(settings, level="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
     try:
-        return await chat_loop(app, persona=args.persona)
+        return await cancel_on_sigterm(_chat_with(args, settings))
+    except Stopped as stop:
+        print(f"\ncoterie: {stop}; the run in flight was closed as cancelled", file=sys.stderr)
+        return stop.code
+
+
+async def _chat_with(args: argparse.Namespace, settings: Any) -> int:
+    from bot.app import build_app
+    from bot.cli._preflight import check_tools
+
+    app = await build_app(settings)
+    try:
+        check_tools(settings.enabled_tools, list(app.tools.names))
+        return await chat_loop(app, persona=args.persona, read=daemon_reader)
     finally:
         await app.close()

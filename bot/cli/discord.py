@@ -9,12 +9,10 @@ created since 2019.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import logging
 import os
-import signal
 from typing import Any
 
 from bot.cli._common import fail
@@ -27,7 +25,12 @@ NO_TOKEN = "set DISCORD_TOKEN to the bot token from the Discord developer portal
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = sub.add_parser("run", help="run the Discord bot")
+    run = sub.add_parser(
+        "run",
+        help="run the Discord bot",
+        description="Run the bot until SIGTERM or SIGINT, then finish the runs in flight "
+        "(COTERIE_SHUTDOWN_GRACE_S) and stop. One `coterie run` per database.",
+    )
     run.set_defaults(handler=_run)
 
     invite = sub.add_parser("invite", help="print the URL that adds the bot to a server")
@@ -74,9 +77,9 @@ def invite_url(application_id: int) -> str:
 
 
 def _settings() -> Any:
-    from bot.settings import Settings
+    from bot.cli._common import load_settings
 
-    return Settings()
+    return load_settings()
 
 
 def _token(settings: Any) -> str | None:
@@ -97,10 +100,10 @@ def _invite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging() -> None:
-    import discord
+def _setup_logging(settings: Any = None) -> None:
+    from bot.cli._logging import setup_logging
 
-    discord.utils.setup_logging(level=logging.INFO, root=True)
+    setup_logging(settings)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -108,46 +111,10 @@ async def _run(args: argparse.Namespace) -> int:
     token = _token(settings)
     if token is None:
         return fail(NO_TOKEN)
-    import discord
+    from bot.lifecycle import serve
 
-    from bot.app import build_app
-    from bot.client import CoterieBot
-
-    _setup_logging()
-    app = await build_app(settings, recover=True)
-    try:
-        bot = CoterieBot(app=app, settings=settings)
-    except BaseException:
-        await app.close()
-        raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner = asyncio.create_task(bot.start(token), name="coterie-bot")
-    stopper = asyncio.create_task(stop.wait(), name="coterie-stop")
-    try:
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            log.info("coterie: stopping")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        stopper.cancel()
-        await bot.close()  # stops the app's services too
-        await asyncio.gather(runner, stopper, return_exceptions=True)
-    error = runner.exception() if not runner.cancelled() else None
-    if error is None:
-        return 0
-    if isinstance(error, discord.LoginFailure):
-        return fail("Discord rejected DISCORD_TOKEN; copy the token again from the portal", 1)
-    if isinstance(error, discord.PrivilegedIntentsRequired):
-        return fail(
-            "enable the Message Content intent for the bot in the developer portal (Bot > "
-            "Privileged Gateway Intents)",
-            1,
-        )
-    raise error
+    _setup_logging(settings)
+    return await serve(settings, token)
 
 
 async def _sync(args: argparse.Namespace) -> int:

@@ -229,6 +229,9 @@ class ProviderRegistry:
         except ValueError:
             raise UnknownModel(name, self.known) from None
         spec = self.spec(provider)
+        # Why before the import: a provider without its key is skipped by the tier, and
+        # importing its SDK for nothing costs seconds and tens of MB.
+        self.api_key(spec)
         module = self._module(spec.kind)
         client = self._client(spec, module)
         return module.make_model(client, spec=spec, model_id=model_id, prices=self.prices)

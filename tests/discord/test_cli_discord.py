@@ -107,35 +107,4 @@ async def test_sync_publishes_global_commands_over_rest_only(
     assert fake_discord.unknown_calls == []
 
 
-async def test_run_starts_the_bot_and_stops_cleanly_on_sigterm(
-    fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import asyncio
-    import os
-    import signal
-
-    import bot.app
-    import bot.cli.discord as verbs
-    from tests.fakediscord.plugin import FakeApp
-
-    app = FakeApp()
-
-    built_with: dict[str, object] = {}
-
-    async def build_app(settings: object, **options: object) -> FakeApp:
-        built_with.update(options)
-        return app
-
-    monkeypatch.setattr(bot.app, "build_app", build_app)
-    monkeypatch.setattr(verbs, "_setup_logging", lambda: None)
-    monkeypatch.setenv("DISCORD_TOKEN", fake_discord.token)
-
-    running = asyncio.create_task(verbs._run(None))  # type: ignore[arg-type]
-    await fake_discord.wait_for_gateway(2)  # IDENTIFY: the bot is up
-    assert app.started == 1
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert await asyncio.wait_for(running, 10) == 0
-    assert app.closed == 1
-    # only the bot process recovers crashed runs (never ask or chat beside it)
-    assert built_with == {"recover": True}
-    assert fake_discord.unknown_calls == []
+# `coterie run` itself (signals, the drain, the lock): tests/lifecycle/.

@@ -120,6 +120,9 @@ class FakeDiscord:
             self.users[name] = p.user(self.snowflake(), name)
         self.app_owner = self.users["owner"]
         self.echo_messages = echo_messages
+        # The application's flags: GATEWAY_MESSAGE_CONTENT_LIMITED (1 << 19), as for an
+        # unverified bot whose Message Content intent is switched on in the portal.
+        self.application_flags = 1 << 19
 
         self.guilds: dict[int, FakeGuild] = {}
         self.channels: dict[int, dict[str, Any]] = {}
@@ -827,6 +830,22 @@ class FakeDiscord:
                 return 401, {"message": "401: Unauthorized", "code": 0}
             return 200, {**self.bot_user, "verified": True, "mfa_enabled": False, "flags": 0}
 
+        @r("GET", "/users/@me/guilds")
+        async def my_guilds(call: Call) -> tuple[int, Json]:
+            bot_id = int(self.bot_user["id"])
+            return 200, [
+                {
+                    "id": str(g.id),
+                    "name": g.name,
+                    "icon": None,
+                    "owner": g.owner_id == bot_id,
+                    "permissions": str(self.member_permissions(g, bot_id)),
+                    "features": [],
+                }
+                for g in self.guilds.values()
+                if bot_id in g.members
+            ]
+
         @r("GET", "/users/{user_id}")
         async def get_user(call: Call, user_id: str) -> tuple[int, Json]:
             try:
@@ -853,7 +872,7 @@ class FakeDiscord:
                 "verify_key": "0" * 64,
                 "owner": self.app_owner,
                 "team": None,
-                "flags": 0,
+                "flags": self.application_flags,
                 "bot": self.bot_user,
                 "tags": [],
                 "redirect_uris": [],
