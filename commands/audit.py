@@ -63,6 +63,7 @@ Status = Literal[
     "ok",
     "error",
     "budget_denied",
+    "budget_exhausted",
     "killed",
     "timeout",
     "cancelled",

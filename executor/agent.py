@@ -99,7 +99,8 @@ class RunStatus(enum.StrEnum):
     TIMEOUT = "timeout"
     STEP_LIMIT = "step_limit"
     TOKEN_LIMIT = "token_limit"
-    BUDGET_DENIED = "budget_denied"
+    BUDGET_DENIED = "budget_denied"  # refused before any model call: nothing spent
+    BUDGET_EXHAUSTED = "budget_exhausted"  # stopped between calls: what it had so far
     KILLED = "killed"
     REFUSED = "refused"
     INTERRUPTED = "interrupted"  # set by crash recovery, never by the loop

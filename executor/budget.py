@@ -4,7 +4,9 @@ A member's spend is the sum of their charges in the last 7 x 24 hours: a ledger 
 timestamped charges, not a counter that resets. Their limit is a default, or an
 override set for them, plus any one-off grants that have not expired. A run reserves
 an estimate first; the gate refuses when ``spent + reserved + estimate`` would pass
-the limit, saying when enough spend rolls out of the window. After the run the
+the limit, saying when enough spend rolls out of the window. Before each model call
+the run grows its reservation to cover that call's worst case (``grow``, refused the
+same way), so a run never spends what its member does not have. After the run the
 reservation is settled: the real cost is charged, the rest released.
 
 Budgets are keyed by ``Caller.user_id`` alone: one allowance per person across every
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from executor.agent import Caller
@@ -33,6 +35,7 @@ __all__ = [
     "dollars_to_micros",
     "format_usd",
     "frees_at",
+    "out_of_budget_advice",
 ]
 
 #: The rolling window over which spend counts.
@@ -139,6 +142,33 @@ class InMemoryBudgetLedger:
         self._open[token] = reservation
         return reservation
 
+    async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation:
+        _check_amount("amount_micros", amount_micros)
+        current = self._open.get(reservation.token)
+        if current is None:
+            raise ValueError(f"the reservation of run {reservation.run_id} is settled already")
+        extra = amount_micros - current.amount_micros
+        if extra <= 0:
+            return current
+        user_id = current.caller.user_id
+        status = self._status(user_id)
+        total = status.spent_micros + status.reserved_micros + extra
+        if total > status.limit_micros:
+            raise BudgetExceeded(
+                BudgetDetails(
+                    spent_micros=status.spent_micros,
+                    reserved_micros=status.reserved_micros,
+                    estimate_micros=extra,
+                    limit_micros=status.limit_micros,
+                    frees_at=frees_at(
+                        self._window_charges(user_id), total - status.limit_micros, self.window
+                    ),
+                )
+            )
+        grown = replace(current, amount_micros=amount_micros)
+        self._open[reservation.token] = grown
+        return grown
+
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
         _check_amount("cost_micros", cost_micros)
         if self._open.pop(reservation.token, None) is None:
@@ -209,6 +239,17 @@ class InMemoryBudgetLedger:
             spent_micros=spent,
             reserved_micros=reserved,
         )
+
+
+def out_of_budget_advice(details: BudgetDetails | None) -> str:
+    """What a member whose budget ran out can do, in one sentence."""
+    wait = (
+        f"wait until {details.frees_at:%Y-%m-%d %H:%M} UTC (enough of your spend rolls out "
+        "of the 7-day window then), or "
+        if details is not None and details.frees_at is not None
+        else ""
+    )
+    return f"You can {wait}ask a server admin for a one-off grant or a higher limit."
 
 
 def format_usd(micros: int, places: int = 4) -> str:

@@ -61,10 +61,16 @@ class ModelRequestEvent(_Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelAttemptEvent(_Event):
-    """One candidate's try at one step's request (failover records several)."""
+    """One candidate's try at one step's request (failover records several).
+
+    ``usage`` is the answering attempt's (None for one that failed): what a finished
+    response cost is on its attempt, before the step ends, so a crash between the two
+    still charges it.
+    """
 
     step: int
     attempt: Attempt
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

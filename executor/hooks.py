@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from executor.events import RunEvent
     from executor.models.base import Attempt, Model, ModelRequest, ModelResponse
     from executor.ports import Delivery
+    from executor.spend import RunBudget
 
 __all__ = ["RunHook", "RunState"]
 
@@ -46,6 +47,8 @@ class RunState:
     # Set by the run loop: hooks record their own events (compaction) through it,
     # to the audit sink, the critic and the observers. None outside a run.
     emit: Callable[[RunEvent], Awaitable[None]] | None = None
+    # Set by the run loop: the run's reservation, grown before each model call.
+    budget: RunBudget | None = None
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage

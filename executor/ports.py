@@ -8,6 +8,7 @@ and time is the real clock. The Discord host implements these in ``adapters/``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -117,15 +118,21 @@ class Reservation:
 
 @runtime_checkable
 class BudgetGate(Protocol):
-    """Reserve before a run, settle after it.
+    """Reserve before a run, grow the reservation before each model call, settle after.
 
     ``reserve`` raises :class:`~executor.errors.BudgetExceeded` when the caller's
-    spent + reserved + estimate would pass their limit. ``settle`` turns the
-    reservation into a charge of ``cost_micros`` (the real cost, whether the run
-    succeeded, failed or was cancelled) and releases the rest.
+    spent + reserved + estimate would pass their limit. ``grow`` raises an open
+    reservation to ``amount_micros`` as atomically as ``reserve`` takes one, refusing
+    the same way when the extra (``amount_micros`` minus what it holds) would pass the
+    limit (the refusal's ``estimate_micros`` is that extra; the reservation is left as
+    it was); it never lowers a reservation, and returns the reservation as it now is.
+    ``settle`` turns the reservation into a charge of ``cost_micros`` (the real cost,
+    whether the run succeeded, failed or was cancelled) and releases the rest.
     """
 
     async def reserve(self, caller: Caller, run_id: str, estimate_micros: int) -> Reservation: ...
+
+    async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, cost_micros: int) -> None: ...
 
@@ -138,6 +145,11 @@ class UnlimitedBudget:
 
     async def reserve(self, caller: Caller, run_id: str, estimate_micros: int) -> Reservation:
         return Reservation(run_id=run_id, caller=caller, amount_micros=estimate_micros)
+
+    async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation:
+        if amount_micros <= reservation.amount_micros:
+            return reservation
+        return dataclasses.replace(reservation, amount_micros=amount_micros)
 
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
         self.settled[reservation.run_id] = cost_micros

@@ -4,10 +4,13 @@ One run, in order:
 
 1. resolve the model (the agent's own, or its tier through the resolver);
 2. hooks' ``before_run`` (the dispatch guard refuses here, before any cost);
-3. reserve budget for an estimate (refusal: ``budget_denied``, nothing spent);
+3. reserve the first model call's worst case (refusal: ``budget_denied``, nothing
+   spent; see :mod:`executor.spend`);
 4. the step loop, in a task of its own, raced against the runtime bound, the
-   caller's cancel event and the critic's stop: model request (streamed when
-   there is a delivery), tool calls (permission, approval, timeout), repeat;
+   caller's cancel event and the critic's stop: the reservation grown to cover the
+   next call (refusal: ``budget_exhausted``, with what the run has so far), model
+   request (streamed when there is a delivery), tool calls (permission, approval,
+   timeout), repeat;
 5. always, whatever happened: settle the budget to the real cost, record
    ``RunFinished``, tell the delivery, close the critic's watch.
 
@@ -25,9 +28,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from executor._trace import log_failure, new_ref
 from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
+from executor.budget import format_usd, out_of_budget_advice
 from executor.errors import (
     AllModelsFailed,
     ApprovalDenied,
+    BudgetDetails,
     BudgetExceeded,
     ConfigError,
     ModelAPIError,
@@ -46,7 +51,7 @@ from executor.events import (
     ToolCallStarted,
 )
 from executor.hooks import RunHook, RunState
-from executor.messages import Message, ToolCallPart, ToolResultPart
+from executor.messages import Message, ToolCallPart, ToolResultPart, Usage
 from executor.models.base import (
     Attempt,
     Model,
@@ -71,12 +76,11 @@ from executor.ports import (
     NullDelivery,
     Observer,
     RealClock,
-    Reservation,
     RunControl,
     UnlimitedBudget,
 )
 from executor.redaction import excerpt, scrub
-from executor.tokens import estimate_tokens
+from executor.spend import Price, RunBudget, input_tokens
 from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 
 __all__ = ["Executor", "ModelResolver", "outcome_note"]
@@ -100,11 +104,14 @@ _DELTA_FREE = (TextDeltaEvent,)
 
 
 class _Stopped(Exception):
-    """Internal: the step loop ended early with a status (bound reached)."""
+    """Internal: the step loop ended early with a status (bound reached, budget out)."""
 
-    def __init__(self, status: RunStatus, reason: str) -> None:
+    def __init__(
+        self, status: RunStatus, reason: str, *, budget: BudgetDetails | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
+        self.budget = budget
         super().__init__(reason)
 
 
@@ -159,7 +166,9 @@ class Executor:
             messages=[m for m in invocation.messages if m.role != "system"],
             started_monotonic=self.clock.monotonic(),
         )
-        estimate = self._estimate(agent, state)
+        money = RunBudget(self.budget, self._price(agent))
+        first_input, first_max = self._first_call(state)
+        estimate = money.worst_case(first_input, first_max)
 
         try:
             for hook in self.hooks:
@@ -173,7 +182,7 @@ class Executor:
             return result
 
         try:
-            reservation = await self.budget.reserve(invocation.caller, run_id, estimate)
+            reservation = await money.open(invocation.caller, run_id, first_input, first_max)
         except BudgetExceeded as exc:
             result = RunResult(
                 run_id=run_id,
@@ -182,11 +191,14 @@ class Executor:
                 error_kind="budget",
                 details={"budget": exc.details},
             )
-            result.note = str(exc)
-            await self._refused(agent, invocation, run_id, result, delivery, estimate=estimate)
+            result.note = outcome_note(result)
+            await self._refused(
+                agent, invocation, run_id, result, delivery, estimate=exc.details.estimate_micros
+            )
             return result
 
-        return await self._run_reserved(state, reservation, estimate)
+        state.budget = money
+        return await self._run_reserved(state, reservation.amount_micros)
 
     # ------------------------------------------------------------------ internals
 
@@ -199,18 +211,28 @@ class Executor:
             )
         return self.models.resolve(agent.tier)
 
-    def _estimate(self, agent: RunnableAgent, state: RunState) -> int:
-        if self.models is None or agent.model is not None:
-            return 0
-        prompt = estimate_tokens(state.messages) + len(agent.system_prompt) // 4
-        # Why: each step resends the history; three steps' worth is a fair
-        # reservation without refusing members on a worst case that rarely happens.
-        steps = min(agent.bounds.max_steps, 3)
-        input_tokens = prompt * steps + 1500 * (steps - 1)
-        output_tokens = min(
-            agent.bounds.max_output_tokens, agent.bounds.max_tokens_per_response * steps
-        )
-        return self.models.estimate_micros(agent.tier, input_tokens, output_tokens)
+    def _price(self, agent: RunnableAgent) -> Price | None:
+        """One call's worst case on the agent's tier; None when it has no price (an
+        agent with its own model, an executor without a resolver)."""
+        models = self.models
+        if models is None or agent.model is not None:
+            return None
+        tier = agent.tier
+        return lambda input_tok, output_tok: models.estimate_micros(tier, input_tok, output_tok)
+
+    def _request_parts(self, state: RunState) -> tuple[list[Message], list[ToolDefinition]]:
+        """The system message and the tool definitions every request of the run carries."""
+        agent = state.agent
+        tools = self.tools.available(agent.tools, state.invocation.caller.privilege)
+        system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
+        return system, [t.definition for t in tools]
+
+    def _first_call(self, state: RunState) -> tuple[int, int]:
+        """The first request's input estimate and its ``max_tokens``."""
+        system, tool_defs = self._request_parts(state)
+        bounds = state.agent.bounds
+        max_tokens = min(bounds.max_tokens_per_response, bounds.max_output_tokens)
+        return input_tokens(system + state.messages, tool_defs), max_tokens
 
     def _started_event(
         self, agent: RunnableAgent, inv: Invocation, run_id: str, estimate: int
@@ -258,9 +280,7 @@ class Executor:
         for obs in self.observers:
             await obs.on_event(event)
 
-    async def _run_reserved(
-        self, state: RunState, reservation: Reservation, estimate: int
-    ) -> RunResult:
+    async def _run_reserved(self, state: RunState, estimate: int) -> RunResult:
         agent, inv, delivery = state.agent, state.invocation, state.delivery
         watch: CriticWatch | None = None
         task = asyncio.current_task()
@@ -339,7 +359,7 @@ class Executor:
                 result = self._result(
                     state, RunStatus.CANCELLED, error="the run was cancelled by its host"
                 )
-                await asyncio.shield(self._finish(state, reservation, result, watch))
+                await asyncio.shield(self._finish(state, result, watch))
                 raise
         except Exception as exc:  # a bug of ours or a port's: still close the run
             result = self._internal_error(state, exc)
@@ -352,7 +372,7 @@ class Executor:
         # Why not shielded here (it is on the host-cancel path above): a shield is a
         # task per run, and a host cancelling exactly now is a shutdown, after which
         # start-up recovery settles what this finish could not.
-        await self._finish(state, reservation, result, watch)
+        await self._finish(state, result, watch)
         return result
 
     async def _after(
@@ -383,6 +403,7 @@ class Executor:
         kind: str | None = None,
         output: str | None = None,
         ref: str | None = None,
+        budget: BudgetDetails | None = None,
     ) -> RunResult:
         out = output if output is not None else (state.partial_text or state.last_text)
         result = RunResult(
@@ -397,19 +418,16 @@ class Executor:
             model=state.answered_by,
             messages=list(state.messages),
             error_ref=ref,
+            details={"budget": budget} if budget is not None else {},
         )
         result.note = outcome_note(result)
         return result
 
-    async def _finish(
-        self,
-        state: RunState,
-        reservation: Reservation,
-        result: RunResult,
-        watch: CriticWatch | None,
-    ) -> None:
+    async def _finish(self, state: RunState, result: RunResult, watch: CriticWatch | None) -> None:
+        assert state.budget is not None
+        assert state.budget.reservation is not None
         try:
-            await self.budget.settle(reservation, result.usage.cost_micros)
+            await self.budget.settle(state.budget.reservation, result.usage.cost_micros)
         finally:
             try:
                 await self._emit(
@@ -423,11 +441,8 @@ class Executor:
     # ------------------------------------------------------------------ steps
 
     async def _steps(self, state: RunState, watch: CriticWatch | None) -> RunResult:
-        agent = state.agent
-        bounds = agent.bounds
-        tools = self.tools.available(agent.tools, state.invocation.caller.privilege)
-        tool_defs: list[ToolDefinition] = [t.definition for t in tools]
-        system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
+        bounds = state.agent.bounds
+        system, tool_defs = self._request_parts(state)
         streaming = state.invocation.delivery is not None
         try:
             while True:
@@ -447,7 +462,7 @@ class Executor:
                     messages=system + state.messages,
                     tools=tool_defs,
                     max_tokens=min(bounds.max_tokens_per_response, remaining),
-                    temperature=agent.temperature,
+                    temperature=state.agent.temperature,
                 )
                 response = await self._model_step(state, request, watch, streaming)
                 state.messages.append(response.message)
@@ -467,13 +482,26 @@ class Executor:
                     ),
                     watch,
                 )
+                money = state.budget
+                cut = money is not None and money.cut is not None
+                if cut and response.stop_reason == "max_tokens":
+                    # The answer ran out of the tokens its budget could cover: stop here.
+                    raise _Stopped(
+                        RunStatus.BUDGET_EXHAUSTED,
+                        "the answer was cut short to fit your budget",
+                        budget=money.cut if money is not None else None,
+                    )
                 if not calls:
                     return self._result(state, RunStatus.OK, output=response.text)
                 results = await asyncio.gather(*(self._tool_call(state, c, watch) for c in calls))
                 state.messages.append(Message(role="user", parts=tuple(results)))
         except _Stopped as stopped:
             return self._result(
-                state, stopped.status, error=stopped.reason, kind=stopped.status.value
+                state,
+                stopped.status,
+                error=stopped.reason,
+                kind=stopped.status.value,
+                budget=stopped.budget,
             )
         except AllModelsFailed as exc:
             error = scrub(str(exc))
@@ -500,6 +528,15 @@ class Executor:
         while True:
             for hook in self.hooks:
                 request = await hook.before_model_request(state, request)
+            if state.budget is not None:
+                try:
+                    request = await state.budget.cover(state.usage.cost_micros, request)
+                except BudgetExceeded as exc:
+                    raise _Stopped(
+                        RunStatus.BUDGET_EXHAUSTED,
+                        "your budget cannot cover the next step",
+                        budget=exc.details,
+                    ) from None
             await self._emit(
                 ModelRequestEvent(
                     run_id=state.run_id,
@@ -535,7 +572,9 @@ class Executor:
             attempts = list(response.attempts) or [
                 Attempt(model=response.model, latency_ms=(time.perf_counter() - started) * 1000)
             ]
-            await self._record_attempts(state, attempts, watch)
+            # Why the usage on the attempt: it is written at once, so a crash before the
+            # step's end still charges what this response cost.
+            await self._record_attempts(state, attempts, watch, usage=response.usage)
             state.add_usage(response.usage)
             state.answered_by = response.model
             for hook in self.hooks:
@@ -543,13 +582,24 @@ class Executor:
             return response
 
     async def _record_attempts(
-        self, state: RunState, attempts: list[Attempt], watch: CriticWatch | None
+        self,
+        state: RunState,
+        attempts: list[Attempt],
+        watch: CriticWatch | None,
+        *,
+        usage: Usage | None = None,
     ) -> None:
+        """Record each attempt; ``usage`` (the response's) goes on the one that answered."""
         state.attempts.extend(attempts)
-        for a in attempts:
+        answered = next((i for i in range(len(attempts) - 1, -1, -1) if not attempts[i].error), -1)
+        for i, a in enumerate(attempts):
             await self._emit(
                 ModelAttemptEvent(
-                    run_id=state.run_id, at=self.clock.now(), step=state.steps, attempt=a
+                    run_id=state.run_id,
+                    at=self.clock.now(),
+                    step=state.steps,
+                    attempt=a,
+                    usage=usage if i == answered else None,
                 ),
                 watch,
             )
@@ -671,8 +721,18 @@ def outcome_note(result: RunResult) -> str | None:
     s = result.status
     if s is RunStatus.OK:
         return None
-    if s is RunStatus.BUDGET_DENIED:
-        return result.error
+    if s is RunStatus.BUDGET_DENIED or s is RunStatus.BUDGET_EXHAUSTED:
+        budget = result.details.get("budget")
+        details = budget if isinstance(budget, BudgetDetails) else None
+        if s is RunStatus.BUDGET_DENIED:
+            return f"{result.error}. {out_of_budget_advice(details)}"
+        spent = (
+            f" (spent {format_usd(details.spent_micros)} of your 7-day limit "
+            f"{format_usd(details.limit_micros, 2)})"
+            if details is not None
+            else ""
+        )
+        return f"Stopped: {result.error}{spent}. {out_of_budget_advice(details)}"
     if s is RunStatus.ERROR and result.error_kind == "all_models_failed":
         tried = ", ".join(
             f"{a.model} ({a.error_kind or 'error'})" for a in result.attempts if a.error

@@ -128,6 +128,7 @@ _STATUS_ICON = {
     "running": "⏳",
     "error": "❌",
     "budget_denied": "💸",
+    "budget_exhausted": "💸",
     "killed": "🛑",
     "timeout": "⌛",
     "cancelled": "⏹️",

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import discord
 
-from adapters.discord.budget_text import budget_refusal, cost_footer
+from adapters.discord.budget_text import budget_exhausted, budget_refusal, cost_footer
 from adapters.discord.split import DISCORD_LIMIT, split_message
 from executor.agent import RunResult, RunStatus
 from executor.errors import BudgetDetails
@@ -132,6 +132,8 @@ class StreamingDelivery:
         budget = result.details.get("budget")
         if result.status is RunStatus.BUDGET_DENIED and isinstance(budget, BudgetDetails):
             note = budget_refusal(budget)  # Why: says how to ask an admin for more
+        elif result.status is RunStatus.BUDGET_EXHAUSTED and isinstance(budget, BudgetDetails):
+            note = budget_exhausted(result.error or "your budget ran out", budget)
         if note and note not in self.notes:
             self.notes.append(note)
         if not self.body.strip() and not self.notes:

@@ -5,9 +5,20 @@ from the moment it starts); everything between it and ``RunFinished`` (steps, mo
 attempts, tool calls, compaction, critic verdicts, approvals) is buffered and written
 in batches with Core ``executemany``; ``RunFinished`` writes the buffer and closes the
 run row in one transaction, so a crash never leaves a finished run half-written.
-The buffer is also written when it holds ``batch_size`` rows, when its oldest row is
-``flush_interval_s`` old (checked on every event), on :meth:`SqlAuditSink.flush` and
-on :meth:`SqlAuditSink.close`.
+
+What a crash may lose is bounded, because crash recovery charges what is written:
+
+* spend is written at once: an attempt that answered (its usage and cost are on its
+  row) and a compaction with a cost are committed before ``record`` returns;
+* before each model request (``ModelRequestEvent``) the buffer is committed, so a run's
+  spend and tool calls so far are durable before it asks for more;
+* anything else is durable within ``flush_interval_s``: a timer task (started on the
+  first event, on the running loop; stopped by :meth:`SqlAuditSink.close`) writes the
+  buffer when it is not empty, so a long stream or a long tool call still flushes.
+
+The buffer is also written when it holds ``batch_size`` rows, on
+:meth:`SqlAuditSink.flush` and on :meth:`SqlAuditSink.close`. Every write is a group
+commit: runs that record while a write is under way share the next transaction.
 
 Tool arguments are stored with secrets redacted (:func:`executor.redaction.redact`)
 and capped in size; results, errors and texts are stored as excerpts. The queries
@@ -17,8 +28,11 @@ on the trail are in :mod:`adapters.storage.audit_queries`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +65,8 @@ from executor.events import (
 from executor.redaction import excerpt, redact
 
 __all__ = ["SqlAuditSink"]
+
+log = logging.getLogger(__name__)
 
 _runs = AuditRun.__table__  # type: ignore[attr-defined]
 _steps = AuditStep.__table__  # type: ignore[attr-defined]
@@ -97,6 +113,7 @@ class SqlAuditSink:
         flush_interval_s: float = 1.0,
         excerpt_chars: int = 2_000,
         argument_chars: int = 4_000,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._sessions = sessions
         engine = engine_of(sessions)
@@ -118,6 +135,9 @@ class SqlAuditSink:
         self._finishes: list[dict[str, Any]] = []
         self._generation = 0  # the batch now filling
         self._durable = -1  # every batch up to this one is committed
+        # The flush timer: started on the first event, stopped by close().
+        self._sleep = sleep or asyncio.sleep
+        self._timer: asyncio.Task[None] | None = None
 
     # --- AuditSink ------------------------------------------------------------------
 
@@ -139,7 +159,12 @@ class SqlAuditSink:
         now = time.monotonic()
         if self._oldest is None:
             self._oldest = now
-        if self._pending >= self.batch_size or now - self._oldest >= self.flush_interval_s:
+        self._arm()
+        if (
+            _urgent(event)
+            or self._pending >= self.batch_size
+            or now - self._oldest >= self.flush_interval_s
+        ):
             await self._commit()
 
     async def flush(self) -> None:
@@ -147,9 +172,37 @@ class SqlAuditSink:
         await self._commit()
 
     async def close(self) -> None:
-        """Write what is buffered. The sink may not be used afterwards."""
+        """Stop the flush timer and write what is buffered. The sink may not be used
+        afterwards."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
         await self.flush()
         self._closed = True
+
+    # --- the flush timer ------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Start the timer on the running loop, once (again if a loop ended it)."""
+        if self._closed or (self._timer is not None and not self._timer.done()):
+            return
+        self._timer = asyncio.get_running_loop().create_task(
+            self._tick(), name="coterie-audit-flush"
+        )
+
+    async def _tick(self) -> None:
+        while not self._closed:
+            await self._sleep(self.flush_interval_s)
+            if not self._pending and not self._starts and not self._finishes:
+                continue
+            try:
+                await self._commit()
+            except Exception:
+                # Why not raise: nobody awaits this task; the rows are kept for the next
+                # write (the next tick, an event, or close), which reports its own error.
+                log.warning("the audit sink could not write its buffer; will retry", exc_info=True)
 
     # --- internals ----------------------------------------------------------------
 
@@ -295,12 +348,16 @@ class SqlAuditSink:
             }
         if isinstance(event, ModelAttemptEvent):
             a = event.attempt
+            spent = event.usage
             return _attempts, base | {
                 "step": event.step,
                 "model": a.model[:128],
                 "latency_ms": a.latency_ms,
                 "error": excerpt(a.error, self.excerpt_chars) if a.error else None,
                 "error_kind": a.error_kind[:64] if a.error_kind else None,
+                "input_tokens": spent.input_tokens if spent is not None else 0,
+                "output_tokens": spent.output_tokens if spent is not None else 0,
+                "cost_micros": spent.cost_micros if spent is not None else 0,
             }
         if isinstance(event, ToolCallFinished):
             return _tools, base | {
@@ -314,6 +371,18 @@ class SqlAuditSink:
             }
         kind, step, cost, data = _event_data(event)
         return _events, base | {"kind": kind, "step": step, "cost_micros": cost, "data": data}
+
+
+def _urgent(event: RunEvent) -> bool:
+    """Whether the event is written at once, not buffered: money spent (an attempt that
+    answered, a compaction that cost something), or a model request about to spend more
+    (so what the run spent and the tool calls it ran are durable first)."""
+    if isinstance(event, ModelRequestEvent):
+        return True
+    if isinstance(event, ModelAttemptEvent):
+        u = event.usage
+        return u is not None and (u.cost_micros > 0 or u.input_tokens + u.output_tokens > 0)
+    return isinstance(event, CompactionEvent) and event.usage.cost_micros > 0
 
 
 def _event_data(event: RunEvent) -> tuple[str, int, int, dict[str, Any]]:

@@ -4,8 +4,8 @@ The rules are the kernel's (:mod:`executor.budget`): a rolling 7-day window of c
 per member (per user id, across guilds), a default limit, a per-member override,
 one-off grants that expire, reservations before a run and a settlement after it.
 
-Atomicity: every reservation and settlement is one transaction that first takes the
-member's lock row in ``budget_members`` (``SELECT ... FOR UPDATE`` on PostgreSQL;
+Atomicity: every reservation, growth of one (before each model call of a run) and
+settlement is one transaction that first takes the member's lock row in ``budget_members`` (``SELECT ... FOR UPDATE`` on PostgreSQL;
 ``BEGIN IMMEDIATE`` on SQLite, which takes the database's write lock at once). A
 member with no row yet gets one by ``INSERT ... ON CONFLICT DO NOTHING`` inside the
 same transaction, so their first concurrent reservations serialise too. Check and
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select
@@ -227,6 +227,57 @@ class SqlBudgetLedger:
         return Reservation(
             run_id=run_id, caller=caller, amount_micros=estimate_micros, token=int(token or 0)
         )
+
+    async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation:
+        """Raise an open reservation to ``amount_micros`` under the member's lock, or
+        refuse as :meth:`reserve` does (the refusal's estimate is the extra)."""
+        if amount_micros < 0:
+            raise ValueError(f"amount_micros must not be negative (got {amount_micros})")
+        caller = reservation.caller
+        user_id = caller.user_id
+        token = int(reservation.token)
+        denied: BudgetDetails | None = None
+        default = await self._default_for(caller)
+        async with self._transaction() as session:
+            now = self.clock.now()
+            await self._lock_member(session, user_id)
+            current = await session.scalar(
+                select(_reservations.c.amount_micros).where(_reservations.c.id == token)
+            )
+            if current is None:
+                raise ValueError(f"the reservation of run {reservation.run_id} is settled already")
+            held = int(current)
+            if amount_micros <= held:
+                return replace(reservation, amount_micros=held)
+            status, _ = await self._status_in(session, user_id, now, default)
+            extra = amount_micros - held
+            total = status.spent_micros + status.reserved_micros + extra
+            if total > status.limit_micros:
+                charges = await session.execute(
+                    select(_ledger.c.at, _ledger.c.amount_micros)
+                    .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
+                    .order_by(_ledger.c.at)
+                )
+                denied = BudgetDetails(
+                    spent_micros=status.spent_micros,
+                    reserved_micros=status.reserved_micros,
+                    estimate_micros=extra,
+                    limit_micros=status.limit_micros,
+                    frees_at=frees_at(
+                        ((r[0], int(r[1])) for r in charges),
+                        total - status.limit_micros,
+                        self.window,
+                    ),
+                )
+            else:
+                await session.execute(
+                    _reservations.update()
+                    .where(_reservations.c.id == token)
+                    .values(amount_micros=amount_micros)
+                )
+        if denied is not None:
+            raise BudgetExceeded(denied)
+        return replace(reservation, amount_micros=amount_micros)
 
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
         at = self.clock.now()

@@ -180,6 +180,10 @@ class AuditModelAttempt(SQLModel, table=True):
     latency_ms: float = 0.0
     error: str | None = None
     error_kind: str | None = Field(default=None, max_length=64)
+    # The answering attempt's usage (0 for a failed one): what crash recovery charges.
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cost_micros: int = Field(default=0, sa_type=BigInteger)
     at: datetime = _when()
 
 

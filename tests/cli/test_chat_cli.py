@@ -104,6 +104,9 @@ async def test_budget_refusal_is_said() -> None:
         async def reserve(self, caller: Caller, run_id: str, estimate: int) -> Reservation:
             raise BudgetExceeded(BudgetDetails(1, 0, 1, 1))
 
+        async def grow(self, reservation: Reservation, amount: int) -> Reservation:
+            return reservation
+
         async def settle(self, reservation: Reservation, cost: int) -> None:
             return None
 

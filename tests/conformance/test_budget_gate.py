@@ -215,3 +215,88 @@ async def test_delete_user_data_forgets_the_member(gate: Any) -> None:
     status = await gate.status("u1")
     assert (status.spent_micros, status.granted_micros, status.overridden) == (0, 0, False)
     assert (await gate.status("u2")).spent_micros == 10
+
+
+# --- growing a reservation (before each model call of a run) ------------------------
+
+
+async def test_grow_raises_a_reservation_within_the_limit(gate: Any) -> None:
+    r = await gate.reserve(who(), "run", 100_000)
+    grown = await gate.grow(r, 350_000)
+    assert (grown.run_id, grown.amount_micros, grown.token) == ("run", 350_000, r.token)
+    assert (await gate.status("u1")).reserved_micros == 350_000
+    same = await gate.grow(grown, 200_000)  # never lowered
+    assert same.amount_micros == 350_000
+    assert (await gate.status("u1")).reserved_micros == 350_000
+    await gate.settle(same, 280_000)
+    status = await gate.status("u1")
+    assert (status.spent_micros, status.reserved_micros) == (280_000, 0)
+
+
+async def test_grow_past_the_limit_is_refused_and_leaves_the_reservation(gate: Any) -> None:
+    await gate.settle(await gate.reserve(who(), "before", 300_000), 300_000)
+    other = await gate.reserve(who(), "other", 200_000)
+    r = await gate.reserve(who(), "run", 100_000)
+    await gate.grow(r, 500_000)  # exactly at the limit: 300k + 200k + 500k
+    with pytest.raises(BudgetExceeded) as info:
+        await gate.grow(r, 500_001)
+    d = info.value.details
+    assert (d.spent_micros, d.reserved_micros, d.estimate_micros, d.limit_micros) == (
+        300_000,
+        700_000,
+        1,
+        LIMIT,
+    )
+    assert (await gate.status("u1")).reserved_micros == 700_000
+    await gate.settle(other, 0)
+    assert (await gate.grow(r, 700_000)).amount_micros == 700_000
+
+
+async def test_grow_says_when_enough_rolls_out(gate: Any, clock: FakeClock) -> None:
+    t0 = clock.now()
+    await gate.settle(await gate.reserve(who(), "a", 600_000), 600_000)
+    await clock.advance(60)
+    r = await gate.reserve(who(), "run", 100_000)
+    with pytest.raises(BudgetExceeded) as info:
+        await gate.grow(r, 500_000)
+    assert info.value.details.frees_at == t0 + WINDOW
+
+
+async def test_a_settled_reservation_cannot_grow(gate: Any) -> None:
+    r = await gate.reserve(who(), "run", 10)
+    await gate.settle(r, 5)
+    with pytest.raises(ValueError, match="settled"):
+        await gate.grow(r, 20)
+    with pytest.raises(ValueError, match="negative"):
+        await gate.grow(await gate.reserve(who(), "run2", 10), -1)
+
+
+async def test_concurrent_grows_never_pass_the_limit(gate: Any) -> None:
+    # 100 runs hold 1,000 each; each grows by 18,000 at once: exactly 50 fit.
+    held = [await gate.reserve(who("many"), f"r{i}", 1_000) for i in range(100)]
+    results = await asyncio.gather(*(gate.grow(r, 19_000) for r in held), return_exceptions=True)
+    grown = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BudgetExceeded)]
+    assert (len(grown), len(refused)) == (50, 50), [
+        r for r in results if isinstance(r, BaseException) and not isinstance(r, BudgetExceeded)
+    ][:3]
+    assert (await gate.status("many")).reserved_micros == LIMIT
+
+
+async def test_concurrent_grows_and_reservations_share_one_limit(gate: Any) -> None:
+    held = [await gate.reserve(who("mixed"), f"g{i}", 1_000) for i in range(50)]
+
+    async def grow(r: Any) -> Any:
+        return await gate.grow(r, 20_000)
+
+    async def reserve(i: int) -> Any:
+        return await gate.reserve(who("mixed"), f"n{i}", 19_000)
+
+    results = await asyncio.gather(
+        *(grow(r) for r in held), *(reserve(i) for i in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(r, BudgetExceeded) or not isinstance(r, BaseException) for r in results)
+    status = await gate.status("mixed")
+    assert status.reserved_micros <= LIMIT
+    granted_extra = sum(1 for r in results if not isinstance(r, BaseException))
+    assert status.reserved_micros == 50 * 1_000 + granted_extra * 19_000

@@ -43,6 +43,9 @@ class RefusingBudget:
             )
         )
 
+    async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation:
+        return reservation
+
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
         return None
 

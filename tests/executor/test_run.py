@@ -174,6 +174,9 @@ async def test_caller_cancellation_settles_the_budget() -> None:
         async def reserve(self, caller: Caller, run_id: str, estimate: int) -> Reservation:
             return Reservation(run_id, caller, estimate)
 
+        async def grow(self, reservation: Reservation, amount: int) -> Reservation:
+            return reservation
+
         async def settle(self, reservation: Reservation, cost: int) -> None:
             self.settled.append(cost)
 
@@ -192,6 +195,9 @@ async def test_budget_denied_never_calls_the_model() -> None:
     class Broke:
         async def reserve(self, caller: Caller, run_id: str, estimate: int) -> Reservation:
             raise BudgetExceeded(BudgetDetails(5_000_000, 0, 10, 5_000_000))
+
+        async def grow(self, reservation: Reservation, amount: int) -> Reservation:
+            raise AssertionError("nothing to grow")
 
         async def settle(self, reservation: Reservation, cost: int) -> None:
             raise AssertionError("nothing to settle")

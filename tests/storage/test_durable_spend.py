@@ -1,0 +1,255 @@
+"""What a crash may lose of a run's spend and tool calls is bounded (issue 12).
+
+Spend is written at once (the answering attempt carries its usage), the buffer is
+written before each model request, everything else within the flush interval by the
+sink's timer; crash recovery charges what the attempts record, even when the step
+that the response belongs to never finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlmodel import col
+
+from adapters.storage.audit_sink import SqlAuditSink
+from adapters.storage.budget import SqlBudgetLedger
+from adapters.storage.db import Database
+from adapters.storage.recovery import recover
+from adapters.storage.tables import AuditModelAttempt, AuditRun, AuditStep, AuditToolCall
+from executor.agent import Caller, Invocation, RunnableAgent, RunStatus
+from executor.events import ModelAttemptEvent, ModelRequestEvent, StepFinished, ToolCallFinished
+from executor.hooks import RunHook, RunState
+from executor.messages import Message, Usage
+from executor.models.base import Attempt, ModelResponse
+from executor.run import Executor
+from executor.testing import Reply, ScriptedModel, call
+from executor.tools.registry import ToolRegistry, tool
+from tests.conformance.test_audit_sink import T0, finished, started
+
+# Nothing but the rules under test writes: no batch fills, no interval passes.
+QUIET: dict[str, Any] = {"batch_size": 100_000, "flush_interval_s": 3600}
+
+
+async def _count(db: Database, table: type) -> int:
+    async with db.sessions() as s:
+        return int(await s.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def _tool_call(run_id: str, call_id: str) -> ToolCallFinished:
+    return ToolCallFinished(
+        run_id=run_id,
+        at=T0,
+        step=1,
+        call_id=call_id,
+        name="add",
+        arguments={},
+        result="4",
+        is_error=False,
+        duration_ms=1,
+    )
+
+
+class Ticks:
+    """A sleep for the sink's timer that returns only when the test says so."""
+
+    def __init__(self) -> None:
+        self._asleep: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+        self._current: asyncio.Future[None] | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        await self._asleep.put(fut)
+        await fut
+
+    async def first(self) -> None:
+        """Wait until the timer is asleep for the first time."""
+        self._current = await self._asleep.get()
+
+    async def tick(self) -> None:
+        """Wake the timer and wait until it is asleep again: its write is done."""
+        assert self._current is not None
+        self._current.set_result(None)
+        self._current = await self._asleep.get()
+
+
+async def test_an_answering_attempt_is_durable_when_record_returns(db: Database) -> None:
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    try:
+        await sink.record(started("r1"))
+        failed = Attempt(model="a:1", latency_ms=3, error="busy", error_kind="overloaded")
+        await sink.record(ModelAttemptEvent(run_id="r1", at=T0, step=1, attempt=failed))
+        assert await _count(db, AuditModelAttempt) == 0  # nothing spent: buffered
+        usage = Usage(input_tokens=120, output_tokens=30, cost_micros=810)
+        await sink.record(
+            ModelAttemptEvent(
+                run_id="r1", at=T0, step=1, attempt=Attempt(model="b:1", latency_ms=9), usage=usage
+            )
+        )
+        async with db.sessions() as s:
+            rows = (
+                (await s.execute(select(AuditModelAttempt).order_by(col(AuditModelAttempt.id))))
+                .scalars()
+                .all()
+            )
+        assert [(r.model, r.input_tokens, r.output_tokens, r.cost_micros) for r in rows] == [
+            ("a:1", 0, 0, 0),
+            ("b:1", 120, 30, 810),
+        ]
+    finally:
+        await sink.close()
+
+
+async def test_a_model_request_makes_what_came_before_it_durable(db: Database) -> None:
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    try:
+        await sink.record(started("r1"))
+        await sink.record(_tool_call("r1", "c1"))
+        await sink.record(_tool_call("r1", "c2"))
+        assert await _count(db, AuditToolCall) == 0
+        await sink.record(ModelRequestEvent(run_id="r1", at=T0, step=2, message_count=3))
+        assert await _count(db, AuditToolCall) == 2
+    finally:
+        await sink.close()
+
+
+async def test_the_timer_writes_the_buffer_with_no_further_event(db: Database) -> None:
+    ticks = Ticks()
+    sink = SqlAuditSink(db.sessions, batch_size=100_000, flush_interval_s=0.5, sleep=ticks.sleep)
+    try:
+        await sink.record(started("r1"))
+        await sink.record(
+            StepFinished(run_id="r1", at=T0, step=1, model="m", usage=Usage(), stop_reason="x")
+        )
+        await sink.record(_tool_call("r1", "c1"))
+        await ticks.first()
+        assert (await _count(db, AuditStep), await _count(db, AuditToolCall)) == (0, 0)
+        await ticks.tick()  # a long tool call or a long stream: no event, the timer writes
+        assert (await _count(db, AuditStep), await _count(db, AuditToolCall)) == (1, 1)
+        await ticks.tick()  # nothing buffered: nothing written, the timer sleeps on
+        await sink.record(_tool_call("r1", "c2"))
+        await ticks.tick()
+        assert await _count(db, AuditToolCall) == 2
+    finally:
+        await sink.close()
+    assert sink._timer is None  # stopped by close
+
+
+async def test_recovery_charges_a_response_whose_step_never_finished(db: Database) -> None:
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=1_000_000)
+    reservation = await budget.reserve(Caller(user_id="u1"), "r1", 50_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    await sink.record(started("r1"))
+    for step, cost in ((1, 700), (2, 450)):
+        await sink.record(ModelRequestEvent(run_id="r1", at=T0, step=step, message_count=1))
+        await sink.record(
+            ModelAttemptEvent(
+                run_id="r1",
+                at=T0,
+                step=step,
+                attempt=Attempt(model="b:1", latency_ms=4),
+                usage=Usage(input_tokens=10, output_tokens=5, cost_micros=cost),
+            )
+        )
+        if step == 1:
+            await sink.record(
+                StepFinished(
+                    run_id="r1",
+                    at=T0,
+                    step=1,
+                    model="b:1",
+                    usage=Usage(input_tokens=10, output_tokens=5, cost_micros=700),
+                    stop_reason="tool_use",
+                )
+            )
+    # The crash: step 2's response was written (its attempt), its step never was.
+    report = await recover(db.sessions, budget)
+    assert report.interrupted_runs == ["r1"]
+    assert report.charged_micros == 1_150
+    async with db.sessions() as s:
+        run = (await s.execute(select(AuditRun).where(col(AuditRun.run_id) == "r1"))).scalar_one()
+    assert (run.cost_micros, run.input_tokens, run.output_tokens) == (1_150, 20, 10)
+    assert (await budget.status("u1")).spent_micros == 1_150
+    assert reservation.token is not None
+    await sink.close()
+
+
+async def test_recovery_still_reads_steps_written_before_attempts_had_usage(
+    db: Database,
+) -> None:
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    await sink.record(started("old"))
+    await sink.record(
+        ModelAttemptEvent(run_id="old", at=T0, step=1, attempt=Attempt(model="m", latency_ms=1))
+    )
+    await sink.record(
+        StepFinished(
+            run_id="old",
+            at=T0,
+            step=1,
+            model="m",
+            usage=Usage(input_tokens=7, output_tokens=3, cost_micros=300),
+            stop_reason="end_turn",
+        )
+    )
+    await sink.flush()
+    await recover(db.sessions)
+    async with db.sessions() as s:
+        run = (await s.execute(select(AuditRun).where(col(AuditRun.run_id) == "old"))).scalar_one()
+    assert (run.cost_micros, run.input_tokens) == (300, 7)
+    await sink.record(finished("other", steps=0, cost=0))
+    await sink.close()
+
+
+class Stuck(RunHook):
+    """Holds the run between a finished response and its step, like a slow hook."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+
+    async def after_model_response(self, state: RunState, response: ModelResponse) -> None:
+        if state.steps == 2:
+            self.reached.set()
+            await asyncio.Event().wait()
+
+
+async def test_through_the_executor_a_crash_after_a_response_still_charges_it(
+    db: Database,
+) -> None:
+    @tool
+    def add(a: int, b: int) -> str:
+        """Add."""
+        return str(a + b)
+
+    costs = (Usage(input_tokens=40, output_tokens=8, cost_micros=333), Usage(cost_micros=222))
+    model = ScriptedModel(
+        [Reply(tool_calls=[call("add", a=2, b=2)], usage=costs[0]), Reply("4", usage=costs[1])]
+    )
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=1_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    hook = Stuck()
+    executor = Executor(tools=ToolRegistry([add]), audit=sink, budget=budget, hooks=[hook])
+    run = asyncio.create_task(
+        executor.run(
+            RunnableAgent(model=model, tools=("add",)),
+            Invocation([Message.user("2+2?")], caller=Caller(user_id="u1"), run_id="r1"),
+        )
+    )
+    await hook.reached.wait()
+    # What the database holds now is what survives a SIGKILL: both responses and the
+    # tool call, though step 2 never finished.
+    assert await _count(db, AuditToolCall) == 1
+    assert await _count(db, AuditStep) == 1
+    report = await recover(db.sessions, budget)
+    assert (report.interrupted_runs, report.charged_micros) == (["r1"], 555)
+    run.cancel()
+    result = await asyncio.gather(run, return_exceptions=True)
+    assert isinstance(result[0], asyncio.CancelledError)
+    # The run's own settle found its reservation settled already: charged once.
+    assert (await budget.status("u1")).spent_micros == 555
+    async with db.sessions() as s:
+        status = await s.scalar(select(col(AuditRun.status)).where(col(AuditRun.run_id) == "r1"))
+    assert status in (RunStatus.CANCELLED.value, RunStatus.INTERRUPTED.value)
+    await sink.close()
