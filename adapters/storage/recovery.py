@@ -4,7 +4,9 @@ A process that dies mid-run leaves its runs marked ``running`` and their budget
 reservations open. :func:`recover` closes each such run as ``interrupted``, with the
 steps, tokens and cost its audit rows show, and settles every open reservation:
 
-* the run is in the audit trail: charge what the audit shows it spent;
+* the run is in the audit trail: charge what the audit shows it spent: every model
+  response that finished (its attempt row carries its usage and is written at once,
+  before the step ends) plus what compaction cost (its event rows);
 * the run never reached the audit trail (the process died between reserving and
   starting): charge nothing, as no model was called.
 
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.storage.budget import SqlBudgetLedger
 from adapters.storage.db import IMMEDIATE, translate_errors
-from adapters.storage.tables import AuditEventRow, AuditRun, AuditStep
+from adapters.storage.tables import AuditEventRow, AuditModelAttempt, AuditRun, AuditStep
 from executor.agent import RunStatus
 from executor.ports import Clock, RealClock
 
@@ -38,6 +40,7 @@ __all__ = [
 
 _runs = AuditRun.__table__  # type: ignore[attr-defined]
 _steps = AuditStep.__table__  # type: ignore[attr-defined]
+_attempts = AuditModelAttempt.__table__  # type: ignore[attr-defined]
 _events = AuditEventRow.__table__  # type: ignore[attr-defined]
 
 #: The status of a run's row while it runs (the kernel has no such RunStatus: a
@@ -108,11 +111,23 @@ async def recover(
                         ).where(_steps.c.run_id == run_id)
                     )
                 ).one()
+                answered = (
+                    await session.execute(
+                        select(
+                            func.coalesce(func.sum(_attempts.c.input_tokens), 0),
+                            func.coalesce(func.sum(_attempts.c.output_tokens), 0),
+                            func.coalesce(func.sum(_attempts.c.cost_micros), 0),
+                        ).where(_attempts.c.run_id == run_id)
+                    )
+                ).one()
                 extra = await session.scalar(
                     select(func.coalesce(func.sum(_events.c.cost_micros), 0)).where(
                         _events.c.run_id == run_id
                     )
                 )
+                # Why the larger of attempts and steps: every finished step has its
+                # answering attempt, and an attempt may have no step yet (the crash came
+                # between them); rows written before attempts carried usage have only steps.
                 await session.execute(
                     update(_runs)
                     .where(_runs.c.run_id == run_id)
@@ -120,9 +135,9 @@ async def recover(
                         status=RunStatus.INTERRUPTED.value,
                         ended_at=now,
                         steps=int(steps[1]),
-                        input_tokens=int(steps[2]),
-                        output_tokens=int(steps[3]),
-                        cost_micros=int(steps[4]) + int(extra or 0),
+                        input_tokens=max(int(steps[2]), int(answered[0])),
+                        output_tokens=max(int(steps[3]), int(answered[1])),
+                        cost_micros=max(int(steps[4]), int(answered[2])) + int(extra or 0),
                         error=INTERRUPTED_ERROR,
                         error_kind="interrupted",
                     )
