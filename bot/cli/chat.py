@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-__all__ = ["chat_loop", "register"]
+__all__ = ["StdinLines", "chat_loop", "register"]
 
 QUIT = ("/quit", "/exit")
 
@@ -64,35 +64,56 @@ async def chat_loop(
     return 0
 
 
-def daemon_reader(prompt: str) -> Any:
-    """Read a line in a daemon thread: a SIGTERM while the operator types must not wait
-    for the Enter key (the default executor's threads are joined at exit)."""
-    import asyncio
-    import threading
+class StdinLines:
+    """Lines from stdin on the event loop itself (``loop.add_reader``), so a SIGTERM
+    while the operator types ends the session at once: no thread blocked in
+    ``input()`` for the interpreter to wait on at exit. A file or /dev/null (which
+    the loop cannot watch) is read in a thread; those never block."""
 
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[str | None] = loop.create_future()
+    def __init__(self, fd: int = 0) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
 
-    def settle(value: str | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
+    async def __call__(self, prompt: str) -> str | None:
+        import asyncio
 
-    def read() -> None:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        while b"\n" not in self.buffer and not self.eof:
+            chunk = await self._read(asyncio.get_running_loop())
+            self.eof = not chunk
+            self.buffer += chunk
+        if not self.buffer:
+            return None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+    async def _read(self, loop: Any) -> bytes:
+        import asyncio
+        import os
+
+        future: asyncio.Future[bytes] = loop.create_future()
+
+        def ready() -> None:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(chunk)
+            loop.remove_reader(self.fd)
+
         try:
-            line: str | None = input(prompt)
-        except EOFError:
-            line = None
-        except BaseException as exc:  # e.g. a closed stdin
-            loop.call_soon_threadsafe(settle, None, exc)
-            return
-        loop.call_soon_threadsafe(settle, line, None)
-
-    threading.Thread(target=read, name="coterie-chat-input", daemon=True).start()
-    return future
+            loop.add_reader(self.fd, ready)
+        except (OSError, ValueError):  # a regular file or /dev/null: reads never block
+            return await asyncio.to_thread(os.read, self.fd, 4096)
+        try:
+            return await future
+        finally:
+            loop.remove_reader(self.fd)
 
 
 async def _chat(args: argparse.Namespace) -> int:
@@ -116,6 +137,6 @@ async def _chat_with(args: argparse.Namespace, settings: Any) -> int:
     app = await build_app(settings)
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
-        return await chat_loop(app, persona=args.persona, read=daemon_reader)
+        return await chat_loop(app, persona=args.persona, read=StdinLines())
     finally:
         await app.close()

@@ -21,6 +21,9 @@ from typing import Any
 import pytest
 
 from tests.fakediscord import FakeDiscord
+from tests.storage.dbs import pg_url
+
+__all__ = ["Proc", "coterie_env", "openai_env", "pg_url", "procs", "query", "webhook_shows"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIM = Path(__file__).resolve().parent / "shim"
@@ -92,6 +95,7 @@ class Proc:
         self.proc = proc
         self.out: list[str] = []
         self.err: list[str] = []
+        self._partial: dict[int, str] = {}  # a stream's text after its last newline
         self._changed = asyncio.Condition()
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [
@@ -119,15 +123,22 @@ class Proc:
         return self.proc.pid
 
     async def _pump(self, stream: asyncio.StreamReader, sink: list[str]) -> None:
+        # Why chunks and not lines: `coterie ask` streams an answer with no newline yet.
+        partial = ""
         while True:
-            raw = await stream.readline()
-            if not raw:
-                break
+            raw = await stream.read(4096)
             async with self._changed:
-                sink.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                if not raw:
+                    if partial:
+                        sink.append(partial)
+                    self._partial[id(sink)] = ""
+                    self._changed.notify_all()
+                    return
+                partial += raw.decode("utf-8", "replace")
+                *lines, partial = partial.split("\n")
+                sink.extend(lines)
+                self._partial[id(sink)] = partial
                 self._changed.notify_all()
-        async with self._changed:
-            self._changed.notify_all()
 
     async def wait_for(self, pattern: str, *, stream: str = "err", timeout: float = 30) -> str:
         """The first line of ``stream`` (err or out) matching ``pattern``."""
@@ -137,7 +148,7 @@ class Proc:
         async def until() -> str:
             async with self._changed:
                 while True:
-                    for line in lines:
+                    for line in [*lines, self._partial.get(id(lines), "")]:
                         if regex.search(line):
                             return line
                     if all(p.done() for p in self._pumps):
