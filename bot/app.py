@@ -220,7 +220,11 @@ async def build_app(
 
     tools = default_registry(settings.enabled_tools)
 
-    db = Database.open(settings.database_url)
+    db = Database.open(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     # Why insert: the database closes last, after the audit's flush and the providers.
     closers.insert(0, db.close)
     try:

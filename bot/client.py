@@ -118,12 +118,26 @@ def _render_coterie_error(exc: xerr.CoterieError) -> str | None:
 
 def render_error(error: BaseException) -> tuple[str, str | None]:
     """The sentence for the person, and a reference when the traceback must be logged."""
+    from adapters.storage.db import DatabaseError
+
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, app_commands.TransformerError) and isinstance(
         error.__cause__, xerr.CoterieError
     ):
         error = error.__cause__
+    if isinstance(error, xerr.HostBusy):
+        # Why before ConfigError: a lock held past its timeout is transient, not a
+        # configuration to fix; its text names a server path, so it goes to the log only.
+        ref = secrets.token_hex(3).upper()
+        return f"coterie is busy right now; try again in a moment (ref {ref}).", ref
+    if isinstance(error, DatabaseError):
+        ref = secrets.token_hex(3).upper()
+        return (
+            "coterie cannot use its database right now; the admins can find it in the log "
+            f"(ref {ref}).",
+            ref,
+        )
     if isinstance(error, xerr.CoterieError):
         text = _render_coterie_error(error)
         if text is not None:

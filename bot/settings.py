@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         default="sqlite+aiosqlite:///./data/coterie.db",
         validation_alias=AliasChoices("DATABASE_URL", "COTERIE_DATABASE_URL"),
     )
+    # Connections the process keeps, and how many more it may open under load (None:
+    # 10 + 40 on PostgreSQL, 8 + 24 on SQLite; adapters.storage.db.POOL_DEFAULTS).
+    db_pool_size: int | None = Field(default=None, ge=1)
+    db_max_overflow: int | None = Field(default=None, ge=0)
 
     # --- discord ----------------------------------------------------------------------
     discord_token: SecretStr | None = Field(

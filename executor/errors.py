@@ -18,6 +18,7 @@
     │   ├── BadRequest              never retried: the same request fails everywhere
     │   │   └── ContextTooLong      compaction may retry once
     │   └── AllModelsFailed         every candidate of a tier failed; carries the attempts
+    ├── HostBusy                    a host resource (the database) is busy: transient, try again
     ├── RunRefused                  a run that never started: nothing was spent
     │   ├── BudgetExceeded
     │   └── DispatchRefused         depth, width or repetition cap of the guard
@@ -47,6 +48,7 @@ __all__ = [
     "ContextTooLong",
     "CoterieError",
     "DispatchRefused",
+    "HostBusy",
     "MalformedResponse",
     "MissingCredentials",
     "ModelAPIError",
@@ -200,6 +202,15 @@ class AllModelsFailed(ModelAPIError):
         super().__init__(f"every model failed: {tried}")
         # Why: failover falls through a bad request immediately; keep that visible.
         self.retriable = False
+
+
+# --- the host is busy -----------------------------------------------------------
+
+
+class HostBusy(CoterieError):
+    """A host's resource could not serve this now (the database's write lock held past
+    its timeout, no connection free): transient, not a mistake to fix. Members are told
+    to try again in a moment, with a reference; the detail goes to the log."""
 
 
 # --- runs that never started ---------------------------------------------------

@@ -35,6 +35,7 @@ from executor.errors import (
     BudgetDetails,
     BudgetExceeded,
     ConfigError,
+    HostBusy,
     ModelAPIError,
     RunRefused,
 )
@@ -392,7 +393,9 @@ class Executor:
         ref = new_ref()
         log_failure(log, exc, "run %s failed on our side (ref %s)", state.run_id, ref)
         error = excerpt(f"{type(exc).__name__}: {exc}", _INTERNAL_EXCERPT)
-        return self._result(state, RunStatus.ERROR, error=error, kind="internal", ref=ref)
+        # A busy host (the database's lock held past its timeout) is transient: say so.
+        kind = "busy" if isinstance(exc, HostBusy) else "internal"
+        return self._result(state, RunStatus.ERROR, error=error, kind=kind, ref=ref)
 
     def _result(
         self,
@@ -751,6 +754,8 @@ def outcome_note(result: RunResult) -> str | None:
             return (
                 f"The conversation is too long for the model, even shortened; start a new one{ref}."
             )
+        if kind == "busy":
+            return f"coterie is busy right now; try again in a moment{ref}."
         if kind is None or kind == "internal":
             return f"Something went wrong on our side; the admins can find it in the log{ref}."
         # A provider's error: its text stays in the audit and the log, never here.

@@ -12,7 +12,11 @@ Errors an operator can fix are raised as one clear message::
     └── DatabaseError
         ├── DatabaseUnavailable   the path cannot be created/opened, the server is unreachable
         ├── DatabaseReadOnly      the file or its directory is read-only
-        ├── DatabaseLocked        another process holds the write lock past the busy timeout
+        ├── DatabaseBusy          transient (also an executor.errors.HostBusy): members are
+        │   │                     told "busy, try again", the log gets this message
+        │   ├── DatabaseLocked    another process holds the write lock past the busy timeout
+        │   └── DatabaseExhausted no connection free: the server's slots ("too many
+        │                         clients") or the pool (COTERIE_DB_POOL_SIZE + _MAX_OVERFLOW)
         ├── SchemaTooNew          the database was upgraded by a newer coterie
         ├── BackupUnsupported     ``db backup`` on PostgreSQL: use pg_dump
         ├── UnsupportedDatabase   ``DATABASE_URL`` names a database coterie does not speak (MySQL)
@@ -47,6 +51,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -55,14 +60,17 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from executor.errors import ConfigError
+from executor.errors import ConfigError, HostBusy
 
 __all__ = [
     "DEFAULT_URL",
     "IMMEDIATE",
+    "POOL_DEFAULTS",
     "BackupUnsupported",
     "Database",
+    "DatabaseBusy",
     "DatabaseError",
+    "DatabaseExhausted",
     "DatabaseLocked",
     "DatabaseReadOnly",
     "DatabaseUnavailable",
@@ -79,6 +87,12 @@ __all__ = [
 ]
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///./data/coterie.db"
+
+#: Connections per process by backend, (pool size, overflow) when settings leave them
+#: unset. Why fewer on SQLite: with one writer at a time a long wait for a pooled
+#: connection is pointless; the busy timeout is where waiting for the lock belongs.
+#: PostgreSQL's default ``max_connections`` is 100: one coterie takes at most 50.
+POOL_DEFAULTS: Final[dict[str, tuple[int, int]]] = {"sqlite": (8, 24), "postgresql": (10, 40)}
 
 #: Execution options for a session/connection whose transaction must take the write
 #: lock at once (``BEGIN IMMEDIATE`` on SQLite; ignored elsewhere, where row locks do it).
@@ -100,7 +114,21 @@ class DatabaseReadOnly(DatabaseError):
     pass
 
 
-class DatabaseLocked(DatabaseError):
+class DatabaseBusy(DatabaseError, HostBusy):
+    """The database could not take this now; nothing to reconfigure for one occurrence.
+
+    Why still a DatabaseError: at start-up (``coterie run``, ``coterie doctor``) the
+    operator reads the same one-line message as for the others. Members read "busy,
+    try again" (the bot's renderer and the run loop check :class:`HostBusy` first),
+    never this message: it names a server path or host.
+    """
+
+
+class DatabaseLocked(DatabaseBusy):
+    pass
+
+
+class DatabaseExhausted(DatabaseBusy):
     pass
 
 
@@ -172,10 +200,27 @@ def _describe(url: URL) -> str:
     return f"database {url.render_as_string(hide_password=True)}"
 
 
+_EXHAUSTED = re.compile(
+    r"too many clients|too many connections|remaining connection slots are reserved"
+    r"|connection slots are reserved"
+)
+
+
 def _translate(exc: BaseException, url: URL) -> DatabaseError | None:
     """Map a driver error to one of ours, or None when it is not an operator problem."""
     text = str(getattr(exc, "orig", None) or exc).lower()
     where = _describe(url)
+    if isinstance(exc, PoolTimeout):
+        return DatabaseExhausted(
+            f"no connection to {where} was free in time: every pooled connection is in use "
+            f"({exc}); raise COTERIE_DB_POOL_SIZE / COTERIE_DB_MAX_OVERFLOW if this recurs"
+        )
+    if _EXHAUSTED.search(text):
+        return DatabaseExhausted(
+            f"{where} refused a connection: its connection slots are used up ({text.strip()}). "
+            "Raise the server's max_connections, or lower COTERIE_DB_POOL_SIZE and "
+            "COTERIE_DB_MAX_OVERFLOW (this process opens at most their sum)"
+        )
     if "database is locked" in text or "database table is locked" in text:
         return DatabaseLocked(
             f"{where} is locked: another process has held the write lock for longer than the "
@@ -233,7 +278,7 @@ def translate_errors(url: URL) -> Iterator[None]:
         yield
     except DatabaseError:
         raise
-    except (DBAPIError, sqlite3.Error, OSError) as exc:
+    except (DBAPIError, PoolTimeout, sqlite3.Error, OSError) as exc:
         ours = _translate(exc, url)
         if ours is None:
             raise
@@ -318,24 +363,34 @@ class Database:
 
     @classmethod
     def open(
-        cls, url: str | URL = DEFAULT_URL, *, busy_timeout_ms: int = 5_000, echo: bool = False
+        cls,
+        url: str | URL = DEFAULT_URL,
+        *,
+        busy_timeout_ms: int = 5_000,
+        echo: bool = False,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
+        pool_timeout_s: float = 30.0,
     ) -> Database:
         """Build the engine (no connection yet). Creates a SQLite file's directory.
-        ``url`` may be spelled ``sqlite:///`` or ``postgresql://`` (see :func:`async_url`)."""
+        ``url`` may be spelled ``sqlite:///`` or ``postgresql://`` (see :func:`async_url`).
+
+        ``pool_size`` + ``max_overflow`` is the most connections this process opens
+        (None: :data:`POOL_DEFAULTS` for the backend); a request that finds none free
+        within ``pool_timeout_s`` fails as :class:`DatabaseExhausted`.
+        """
         parsed = async_url(url)
         kwargs: dict[str, Any] = {"echo": echo}
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             _prepare_sqlite_path(parsed)
-            if _sqlite_path(parsed) is not None:
-                # Why: with one writer at a time a long wait for a pooled connection is
-                # pointless; the busy timeout is where waiting for the lock belongs.
-                kwargs["pool_size"] = 8
-                kwargs["max_overflow"] = 24
         elif backend == "postgresql":
             kwargs["pool_pre_ping"] = True
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 40
+        if backend in POOL_DEFAULTS and (backend != "sqlite" or _sqlite_path(parsed) is not None):
+            default_size, default_overflow = POOL_DEFAULTS[backend]
+            kwargs["pool_size"] = default_size if pool_size is None else pool_size
+            kwargs["max_overflow"] = default_overflow if max_overflow is None else max_overflow
+            kwargs["pool_timeout"] = pool_timeout_s
         engine = create_async_engine(parsed, **kwargs)
         if backend == "sqlite":
             _install_sqlite_hooks(engine, busy_timeout_ms)
