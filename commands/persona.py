@@ -27,9 +27,10 @@ from discord.ext import commands
 
 from adapters.discord.client import CoterieClient
 from adapters.discord.history import read_attachment
-from adapters.discord.identity import caller_from_interaction
+from adapters.discord.identity import caller_from_interaction, require_privilege
 from adapters.discord.options import PersonaArg, guild_key
 from adapters.services.ports import GuildSettingsStore
+from executor.agent import Privilege
 from executor.errors import ConfigError
 from executor.tools.registry import ToolRegistry
 from personas.errors import PersonaFileError
@@ -389,18 +390,22 @@ class PersonaCog(commands.GroupCog, group_name="persona", group_description="AI 
             f"**{persona.name}**, ready for /persona import.", file=file, ephemeral=True
         )
 
+    # Why Manage Server: a file from anywhere sets what the form cannot (avatar URL,
+    # temperature, tools in bulk) and may replace a persona; checked here, on the
+    # server side, before anything is downloaded or parsed.
     @app_commands.command(name="import")
     @app_commands.describe(
         file="A persona Markdown file (as made by /persona export), at most 32 KB",
-        overwrite="Replace a persona of the same name (its creator or an admin)",
+        overwrite="Replace a persona of the same name",
     )
+    @require_privilege(Privilege.ADMIN)
     async def import_(
         self,
         interaction: Interaction,
         file: discord.Attachment,
         overwrite: bool = False,
     ) -> None:
-        """Import a persona from a Markdown file."""
+        """Import a persona from a Markdown file (needs Manage Server)."""
         filename = (file.filename or "upload")[:64]
         if not filename.lower().endswith(IMPORT_SUFFIXES):
             raise PersonaFileError(filename, "must be a Markdown file (.md)")

@@ -22,6 +22,7 @@ Who may do what (``by`` is the acting :class:`~executor.agent.Caller`):
 
 from __future__ import annotations
 
+import asyncio
 import builtins as _builtins
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -278,8 +279,13 @@ class PersonaStore:
         source: str = "<upload>",
         replace_existing: bool = False,
     ) -> Persona:
-        """Create a persona from a Markdown file (or update it, with ``replace_existing``)."""
-        persona = parse_markdown(text, source=source)
+        """Create a persona from a Markdown file (or update it, with ``replace_existing``).
+
+        The file is untrusted: it is parsed with limits (:mod:`personas.markdown`), in a
+        thread, so that a file near those limits does not hold up every other member
+        while it is read. Check who may import before calling this.
+        """
+        persona = await asyncio.to_thread(parse_markdown, text, source=source)
         if replace_existing and await self.find(guild_id, persona.name) is not None:
             return await self.update(guild_id, persona, by=by)
         return await self.create(guild_id, persona, by=by)

@@ -396,12 +396,21 @@ async def test_export_sends_a_markdown_attachment(
     assert exported.system_prompt == load_builtins()["reviewer"].system_prompt
 
 
+class Served(dict[str, bytes]):
+    """The files the CDN holds, and the names it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served: list[str] = []
+
+
 @pytest.fixture
 async def file_host() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
     """Where the test's attachments are downloaded from (Discord's CDN, on loopback)."""
-    files: dict[str, bytes] = {}
+    files = Served()
 
     async def serve(request: web.Request) -> web.Response:
+        files.served.append(request.match_info["name"])
         body = files.get(request.match_info["name"])
         if body is None:
             return web.Response(status=404)
@@ -427,7 +436,7 @@ async def import_file(
     content: bytes,
     *,
     size: int | None = None,
-    user: str = "alice",
+    user: str = "manager",
 ) -> tuple[FakeInteraction, Call]:
     base, files = host
     files[filename] = content
@@ -465,7 +474,23 @@ async def test_import_from_a_file(
     assert "Imported the persona **chef**" in done.json["content"]
     chef = await app.personas.get(str(fake_discord.guild.id), "chef")
     assert (chef.tier, chef.tools, chef.temperature) == ("fast", ("calculator",), 0.8)
-    assert chef.created_by == fake_discord.users["alice"]["id"]
+    assert chef.created_by == fake_discord.users["manager"]["id"]
+
+
+async def test_import_needs_manage_server_and_nothing_is_downloaded_before(
+    fake_discord: FakeDiscord,
+    discord_bot: Any,
+    app: PersonaApp,
+    file_host: tuple[str, dict[str, bytes]],
+) -> None:
+    _, files = file_host
+    text = b"---\nname: chef\ntier: fast\n---\nYou cook.\n"
+    _, call = await import_file(fake_discord, file_host, "chef.md", text, user="alice")
+    data = message_of(call)
+    assert is_ephemeral(data)
+    assert data["content"] == "Only a server admin (Manage Server) can use this command."
+    assert isinstance(files, Served) and files.served == []  # the CDN was never asked
+    assert await app.personas.find(str(fake_discord.guild.id), "chef") is None
 
 
 async def test_import_refuses_a_bad_file_clearly(
