@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     # --- budgets ----------------------------------------------------------------------
     budget_default_usd: float = 5.0  # per member, rolling 7 days
     # A DM to the member when their 7-day spend passes each share of their limit.
-    budget_warn_percent: list[int] = Field(default_factory=lambda: [50, 80])
+    budget_warn_percent: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [50, 80])
     operator_user_id: str = "console"
 
     # --- operations -------------------------------------------------------------------
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     log_format: Literal["logfmt", "json"] = "logfmt"  # logfmt: key=value; json: an object a line
     log_libraries: LogLevel = "WARNING"  # discord.py, httpx, Alembic, the SDKs
 
-    @field_validator("owner_ids", mode="before")
+    @field_validator("owner_ids", "budget_warn_percent", mode="before")
     @classmethod
     def _owner_ids(cls, value: Any) -> Any:
         return _split_list(value)

@@ -15,8 +15,10 @@ Each check prints one line, ``OK``, ``WARN``, ``FAIL`` or ``SKIP``, and the fix:
     scheduler    the schedules the scheduler would run                   (when skills have one)
 
 Exit 0 when everything is OK (or skipped), 1 with warnings, 2 with a failure;
-``--json`` prints one object for scripts. It never changes anything: no schema
-upgrade, no file created, no lock kept.
+``--json`` prints one object for scripts. ``--running`` is a health check of a
+running coterie (Docker's HEALTHCHECK): the instance must hold its database, and the
+exit code is what a health check wants, 0 healthy (warnings included), 1 a failure.
+It never changes anything: no schema upgrade, no file created, no lock kept.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--running",
         action="store_true",
-        help="a health check of a running coterie: one must hold the database",
+        help="a health check of a running coterie: one must hold the database; "
+        "exit 0 healthy (warnings included), 1 on a failure",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_doctor)
@@ -118,6 +121,8 @@ async def _doctor(args: argparse.Namespace) -> int:
     else:
         for check in report.checks:
             print(check.line())
+    if args.running:  # a health check: only a failure is unhealthy
+        return 1 if report.code == 2 else 0
     return report.code
 
 
