@@ -64,8 +64,14 @@ def run_events(run_id: str, now: datetime) -> list[RunEvent]:
     for step in range(1, STEPS + 1):
         events += [
             ModelRequestEvent(run_id=run_id, at=now, step=step, message_count=step * 2),
+            # The answering attempt carries the response's usage (written at once), as
+            # the run loop records it.
             ModelAttemptEvent(
-                run_id=run_id, at=now, step=step, attempt=Attempt(model="a:m", latency_ms=812.5)
+                run_id=run_id,
+                at=now,
+                step=step,
+                attempt=Attempt(model="a:m", latency_ms=812.5),
+                usage=Usage(input_tokens=1200, output_tokens=80, cost_micros=900),
             ),
             StepFinished(
                 run_id=run_id,

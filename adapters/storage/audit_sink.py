@@ -10,8 +10,8 @@ What a crash may lose is bounded, because crash recovery charges what is written
 
 * spend is written at once: an attempt that answered (its usage and cost are on its
   row) and a compaction with a cost are committed before ``record`` returns;
-* before each model request (``ModelRequestEvent``) the buffer is committed, so a run's
-  spend and tool calls so far are durable before it asks for more;
+* before a model request (``ModelRequestEvent``) that follows tool calls, the buffer is
+  committed, so the tool calls a run ran are durable before it asks for more;
 * anything else is durable within ``flush_interval_s``: a timer task (started on the
   first event, on the running loop; stopped by :meth:`SqlAuditSink.close`) writes the
   buffer when it is not empty, so a long stream or a long tool call still flushes.
@@ -161,7 +161,9 @@ class SqlAuditSink:
             self._oldest = now
         self._arm()
         if (
-            _urgent(event)
+            _spends(event)
+            # Before a model request: the tool calls that ran are durable first.
+            or (isinstance(event, ModelRequestEvent) and bool(self._buffer[_tools]))
             or self._pending >= self.batch_size
             or now - self._oldest >= self.flush_interval_s
         ):
@@ -373,12 +375,9 @@ class SqlAuditSink:
         return _events, base | {"kind": kind, "step": step, "cost_micros": cost, "data": data}
 
 
-def _urgent(event: RunEvent) -> bool:
-    """Whether the event is written at once, not buffered: money spent (an attempt that
-    answered, a compaction that cost something), or a model request about to spend more
-    (so what the run spent and the tool calls it ran are durable first)."""
-    if isinstance(event, ModelRequestEvent):
-        return True
+def _spends(event: RunEvent) -> bool:
+    """Whether the event records money spent (an attempt that answered, a compaction
+    that cost something): written at once, not buffered."""
     if isinstance(event, ModelAttemptEvent):
         u = event.usage
         return u is not None and (u.cost_micros > 0 or u.input_tokens + u.output_tokens > 0)
