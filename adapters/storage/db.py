@@ -38,14 +38,8 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import ResolutionError
-from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.url import URL
@@ -61,6 +55,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from executor.errors import ConfigError, HostBusy
+
+if TYPE_CHECKING:
+    # Why not at run time: Alembic loads only when a schema must change (see upgrade).
+    from alembic.config import Config as AlembicConfig
 
 __all__ = [
     "DEFAULT_URL",
@@ -427,11 +425,27 @@ class Database:
         with one clear message rather than on the first run.
         """
         await self.check()
+        if revision == "head":
+            # Why look first, and without Alembic: importing it and loading the scripts
+            # costs a quarter of a second on every start of run, ask and chat.
+            head = _plain_head()
+            if head is not None and await self._stored_revision() == head:
+                return SchemaVersion(current=head, head=head)
         async with self._translated(), self.engine.connect() as conn:
             conn = await conn.execution_options(**IMMEDIATE)
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
         return await self.current()
+
+    async def _stored_revision(self) -> str | None:
+        """The revision in ``alembic_version``, read with plain SQL (None: none yet)."""
+        from sqlalchemy import inspect, text
+
+        async with self._translated(), self.engine.connect() as conn:
+            if not await conn.run_sync(lambda c: inspect(c).has_table("alembic_version")):
+                return None
+            rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        return str(rows[0][0]) if len(rows) == 1 else None
 
     async def server_version(self) -> str:
         """Connect once and say what answered ("SQLite 3.40.1", "PostgreSQL 15.4")."""
@@ -529,6 +543,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
@@ -536,16 +552,52 @@ def alembic_config(connection: Connection | None = None) -> AlembicConfig:
 
 
 def _current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     heads = MigrationContext.configure(conn).get_current_heads()
     return heads[0] if heads else None
 
 
 def _head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+_REVISION = re.compile(r"^revision(?:\s*:[^=\n]+)?\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_DOWN_REVISION = re.compile(
+    r"^down_revision(?:\s*:[^=\n]+)?\s*=\s*(None|[\"']([^\"']+)[\"'])\s*$", re.MULTILINE
+)
+
+
+def _plain_head() -> str | None:
+    """The newest revision, read off the migration files without importing Alembic;
+    None when they do not say it plainly (a merge, a branch, an unusual file): then
+    Alembic decides."""
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    try:
+        files = list((migrations_dir() / "versions").glob("*.py"))
+        for path in files:
+            text = path.read_text(encoding="utf-8")
+            rev, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+            if rev is None or down is None:
+                return None
+            revisions.add(rev.group(1))
+            if down.group(2):
+                downs.add(down.group(2))
+    except (OSError, ConfigError):
+        return None
+    heads = revisions - downs
+    return next(iter(heads)) if len(heads) == 1 and len(revisions) == len(files) else None
 
 
 def known_revision(revision: str) -> bool:
     """Whether this coterie's migrations know ``revision`` (False: a newer coterie's)."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import ResolutionError
+    from alembic.util import CommandError
+
     script = ScriptDirectory.from_config(alembic_config())
     try:
         return script.get_revision(revision) is not None
@@ -554,6 +606,11 @@ def known_revision(revision: str) -> bool:
 
 
 def _upgrade(conn: Connection, revision: str) -> None:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import ResolutionError
+    from alembic.util import CommandError
+
     cfg = alembic_config(conn)
     script = ScriptDirectory.from_config(cfg)
     current = _current_revision(conn)

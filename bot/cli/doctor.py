@@ -12,7 +12,8 @@ Each check prints one line, ``OK``, ``WARN``, ``FAIL`` or ``SKIP``, and the fix:
     instance     whether a `coterie run` holds the database (--running: one must)
     discord      the token is set and valid, the Message Content intent is on, and
                  in each server the bot has the permissions its features need (not --offline)
-    scheduler    the schedules the scheduler would run                   (when skills have one)
+    scheduler    every enabled schedule can be scheduled, and while coterie runs the
+                 next run the table shows is the one its job fires
 
 Exit 0 when everything is OK (or skipped), 1 with warnings, 2 with a failure;
 ``--json`` prints one object for scripts. ``--running`` is a health check of a
@@ -30,7 +31,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -524,27 +525,92 @@ def _guild_permissions(report: Report, guild: Any) -> None:
 # --- scheduler ------------------------------------------------------------------------
 
 
+def _read_only(url: Any) -> Any:
+    """A SQLite URL opened read-only (no -wal written by us, no file created)."""
+    from adapters.storage.db import _sqlite_path
+
+    path = _sqlite_path(url)
+    if url.get_backend_name() != "sqlite" or path is None:
+        return url
+    return url.set(database=f"file:{path.expanduser().absolute()}?mode=ro", query={"uri": "true"})
+
+
 async def _scheduler(report: Report, settings: Any, url: Any) -> None:
-    """The skills' own check of the schedules table, when the scheduler offers one
-    (``skills.scheduler.doctor_check(database_url) -> list[(status, detail)]``)."""
-    import importlib
+    """The jobs the scheduler builds from the schedules table: every enabled schedule
+    can be scheduled (its cron parses, its zone exists) and, while a coterie runs on
+    this database, the next run the table shows is the one its job will fire."""
+    from datetime import UTC, datetime, timedelta
+
+    from adapters.storage.db import Database, DatabaseError, _sqlite_path
+    from adapters.storage.lock import lock_holder
 
     try:
-        module = importlib.import_module("skills.scheduler")
+        from skills.errors import ScheduleError
+        from skills.scheduler import SkillScheduler
+        from skills.schedules import ScheduleStore
     except ImportError:
         report.add("scheduler", SKIP, "this coterie has no scheduler")
         return
-    check: Callable[[Any], Awaitable[list[tuple[str, str]]]] | None = getattr(
-        module, "doctor_check", None
-    )
-    if check is None or url is None:
-        report.add("scheduler", SKIP, "the scheduler offers no check yet")
+    if url is None or not any(c.name == "schema" and c.status == OK for c in report.checks):
+        report.add("scheduler", SKIP, "the database is not at the newest revision")
         return
+    if url.get_backend_name() == "sqlite" and _sqlite_path(url) is None:
+        report.add("scheduler", SKIP, "an in-memory database has no schedules")
+        return
+    db = Database.open(_read_only(url))
     try:
-        for status, detail in await check(url):
-            report.add("scheduler", status if status in _RANK else WARN, detail)
-    except Exception as exc:
-        report.add("scheduler", WARN, f"could not check the schedules: {exc}")
+        store = ScheduleStore(db.sessions)
+        schedules = await store.enabled()
+        running = await lock_holder(url) is not None
+    except DatabaseError as exc:
+        report.add("scheduler", WARN, f"could not read the schedules: {exc}")
+        return
+    finally:
+        await db.close()
+
+    async def no_fire(*args: Any, **kwargs: Any) -> Any:  # never called: nothing starts
+        raise AssertionError("coterie doctor fires nothing")
+
+    # Why the scheduler's own triggers: these are the jobs it builds from the table.
+    builder = SkillScheduler(store, no_fire)
+    now = datetime.now(UTC)
+    broken, drifted = 0, 0
+    soonest: datetime | None = None
+    for info in schedules:
+        try:
+            _, trigger, _ = builder._triggers(info)
+            due = trigger.get_next_fire_time(None, now)
+        except (ScheduleError, ValueError) as exc:
+            broken += 1
+            report.add(
+                f"schedule #{info.id}",
+                FAIL,
+                f"cannot be scheduled: {exc}",
+                "fix it or remove it (/skill unschedule); coterie run disables it at start",
+            )
+            continue
+        due = due.astimezone(UTC) if due is not None else None
+        if due is not None and (soonest is None or due < soonest):
+            soonest = due
+        shown = info.next_run_at.replace(tzinfo=UTC) if info.next_run_at else None
+        if shown is not None and shown.tzinfo is not None:
+            shown = shown.astimezone(UTC)
+        if running and due is not None and shown != due:
+            firing_now = shown is not None and timedelta(0) <= now - shown < timedelta(minutes=10)
+            if not firing_now:
+                drifted += 1
+                report.add(
+                    f"schedule #{info.id}",
+                    WARN,
+                    f"the table says its next run is {shown or 'none'}, its job fires at {due}",
+                    "restart coterie: jobs are rebuilt from the schedules table",
+                )
+    if not schedules:
+        report.add("scheduler", OK, "no enabled schedules")
+    elif not broken and not drifted:
+        where = "as the running coterie's jobs" if running else "(jobs are built at start)"
+        next_at = f"; the next at {soonest:%Y-%m-%d %H:%M} UTC" if soonest else ""
+        report.add("scheduler", OK, f"{len(schedules)} enabled schedule(s) {where}{next_at}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -230,3 +230,82 @@ async def test_postgres_database_is_checked(pg_url: str, monkeypatch: pytest.Mon
     assert by_name["database"].status == "OK" and "PostgreSQL" in by_name["database"].detail
     assert by_name["schema"].status == "OK"
     assert by_name["instance"].status == "OK"
+
+
+# --- the scheduler ---------------------------------------------------------------------
+
+
+async def _schedule(tmp_path: Path, cron: str) -> int:
+    """One skill with one schedule, through the stores (as /skill schedule saves it)."""
+    from executor.agent import Caller, Privilege
+    from skills.model import SkillSpec
+    from skills.schedules import ScheduleStore
+    from skills.store import SkillStore
+
+    db = Database.open(f"sqlite:///{tmp_path / 'data' / 'coterie.db'}")
+    try:
+        await db.upgrade()
+        owner = Caller(user_id="42", privilege=Privilege.ADMIN, guild_id="1")
+        skills = SkillStore(db.sessions)
+        await skills.save("1", "digest", SkillSpec(prompt="What changed?"), by=owner)
+        skill = await skills.get("1", "digest")
+        assert skill is not None
+        info = await ScheduleStore(db.sessions).create(
+            skill_id=skill.id, guild_id="1", channel_id="2", created_by="42", cron=cron
+        )
+        return info.id
+    finally:
+        await db.close()
+
+
+async def test_the_schedules_the_scheduler_would_run(tmp_path: Path) -> None:
+    await _schedule(tmp_path, "0 9 * * *")
+    report = await doctor(offline=True)
+    [check] = [c for c in report.checks if c.name == "scheduler"]
+    assert check.status == "OK" and "1 enabled schedule(s)" in check.detail
+
+
+async def test_a_schedule_that_cannot_be_scheduled_fails(tmp_path: Path) -> None:
+    import sqlite3
+
+    schedule_id = await _schedule(tmp_path, "0 9 * * *")
+    conn = sqlite3.connect(tmp_path / "data" / "coterie.db")
+    conn.execute("UPDATE schedules SET timezone = 'Mars/Olympus_Mons' WHERE id = ?", (schedule_id,))
+    conn.commit()
+    conn.close()
+    report = await doctor(offline=True)
+    [check] = [c for c in report.checks if c.name == f"schedule #{schedule_id}"]
+    assert check.status == "FAIL" and "cannot be scheduled" in check.detail
+
+
+async def test_a_running_coteries_jobs_match_the_table(tmp_path: Path) -> None:
+    schedule_id = await _schedule(tmp_path, "0 9 * * *")
+    url = f"sqlite:///{tmp_path / 'data' / 'coterie.db'}"
+    async with await InstanceLock.acquire(url):  # as if `coterie run` held it
+        # The table has no next run for it: the running scheduler never built its job.
+        report = await doctor(offline=True)
+        [check] = [c for c in report.checks if c.name == f"schedule #{schedule_id}"]
+        assert check.status == "WARN" and "restart coterie" in (check.fix or "")
+        # What the scheduler writes when it builds the job: the doctor agrees.
+        from datetime import UTC, datetime
+
+        from skills.scheduler import SkillScheduler
+        from skills.schedules import ScheduleStore
+
+        db = Database.open(url)
+        try:
+            store = ScheduleStore(db.sessions)
+            [info] = await store.enabled()
+
+            async def fire(*args: Any) -> Any:
+                raise AssertionError("nothing fires here")
+
+            _, trigger, _ = SkillScheduler(store, fire)._triggers(info)
+            await store.set_next_runs(
+                {schedule_id: trigger.get_next_fire_time(None, datetime.now(UTC))}
+            )
+        finally:
+            await db.close()
+        report = await doctor(offline=True)
+        assert [c.status for c in report.checks if c.name == "scheduler"] == ["OK"]
+        assert not [c for c in report.checks if c.name.startswith("schedule #")]
