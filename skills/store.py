@@ -33,6 +33,7 @@ skill's owner relies on them).
 
 from __future__ import annotations
 
+import asyncio
 import builtins as _builtins
 import contextlib
 from collections.abc import AsyncIterator, Sequence
@@ -449,7 +450,9 @@ class SkillStore:
         next version of one ``by`` may change. The file is read with limits
         (:class:`UnsafeSkillFile`, :class:`SkillFileError`), then saved as by :meth:`save`.
         """
-        name, spec = parse_markdown(text, source=source)
+        # Why in a thread: an adversarial file (deep nesting at the limits) costs up to
+        # ~0.15 s to refuse; other members' messages must not wait for it.
+        name, spec = await asyncio.to_thread(parse_markdown, text, source=source)
         existing = await self.find(guild_id, name)
         if existing is not None:
             if not self.may_change(existing, by):
