@@ -143,8 +143,7 @@ class App:
         """Background services (called from the bot's setup_hook): the scheduler, its
         jobs rebuilt from the schedules table and missed slots handled."""
         if not self.scheduler.running:
-            report = await self.scheduler.start()
-            log.info("scheduler started: %s", report)
+            await self.scheduler.start()  # logs what it loaded
 
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
