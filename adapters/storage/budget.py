@@ -194,22 +194,7 @@ class SqlBudgetLedger:
             status, exists = await self._status_in(session, user_id, now, default)
             total = status.spent_micros + status.reserved_micros + estimate_micros
             if total > status.limit_micros:
-                charges = await session.execute(
-                    select(_ledger.c.at, _ledger.c.amount_micros)
-                    .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
-                    .order_by(_ledger.c.at)
-                )
-                denied = BudgetDetails(
-                    spent_micros=status.spent_micros,
-                    reserved_micros=status.reserved_micros,
-                    estimate_micros=estimate_micros,
-                    limit_micros=status.limit_micros,
-                    frees_at=frees_at(
-                        ((r[0], int(r[1])) for r in charges),
-                        total - status.limit_micros,
-                        self.window,
-                    ),
-                )
+                denied = await self._refusal(session, user_id, now, status, estimate_micros)
             else:
                 await self._ensure_member(session, user_id, exists)
                 token = await session.scalar(
@@ -226,6 +211,31 @@ class SqlBudgetLedger:
             raise BudgetExceeded(denied)
         return Reservation(
             run_id=run_id, caller=caller, amount_micros=estimate_micros, token=int(token or 0)
+        )
+
+    async def _refusal(
+        self,
+        session: AsyncConnection,
+        user_id: str,
+        now: datetime,
+        status: BudgetStatus,
+        wanted_micros: int,
+    ) -> BudgetDetails:
+        """Why ``wanted_micros`` more does not fit, and when enough rolls out of the window."""
+        charges = await session.execute(
+            select(_ledger.c.at, _ledger.c.amount_micros)
+            .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
+            .order_by(_ledger.c.at)
+        )
+        total = status.spent_micros + status.reserved_micros + wanted_micros
+        return BudgetDetails(
+            spent_micros=status.spent_micros,
+            reserved_micros=status.reserved_micros,
+            estimate_micros=wanted_micros,
+            limit_micros=status.limit_micros,
+            frees_at=frees_at(
+                ((r[0], int(r[1])) for r in charges), total - status.limit_micros, self.window
+            ),
         )
 
     async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation:
@@ -253,22 +263,7 @@ class SqlBudgetLedger:
             extra = amount_micros - held
             total = status.spent_micros + status.reserved_micros + extra
             if total > status.limit_micros:
-                charges = await session.execute(
-                    select(_ledger.c.at, _ledger.c.amount_micros)
-                    .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
-                    .order_by(_ledger.c.at)
-                )
-                denied = BudgetDetails(
-                    spent_micros=status.spent_micros,
-                    reserved_micros=status.reserved_micros,
-                    estimate_micros=extra,
-                    limit_micros=status.limit_micros,
-                    frees_at=frees_at(
-                        ((r[0], int(r[1])) for r in charges),
-                        total - status.limit_micros,
-                        self.window,
-                    ),
-                )
+                denied = await self._refusal(session, user_id, now, status, extra)
             else:
                 await session.execute(
                     _reservations.update()
