@@ -36,7 +36,7 @@ from adapters.services.skills import PastRun, ScheduleRequest, SkillService
 from executor.agent import Privilege
 from executor.budget import format_usd
 from skills.errors import ArgumentError, ScheduleError, ScheduleNotFound, SkillFileError
-from skills.model import DESCRIPTION_MAX, PROMPT_MAX, SkillSpec, parse_arguments, template_arguments
+from skills.model import DESCRIPTION_MAX, PROMPT_MAX, SkillSpec, parse_arguments
 
 if TYPE_CHECKING:
     from personas.store import PersonaStore
@@ -87,9 +87,6 @@ def _ts(when: datetime | None) -> str:
         return "not scheduled"
     t = int(when.timestamp())
     return f"<t:{t}:F> (<t:{t}:R>)"
-
-
-_usd = format_usd
 
 
 def _fit(text: str, limit: int) -> str:
@@ -198,7 +195,7 @@ def show_embed(
         lines = [_schedule_line(s) for s in schedules[:10]]
         embed.add_field(name="Schedules", value=_fit("\n".join(lines), 1024), inline=False)
     if runs:
-        lines = [f"`{r.run_id[:8]}` {r.status} · {_usd(r.cost_micros)}" for r in runs[:5]]
+        lines = [f"`{r.run_id[:8]}` {r.status} · {format_usd(r.cost_micros)}" for r in runs[:5]]
         embed.add_field(name="Last runs", value="\n".join(lines), inline=False)
     if not skill.enabled:
         embed.set_footer(text="disabled")
@@ -332,7 +329,6 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
                 SkillModal(title=title, name=clean, base=spec, submit=self._saved)
             )
             return
-        template_arguments(spec.prompt)
         await self._saved(interaction, clean, spec)
 
     @app_commands.command(name="edit")
@@ -370,14 +366,12 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
             await interaction.followup.send("I can't post in this channel.", ephemeral=True)
             return
         service = self.bot.app.skill_service
-        skill = await self._store().get(guild_key(interaction), name)
-        version = await self._store().version(skill)
-        from skills.model import render_prompt
 
-        render_prompt(version.spec.prompt, parse_arguments(args))  # refuse before posting
-        await interaction.followup.send(
-            f"Running **{skill.name}** v{version.version} below.", ephemeral=True
-        )
+        async def announce(skill: SkillInfo, version: SkillVersionInfo) -> None:
+            await interaction.followup.send(
+                f"Running **{skill.name}** v{version.version} below.", ephemeral=True
+            )
+
         me = self.bot.user
         surface = DiscordSurface(
             channel,
@@ -386,12 +380,14 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
             webhooks=self.bot.webhooks,
             limits=service.chat.limits,
         )
+        # A missing argument or persona is refused before anything is posted.
         await service.run(
             guild_key(interaction),
-            skill.name,
+            name,
             caller=caller_from_interaction(interaction),
             surface=surface,
             arguments=args,
+            announce=announce,
         )
 
     @app_commands.command(name="list")
@@ -560,9 +556,9 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
         service = app.skill_service
         skill, _version, preview = await service.plan(request)
         cost = (
-            f"About {_usd(preview.per_run_micros)} a run "
+            f"About {format_usd(preview.per_run_micros)} a run "
             f"({'the median of its last runs' if preview.basis == 'history' else 'an estimate'}),"
-            f" {preview.runs_per_week:g} a week: {_usd(preview.weekly_micros)}, "
+            f" {preview.runs_per_week:g} a week: {format_usd(preview.weekly_micros)}, "
             f"{preview.share:.0%} of your 7-day budget."
         )
         if preview.verdict == "confirm":

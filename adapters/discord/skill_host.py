@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from adapters.discord.dm import DirectMessages
+from adapters.discord.escalation import ClientSender
 from adapters.discord.identity import caller_of
-from adapters.discord.split import no_pings
 from adapters.discord.surface import DeliveryOptions, DiscordSurface
 from adapters.discord.webhooks import Webhooks
 from adapters.services.conversation import HistoryLimits
@@ -52,6 +53,8 @@ class DiscordSkillHost:
         self.guild_settings = guild_settings
         self.owner_ids = owner_ids
         self.options = options or DeliveryOptions()
+        self._direct = DirectMessages(client)
+        self._channels = ClientSender(client)
 
     # --- SkillHost -------------------------------------------------------------------
 
@@ -121,16 +124,12 @@ class DiscordSkillHost:
 
     async def _dm(self, user_id: str, text: str) -> None:
         try:
-            user = self.client.get_user(int(user_id)) or await self.client.fetch_user(int(user_id))
-            await user.send(text[:2000], allowed_mentions=no_pings())
+            await self._direct.send(user_id, text)
         except discord.HTTPException:
             log.info("could not DM %s about a schedule", user_id, exc_info=True)
 
     async def _post(self, channel_id: int, text: str) -> None:
         try:
-            channel: Any = self.client.get_channel(channel_id) or await self.client.fetch_channel(
-                channel_id
-            )
-            await channel.send(text[:2000], allowed_mentions=no_pings())
-        except discord.HTTPException:
+            await self._channels.send(channel_id, text[:2000])
+        except (discord.HTTPException, TypeError):
             log.warning("could not post to admin channel %s", channel_id, exc_info=True)

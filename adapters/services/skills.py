@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from adapters.services.chat import ChatOutcome, ChatService, ChatSurface
-from executor.agent import Caller, Invocation
+from executor.agent import Caller, Invocation, RunnableAgent
 from executor.budget import format_usd
 from executor.errors import CoterieError
 from executor.messages import Message
@@ -31,6 +32,7 @@ from skills.slots import ScheduleInfo, SlotOutcome
 if TYPE_CHECKING:
     from executor.budget import BudgetStatus
     from executor.tools.registry import Tool
+    from personas.model import Persona
     from skills.model import SkillInfo, SkillVersionInfo
     from skills.scheduler import SkillScheduler
     from skills.schedules import ScheduleStore
@@ -186,21 +188,17 @@ class SkillService:
         arguments: dict[str, str] | str | None = None,
         trigger: str = "skill",
         metadata: dict[str, object] | None = None,
+        announce: Callable[[SkillInfo, SkillVersionInfo], Awaitable[None]] | None = None,
     ) -> SkillRun:
-        """Run the skill's current version as its persona through ``surface``."""
-        skill = await self.skills.get(guild_id, name)
-        version = await self.skills.version(skill)
-        args = arguments if isinstance(arguments, dict) else parse_arguments(arguments)
-        prompt = render_prompt(version.spec.prompt, args)  # before anything is posted
-        persona_name = version.spec.persona or (await self._default_persona(guild_id))
-        persona = await self.chat.personas.find(guild_id, persona_name)
-        if persona is None:
-            from personas.errors import PersonaNotFound
+        """Run the skill's current version as its persona through ``surface``.
 
-            raise PersonaNotFound(persona_name)
-        from skills.runnable import to_runnable
-
-        agent = to_runnable(skill, version, persona, owner=caller, tools=self.skills.tools)
+        ``announce(skill, version)`` is awaited once the run is ready (arguments and
+        persona checked), before anything is posted (the cog says which version runs).
+        """
+        ready = await self._prepare(guild_id, name, arguments, caller)
+        skill, version, persona, agent, prompt = ready
+        if announce is not None:
+            await announce(skill, version)
         outcome = await self.chat.post_as(
             persona=persona.name,
             caller=caller,
@@ -215,6 +213,27 @@ class SkillService:
             },
         )
         return SkillRun(skill=skill, version=version, outcome=outcome)
+
+    async def _prepare(
+        self, guild_id: str, name: str, arguments: dict[str, str] | str | None, caller: Caller
+    ) -> tuple[SkillInfo, SkillVersionInfo, Persona, RunnableAgent, str]:
+        """The skill's current version, its prompt with ``arguments`` filled in, its
+        persona and the agent to run, with tools capped at ``caller``'s rights.
+
+        Raises ``SkillNotFound``, ``ArgumentError`` or ``PersonaNotFound``."""
+        from personas.errors import PersonaNotFound
+        from skills.runnable import to_runnable
+
+        skill = await self.skills.get(guild_id, name)
+        version = await self.skills.version(skill)
+        args = arguments if isinstance(arguments, dict) else parse_arguments(arguments)
+        prompt = render_prompt(version.spec.prompt, args)
+        persona_name = version.spec.persona or await self._default_persona(guild_id)
+        persona = await self.chat.personas.find(guild_id, persona_name)
+        if persona is None:
+            raise PersonaNotFound(persona_name)
+        agent = to_runnable(skill, version, persona, owner=caller, tools=self.skills.tools)
+        return skill, version, persona, agent, prompt
 
     async def _default_persona(self, guild_id: str) -> str:
         settings = self.chat.guild_settings
@@ -400,6 +419,7 @@ class SkillService:
         from executor.errors import ToolFailed, ToolRetry
         from executor.guard import child_invocation
         from executor.tools.registry import tool
+        from personas.errors import PersonaError
         from skills.errors import ArgumentError, SkillError
 
         service = self
@@ -412,22 +432,14 @@ class SkillService:
                 args: its arguments, as key=value; key2=value2
             """
             caller = ctx.caller
-            guild = caller.guild_id or ""
             try:
-                skill = await service.skills.get(guild, name)
-                version = await service.skills.version(skill)
-                prompt = render_prompt(version.spec.prompt, parse_arguments(args))
+                skill, version, _persona, agent, prompt = await service._prepare(
+                    caller.guild_id or "", name, args, caller
+                )
             except ArgumentError as exc:
                 raise ToolRetry(str(exc)) from exc
-            except SkillError as exc:
+            except (SkillError, PersonaError) as exc:
                 raise ToolFailed(str(exc)) from exc
-            persona_name = version.spec.persona or await service._default_persona(guild)
-            persona = await service.chat.personas.find(guild, persona_name)
-            if persona is None:
-                raise ToolFailed(f"the skill's persona {persona_name!r} no longer exists")
-            from skills.runnable import to_runnable
-
-            agent = to_runnable(skill, version, persona, owner=caller, tools=service.skills.tools)
             parent = ctx.invocation or Invocation(messages=[], caller=caller)
             child = child_invocation(
                 parent, [Message.user(prompt)], parent_agent=ctx.agent, parent_run_id=ctx.run_id
