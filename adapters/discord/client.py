@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-import discord
 from discord.ext import commands
 
 from adapters.discord.identity import app_owner_ids
 from adapters.discord.webhooks import Webhooks
 
-__all__ = ["CoterieClient", "app_of"]
+__all__ = ["CoterieClient"]
 
 AppT_co = TypeVar("AppT_co", covariant=True)
 
@@ -49,7 +48,3 @@ class CoterieClient(commands.Bot, Generic[AppT_co]):
         """Who counts as an owner of this coterie: the configured owner ids plus the
         application's owner (or its team's members)."""
         return self._owner_ids | app_owner_ids(self.application)
-
-
-def app_of(interaction: discord.Interaction[CoterieClient[AppT_co]]) -> AppT_co:
-    return interaction.client.app

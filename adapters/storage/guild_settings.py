@@ -76,9 +76,6 @@ class SqlGuildSettings:
             self._cache.clear()
         self._cache[key] = (self._monotonic(), value)
 
-    def invalidate(self) -> None:
-        self._cache.clear()
-
     # --- guilds --------------------------------------------------------------------
 
     async def guild(self, guild_id: str) -> GuildConfig:
