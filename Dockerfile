@@ -8,7 +8,7 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY bot ./bot
 COPY commands ./commands
 COPY adapters ./adapters
@@ -17,8 +17,8 @@ COPY skills ./skills
 COPY executor ./executor
 COPY migrations ./migrations
 RUN python -m venv /opt/coterie \
-    && /opt/coterie/bin/pip install --upgrade pip \
-    && /opt/coterie/bin/pip install . \
+    && /opt/coterie/bin/pip install -r requirements.lock \
+    && /opt/coterie/bin/pip install --no-deps . \
     && /opt/coterie/bin/coterie --version
 
 FROM python:3.11-slim

@@ -172,8 +172,9 @@ class AnthropicModel:
             async for event in self._stream(params):
                 yield event
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
-            # Why httpx2 too: a dropped stream surfaces as the raw transport
-            # error; the SDK only wraps errors raised before the response.
+            # Why httpx2 too: depending on the SDK release, a stream dropped after the
+            # response started surfaces as the raw transport error (2.12) or wrapped in
+            # the SDK's APIConnectionError (2.17); both are a connection failure.
             raise self._map_error(exc) from exc
         except (AttributeError, TypeError, ValueError) as exc:
             # Why: a broken SSE event is the SDK's json.loads error, mid-stream; events

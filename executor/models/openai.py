@@ -188,7 +188,8 @@ class OpenAIModel:
             async for event in self._stream(params):
                 yield event
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            # Why httpx2 too: a dropped stream surfaces as the raw transport error.
+            # Why httpx2 too: a stream dropped after the response started may surface
+            # as the raw transport error or wrapped by the SDK, by release.
             raise self._map_error(exc) from exc
         except (AttributeError, TypeError, ValueError) as exc:
             # Why: a broken SSE event is the SDK's json.loads error, mid-stream; chunks

@@ -107,8 +107,15 @@ def test_env_example_parses_as_settings(tmp_path: Path, monkeypatch: pytest.Monk
 
 # --- commands ---------------------------------------------------------------------------
 
-SETUP_RUN = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/coterie run"
-SETUP_TEST = "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && bash scripts/check"
+LOCKED = ".venv/bin/pip install --no-deps -e ."
+SETUP_RUN = (
+    f"python3 -m venv .venv && .venv/bin/pip install -r requirements.lock && {LOCKED}"
+    " && .venv/bin/coterie run"
+)
+SETUP_TEST = (
+    f"python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.lock && {LOCKED}"
+    " && bash scripts/check"
+)
 
 
 def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:

@@ -25,13 +25,13 @@ import httpx2
 import pytest
 
 from executor.agent import Invocation, RunnableAgent, RunStatus
-from executor.errors import MalformedResponse, ModelAPIError
+from executor.errors import MalformedResponse, ModelAPIError, ProviderConnectionError
 from executor.messages import Message
 from executor.models.base import Model, ModelRequest, ResponseDone, StreamReset, TextDelta
 from executor.models.fallback import Cooldowns, FallbackModel
 from executor.run import Executor
 from executor.testing import RecordingDelivery
-from tests.executor.models.conftest import Clients, sse, sse_response
+from tests.executor.models.conftest import Clients, DroppingStream, sse, sse_response
 from tests.executor.models.test_models_openai import chunk
 
 REQ = ModelRequest(messages=[Message.user("hi")])
@@ -330,6 +330,59 @@ async def test_a_stream_with_no_events_at_all_still_fails_over(clients: Clients)
     assert cooldowns.cooling(primary.name)
 
 
+def dropped(provider: str, error: Exception) -> Callable[[httpx2.Request], httpx2.Response]:
+    """Half of a good stream, then the connection drops the way ``error`` says."""
+    body = anthropic_stream(ANSWER) if provider == "anthropic" else openai_stream(ANSWER)
+    half = body[: len(body) // 2]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=DroppingStream([half], error)
+        )
+
+    return answer
+
+
+DROPS = [
+    pytest.param(p, e, id=f"{p}: {type(e).__name__}")
+    for p in ("anthropic", "openai")
+    for e in (httpx2.RemoteProtocolError("peer closed connection"), httpx2.ReadError("reset"))
+]
+
+
+@pytest.mark.parametrize(("provider", "error"), DROPS)
+async def test_a_stream_dropped_halfway_is_a_connection_failure_and_fails_over(
+    clients: Clients, provider: str, error: Exception
+) -> None:
+    """coterie's contract, whatever exception the SDK of the day wraps the drop in.
+
+    Why not the exception chain: anthropic 2.17 wraps a dropped stream in its own
+    ``APIConnectionError`` where 2.12 let the transport error out; members see the
+    same either way, and so must this test.
+    """
+    alone = build(clients, provider, dropped(provider, error))
+    with pytest.raises(ProviderConnectionError) as info:
+        [e async for e in alone.stream(REQ)]
+    assert info.value.kind == "provider_connection_error" and info.value.retriable
+    assert info.value.model == alone.name
+
+    primary, secondary, model, cooldowns = pair(clients, provider, dropped(provider, error))
+    events = [e async for e in model.stream(REQ)]
+    done = events[-1]
+    assert isinstance(done, ResponseDone) and done.response.model == secondary.name
+    assert [(a.model, a.error_kind) for a in done.response.attempts] == [
+        (primary.name, "provider_connection_error"),
+        (secondary.name, None),
+    ]
+    assert done.response.usage.output_tokens > 0  # the answer that was billed is the secondary's
+    assert cooldowns.cooling(primary.name)
+    # The half answer the member saw is taken back before the secondary's text.
+    resets = [i for i, e in enumerate(events) if isinstance(e, StreamReset)]
+    assert len(resets) == 1
+    after = events[resets[0] + 1 :]
+    assert "".join(e.text for e in after if isinstance(e, TextDelta)).strip() == ANSWER
+
+
 # --- through a run ----------------------------------------------------------------------------
 
 
@@ -453,4 +506,3 @@ async def test_strict_sdk_validation_errors_map_too(clients: Clients) -> None:
         with pytest.raises(ModelAPIError) as info:
             await model.generate(REQ)
         assert_unreadable(info.value, model)
-        assert type(info.value.__cause__).__name__ == "APIResponseValidationError"
