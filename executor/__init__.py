@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "Escalator": "executor.ports",
     "Executor": "executor.run",
     "FallbackModel": "executor.models.fallback",
+    "FunctionSource": "executor.tools.sources",
     "FanoutResult": "executor.fanout",
     "ImagePart": "executor.messages",
     "InMemoryAuditSink": "executor.ports",
@@ -120,6 +121,7 @@ _EXPORTS: dict[str, str] = {
     "ToolRegistry": "executor.tools.registry",
     "ToolResultPart": "executor.messages",
     "ToolRetry": "executor.errors",
+    "ToolSource": "executor.tools.sources",
     "UnknownModel": "executor.errors",
     "UnknownTier": "executor.errors",
     "UnlimitedBudget": "executor.ports",
@@ -139,6 +141,7 @@ _EXPORTS: dict[str, str] = {
     "outcome_note": "executor.run",
     "profile_of": "executor.models.base",
     "redact": "executor.redaction",
+    "schema_tool": "executor.tools.sources",
     "tool": "executor.tools.registry",
     "utcnow": "executor.ports",
 }
@@ -181,6 +184,7 @@ __all__ = [
     "Executor",
     "FallbackModel",
     "FanoutResult",
+    "FunctionSource",
     "HostBusy",
     "ImagePart",
     "InMemoryAuditSink",
@@ -241,6 +245,7 @@ __all__ = [
     "ToolRegistry",
     "ToolResultPart",
     "ToolRetry",
+    "ToolSource",
     "UnknownModel",
     "UnknownTier",
     "UnlimitedBudget",
@@ -260,6 +265,7 @@ __all__ = [
     "outcome_note",
     "profile_of",
     "redact",
+    "schema_tool",
     "tool",
     "utcnow",
 ]
@@ -442,4 +448,9 @@ if _typing.TYPE_CHECKING:
         ToolOutcome,
         ToolRegistry,
         tool,
+    )
+    from executor.tools.sources import (
+        FunctionSource,
+        ToolSource,
+        schema_tool,
     )

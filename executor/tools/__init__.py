@@ -9,17 +9,21 @@ from executor.tools.builtin import (
 )
 from executor.tools.isolation import SubprocessToolError, run_in_subprocess
 from executor.tools.registry import Isolation, Tool, ToolContext, ToolOutcome, ToolRegistry, tool
+from executor.tools.sources import FunctionSource, SchemaCall, ToolSource, schema_tool
 from executor.tools.ssrf import BlockedURL, SSRFGuard, forbidden_reason, guarded_get
 
 __all__ = [
     "BlockedURL",
+    "FunctionSource",
     "Isolation",
     "SSRFGuard",
+    "SchemaCall",
     "SubprocessToolError",
     "Tool",
     "ToolContext",
     "ToolOutcome",
     "ToolRegistry",
+    "ToolSource",
     "WebFetcher",
     "builtin_tools",
     "calculate",
@@ -28,5 +32,6 @@ __all__ = [
     "guarded_get",
     "html_to_text",
     "run_in_subprocess",
+    "schema_tool",
     "tool",
 ]

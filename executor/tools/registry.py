@@ -27,10 +27,19 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints, overload
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    get_args,
+    get_origin,
+    get_type_hints,
+    overload,
+)
 from urllib.parse import urlsplit
 
 import pydantic_core
@@ -40,6 +49,10 @@ from executor._trace import log_failure, new_ref
 from executor.agent import Caller, Invocation, Privilege
 from executor.errors import ConfigError, ToolFailed
 from executor.models.base import ToolDefinition
+from executor.tools._docstrings import parse_docstring
+
+if TYPE_CHECKING:
+    from executor.tools.sources import ToolSource
 
 __all__ = ["Isolation", "Tool", "ToolContext", "ToolOutcome", "ToolRegistry", "tool"]
 
@@ -76,76 +89,6 @@ class ToolOutcome:
     truncated: bool = False
 
 
-# --- docstrings -------------------------------------------------------------------
-
-# A section header alone on its line ("Args:", "Example:"); Returns/Yields/Raises
-# may also carry text on the same line ("Returns: the sum"). "Note: ..." with text
-# stays in the description.
-_SECTION_RE = re.compile(
-    r"^(?:(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also"
-    r"|Warnings?)\s*:\s*$|(Returns?|Yields?|Raises)\s*:)",
-    re.IGNORECASE,
-)
-_ARGS_SECTIONS = {"args", "arguments", "parameters", "params"}
-# "name (type): description" or "name: description"
-_GOOGLE_ARG_RE = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-# ":param name: description" or ":param type name: description"
-_SPHINX_ARG_RE = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
-
-
-def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """The description (text before the first section) and per-argument descriptions.
-
-    Google style (``Args:`` with indented ``name (type): text`` entries and
-    indented continuation lines) and Sphinx style (``:param name: text``).
-    """
-    if not doc:
-        return "", {}
-    lines = inspect.cleandoc(doc).splitlines()
-    description: list[str] = []
-    params: dict[str, str] = {}
-    section: str | None = None
-    current: str | None = None
-    arg_indent: int | None = None
-
-    for line in lines:
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        sphinx = _SPHINX_ARG_RE.match(stripped)
-        if sphinx:
-            section, current = "sphinx", sphinx.group(1)
-            params[current] = sphinx.group(2).strip()
-            continue
-        if stripped.startswith(":") and section in (None, "sphinx"):
-            # :returns:, :raises ...: end the description without adding to it
-            section, current = "sphinx-other", None
-            continue
-        header = _SECTION_RE.match(stripped) if indent == 0 else None
-        if header:
-            section = (header.group(1) or header.group(2)).lower()
-            current, arg_indent = None, None
-            continue
-        if section is None:
-            description.append(line)
-        elif section in _ARGS_SECTIONS:
-            if not stripped:
-                continue
-            if arg_indent is None:
-                arg_indent = indent
-            elif indent < arg_indent:
-                section, current = "other", None  # dedented: the section ended
-                continue
-            m = _GOOGLE_ARG_RE.match(stripped)
-            if indent <= arg_indent and m:
-                current = m.group(1)
-                params[current] = m.group(2).strip()
-            elif current is not None:
-                params[current] = f"{params[current]} {stripped}".strip()
-        elif section == "sphinx" and current is not None and stripped:
-            params[current] = f"{params[current]} {stripped}".strip()
-    return "\n".join(description).strip(), {k: v for k, v in params.items() if v}
-
-
 # --- the tool ----------------------------------------------------------------------
 
 
@@ -167,6 +110,9 @@ class Tool:
     # model field name -> the function's parameter name (they differ when a
     # parameter's name would clash with pydantic's own attributes).
     param_names: dict[str, str] = field(default_factory=dict)
+    # A schema tool (executor.tools.sources.schema_tool): called with the arguments
+    # as a dict instead of validated keyword arguments.
+    schema_call: Callable[[dict[str, Any], ToolContext], Awaitable[Any]] | None = None
     _schema: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,17 +161,27 @@ class Tool:
                 truncated=truncated,
             )
 
-        try:
-            parsed = self.args_model.model_validate({} if arguments is None else arguments)
-        except ValidationError as exc:
-            return done(f"invalid arguments for {self.name}: {_validation_summary(exc)}", True)
-        kwargs = {self.param_names.get(k, k): getattr(parsed, k) for k in type(parsed).model_fields}
-        if self.context_param:
-            kwargs[self.context_param] = ctx
+        if self.schema_call is not None:
+            if arguments is not None and not isinstance(arguments, Mapping):
+                return done(f"invalid arguments for {self.name}: expected a JSON object", True)
+            call: Callable[[], Awaitable[Any]] = _bind_schema_call(
+                self.schema_call, dict(arguments or {}), ctx
+            )
+        else:
+            try:
+                parsed = self.args_model.model_validate({} if arguments is None else arguments)
+            except ValidationError as exc:
+                return done(f"invalid arguments for {self.name}: {_validation_summary(exc)}", True)
+            kwargs = {
+                self.param_names.get(k, k): getattr(parsed, k) for k in type(parsed).model_fields
+            }
+            if self.context_param:
+                kwargs[self.context_param] = ctx
+            call = _bind_call(self, kwargs)
         deadline = asyncio.timeout(self.timeout_s)
         try:
             async with deadline:
-                result = await self._call(kwargs)
+                result = await call()
         except ToolFailed as exc:  # ToolRetry too
             return done(str(exc) or f"{self.name} failed", True)
         except TimeoutError as exc:
@@ -266,6 +222,24 @@ class Tool:
         # thread finishes in the background. Use isolation="process" for work
         # that must stop.
         return await asyncio.to_thread(fn, **kwargs)
+
+
+def _bind_call(t: Tool, kwargs: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+    return lambda: t._call(kwargs)
+
+
+def _bind_schema_call(
+    fn: Callable[[dict[str, Any], ToolContext], Awaitable[Any]],
+    arguments: dict[str, Any],
+    ctx: ToolContext,
+) -> Callable[[], Awaitable[Any]]:
+    return lambda: fn(arguments, ctx)
+
+
+def _schema_args_model(name: str) -> type[BaseModel]:
+    """A schema tool's stand-in arguments model: any object (the callee validates)."""
+    model: type[BaseModel] = create_model(f"{name}_args", __config__=ConfigDict(extra="allow"))
+    return model
 
 
 def _short(value: Any, limit: int = 80) -> Any:
@@ -362,7 +336,7 @@ def _build_tool(
     except (NameError, TypeError) as exc:
         raise ConfigError(f"tool {tool_name}: cannot resolve its type hints: {exc}") from exc
     sig = inspect.signature(fn)
-    doc_desc, arg_docs = _parse_docstring(fn.__doc__)
+    doc_desc, arg_docs = parse_docstring(fn.__doc__)
     fields: dict[str, Any] = {}
     param_names: dict[str, str] = {}
     context_param: str | None = None
@@ -493,19 +467,60 @@ def tool(
 
 
 class ToolRegistry:
-    """The deployment's tools. ``enabled=None`` enables every registered tool."""
+    """The deployment's tools: its own (``add``, ``register``) and its sources'.
 
-    def __init__(self, tools: Iterable[Tool] = (), *, enabled: Iterable[str] | None = None) -> None:
+    ``enabled`` is the deployment's switch for its own tools (``COTERIE_ENABLED_TOOLS``;
+    ``None`` enables every one); a source enables its tools itself (an MCP server's
+    ``tools = [...]`` and the operator's accept) and offers only those.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Tool] = (),
+        *,
+        enabled: Iterable[str] | None = None,
+        sources: Iterable[ToolSource] = (),
+    ) -> None:
         self._tools: dict[str, Tool] = {}
         self._enabled: frozenset[str] | None = frozenset(enabled) if enabled is not None else None
+        self._sources: list[ToolSource] = []
         for t in tools:
             self.add(t)
+        for s in sources:
+            self.add_source(s)
 
     def add(self, t: Tool) -> Tool:
-        if t.name in self._tools:
+        if t.name in self._tools or self._from_source(t.name) is not None:
             raise ConfigError(f"tool {t.name!r} is registered twice")
         self._tools[t.name] = t
         return t
+
+    def add_source(self, source: ToolSource) -> ToolSource:
+        """Compose ``source``'s tools into this registry (a name may come from one place)."""
+        if any(s.name == source.name for s in self._sources):
+            raise ConfigError(f"tool source {source.name!r} is added twice")
+        clash = sorted({t.name for t in source.tools()} & set(self._index()))
+        if clash:
+            raise ConfigError(f"tool source {source.name!r} offers tools that exist: {clash}")
+        self._sources.append(source)
+        return source
+
+    @property
+    def sources(self) -> list[ToolSource]:
+        return list(self._sources)
+
+    async def open(self) -> None:
+        """Open every source, in order (a source may also start lazily, on first call)."""
+        for source in self._sources:
+            await source.open()
+
+    async def close(self) -> None:
+        """Close every source, the last opened first; one failing does not stop the rest."""
+        for source in reversed(self._sources):
+            try:
+                await source.close()
+            except Exception:
+                log.exception("error while closing tool source %s", source.name)
 
     def register(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Decorator: ``@registry.register`` or ``@registry.register(timeout_s=5)``."""
@@ -515,21 +530,38 @@ class ToolRegistry:
 
         return wrap(fn) if fn is not None else wrap
 
+    def _from_source(self, name: str) -> Tool | None:
+        for source in self._sources:
+            for t in source.tools():
+                if t.name == name:
+                    return t
+        return None
+
+    def _index(self) -> dict[str, Tool]:
+        """Every tool by name: its own first, then each source's (the first one wins)."""
+        found = dict(self._tools)
+        for source in self._sources:
+            for t in source.tools():
+                found.setdefault(t.name, t)
+        return found
+
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        return isinstance(name, str) and self.get(name) is not None
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._index())
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._tools)
+        return sorted(self._index())
 
     def get(self, name: str) -> Tool | None:
-        return self._tools.get(name)
+        return self._tools.get(name) or self._from_source(name)
 
     def is_enabled(self, name: str) -> bool:
-        return name in self._tools and (self._enabled is None or name in self._enabled)
+        if name in self._tools:
+            return self._enabled is None or name in self._enabled
+        return self._from_source(name) is not None
 
     @property
     def enabled_names(self) -> list[str]:
@@ -537,7 +569,7 @@ class ToolRegistry:
 
     def refusal(self, name: str, granted: Iterable[str], privilege: Privilege) -> str | None:
         """Why ``name`` may not be used here, or None when it may."""
-        t = self._tools.get(name)
+        t = self.get(name)
         if t is None:
             return f"there is no tool named {name!r}"
         if not self.is_enabled(name):
@@ -565,7 +597,7 @@ class ToolRegistry:
         granted = list(dict.fromkeys(names))
         previous = set(kept)
         for name in granted:
-            if name in previous and name in self._tools:
+            if name in previous and name in self:
                 continue
             problem = self.refusal(name, granted, privilege)
             if problem is not None:
@@ -575,10 +607,9 @@ class ToolRegistry:
     def available(self, granted: Iterable[str], privilege: Privilege) -> list[Tool]:
         """The tools this agent may offer the model, in grant order, once each."""
         granted = list(dict.fromkeys(granted))
+        index = self._index()
         return [
-            self._tools[n]
-            for n in granted
-            if n in self._tools and self.refusal(n, granted, privilege) is None
+            index[n] for n in granted if n in index and self.refusal(n, granted, privilege) is None
         ]
 
     def definitions(self, granted: Iterable[str], privilege: Privilege) -> list[ToolDefinition]:

@@ -299,5 +299,5 @@ def test_public_names_are_exported_sorted() -> None:
     assert names == sorted(names)
     assert all(hasattr(executor.tools, n) for n in names)
     public = {n for n in vars(executor.tools) if not n.startswith("_")}
-    submodules = {"builtin", "isolation", "registry", "ssrf"}
+    submodules = {"builtin", "isolation", "registry", "sources", "ssrf"}
     assert public - submodules == set(names)

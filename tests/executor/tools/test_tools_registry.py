@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from executor.agent import Caller, Privilege
 from executor.errors import ConfigError, ToolFailed, ToolRetry
 from executor.tools import Tool, ToolContext, ToolRegistry, tool
-from executor.tools.registry import _parse_docstring
+from executor.tools._docstrings import parse_docstring as _parse_docstring
 
 
 class Colour(enum.Enum):
