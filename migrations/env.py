@@ -22,11 +22,33 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import adapters.storage.tables
+import memory.tables
 import personas.tables
 import skills.tables
 from adapters.storage.db import DEFAULT_URL, IMMEDIATE, Database
 
-_ = (adapters.storage.tables, personas.tables, skills.tables)  # every table registers itself
+# every table registers itself
+_ = (adapters.storage.tables, memory.tables, personas.tables, skills.tables)
+
+# Full-text search structures the migrations make outside the models (0006): FTS5's
+# table and its shadow tables on SQLite, the generated tsvector column on PostgreSQL.
+FTS_TABLES = "memory_notes_fts"
+SEARCH_COLUMN = ("memory_notes", "search")
+
+
+def _include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    if type_ == "table" and name is not None and name.startswith(FTS_TABLES):
+        return False
+    if (
+        type_ == "column"
+        and reflected
+        and (getattr(obj.table, "name", None), name) == SEARCH_COLUMN
+    ):
+        return False
+    return not (type_ == "index" and name == "ix_memory_notes_search")
+
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -37,6 +59,7 @@ def _configure(**kwargs: Any) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        include_object=_include_object,
         **kwargs,
     )
 
