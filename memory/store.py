@@ -23,6 +23,7 @@ member types is FTS or tsquery syntax.
 from __future__ import annotations
 
 import builtins as _builtins
+import hashlib
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -46,6 +47,7 @@ __all__ = [
     "SqlNoteStore",
     "place_of",
     "query_words",
+    "scope_tokens",
 ]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -55,6 +57,18 @@ MAX_QUERY_WORDS = 32
 def place_of(guild_id: str | None) -> str:
     """The place a conversation happens in: a guild, or the member's DMs."""
     return f"guild:{guild_id}" if guild_id else "dm"
+
+
+def scope_tokens(user_id: str, place: str, persona: str) -> str:
+    """The note's scope as two search tokens: member+place, member+place+persona."""
+    member = hashlib.sha256(f"{user_id}\x00{place}".encode()).hexdigest()[:16]
+    persona_key = hashlib.sha256(f"{user_id}\x00{place}\x00{persona}".encode()).hexdigest()[:16]
+    return f"m{member} p{persona_key}"
+
+
+def _scope_token(scope: Scope) -> str:
+    member, persona = scope_tokens(scope.user_id, scope.place, scope.persona or "").split()
+    return member if scope.persona is None else persona
 
 
 def query_words(query: str) -> list[str]:
@@ -390,6 +404,7 @@ class SqlNoteStore:
                 text=text,
                 created_by=created_by or scope.user_id,
                 run_id=run_id,
+                scope=scope_tokens(scope.user_id, scope.place, persona),
             )
             session.add(row)
             await session.commit()
@@ -493,25 +508,30 @@ class SqlNoteStore:
         persona_clause = "" if scope.persona is None else "AND n.persona = :persona"
         async with self._sessions() as session:
             if self._dialect(session) == "postgresql":
+                # Why the member's notes first: they are few (the caps), while a common
+                # word matches most of the table; rank those few by the stored tsvector.
                 params["q"] = " | ".join(words)
                 sql = f"""
-                    SELECT n.id FROM memory_notes AS n
-                    WHERE n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
-                      {persona_clause}
-                      AND n.search @@ to_tsquery('simple', :q)
-                    ORDER BY ts_rank(n.search, to_tsquery('simple', :q)) DESC,
-                             n.created_at DESC, n.id DESC
+                    WITH mine AS MATERIALIZED (
+                        SELECT n.id, n.search, n.created_at FROM memory_notes AS n
+                        WHERE n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
+                          {persona_clause})
+                    SELECT id FROM mine WHERE search @@ to_tsquery('simple', :q)
+                    ORDER BY ts_rank(search, to_tsquery('simple', :q)) DESC,
+                             created_at DESC, id DESC
                     LIMIT :limit"""
             else:
-                # FTS5: each word a quoted string (no operator or column syntax), ORed.
-                params["q"] = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+                # FTS5: the scope token (few rows) AND any of the words, each a quoted
+                # string (no operator or column syntax from the member).
+                ored = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+                params["q"] = f"scope : {_scope_token(scope)} AND text : ({ored})"
                 sql = f"""
                     SELECT n.id FROM memory_notes_fts AS f
                     JOIN memory_notes AS n ON n.id = f.rowid
                     WHERE memory_notes_fts MATCH :q
                       AND n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
                       {persona_clause}
-                    ORDER BY bm25(memory_notes_fts), n.created_at DESC, n.id DESC
+                    ORDER BY bm25(memory_notes_fts, 1.0, 0.0), n.created_at DESC, n.id DESC
                     LIMIT :limit"""
             ids = [r[0] for r in (await session.execute(text(sql), params)).all()]
             if not ids:

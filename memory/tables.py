@@ -1,4 +1,4 @@
-"""The notes table. Full-text search is each database's own (see ``memory.search``):
+"""The notes table. Full-text search is each database's own (see ``memory.store``):
 an FTS5 table kept by triggers on SQLite, a generated ``tsvector`` column with a GIN
 index on PostgreSQL; both are made by the migration, outside this model.
 """
@@ -39,6 +39,11 @@ class NoteRow(SQLModel, table=True):
     created_by: str = Field(default="", max_length=32)
     # The run whose remember call saved it ("" for lore): the audit has the call.
     run_id: str = Field(default="", max_length=36)
+    # Two search tokens for the note's scope ("m<member+place> p<member+place+persona>",
+    # memory.store.scope_tokens). SQLite's FTS5 indexes them beside the text, so a
+    # search intersects the member's few notes with the words instead of ranking every
+    # note that shares a common word and filtering after.
+    scope: str = Field(default="", max_length=40)
 
 
 class MemoryOptOut(SQLModel, table=True):

@@ -21,19 +21,20 @@ depends_on: str | None = None
 # `alembic check` to leave them alone (FTS_TABLES, SEARCH_COLUMN).
 _SQLITE_FTS = [
     """CREATE VIRTUAL TABLE memory_notes_fts USING fts5(
-        text, content='memory_notes', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+        text, scope, content='memory_notes', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
     )""",
     """CREATE TRIGGER memory_notes_ai AFTER INSERT ON memory_notes BEGIN
-        INSERT INTO memory_notes_fts(rowid, text) VALUES (new.id, new.text);
+        INSERT INTO memory_notes_fts(rowid, text, scope) VALUES (new.id, new.text, new.scope);
     END""",
     """CREATE TRIGGER memory_notes_ad AFTER DELETE ON memory_notes BEGIN
-        INSERT INTO memory_notes_fts(memory_notes_fts, rowid, text)
-        VALUES ('delete', old.id, old.text);
+        INSERT INTO memory_notes_fts(memory_notes_fts, rowid, text, scope)
+        VALUES ('delete', old.id, old.text, old.scope);
     END""",
-    """CREATE TRIGGER memory_notes_au AFTER UPDATE OF text ON memory_notes BEGIN
-        INSERT INTO memory_notes_fts(memory_notes_fts, rowid, text)
-        VALUES ('delete', old.id, old.text);
-        INSERT INTO memory_notes_fts(rowid, text) VALUES (new.id, new.text);
+    """CREATE TRIGGER memory_notes_au AFTER UPDATE OF text, scope ON memory_notes BEGIN
+        INSERT INTO memory_notes_fts(memory_notes_fts, rowid, text, scope)
+        VALUES ('delete', old.id, old.text, old.scope);
+        INSERT INTO memory_notes_fts(rowid, text, scope) VALUES (new.id, new.text, new.scope);
     END""",
 ]
 _POSTGRES_SEARCH = [
@@ -55,6 +56,7 @@ def upgrade() -> None:
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("created_by", sa.String(length=32), nullable=False),
         sa.Column("run_id", sa.String(length=36), nullable=False),
+        sa.Column("scope", sa.String(length=40), nullable=False),
     )
     op.create_index(
         "ix_memory_notes_scope", "memory_notes", ["user_id", "place", "persona", "created_at"]
