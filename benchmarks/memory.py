@@ -32,12 +32,56 @@ from adapters.storage.db import Database
 from memory import Scope, SqlNoteStore, place_of, recall_for_prompt
 from memory.store import query_words, scope_tokens
 
-WORDS = (
-    "jazz cello piano guitar hiking climbing tea coffee chess portuguese spanish german "
-    "python rust garden cats dogs sushi ramen running cycling painting poetry movies anime "
-    "birthday sister brother vegan allergic peanuts berlin tokyo lisbon night shift student "
-    "teacher nurse engineer exam deadline project wedding travel camera vinyl football"
-).split()
+WORDS = [
+    "jazz",
+    "cello",
+    "piano",
+    "guitar",
+    "hiking",
+    "climbing",
+    "tea",
+    "coffee",
+    "chess",
+    "portuguese",
+    "spanish",
+    "german",
+    "python",
+    "rust",
+    "garden",
+    "cats",
+    "dogs",
+    "sushi",
+    "ramen",
+    "running",
+    "cycling",
+    "painting",
+    "poetry",
+    "movies",
+    "anime",
+    "birthday",
+    "sister",
+    "brother",
+    "vegan",
+    "allergic",
+    "peanuts",
+    "berlin",
+    "tokyo",
+    "lisbon",
+    "night",
+    "shift",
+    "student",
+    "teacher",
+    "nurse",
+    "engineer",
+    "exam",
+    "deadline",
+    "project",
+    "wedding",
+    "travel",
+    "camera",
+    "vinyl",
+    "football",
+]
 PERSONAS = ("assistant", "researcher", "coach")
 
 

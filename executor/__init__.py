@@ -127,6 +127,7 @@ _EXPORTS: dict[str, str] = {
     "UnlimitedBudget": "executor.ports",
     "Usage": "executor.messages",
     "WatchdogCritic": "executor.critic",
+    "WebFetcher": "executor.tools.builtin",
     "child_invocation": "executor.guard",
     "default_registry": "executor.tools.builtin",
     "dollars_to_micros": "executor.budget",
@@ -251,6 +252,7 @@ __all__ = [
     "UnlimitedBudget",
     "Usage",
     "WatchdogCritic",
+    "WebFetcher",
     "child_invocation",
     "default_registry",
     "dollars_to_micros",
@@ -440,6 +442,7 @@ if _typing.TYPE_CHECKING:
         estimate_tokens,
     )
     from executor.tools.builtin import (
+        WebFetcher,
         default_registry,
     )
     from executor.tools.registry import (

@@ -3,7 +3,10 @@
 History is the reply chain, the thread's history or the DM's, oldest first
 (:func:`reply_chain`, :func:`thread_history`, :func:`dm_history`); each message becomes
 a :class:`~adapters.services.conversation.Turn` (:func:`turn_from_message`), with its
-images and the text of its text attachments, read with a hard byte cap.
+images and the text of its text attachments, read with a hard byte cap. An attachment
+that is not passed on (too large, past the count, a type not read, a failed download,
+cut to the character cap) becomes a :class:`~adapters.services.conversation.LeftOut` on
+the turn, which the model and the member are told about.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import discord
 from adapters.services.conversation import (
     STARTER_PATTERN,
     HistoryLimits,
+    LeftOut,
     Turn,
     clean_assistant,
+    format_size,
     strip_bot_mention,
 )
 from executor.messages import ImagePart
@@ -81,6 +86,39 @@ def _is_text_attachment(a: discord.Attachment) -> bool:
     return a.filename.rsplit(".", 1)[-1].lower() in {"txt", "md", "py", "json", "csv", "log"}
 
 
+def _type_of(a: discord.Attachment) -> str:
+    ctype = (a.content_type or "").split(";")[0].strip()
+    if ctype:
+        return ctype
+    ext = a.filename.rsplit(".", 1)[-1] if "." in a.filename else ""
+    return f".{ext} files" if ext else "files of no stated type"
+
+
+async def _read_text(
+    a: discord.Attachment, lim: HistoryLimits
+) -> tuple[tuple[str, str] | None, LeftOut | None]:
+    """(filename, text) of a text attachment, and what the model did not get of it."""
+    over = f"over the {format_size(lim.max_attachment_bytes)} limit"
+    if a.size > lim.max_attachment_bytes:
+        return None, LeftOut(a.filename, over, a.size)
+    try:
+        raw = await read_attachment(a, max_bytes=lim.max_attachment_bytes)
+    except discord.DiscordException as exc:
+        log.info("could not read attachment %s: %s", a.filename, exc)
+        return None, LeftOut(a.filename, "it could not be downloaded", a.size)
+    if raw is None:
+        log.info("attachment %s is larger than it said; left out", a.filename)
+        return None, LeftOut(a.filename, f"it is larger than it said ({over})")
+    body = raw.decode("utf-8", errors="replace")
+    if len(body) <= lim.attachment_chars:
+        return (a.filename, body), None
+    chars = f"{lim.attachment_chars:,} characters"
+    cut = body[: lim.attachment_chars] + f"\n[… cut here: only the first {chars} were read]"
+    return (a.filename, cut), LeftOut(
+        a.filename, f"only the first {chars} were read", a.size, partly=True
+    )
+
+
 async def turn_from_message(
     msg: discord.Message,
     *,
@@ -109,30 +147,38 @@ async def turn_from_message(
         )
     text = content if content is not None else strip_bot_mention(msg.content, bot_id)
     images: list[ImagePart] = []
+    names: list[str] = []
     files: list[tuple[str, str]] = []
+    left: list[LeftOut] = []
     for a in msg.attachments:
         ctype = (a.content_type or "").split(";")[0].strip()
         if ctype.startswith("image/"):
+            if a.size > lim.max_image_bytes:
+                why = f"over the {format_size(lim.max_image_bytes)} limit for an image"
+                left.append(LeftOut(a.filename, why, a.size, kind="image"))
+                continue
             images.append(ImagePart(url=a.url, media_type=ctype))
-        elif _is_text_attachment(a) and a.size <= lim.max_attachment_bytes:
-            try:
-                raw = await read_attachment(a, max_bytes=lim.max_attachment_bytes)
-            except discord.DiscordException:
-                log.info("could not read attachment %s", a.filename)
-                continue
-            if raw is None:
-                log.info("attachment %s is larger than it said; left out", a.filename)
-                continue
-            body = raw.decode("utf-8", errors="replace")
-            if len(body) > lim.attachment_chars:
-                body = body[: lim.attachment_chars] + "\n[… attachment cut]"
-            files.append((a.filename, body))
+            names.append(a.filename)
+        elif not _is_text_attachment(a):
+            why = f"coterie reads text files and images, not {_type_of(a)}"
+            left.append(LeftOut(a.filename, why, a.size))
+        elif len(files) >= lim.max_text_files:
+            why = f"over the limit of {lim.max_text_files} text files in one message"
+            left.append(LeftOut(a.filename, why, a.size))
+        else:
+            file, lost = await _read_text(a, lim)
+            if file is not None:
+                files.append(file)
+            if lost is not None:
+                left.append(lost)
     return Turn(
         author_name=msg.author.display_name,
         content=text,
         author_id=str(msg.author.id),
         images=tuple(images),
         attachments=tuple(files),
+        image_names=tuple(names),
+        left_out=tuple(left),
     )
 
 

@@ -1,24 +1,49 @@
-"""The executor's tools: the typed registry, isolation, the SSRF guard, the built-ins."""
+"""The executor's tools: the typed registry, isolation, the SSRF guard, the built-ins.
 
-from executor.tools.builtin import (
-    WebFetcher,
-    builtin_tools,
-    calculate,
-    default_registry,
-    html_to_text,
-)
-from executor.tools.isolation import SubprocessToolError, run_in_subprocess
-from executor.tools.registry import Isolation, Tool, ToolContext, ToolOutcome, ToolRegistry, tool
-from executor.tools.sources import FunctionSource, SchemaCall, ToolSource, schema_tool
-from executor.tools.ssrf import BlockedURL, SSRFGuard, forbidden_reason, guarded_get
+Names load on first use (as in :mod:`executor`): the child process that extracts a
+web page's text imports :mod:`executor.tools.htmltext` through this package, and
+should not pay for httpx and the registry it never uses.
+"""
+
+import importlib as _importlib
+import typing as _typing
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "BlockedURL": "executor.tools.ssrf",
+    "CPULimitExceeded": "executor.tools.isolation",
+    "FunctionSource": "executor.tools.sources",
+    "Isolation": "executor.tools.registry",
+    "SSRFGuard": "executor.tools.ssrf",
+    "SchemaCall": "executor.tools.sources",
+    "SubprocessToolError": "executor.tools.isolation",
+    "SystemResolver": "executor.tools.ssrf",
+    "Tool": "executor.tools.registry",
+    "ToolContext": "executor.tools.registry",
+    "ToolOutcome": "executor.tools.registry",
+    "ToolRegistry": "executor.tools.registry",
+    "ToolSource": "executor.tools.sources",
+    "WebFetcher": "executor.tools.builtin",
+    "builtin_tools": "executor.tools.builtin",
+    "calculate": "executor.tools.builtin",
+    "default_registry": "executor.tools.builtin",
+    "forbidden_reason": "executor.tools.ssrf",
+    "guarded_get": "executor.tools.ssrf",
+    "html_to_text": "executor.tools.htmltext",
+    "run_in_subprocess": "executor.tools.isolation",
+    "schema_tool": "executor.tools.sources",
+    "tool": "executor.tools.registry",
+}
 
 __all__ = [
     "BlockedURL",
+    "CPULimitExceeded",
     "FunctionSource",
     "Isolation",
     "SSRFGuard",
     "SchemaCall",
     "SubprocessToolError",
+    "SystemResolver",
     "Tool",
     "ToolContext",
     "ToolOutcome",
@@ -35,3 +60,47 @@ __all__ = [
     "schema_tool",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'executor.tools' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if _typing.TYPE_CHECKING:
+    from executor.tools.builtin import (
+        WebFetcher,
+        builtin_tools,
+        calculate,
+        default_registry,
+    )
+    from executor.tools.htmltext import html_to_text
+    from executor.tools.isolation import (
+        CPULimitExceeded,
+        SubprocessToolError,
+        run_in_subprocess,
+    )
+    from executor.tools.registry import (
+        Isolation,
+        Tool,
+        ToolContext,
+        ToolOutcome,
+        ToolRegistry,
+        tool,
+    )
+    from executor.tools.sources import FunctionSource, SchemaCall, ToolSource, schema_tool
+    from executor.tools.ssrf import (
+        BlockedURL,
+        SSRFGuard,
+        SystemResolver,
+        forbidden_reason,
+        guarded_get,
+    )

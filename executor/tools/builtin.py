@@ -19,17 +19,17 @@ import codecs
 import contextlib
 import math
 import operator
-import re
 import ssl
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
-from html.parser import HTMLParser
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
 from executor.errors import ToolFailed, ToolRetry
+from executor.tools.htmltext import html_to_text
+from executor.tools.isolation import CPULimitExceeded, run_in_subprocess
 from executor.tools.registry import Tool, ToolRegistry, tool
 from executor.tools.ssrf import SSRFGuard, guarded_get
 
@@ -279,66 +279,6 @@ def current_time_tool(clock: Clock | None = None) -> Tool:
 
 _HTML_TYPES = {"text/html", "application/xhtml+xml"}
 _TEXT_TYPES = {"text/plain", "text/markdown", "text/x-markdown", "text/csv", "application/json"}
-_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head", "iframe", "object"}
-_BLOCK_TAGS = {
-    "p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header",
-    "footer", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "title",
-}  # fmt: skip
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title: list[str] = []
-        self._skip = 0
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self._in_title = True
-        elif tag in _SKIP_TAGS:
-            self._skip += 1
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        elif tag in _SKIP_TAGS and self._skip:
-            self._skip -= 1
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title.append(data)
-        elif not self._skip:
-            self.parts.append(data)
-
-
-def _simple_text(html: str) -> tuple[str, str]:
-    """(title, text) by a plain HTML parser: the fallback when trafilatura finds nothing."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    lines = (
-        re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in "".join(parser.parts).split("\n")
-    )
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return " ".join("".join(parser.title).split()), text
-
-
-def html_to_text(html: str, url: str | None = None) -> str:
-    """The main text of a page: trafilatura, or a plain extraction when it finds none."""
-    import trafilatura  # Why lazily: a heavy import only web_fetch needs
-
-    title, fallback = _simple_text(html)
-    text = trafilatura.extract(
-        html, url=url, include_comments=False, include_tables=True, favor_recall=True
-    )
-    body = text.strip() if text else fallback
-    return f"# {title}\n\n{body}" if title and not body.startswith(title) else body
 
 
 def _decode(body: bytes, charset: str | None) -> str:
@@ -350,7 +290,17 @@ def _decode(body: bytes, charset: str | None) -> str:
 
 
 class WebFetcher:
-    """``web_fetch``'s engine: the SSRF guard, caps, and HTML to text."""
+    """``web_fetch``'s engine: the SSRF guard, caps, and HTML to text.
+
+    Turning HTML into text costs CPU in proportion to the markup, and a page of
+    many small tags costs seconds (a 2 MB one took ~6 s). A thread running that
+    cannot be stopped, so a page over ``inline_extract_bytes`` is extracted in a
+    child process (:mod:`executor.tools.isolation`) with ``extract_cpu_s`` seconds
+    of CPU, ``extract_memory_mb`` of memory and ``extract_timeout_s`` of wall time;
+    past any of them the child is stopped and the model hears why. A smaller page
+    (at most a few hundred milliseconds, whatever its markup) is extracted in a
+    thread, as a process would cost more than the page.
+    """
 
     def __init__(
         self,
@@ -361,6 +311,10 @@ class WebFetcher:
         max_bytes: int = 2_000_000,
         max_redirects: int = 5,
         total_timeout_s: float = 20.0,
+        inline_extract_bytes: int = 64_000,
+        extract_cpu_s: int = 4,
+        extract_memory_mb: int | None = 1024,
+        extract_timeout_s: float = 10.0,
     ) -> None:
         self.guard = guard or SSRFGuard()
         self.transport = transport
@@ -369,6 +323,39 @@ class WebFetcher:
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.total_timeout_s = total_timeout_s
+        self.inline_extract_bytes = inline_extract_bytes
+        self.extract_cpu_s = extract_cpu_s
+        self.extract_memory_mb = extract_memory_mb
+        self.extract_timeout_s = extract_timeout_s
+
+    async def extract(self, html: str, url: str) -> str:
+        """``html_to_text`` within its budget; raise :class:`ToolFailed` past it."""
+        if len(html) <= self.inline_extract_bytes:
+            return await asyncio.to_thread(html_to_text, html, url)
+        try:
+            text: str = await run_in_subprocess(
+                html_to_text,
+                {"html": html, "url": url},
+                timeout_s=self.extract_timeout_s,
+                max_cpu_s=self.extract_cpu_s,
+                max_memory_mb=self.extract_memory_mb,
+            )
+        except CPULimitExceeded:
+            raise ToolFailed(
+                f"{url} is too heavy to read: turning its HTML into text took more than "
+                f"{self.extract_cpu_s} s of CPU and was stopped"
+            ) from None
+        except TimeoutError:
+            raise ToolFailed(
+                f"{url} is too heavy to read: turning its HTML into text took longer "
+                f"than {self.extract_timeout_s:g} s and was stopped"
+            ) from None
+        except MemoryError:
+            raise ToolFailed(
+                f"{url} is too heavy to read: turning its HTML into text needed more "
+                f"than {self.extract_memory_mb} MB and was stopped"
+            ) from None
+        return text
 
     async def fetch_text(self, url: str) -> str:
         try:
@@ -397,8 +384,7 @@ class WebFetcher:
         ):
             media = "text/html"
         if media in _HTML_TYPES:
-            html = _decode(result.body, result.charset)
-            text = await asyncio.to_thread(html_to_text, html, result.url)
+            text = await self.extract(_decode(result.body, result.charset), result.url)
         elif media in _TEXT_TYPES or (not media and b"\x00" not in result.body[:1024]):
             text = _decode(result.body, result.charset)
         else:
@@ -427,7 +413,7 @@ def web_fetch_tool(fetcher: WebFetcher | None = None) -> Tool:
 
     return tool(
         web_fetch,
-        timeout_s=engine.total_timeout_s + 5.0,
+        timeout_s=engine.total_timeout_s + engine.extract_timeout_s,
         max_result_chars=20_000,
         status="reading {host}",
     )

@@ -5,7 +5,9 @@ loop, a C extension that never releases the GIL) runs in a fresh interpreter
 started with ``asyncio.create_subprocess_exec``: the call goes over stdin and
 the result comes back over stdout, both pickled, and the loop never blocks.
 When the timeout passes, or the awaiting task is cancelled, the child's whole
-process group is killed and reaped.
+process group is killed and reaped. ``max_cpu_s`` bounds the child's CPU time as
+well (``RLIMIT_CPU``: the kernel stops it, however busy the machine, and
+:class:`CPULimitExceeded` says so), and ``max_memory_mb`` its address space.
 
 The function is sent by reference (module and qualified name), so it must be a
 top-level function of an importable module; a ``@tool``-decorated name is
@@ -23,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SubprocessToolError", "check_importable", "run_in_subprocess"]
+__all__ = ["CPULimitExceeded", "SubprocessToolError", "check_importable", "run_in_subprocess"]
 
 _STDERR_TAIL = 2_000
 
@@ -34,15 +36,19 @@ import os, pickle, sys, traceback
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)  # a tool's prints go to stderr, not into the result pipe
 sys.stdout = sys.stderr
-path, module, qualname, kwargs_blob, max_memory = pickle.loads(sys.stdin.buffer.read())
+path, module, qualname, kwargs_blob, max_memory, max_cpu = pickle.loads(sys.stdin.buffer.read())
 sys.path[:] = path
 def _send(obj):
     out.write(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
     out.flush()
 try:
-    if max_memory:
+    if max_memory or max_cpu:
         import resource
+    if max_memory:
         resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+    if max_cpu:
+        # SIGXCPU at the soft limit ends the process; SIGKILL a second later if not.
+        resource.setrlimit(resource.RLIMIT_CPU, (max_cpu, max_cpu + 1))
     import importlib, inspect, asyncio
     fn = importlib.import_module(module)
     for part in qualname.split("."):
@@ -69,6 +75,14 @@ else:
 
 class SubprocessToolError(RuntimeError):
     """The child process failed in a way that is not the tool's own exception."""
+
+
+class CPULimitExceeded(SubprocessToolError):
+    """The child used up its CPU time (``max_cpu_s``) and was stopped by the kernel."""
+
+    def __init__(self, qualname: str, max_cpu_s: int) -> None:
+        super().__init__(f"{qualname} used its {max_cpu_s} s of CPU time and was stopped")
+        self.max_cpu_s = max_cpu_s
 
 
 class _RemoteTraceback(Exception):
@@ -120,6 +134,7 @@ async def run_in_subprocess(
     *,
     timeout_s: float,
     max_memory_mb: int | None = None,
+    max_cpu_s: int | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> Any:
     """Call ``fn(**kwargs)`` in a child process and return its result.
@@ -128,7 +143,9 @@ async def run_in_subprocess(
     child is killed when ``timeout_s`` passes (``TimeoutError``) or the awaiting
     task is cancelled. An exception raised by ``fn`` is re-raised here with the
     child's traceback as its cause; a crash of the child raises
-    :class:`SubprocessToolError`. ``on_start`` receives the child's pid.
+    :class:`SubprocessToolError`, and one past ``max_cpu_s`` seconds of CPU time
+    (its start-up included) :class:`CPULimitExceeded`. ``on_start`` receives the
+    child's pid.
     """
     module, qualname = _reference(fn)
     try:
@@ -137,7 +154,7 @@ async def run_in_subprocess(
         raise SubprocessToolError(f"the arguments of {qualname} cannot be pickled: {exc}") from exc
     max_memory = max_memory_mb * 1024 * 1024 if max_memory_mb else 0
     payload = pickle.dumps(
-        (list(sys.path), module, qualname, kwargs_blob, max_memory),
+        (list(sys.path), module, qualname, kwargs_blob, max_memory, max_cpu_s or 0),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
     proc = await asyncio.create_subprocess_exec(
@@ -167,6 +184,8 @@ async def run_in_subprocess(
             await asyncio.shield(proc.wait())
 
     if not stdout:
+        if max_cpu_s and proc.returncode == -signal.SIGXCPU:
+            raise CPULimitExceeded(qualname, max_cpu_s)
         tail = stderr.decode(errors="replace")[-_STDERR_TAIL:].strip()
         raise SubprocessToolError(
             f"{qualname} exited with code {proc.returncode} without a result"

@@ -13,8 +13,10 @@ import pytest
 from adapters.services.chat import ChatRequest, ChatService
 from adapters.services.conversation import (
     HistoryLimits,
+    LeftOut,
     Turn,
     build_conversation,
+    format_size,
     parse_persona_prefix,
 )
 from adapters.services.ports import InMemoryGuildSettings, InMemoryThreadStore
@@ -131,6 +133,58 @@ def test_images_when_the_model_sees_and_attachments() -> None:
     assert img in seen.parts and "[attachment a.txt]\nhello" in seen.text
     blind = build_conversation([turn], see_images=False).messages[0]
     assert img not in blind.parts and "cannot see images" in blind.text
+
+
+def _images(*names: str) -> dict[str, Any]:
+    parts = tuple(ImagePart(url=f"https://cdn.example/{n}") for n in names)
+    return {"images": parts, "image_names": names}
+
+
+def test_images_past_the_count_are_dropped_oldest_first_and_named() -> None:
+    turns = [
+        Turn(author_name="A", content="old", **_images("o1.png", "o2.png")),
+        Turn(author_name="B", content="answer", from_assistant=True),
+        Turn(author_name="A", content="mid", **_images("m1.png", "m2.png")),
+        Turn(author_name="A", content="new", **_images("n1.png")),
+    ]
+    conv = build_conversation(turns, limits=HistoryLimits(max_images=2))
+    sent = [str(p.url) for m in conv.messages for p in m.parts if isinstance(p, ImagePart)]
+    assert [u.rsplit("/", 1)[1] for u in sent] == ["m1.png", "n1.png"]
+    # Each turn that lost an image tells the model which, and why.
+    assert "[image m2.png was not shown: over the limit of 2 images]" in conv.messages[2].text
+    assert "[image o1.png was not shown" in conv.messages[0].text
+    assert "[image o2.png was not shown" in conv.messages[0].text
+    # The member hears of the earlier ones as a count; nothing of the request was lost.
+    assert conv.left_out == [] and conv.earlier_images_left_out == 3
+    assert conv.note() == "3 images of earlier messages were not shown: over the image limit."
+
+
+def test_the_member_hears_what_the_request_lost_and_a_cut_history() -> None:
+    big = LeftOut("big.txt", "over the 512 KB limit", 5 * 1024 * 1024)
+    turns = [Turn(author_name=f"u{i}", content="x" * 100) for i in range(5)]
+    turns.append(Turn(author_name="A", content="summarise", left_out=(big,)))
+    conv = build_conversation(turns, limits=HistoryLimits(max_messages=2))
+    assert conv.note() == (
+        "History was cut: only the last 2 messages were read. "
+        "big.txt (5.0 MB) was not read: over the 512 KB limit."
+    )
+    assert conv.messages[-1].text == (
+        "summarise\n\n[attachment big.txt (5.0 MB) was not read: over the 512 KB limit]"
+    )
+    # A model that cannot see images: the member is told which were not shown.
+    blind = build_conversation(
+        [Turn(author_name="A", content="look", **_images("cat.png"))], see_images=False
+    )
+    assert blind.note() == "cat.png was not shown: this model cannot see images."
+
+
+def test_sizes_are_written_for_people() -> None:
+    assert [format_size(n) for n in (900, 2048, 512 * 1024, 5 * 1024 * 1024)] == [
+        "900 bytes",
+        "2 KB",
+        "512 KB",
+        "5.0 MB",
+    ]
 
 
 async def test_history_cut_is_said_in_the_reply() -> None:

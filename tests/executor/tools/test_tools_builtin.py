@@ -190,6 +190,21 @@ async def test_web_fetch_turns_html_into_text(
     assert "tracking" not in out.content and "color: red" not in out.content
 
 
+async def test_a_large_page_is_read_in_a_child_process(
+    make_fetcher: Callable[..., WebFetcher],
+) -> None:
+    filler = "<p>" + "More words that pad the article out past the in-thread size. " * 20 + "</p>"
+    page = ARTICLE.replace("</article>", filler * 60 + "</article>")
+    fetcher = make_fetcher(
+        lambda r: httpx.Response(200, text=page, headers={"content-type": "text/html"}),
+        inline_extract_bytes=len(ARTICLE),
+    )
+    assert len(page) > fetcher.inline_extract_bytes
+    text = await fetcher.fetch_text("https://example.com/long-article")
+    assert "first paragraph of the article" in text and "pad the article out" in text
+    assert "tracking" not in text
+
+
 def test_html_to_text_falls_back_when_trafilatura_finds_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -299,5 +314,5 @@ def test_public_names_are_exported_sorted() -> None:
     assert names == sorted(names)
     assert all(hasattr(executor.tools, n) for n in names)
     public = {n for n in vars(executor.tools) if not n.startswith("_")}
-    submodules = {"builtin", "isolation", "registry", "sources", "ssrf"}
+    submodules = {"builtin", "htmltext", "isolation", "registry", "sources", "ssrf"}
     assert public - submodules == set(names)

@@ -8,7 +8,12 @@ import os
 import pytest
 
 from executor.errors import ToolRetry
-from executor.tools import SubprocessToolError, ToolContext, run_in_subprocess
+from executor.tools import (
+    CPULimitExceeded,
+    SubprocessToolError,
+    ToolContext,
+    run_in_subprocess,
+)
 from tests.executor.tools import tool_targets
 
 
@@ -36,6 +41,21 @@ async def test_a_runaway_child_is_killed_at_its_timeout() -> None:
     with pytest.raises(TimeoutError, match=r"loop_forever was killed after 0.5 s"):
         await run_in_subprocess(tool_targets.loop_forever, {}, timeout_s=0.5, on_start=pids.append)
     assert len(pids) == 1 and _gone(pids[0])
+
+
+async def test_a_child_past_its_cpu_time_is_stopped_by_the_kernel() -> None:
+    pids: list[int] = []
+    # Why a wall timeout this long: the CPU limit, not the clock, must be what stops it.
+    with pytest.raises(CPULimitExceeded, match=r"burn_cpu_forever used its 1 s of CPU") as info:
+        await run_in_subprocess(
+            tool_targets.burn_cpu_forever, {}, timeout_s=120, max_cpu_s=1, on_start=pids.append
+        )
+    assert isinstance(info.value, SubprocessToolError) and info.value.max_cpu_s == 1
+    assert _gone(pids[0])
+    # Within the limit, nothing changes.
+    assert (
+        await run_in_subprocess(tool_targets.add, {"a": 1, "b": 1}, timeout_s=30, max_cpu_s=5) == 2
+    )
 
 
 async def test_cancelling_the_awaiting_task_kills_the_child() -> None:

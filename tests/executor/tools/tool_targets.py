@@ -24,6 +24,12 @@ def loop_forever() -> None:
         time.sleep(0.01)
 
 
+def burn_cpu_forever() -> None:
+    n = 0
+    while True:
+        n += 1
+
+
 def raise_value_error(message: str) -> None:
     raise ValueError(message)
 
