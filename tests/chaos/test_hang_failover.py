@@ -19,9 +19,7 @@ pytest.importorskip("llmock")
 pytestmark = pytest.mark.chaos
 
 
-def test_a_hung_provider_fails_over_at_the_first_token_timeout(
-    llmock: Any, tmp_path: Path
-) -> None:
+def test_a_hung_provider_fails_over_at_the_first_token_timeout(llmock: Any, tmp_path: Path) -> None:
     llmock.slow_first_token(120, provider="anthropic")
     llmock.reply("Paris, from the fallback.", provider="openai")
     out = _ask(
