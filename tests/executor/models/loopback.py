@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Literal
 
 __all__ = ["PARTIAL_TEXT", "AnsweringServer", "HangMode", "HangingServer"]
@@ -32,6 +33,7 @@ _SSE_HEADERS = (
 class _Server:
     def __init__(self) -> None:
         self.requests = 0
+        self.first_request_at: float | None = None  # time.perf_counter(), for benchmarks
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -58,6 +60,8 @@ class _Server:
             if body is None:
                 return
             self.requests += 1
+            if self.first_request_at is None:
+                self.first_request_at = time.perf_counter()
             await self._answer(body, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client hung up: that is its right
