@@ -93,10 +93,10 @@ class TierConfig:
     idle_s: float = 20.0
 
 
-# Why these: Claude starts streaming within a few seconds, and the model that takes
-# the longest to start (the smart tier's, on a long conversation) well within 30 s;
-# a provider silent longer than this has most likely hung. OpenAI's reasoning models
-# are silent while they think, so they wait until the deadline instead (their profile).
+# Why these: Claude, first in every default tier, usually starts streaming within a
+# few seconds; these leave room for a long conversation on a busy provider, and one
+# silent for longer has most likely hung. OpenAI's reasoning models are silent while
+# they think: their profile gives them the deadline for their first event instead.
 DEFAULT_TIERS: Mapping[str, TierConfig] = {
     "fast": TierConfig(
         "fast",
@@ -164,7 +164,7 @@ def load_tier_config(path: Path | None, environ: Mapping[str, str]) -> ModelsCon
     default_tier = _str(data.get("default_tier", "standard"), f"{where}: default_tier")
     cooldown = _number(data.get("cooldown_seconds", 60.0), f"{where}: cooldown_seconds")
 
-    timeouts: list[tuple[str, str, str, str]] = []  # (variable, tier, field, value)
+    timeouts: list[tuple[str, str, str, str]] = []  # (variable, tier, suffix, value)
     for var, value in environ.items():
         if var.startswith(ENV_TIER_PREFIX) and len(var) > len(ENV_TIER_PREFIX):
             rest = var[len(ENV_TIER_PREFIX) :]
