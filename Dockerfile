@@ -14,6 +14,7 @@ COPY commands ./commands
 COPY adapters ./adapters
 COPY personas ./personas
 COPY skills ./skills
+COPY memory ./memory
 COPY executor ./executor
 COPY migrations ./migrations
 RUN python -m venv /opt/coterie \

@@ -7,6 +7,7 @@ built through the :class:`ProviderRegistry`.
 
 from executor.models.base import (
     Attempt,
+    KeepAlive,
     Model,
     ModelRequest,
     ModelResponse,
@@ -42,6 +43,7 @@ __all__ = [
     "Attempt",
     "Cooldowns",
     "FallbackModel",
+    "KeepAlive",
     "Model",
     "ModelRequest",
     "ModelResponse",

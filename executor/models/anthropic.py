@@ -53,6 +53,7 @@ from executor.messages import (
     Usage,
 )
 from executor.models.base import (
+    KeepAlive,
     ModelProfile,
     ModelRequest,
     ModelResponse,
@@ -190,6 +191,10 @@ class AnthropicModel:
         stop_reason: str | None = None
         async with stream:
             async for ev in stream:
+                # Why one event per wire event: failover's idle timeout counts the
+                # provider's events, and a tool call's arguments stream for a while
+                # before the call is whole.
+                out: StreamEvent = KeepAlive()
                 if ev.type == "message_start":
                     u = ev.message.usage
                     input_tokens = u.input_tokens
@@ -204,13 +209,13 @@ class AnthropicModel:
                         start = _text(block.text or "")
                         text = [start] if start else []
                         if start:
-                            yield TextDelta(start)
+                            out = TextDelta(start)
                 elif ev.type == "content_block_delta":
                     delta = ev.delta
                     if delta.type == "text_delta":
                         piece = _text(delta.text)
                         text.append(piece)
-                        yield TextDelta(piece)
+                        out = TextDelta(piece)
                     elif delta.type == "input_json_delta" and tool is not None:
                         tool["json"].append(delta.partial_json)
                 elif ev.type == "content_block_stop":
@@ -222,7 +227,7 @@ class AnthropicModel:
                         )
                         parts.append(call)
                         tool = None
-                        yield ToolCallEvent(call)
+                        out = ToolCallEvent(call)
                     elif text:
                         parts.append(TextPart(text="".join(text)))
                         text = []
@@ -236,6 +241,7 @@ class AnthropicModel:
                         cache_read = u2.cache_read_input_tokens
                     if u2.cache_creation_input_tokens is not None:
                         cache_write = u2.cache_creation_input_tokens
+                yield out
         if text:
             parts.append(TextPart(text="".join(text)))
         if stop_reason is None:

@@ -3,7 +3,11 @@ request/response shapes.
 
 A model answers a :class:`ModelRequest` either in one piece (``generate``) or as
 a stream of :data:`StreamEvent` ending in exactly one :class:`ResponseDone`
-that carries the full response with its usage.
+that carries the full response with its usage. A provider's stream turns every
+event it reads off the wire into one stream event: output (:class:`TextDelta`,
+:class:`ToolCallEvent`) or, when the event carries none yet (the message's start,
+a piece of a tool call's arguments, usage), a :class:`KeepAlive`. Consumers
+ignore ``KeepAlive``; failover reads it as a sign of life (its idle timeout).
 
 A model's :class:`ModelProfile` says what it can do (its context window, how
 it gives structured output, whether it sees images). The batteries read it
@@ -23,6 +27,7 @@ from executor.messages import Message, ToolCallPart, Usage
 __all__ = [
     "DEFAULT_PROFILE",
     "Attempt",
+    "KeepAlive",
     "Model",
     "ModelProfile",
     "ModelRequest",
@@ -51,7 +56,11 @@ class ModelProfile:
 
     ``context_window``: input tokens the model takes (compaction's trigger);
     ``structured_output``: how :mod:`executor.structured` asks it for a value;
-    ``sees_images``: whether images in the conversation reach it usefully.
+    ``sees_images``: whether images in the conversation reach it usefully;
+    ``silent_while_thinking``: it sends nothing at all while it reasons before its
+    first token (OpenAI's reasoning models over Chat Completions), so a long first
+    silence is its normal and failover gives it the attempt deadline, not the
+    tier's first-token timeout.
     The defaults are the conservative ones of a model nobody described.
     """
 
@@ -59,6 +68,7 @@ class ModelProfile:
     context_window: int = 32_000
     structured_output: StructuredOutputMode = "prompted"
     sees_images: bool = False
+    silent_while_thinking: bool = False
 
 
 DEFAULT_PROFILE = ModelProfile()
@@ -131,6 +141,11 @@ class ToolCallEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """The provider sent something that is not output yet: it is alive."""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamReset:
     """The text streamed so far is void: a failover candidate starts over."""
 
@@ -142,7 +157,7 @@ class ResponseDone:
     response: ModelResponse
 
 
-StreamEvent = TextDelta | ToolCallEvent | StreamReset | ResponseDone
+StreamEvent = TextDelta | ToolCallEvent | KeepAlive | StreamReset | ResponseDone
 
 
 @runtime_checkable

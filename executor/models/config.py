@@ -9,7 +9,8 @@ environment, the environment winning. Every key is optional::
     [tiers.fast]                  # a tier: candidates in order, first is preferred
     candidates = ["anthropic:claude-haiku-4-5", "openai:gpt-5-mini"]
     timeout_seconds = 30          # our deadline for one attempt (whole call/stream)
-    first_token_seconds = 10      # optional: a stream must start within this
+    first_token_seconds = 10      # a stream's first event must come within this
+    idle_seconds = 10             # and each later one within this of the last
 
     [providers.together]          # an OpenAI-compatible provider of your own
     kind = "openai"               # "openai" or "anthropic" (the wire protocol)
@@ -32,7 +33,14 @@ Environment (wins over the file):
 
 - ``COTERIE_TIER_<NAME>=provider:model,provider:model`` defines or replaces
   the candidates of tier ``<name>`` (lower-cased); its timeouts are kept.
+- ``COTERIE_TIER_<NAME>_TIMEOUT_SECONDS``, ``..._FIRST_TOKEN_SECONDS``,
+  ``..._IDLE_SECONDS`` set one of an existing tier's timeouts.
 - ``COTERIE_DEFAULT_TIER=<name>``.
+
+Every tier has all three timeouts: a tier the file or the environment defines
+without them gets :data:`TIER_TIMEOUTS` (a default tier's own when it replaces
+one). They are what make failover quick when a provider accepts a request and
+then hangs (see :mod:`executor.models.fallback`).
 
 A malformed file raises :class:`~executor.errors.ConfigError` saying where
 (``file:line:column``); a bad value raises one naming the key.
@@ -53,6 +61,7 @@ from executor.models.providers import Kind, ProviderSpec
 
 __all__ = [
     "DEFAULT_TIERS",
+    "TIER_TIMEOUTS",
     "ModelsConfig",
     "TierConfig",
     "load_tier_config",
@@ -60,23 +69,59 @@ __all__ = [
 
 ENV_TIER_PREFIX = "COTERIE_TIER_"
 ENV_DEFAULT_TIER = "COTERIE_DEFAULT_TIER"
+# COTERIE_TIER_<NAME><suffix> -> (the TierConfig field, the key in a [tiers.NAME] table)
+_TIMEOUT_KEYS: Mapping[str, tuple[str, str]] = {
+    "_TIMEOUT_SECONDS": ("timeout_s", "timeout_seconds"),
+    "_FIRST_TOKEN_SECONDS": ("first_token_s", "first_token_seconds"),
+    "_IDLE_SECONDS": ("idle_s", "idle_seconds"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class TierConfig:
+    """A tier: its candidates in order, and how long each attempt may take.
+
+    ``timeout_s``: the deadline of one attempt, the whole call or the whole stream;
+    ``first_token_s``: a stream's first event must come within this;
+    ``idle_s``: and each later event within this of the one before.
+    """
+
     name: str
     candidates: tuple[str, ...]
-    timeout_s: float = 60.0  # deadline of one attempt: the whole call or the whole stream
-    first_token_s: float | None = None  # a stream's first event must come within this
+    timeout_s: float = 60.0
+    first_token_s: float = 20.0
+    idle_s: float = 20.0
 
 
+# Why these: Claude, first in every default tier, usually starts streaming within a
+# few seconds; these leave room for a long conversation on a busy provider, and one
+# silent for longer has most likely hung. OpenAI's reasoning models are silent while
+# they think: their profile gives them the deadline for their first event instead.
 DEFAULT_TIERS: Mapping[str, TierConfig] = {
-    "fast": TierConfig("fast", ("anthropic:claude-haiku-4-5", "openai:gpt-5-mini"), timeout_s=30.0),
-    "standard": TierConfig(
-        "standard", ("anthropic:claude-sonnet-4-6", "openai:gpt-5.4"), timeout_s=90.0
+    "fast": TierConfig(
+        "fast",
+        ("anthropic:claude-haiku-4-5", "openai:gpt-5-mini"),
+        timeout_s=30.0,
+        first_token_s=10.0,
+        idle_s=10.0,
     ),
-    "smart": TierConfig("smart", ("anthropic:claude-opus-4-8", "openai:gpt-5.5"), timeout_s=180.0),
+    "standard": TierConfig(
+        "standard",
+        ("anthropic:claude-sonnet-4-6", "openai:gpt-5.4"),
+        timeout_s=90.0,
+        first_token_s=20.0,
+        idle_s=20.0,
+    ),
+    "smart": TierConfig(
+        "smart",
+        ("anthropic:claude-opus-4-8", "openai:gpt-5.5"),
+        timeout_s=180.0,
+        first_token_s=30.0,
+        idle_s=30.0,
+    ),
 }
+# A tier defined without timeouts gets these (a default tier's name keeps its own).
+TIER_TIMEOUTS = TierConfig("", ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +164,30 @@ def load_tier_config(path: Path | None, environ: Mapping[str, str]) -> ModelsCon
     default_tier = _str(data.get("default_tier", "standard"), f"{where}: default_tier")
     cooldown = _number(data.get("cooldown_seconds", 60.0), f"{where}: cooldown_seconds")
 
+    timeouts: list[tuple[str, str, str, str]] = []  # (variable, tier, suffix, value)
     for var, value in environ.items():
         if var.startswith(ENV_TIER_PREFIX) and len(var) > len(ENV_TIER_PREFIX):
-            name = var[len(ENV_TIER_PREFIX) :].lower()
+            rest = var[len(ENV_TIER_PREFIX) :]
+            suffix = next(
+                (s for s in _TIMEOUT_KEYS if rest.endswith(s) and len(rest) > len(s)), None
+            )
+            if suffix is not None:
+                timeouts.append((var, rest[: -len(suffix)].lower(), suffix, value))
+                continue
+            name = rest.lower()
             candidates = tuple(c.strip() for c in value.split(",") if c.strip())
             _check_candidates(candidates, var)
             base = tiers.get(name, TierConfig(name, candidates))
             tiers[name] = replace(base, candidates=candidates)
+    # Why after the candidates: a variable may time a tier another variable defines.
+    for var, name, suffix, value in sorted(timeouts):
+        if name not in tiers:
+            raise ConfigError(f"{var}: {name!r} is not a tier; known: {sorted(tiers)}")
+        tier = tiers[name]
+        timings = {"timeout_s": tier.timeout_s, "first_token_s": tier.first_token_s}
+        timings["idle_s"] = tier.idle_s
+        timings[_TIMEOUT_KEYS[suffix][0]] = _env_seconds(value, var)
+        tiers[name] = TierConfig(name, tier.candidates, **timings)
     if environ.get(ENV_DEFAULT_TIER):
         default_tier = environ[ENV_DEFAULT_TIER].strip().lower()
         if default_tier not in tiers:
@@ -207,29 +269,35 @@ def _check_candidates(candidates: tuple[str, ...], key: str) -> None:
 def _tier(name: str, raw: object, key: str) -> TierConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{key} must be a table")
-    unknown = set(raw) - {"candidates", "timeout_seconds", "first_token_seconds"}
+    timings = {file_key: field_name for field_name, file_key in _TIMEOUT_KEYS.values()}
+    unknown = set(raw) - {"candidates", *timings}
     if unknown:
-        raise ConfigError(f"{key}: unknown keys {sorted(unknown)}")
+        raise ConfigError(
+            f"{key}: unknown keys {sorted(unknown)}; expected candidates, {', '.join(timings)}"
+        )
     cands = raw.get("candidates")
     if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
         raise ConfigError(f'{key}.candidates must be a list of "provider:model" strings')
     candidates = tuple(c.strip() for c in cands)
     _check_candidates(candidates, f"{key}.candidates")
-    base = DEFAULT_TIERS.get(name)
-    timeout = _number(
-        raw.get("timeout_seconds", base.timeout_s if base else 60.0),
-        f"{key}.timeout_seconds",
-        positive=True,
-    )
-    first = raw.get("first_token_seconds")
-    return TierConfig(
-        name,
-        candidates,
-        timeout_s=timeout,
-        first_token_s=None
-        if first is None
-        else _number(first, f"{key}.first_token_seconds", positive=True),
-    )
+    base = DEFAULT_TIERS.get(name, TIER_TIMEOUTS)
+    values = {
+        field_name: _number(raw[file_key], f"{key}.{file_key}", positive=True)
+        if file_key in raw
+        else getattr(base, field_name)
+        for file_key, field_name in timings.items()
+    }
+    return TierConfig(name, candidates, **values)
+
+
+def _env_seconds(value: str, var: str) -> float:
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{var}={value[:40]!r}: must be a number of seconds greater than 0")
+    return seconds
 
 
 def _provider(name: str, raw: object, key: str) -> ProviderSpec:

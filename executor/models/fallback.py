@@ -10,8 +10,26 @@ exception is our own bug and propagates untouched. When every candidate fails,
 Each attempt runs under *our* deadline (``timeout_s``), not the SDK's: the SDK's
 read timeout resets with every byte, so a trickling endpoint never times out.
 For a stream the deadline counts the time spent waiting on the provider (not
-the time the consumer takes with each event), and ``first_token_s`` can demand
-that the stream starts sooner.
+the time the consumer takes with each event), and two shorter limits catch a
+provider that accepted the request and then hung, long before the deadline:
+
+- ``first_token_s``: the stream's first event must come within this (the
+  request, the response's headers and the first event all count against it);
+- ``idle_s``: every later event must come within this of the one before.
+
+Either one raises :class:`~executor.errors.ProviderTimeout`, so failover moves
+on. An event is anything the provider sent, a
+:class:`~executor.models.base.KeepAlive` included (a tool call's arguments
+streaming are not a stall). A candidate whose profile is
+``silent_while_thinking`` (it sends nothing while it reasons) has until the
+deadline for its first event. A stall after text was streamed fails over the
+way any mid-stream error does: :class:`~executor.models.base.StreamReset`
+takes the partial text back, and the next candidate answers from the start.
+A call that does not stream (``generate``) has no first token to wait for: only
+the deadline applies to it.
+
+Time is the :class:`~executor.ports.Clock`'s (``clock``; a fake one in tests),
+the limits run on the event loop's timers when it is the real clock.
 
 A candidate that failed cools down for ``cooldown_s`` (or the provider's
 ``retry-after`` when longer) in a :class:`Cooldowns` shared by every tier and
@@ -29,6 +47,8 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 from executor.errors import (
     AllModelsFailed,
@@ -50,6 +70,7 @@ from executor.models.base import (
     ToolCallEvent,
     profile_of,
 )
+from executor.ports import Clock, RealClock
 
 __all__ = ["Cooldowns", "FallbackModel"]
 
@@ -95,8 +116,10 @@ class FallbackModel:
         *,
         timeout_s: float = 60.0,
         first_token_s: float | None = None,
+        idle_s: float | None = None,
         cooldowns: Cooldowns | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
+        clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
         if not candidates:
@@ -104,7 +127,9 @@ class FallbackModel:
         self.candidates = tuple(candidates)
         self.timeout_s = timeout_s
         self.first_token_s = first_token_s
-        self.cooldowns = cooldowns or Cooldowns(monotonic=monotonic)
+        self.idle_s = idle_s
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self.cooldowns = cooldowns or Cooldowns(monotonic=monotonic or self.clock.monotonic)
         self._name = name or "fallback:" + ",".join(m.name for m in self.candidates)
 
     @property
@@ -124,38 +149,38 @@ class FallbackModel:
     async def generate(self, request: ModelRequest) -> ModelResponse:
         attempts: list[Attempt] = []
         for model in self.cooldowns.order(self.candidates):
-            started = time.perf_counter()
+            started = self.clock.monotonic()
             try:
                 try:
-                    async with asyncio.timeout(self.timeout_s):
+                    async with self._within(self.timeout_s):
                         response = await model.generate(request)
                 except TimeoutError as exc:
-                    raise self._timeout(model) from exc
+                    raise self._timeout(model, self._deadline_note()) from exc
             except ModelAPIError as exc:
                 self._failed(model, exc, started, attempts)
                 continue
             self.cooldowns.ok(model.name)
-            attempts.append(Attempt(model=model.name, latency_ms=_ms_since(started)))
+            attempts.append(Attempt(model=model.name, latency_ms=self._ms_since(started)))
             return dataclasses.replace(response, attempts=tuple(attempts))
         raise AllModelsFailed(attempts, tier=self._tier_name())
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         attempts: list[Attempt] = []
-        loop = asyncio.get_running_loop()
         for model in self.cooldowns.order(self.candidates):
-            started = time.perf_counter()
-            deadline = loop.time() + self.timeout_s
-            sent_output = False
+            started = self.clock.monotonic()
+            deadline = started + self.timeout_s
+            # Why not for a silent thinker: its silence is its reasoning, not a hang.
+            first = None if profile_of(model).silent_while_thinking else self.first_token_s
+            heard = False  # any event yet: the first-token timeout is over
+            sent_output = False  # text or a tool call reached the consumer
             events = aiter(model.stream(request))
             try:
                 while True:
-                    wait = deadline - loop.time()
-                    if not sent_output and self.first_token_s is not None:
-                        wait = min(wait, self.first_token_s)
+                    wait, note = self._wait(deadline, self.idle_s if heard else first, heard)
                     try:
                         # Why per event: a timeout around a `yield` would cancel the
                         # consumer's work, not the provider's.
-                        async with asyncio.timeout(max(wait, 0.0)):
+                        async with self._within(wait):
                             event = await anext(events)
                     except StopAsyncIteration:
                         raise ProviderConnectionError(
@@ -163,10 +188,13 @@ class FallbackModel:
                             model=model.name,
                         ) from None
                     except TimeoutError as exc:
-                        raise self._timeout(model) from exc
+                        raise self._timeout(model, note) from exc
+                    heard = True
                     if isinstance(event, ResponseDone):
                         self.cooldowns.ok(model.name)
-                        attempts.append(Attempt(model=model.name, latency_ms=_ms_since(started)))
+                        attempts.append(
+                            Attempt(model=model.name, latency_ms=self._ms_since(started))
+                        )
                         yield ResponseDone(
                             dataclasses.replace(event.response, attempts=tuple(attempts))
                         )
@@ -184,10 +212,28 @@ class FallbackModel:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _timeout(self, model: Model) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"{model.name}: no answer within our {self.timeout_s:g}s deadline", model=model.name
-        )
+    def _wait(self, deadline: float, limit: float | None, heard: bool) -> tuple[float, str]:
+        """How long to wait for the next event, and what to say if it does not come."""
+        left = max(deadline - self.clock.monotonic(), 0.0)
+        if limit is None or limit >= left:
+            return left, self._deadline_note()
+        if heard:
+            return limit, f"the stream stalled for {limit:g}s (the idle timeout)"
+        return limit, f"nothing streamed within the {limit:g}s first-token timeout"
+
+    def _deadline_note(self) -> str:
+        return f"no answer within our {self.timeout_s:g}s deadline"
+
+    def _within(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        if isinstance(self.clock, RealClock):
+            return asyncio.timeout(seconds)
+        return _ClockTimeout(self.clock, seconds)
+
+    def _timeout(self, model: Model, note: str) -> ProviderTimeout:
+        return ProviderTimeout(f"{model.name}: {note}", model=model.name)
+
+    def _ms_since(self, started: float) -> float:
+        return (self.clock.monotonic() - started) * 1000.0
 
     def _failed(
         self, model: Model, exc: ModelAPIError, started: float, attempts: list[Attempt]
@@ -195,7 +241,7 @@ class FallbackModel:
         attempts.append(
             Attempt(
                 model=model.name,
-                latency_ms=_ms_since(started),
+                latency_ms=self._ms_since(started),
                 error=str(exc),
                 error_kind=exc.kind,
             )
@@ -208,8 +254,38 @@ class FallbackModel:
         return self._name.removeprefix("tier:") if self._name.startswith("tier:") else None
 
 
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
+class _ClockTimeout:
+    """``asyncio.timeout(seconds)`` with the seconds counted on a :class:`Clock`.
+
+    Why not ``asyncio.timeout`` alone: it counts the event loop's time, and a test's
+    fake clock moves only when told. The clock's ``sleep`` fires the timeout; the
+    cancellation and its translation to :class:`TimeoutError` stay asyncio's.
+    """
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._timeout = asyncio.timeout(None)
+        self._timer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        self._timer = asyncio.create_task(self._fire())
+
+    async def _fire(self) -> None:
+        await self._clock.sleep(self._seconds)
+        self._timeout.reschedule(asyncio.get_running_loop().time())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._timer is not None:
+            self._timer.cancel()
+        await self._timeout.__aexit__(exc_type, exc, tb)
+        return None
 
 
 async def _aclose(events: AsyncIterator[StreamEvent]) -> None:

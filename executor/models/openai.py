@@ -56,6 +56,7 @@ from executor.messages import (
     Usage,
 )
 from executor.models.base import (
+    KeepAlive,
     ModelProfile,
     ModelRequest,
     ModelResponse,
@@ -206,6 +207,10 @@ class OpenAIModel:
         usage: Any = None
         async with stream:
             async for chunk in stream:
+                # Why one event per chunk: failover's idle timeout counts the provider's
+                # chunks, and a tool call's arguments stream for a while before the call
+                # is whole.
+                out: StreamEvent = KeepAlive()
                 if chunk.usage is not None:
                     usage = chunk.usage
                 # Why `or []`: a compatible server may leave choices out of a usage chunk.
@@ -214,7 +219,7 @@ class OpenAIModel:
                     if delta.content:
                         piece = _text(delta.content)
                         text.append(piece)
-                        yield TextDelta(piece)
+                        out = TextDelta(piece)
                     for tc in delta.tool_calls or []:
                         slot = calls.setdefault(tc.index, {"id": "", "name": "", "args": []})
                         if tc.id:
@@ -226,6 +231,7 @@ class OpenAIModel:
                                 slot["args"].append(tc.function.arguments)
                     if choice.finish_reason:
                         finish = choice.finish_reason
+                yield out
         if finish is None:
             raise ProviderConnectionError(
                 f"{self._name}: the stream ended before the message did", model=self._name

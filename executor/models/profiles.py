@@ -19,6 +19,11 @@ other compatible    32,000          prompted           no
 
 Ollama's window is its ``num_ctx``, which defaults far below what the model
 could take; 8,192 is what a deployment that raised it a little gets.
+
+OpenAI's reasoning models (``gpt-5*`` but its ``-chat`` variants, ``o1``, ``o3``,
+``o4``, also through OpenRouter) send nothing over Chat Completions while they
+think, which can last a minute: they are ``silent_while_thinking``, and failover
+waits for their first token until the attempt deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "ANTHROPIC_WINDOW",
     "LOCAL_VISION_MODELS",
     "OPENAI_MODELS",
+    "OPENAI_SILENT_THINKERS",
     "anthropic_profile",
     "openai_compatible_profile",
 ]
@@ -52,6 +58,9 @@ OPENAI_MODELS: Mapping[str, tuple[int, bool]] = {
     "o4": (200_000, True),
 }
 _OPENAI_DEFAULT = (128_000, True)
+
+# Model id prefixes of OpenAI's reasoning models ("-chat" variants excepted).
+OPENAI_SILENT_THINKERS: tuple[str, ...] = ("gpt-5", "o1", "o3", "o4")
 
 # Local model families that take images (Ollama names; a tag follows a colon).
 LOCAL_VISION_MODELS: frozenset[str] = frozenset(
@@ -100,6 +109,8 @@ def _openai_profile(model_id: str, provider: str) -> ModelProfile:
         context_window=window,
         structured_output="json_schema",
         sees_images=images,
+        silent_while_thinking=model_id.startswith(OPENAI_SILENT_THINKERS)
+        and "-chat" not in model_id,
     )
 
 

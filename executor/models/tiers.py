@@ -16,7 +16,6 @@ variable. An unknown provider is always an error.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from executor.errors import MissingCredentials, UnknownTier
@@ -24,6 +23,7 @@ from executor.models.base import Model
 from executor.models.config import ModelsConfig, TierConfig
 from executor.models.fallback import Cooldowns, FallbackModel
 from executor.models.providers import ProviderRegistry
+from executor.ports import Clock, RealClock
 
 __all__ = ["TierResolver"]
 
@@ -34,12 +34,14 @@ class TierResolver:
         config: ModelsConfig,
         providers: ProviderRegistry,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
+        self.clock: Clock = clock if clock is not None else RealClock()
         # Why one for all tiers: a provider that is down is down for every tier.
-        self.cooldowns = Cooldowns(config.cooldown_s, monotonic=monotonic)
+        self.cooldowns = Cooldowns(config.cooldown_s, monotonic=monotonic or self.clock.monotonic)
         self._models: dict[str, FallbackModel] = {}
 
     @property
@@ -102,6 +104,8 @@ class TierResolver:
             models,
             timeout_s=cfg.timeout_s,
             first_token_s=cfg.first_token_s,
+            idle_s=cfg.idle_s,
             cooldowns=self.cooldowns,
+            clock=self.clock,
             name=f"tier:{cfg.name}",
         )

@@ -22,7 +22,12 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 # Variables the README and .env.example may name that are not Settings fields: read
 # by the provider registry from the environment, or a family of variables.
-NOT_FIELDS = {"OPENROUTER_API_KEY", "OLLAMA_BASE_URL", "COTERIE_TIER_<NAME>"}
+NOT_FIELDS = {
+    "OPENROUTER_API_KEY",
+    "OLLAMA_BASE_URL",
+    "COTERIE_TIER_<NAME>",
+    "COTERIE_TIER_<NAME>_FIRST_TOKEN_SECONDS",  # and _IDLE_, _TIMEOUT_: the tier config's
+}
 TEST_ONLY = {"COTERIE_TEST_POSTGRES_URL"}
 
 

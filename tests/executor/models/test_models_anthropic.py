@@ -17,6 +17,7 @@ from executor.errors import (
 )
 from executor.messages import ImagePart, Message, TextPart, ToolCallPart, ToolResultPart
 from executor.models.base import (
+    KeepAlive,
     ModelRequest,
     ResponseDone,
     StreamEvent,
@@ -253,6 +254,18 @@ async def test_stream_yields_text_tool_call_and_one_done(clients: Clients) -> No
         20,
     )
     assert resp.usage.cost_micros > 0
+
+
+async def test_every_event_without_output_is_a_keepalive(clients: Clients) -> None:
+    """Failover's idle timeout counts the provider's events: a tool call's arguments
+    arriving are signs of life, though nothing reaches the member until the call is whole."""
+    events = await collect(clients.anthropic(lambda r: sse_response(stream_events())), request())
+    assert isinstance(events[0], KeepAlive)  # message_start
+    kinds = [type(e).__name__ for e in events]
+    last_text = max(i for i, k in enumerate(kinds) if k == "TextDelta")
+    between = kinds[last_text + 1 : kinds.index("ToolCallEvent")]
+    # the text block's end, the tool block's start, two pieces of its arguments
+    assert between == ["KeepAlive"] * 4
 
 
 async def test_mid_stream_overloaded_error_maps_to_overloaded(clients: Clients) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from executor.errors import ConfigError
 from executor.messages import Usage
-from executor.models.config import DEFAULT_TIERS, load_tier_config
+from executor.models.config import DEFAULT_TIERS, TIER_TIMEOUTS, load_tier_config
 
 EXAMPLE = Path(__file__).parents[3] / "coterie.example.toml"
 
@@ -27,6 +27,7 @@ def test_example_file_loads() -> None:
     cfg = load_tier_config(EXAMPLE, {})
     assert cfg.tiers["local"].candidates == ("ollama:llama3.2:3b",)
     assert cfg.tiers["standard"].first_token_s == 20
+    assert cfg.tiers["local"].first_token_s == 60  # a local model on a CPU starts slowly
     assert cfg.providers["vllm"].base_url == "http://gpu-box:8000/v1"
     assert cfg.providers["vllm"].api_key_env is None
     price = cfg.prices["openrouter:meta-llama/llama-3.3-70b-instruct"]
@@ -83,6 +84,19 @@ def test_malformed_file_says_where(tmp_path: Path) -> None:
         ('[prices."a:b"]\ninput = 1\n', "prices.'a:b'"),
         ("cooldown_seconds = -1\n", "cooldown_seconds"),
         ("tierz = 1\n", "tierz"),
+        (
+            '[tiers.fast]\ncandidates = ["a:b"]\nidle_seconds = 0\n',
+            "tiers.fast.idle_seconds must be greater than 0",
+        ),
+        (
+            '[tiers.fast]\ncandidates = ["a:b"]\nfirst_token_seconds = "10s"\n',
+            "tiers.fast.first_token_seconds",
+        ),
+        (
+            '[tiers.fast]\ncandidates = ["a:b"]\nidle_timeout = 5\n',
+            "unknown keys ['idle_timeout']; expected candidates, timeout_seconds, "
+            "first_token_seconds, idle_seconds",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -114,3 +128,80 @@ def test_malformed_line_and_column(tmp_path: Path) -> None:
     f.write_text('default_tier = "fast"\ncooldown_seconds = = 3\n')
     with pytest.raises(ConfigError, match=r"bad\.toml:2:\d+: invalid TOML"):
         load_tier_config(f, {})
+
+
+def test_every_tier_has_its_timeouts_from_the_file_or_the_defaults(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        '[tiers.standard]\ncandidates = ["openai:gpt-5.4"]\n'
+        '[tiers.fast]\ncandidates = ["a:b"]\nidle_seconds = 4\n'
+        '[tiers.local]\ncandidates = ["ollama:llama3.2:3b"]\nfirst_token_seconds = 90\n'
+    )
+    cfg = load_tier_config(f, {})
+    standard, default = cfg.tiers["standard"], DEFAULT_TIERS["standard"]
+    # A default tier's new candidates keep its timeouts.
+    assert (standard.timeout_s, standard.first_token_s, standard.idle_s) == (
+        default.timeout_s,
+        default.first_token_s,
+        default.idle_s,
+    )
+    assert cfg.tiers["fast"].idle_s == 4
+    assert cfg.tiers["fast"].first_token_s == DEFAULT_TIERS["fast"].first_token_s
+    local = cfg.tiers["local"]
+    assert (local.timeout_s, local.first_token_s, local.idle_s) == (
+        TIER_TIMEOUTS.timeout_s,
+        90,
+        TIER_TIMEOUTS.idle_s,
+    )
+
+
+def test_the_environment_sets_a_tier_s_timeouts(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[tiers.fast]\ncandidates = ["a:b"]\nfirst_token_seconds = 8\n')
+    cfg = load_tier_config(
+        f,
+        {
+            "COTERIE_TIER_FAST_FIRST_TOKEN_SECONDS": "5",
+            "COTERIE_TIER_SMART_TIMEOUT_SECONDS": "100",
+            "COTERIE_TIER_SMART_IDLE_SECONDS": "12.5",
+            # a tier the environment defines, timed by the environment
+            "COTERIE_TIER_CHEAP_IDLE_SECONDS": "3",
+            "COTERIE_TIER_CHEAP": "ollama:llama3.2",
+        },
+    )
+    assert cfg.tiers["fast"].first_token_s == 5  # the environment wins over the file
+    assert cfg.tiers["fast"].candidates == ("a:b",)
+    smart = cfg.tiers["smart"]
+    assert (smart.timeout_s, smart.first_token_s, smart.idle_s) == (
+        100,
+        DEFAULT_TIERS["smart"].first_token_s,
+        12.5,
+    )
+    assert smart.candidates == DEFAULT_TIERS["smart"].candidates
+    cheap = cfg.tiers["cheap"]
+    assert cheap.candidates == ("ollama:llama3.2",) and cheap.idle_s == 3
+    assert "cheap_idle_seconds" not in cfg.tiers
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"COTERIE_TIER_FAST_IDLE_SECONDS": "soon"},
+            "COTERIE_TIER_FAST_IDLE_SECONDS='soon': must be a number of seconds greater than 0",
+        ),
+        (
+            {"COTERIE_TIER_FAST_FIRST_TOKEN_SECONDS": "0"},
+            "COTERIE_TIER_FAST_FIRST_TOKEN_SECONDS='0': must be a number of seconds",
+        ),
+        ({"COTERIE_TIER_FAST_TIMEOUT_SECONDS": "inf"}, "COTERIE_TIER_FAST_TIMEOUT_SECONDS"),
+        (
+            {"COTERIE_TIER_HUGE_IDLE_SECONDS": "3"},
+            "COTERIE_TIER_HUGE_IDLE_SECONDS: 'huge' is not a tier; known: ['fast', 'smart', 'standard']",
+        ),
+    ],
+)
+def test_bad_env_timeouts_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_tier_config(None, env)
+    assert message in str(info.value)

@@ -19,6 +19,7 @@ from executor.errors import (
 )
 from executor.messages import ImagePart, Message, TextPart, ToolCallPart, ToolResultPart
 from executor.models.base import (
+    KeepAlive,
     ModelRequest,
     ResponseDone,
     StreamEvent,
@@ -236,6 +237,19 @@ async def test_stream_yields_text_tool_call_and_one_done(clients: Clients) -> No
     resp = done[0].response
     assert resp.stop_reason == "tool_use"
     assert (resp.usage.input_tokens, resp.usage.output_tokens) == (80, 12)
+
+
+async def test_every_chunk_without_text_is_a_keepalive(clients: Clients) -> None:
+    """Failover's idle timeout counts chunks: a tool call's arguments arriving are signs
+    of life, though the call reaches the consumer only when the stream ends."""
+    events = [
+        e async for e in clients.openai(lambda r: sse_response(stream_body())).stream(request())
+    ]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "KeepAlive"  # the role chunk
+    # the call's three chunks, the finish chunk, the usage chunk
+    assert kinds[kinds.index("TextDelta") + 2 : kinds.index("ToolCallEvent")] == ["KeepAlive"] * 5
+    assert sum(isinstance(e, KeepAlive) for e in events) == 6
 
 
 async def test_mid_stream_error_object_maps(clients: Clients) -> None:

@@ -80,6 +80,30 @@ def test_openai_kind_profiles(
     )
 
 
+@pytest.mark.parametrize(
+    ("provider", "model_id", "silent"),
+    [
+        ("openai", "gpt-5-mini", True),
+        ("openai", "gpt-5.4", True),
+        ("openai", "gpt-5-chat-latest", False),
+        ("openai", "o3-mini", True),
+        ("openai", "o4-mini", True),
+        ("openai", "gpt-4o", False),
+        ("openai", "gpt-4.1-mini", False),
+        ("openrouter", "openai/gpt-5", True),
+        ("openrouter", "anthropic/claude-sonnet-4", False),
+        ("ollama", "qwen3:8b", False),  # streams its thinking: chunks keep coming
+    ],
+)
+def test_which_models_are_silent_while_they_think(
+    provider: str, model_id: str, silent: bool
+) -> None:
+    """OpenAI's reasoning models send nothing before their first token: failover gives
+    them the attempt deadline rather than the tier's first-token timeout."""
+    assert openai_compatible_profile(provider, model_id).silent_while_thinking is silent
+    assert not anthropic_profile("claude-opus-4-8").silent_while_thinking
+
+
 def test_anthropic_profile() -> None:
     assert anthropic_profile("claude-haiku-4-5") == ModelProfile(
         provider="anthropic", context_window=200_000, structured_output="tool", sees_images=True
