@@ -450,12 +450,10 @@ class ChatService:
         agent = self.for_guild(agent or self.to_agent(choice.persona), config)
         conv = self.conversation(turns, agent, shared=request.shared)
         note = conv.note()
-        add_note = getattr(delivery, "note", None)
-        if note and callable(add_note):
-            add_note(note)
-        show_cost = getattr(delivery, "show_cost_footer", None)
-        if config is not None and config.cost_footer and callable(show_cost):
-            show_cost()
+        if note:
+            delivery.note(note)
+        if config is not None and config.cost_footer:
+            delivery.show_cost_footer()
         invocation = Invocation(
             messages=conv.messages,
             caller=request.caller,
