@@ -322,6 +322,7 @@ async def build_app(
         schedules=schedules,
         scheduler=None,
         chat=chat,
+        executor=executor,
         budget=budget,
         history=skill_history,
         estimator=resolver,
