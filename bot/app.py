@@ -28,7 +28,9 @@ from executor.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
     from adapters.services.admin import AdminService
+    from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
+    from adapters.services.budgets import BudgetService
     from adapters.services.chat import ChatService
     from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
@@ -127,6 +129,8 @@ class App:
     deletion: DataDeletion
     admin: AdminService
     admin_log: SqlAdminLog
+    audit_service: AuditService
+    budget_service: BudgetService
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -181,8 +185,9 @@ async def build_app(
     """
     from adapters.services.admin import AdminService
     from adapters.services.approval import DeliveryApprover
+    from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
-    from adapters.services.budgets import GuildBudgetLimits
+    from adapters.services.budgets import BudgetService, GuildBudgetLimits
     from adapters.services.chat import ChatService
     from adapters.services.conversation import HistoryLimits
     from adapters.services.deletion import DataDeletion
@@ -304,8 +309,8 @@ async def build_app(
     )
     # Skills and their schedules (issue 9). The scheduler fires through the service,
     # and the service adds and removes the scheduler's jobs: one of them is set second.
+    from adapters.services.audit import RunFilter
     from adapters.services.skills import PastRun, SkillService
-    from adapters.storage.audit_queries import RunFilter
 
     async def skill_history(guild_id: str, skill: str, limit: int) -> list[PastRun]:
         page = await audit_queries.list_runs(RunFilter(guild_id=guild_id, skill=skill), limit=limit)
@@ -317,6 +322,7 @@ async def build_app(
         schedules=schedules,
         scheduler=None,
         chat=chat,
+        executor=executor,
         budget=budget,
         history=skill_history,
         estimator=resolver,
@@ -356,6 +362,16 @@ async def build_app(
         log=admin_log,
         tiers=tiers,
         persona_exists=persona_exists,
+    )
+
+    audit_service = AuditService(
+        queries=audit_queries, sink=audit, budget=budget, admin=admin, clock=budget.clock
+    )
+    # Why the app's clock here and the ledger's above: "today" and "the last 7 days" are
+    # compared with the audit's times (the executor's clock), a run's budget line with
+    # the ledger's charges.
+    budget_service = BudgetService(
+        ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
 
     async def forget_personas(user_id: str) -> int:
@@ -398,6 +414,8 @@ async def build_app(
         deletion=deletion,
         admin=admin,
         admin_log=admin_log,
+        audit_service=audit_service,
+        budget_service=budget_service,
         alerts=alerts,
         budget_alerts=budget_alerts,
     )

@@ -6,7 +6,9 @@ app at command time through ``interaction.client.app``, typed by its own protoco
 (see :mod:`adapters.discord.client`), never in ``setup``: ``coterie sync`` loads
 the cogs with ``app=None`` to read the command tree. Errors raised from a slash
 command reach the person through :meth:`CoterieTree.on_error`; a cog does not
-catch them to render them itself.
+catch them to render them itself. An autocomplete answers only whoever may run its
+command (:meth:`CoterieTree.interaction_check`): the privilege checks of a command
+hold for its autocompletes too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from adapters.discord.client import CoterieClient
+from adapters.discord.identity import gate_autocomplete
 from bot.app import App
 from bot.settings import Settings
 from executor import errors as xerr
@@ -171,6 +174,12 @@ def render_error(error: BaseException) -> tuple[str, str | None]:
 
 
 class CoterieTree(app_commands.CommandTree["CoterieBot"]):
+    async def interaction_check(self, interaction: discord.Interaction[CoterieBot], /) -> bool:
+        # Why here: discord.py runs a command's checks before its callback, never
+        # before its autocomplete; the tree sees every autocomplete of every command,
+        # so a new one is held to its command's privilege without anyone remembering.
+        return await gate_autocomplete(interaction)
+
     async def on_error(
         self, interaction: discord.Interaction[CoterieBot], error: app_commands.AppCommandError
     ) -> None:

@@ -10,7 +10,9 @@
 - ``actions``: the admin log (settings, limits, grants, exports), newest first.
 
 Only this server's runs are shown. Privilege is checked on the server side for every
-subcommand.
+subcommand (and, by the command tree, for their autocompletes). The reads go through
+:class:`adapters.services.audit.AuditService`, the admin log through
+:class:`adapters.services.admin.AdminService`: no cog touches storage.
 """
 
 from __future__ import annotations
@@ -42,14 +44,12 @@ from adapters.discord.options import (
     skill_autocomplete,
 )
 from adapters.discord.ui import send_paginated
+from adapters.services.audit import RunFilter
 from executor.agent import Privilege
 
 if TYPE_CHECKING:
     from adapters.services.admin import AdminService
-    from adapters.storage.admin import SqlAdminLog
-    from adapters.storage.audit_queries import AuditQueries
-    from adapters.storage.audit_sink import SqlAuditSink
-    from adapters.storage.budget import SqlBudgetLedger
+    from adapters.services.audit import AuditService
 
 __all__ = ["EXPORT_MAX_BYTES", "PAGE_SIZE", "AuditApp", "AuditCog", "setup"]
 
@@ -80,15 +80,9 @@ class AuditApp(Protocol):
     """What this cog needs of the app."""
 
     @property
-    def audit(self) -> SqlAuditSink: ...
-    @property
-    def audit_queries(self) -> AuditQueries: ...
-    @property
-    def budget(self) -> SqlBudgetLedger: ...
+    def audit_service(self) -> AuditService: ...
     @property
     def admin(self) -> AdminService: ...
-    @property
-    def admin_log(self) -> SqlAdminLog: ...
     @property
     def personas(self) -> PersonaSearch: ...
 
@@ -134,9 +128,7 @@ class AuditCog(
         trigger: Trigger | None = None,
         since: WhenArg | None = None,
     ) -> None:
-        from adapters.storage.audit_queries import RunFilter
-
-        app = interaction.client.app
+        service = interaction.client.app.audit_service
         where = RunFilter(
             guild_id=_guild(interaction),
             user_id=member.user_id if member else None,
@@ -159,14 +151,13 @@ class AuditCog(
             if v
         ]
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await app.audit.flush()
         cursors: list[str | None] = [None]
 
         async def page(index: int) -> discord.Embed | None:
             # Why a cursor per page: the paginator asks pages in order, once each.
             if index >= len(cursors):
                 return None
-            found = await app.audit_queries.list_runs(where, limit=PAGE_SIZE, cursor=cursors[index])
+            found = await service.runs(where, limit=PAGE_SIZE, cursor=cursors[index])
             if not found.runs:
                 return None
             if found.next_cursor:
@@ -180,25 +171,16 @@ class AuditCog(
     @app_commands.autocomplete(run=run_autocomplete)
     @require_privilege(Privilege.ADMIN)
     async def show(self, interaction: Interaction, run: app_commands.Range[str, 1, 64]) -> None:
-        app = interaction.client.app
         gid = _guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await app.audit.flush()
-        run_id = await app.audit_queries.resolve_run(run, guild_id=gid)
-        detail = await app.audit_queries.get_run(run_id)
-        if detail is None:  # deleted between the two reads
-            await interaction.followup.send(f"No run `{run_id}`.", ephemeral=True)
-            return
-        r = detail.run
-        before = after = limit = None
-        if r.user_id.isdigit():
-            before = await app.budget.spent_at(r.user_id, r.started_at)
-            after = await app.budget.spent_at(r.user_id, r.ended_at or datetime.now(UTC))
-            limit = (await app.budget.status(r.user_id)).limit_micros
+        view = await interaction.client.app.audit_service.run(gid, run)
         pages = run_detail_pages(
-            detail, budget_before=before, budget_after=after, limit_micros=limit
+            view.detail,
+            budget_before=view.spent_before,
+            budget_after=view.spent_after,
+            limit_micros=view.limit_micros,
         )
-        attachment = output_file(r)
+        attachment = output_file(view.detail.run)
         await send_embeds(
             interaction, pages, ephemeral=True, files=[attachment] if attachment else []
         )
@@ -215,44 +197,23 @@ class AuditCog(
         since: WhenArg | None = None,
         until: WhenArg | None = None,
     ) -> None:
-        from adapters.storage.audit_queries import RunFilter
-
-        app = interaction.client.app
         gid = _guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await app.audit.flush()
-        out = io.BytesIO()
-        count = 0
-        async for line in app.audit_queries.export_lines(
-            RunFilter(guild_id=gid, since=since, until=until)
-        ):
-            out.write(line.encode())
-            count += 1
-            if out.tell() > EXPORT_MAX_BYTES:
-                await interaction.followup.send(
-                    f"That is more than {EXPORT_MAX_BYTES // (1024 * 1024)} MB of runs: give a "
-                    "shorter span (`since`/`until`), or export from the host with "
-                    "`coterie audit export --guild " + gid + "`.",
-                    ephemeral=True,
-                )
-                return
-        await app.admin.record(
+        done = await interaction.client.app.audit_service.export(
             caller_from_interaction(interaction),
-            "audit.export",
-            guild_id=gid,
-            detail={
-                "runs": count,
-                "since": since.isoformat() if since else None,
-                "until": until.isoformat() if until else None,
-            },
+            gid,
+            since=since,
+            until=until,
+            max_bytes=EXPORT_MAX_BYTES,
         )
-        out.seek(0)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
         file = discord.File(
-            out, filename=f"coterie-audit-{gid}-{stamp}.jsonl", description=f"{count} runs"
+            io.BytesIO(done.data),
+            filename=f"coterie-audit-{gid}-{stamp}.jsonl",
+            description=f"{done.runs} runs",
         )
         await interaction.followup.send(
-            f"{count} run(s), one JSON object per line.", file=file, ephemeral=True
+            f"{done.runs} run(s), one JSON object per line.", file=file, ephemeral=True
         )
 
     @app_commands.command(
@@ -260,14 +221,14 @@ class AuditCog(
     )
     @require_privilege(Privilege.ADMIN)
     async def actions(self, interaction: Interaction) -> None:
-        app = interaction.client.app
+        admin = interaction.client.app.admin
         gid = _guild(interaction)
         cursors: list[str | None] = [None]
 
         async def page(index: int) -> discord.Embed | None:
             if index >= len(cursors):
                 return None
-            found = await app.admin_log.list(guild_id=gid, limit=PAGE_SIZE, cursor=cursors[index])
+            found = await admin.actions(gid, limit=PAGE_SIZE, cursor=cursors[index])
             if not found.entries:
                 return None
             if found.next_cursor:

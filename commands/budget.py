@@ -9,16 +9,15 @@
   whole server's (no member, as an admin), needs an admin.
 
 Privilege is checked on the server side by each admin subcommand (``/budget`` has no
-``default_permissions``: ``me`` is for everyone). Limits and grants go through
+``default_permissions``: ``me`` is for everyone). What is shown comes from
+:class:`adapters.services.budgets.BudgetService`; limits and grants go through
 :class:`adapters.services.admin.AdminService`, which records who did it.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
-from zoneinfo import ZoneInfo
 
 import discord
 from discord import app_commands
@@ -38,16 +37,13 @@ from adapters.discord.identity import (
     require_privilege,
 )
 from adapters.discord.options import MemberArg, MemberRef, member_ref
-from adapters.services.budgets import member_view
 from adapters.services.errors import InvalidSetting
 from executor.agent import Caller, Privilege
 from executor.budget import BudgetStatus, dollars_to_micros, format_usd
 
 if TYPE_CHECKING:
     from adapters.services.admin import AdminService
-    from adapters.services.ports import GuildSettingsStore
-    from adapters.storage.audit_queries import AuditQueries
-    from adapters.storage.budget import SqlBudgetLedger
+    from adapters.services.budgets import BudgetService
 
 __all__ = ["BudgetApp", "BudgetCog", "parse_dollars", "setup"]
 
@@ -60,13 +56,9 @@ class BudgetApp(Protocol):
     """What this cog needs of the app."""
 
     @property
-    def budget(self) -> SqlBudgetLedger: ...
-    @property
-    def audit_queries(self) -> AuditQueries: ...
+    def budget_service(self) -> BudgetService: ...
     @property
     def admin(self) -> AdminService: ...
-    @property
-    def guild_settings(self) -> GuildSettingsStore: ...
 
 
 Interaction = discord.Interaction[CoterieClient[BudgetApp]]
@@ -104,16 +96,13 @@ class BudgetCog(
         super().__init__()
 
     async def _status(self, member: MemberRef, interaction: Interaction) -> BudgetStatus:
-        context = member.caller()
-        if context.guild_id is None and interaction.guild_id:
-            context = member_ref_in(member, str(interaction.guild_id)).caller()
-        return await interaction.client.app.budget.status(member.user_id, context=context)
+        return await interaction.client.app.budget_service.status(_where(member, interaction))
 
     @app_commands.command(name="me", description="Your 7-day budget: spent, reserved, the limit")
     async def me(self, interaction: Interaction) -> None:
-        app = interaction.client.app
-        caller = caller_from_interaction(interaction)
-        view = await member_view(caller, app.budget, app.audit_queries)
+        view = await interaction.client.app.budget_service.mine(
+            caller_from_interaction(interaction)
+        )
         await interaction.response.send_message(
             embed=member_budget_embed(view), ephemeral=True, allowed_mentions=_NO_PINGS
         )
@@ -122,12 +111,11 @@ class BudgetCog(
     @app_commands.describe(member="Whose budget")
     @require_privilege(Privilege.ADMIN)
     async def show(self, interaction: Interaction, member: MemberArg) -> None:
-        status = await self._status(member, interaction)
-        grants = await interaction.client.app.budget.active_grants(member.user_id)
+        sheet = await interaction.client.app.budget_service.sheet(_where(member, interaction))
         embed = budget_embed(
             f"{member.mention} ({member.display_name})",
-            status,
-            grants=grants,
+            sheet.status,
+            grants=sheet.grants,
             title=f"Budget of {member.display_name}",
         )
         await interaction.response.send_message(
@@ -189,20 +177,12 @@ class BudgetCog(
     @app_commands.describe(days="How many days back (default 7)")
     @require_privilege(Privilege.ADMIN)
     async def top(self, interaction: Interaction, days: app_commands.Range[int, 1, 90] = 7) -> None:
-        app = interaction.client.app
         gid = _need_guild(interaction)
-        since = datetime.now(UTC) - timedelta(days=days)
-        rows = await app.audit_queries.top_spenders(since=since, guild_id=gid, limit=15)
-        # The limit where they ask: here (their roles are not known from a list).
-        statuses = {
-            r.user_id: await app.budget.status(
-                r.user_id, context=Caller(user_id=r.user_id, guild_id=gid)
-            )
-            for r in rows
-            if r.user_id.isdigit()
-        }
+        top = await interaction.client.app.budget_service.top(gid, days=days)
         await interaction.response.send_message(
-            embed=top_embed(rows, statuses, days=days), ephemeral=True, allowed_mentions=_NO_PINGS
+            embed=top_embed(top.rows, top.statuses, days=top.days),
+            ephemeral=True,
+            allowed_mentions=_NO_PINGS,
         )
 
     @app_commands.command(name="chart", description="Spend per day, stacked by persona or skill")
@@ -227,21 +207,10 @@ class BudgetCog(
             member = member_ref(interaction.user)
         # Why defer: the query and the drawing may pass Discord's 3 seconds.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        app = interaction.client.app
-        tz: ZoneInfo | None = None
-        if gid is not None:
-            config = await app.guild_settings.guild(gid)
-            tz = ZoneInfo(config.timezone) if config.timezone else None
-        today = datetime.now(tz or UTC).date()
-        first = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), tz or UTC)
-        rows = await app.audit_queries.spend_by_label(
-            since=first,
-            user_id=member.user_id if member is not None else None,
-            # A member's own chart counts their runs everywhere (one budget across guilds).
-            guild_id=gid if member is None else None,
-            tz=tz,
+        series = await interaction.client.app.budget_service.chart(
+            guild_id=gid, user_id=member.user_id if member is not None else None, days=days
         )
-        data = chart_data(rows, last_day=today, days=days)
+        data = chart_data(series.rows, last_day=series.last_day, days=days)
         scope = member.display_name if member is not None else "this server"
         file = await spend_chart(
             data, title=f"Spend per day: {scope}, last {days} days", scope=scope
@@ -249,7 +218,7 @@ class BudgetCog(
         embed = discord.Embed(
             title=f"Spend per day: {scope}",
             description=f"{format_usd(data.total_micros)} over the last {days} days"
-            + (f" ({tz.key})" if tz is not None else " (UTC)"),
+            + (f" ({series.zone.key})" if series.zone is not None else " (UTC)"),
             colour=COLOUR,
         )
         embed.set_image(url=f"attachment://{file.filename}")
@@ -258,13 +227,18 @@ class BudgetCog(
         )
 
 
-def member_ref_in(member: MemberRef, guild_id: str) -> MemberRef:
-    return MemberRef(
-        user_id=member.user_id,
-        display_name=member.display_name,
-        roles=member.roles,
-        guild_id=guild_id,
-    )
+def _where(member: MemberRef, interaction: Interaction) -> Caller:
+    """The member as a caller where they are asked about: their own guild when Discord
+    sent them as a guild member, else the guild of the command."""
+    context = member.caller()
+    if context.guild_id is None and interaction.guild_id:
+        context = MemberRef(
+            user_id=member.user_id,
+            display_name=member.display_name,
+            roles=member.roles,
+            guild_id=str(interaction.guild_id),
+        ).caller()
+    return context
 
 
 async def setup(bot: CoterieClient[BudgetApp]) -> None:

@@ -7,7 +7,9 @@ arguments (``{topic}``), run as a persona, charged to its owner. The skill servi
 rendered here: the bot's one renderer turns them into an ephemeral message.
 
 Who may schedule: Manage Server, or the role named by ``COTERIE_SCHEDULER_ROLE``;
-checked here, on the server side (``default_permissions`` is only a hint).
+checked here, on the server side (``default_permissions`` is only a hint). Who may
+change, delete or unschedule is the skill service's rule; an option that names a
+skill hands the cog the skill (:data:`SkillArg`), and the cog hands it on.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ from adapters.discord.options import (
 )
 from adapters.discord.surface import DiscordSurface
 from adapters.services.skills import PastRun, ScheduleRequest, SkillService
-from executor.agent import Privilege
 from executor.budget import format_usd
-from skills.errors import ArgumentError, ScheduleError, ScheduleNotFound, SkillFileError
-from skills.model import DESCRIPTION_MAX, PROMPT_MAX, SkillSpec, parse_arguments
+from skills.errors import ArgumentError, ScheduleError, SkillFileError
+from skills.model import DESCRIPTION_MAX, PROMPT_MAX, SkillInfo, SkillSpec, parse_arguments
 
 if TYPE_CHECKING:
+    from adapters.services.chat import ChatService
     from personas.store import PersonaStore
-    from skills.model import SkillInfo, SkillVersionInfo
+    from skills.model import SkillVersionInfo
     from skills.schedules import ScheduleInfo, ScheduleStore
     from skills.store import SkillStore
 
@@ -68,6 +70,9 @@ class SkillApp(Protocol):
 
     @property
     def skill_service(self) -> SkillService: ...
+
+    @property
+    def chat(self) -> ChatService: ...
 
     @property
     def personas(self) -> PersonaStore: ...
@@ -132,6 +137,24 @@ async def skill_autocomplete(
             seen.add(s.name)
             out.append(app_commands.Choice(name=choice_label(s.name, s.description), value=s.name))
     return out[:MAX_CHOICES]
+
+
+class SkillTransformer(app_commands.Transformer[Any]):
+    """A skill's name typed in a slash command -> the :class:`SkillInfo` it names.
+
+    An unknown name raises ``SkillNotFound``; discord.py wraps it in a
+    ``TransformerError`` whose cause the renderer shows."""
+
+    async def transform(self, interaction: Interaction, value: Any) -> SkillInfo:
+        return await interaction.client.app.skills.get(guild_key(interaction), str(value))
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: Interaction, value: str
+    ) -> list[app_commands.Choice[str]]:
+        return await skill_autocomplete(interaction, value)
+
+
+SkillArg = app_commands.Transform[SkillInfo, SkillTransformer]
 
 
 async def args_autocomplete(
@@ -333,17 +356,11 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
 
     @app_commands.command(name="edit")
     @app_commands.describe(name="The skill to edit (yours, or any as an admin)")
-    @app_commands.autocomplete(name=skill_autocomplete)
-    async def edit(self, interaction: Interaction, name: str) -> None:
+    async def edit(self, interaction: Interaction, name: SkillArg) -> None:
         """Edit a skill's prompt in a form (a new version)."""
-        store = self._store()
-        skill = await store.get(guild_key(interaction), name)
-        caller = caller_from_interaction(interaction)
-        if skill.owner_id != caller.user_id and caller.privilege < Privilege.ADMIN:
-            from skills.errors import SkillPermissionDenied
-
-            raise SkillPermissionDenied(skill.name, "edit")
-        version = await store.version(skill)
+        skill = name
+        self.bot.app.skill_service.check_may_change(skill, caller_from_interaction(interaction))
+        version = await self._store().version(skill)
         await interaction.response.send_modal(
             SkillModal(
                 title=f"Edit {skill.name}", name=skill.name, base=version.spec, submit=self._saved
@@ -378,7 +395,7 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
             requester_id=interaction.user.id,
             bot_user_id=me.id if me else None,
             webhooks=self.bot.webhooks,
-            limits=service.chat.limits,
+            limits=self.bot.app.chat.limits,
         )
         # A missing argument or persona is refused before anything is posted.
         await service.run(
@@ -424,11 +441,10 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
 
     @app_commands.command(name="show")
     @app_commands.describe(name="The skill to show")
-    @app_commands.autocomplete(name=skill_autocomplete)
-    async def show(self, interaction: Interaction, name: str) -> None:
+    async def show(self, interaction: Interaction, name: SkillArg) -> None:
         """Show a skill: versions, arguments, schedules, last runs with their cost."""
         app = self.bot.app
-        skill = await app.skills.get(guild_key(interaction), name)
+        skill = name
         version = await app.skills.version(skill)
         versions = await app.skills.versions(skill.id)
         schedules = await app.schedules.for_skill(skill.id)
@@ -439,42 +455,38 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
 
     @app_commands.command(name="rollback")
     @app_commands.describe(name="The skill", version="The version to restore (as a new version)")
-    @app_commands.autocomplete(name=skill_autocomplete)
     async def rollback(
-        self, interaction: Interaction, name: str, version: app_commands.Range[int, 1, 10_000]
+        self, interaction: Interaction, name: SkillArg, version: app_commands.Range[int, 1, 10_000]
     ) -> None:
         """Restore an earlier version of a skill."""
         restored = await self._store().rollback(
-            guild_key(interaction), name, version, by=caller_from_interaction(interaction)
+            name.guild_id, name.name, version, by=caller_from_interaction(interaction)
         )
         await interaction.response.send_message(
-            f"**{name}** is back to v{version}'s prompt, as v{restored.version}.", ephemeral=True
+            f"**{name.name}** is back to v{version}'s prompt, as v{restored.version}.",
+            ephemeral=True,
         )
 
     @app_commands.command(name="delete")
     @app_commands.describe(name="The skill to delete (yours, or any as an admin)")
-    @app_commands.autocomplete(name=skill_autocomplete)
-    async def delete(self, interaction: Interaction, name: str) -> None:
+    async def delete(self, interaction: Interaction, name: SkillArg) -> None:
         """Delete a skill and its schedules."""
-        app = self.bot.app
-        skill = await app.skills.get(guild_key(interaction), name)
-        schedules = await app.schedules.for_skill(skill.id)
-        await app.skills.delete(
-            guild_key(interaction), name, by=caller_from_interaction(interaction)
+        deleted = await self.bot.app.skill_service.delete(
+            name, caller_from_interaction(interaction)
         )
-        await app.skill_service.forget_jobs([s.id for s in schedules])
-        tail = f" and its {len(schedules)} schedule(s)" if schedules else ""
-        await interaction.response.send_message(f"Deleted **{skill.name}**{tail}.", ephemeral=True)
+        tail = f" and its {deleted.schedules} schedule(s)" if deleted.schedules else ""
+        await interaction.response.send_message(
+            f"Deleted **{deleted.skill.name}**{tail}.", ephemeral=True
+        )
 
     @app_commands.command(name="export")
     @app_commands.describe(name="The skill to export")
-    @app_commands.autocomplete(name=skill_autocomplete)
-    async def export(self, interaction: Interaction, name: str) -> None:
+    async def export(self, interaction: Interaction, name: SkillArg) -> None:
         """Export a skill as a Markdown file."""
-        text = await self._store().export_markdown(guild_key(interaction), name)
-        file = discord.File(io.BytesIO(text.encode("utf-8")), filename=f"{name}.md")
+        text = await self._store().export_markdown(name.guild_id, name.name)
+        file = discord.File(io.BytesIO(text.encode("utf-8")), filename=f"{name.name}.md")
         await interaction.response.send_message(
-            f"**{name}**, ready for /skill import.", file=file, ephemeral=True
+            f"**{name.name}**, ready for /skill import.", file=file, ephemeral=True
         )
 
     @app_commands.command(name="import")
@@ -583,29 +595,16 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
     @app_commands.describe(
         name="The skill", schedule="Which of its schedules (default: all of yours)"
     )
-    @app_commands.autocomplete(name=skill_autocomplete)
     async def unschedule(
-        self, interaction: Interaction, name: str, schedule: int | None = None
+        self, interaction: Interaction, name: SkillArg, schedule: int | None = None
     ) -> None:
         """Remove a skill's schedule."""
-        app = self.bot.app
-        skill = await app.skills.get(guild_key(interaction), name)
-        caller = caller_from_interaction(interaction)
-        mine = [
-            s
-            for s in await app.schedules.for_skill(skill.id)
-            if s.created_by == caller.user_id or caller.privilege >= Privilege.ADMIN
-        ]
-        chosen = [s for s in mine if schedule is None or s.id == schedule]
-        if not chosen:
-            raise ScheduleNotFound(
-                f"#{schedule} of {skill.name}" if schedule else f"of yours on {skill.name}"
-            )
-        for s in chosen:
-            await app.skill_service.remove_schedule(s.id)
-        ids = ", ".join(f"#{s.id}" for s in chosen)
+        removed = await self.bot.app.skill_service.unschedule(
+            name, caller_from_interaction(interaction), schedule
+        )
+        ids = ", ".join(f"#{s.id}" for s in removed)
         await interaction.response.send_message(
-            f"Removed schedule {ids} of **{skill.name}**.", ephemeral=True
+            f"Removed schedule {ids} of **{name.name}**.", ephemeral=True
         )
 
     @app_commands.command(name="schedules")

@@ -253,7 +253,13 @@ def out_of_budget_advice(details: BudgetDetails | None) -> str:
 
 
 def format_usd(micros: int, places: int = 4) -> str:
-    """Integer micro-dollars as dollars for people: ``format_usd(4200) == "$0.0042"``,
-    ``format_usd(5_000_000, 2) == "$5.00"``; thousands separated, the sign in front."""
+    """Integer micro-dollars as dollars for people, at the precision they have:
+    at least ``places`` decimals, more when the amount has them (down to the
+    micro-dollar). ``format_usd(4200) == "$0.0042"``, ``format_usd(1_500_000, 2) ==
+    "$1.50"``, ``format_usd(1_000, 2) == "$0.001"`` (never "$0.00" for a grant of a
+    tenth of a cent); thousands separated, the sign in front. Integer arithmetic: no
+    float rounding."""
     sign = "-" if micros < 0 else ""
-    return f"{sign}${abs(micros) / 1_000_000:,.{places}f}"
+    whole, fraction = divmod(abs(micros), 1_000_000)
+    digits = f"{fraction:06d}".rstrip("0").ljust(min(max(places, 0), 6), "0")
+    return f"{sign}${whole:,}" + (f".{digits}" if digits else "")

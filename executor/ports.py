@@ -164,6 +164,13 @@ class Delivery(Protocol):
 
     Order: ``start`` once, then any of ``text`` / ``reset`` / ``status``, then
     ``finish`` once with the result (also for failures, to say what happened).
+
+    What the hosts ask besides (the chat flow, the runner, the approver): ``note``,
+    ``show_cost_footer``, ``queued`` and ``ask_approval``. Each has a no-op default
+    (``ask_approval``'s denies), which a class gets by subclassing ``Delivery``
+    explicitly (:class:`NullDelivery` does). A wrapper must not: it forwards every
+    method to what it wraps, by name (never through ``__getattr__``), so one it
+    forgets fails the type check instead of silently denying every approval.
     """
 
     async def start(self) -> None: ...
@@ -180,8 +187,25 @@ class Delivery(Protocol):
 
     async def finish(self, result: RunResult) -> None: ...
 
+    def note(self, line: str) -> None:
+        """A line shown at the end of the answer ("the history was cut")."""
+        return None
 
-class NullDelivery:
+    def show_cost_footer(self) -> None:
+        """End the answer with its cost, model and time (the guild's cost footer)."""
+        return None
+
+    async def queued(self, position: int) -> None:
+        """The request waits in its member's lane at ``position`` (1 = next); 0: it
+        started."""
+        return None
+
+    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Ask the member to approve a tool call (the default: nobody can be asked)."""
+        return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")
+
+
+class NullDelivery(Delivery):
     async def start(self) -> None:
         return None
 

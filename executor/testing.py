@@ -31,7 +31,7 @@ from executor.models.base import (
     TextDelta,
     ToolCallEvent,
 )
-from executor.ports import InMemoryAuditSink
+from executor.ports import Delivery, InMemoryAuditSink
 
 __all__ = [
     "TEST_PROFILE",
@@ -223,7 +223,7 @@ class AuditCapture(InMemoryAuditSink):
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class RecordingDelivery:
+class RecordingDelivery(Delivery):
     """A delivery that keeps what it was given, in order."""
 
     def __init__(self) -> None:

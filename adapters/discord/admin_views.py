@@ -1,8 +1,9 @@
 """What ``/audit``, ``/budget`` and ``/config`` show: embeds built from plain rows.
 
 The rows come from storage (audit runs and their children, budget statuses, admin
-actions) but this module names only what it reads of them, as protocols, so the
-Discord edge never imports SQL. Money is shown with :func:`executor.budget.format_usd`,
+actions) through the services, which name what is read of them as protocols
+(:class:`~adapters.services.audit.RunRow`), so the Discord edge never imports SQL.
+Money is shown with :func:`executor.budget.format_usd`,
 times as Discord timestamps (each reader sees their own zone), members as mentions
 that never ping (every send here passes ``AllowedMentions.none()``).
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
 import discord
@@ -20,7 +20,8 @@ import discord
 from adapters.discord.budget_text import discord_time
 from adapters.discord.ui import EMBED_DESCRIPTION_LIMIT, embed_pages, send_paginated
 from adapters.services.admin import AdminEntry, describe
-from adapters.services.budgets import MemberBudget
+from adapters.services.audit import RunDetailLike, RunRow
+from adapters.services.budgets import GrantRow, MemberBudget, MemberSpendRow
 from adapters.services.ports import GuildConfig
 from executor.budget import BudgetStatus, format_usd
 
@@ -44,36 +45,6 @@ EMBEDS_PER_MESSAGE = 10
 EMBED_TOTAL_LIMIT = 6000
 OUTPUT_INLINE = 900  # longer outputs go in an attachment
 _NO_PINGS = discord.AllowedMentions.none()
-
-
-class RunRow(Protocol):
-    """An audit run as these views read it (``adapters.storage.tables.AuditRun``)."""
-
-    run_id: str
-    trigger: str
-    user_id: str
-    user_name: str
-    guild_id: str | None
-    channel_id: str | None
-    agent: str
-    persona: str | None
-    skill: str | None
-    parent_run_id: str | None
-    tier: str
-    model: str | None
-    status: str
-    started_at: datetime
-    ended_at: datetime | None
-    steps: int
-    input_tokens: int
-    output_tokens: int
-    cost_micros: int
-    estimate_micros: int
-    prompt_excerpt: str
-    output_excerpt: str
-    error: str | None
-    error_kind: str | None
-    note: str | None
 
 
 class StepRow(Protocol):
@@ -108,19 +79,6 @@ class EventRow(Protocol):
     kind: str
     cost_micros: int
     data: dict[str, Any]
-
-
-class RunDetailLike(Protocol):
-    @property
-    def run(self) -> Any: ...
-    @property
-    def steps(self) -> Sequence[Any]: ...
-    @property
-    def attempts(self) -> Sequence[Any]: ...
-    @property
-    def tool_calls(self) -> Sequence[Any]: ...
-    @property
-    def events(self) -> Sequence[Any]: ...
 
 
 _STATUS_ICON = {
@@ -367,7 +325,11 @@ def member_budget_embed(view: MemberBudget) -> discord.Embed:
 
 
 def budget_embed(
-    who: str, status: BudgetStatus, *, grants: Sequence[Any] = (), title: str | None = None
+    who: str,
+    status: BudgetStatus,
+    *,
+    grants: Sequence[GrantRow] = (),
+    title: str | None = None,
 ) -> discord.Embed:
     """``/budget show``: a member's budget and their active grants."""
     lines = [who, *_status_lines(status)]
@@ -384,7 +346,7 @@ def budget_embed(
 
 
 def top_embed(
-    rows: Sequence[Any], statuses: dict[str, BudgetStatus], *, days: int
+    rows: Sequence[MemberSpendRow], statuses: dict[str, BudgetStatus], *, days: int
 ) -> discord.Embed:
     """``/budget top``: members by spend here over ``days``, with their limit now."""
     lines = []

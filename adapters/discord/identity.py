@@ -12,11 +12,18 @@ The policy, highest first:
 
 Guild permissions (role-based, not channel overwrites) decide, so the same
 person has the same privilege in every channel of a guild. Pure functions over
-discord.py objects; no I/O.
+discord.py objects; no I/O, except :func:`gate_autocomplete`, which answers an
+autocomplete the caller may not see with no choices.
+
+Every check a command makes, its autocomplete makes: discord.py runs a command's
+checks before its callback but not before its autocomplete, so an autocomplete is an
+unauthenticated read unless the tree asks (``CoterieTree.interaction_check`` calls
+:func:`gate_autocomplete` for every autocomplete of every command).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -27,15 +34,21 @@ from executor.agent import Caller, Privilege
 
 __all__ = [
     "PermissionDenied",
+    "PrivilegeCheck",
     "app_owner_ids",
     "caller_from_interaction",
     "caller_from_message",
     "caller_of",
+    "gate_autocomplete",
+    "may_run",
     "privilege_of",
     "require_privilege",
+    "required_privilege",
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("coterie.discord.identity")
 
 _NAMES = {
     Privilege.OWNER: "an owner of this bot",
@@ -121,12 +134,70 @@ def _client_owner_ids(client: Any) -> Collection[int]:
     return frozenset(ids) if ids is not None else frozenset()
 
 
-def require_privilege(needed: Privilege) -> Callable[[T], T]:
-    """An ``app_commands.check``: the server-side twin of ``default_permissions``."""
+class PrivilegeCheck:
+    """The predicate :func:`require_privilege` adds to a command: raises
+    :class:`PermissionDenied` below ``needed``. A class, not a closure, so the command
+    tree can tell what a command needs (:func:`required_privilege`)."""
 
-    async def predicate(interaction: discord.Interaction[Any]) -> bool:
-        if caller_from_interaction(interaction).privilege < needed:
-            raise PermissionDenied(needed)
+    __slots__ = ("needed",)
+
+    def __init__(self, needed: Privilege) -> None:
+        self.needed = needed
+
+    async def __call__(self, interaction: discord.Interaction[Any]) -> bool:
+        if caller_from_interaction(interaction).privilege < self.needed:
+            raise PermissionDenied(self.needed)
         return True
 
-    return app_commands.check(predicate)
+
+def require_privilege(needed: Privilege) -> Callable[[T], T]:
+    """An ``app_commands.check``: the server-side twin of ``default_permissions``.
+    The command's autocompletes are held to it too (:func:`gate_autocomplete`)."""
+    return app_commands.check(PrivilegeCheck(needed))
+
+
+def required_privilege(command: app_commands.Command[Any, ..., Any]) -> Privilege:
+    """The privilege ``command``'s checks ask for (``USER`` when it has none)."""
+    return max(
+        (c.needed for c in command.checks if isinstance(c, PrivilegeCheck)),
+        default=Privilege.USER,
+    )
+
+
+async def may_run(
+    command: app_commands.Command[Any, ..., Any], interaction: discord.Interaction[Any]
+) -> bool:
+    """Whether ``command``'s checks (its group's and cog's included) pass for
+    ``interaction``: the same ones discord.py runs before the callback."""
+    try:
+        # Why the private method: it is exactly what discord.py runs before a
+        # callback (parent group, cog, then the command's own checks); a copy would
+        # drift from it.
+        return await command._check_can_run(interaction)
+    except app_commands.CheckFailure:
+        return False
+
+
+async def gate_autocomplete(interaction: discord.Interaction[Any]) -> bool:
+    """For an autocomplete: False, after answering it with no choices, when the
+    caller may not run the command it completes; True otherwise (and for anything
+    that is not an autocomplete)."""
+    if interaction.type is not discord.InteractionType.autocomplete:
+        return True
+    command = interaction.command
+    if not isinstance(command, app_commands.Command):
+        return True  # unknown to the tree: discord.py answers nothing
+    try:
+        allowed = await may_run(command, interaction)
+    except Exception:
+        # Why fail closed: a check that breaks must not open the door; discord.py
+        # itself logs and drops a failing autocomplete the same way.
+        log.exception("a check of /%s failed on an autocomplete", command.qualified_name)
+        allowed = False
+    if not allowed:
+        log.info(
+            "autocomplete of /%s refused to user %s", command.qualified_name, interaction.user.id
+        )
+        if not interaction.response.is_done():
+            await interaction.response.autocomplete([])
+    return allowed

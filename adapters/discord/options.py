@@ -6,7 +6,9 @@ with autocomplete on the guild's personas, 25 at most), the member option
 (:data:`MemberArg` -> :class:`MemberRef`), times typed as ``7d`` or a date
 (:data:`WhenArg`), and autocomplete on run ids and skills from the audit trail
 (:func:`run_autocomplete`, :func:`skill_autocomplete`). Each reads the app through
-a small protocol (:class:`HasPersonas`, :class:`HasRunSearch`).
+a small protocol (:class:`HasPersonas`, :class:`HasRunSearch`). Who may see the
+choices is the command's business: the command tree runs a command's checks before
+any of its autocompletes (:func:`adapters.discord.identity.gate_autocomplete`).
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class RunLike(Protocol):
 
 
 class RunSearch(Protocol):
-    """What the run and skill options need of ``AuditQueries``."""
+    """What the run and skill options need of the audit (``AuditService``)."""
 
     async def recent_runs(
         self, *, guild_id: str | None = ..., typed: str = ..., limit: int = ...
@@ -219,7 +221,7 @@ class RunSearch(Protocol):
 
 class HasRunSearch(Protocol):
     @property
-    def audit_queries(self) -> RunSearch: ...
+    def audit_service(self) -> RunSearch: ...
 
 
 def _ago(when: datetime) -> str:
@@ -240,7 +242,7 @@ async def run_autocomplete(
     interaction: discord.Interaction[CoterieClient[HasRunSearch]], current: str
 ) -> list[app_commands.Choice[str]]:
     """Recent runs here, newest first, whose id starts with what was typed."""
-    runs = await interaction.client.app.audit_queries.recent_runs(
+    runs = await interaction.client.app.audit_service.recent_runs(
         guild_id=str(interaction.guild_id) if interaction.guild_id else None,
         typed=current,
         limit=MAX_CHOICES,
@@ -252,7 +254,7 @@ async def skill_autocomplete(
     interaction: discord.Interaction[CoterieClient[HasRunSearch]], current: str
 ) -> list[app_commands.Choice[str]]:
     """Skills that ran here, most recent first (deleted ones too: the audit keeps them)."""
-    names = await interaction.client.app.audit_queries.recent_skills(
+    names = await interaction.client.app.audit_service.recent_skills(
         guild_id=str(interaction.guild_id) if interaction.guild_id else None,
         typed=current,
         limit=MAX_CHOICES,

@@ -303,6 +303,14 @@ class AdminService:
             detail={"amount_micros": amount_micros, "reason": reason},
         )
 
+    # --- the admin log --------------------------------------------------------------
+
+    async def actions(
+        self, guild_id: str | None, *, limit: int = 20, cursor: str | None = None
+    ) -> AdminPage:
+        """``/audit actions``: the guild's admin actions, newest first, a page at a time."""
+        return await self.log.list(guild_id=guild_id, limit=limit, cursor=cursor)
+
     # --- anything else -------------------------------------------------------------
 
     async def record(

@@ -4,23 +4,14 @@ The executor has one :class:`~executor.ports.Approver` for every run;
 :class:`DeliveryApprover` hands each request to the run's own delivery (which
 knows the channel and the member), so a Discord run asks with buttons
 (:mod:`adapters.discord.approval`) and a console run asks at the terminal. A
-delivery that cannot ask means "denied".
+delivery that cannot ask (``Delivery.ask_approval``'s default) denies.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 from executor.ports import ApprovalDecision, ApprovalRequest
 
-__all__ = ["ApprovalPrompt", "DeliveryApprover"]
-
-
-@runtime_checkable
-class ApprovalPrompt(Protocol):
-    """A delivery that can ask its member to approve a tool call."""
-
-    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision: ...
+__all__ = ["DeliveryApprover"]
 
 
 class DeliveryApprover:
@@ -28,6 +19,6 @@ class DeliveryApprover:
 
     async def approve(self, request: ApprovalRequest) -> ApprovalDecision:
         delivery = request.delivery
-        if isinstance(delivery, ApprovalPrompt):
-            return await delivery.ask_approval(request)
-        return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")
+        if delivery is None:
+            return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")
+        return await delivery.ask_approval(request)

@@ -19,8 +19,9 @@ flow decides the rest:
   the deployment's fallback;
 - for ``/chat``, opening a thread and binding it to the persona
   (:meth:`ChatService.start_thread`);
-- for the scheduler, posting as a persona in a channel with no message to answer
-  (:meth:`ChatService.post_as`);
+- for the scheduler and skills, posting as a persona in a channel with no message to
+  answer (:meth:`ChatService.post_as`), with the persona a skill names, else the
+  guild's default, else the fallback (:meth:`ChatService.persona_for`);
 
 then builds the conversation within its caps, applies the guild's settings to the
 run (its default tier to agents on the deployment's default tier, its critic limits
@@ -326,7 +327,7 @@ class ChatService:
     async def post_as(
         self,
         *,
-        persona: str,
+        persona: Persona,
         caller: Caller,
         prompt: str,
         surface: ChatSurface,
@@ -335,11 +336,8 @@ class ChatService:
         metadata: dict[str, Any] | None = None,
     ) -> ChatOutcome:
         """Run ``prompt`` as ``persona`` (or ``agent``, built from it) and post the
-        answer through ``surface``, with no message to answer. A persona that does
-        not exist raises ``PersonaNotFound``."""
-        found = await self.personas.find(caller.guild_id, persona)
-        if found is None:
-            raise PersonaNotFound(persona)
+        answer through ``surface``, with no message to answer. The persona is the
+        caller's, already found (:meth:`persona_for`)."""
         request = ChatRequest(
             caller=caller,
             turns=[Turn(author_name=caller.display_name, content=prompt)],
@@ -350,15 +348,27 @@ class ChatService:
             shared=False,
             metadata=dict(metadata or {}),
         )
-        delivery = await surface.delivery(found)
+        delivery = await surface.delivery(persona)
         return await self.run(
-            request, delivery, choice=PersonaChoice(found, "explicit", prompt), agent=agent
+            request, delivery, choice=PersonaChoice(persona, "explicit", prompt), agent=agent
         )
 
     # --- persona -------------------------------------------------------------------
 
     async def find_persona(self, guild_id: str | None, name: str) -> Persona | None:
         return await self.personas.find(guild_id, name)
+
+    async def persona_for(self, guild_id: str | None, name: str | None) -> Persona:
+        """The persona called ``name``, or with no name the guild's default, else the
+        deployment's fallback (a skill's persona). ``PersonaNotFound`` when the one
+        named, or a default that was deleted, does not exist."""
+        if not name:
+            config = await self._config(guild_id)
+            name = (config.default_persona if config else None) or self.fallback_persona
+        found = await self.personas.find(guild_id, name)
+        if found is None:
+            raise PersonaNotFound(name)
+        return found
 
     async def _found(self, gid: str | None, name: str | None) -> Persona | None:
         return await self.personas.find(gid, name) if name else None
@@ -450,12 +460,10 @@ class ChatService:
         agent = self.for_guild(agent or self.to_agent(choice.persona), config)
         conv = self.conversation(turns, agent, shared=request.shared)
         note = conv.note()
-        add_note = getattr(delivery, "note", None)
-        if note and callable(add_note):
-            add_note(note)
-        show_cost = getattr(delivery, "show_cost_footer", None)
-        if config is not None and config.cost_footer and callable(show_cost):
-            show_cost()
+        if note:
+            delivery.note(note)
+        if config is not None and config.cost_footer:
+            delivery.show_cost_footer()
         invocation = Invocation(
             messages=conv.messages,
             caller=request.caller,

@@ -16,7 +16,7 @@ from typing import TextIO
 from adapters.services.chat import ChatRequest, ChatService
 from adapters.services.conversation import Turn
 from executor.agent import Caller, RunResult
-from executor.ports import ApprovalDecision, ApprovalRequest
+from executor.ports import ApprovalDecision, ApprovalRequest, Delivery
 
 __all__ = ["ConsoleDelivery", "ConsoleSession", "LineReader", "stdin_reader"]
 
@@ -34,7 +34,7 @@ async def stdin_reader(prompt: str) -> str | None:
     return await asyncio.to_thread(read)
 
 
-class ConsoleDelivery:
+class ConsoleDelivery(Delivery):
     """Streams text to ``out`` as it comes; status lines and notes on their own lines."""
 
     def __init__(self, out: TextIO | None = None, *, ask: LineReader | None = None) -> None:

@@ -6,14 +6,15 @@
      └── Refusal                 str(exc) is the sentence the person sees (the renderer shows it as is)
           ├── NotAnsweringHere   coterie does not answer in this channel (/config answer-in)
           ├── InvalidSetting     a /config or budget value that cannot be used
-          └── RunNotFound        no run (or no unique run) matches an id or prefix
+          ├── RunNotFound        no run (or no unique run) matches an id or prefix
+          └── ExportTooLarge     an audit export past what one attachment may carry
 """
 
 from __future__ import annotations
 
 from executor.errors import CoterieError
 
-__all__ = ["InvalidSetting", "NotAnsweringHere", "Refusal", "RunNotFound"]
+__all__ = ["ExportTooLarge", "InvalidSetting", "NotAnsweringHere", "Refusal", "RunNotFound"]
 
 
 class Refusal(CoterieError):
@@ -32,4 +33,8 @@ class InvalidSetting(Refusal):
 
 
 class RunNotFound(Refusal):
+    pass
+
+
+class ExportTooLarge(Refusal):
     pass

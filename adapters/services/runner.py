@@ -20,7 +20,6 @@ budget settled to what it spent: the executor does that on its host's cancellati
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
-from executor.ports import Clock, Delivery, RealClock
+from executor.ports import ApprovalDecision, ApprovalRequest, Clock, Delivery, RealClock
 from executor.run import Executor
 
 __all__ = [
@@ -86,7 +85,11 @@ class DrainReport:
 
 class _StoppingDelivery:
     """The run's delivery, with the shutdown's note in place of "Cancelled." when the
-    drain cut the run short. Everything else goes to the delivery unchanged."""
+    drain cut the run short. Everything else goes to the delivery unchanged.
+
+    Why every method by name and no ``Delivery`` base: a method this wrapper forgot
+    would otherwise be the port's no-op default (an approval denied for everyone), or
+    vanish behind ``__getattr__``; as it is, the type check names it."""
 
     __slots__ = ("_inner", "final", "note_on_finish")
 
@@ -94,10 +97,6 @@ class _StoppingDelivery:
         self._inner = inner
         self.note_on_finish: str | None = None
         self.final: RunResult | None = None  # what the run ended with
-
-    def __getattr__(self, name: str) -> Any:
-        # Why: deliveries carry extras (queued, note, ask_approval) found by getattr.
-        return getattr(self._inner, name)
 
     async def start(self) -> None:
         await self._inner.start()
@@ -116,6 +115,18 @@ class _StoppingDelivery:
             result.note = self.note_on_finish
         self.final = result
         await self._inner.finish(result)
+
+    def note(self, line: str) -> None:
+        self._inner.note(line)
+
+    def show_cost_footer(self) -> None:
+        self._inner.show_cost_footer()
+
+    async def queued(self, position: int) -> None:
+        await self._inner.queued(position)
+
+    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
+        return await self._inner.ask_approval(request)
 
 
 @dataclass(eq=False, slots=True)
@@ -282,13 +293,10 @@ class Runner:
         if self.lanes is None:
             yield
             return
-        queued = getattr(delivery, "queued", None)
 
         async def on_position(position: int) -> None:
-            if callable(queued):
-                out = queued(position)
-                if inspect.isawaitable(out):
-                    await out
+            if delivery is not None:
+                await delivery.queued(position)
 
         tasks: set[asyncio.Task[None]] = set()
         async with self.lanes.slot(caller.user_id, on_position=_sync_or_async(on_position, tasks)):

@@ -6,6 +6,13 @@ Every run of a skill goes through the chat flow's ``post_as`` ("post as persona 
 channel C"), so it streams like chat, waits in its owner's lane, is audited with the
 skill's name and version, and is charged to its owner. A scheduled run is watched by
 the critic like every run (with the skill's bounds).
+
+The rules about a member's skills live here, not in a cog: who may change a skill
+(its owner or an admin: :meth:`SkillService.check_may_change`), who may remove a
+schedule (the member who made it, or an admin naming it:
+:meth:`SkillService.unschedule`), and what deleting a skill takes with it (its
+versions and schedules, and their jobs: :meth:`SkillService.delete`). They take the
+skill and the caller as objects, already found.
 """
 
 from __future__ import annotations
@@ -25,15 +32,23 @@ from executor.messages import Message
 from executor.ports import Clock, RealClock
 from executor.tokens import estimate_tokens
 from executor.tools.registry import ToolContext
-from skills.errors import InvalidTime, OverBudget, ScheduleError, TooManySchedules
+from skills.errors import (
+    InvalidTime,
+    OverBudget,
+    ScheduleError,
+    ScheduleNotFound,
+    SkillPermissionDenied,
+    TooManySchedules,
+)
 from skills.model import parse_arguments, render_prompt
 from skills.slots import ScheduleInfo, SlotOutcome
 
 if TYPE_CHECKING:
     from executor.budget import BudgetStatus
+    from executor.run import Executor
     from executor.tools.registry import Tool
     from personas.model import Persona
-    from skills.model import SkillInfo, SkillVersionInfo
+    from skills.model import SkillDeleted, SkillInfo, SkillVersionInfo
     from skills.scheduler import SkillScheduler
     from skills.schedules import ScheduleStore
     from skills.store import SkillStore
@@ -155,6 +170,7 @@ class SkillService:
         schedules: ScheduleStore,
         scheduler: SkillScheduler | None,
         chat: ChatService,
+        executor: Executor,
         budget: BudgetView,
         history: RunHistory,
         estimator: Estimator,
@@ -167,6 +183,7 @@ class SkillService:
         self.schedules = schedules
         self.scheduler = scheduler
         self.chat = chat
+        self.executor = executor
         self.budget = budget
         self.history = history
         self.estimator = estimator
@@ -200,7 +217,7 @@ class SkillService:
         if announce is not None:
             await announce(skill, version)
         outcome = await self.chat.post_as(
-            persona=persona.name,
+            persona=persona,
             caller=caller,
             prompt=prompt,
             surface=surface,
@@ -221,27 +238,15 @@ class SkillService:
         persona and the agent to run, with tools capped at ``caller``'s rights.
 
         Raises ``SkillNotFound``, ``ArgumentError`` or ``PersonaNotFound``."""
-        from personas.errors import PersonaNotFound
         from skills.runnable import to_runnable
 
         skill = await self.skills.get(guild_id, name)
         version = await self.skills.version(skill)
         args = arguments if isinstance(arguments, dict) else parse_arguments(arguments)
         prompt = render_prompt(version.spec.prompt, args)
-        persona_name = version.spec.persona or await self._default_persona(guild_id)
-        persona = await self.chat.personas.find(guild_id, persona_name)
-        if persona is None:
-            raise PersonaNotFound(persona_name)
+        persona = await self.chat.persona_for(guild_id, version.spec.persona)
         agent = to_runnable(skill, version, persona, owner=caller, tools=self.skills.tools)
         return skill, version, persona, agent, prompt
-
-    async def _default_persona(self, guild_id: str) -> str:
-        settings = self.chat.guild_settings
-        if settings is not None:
-            config = await settings.guild(guild_id)
-            if config.default_persona:
-                return config.default_persona
-        return self.chat.fallback_persona
 
     async def fire(self, schedule: ScheduleInfo, slot_at: datetime) -> SlotOutcome:
         """A scheduled slot: the owner as caller, the schedule's channel as the place."""
@@ -385,8 +390,48 @@ class SkillService:
     async def recent_runs(self, guild_id: str, skill: str, limit: int = 5) -> list[PastRun]:
         return await self.history(guild_id, skill, limit)
 
-    async def forget_jobs(self, schedule_ids: list[int]) -> None:
-        """Drop the jobs of schedules whose rows went with their skill."""
+    # --- who may change what -------------------------------------------------------------
+
+    def check_may_change(self, skill: SkillInfo, by: Caller, action: str = "edit") -> None:
+        """Its owner or an admin may edit, roll back or delete a skill; anyone else gets
+        :class:`SkillPermissionDenied` (written for them)."""
+        if not self.skills.may_change(skill, by):
+            raise SkillPermissionDenied(skill.name, action)
+
+    async def delete(self, skill: SkillInfo, by: Caller) -> SkillDeleted:
+        """Delete ``skill`` with its versions and schedules (owner or admin), and drop
+        the schedules' jobs."""
+        self.check_may_change(skill, by, "delete")
+        schedules = await self.schedules.for_skill(skill.id)
+        deleted = await self.skills.delete(skill.guild_id, skill.name, by=by)
+        await self._drop_jobs([s.id for s in schedules])
+        return deleted
+
+    async def unschedule(
+        self, skill: SkillInfo, by: Caller, schedule_id: int | None = None
+    ) -> list[ScheduleInfo]:
+        """Remove a schedule of ``skill``: the one numbered ``schedule_id`` if ``by``
+        made it or is an admin; without a number, every one ``by`` made (an admin's
+        too: theirs only, never other members' by default). Returns what went;
+        :class:`ScheduleNotFound` when nothing ``by`` may remove matches."""
+        admin = self.skills.is_admin(by)
+        chosen = [
+            s
+            for s in await self.schedules.for_skill(skill.id)
+            if (s.id == schedule_id and (admin or s.created_by == by.user_id))
+            or (schedule_id is None and s.created_by == by.user_id)
+        ]
+        if not chosen:
+            raise ScheduleNotFound(
+                f"#{schedule_id} of {skill.name}" if schedule_id else f"of yours on {skill.name}"
+            )
+        for s in chosen:
+            await self.schedules.delete(s.id)
+        await self._drop_jobs([s.id for s in chosen])
+        return chosen
+
+    async def _drop_jobs(self, schedule_ids: list[int]) -> None:
+        """Drop the scheduler's jobs of schedules whose rows are gone."""
         if self.scheduler is not None:
             for schedule_id in schedule_ids:
                 await self.scheduler.remove(schedule_id)
@@ -400,12 +445,6 @@ class SkillService:
     async def disabled(self, schedule: ScheduleInfo, reason: str) -> None:
         if self.host is not None:
             await self.host.disabled(schedule, reason)
-
-    async def remove_schedule(self, schedule_id: int) -> bool:
-        gone = await self.schedules.delete(schedule_id)
-        if self.scheduler is not None:
-            await self.scheduler.remove(schedule_id)
-        return gone
 
     # --- the run_skill tool ------------------------------------------------------------
 
@@ -449,7 +488,7 @@ class SkillService:
                 "skill": skill.name,
                 "skill_version": version.version,
             }
-            result = await service.chat.executor.run(agent, child)
+            result = await service.executor.run(agent, child)
             if not result.ok:
                 raise ToolFailed(
                     f"the skill {skill.name} ended {result.status.value}: "

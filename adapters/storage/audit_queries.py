@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
+from adapters.services.audit import RunFilter
 from adapters.services.errors import RunNotFound
 from adapters.storage.db import engine_of, translate_errors, write_transaction
 from adapters.storage.tables import (
@@ -57,37 +58,26 @@ _events = AuditEventRow.__table__  # type: ignore[attr-defined]
 _CHILDREN = (_steps, _attempts, _tools, _events)
 
 
-@dataclass(frozen=True, slots=True)
-class RunFilter:
-    user_id: str | None = None
-    guild_id: str | None = None
-    persona: str | None = None
-    skill: str | None = None
-    status: str | None = None
-    trigger: str | None = None
-    since: datetime | None = None  # started at or after
-    until: datetime | None = None  # started before
-    parent_run_id: str | None = None
-
-    def clauses(self) -> list[ColumnElement[bool]]:
-        c = _runs.c
-        out: list[ColumnElement[bool]] = []
-        for column, value in (
-            (c.user_id, self.user_id),
-            (c.guild_id, self.guild_id),
-            (c.persona, self.persona),
-            (c.skill, self.skill),
-            (c.status, self.status),
-            (c.trigger, self.trigger),
-            (c.parent_run_id, self.parent_run_id),
-        ):
-            if value is not None:
-                out.append(column == value)
-        if self.since is not None:
-            out.append(c.started_at >= self.since)
-        if self.until is not None:
-            out.append(c.started_at < self.until)
-        return out
+def _clauses(where: RunFilter) -> list[ColumnElement[bool]]:
+    """The filter as SQL conditions on the runs table."""
+    c = _runs.c
+    out: list[ColumnElement[bool]] = []
+    for column, value in (
+        (c.user_id, where.user_id),
+        (c.guild_id, where.guild_id),
+        (c.persona, where.persona),
+        (c.skill, where.skill),
+        (c.status, where.status),
+        (c.trigger, where.trigger),
+        (c.parent_run_id, where.parent_run_id),
+    ):
+        if value is not None:
+            out.append(column == value)
+    if where.since is not None:
+        out.append(c.started_at >= where.since)
+    if where.until is not None:
+        out.append(c.started_at < where.until)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +174,7 @@ class AuditQueries:
     ) -> RunPage:
         """Runs newest first, ``limit`` a page; ``cursor`` continues a previous page."""
         limit = max(1, min(limit, 1000))
-        clauses = (where or RunFilter()).clauses()
+        clauses = _clauses(where or RunFilter())
         if cursor:
             at, run_id = _decode_cursor(cursor)
             c = _runs.c
@@ -326,7 +316,7 @@ class AuditQueries:
         where = RunFilter(user_id=user_id, guild_id=guild_id, since=since, until=until)
         c = _runs.c
         stmt = select(c.started_at, c.skill, c.persona, c.agent, c.cost_micros).where(
-            *where.clauses()
+            *_clauses(where)
         )
         totals: dict[tuple[date, str], list[int]] = {}
         with translate_errors(self._url):
@@ -367,7 +357,7 @@ class AuditQueries:
                     for u, n, k, t in await session.execute(stmt)
                 ]
 
-    async def export_lines(self, where: RunFilter | None = None) -> AsyncIterator[str]:
+    async def export_lines(self, where: RunFilter | None = None) -> AsyncGenerator[str, None]:
         """The export format: one JSON object per run (``RunDetail.to_dict``) per line."""
         async for detail in self.iter_runs(where):
             yield json.dumps(detail.to_dict(), ensure_ascii=False) + "\n"
@@ -385,7 +375,7 @@ class AuditQueries:
         c = _runs.c
         stmt = select(
             c.user_id, c.started_at, c.cost_micros, c.input_tokens, c.output_tokens
-        ).where(*where.clauses())
+        ).where(*_clauses(where))
         # Why in Python: "the UTC day of a timestamp" differs per SQL dialect, and one
         # member's month of runs is small.
         totals: dict[tuple[date, str], list[int]] = {}

@@ -28,6 +28,7 @@ from adapters.storage.budget import SqlBudgetLedger
 from adapters.storage.db import IMMEDIATE, translate_errors
 from adapters.storage.tables import AuditEventRow, AuditModelAttempt, AuditRun, AuditStep
 from executor.agent import RunStatus
+from executor.budget import format_usd
 from executor.ports import Clock, RealClock
 
 __all__ = [
@@ -58,7 +59,7 @@ class RecoveryReport:
     def __str__(self) -> str:
         return (
             f"recovered {len(self.interrupted_runs)} interrupted run(s), settled "
-            f"{self.settled_reservations} reservation(s) for ${self.charged_micros / 1e6:.4f}"
+            f"{self.settled_reservations} reservation(s) for {format_usd(self.charged_micros)}"
         )
 
 

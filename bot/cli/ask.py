@@ -7,6 +7,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from executor.ports import Delivery
+
 if TYPE_CHECKING:
     from executor.agent import RunResult
 
@@ -28,7 +30,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_ask)
 
 
-class StdoutDelivery:
+class StdoutDelivery(Delivery):
     """Streams deltas to stdout; status lines and notes to stderr."""
 
     def __init__(self) -> None:

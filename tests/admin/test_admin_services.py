@@ -46,9 +46,18 @@ MEMBER = Caller(user_id="42", display_name="m", guild_id=GUILD, roles=("r-helper
 def test_format_usd_is_the_one_money_formatter() -> None:
     assert format_usd(4_200) == "$0.0042"
     assert format_usd(5_000_000, 2) == "$5.00"
-    assert format_usd(1_234_567_890, 2) == "$1,234.57"
     assert format_usd(-1_500_000, 2) == "-$1.50"
     assert format_usd(0) == "$0.0000"
+
+
+def test_format_usd_shows_the_precision_an_amount_has() -> None:
+    # Issue 20: `/budget grant 0.001` answered "Granted $0.00" and granted $0.001.
+    assert format_usd(1_000, 2) == "$0.001"
+    assert format_usd(1_500_000, 2) == "$1.50"
+    assert format_usd(4_237) == "$0.004237"
+    assert format_usd(1, 2) == "$0.000001"
+    assert format_usd(1_234_567_890, 2) == "$1,234.56789"
+    assert format_usd(-15_000, 2) == "-$0.015"
 
 
 def test_parse_when() -> None:

@@ -137,7 +137,7 @@ async def test_post_as_a_persona_in_a_channel_with_no_message_to_answer(
         )
         since = len(fake.calls)
         outcome = await the_app.chat.post_as(
-            persona="researcher",
+            persona=await the_app.chat.persona_for(str(fake.guild.id), "researcher"),
             caller=Caller(
                 user_id=str(alice["id"]),
                 display_name="alice",

@@ -647,6 +647,45 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", inter.payload)
         return inter
 
+    async def dispatch_autocomplete(
+        self,
+        name: str,
+        option: str,
+        typed: str | int | float = "",
+        *,
+        options: dict[str, Any] | None = None,
+        user: str | int | dict[str, Any] = "alice",
+        channel_id: int | None = None,
+        subcommand: str | None = None,
+        group: str | None = None,
+    ) -> FakeInteraction:
+        """INTERACTION_CREATE type 4: ``user`` typing ``typed`` in ``option`` of
+        ``/name [group] [subcommand]`` (the other ``options`` already filled in).
+
+        The bot answers on the callback route with type 8 and ``data.choices``
+        (``await fake.wait_for_interaction_response(inter)``)."""
+        opts: list[dict[str, Any]] = [
+            {"name": k, "type": p.option_type(v), "value": v} for k, v in (options or {}).items()
+        ]
+        opts.append({"name": option, "type": p.option_type(typed), "value": typed, "focused": True})
+        if subcommand is not None:
+            opts = [{"name": subcommand, "type": 1, "options": opts}]
+        if group is not None:
+            opts = [{"name": group, "type": 2, "options": opts}]
+        cid = channel_id if channel_id is not None else self.guild.channel_id("general")
+        g = self.guild_of_channel(cid)
+        data: dict[str, Any] = {
+            "id": str(self._command_id(name, g.id if g else None)),
+            "name": name,
+            "type": 1,
+            "options": opts,
+        }
+        if g is not None and any(c["name"] == name for c in self.guild_commands.get(g.id, [])):
+            data["guild_id"] = str(g.id)
+        inter = self._interaction_base(4, data, user, cid)
+        await self.dispatch("INTERACTION_CREATE", inter.payload)
+        return inter
+
     def _command_id(self, name: str, guild_id: int | None) -> int:
         synced = self.guild_commands.get(guild_id, []) if guild_id else []
         for c in [*synced, *self.global_commands]:

@@ -616,6 +616,35 @@ async def test_list_schedules_and_unschedule(world: World) -> None:
     assert (await skill(w, "schedules", "moderator")).text == "No schedules."
 
 
+async def test_unschedule_takes_your_own_and_an_admin_names_anyone_elses(world: World) -> None:
+    """Issue 20: the rule lives in the skill service. Without a number, an admin's
+    /skill unschedule removed every member's schedules of the skill; it removes
+    theirs, and another member's only when they name it."""
+    w = world
+    await save_digest(w, "moderator")
+    for who, cron in (("moderator", "0 9 * * *"), ("admin", "0 10 * * *")):
+        got = await skill(w, "schedule", who, name="digest", cron=cron, args="topic=x")
+        assert "Scheduled" in got.text, got.text
+    theirs, mine = sorted(
+        await w.app.schedules.list(w.guild), key=lambda s: s.created_by != w.uid("moderator")
+    )
+    assert mine.created_by == w.uid("admin")
+
+    got = await skill(w, "unschedule", "admin", name="digest")
+    assert got.ephemeral and got.text == f"Removed schedule #{mine.id} of **digest**."
+    assert [s.id for s in await w.app.schedules.list(w.guild)] == [theirs.id]
+    assert set(w.app.scheduler.jobs()) == {theirs.id}
+
+    # Not even by its number may a member remove another's (the skill is not theirs
+    # either), nor name a schedule of another skill.
+    await refused(w, "unschedule", "bob", "no schedule", name="digest", schedule=theirs.id)
+    await refused(w, "unschedule", "bob", "no skill named", name="nope", schedule=theirs.id)
+
+    got = await skill(w, "unschedule", "admin", name="digest", schedule=theirs.id)
+    assert got.text == f"Removed schedule #{theirs.id} of **digest**."
+    assert await w.app.schedules.list(w.guild) == [] and w.app.scheduler.jobs() == {}
+
+
 @pytest.fixture
 async def cdn() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
     """Where the test's attachments are downloaded from (Discord's CDN, on loopback)."""
