@@ -144,8 +144,13 @@ def test_a_postgres_database_or_role_that_does_not_exist(missing: str, tmp_path:
     line = _one_line(out)
     assert said in line and fix in line
 
-    check = _doctor_fails(tmp_path, "database", DATABASE_URL=url)
-    assert said in check["detail"] and fix in check["detail"]
+    out = _coterie(tmp_path, "doctor", "--offline", "--json", DATABASE_URL=url)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert checks["database"]["status"] == "FAIL"
+    assert said in checks["database"]["detail"] and fix in checks["database"]["detail"]
+    # Said once: the instance check does not repeat it.
+    assert checks["instance"]["detail"] == "cannot tell: the database did not open"
 
 
 # --- Discord out of reach ------------------------------------------------------------------
@@ -190,6 +195,19 @@ async def test_discord_answering_5xx_at_login_is_one_line(
     [line] = [line for line in bot.err if line.startswith("coterie: ")]
     assert line.startswith(f"coterie: Discord (127.0.0.1:{fake_discord.port}) answered 503")
     assert "discordstatus.com" in line
+
+
+async def test_a_token_discord_rejects_is_one_line_and_no_restart(
+    fake_discord: FakeDiscord, tmp_path: Path, procs: list[Proc]
+) -> None:
+    env = coterie_env(tmp_path, fake=fake_discord, OPENAI_API_KEY="sk-x")
+    env["DISCORD_TOKEN"] = TOKEN  # not the fake's: a 401 at login
+    bot = await Proc.start("run", env=env, cwd=tmp_path)
+    procs.append(bot)
+    assert await bot.exit_code() == 2  # a restart would be rejected the same way
+    assert "Traceback" not in bot.stderr
+    [line] = [line for line in bot.err if line.startswith("coterie: ")]
+    assert line == "coterie: Discord rejected DISCORD_TOKEN; copy the token again from the portal"
 
 
 async def test_a_5xx_on_the_dev_guild_sync_is_logged_and_the_bot_goes_on(
