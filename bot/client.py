@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -41,6 +42,7 @@ __all__ = [
     "CoterieTree",
     "coterie_intents",
     "coterie_permissions",
+    "discord_unreachable",
     "render_error",
 ]
 
@@ -83,6 +85,51 @@ def coterie_permissions() -> discord.Permissions:
         read_message_history=True,
         manage_webhooks=True,  # personas speak with their own name and avatar
         use_application_commands=True,
+    )
+
+
+# --- Discord out of reach ------------------------------------------------------------
+
+STATUS_PAGE = "https://discordstatus.com"
+
+
+def _api_host() -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(discord.http.Route.BASE).netloc or "discord.com"
+
+
+def discord_unreachable(error: BaseException) -> str | None:
+    """One line for an error that means Discord could not be reached or would not answer
+    (no network, DNS, a firewall or proxy, an outage: a 5xx); None for any other error."""
+    host = _api_host()
+    if isinstance(error, discord.DiscordServerError):
+        return (
+            f"Discord ({host}) answered {error.status} {error.response.reason or ''}".rstrip()
+            + f": it is having trouble (see {STATUS_PAGE}); start coterie again later"
+        )
+    if isinstance(error, aiohttp.ClientError):
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return (
+            f"cannot reach Discord ({host}): {reason}; check this machine's network, DNS, "
+            f"firewall or proxy (and {STATUS_PAGE}), then start coterie again"
+        )
+    return None
+
+
+def _sync_failed(error: discord.HTTPException | aiohttp.ClientError, guild_id: int) -> str:
+    what = f"could not sync the slash commands to dev guild {guild_id}"
+    if isinstance(error, discord.Forbidden):
+        return (
+            f"{what}: Discord refused ({error.status}); is the bot in that server, invited "
+            "with the applications.commands scope (coterie invite)? Going on without them"
+        )
+    said = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, discord.HTTPException):
+        said = f"Discord answered {error.status}: {said}"
+    return (
+        f"{what} ({said}); going on with the commands Discord already has "
+        f"(`coterie sync --guild {guild_id}` publishes them later)"
     )
 
 
@@ -308,10 +355,19 @@ class CoterieBot(CoterieClient[App]):
         await app.start()
         self._app_started = True
         if self.settings.dev_guild_id:
-            guild = discord.Object(id=self.settings.dev_guild_id)
-            self.tree.copy_global_to(guild=guild)
+            await self._sync_dev_guild(self.settings.dev_guild_id)
+
+    async def _sync_dev_guild(self, guild_id: int) -> None:
+        """Publish the commands to the dev guild. Why never fatal: the bot works with the
+        commands Discord already has; a 5xx or a missing scope is one warning, not a stop."""
+        guild = discord.Object(id=guild_id)
+        self.tree.copy_global_to(guild=guild)
+        try:
             synced = await self.tree.sync(guild=guild)
-            log.info("synced %d commands to dev guild %s", len(synced), guild.id)
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            log.warning("%s", _sync_failed(exc, guild_id))
+            return
+        log.info("synced %d commands to dev guild %s", len(synced), guild.id)
 
     def _detach_escalator(self) -> None:
         # Why: the app may outlive this client (tests, a restart); never post through a closed one.

@@ -220,18 +220,22 @@ async def serve(
     if error is None:
         log.info("stopped")
         return 0
+    from bot.cli._common import fail
+
+    # Exit 2, like every mistake the operator must fix before a restart can help:
+    # deploy/coterie.service does not restart on it (RestartPreventExitStatus=2).
     if isinstance(error, discord.LoginFailure):
-        from bot.cli._common import fail
-
-        return fail("Discord rejected DISCORD_TOKEN; copy the token again from the portal", 1)
+        return fail("Discord rejected DISCORD_TOKEN; copy the token again from the portal")
     if isinstance(error, discord.PrivilegedIntentsRequired):
-        from bot.cli._common import fail
-
         return fail(
             "enable the Message Content intent for the bot in the developer portal (Bot > "
-            "Privileged Gateway Intents)",
-            1,
+            "Privileged Gateway Intents)"
         )
+    from bot.client import discord_unreachable
+
+    unreachable = discord_unreachable(error)
+    if unreachable is not None:
+        return fail(unreachable)
     raise error
 
 

@@ -20,7 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["LogLevel", "Settings", "env_name"]
+__all__ = ["LogLevel", "Settings", "check_base_url", "env_name"]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -36,6 +36,32 @@ def _split_list(value: Any) -> Any:
         except ValueError:
             return value  # pydantic names the variable and says it is not a list
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+_BASE_URL_EXAMPLE = "e.g. http://localhost:11434/v1"
+
+
+def check_base_url(text: str) -> None:
+    """Raise ValueError (said to the operator) unless ``text`` is an http(s) URL with a host.
+
+    Why here: a malformed base URL otherwise reaches the SDK, which reads it as a
+    relative path and reports every request as "Connection error."."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        raise ValueError(f"is not a URL; {_BASE_URL_EXAMPLE}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must start with http:// or https://, {_BASE_URL_EXAMPLE}")
+    if not parts.hostname or any(c.isspace() for c in text):
+        raise ValueError(f"must name a host; {_BASE_URL_EXAMPLE}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"its port must be a number from 1 to 65535; {_BASE_URL_EXAMPLE}")
 
 
 class Settings(BaseSettings):
@@ -110,9 +136,12 @@ class Settings(BaseSettings):
     skill_dispatch_depth: int = Field(default=2, ge=1)  # run_skill inside run_skill, at most
 
     # --- budgets ----------------------------------------------------------------------
-    budget_default_usd: float = 5.0  # per member, rolling 7 days
+    # Per member, rolling 7 days; 0 lets nobody spend until a limit is set for them.
+    budget_default_usd: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     # A DM to the member when their 7-day spend passes each share of their limit.
-    budget_warn_percent: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [50, 80])
+    budget_warn_percent: Annotated[list[Annotated[int, Field(ge=1, le=100)]], NoDecode] = Field(
+        default_factory=lambda: [50, 80]
+    )
     operator_user_id: str = "console"
 
     # --- operations -------------------------------------------------------------------
@@ -132,6 +161,17 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None  # COTERIE_ENABLED_TOOLS= (empty): every tool, like unset
         return _split_list(value)
+
+    @field_validator("anthropic_base_url", "openai_base_url", mode="before")
+    @classmethod
+    def _base_url(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return None  # OPENAI_BASE_URL= (empty): the provider's own, like unset
+        check_base_url(text)
+        return text
 
     @field_validator("log_level", "log_libraries", mode="before")
     @classmethod

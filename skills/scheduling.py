@@ -214,7 +214,13 @@ def parse_at(text: str, tz: ZoneInfo, now: datetime) -> datetime:
         raise InvalidTime(f"I cannot read `{shown}` as a time; {_EXAMPLES}") from exc
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
-    at = when.astimezone(UTC)
+    try:
+        at = when.astimezone(UTC)
+    except OverflowError:
+        # Why: year 1 or 9999 in a zone whose offset carries it out of datetime's range.
+        if when.year > now.year:
+            raise InvalidTime(f"`{shown}` is more than ten years away") from None
+        raise InvalidTime(f"`{shown}` is in the past; give a later time") from None
     if at <= now:
         raise InvalidTime(
             f"`{shown}` is in the past (it was {at:%Y-%m-%d %H:%M} UTC); give a later time"

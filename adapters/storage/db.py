@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import os
 import re
 import sqlite3
+import sys
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -77,8 +79,10 @@ __all__ = [
     "UnsupportedDatabase",
     "alembic_config",
     "async_url",
+    "create_private_file",
     "engine_of",
     "known_revision",
+    "make_private_dir",
     "migrations_dir",
     "translate_errors",
     "write_transaction",
@@ -269,6 +273,16 @@ def _translate_postgres(text: str, url: URL) -> DatabaseError | None:
     return None
 
 
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeout, sqlite3.Error, OSError)
+    # Why asyncpg's own: the instance lock connects with asyncpg directly (no pool), and
+    # its refusals ("database ... does not exist") are not wrapped by SQLAlchemy there.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        errors += (asyncpg.PostgresError, asyncpg.InterfaceError)
+    return errors
+
+
 @contextlib.contextmanager
 def translate_errors(url: URL) -> Iterator[None]:
     """Turn a locked, read-only or unreachable database into one clear error."""
@@ -276,7 +290,9 @@ def translate_errors(url: URL) -> Iterator[None]:
         yield
     except DatabaseError:
         raise
-    except (DBAPIError, PoolTimeout, sqlite3.Error, OSError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _driver_errors()):
+            raise
         ours = _translate(exc, url)
         if ours is None:
             raise
@@ -303,13 +319,55 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(db)
 
 
-def _prepare_sqlite_path(url: URL) -> None:
+#: Who may read what coterie creates: its owner only. The database holds members'
+#: messages, notes and spend; a host's other users have no business reading them.
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, each readable by the owner only
+    (``mkdir -p -m 0700``: Python's ``mkdir(parents=True)`` gives parents the umask's mode).
+    An existing directory keeps its mode: the operator chose it."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            path.mkdir(mode=DIR_MODE)
+    if not directory.is_dir():
+        raise FileExistsError(errno.EEXIST, "a file is in the way", str(directory))
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` empty, readable by the owner only, unless it exists; True if created.
+    Why before SQLite opens it: SQLite creates a database 0644, and gives its -wal and
+    -shm files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _prepare_sqlite_path(url: URL, *, create: bool = True) -> None:
     path = _sqlite_path(url)
     if path is None:
         return
-    parent = path.expanduser().absolute().parent
+    absolute = path.expanduser().absolute()
+    parent = absolute.parent
+    if not create:
+        if not absolute.is_file():
+            raise DatabaseUnavailable(
+                f"there is no SQLite database at {absolute}: check DATABASE_URL "
+                "(coterie run or coterie db upgrade creates it)"
+            )
+        return
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(parent)
     except OSError as exc:
         reason = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
         raise DatabaseUnavailable(
@@ -326,6 +384,10 @@ def _prepare_sqlite_path(url: URL) -> None:
             f"SQLite database {path} is read-only: give this user write access to the file "
             "and its directory (SQLite writes a -wal and a -shm file beside it)"
         )
+    try:
+        create_private_file(absolute)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create SQLite database {path}: {exc.strerror}") from exc
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
@@ -369,8 +431,11 @@ class Database:
         pool_size: int | None = None,
         max_overflow: int | None = None,
         pool_timeout_s: float = 30.0,
+        create: bool = True,
     ) -> Database:
-        """Build the engine (no connection yet). Creates a SQLite file's directory.
+        """Build the engine (no connection yet). Creates a SQLite file and its directory,
+        readable by their owner only (0600, 0700); with ``create=False`` (the read-only
+        commands) a SQLite file that does not exist is :class:`DatabaseUnavailable`.
         ``url`` may be spelled ``sqlite:///`` or ``postgresql://`` (see :func:`async_url`).
 
         ``pool_size`` + ``max_overflow`` is the most connections this process opens
@@ -381,7 +446,7 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         backend = parsed.get_backend_name()
         if backend == "sqlite":
-            _prepare_sqlite_path(parsed)
+            _prepare_sqlite_path(parsed, create=create)
         elif backend == "postgresql":
             kwargs["pool_pre_ping"] = True
         if backend in POOL_DEFAULTS and (backend != "sqlite" or _sqlite_path(parsed) is not None):
@@ -634,18 +699,28 @@ def _sqlite_backup(source: Path, destination: Path) -> Path:
     if dest.exists():
         raise DatabaseError(f"will not overwrite {dest}: choose a new backup path")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(dest.parent)
+        # Why create it first: the copy is as private as the database (sqlite3 makes 0644),
+        # and O_EXCL refuses a file that appeared since the check above.
+        if not create_private_file(dest):
+            raise DatabaseError(f"will not overwrite {dest}: choose a new backup path")
     except OSError as exc:
-        raise DatabaseUnavailable(f"cannot create the directory {dest.parent}: {exc}") from exc
-    src = sqlite3.connect(f"file:{source.expanduser().absolute()}?mode=ro", uri=True, timeout=30)
+        raise DatabaseUnavailable(f"cannot create {dest}: {exc.strerror or exc}") from exc
     try:
-        dst = sqlite3.connect(dest)
+        src = sqlite3.connect(
+            f"file:{source.expanduser().absolute()}?mode=ro", uri=True, timeout=30
+        )
         try:
-            # Why: one step (pages=-1) copies under one read transaction: a consistent
-            # snapshot even while the bot writes (WAL readers never block the writer).
-            src.backup(dst, pages=-1)
+            dst = sqlite3.connect(dest)
+            try:
+                # Why: one step (pages=-1) copies under one read transaction: a consistent
+                # snapshot even while the bot writes (WAL readers never block the writer).
+                src.backup(dst, pages=-1)
+            finally:
+                dst.close()
         finally:
-            dst.close()
-    finally:
-        src.close()
+            src.close()
+    except BaseException:
+        dest.unlink(missing_ok=True)  # no empty or half copy that looks like a backup
+        raise
     return dest

@@ -36,7 +36,13 @@ from typing import Any, Final
 
 from sqlalchemy.engine.url import URL
 
-from adapters.storage.db import DatabaseError, _sqlite_path, async_url
+from adapters.storage.db import (
+    FILE_MODE,
+    DatabaseError,
+    _sqlite_path,
+    async_url,
+    make_private_dir,
+)
 
 __all__ = [
     "ADVISORY_KEY",
@@ -162,8 +168,8 @@ class InstanceLock:
         import fcntl
 
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            make_private_dir(path.parent)  # the data directory, when `coterie run` comes first
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise DatabaseError(
                 f"cannot create the lock file {path}: {exc.strerror or exc}; give this user "

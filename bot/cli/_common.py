@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bot.cli._logging import hide_userinfo
 from executor.errors import ConfigError, CoterieError
 
 if TYPE_CHECKING:
@@ -40,16 +43,28 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+# What a setting holds, where the bound alone does not say it.
+_WHAT = {"budget_warn_percent": "must be a percentage from 1 to 100, e.g. 50,80"}
+
+
 def _reason(error: Any, field: str) -> str:
     kind, ctx = error.get("type", ""), error.get("ctx") or {}
+    if field in _WHAT and kind.startswith(("greater_than", "less_than")):
+        return _WHAT[field]
     if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}"
+        return f"must be at least {_num(ctx.get('ge'))}"
     if kind == "greater_than":
-        return f"must be more than {ctx.get('gt')}"
+        return f"must be more than {_num(ctx.get('gt'))}"
     if kind == "less_than":
-        return f"must be less than {ctx.get('lt')}"
+        return f"must be less than {_num(ctx.get('lt'))}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}"
+        return f"must be at most {_num(ctx.get('le'))}"
+    if kind == "finite_number":
+        return "must be a finite number, e.g. 5.0"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return "must be a whole number"
     if kind in ("float_parsing", "float_type", "decimal_parsing"):
@@ -62,6 +77,8 @@ def _reason(error: Any, field: str) -> str:
         return f"must be one of {ctx.get('expected', '')}".replace("'", "")
     if kind == "missing":
         return "must be set"
+    if kind == "value_error":  # our validators' own words
+        return str(ctx.get("error") or error.get("msg", "is not valid"))
     return str(error.get("msg", "is not valid")).rstrip(".").replace("Input should", "should")
 
 
@@ -83,7 +100,7 @@ def describe_settings_error(exc: ValidationError) -> list[str]:
         if field in _SECRET_FIELDS:
             shown = "(hidden)"
         elif isinstance(raw, str | int | float | bool):
-            text = str(raw).replace("\n", " ")
+            text = hide_userinfo(str(raw).replace("\n", " "))
             shown = text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN] + "…"
         else:
             shown = "(the value given)"
@@ -118,6 +135,30 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsInvalid(describe_settings_error(exc)) from None
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), no real file: assume it is
+        return True
+
+
+def _stdout_gone() -> int:
+    """The reader of our output went away (``coterie audit list | head``): stop quietly,
+    as a Unix tool killed by SIGPIPE would, with its exit status (128 + 13)."""
+    # Why: Python flushes stdout once more at exit; pointed at /dev/null that cannot fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a verb; coroutine handlers get an event loop. Known errors never show a traceback."""
     from pydantic import ValidationError
@@ -126,6 +167,11 @@ def run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Nam
         result = handler(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
+        sys.stdout.flush()  # Why here: a closed pipe must raise inside this try, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket's or a child's pipe: not ours to hide
+        return _stdout_gone()
     except ValidationError as exc:
         if exc.title != "Settings":
             raise

@@ -7,15 +7,19 @@
   the libraries are logged at INFO or below.
 * ``COTERIE_LOG_FORMAT``: ``logfmt`` (``ts=... level=info logger=coterie msg="..."``)
   or ``json`` (one object a line). A traceback stays on its event's line (``exc=``).
-* Never a secret: the configured token, keys and database password, and anything
-  that looks like a key or a bot token (:func:`executor.redaction.scrub`), are
-  replaced in the message and in the exception text.
+* Never a secret: the configured token, keys and the passwords in the database and
+  base URLs, a URL's credentials (``http://user:pass@proxy`` -> ``http://[redacted]@proxy``,
+  :func:`hide_userinfo`), and anything that looks like a key or a bot token
+  (:func:`executor.redaction.scrub`) are replaced in every record the handler writes,
+  the libraries' included (httpx logs each request's URL at INFO): in the message with
+  its arguments, the extra fields, the exception text and the stack.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -23,7 +27,7 @@ from typing import IO, Any
 
 from executor.redaction import excerpt
 
-__all__ = ["OWN_LOGGERS", "Formatter", "setup_logging"]
+__all__ = ["OWN_LOGGERS", "Formatter", "hide_userinfo", "setup_logging"]
 
 #: Top-level loggers that are coterie's own; every other logger is a library's.
 OWN_LOGGERS = ("coterie", "bot", "commands", "adapters", "personas", "skills", "executor")
@@ -35,9 +39,19 @@ _VOICE = "voice will NOT be supported"
 REDACTED = "[redacted]"
 
 
+# A URL's userinfo: everything between "scheme://" and the last "@" of its authority.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#]+@")
+
+
+def hide_userinfo(text: str) -> str:
+    """``http://user:pass@host`` -> ``http://[redacted]@host``: a URL's credentials
+    (a proxy's, a database's) never reach a log line or the terminal."""
+    return _USERINFO.sub(rf"\1{REDACTED}@", text)
+
+
 def scrub(text: str) -> str:
-    """Secret-looking values (keys, bot tokens) out of ``text``, uncapped."""
-    return excerpt(text, sys.maxsize)
+    """Secret-looking values (keys, bot tokens, URL credentials) out of ``text``, uncapped."""
+    return excerpt(hide_userinfo(text), sys.maxsize)
 
 
 class Formatter(logging.Formatter):
@@ -138,9 +152,17 @@ def _secrets_of(settings: Any) -> list[str]:
     for var in ("OPENROUTER_API_KEY",):
         if os.environ.get(var):
             out.append(os.environ[var])
-    url = getattr(settings, "database_url", "") or ""
-    if "@" in url and "://" in url:
-        creds = url.split("://", 1)[1].split("@", 1)[0]
-        if ":" in creds:
-            out.append(creds.split(":", 1)[1])
+    for name in ("database_url", "openai_base_url", "anthropic_base_url"):
+        out.extend(_url_secrets(getattr(settings, name, None) or ""))
     return out
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password in ``url``'s userinfo, as written and percent-decoded."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []

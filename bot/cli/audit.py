@@ -95,10 +95,11 @@ def _filter(args: argparse.Namespace) -> Any:
 
 
 def _open() -> Any:
+    """The database, read only: nothing is created where there is none."""
     from adapters.storage.db import Database
     from bot.cli._common import load_settings
 
-    return Database.open(load_settings().database_url)
+    return Database.open(load_settings().database_url, create=False)
 
 
 def _usd(micros: int) -> str:

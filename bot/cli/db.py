@@ -55,11 +55,13 @@ def _positive(text: str) -> int:
     return value
 
 
-def _open() -> Any:
+def _open(*, create: bool = True) -> Any:
+    """The database; ``create=False`` for a verb that only reads: a SQLite file that
+    is not there is one line saying so, and nothing is created."""
     from adapters.storage.db import Database
     from bot.cli._common import load_settings
 
-    return Database.open(load_settings().database_url)
+    return Database.open(load_settings().database_url, create=create)
 
 
 async def _upgrade(args: argparse.Namespace) -> int:
@@ -77,7 +79,7 @@ async def _upgrade(args: argparse.Namespace) -> int:
 
 
 async def _current(args: argparse.Namespace) -> int:
-    db = _open()
+    db = _open(create=False)
     try:
         version = await db.current()
     finally:
@@ -124,7 +126,7 @@ async def _backup(args: argparse.Namespace) -> int:
     dest, directory = _destination(args.path)
     if args.keep and directory is None:
         return fail("--keep needs a directory to back up into (end PATH with /)")
-    db = _open()
+    db = _open(create=False)
     try:
         written = await db.backup(dest)
     finally:

@@ -123,23 +123,37 @@ async def _sync(args: argparse.Namespace) -> int:
     if token is None:
         return fail(NO_TOKEN)
 
+    import aiohttp
     import discord
 
-    from bot.client import CoterieBot
+    from bot.client import CoterieBot, discord_unreachable
 
     # REST only: login() runs setup_hook (loads the cogs); no gateway connection.
     bot = CoterieBot(app=None, settings=settings, services=False)
     async with bot:
         try:
             await bot.login(token)
+            if args.guild:
+                guild = discord.Object(id=args.guild)
+                bot.tree.copy_global_to(guild=guild)
+                synced = await bot.tree.sync(guild=guild)
+                print(f"synced {len(synced)} commands to guild {args.guild}")
+            else:
+                synced = await bot.tree.sync()
+                print(
+                    f"synced {len(synced)} global commands (Discord may take a while to show them)"
+                )
         except discord.LoginFailure:
-            return fail("Discord rejected DISCORD_TOKEN; copy the token again from the portal", 1)
-        if args.guild:
-            guild = discord.Object(id=args.guild)
-            bot.tree.copy_global_to(guild=guild)
-            synced = await bot.tree.sync(guild=guild)
-            print(f"synced {len(synced)} commands to guild {args.guild}")
-        else:
-            synced = await bot.tree.sync()
-            print(f"synced {len(synced)} global commands (Discord may take a while to show them)")
+            return fail("Discord rejected DISCORD_TOKEN; copy the token again from the portal")
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            unreachable = discord_unreachable(exc)
+            if unreachable is not None:
+                return fail(unreachable)
+            if isinstance(exc, discord.Forbidden) and args.guild:
+                return fail(
+                    f"Discord refused the commands for guild {args.guild} ({exc.status}): is "
+                    "the bot in that server, invited with the applications.commands scope "
+                    "(coterie invite)?"
+                )
+            raise
     return 0

@@ -425,7 +425,12 @@ async def _instance(report: Report, url: Any, *, running: bool) -> None:
     try:
         holder = await lock_holder(url)
     except DatabaseError as exc:
-        report.add("instance", SKIP, f"cannot tell: {exc}")
+        said = any(c.name == "database" and c.detail == str(exc) for c in report.checks)
+        report.add(
+            "instance",
+            SKIP,
+            "cannot tell: the database did not open" if said else f"cannot tell: {exc}",
+        )
         return
     if holder is None:
         if running:

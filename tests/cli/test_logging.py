@@ -129,3 +129,54 @@ def test_python_warnings_become_log_lines(logs: io.StringIO) -> None:
         warnings.simplefilter("always")
         warnings.warn("a deprecation", UserWarning, stacklevel=1)
     assert "a deprecation" in logs.getvalue()
+
+
+# --- a URL's credentials (a proxy in OPENAI_BASE_URL) -------------------------------------
+
+PROXY_PASSWORD = "hunter2-proxy-pass"
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+@pytest.mark.parametrize("libraries", ["INFO", "DEBUG"])
+async def test_a_urls_credentials_never_reach_the_log(
+    logs: io.StringIO, log_format: str, libraries: str
+) -> None:
+    """httpx logs each request's URL at INFO, userinfo included: through the real
+    logging setup, a request to a loopback server with ``user:pass@`` in its URL."""
+    import httpx
+    from aiohttp import web
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://proxyuser:{PROXY_PASSWORD}@127.0.0.1:{port}/v1"
+    try:
+        setup_logging(
+            _settings(openai_base_url=url, log_format=log_format, log_libraries=libraries),
+            stream=logs,
+        )
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{url}/models")).status_code == 200
+        log = logging.getLogger("coterie")
+        log.info("provider at %s", url)  # in the arguments
+        log.warning("unreachable", extra={"base_url": url})  # in an extra field
+        try:
+            raise ConnectionError(f"cannot connect to {url}")
+        except ConnectionError:
+            log.exception("provider failed")  # in the exception text
+    finally:
+        await runner.cleanup()
+    out = logs.getvalue()
+    assert "HTTP Request: GET http://[redacted]@127.0.0.1" in out
+    assert PROXY_PASSWORD not in out and "proxyuser" not in out
+    lines = _lines(logs)
+    if log_format == "json":
+        assert all(json.loads(line) for line in lines)
+    assert sum("[redacted]@127.0.0.1" in line for line in lines) >= 4

@@ -144,6 +144,7 @@ class FakeDiscord:
         self.resume_count = 0
 
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._faults: list[tuple[str, re.Pattern[str], int]] = []  # see fail()
         self._install_routes()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -740,6 +741,12 @@ class FakeDiscord:
 
         return deco
 
+    def fail(self, method: str, path_pattern: str, status: int = 503) -> None:
+        """From now on, answer ``method`` ``path_pattern`` (as in ``wait_for_call``) with
+        ``status`` and Discord's error body: an outage (503: discord.py does not retry
+        it), a refusal (403). The calls are still recorded."""
+        self._faults.append((method.upper(), _pattern(path_pattern), status))
+
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         body: Json = None
@@ -771,13 +778,24 @@ class FakeDiscord:
             files=files,
             headers=dict(request.headers),
         )
-        for method, pat, handler in self._routes:
-            if method == request.method and (m := pat.fullmatch(path)):
-                call.status, call.response = await handler(call, **m.groupdict())
-                break
+        fault = next(
+            (
+                st
+                for verb, pat, st in self._faults
+                if verb == request.method and pat.fullmatch(path)
+            ),
+            None,
+        )
+        if fault is not None:
+            call.status, call.response = fault, {"message": f"{fault}: injected", "code": 0}
         else:
-            call.unknown = True
-            call.status, call.response = 404, {"message": "404: Not Found", "code": 0}
+            for method, pat, handler in self._routes:
+                if method == request.method and (m := pat.fullmatch(path)):
+                    call.status, call.response = await handler(call, **m.groupdict())
+                    break
+            else:
+                call.unknown = True
+                call.status, call.response = 404, {"message": "404: Not Found", "code": 0}
         self.calls.append(call)
         await self._notify()
         if call.status == 204 or call.response is None:

@@ -160,6 +160,21 @@ def test_a_time_too_far_ahead_is_refused() -> None:
         parse_at("in 99999999d", UTC_ZONE, NOW)
 
 
+@pytest.mark.parametrize(
+    ("text", "tz", "said"),
+    [
+        ("0001-01-01T00:00", "Europe/Berlin", "in the past"),
+        ("0001-01-01T00:30+01:00", "UTC", "in the past"),
+        ("9999-12-31T23:59", "America/New_York", "ten years"),
+        ("9999-12-31T23:00-05:00", "UTC", "ten years"),
+    ],
+)
+def test_a_time_past_the_calendars_edge_in_utc_is_refused(text: str, tz: str, said: str) -> None:
+    # Why: converting to UTC leaves datetime's range (years 1-9999): an OverflowError.
+    with pytest.raises(InvalidTime, match=said):
+        parse_at(text, zone(tz), NOW)
+
+
 # --- stagger ---------------------------------------------------------------------
 
 

@@ -285,6 +285,34 @@ async def test_a_bad_time_is_refused_with_what_is_wrong(world: World) -> None:
     assert w.app.scheduler.jobs() == {}
 
 
+async def test_a_time_at_the_edge_of_the_calendar_is_refused_not_a_crash(world: World) -> None:
+    # Year 1 in Berlin is before datetime's first instant in UTC (an OverflowError);
+    # year 9999 in New York is after its last.
+    w = world
+    await save_digest(w, "moderator")
+    args = {"name": "digest", "args": "topic=rust"}
+    got = await refused(
+        w,
+        "schedule",
+        "moderator",
+        "`0001-01-01T00:00` is in the past",
+        at="0001-01-01T00:00",
+        timezone="Europe/Berlin",
+        **args,
+    )
+    assert "give a later time" in got.text
+    await refused(
+        w,
+        "schedule",
+        "moderator",
+        "more than ten years away",
+        at="9999-12-31T23:59",
+        timezone="America/New_York",
+        **args,
+    )
+    assert w.app.scheduler.jobs() == {}
+
+
 # --- 3. a missing template argument ---------------------------------------------------------
 
 

@@ -23,8 +23,13 @@ def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_db_verbs(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["db", "current"]) == 0
-    assert "empty" in capsys.readouterr().out
+    # Reading verbs create nothing where there is no database: they say so.
+    for verb in (["db", "current"], ["db", "backup", str(tmp_path / "b/")], ["audit", "list"]):
+        assert main(verb) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("coterie: there is no SQLite database at "), err
+        assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert main(["db", "upgrade"]) == 0
     assert "upgraded from (empty)" in capsys.readouterr().out
     assert main(["db", "current"]) == 0
