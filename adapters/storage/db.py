@@ -610,7 +610,9 @@ def migrations_dir() -> Path:
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
     from alembic.config import Config as AlembicConfig
 
-    cfg = AlembicConfig()
+    # Why stdout here: alembic binds its default stdout when first imported, which may
+    # be a stream someone has closed since (a test capture).
+    cfg = AlembicConfig(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
     return cfg
