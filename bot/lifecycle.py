@@ -235,7 +235,11 @@ async def serve(
 
     unreachable = discord_unreachable(error)
     if unreachable is not None:
-        return fail(unreachable)
+        # Why exit 1, not 2: Discord or the network being down is not the operator's
+        # mistake, and comes back; systemd retries every RestartSec (a restart a few
+        # seconds apart is no loop that hurts), where exit 2 would leave the bot down
+        # after a boot with no network until someone starts it by hand.
+        return fail(unreachable, code=1)
     raise error
 
 
