@@ -136,6 +136,25 @@ def _verbs(parser: argparse.ArgumentParser) -> set[str]:
     return set(sub.choices)
 
 
+def test_the_layout_lists_every_top_level_package() -> None:
+    """A package the README's layout does not name is a part of coterie nobody told of."""
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^([a-z_]+)/ ", layout, re.MULTILINE))
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert packages <= listed, f"add to the README's layout: {sorted(packages - listed)}"
+    stale = {name for name in listed if not (ROOT / name).is_dir()}
+    assert not stale, f"the README's layout names what does not exist: {sorted(stale)}"
+
+
+def test_the_development_section_names_every_stage_of_the_check() -> None:
+    check = (ROOT / "scripts" / "check").read_text()
+    stages = re.findall(r'^echo "== ([a-z-]+)', check, re.MULTILINE)
+    development = README.split("## Development", 1)[1].split("\n## ", 1)[0]
+    words = {"lint-imports": "lint-imports", "versions": "versions", "pytest": "pytest"}
+    missing = [s for s in stages if words.get(s, s) not in development]
+    assert stages and not missing, f"the README's Development omits: {missing}"
+
+
 def test_the_commands_table_lists_every_verb() -> None:
     table = README.split("## Commands", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"\| `coterie ([a-z]+)", table))
