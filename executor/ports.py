@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from executor.events import RunEvent
 
 if TYPE_CHECKING:
-    from executor.agent import Caller, RunnableAgent, RunResult, RunStatus
+    from executor.agent import Caller, DeliveryReport, RunnableAgent, RunResult, RunStatus
     from executor.messages import Usage
 
 __all__ = [
@@ -164,6 +164,10 @@ class Delivery(Protocol):
 
     Order: ``start`` once, then any of ``text`` / ``reset`` / ``status``, then
     ``finish`` once with the result (also for failures, to say what happened).
+
+    ``finish`` may return a :class:`~executor.agent.DeliveryReport` (did the answer
+    reach its member?); the run loop puts it on the result and records it in the
+    audit (``RunDelivered``). Returning None says nothing (the default).
     """
 
     async def start(self) -> None: ...
@@ -178,7 +182,7 @@ class Delivery(Protocol):
         """A short status line ("reading example.com", "still working: step 12, 95 s")."""
         ...
 
-    async def finish(self, result: RunResult) -> None: ...
+    async def finish(self, result: RunResult) -> DeliveryReport | None: ...
 
 
 class NullDelivery:

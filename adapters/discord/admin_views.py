@@ -30,6 +30,7 @@ __all__ = [
     "actions_page",
     "budget_embed",
     "config_embed",
+    "delivery_text",
     "member_budget_embed",
     "output_file",
     "run_detail_pages",
@@ -74,6 +75,17 @@ class RunRow(Protocol):
     error: str | None
     error_kind: str | None
     note: str | None
+    delivered: bool | None
+    delivery_error: str | None
+
+
+def delivery_text(delivered: bool | None, error: str | None) -> str:
+    """Whether the answer reached Discord, for ``/audit show`` and the CLI alike."""
+    if delivered is None:
+        return "not recorded"
+    if delivered:
+        return "yes"
+    return f"no: {error}" if error else "no"
 
 
 class StepRow(Protocol):
@@ -245,6 +257,9 @@ def run_detail_pages(
         )
     if r.parent_run_id:
         head.add_field(name="Parent run", value=f"`{r.parent_run_id[:12]}`")
+    head.add_field(
+        name="Answer delivered", value=_fit(delivery_text(r.delivered, r.delivery_error), 300)
+    )
     if r.error:
         head.add_field(
             name=f"Error ({r.error_kind or '?'})", value=_fit(r.error, 1000), inline=False

@@ -23,6 +23,7 @@ async def open_delivery(
     reference: discord.Message | None = None,
     clock: Clock | None = None,
     interval: float = 1.0,
+    queue_every: float = 5.0,
     approval_timeout: float = 120.0,
 ) -> StreamingDelivery:
     """The delivery for a persona's answer in ``target`` (a channel, thread or DM).
@@ -56,4 +57,6 @@ async def open_delivery(
             target, request, requester_id=requester_id, wait_s=approval_timeout
         )
 
-    return StreamingDelivery(sink, clock=clock, interval=interval, ask_approval=ask)
+    return StreamingDelivery(
+        sink, clock=clock, interval=interval, queue_every=queue_every, ask_approval=ask
+    )

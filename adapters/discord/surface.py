@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class DeliveryOptions:
-    """How answers are streamed (the cog's knobs; tests shorten them)."""
+    """How answers are streamed (the cog's knobs; tests shorten them).
+
+    ``edit_interval``: seconds between text edits, counted from the first words (which
+    go at once); ``queue_every``: seconds between two edits of a place in line."""
 
     edit_interval: float = 1.0
+    queue_every: float = 5.0
     approval_timeout: float = 120.0
     clock: Clock | None = None
 
@@ -172,5 +176,6 @@ class DiscordSurface:
             reference=self.reference,
             clock=self.options.clock,
             interval=self.options.edit_interval,
+            queue_every=self.options.queue_every,
             approval_timeout=self.options.approval_timeout,
         )

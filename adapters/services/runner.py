@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
+from executor.agent import Caller, DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
 from executor.ports import Clock, Delivery, RealClock
 from executor.run import Executor
 
@@ -111,11 +111,11 @@ class _StoppingDelivery:
     async def status(self, line: str) -> None:
         await self._inner.status(line)
 
-    async def finish(self, result: RunResult) -> None:
+    async def finish(self, result: RunResult) -> DeliveryReport | None:
         if self.note_on_finish is not None and result.status is RunStatus.CANCELLED:
             result.note = self.note_on_finish
         self.final = result
-        await self._inner.finish(result)
+        return await self._inner.finish(result)
 
 
 @dataclass(eq=False, slots=True)
