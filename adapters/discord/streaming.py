@@ -46,6 +46,7 @@ from executor.ports import ApprovalDecision, ApprovalRequest, Clock, RealClock
 
 __all__ = [
     "DELIVERY_ERRORS",
+    "RETRY_DELAYS",
     "TRANSIENT_ERRORS",
     "ApprovalAsker",
     "MessageSink",
@@ -125,7 +126,7 @@ class StreamingDelivery:
         clock: Clock | None = None,
         interval: float = 1.0,
         typing_every: float = 8.0,
-        queue_every: float = 5.0,
+        queue_every: float = 10.0,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
         limit: int = DISCORD_LIMIT,
         ask_approval: ApprovalAsker | None = None,
