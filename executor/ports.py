@@ -198,7 +198,7 @@ class NullDelivery:
     async def status(self, line: str) -> None:
         return None
 
-    async def finish(self, result: RunResult) -> None:
+    async def finish(self, result: RunResult) -> DeliveryReport | None:
         return None
 
 
