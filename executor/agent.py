@@ -106,6 +106,17 @@ class RunStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"  # set by crash recovery, never by the loop
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """Whether a run's answer reached the place it was meant for (a Discord
+    channel, a DM): what a delivery's ``finish`` returns once it has stopped trying.
+    ``error`` says why not, written for an operator ("ServerDisconnectedError after
+    4 tries")."""
+
+    delivered: bool
+    error: str | None = None
+
+
 @dataclass(slots=True)
 class RunResult:
     run_id: str
@@ -123,6 +134,9 @@ class RunResult:
     # A failure the member cannot be told about in detail: the short reference the
     # note gives them and the log line carries ("ref 3FA9C1").
     error_ref: str | None = None
+    # What the delivery reported after ``finish`` (None: nothing was delivered, or the
+    # delivery does not say). A run can be ``ok`` and still not reach its member.
+    delivery: DeliveryReport | None = None
 
     @property
     def ok(self) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "CriticVerdictEvent",
     "ModelAttemptEvent",
     "ModelRequestEvent",
+    "RunDelivered",
     "RunEvent",
     "RunFinished",
     "RunStarted",
@@ -137,6 +138,16 @@ class RunFinished(_Event):
     result: RunResult
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunDelivered(_Event):
+    """After ``RunFinished``: whether the answer reached its member (the delivery's
+    :class:`~executor.agent.DeliveryReport`). Only runs with a delivery that reports
+    have one."""
+
+    delivered: bool
+    error: str | None = None
+
+
 RunEvent = (
     RunStarted
     | ModelRequestEvent
@@ -149,4 +160,5 @@ RunEvent = (
     | CriticVerdictEvent
     | ApprovalEvent
     | RunFinished
+    | RunDelivered
 )

@@ -12,7 +12,9 @@ slot goes to the queued key holding the fewest slots, ties broken round-robin
 a member with 50 requests in the queue delays another
 member's single request by at most about one run. ``on_position`` is called
 when a request is queued, whenever its place changes, and with 0 when it
-starts. Cancelling a queued request removes it cleanly.
+starts. Places are worked out once per turn of the event loop, however many
+requests were queued, started or cancelled in it (the callbacks see the latest
+place, not every step to it). Cancelling a queued request removes it cleanly.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -27,6 +30,8 @@ from typing import Any
 __all__ = ["Lanes", "PositionCallback"]
 
 PositionCallback = Callable[[int], Any]  # may return an awaitable
+
+log = logging.getLogger(__name__)
 
 
 class _Waiter:
@@ -53,6 +58,7 @@ class Lanes:
         # key -> its queued waiters; the order of keys is the round-robin order.
         self._queues: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._callbacks: set[asyncio.Future[Any]] = set()
+        self._positions_soon: asyncio.Handle | None = None
 
     @property
     def queued(self) -> int:
@@ -162,6 +168,13 @@ class Lanes:
         return out
 
     def _positions(self) -> None:
+        """Tell the waiters their places, once this turn of the loop is over."""
+        if self._positions_soon is None:
+            loop = asyncio.get_running_loop()
+            self._positions_soon = loop.call_soon(self._positions_now)
+
+    def _positions_now(self) -> None:
+        self._positions_soon = None
         if not any(w.on_position for q in self._queues.values() for w in q):
             return
         for place, (key, i) in enumerate(self.order(), start=1):
@@ -177,4 +190,11 @@ class Lanes:
         if inspect.isawaitable(out):
             task = asyncio.ensure_future(out)
             self._callbacks.add(task)
-            task.add_done_callback(self._callbacks.discard)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Future[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Why here: nothing else awaits it, and an unretrieved error is only a
+            # warning at garbage collection.
+            log.warning("a queue position callback failed", exc_info=exc)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from executor.events import RunEvent
 
 if TYPE_CHECKING:
-    from executor.agent import Caller, RunnableAgent, RunResult, RunStatus
+    from executor.agent import Caller, DeliveryReport, RunnableAgent, RunResult, RunStatus
     from executor.messages import Usage
 
 __all__ = [
@@ -171,6 +171,10 @@ class Delivery(Protocol):
     explicitly (:class:`NullDelivery` does). A wrapper must not: it forwards every
     method to what it wraps, by name (never through ``__getattr__``), so one it
     forgets fails the type check instead of silently denying every approval.
+
+    ``finish`` may return a :class:`~executor.agent.DeliveryReport` (did the answer
+    reach its member?); the run loop puts it on the result and records it in the
+    audit (``RunDelivered``). Returning None says nothing (the default).
     """
 
     async def start(self) -> None: ...
@@ -185,7 +189,7 @@ class Delivery(Protocol):
         """A short status line ("reading example.com", "still working: step 12, 95 s")."""
         ...
 
-    async def finish(self, result: RunResult) -> None: ...
+    async def finish(self, result: RunResult) -> DeliveryReport | None: ...
 
     def note(self, line: str) -> None:
         """A line shown at the end of the answer ("the history was cut")."""
@@ -218,7 +222,7 @@ class NullDelivery(Delivery):
     async def status(self, line: str) -> None:
         return None
 
-    async def finish(self, result: RunResult) -> None:
+    async def finish(self, result: RunResult) -> DeliveryReport | None:
         return None
 
 

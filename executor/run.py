@@ -12,7 +12,8 @@ One run, in order:
    request (streamed when there is a delivery), tool calls (permission, approval,
    timeout), repeat;
 5. always, whatever happened: settle the budget to the real cost, record
-   ``RunFinished``, tell the delivery, close the critic's watch.
+   ``RunFinished``, close the critic's watch, tell the delivery, and record
+   ``RunDelivered`` when the delivery says whether the answer reached its member.
 
 The loop never knows which provider answered, except to record it.
 """
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from executor._trace import log_failure, new_ref
-from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
+from executor.agent import DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
 from executor.budget import format_usd, out_of_budget_advice
 from executor.errors import (
     AllModelsFailed,
@@ -43,6 +44,7 @@ from executor.events import (
     ApprovalEvent,
     ModelAttemptEvent,
     ModelRequestEvent,
+    RunDelivered,
     RunEvent,
     RunFinished,
     RunStarted,
@@ -271,7 +273,31 @@ class Executor:
         """A run that never started still leaves its row, and its person an answer."""
         await self._emit(self._started_event(agent, inv, run_id, estimate), None)
         await self._emit(RunFinished(run_id=run_id, at=self.clock.now(), result=result), None)
-        await delivery.finish(result)
+        await self._deliver(delivery, result)
+
+    async def _deliver(self, delivery: Delivery, result: RunResult) -> None:
+        """Tell the delivery how the run ended, then record whether the answer
+        reached its member (when the delivery says): on the result and in the audit."""
+        try:
+            report = await delivery.finish(result)
+        except Exception as exc:
+            # Why not raise: the run is settled and closed already; an answer that could
+            # not be delivered is a fact about the run, for its audit row and its caller
+            # (a scheduled slot fails with it), not an error out of the run.
+            log.exception("run %s: the delivery failed to finish", result.run_id)
+            report = DeliveryReport(delivered=False, error=f"{type(exc).__name__}: {exc}"[:300])
+        if report is None:
+            return
+        result.delivery = report
+        await self._emit(
+            RunDelivered(
+                run_id=result.run_id,
+                at=self.clock.now(),
+                delivered=report.delivered,
+                error=report.error,
+            ),
+            None,
+        )
 
     async def _emit(self, event: RunEvent, watch: CriticWatch | None) -> None:
         if not isinstance(event, _DELTA_FREE):
@@ -439,7 +465,7 @@ class Executor:
             finally:
                 if watch is not None:
                     await watch.close()
-                await state.delivery.finish(result)
+                await self._deliver(state.delivery, result)
 
     # ------------------------------------------------------------------ steps
 

@@ -31,6 +31,7 @@ __all__ = [
     "actions_page",
     "budget_embed",
     "config_embed",
+    "delivery_text",
     "member_budget_embed",
     "output_file",
     "run_detail_pages",
@@ -45,6 +46,15 @@ EMBEDS_PER_MESSAGE = 10
 EMBED_TOTAL_LIMIT = 6000
 OUTPUT_INLINE = 900  # longer outputs go in an attachment
 _NO_PINGS = discord.AllowedMentions.none()
+
+
+def delivery_text(delivered: bool | None, error: str | None) -> str:
+    """Whether the answer reached Discord, for ``/audit show`` and the CLI alike."""
+    if delivered is None:
+        return "not recorded"
+    if delivered:
+        return "yes"
+    return f"no: {error}" if error else "no"
 
 
 class StepRow(Protocol):
@@ -203,6 +213,9 @@ def run_detail_pages(
         )
     if r.parent_run_id:
         head.add_field(name="Parent run", value=f"`{r.parent_run_id[:12]}`")
+    head.add_field(
+        name="Answer delivered", value=_fit(delivery_text(r.delivered, r.delivery_error), 300)
+    )
     if r.error:
         head.add_field(
             name=f"Error ({r.error_kind or '?'})", value=_fit(r.error, 1000), inline=False

@@ -6,7 +6,7 @@ import discord
 
 from adapters.discord.approval import ask_with_buttons
 from adapters.discord.sinks import ChannelSink, WebhookSink
-from adapters.discord.streaming import MessageSink, StreamingDelivery
+from adapters.discord.streaming import RETRY_DELAYS, MessageSink, StreamingDelivery
 from adapters.discord.webhooks import Webhooks
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock
 
@@ -23,6 +23,8 @@ async def open_delivery(
     reference: discord.Message | None = None,
     clock: Clock | None = None,
     interval: float = 1.0,
+    queue_every: float = 10.0,
+    retry_delays: tuple[float, ...] = RETRY_DELAYS,
     approval_timeout: float = 120.0,
 ) -> StreamingDelivery:
     """The delivery for a persona's answer in ``target`` (a channel, thread or DM).
@@ -56,4 +58,11 @@ async def open_delivery(
             target, request, requester_id=requester_id, wait_s=approval_timeout
         )
 
-    return StreamingDelivery(sink, clock=clock, interval=interval, ask_approval=ask)
+    return StreamingDelivery(
+        sink,
+        clock=clock,
+        interval=interval,
+        queue_every=queue_every,
+        retry_delays=retry_delays,
+        ask_approval=ask,
+    )

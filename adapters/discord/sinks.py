@@ -3,7 +3,9 @@
 :class:`ChannelSink` posts normal messages headed by the persona's name;
 :class:`WebhookSink` speaks with the persona's own name and avatar through a channel
 webhook, falling back to the channel when a webhook call fails. Every send and edit
-carries :func:`~adapters.discord.split.no_pings`.
+carries :func:`~adapters.discord.split.no_pings`. A channel post carries the
+delivery's ``nonce`` (Discord returns the first message rather than a second one when
+a retried post had landed); a webhook post cannot.
 """
 
 from __future__ import annotations
@@ -44,19 +46,26 @@ class ChannelSink:
     def prefix(self) -> str:
         return f"**{self.persona}**\n" if self.persona else ""
 
-    async def send(self, content: str) -> discord.Message:
-        reference, self.reference = self.reference, None
+    async def send(self, content: str, *, nonce: int | None = None) -> discord.Message:
+        once: dict[str, Any] = {"nonce": nonce} if nonce is not None else {}
+        reference = self.reference
         if reference is not None:
             try:
-                return await self.channel.send(
+                sent = await self.channel.send(
                     content,
                     reference=reference,
                     mention_author=True,
                     allowed_mentions=no_pings(reply_to_author=True),
+                    **once,
                 )
             except discord.HTTPException:
                 log.info("reply failed (message gone?); sending without a reference", exc_info=True)
-        return await self.channel.send(content, allowed_mentions=no_pings())
+            else:
+                # Why only now: a try that failed in transit is tried again as a reply.
+                self.reference = None
+                return sent
+            self.reference = None
+        return await self.channel.send(content, allowed_mentions=no_pings(), **once)
 
     async def edit(self, handle: Any, content: str) -> Any:
         msg: discord.Message = handle
@@ -105,7 +114,8 @@ class WebhookSink:
         if isinstance(exc, discord.NotFound) and self.on_gone is not None:
             self.on_gone()
 
-    async def send(self, content: str) -> Any:
+    async def send(self, content: str, *, nonce: int | None = None) -> Any:
+        # Why no nonce here: Discord does not deduplicate webhook posts.
         if not self.failed:
             try:
                 kwargs: dict[str, Any] = {}
@@ -124,7 +134,7 @@ class WebhookSink:
                 log.warning("webhook send failed; falling back to a normal message", exc_info=True)
                 self._failed(exc)
                 content = self.fallback.prefix + content
-        return await self.fallback.send(content)
+        return await self.fallback.send(content, nonce=nonce)
 
     async def edit(self, handle: Any, content: str) -> Any:
         if isinstance(handle, discord.WebhookMessage):

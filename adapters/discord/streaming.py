@@ -1,34 +1,88 @@
 """Streaming a run's answer: :class:`StreamingDelivery`, the state machine.
 
 It implements :class:`executor.ports.Delivery` against a small :class:`MessageSink`
-(send / edit / delete / typing) and owns the timing: the first token is posted at
-once, later edits at most one per ``interval`` seconds (on an injected clock), the
-typing indicator until the first token, a short status line while tools run, a note
-at the end when the run was not a plain success. Past 2,000 characters it continues
-in a new message, split by :func:`~adapters.discord.split.split_message`. It makes
-no discord.py call itself (the sinks in :mod:`adapters.discord.sinks` do), so it is
-tested with a fake sink and a fake clock.
+(send / edit / delete / typing) and owns the timing, on an injected clock:
+
+* the first words go out as soon as they exist (a queue placeholder or a status line
+  shown before them does not start the throttle); later text edits at most one per
+  ``interval`` seconds after the last text edit;
+* the typing indicator until the first words, a short status line while tools run,
+  a note at the end when the run was not a plain success;
+* a queued request's place in line is shown when it is queued, then edited only when
+  it has at least halved and at most once per ``queue_every`` seconds (a 300-run
+  queue moves every placeholder on every start: editing each time flooded Discord);
+  when the run starts, "working…" replaces it only if no words come within
+  ``interval``.
+
+A send or edit that fails on a transient error (connection reset, server
+disconnected, timeout) is tried again after 0.5, 1 and 2 s; an edit that still
+fails (or whose message is gone) posts the text as a new message instead. A failure
+between pushes never kills anything: the next push, and at the latest ``finish``,
+tries again, and ``finish`` returns a :class:`~executor.agent.DeliveryReport` saying
+whether the final answer reached Discord (the run loop records it in the audit).
+
+Past 2,000 characters it continues in a new message, split by
+:func:`~adapters.discord.split.split_message`. It makes no discord.py call itself
+(the sinks in :mod:`adapters.discord.sinks` do), so it is tested with a fake sink
+and a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import aiohttp
 import discord
 
 from adapters.discord.budget_text import budget_exhausted, budget_refusal, cost_footer
 from adapters.discord.split import DISCORD_LIMIT, split_message
-from executor.agent import RunResult, RunStatus
+from executor.agent import DeliveryReport, RunResult, RunStatus
 from executor.errors import BudgetDetails
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock, RealClock
 
-__all__ = ["ApprovalAsker", "MessageSink", "StreamingDelivery"]
+__all__ = [
+    "DELIVERY_ERRORS",
+    "RETRY_DELAYS",
+    "TRANSIENT_ERRORS",
+    "ApprovalAsker",
+    "MessageSink",
+    "StreamingDelivery",
+    "describe_error",
+]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Failures worth trying again: the request may not have reached Discord, or its
+#: answer was lost on the way back. (discord.py itself retries a connection reset
+#: only for the BSD and Windows error numbers, never Linux's, and never a server that
+#: hung up.)
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    aiohttp.ClientConnectionError,  # reset, server disconnected, cannot connect
+    aiohttp.ClientPayloadError,  # the answer was cut off
+    ConnectionError,
+    TimeoutError,
+    discord.RateLimited,  # a rate limit longer than the client agrees to wait
+)
+#: Everything a send or edit may fail with that is Discord's or the network's doing.
+DELIVERY_ERRORS: tuple[type[Exception], ...] = (discord.HTTPException, *TRANSIENT_ERRORS)
+
+#: Waits between the tries of one send or edit (4 tries in all).
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One short line for the log and the audit (no traceback, no request body)."""
+    if isinstance(exc, discord.HTTPException):
+        text = f"HTTP {exc.status}" + (f" ({exc.text})" if exc.text else "")
+    else:
+        text = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return text[:200]
 
 
 @runtime_checkable
@@ -38,7 +92,10 @@ class MessageSink(Protocol):
     @property
     def prefix(self) -> str: ...
 
-    async def send(self, content: str) -> Any: ...
+    async def send(self, content: str, *, nonce: int | None = None) -> Any:
+        """Post a new message. ``nonce`` is the same on every try of one message, so
+        Discord can refuse a duplicate when a try whose answer was lost did land."""
+        ...
 
     async def edit(self, handle: Any, content: str) -> Any:
         """Edit a sent message; returns its (possibly new) handle."""
@@ -55,9 +112,11 @@ ApprovalAsker = Callable[[ApprovalRequest], Awaitable[ApprovalDecision]]
 class StreamingDelivery:
     """Streams a run into a :class:`MessageSink` with throttled edits.
 
-    ``interval``: at most one push (send/edit round) per this many seconds after the
-    first; ``typing_every``: how often the typing indicator is renewed (Discord shows
-    it for about 10 s) until the first token.
+    ``interval``: at most one text edit per this many seconds after the first words
+    (and the wait before "working…" replaces a place in line); ``typing_every``: how
+    often the typing indicator is renewed (Discord shows it for about 10 s) until the
+    first words; ``queue_every``: at most one edit of a place in line per this many
+    seconds; ``retry_delays``: the waits between tries of a failing send or edit.
     """
 
     def __init__(
@@ -67,6 +126,8 @@ class StreamingDelivery:
         clock: Clock | None = None,
         interval: float = 1.0,
         typing_every: float = 8.0,
+        queue_every: float = 10.0,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
         limit: int = DISCORD_LIMIT,
         ask_approval: ApprovalAsker | None = None,
     ) -> None:
@@ -74,6 +135,8 @@ class StreamingDelivery:
         self.clock: Clock = clock if clock is not None else RealClock()
         self.interval = interval
         self.typing_every = typing_every
+        self.queue_every = queue_every
+        self.retry_delays = retry_delays
         self.limit = limit
         self._asker = ask_approval
         self.body = ""
@@ -82,10 +145,19 @@ class StreamingDelivery:
         self.handles: list[Any] = []
         self.sent: list[str] = []
         self.result: RunResult | None = None
+        #: What ``finish`` reported (None until then).
+        self.report: DeliveryReport | None = None
         self.finished = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._last_push: float | None = None
+        self._last_push: float | None = None  # any push
+        self._text_at: float | None = None  # the last push that changed the text
+        self._body_shown = ""  # the text as last pushed
+        self._status_due = 0.0  # a status-only push waits until then
+        self._position: int | None = None  # the place in line last told
+        self._position_shown: int | None = None  # ... and last pushed
+        self._position_at: float | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._wake_at: float | None = None  # when a parked flusher will push
         self._typer: asyncio.Task[None] | None = None
         self._pushing = False
         self._closed = False
@@ -99,10 +171,7 @@ class StreamingDelivery:
     async def start(self) -> None:
         if self._started_at is None:
             self._started_at = self.clock.monotonic()
-        if self.status_line is not None and self.status_line.startswith("waiting"):
-            # Was queued: say that it started.
-            self.status_line = "working…"
-            self._kick()
+        self._left_the_queue()
         if not self.handles and self._typer is None:
             self._typer = asyncio.create_task(self._type(), name="delivery-typing")
 
@@ -120,9 +189,10 @@ class StreamingDelivery:
 
     async def status(self, line: str) -> None:
         self.status_line = line[:120]
+        self._status_due = self.clock.monotonic()
         self._kick()
 
-    async def finish(self, result: RunResult) -> None:
+    async def finish(self, result: RunResult) -> DeliveryReport:
         self.result = result
         self._closed = True
         self._stop_typing()
@@ -145,8 +215,14 @@ class StreamingDelivery:
             self.notes.append(cost_footer(result.cost_micros, result.model, seconds))
         try:
             await self._push()
+        except DELIVERY_ERRORS as exc:
+            log.warning("run %s: the answer did not reach Discord: %s", result.run_id, exc)
+            self.report = DeliveryReport(delivered=False, error=describe_error(exc))
+        else:
+            self.report = DeliveryReport(delivered=True)
         finally:
             self.finished.set()
+        return self.report
 
     # --- extras used by the chat service -------------------------------------------
 
@@ -160,11 +236,22 @@ class StreamingDelivery:
             self.notes.append(line)
 
     async def queued(self, position: int) -> None:
-        """The member's request waits in their lane; ``position`` 0 means it started."""
-        if position > 0:
-            self.status_line = f"waiting in line (position {position})"
-        elif self.status_line is not None and self.status_line.startswith("waiting"):
-            self.status_line = "working…"
+        """The member's request waits in their lane; ``position`` 0 means it started.
+
+        Shown when first told; after that only when the place has at least halved
+        (or doubled), at most once per ``queue_every`` seconds (the latest place wins).
+        """
+        if position <= 0:
+            self._left_the_queue()
+            return
+        self._position = position
+        shown = self._position_shown
+        if shown is not None and not (position <= shown // 2 or position >= shown * 2):
+            return
+        self.status_line = f"waiting in line (position {position})"
+        now = self.clock.monotonic()
+        since = self._position_at
+        self._status_due = now if since is None else max(now, since + self.queue_every)
         self._kick()
 
     async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
@@ -172,7 +259,10 @@ class StreamingDelivery:
             return ApprovalDecision(approved=False, reason="nobody can be asked here")
         # Show what has been written so far before the question.
         await self._stop_flusher()
-        await self._push()
+        try:
+            await self._push()
+        except DELIVERY_ERRORS as exc:
+            log.warning("could not show the answer so far before asking: %s", exc)
         return await self._asker(request)
 
     @property
@@ -181,35 +271,73 @@ class StreamingDelivery:
 
     # --- internals -------------------------------------------------------------------
 
+    def _left_the_queue(self) -> None:
+        if self.status_line is not None and self.status_line.startswith("waiting"):
+            self.status_line = "working…"
+            # Why wait: the first words usually come sooner, and replace the line anyway.
+            self._status_due = self.clock.monotonic() + self.interval
+            self._kick()
+
+    def _due(self) -> float:
+        """When the next push may go, given what changed since the last one."""
+        if self.body != self._body_shown:
+            if self._text_at is None:
+                return self.clock.monotonic()  # the first words: at once
+            return self._text_at + self.interval
+        due = self._status_due
+        if self._last_push is not None:
+            due = max(due, self._last_push + self.interval)
+        return due
+
     def _kick(self) -> None:
         if self._closed:
             return
         self._dirty.set()
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop(), name="delivery-flush")
+        task = self._flusher
+        if task is not None and not task.done():
+            wake = self._wake_at
+            if wake is None or self._pushing or self._due() >= wake:
+                return  # it will see the change
+            # Parked until later than this change is due (the first words after a
+            # placeholder): start over rather than wait.
+            task.cancel()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="delivery-flush")
 
     async def _flush_loop(self) -> None:
         while not self._closed:
             await self._dirty.wait()
             self._dirty.clear()
-            if self._last_push is not None:
-                wait = self._last_push + self.interval - self.clock.monotonic()
-                if wait > 0:
+            wait = self._due() - self.clock.monotonic()
+            if wait > 0:
+                self._wake_at = self.clock.monotonic() + wait
+                try:
                     await self.clock.sleep(wait)
+                finally:
+                    self._wake_at = None
             if self._closed:
                 return
-            await self._push()
+            try:
+                await self._push()
+            except DELIVERY_ERRORS as exc:
+                # Why not raise: nobody awaits this task; the next change, and at the
+                # latest finish(), pushes again (and finish reports what reached Discord).
+                log.info("could not update the answer (will try again): %s", exc)
 
     async def _stop_flusher(self) -> None:
         task, self._flusher = self._flusher, None
-        if task is None or task.done():
+        if task is None:
             return
-        if not self._pushing:
+        if not task.done() and not self._pushing:
             # Parked (throttle sleep or waiting for text): nothing is in flight.
             task.cancel()
         # Why not cancel a push: a cancelled request may still land, duplicating a message.
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # our own caller is being cancelled
+        except Exception:
+            log.exception("the delivery's flusher failed")
 
     def _stop_typing(self) -> None:
         if self._typer is not None:
@@ -220,7 +348,7 @@ class StreamingDelivery:
         while True:
             try:
                 await self.sink.typing()
-            except discord.HTTPException:
+            except DELIVERY_ERRORS:
                 log.debug("typing indicator failed", exc_info=True)
             await self.clock.sleep(self.typing_every)
 
@@ -250,18 +378,63 @@ class StreamingDelivery:
 
     async def _push_now(self) -> None:
         self._stop_typing()
+        body, position = self.body, self._position
+        if not self.handles and not (body.strip() or self.status_line or self.notes):
+            return  # nothing to say yet: no bare "…" placeholder
         chunks = self.render()
         for i, content in enumerate(chunks):
             if i < len(self.handles):
                 if self.sent[i] != content:
-                    self.handles[i] = await self.sink.edit(self.handles[i], content)
+                    self.handles[i] = await self._edit(self.handles[i], content)
                     self.sent[i] = content
             else:
-                self.handles.append(await self.sink.send(content))
+                self.handles.append(await self._send(content))
                 self.sent.append(content)
         while len(self.handles) > len(chunks):
             # A failover reset shortened the answer.
             handle = self.handles.pop()
             self.sent.pop()
-            await self.sink.delete(handle)
-        self._last_push = self.clock.monotonic()
+            try:
+                await self.sink.delete(handle)
+            except DELIVERY_ERRORS as exc:
+                log.info("could not delete a message left over by a reset: %s", exc)
+        now = self.clock.monotonic()
+        self._last_push = now
+        if body != self._body_shown:
+            self._body_shown = body
+            self._text_at = now
+        if self.status_line is not None and self.status_line.startswith("waiting"):
+            self._position_shown, self._position_at = position, now
+
+    async def _send(self, content: str) -> Any:
+        nonce = secrets.randbits(62)  # the same on every try of this message
+        return await self._retry("send", lambda: self.sink.send(content, nonce=nonce))
+
+    async def _edit(self, handle: Any, content: str) -> Any:
+        try:
+            return await self._retry("edit", lambda: self.sink.edit(handle, content))
+        except DELIVERY_ERRORS as exc:
+            if isinstance(exc, discord.Forbidden):
+                raise  # a new message would be refused the same way
+            log.warning("editing a message failed (%s); posting the text anew", describe_error(exc))
+            return await self._send(content)
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        tries = len(self.retry_delays) + 1
+        for n in range(tries):
+            try:
+                return await call()
+            except TRANSIENT_ERRORS as exc:
+                if n + 1 >= tries:
+                    raise
+                delay = self.retry_delays[n]
+                log.info(
+                    "%s failed (%s); try %d of %d in %gs",
+                    what,
+                    describe_error(exc),
+                    n + 2,
+                    tries,
+                    delay,
+                )
+                await self.clock.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -20,6 +20,7 @@ from adapters.discord.delivery import open_delivery
 from adapters.discord.history import dm_history, reply_chain, thread_history, turn_from_message
 from adapters.discord.identity import caller_from_message
 from adapters.discord.split import no_pings
+from adapters.discord.streaming import RETRY_DELAYS
 from adapters.discord.webhooks import Webhooks
 from adapters.services.chat import HistorySource, IncomingMessage
 from adapters.services.conversation import HistoryLimits, Turn
@@ -33,9 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class DeliveryOptions:
-    """How answers are streamed (the cog's knobs; tests shorten them)."""
+    """How answers are streamed (the cog's knobs; tests shorten them).
+
+    ``edit_interval``: seconds between text edits, counted from the first words (which
+    go at once); ``queue_every``: seconds between two edits of a place in line;
+    ``retry_delays``: the waits between tries of a send or edit lost in transit."""
 
     edit_interval: float = 1.0
+    queue_every: float = 10.0
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
     approval_timeout: float = 120.0
     clock: Clock | None = None
 
@@ -172,5 +179,7 @@ class DiscordSurface:
             reference=self.reference,
             clock=self.options.clock,
             interval=self.options.edit_interval,
+            queue_every=self.options.queue_every,
+            retry_delays=self.options.retry_delays,
             approval_timeout=self.options.approval_timeout,
         )

@@ -88,6 +88,8 @@ class RunRow(Protocol):
     error: str | None
     error_kind: str | None
     note: str | None
+    delivered: bool | None
+    delivery_error: str | None
 
 
 class RunDetailLike(Protocol):

@@ -27,7 +27,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
+from executor.agent import Caller, DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock, Delivery, RealClock
 from executor.run import Executor
 
@@ -110,11 +110,11 @@ class _StoppingDelivery:
     async def status(self, line: str) -> None:
         await self._inner.status(line)
 
-    async def finish(self, result: RunResult) -> None:
+    async def finish(self, result: RunResult) -> DeliveryReport | None:
         if self.note_on_finish is not None and result.status is RunStatus.CANCELLED:
             result.note = self.note_on_finish
         self.final = result
-        await self._inner.finish(result)
+        return await self._inner.finish(result)
 
     def note(self, line: str) -> None:
         self._inner.note(line)
@@ -165,6 +165,12 @@ class Runner:
     @property
     def in_flight(self) -> int:
         return len(self._flights)
+
+    async def wait_idle(self) -> None:
+        """Until every run in flight now has ended (closed in the audit, settled)."""
+        flights = list(self._flights)
+        if flights:
+            await asyncio.gather(*(f.done.wait() for f in flights))
 
     async def run(self, agent: RunnableAgent, invocation: Invocation) -> RunResult:
         if not self._accepting:

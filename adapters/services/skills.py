@@ -276,6 +276,16 @@ class SkillService:
             log.info("schedule %s slot %s failed: %s", schedule.id, slot_at, exc)
             return SlotOutcome(status="failed", error=str(exc)[:300])
         result = run.outcome.result
+        report = result.delivery
+        if result.ok and report is not None and not report.delivered:
+            # The run is ok (and charged) but its answer never reached the channel: the
+            # slot fails with that reason, as the audit row says (delivered: no).
+            why = f" ({report.error})" if report.error else ""
+            return SlotOutcome(
+                status="failed",
+                run_id=result.run_id,
+                error=f"the answer could not be posted in the channel{why}"[:300],
+            )
         if result.ok:
             return SlotOutcome(status="ok", run_id=result.run_id)
         return SlotOutcome(

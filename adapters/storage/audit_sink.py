@@ -54,6 +54,7 @@ from executor.events import (
     CriticVerdictEvent,
     ModelAttemptEvent,
     ModelRequestEvent,
+    RunDelivered,
     RunEvent,
     RunFinished,
     RunStarted,
@@ -92,6 +93,11 @@ _FINISH = (
     update(_runs)
     .where(_runs.c.run_id == bindparam("b_run_id"))
     .values({c: bindparam(c) for c in _FINISHED_COLUMNS})
+)
+_DELIVERED = (
+    update(_runs)
+    .where(_runs.c.run_id == bindparam("b_run_id"))
+    .values(delivered=bindparam("delivered"), delivery_error=bindparam("delivery_error"))
 )
 
 
@@ -133,6 +139,7 @@ class SqlAuditSink:
         self._engine = engine
         self._starts: list[dict[str, Any]] = []
         self._finishes: list[dict[str, Any]] = []
+        self._deliveries: list[dict[str, Any]] = []
         self._generation = 0  # the batch now filling
         self._durable = -1  # every batch up to this one is committed
         # The flush timer: started on the first event, stopped by close().
@@ -147,6 +154,9 @@ class SqlAuditSink:
             return
         if isinstance(event, RunFinished):
             await self._finish(event)
+            return
+        if isinstance(event, RunDelivered):
+            await self._delivered(event)
             return
         if isinstance(event, TextDeltaEvent | ToolCallStarted):
             # Deltas are noise; a started call is recorded whole when it finishes.
@@ -197,7 +207,7 @@ class SqlAuditSink:
     async def _tick(self) -> None:
         while not self._closed:
             await self._sleep(self.flush_interval_s)
-            if not self._pending and not self._starts and not self._finishes:
+            if not (self._pending or self._starts or self._finishes or self._deliveries):
                 continue
             try:
                 await self._commit()
@@ -228,6 +238,7 @@ class SqlAuditSink:
                 return  # a writer before us took our rows with theirs
             starts, self._starts = self._starts, []
             finishes, self._finishes = self._finishes, []
+            deliveries, self._deliveries = self._deliveries, []
             batch = self._take()
             taken = self._generation
             self._generation += 1
@@ -238,10 +249,13 @@ class SqlAuditSink:
                     await self._write(conn, batch)
                     if finishes:
                         await conn.execute(_FINISH, finishes)
+                    if deliveries:
+                        await conn.execute(_DELIVERED, deliveries)
             except BaseException:
                 # Keep the rows for the next try, ahead of newer ones.
                 self._starts[:0] = starts
                 self._finishes[:0] = finishes
+                self._deliveries[:0] = deliveries
                 for table, rows in batch.items():
                     self._buffer[table][:0] = rows
                     self._pending += len(rows)
@@ -332,6 +346,19 @@ class SqlAuditSink:
             }
         )
         # Why one transaction: the run's last rows and its closing land together.
+        await self._commit()
+
+    async def _delivered(self, e: RunDelivered) -> None:
+        if e.run_id not in self._known:
+            await self._placeholder(e.run_id, e.at)
+        self._deliveries.append(
+            {
+                "b_run_id": e.run_id,
+                "delivered": e.delivered,
+                "delivery_error": excerpt(e.error, 250) if e.error else None,
+            }
+        )
+        # Why at once: as for RunFinished, the caller may read the row when the run returns.
         await self._commit()
 
     def _row(self, event: RunEvent) -> tuple[Any, dict[str, Any]]:

@@ -142,6 +142,10 @@ class AuditRun(SQLModel, table=True):
     error: str | None = None
     error_kind: str | None = Field(default=None, max_length=64)
     note: str | None = None
+    # Did the answer reach Discord? None: not known (no delivery, the run is still
+    # going, or the process stopped first). ``delivery_error`` says why not.
+    delivered: bool | None = None
+    delivery_error: str | None = Field(default=None, max_length=300)
 
 
 def _run_fk() -> Any:

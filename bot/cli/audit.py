@@ -195,6 +195,7 @@ async def _show(args: argparse.Namespace) -> int:
     )
     print(f"prompt    {r.prompt_excerpt}")
     print(f"output    {r.output_excerpt}")
+    print(f"delivered {_delivered(r.delivered, r.delivery_error)}")
     if r.error:
         print(f"error     [{r.error_kind}] {r.error}")
     for s in detail.steps:
@@ -211,6 +212,15 @@ async def _show(args: argparse.Namespace) -> int:
     for e in detail.events:
         print(f"  event step {e.step}: {e.kind} {json.dumps(e.data, ensure_ascii=False)}")
     return 0
+
+
+def _delivered(delivered: bool | None, error: str | None) -> str:
+    """Whether the answer reached Discord (the same words as ``/audit show``)."""
+    if delivered is None:
+        return "not recorded"
+    if delivered:
+        return "yes"
+    return f"no: {error}" if error else "no"
 
 
 async def _export(args: argparse.Namespace) -> int:

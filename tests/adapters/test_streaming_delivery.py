@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
+import aiohttp
+
 from adapters.discord.streaming import StreamingDelivery
-from executor.agent import Caller, RunResult, RunStatus
+from executor.agent import Caller, DeliveryReport, RunResult, RunStatus
 from executor.ports import ApprovalDecision, ApprovalRequest
 from executor.testing import FakeClock
 
@@ -23,7 +26,7 @@ class FakeSink:
     def prefix(self) -> str:
         return self._prefix
 
-    async def send(self, content: str) -> Any:
+    async def send(self, content: str, *, nonce: int | None = None) -> Any:
         self.messages.append(content)
         self.calls.append(("send", len(self.messages) - 1, content))
         self.pushed.set()
@@ -163,3 +166,196 @@ async def test_approval_is_asked_through_the_asker_and_denied_without_one() -> N
     assert asked == ["t"]
     bare = StreamingDelivery(FakeSink(), clock=clock)
     assert not (await bare.ask_approval(req)).approved
+
+
+# --- the first words, the queue, transient failures (issues 19 and 20) ----------------
+
+
+class FlakySink(FakeSink):
+    """A FakeSink whose next calls of one kind fail with the given errors first."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__(prefix)
+        self.failures: dict[str, list[BaseException]] = {"send": [], "edit": [], "typing": []}
+        self.nonces: list[int | None] = []
+
+    def _maybe_fail(self, op: str) -> None:
+        pending = self.failures[op]
+        if pending:
+            raise pending.pop(0)
+
+    async def send(self, content: str, *, nonce: int | None = None) -> Any:
+        self.nonces.append(nonce)
+        self._maybe_fail("send")
+        return await super().send(content, nonce=nonce)
+
+    async def edit(self, handle: Any, content: str) -> Any:
+        self._maybe_fail("edit")
+        return await super().edit(handle, content)
+
+    async def typing(self) -> None:
+        self._maybe_fail("typing")
+        await super().typing()
+
+
+def _reset() -> BaseException:
+    return aiohttp.ServerDisconnectedError()
+
+
+async def test_plain_start_posts_no_placeholder_and_the_first_words_go_at_once() -> None:
+    clock, sink = FakeClock(), FakeSink()
+    d = StreamingDelivery(sink, clock=clock, interval=1.0)
+    await d.queued(0)  # the lane had room: started at once
+    await d.start()
+    await asyncio.sleep(0)
+    assert sink.calls == []  # no bare "…": the typing indicator says we are on it
+    await d.text("Hi")
+    await sink.wait_push()
+    assert sink.calls == [("send", 0, "Hi")]
+    await d.finish(ok("Hi"))
+
+
+async def test_first_text_edit_goes_before_the_throttle_after_a_placeholder() -> None:
+    clock, sink = FakeClock(), FakeSink()
+    d = StreamingDelivery(sink, clock=clock, interval=1.0)
+    await d.queued(1)
+    await sink.wait_push()
+    assert sink.messages == ["-# waiting in line (position 1)"]
+    await d.queued(0)
+    await d.start()
+    await clock.wait_for_sleepers(1)  # "working…" waits a moment for the first words
+    await d.text("The answer")
+    await sink.wait_push()  # ... which go out now, the clock never moved
+    assert clock.monotonic() == 0
+    assert sink.calls[-1] == ("edit", 0, "The answer")
+    assert "working" not in "".join(c[2] for c in sink.calls)
+    await d.text(" is 42.")
+    await clock.wait_for_sleepers(1)  # later edits are throttled from the first words
+    assert sink.calls[-1] == ("edit", 0, "The answer")
+    await clock.advance(1.0)
+    await sink.wait_push()
+    assert sink.calls[-1] == ("edit", 0, "The answer is 42.")
+    await d.finish(ok())
+
+
+async def test_working_replaces_the_place_in_line_when_no_words_come() -> None:
+    clock, sink = FakeClock(), FakeSink()
+    d = StreamingDelivery(sink, clock=clock, interval=1.0)
+    await d.queued(3)
+    await sink.wait_push()
+    await d.start()
+    await clock.wait_for_sleepers(1)
+    await clock.advance(1.0)
+    await sink.wait_push()
+    assert sink.messages == ["-# working…"]
+    await d.finish(ok())
+
+
+async def test_queue_positions_are_shown_when_halved_at_most_every_few_seconds() -> None:
+    clock, sink = FakeClock(), FakeSink()
+    d = StreamingDelivery(sink, clock=clock, interval=1.0, queue_every=5.0)
+    await d.queued(300)
+    await sink.wait_push()
+    for place in range(299, 140, -1):  # every start moves everyone up one
+        await d.queued(place)
+    await clock.wait_for_sleepers(1)  # 150 was worth showing, but not yet
+    assert sink.messages == ["-# waiting in line (position 300)"]
+    await clock.advance(5.0)
+    await sink.wait_push()
+    assert sink.messages == ["-# waiting in line (position 141)"]  # the latest place
+    for place in range(140, 70, -1):  # not halved since 141: nothing to show
+        await d.queued(place)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await clock.advance(60.0)
+    assert len(sink.calls) == 2
+    await d.queued(70)
+    await sink.wait_push()
+    assert sink.messages == ["-# waiting in line (position 70)"]
+    await d.queued(0)
+    await d.start()
+    await d.text("done")
+    await d.finish(ok("done"))
+    assert len(sink.calls) == 4  # 1 post, 2 places, 1 answer
+
+
+async def test_a_final_edit_that_fails_in_transit_is_tried_again() -> None:
+    clock, sink = FakeClock(), FlakySink()
+    d = StreamingDelivery(sink, clock=clock, interval=1.0, retry_delays=(0.0, 0.0, 0.0))
+    await d.start()
+    await d.text("Hel")
+    await sink.wait_push()
+    await d.text("lo")
+    await clock.wait_for_sleepers(1)  # the throttle holds "lo" back
+    sink.failures["edit"] = [_reset(), ConnectionResetError(104, "Connection reset by peer")]
+    report = await d.finish(ok("Hello"))
+    assert report == DeliveryReport(delivered=True)
+    assert sink.calls == [("send", 0, "Hel"), ("edit", 0, "Hello")]
+    assert sink.messages == ["Hello"]
+
+
+async def test_an_edit_that_keeps_failing_posts_the_answer_anew() -> None:
+    clock, sink = FakeClock(), FlakySink()
+    d = StreamingDelivery(sink, clock=clock, interval=1.0, retry_delays=())
+    await d.start()
+    await d.text("partial")
+    await sink.wait_push()
+    await d.text(" and the rest")
+    sink.failures["edit"] = [_reset()]
+    report = await d.finish(ok())
+    assert report.delivered
+    assert sink.messages == ["partial", "partial and the rest"]
+    assert sink.calls[-1] == ("send", 1, "partial and the rest")
+
+
+async def test_an_answer_that_never_arrives_is_reported_not_raised() -> None:
+    clock, sink = FakeClock(), FlakySink()
+    d = StreamingDelivery(sink, clock=clock, retry_delays=(0.0,))
+    await d.start()
+    sink.failures["send"] = [_reset(), _reset(), _reset(), _reset()]
+    await d.text("lost")
+    report = await d.finish(ok())
+    assert report == DeliveryReport(
+        delivered=False, error="ServerDisconnectedError: Server disconnected"
+    )
+    assert sink.messages == []
+
+
+async def test_retried_posts_carry_one_nonce() -> None:
+    clock, sink = FakeClock(), FlakySink()
+    d = StreamingDelivery(sink, clock=clock, retry_delays=(0.0,))
+    await d.start()
+    sink.failures["send"] = [_reset()]
+    await d.text("once")
+    assert (await d.finish(ok())).delivered
+    assert len(sink.nonces) == 2 and sink.nonces[0] == sink.nonces[1] is not None
+
+
+async def test_transport_errors_leave_no_unretrieved_task_exception() -> None:
+    """The flusher and the typing task used to die on a transport error with nobody
+    awaiting them: asyncio's "Task exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    try:
+        clock, sink = FakeClock(), FlakySink()
+        d = StreamingDelivery(sink, clock=clock, retry_delays=())
+        sink.failures["typing"] = [_reset()]
+        await d.start()
+        await clock.wait_for_sleepers(1)  # the typing task went on after its failure
+        sink.failures["send"] = [_reset()]
+        await d.text("first")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert sink.messages == []  # that push failed; the flusher is alive
+        await d.text(" words")
+        await sink.wait_push()
+        assert sink.messages == ["first words"]
+        assert (await d.finish(ok())).delivered
+        del d
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert seen == []

@@ -169,7 +169,14 @@ async def _alice_is_answered(fake: FakeDiscord, **message: Any) -> tuple[float, 
     since = len(fake.calls)
     t0 = time.perf_counter()
     await fake.dispatch_message(f"<@{fake.bot_user['id']}> hi", mentions=["bot"], **message)
-    post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since, timeout=30)
+    # Why not the application's webhook: an interaction's followup is no persona answer.
+    post = await fake.wait_for_call(
+        "POST",
+        r"/webhooks/{id}/{token}",
+        predicate=lambda c: c.path.split("/")[2] != str(fake.application_id),
+        since=since,
+        timeout=30,
+    )
     seconds = time.perf_counter() - t0
     if ANSWER not in (post.json.get("content") or ""):
         await fake.wait_for_call(

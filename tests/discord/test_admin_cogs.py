@@ -176,14 +176,12 @@ async def said_in_webhook(fake: FakeDiscord, text: str, *, since: int) -> str:
     def says(c: Call) -> bool:
         return text in (c.json or {}).get("content", "")
 
-    found = fake.find_calls("POST", r"/webhooks/{id}/{token}", says, since=since)
-    if not found:
-        found = [
-            await fake.wait_for_call(
-                "PATCH", r"/webhooks/{id}/{token}/messages/{m}", says, since=since
-            )
-        ]
-    content: str = found[-1].json["content"]
+    found = await fake.wait_for_any(
+        [("POST", r"/webhooks/{id}/{token}"), ("PATCH", r"/webhooks/{id}/{token}/messages/{m}")],
+        says,
+        since=since,
+    )
+    content: str = found.json["content"]
     return content
 
 
@@ -670,6 +668,9 @@ async def test_dms_turned_off_by_the_only_guild_are_not_answered(
     def says(c: Call) -> bool:
         return "Hi in private." in (c.json or {}).get("content", "")
 
-    if not fake.find_calls("POST", f"/channels/{dm}/messages", says, since=since):
-        await fake.wait_for_call("PATCH", f"/channels/{dm}/messages/{{m}}", says, since=since)
+    await fake.wait_for_any(
+        [("POST", f"/channels/{dm}/messages"), ("PATCH", f"/channels/{dm}/messages/{{m}}")],
+        says,
+        since=since,
+    )
     assert len(model.requests) == 1

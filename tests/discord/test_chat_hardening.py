@@ -309,11 +309,10 @@ async def test_an_unanswered_approval_times_out_as_denied_and_the_model_sees_it(
     )
     buttons = timed_out.json["components"][0]["components"]
     assert all(b.get("disabled") for b in buttons)
-    # The answer was posted before the question (what was written so far): it is edited.
-    await fake.wait_for_call(
-        "PATCH",
-        r"/webhooks/{id}/{token}/messages/{m}",
-        predicate=lambda c: "left the logs alone" in (c.json or {}).get("content", ""),
+    # Nothing was written before the question, so the answer is its first post.
+    await fake.wait_for_any(
+        [("POST", r"/webhooks/{id}/{token}"), ("PATCH", r"/webhooks/{id}/{token}/messages/{m}")],
+        lambda c: "left the logs alone" in (c.json or {}).get("content", ""),
         since=since,
     )
     tool_msgs = [m for m in app.model.requests[-1].messages if m.tool_results]

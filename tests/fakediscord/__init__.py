@@ -3,6 +3,14 @@
 See README.md in this directory; fixtures live in ``tests.fakediscord.plugin``.
 """
 
-from tests.fakediscord.server import Call, FakeDiscord, FakeFile, FakeGuild, FakeInteraction
+from tests.fakediscord.server import (
+    Call,
+    FakeDiscord,
+    FakeFile,
+    FakeGuild,
+    FakeInteraction,
+    Fault,
+    RateLimits,
+)
 
-__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction"]
+__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction", "Fault", "RateLimits"]

@@ -11,17 +11,28 @@ import base64
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from tests.fakediscord import payloads as p
 
-__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction"]
+__all__ = [
+    "Call",
+    "FakeDiscord",
+    "FakeFile",
+    "FakeGuild",
+    "FakeInteraction",
+    "Fault",
+    "RateLimits",
+]
 
 API_PREFIX = "/api/v10"
 Json = Any
@@ -52,9 +63,70 @@ class Call:
     status: int = 0
     response: Json = None
     unknown: bool = False  # no route matched: answered 404
+    # "disconnect" or "reset": the fake dropped the connection instead of answering
+    # (status stays 0 unless the request was handled first: ``Fault.landed``).
+    fault: str | None = None
+    at: float = 0.0  # time.monotonic() when it was answered
+    # With rate limits on: (bucket, limit, remaining, resets in seconds) after this one.
+    rate: tuple[str, int, int, float] | None = None
 
     def __repr__(self) -> str:
-        return f"<Call {self.method} {self.path} -> {self.status}>"
+        dropped = f" ({self.fault})" if self.fault else ""
+        return f"<Call {self.method} {self.path} -> {self.status}{dropped}>"
+
+
+FaultMode = Literal["disconnect", "reset"]
+
+
+@dataclass(slots=True)
+class Fault:
+    """Drop the connection of the next ``times`` matching requests: ``disconnect``
+    closes it (aiohttp: ``ServerDisconnectedError``), ``reset`` aborts it with a TCP
+    RST (``ClientOSError`` errno 104). ``landed``: handle the request first (a message
+    is created or edited) and lose only the answer."""
+
+    method: str
+    pattern: re.Pattern[str]
+    mode: FaultMode = "disconnect"
+    times: int = 1
+    landed: bool = False
+    predicate: Callable[[Call], bool] | None = None
+
+    def matches(self, call: Call) -> bool:
+        return (
+            self.times > 0
+            and call.method == self.method
+            and bool(self.pattern.fullmatch(call.path))
+            and (self.predicate is None or self.predicate(call))
+        )
+
+
+@dataclass(slots=True)
+class RateLimits:
+    """Discord's rate limits as its headers tell them (``X-RateLimit-*``) and its 429s
+    enforce them: ``(requests, per seconds)`` for each bucket, keyed by the route's
+    major parameter (a channel, a webhook), and a global cap per second. The defaults
+    are Discord's published ones for messages."""
+
+    message_create: tuple[int, float] = (5, 5.0)  # POST /channels/{c}/messages
+    message_edit: tuple[int, float] = (5, 5.0)  # PATCH|DELETE /channels/{c}/messages/{m}
+    webhook: tuple[int, float] = (5, 2.0)  # /webhooks/{w}/{token}[/messages/{m}]
+    typing: tuple[int, float] = (5, 5.0)
+    other: tuple[int, float] = (50, 1.0)
+    global_per_s: int = 50
+
+    def bucket(self, method: str, path: str) -> tuple[str, tuple[int, float]]:
+        parts = path.strip("/").split("/")
+        if parts[0] == "channels" and len(parts) >= 3 and parts[2] == "messages":
+            if len(parts) == 3 and method == "POST":
+                return f"create:{parts[1]}", self.message_create
+            if len(parts) == 4 and method in ("PATCH", "DELETE"):
+                return f"edit:{parts[1]}", self.message_edit
+        if parts[0] == "channels" and len(parts) == 3 and parts[2] == "typing":
+            return f"typing:{parts[1]}", self.typing
+        if parts[0] == "webhooks" and len(parts) >= 3:
+            return f"webhook:{parts[1]}", self.webhook
+        return f"other:{method}:{path}", self.other
 
 
 @dataclass(slots=True)
@@ -134,6 +206,13 @@ class FakeDiscord:
         self._originals: dict[str, dict[str, Any]] = {}  # interaction token -> message
 
         self.calls: list[Call] = []
+        #: Connections to drop (:meth:`inject_fault`); consumed as they match.
+        self.faults: list[Fault] = []
+        #: Rate limits to announce and enforce (None: unlimited, no headers).
+        self.rate_limits: RateLimits | None = None
+        self.rate_limited: list[Call] = []  # the requests answered 429
+        self._windows: dict[str, tuple[float, int]] = {}  # bucket -> (window start, used)
+        self._nonces: dict[tuple[int, str], dict[str, Any]] = {}  # (channel, nonce) -> message
         self.gateway_frames: list[dict[str, Any]] = []  # every frame the client sent
         self._changed = asyncio.Condition()
         self._sockets: set[web.WebSocketResponse] = set()
@@ -347,6 +426,28 @@ class FakeDiscord:
 
         return await self._wait(find, timeout, f"{method} {path_pattern}")
 
+    async def wait_for_any(
+        self,
+        routes: Sequence[tuple[str, str]],
+        predicate: Callable[[Call], bool] | None = None,
+        *,
+        timeout: float = 5.0,
+        since: int = 0,
+    ) -> Call:
+        """The first call matching any of ``routes`` (method, path pattern) and
+        ``predicate``: e.g. an answer that may arrive as a post or as an edit."""
+
+        def find() -> Call | None:
+            found = [
+                c
+                for method, pattern in routes
+                for c in self.find_calls(method, pattern, predicate, since=since)
+            ]
+            return min(found, key=self.calls.index) if found else None
+
+        what = " or ".join(f"{m} {p}" for m, p in routes)
+        return await self._wait(find, timeout, what)
+
     async def wait_for_gateway(
         self, op: int, *, since: int = 0, timeout: float = 5.0
     ) -> dict[str, Any]:
@@ -371,6 +472,22 @@ class FakeDiscord:
     @property
     def unknown_calls(self) -> list[Call]:
         return [c for c in self.calls if c.unknown]
+
+    def inject_fault(
+        self,
+        method: str,
+        path_pattern: str,
+        *,
+        mode: FaultMode = "disconnect",
+        times: int = 1,
+        landed: bool = False,
+        predicate: Callable[[Call], bool] | None = None,
+    ) -> Fault:
+        """Drop the connection of the next ``times`` requests that match (``path_pattern``
+        as in :meth:`wait_for_call`) instead of answering them; see :class:`Fault`."""
+        fault = Fault(method.upper(), _pattern(path_pattern), mode, times, landed, predicate)
+        self.faults.append(fault)
+        return fault
 
     # --- gateway ------------------------------------------------------------------
 
@@ -778,7 +895,7 @@ class FakeDiscord:
             files=files,
             headers=dict(request.headers),
         )
-        fault = next(
+        status_fault = next(
             (
                 st
                 for verb, pat, st in self._faults
@@ -786,8 +903,18 @@ class FakeDiscord:
             ),
             None,
         )
+        fault = next((f for f in self.faults if f.matches(call)), None)
         if fault is not None:
-            call.status, call.response = fault, {"message": f"{fault}: injected", "code": 0}
+            fault.times -= 1
+            call.fault = fault.mode
+            if not fault.landed:
+                return await self._drop(request, call, fault.mode)
+        limited = self._rate_limit(call)
+        if limited is not None:
+            return limited
+        if status_fault is not None:
+            call.status = status_fault
+            call.response = {"message": f"{status_fault}: injected", "code": 0}
         else:
             for method, pat, handler in self._routes:
                 if method == request.method and (m := pat.fullmatch(path)):
@@ -796,16 +923,99 @@ class FakeDiscord:
             else:
                 call.unknown = True
                 call.status, call.response = 404, {"message": "404: Not Found", "code": 0}
+        if fault is not None:  # it landed; the answer is lost
+            return await self._drop(request, call, fault.mode)
+        call.at = time.monotonic()
         self.calls.append(call)
         await self._notify()
+        headers = self._limit_headers(call)
         if call.status == 204 or call.response is None:
-            return web.Response(status=call.status if call.status != 200 else 204)
+            return web.Response(status=call.status if call.status != 200 else 204, headers=headers)
         # Why exact: discord.py parses JSON only for "application/json", no charset.
         return web.Response(
             status=call.status,
             body=json.dumps(call.response).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **headers},
         )
+
+    async def _drop(self, request: web.Request, call: Call, mode: FaultMode) -> web.Response:
+        call.at = time.monotonic()
+        self.calls.append(call)
+        await self._notify()
+        transport = request.transport
+        assert transport is not None
+        if mode == "reset":
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # linger 0: close() sends a RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
+        # Never written: the connection is gone.
+        raise web.HTTPInternalServerError()
+
+    # --- rate limits ----------------------------------------------------------------
+
+    def _take(self, key: str, limit: int, per: float, now: float) -> tuple[int, float] | None:
+        """Use one request of ``key``'s window: (remaining, resets in), or None if spent."""
+        start, used = self._windows.get(key, (now, 0))
+        if now - start >= per:
+            start, used = now, 0
+        if used >= limit:
+            self._windows[key] = (start, used)
+            return None
+        self._windows[key] = (start, used + 1)
+        return limit - used - 1, start + per - now
+
+    def _rate_limit(self, call: Call) -> web.Response | None:
+        limits = self.rate_limits
+        if limits is None:
+            return None
+        now = time.monotonic()
+        key, (limit, per) = limits.bucket(call.method, call.path)
+        glob = self._take("global", limits.global_per_s, 1.0, now)
+        took = self._take(key, limit, per, now) if glob is not None else None
+        if glob is not None and took is not None:
+            remaining, reset_after = took
+            call.rate = (key, limit, remaining, reset_after)
+            return None
+        is_global = glob is None
+        start, _ = self._windows["global" if is_global else key]
+        retry_after = max(0.001, start + (1.0 if is_global else per) - now)
+        call.status = 429
+        call.response = {
+            "message": "You are being rate limited.",
+            "retry_after": round(retry_after, 3),
+            "global": is_global,
+        }
+        call.at = now
+        self.calls.append(call)
+        self.rate_limited.append(call)
+        headers = {
+            "Content-Type": "application/json",
+            "Retry-After": f"{retry_after:.3f}",
+            # Why: discord.py takes a 429 without Via for a Cloudflare ban.
+            "Via": "1.1 google",
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
+        if is_global:
+            headers["X-RateLimit-Global"] = "true"
+        else:
+            headers.update(self._headers_for(key, limit, 0, retry_after))
+        return web.Response(status=429, body=json.dumps(call.response).encode(), headers=headers)
+
+    @staticmethod
+    def _headers_for(key: str, limit: int, remaining: int, reset_after: float) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": key.split(":", 1)[0],
+        }
+
+    def _limit_headers(self, call: Call) -> dict[str, str]:
+        return {} if call.rate is None else self._headers_for(*call.rate)
 
     def _not_found(self, what: str, code: int) -> tuple[int, Json]:
         return 404, {"message": f"Unknown {what}", "code": code}
@@ -1046,7 +1256,14 @@ class FakeDiscord:
         async def post_message(call: Call, channel_id: str) -> tuple[int, Json]:
             if self._channel_or_404(channel_id) is None:
                 return self._not_found("Channel", 10003)
-            msg = self._new_message(int(channel_id), call.json or {}, self.bot_user, call.files)
+            body = call.json or {}
+            nonce = str(body["nonce"]) if body.get("enforce_nonce") and "nonce" in body else None
+            if nonce is not None and (int(channel_id), nonce) in self._nonces:
+                # Discord: the same nonce within a few minutes returns the first message.
+                return 200, self._nonces[(int(channel_id), nonce)]
+            msg = self._new_message(int(channel_id), body, self.bot_user, call.files)
+            if nonce is not None:
+                self._nonces[(int(channel_id), nonce)] = msg
             await self._echo(msg)
             return 200, msg
 
