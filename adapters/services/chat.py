@@ -326,7 +326,7 @@ class ChatService:
     async def post_as(
         self,
         *,
-        persona: str,
+        persona: str | Persona,
         caller: Caller,
         prompt: str,
         surface: ChatSurface,
@@ -335,11 +335,14 @@ class ChatService:
         metadata: dict[str, Any] | None = None,
     ) -> ChatOutcome:
         """Run ``prompt`` as ``persona`` (or ``agent``, built from it) and post the
-        answer through ``surface``, with no message to answer. A persona that does
-        not exist raises ``PersonaNotFound``."""
-        found = await self.personas.find(caller.guild_id, persona)
+        answer through ``surface``, with no message to answer. A persona named that
+        does not exist raises ``PersonaNotFound``; one given is not read again."""
+        if isinstance(persona, Persona):
+            found: Persona | None = persona
+        else:
+            found = await self.personas.find(caller.guild_id, persona)
         if found is None:
-            raise PersonaNotFound(persona)
+            raise PersonaNotFound(str(persona))
         request = ChatRequest(
             caller=caller,
             turns=[Turn(author_name=caller.display_name, content=prompt)],

@@ -71,10 +71,11 @@ class SkillHost(Protocol):
         ...
 
     async def channel_surface(
-        self, guild_id: str, channel_id: str, requester: Caller
+        self, guild_id: str, channel_id: str, requester: Caller, *, footer: str | None = None
     ) -> ChatSurface:
-        """A surface that posts in the channel; raises :class:`HostUnavailable` when the
-        channel is gone or the bot may not post there."""
+        """A surface that posts in the channel, its answers ending with ``footer`` (a
+        scheduled post says which skill made it); raises :class:`HostUnavailable` when
+        the channel is gone or the bot may not post there."""
         ...
 
     async def failing(self, schedule: ScheduleInfo, failures: int, error: str) -> None:
@@ -189,18 +190,20 @@ class SkillService:
         trigger: str = "skill",
         metadata: dict[str, object] | None = None,
         announce: Callable[[SkillInfo, SkillVersionInfo], Awaitable[None]] | None = None,
+        loaded: tuple[SkillInfo, SkillVersionInfo] | None = None,
     ) -> SkillRun:
         """Run the skill's current version as its persona through ``surface``.
 
         ``announce(skill, version)`` is awaited once the run is ready (arguments and
         persona checked), before anything is posted (the cog says which version runs).
+        ``loaded``: the skill and version, already read (a scheduled slot).
         """
-        ready = await self._prepare(guild_id, name, arguments, caller)
+        ready = await self._prepare(guild_id, name, arguments, caller, loaded=loaded)
         skill, version, persona, agent, prompt = ready
         if announce is not None:
             await announce(skill, version)
         outcome = await self.chat.post_as(
-            persona=persona.name,
+            persona=persona,
             caller=caller,
             prompt=prompt,
             surface=surface,
@@ -215,17 +218,23 @@ class SkillService:
         return SkillRun(skill=skill, version=version, outcome=outcome)
 
     async def _prepare(
-        self, guild_id: str, name: str, arguments: dict[str, str] | str | None, caller: Caller
+        self,
+        guild_id: str,
+        name: str,
+        arguments: dict[str, str] | str | None,
+        caller: Caller,
+        *,
+        loaded: tuple[SkillInfo, SkillVersionInfo] | None = None,
     ) -> tuple[SkillInfo, SkillVersionInfo, Persona, RunnableAgent, str]:
         """The skill's current version, its prompt with ``arguments`` filled in, its
-        persona and the agent to run, with tools capped at ``caller``'s rights.
+        persona and the agent to run, with tools capped at ``caller``'s rights. Each is
+        read once (``loaded``: the skill and version read already).
 
         Raises ``SkillNotFound``, ``ArgumentError`` or ``PersonaNotFound``."""
         from personas.errors import PersonaNotFound
         from skills.runnable import to_runnable
 
-        skill = await self.skills.get(guild_id, name)
-        version = await self.skills.version(skill)
+        skill, version = loaded or await self.skills.current(guild_id, name)
         args = arguments if isinstance(arguments, dict) else parse_arguments(arguments)
         prompt = render_prompt(version.spec.prompt, args)
         persona_name = version.spec.persona or await self._default_persona(guild_id)
@@ -252,10 +261,16 @@ class SkillService:
             owner = await host.member(schedule.guild_id, schedule.created_by)
             if owner is None:
                 raise HostUnavailable("its owner has left the server")
-            skill = await self.skills.find_by_id(schedule.skill_id)
-            if skill is None:
+            loaded = await self.skills.current_by_id(schedule.skill_id)
+            if loaded is None:
                 raise HostUnavailable("its skill no longer exists")
-            surface = await host.channel_surface(schedule.guild_id, schedule.channel_id, owner)
+            skill = loaded[0]
+            surface = await host.channel_surface(
+                schedule.guild_id,
+                schedule.channel_id,
+                owner,
+                footer=f"skill **{skill.name}** · schedule #{schedule.id}",
+            )
             run = await self.run(
                 schedule.guild_id,
                 skill.name,
@@ -264,6 +279,7 @@ class SkillService:
                 arguments=dict(schedule.arguments),
                 trigger="schedule",
                 metadata={"schedule_id": schedule.id, "slot_at": slot_at.isoformat()},
+                loaded=loaded,
             )
         except CoterieError as exc:
             # Written for the person (a deleted persona, a gone channel, a missing
