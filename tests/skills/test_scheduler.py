@@ -636,12 +636,14 @@ async def test_a_slot_due_while_the_last_run_goes_on_is_skipped(
 async def test_apscheduler_max_instances_refusal_is_recorded_as_skipped(
     store: WatchedStore, skill_id: int
 ) -> None:
-    info = await make(store, skill_id, cron="17 * * * *")
+    # Why the minute from the real clock: APScheduler runs every slot due by the real
+    # clock; half an hour from now, none is due but the ones the test makes due (with
+    # a fixed `17 * * * *` it failed when run between :17 and :18).
     real_now = datetime.now(UTC)
-    trigger = scheduling.parse_cron("17 * * * *", scheduling.zone("UTC"))
-    [latest] = scheduling.last_fires(
-        trigger, real_now - timedelta(hours=2), real_now - timedelta(minutes=1)
-    )
+    cron = f"{(real_now.minute + 30) % 60} * * * *"
+    info = await make(store, skill_id, cron=cron)
+    trigger = scheduling.parse_cron(cron, scheduling.zone("UTC"))
+    [latest] = scheduling.last_fires(trigger, real_now - timedelta(hours=2), real_now)
     fire = Fire()
     fire.gate = asyncio.Event()
     sched = scheduler(store, fire, FakeClock(start=latest + timedelta(seconds=30)))
