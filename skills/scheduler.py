@@ -12,8 +12,15 @@ One slot, one run, at most:
   (:class:`_SlotExecutor`), so nothing is recomputed from "now" and a run that starts
   late, or in the hour DST repeats, still names the slot it was scheduled for.
 * The slot is claimed (a ``running`` row, unique per schedule and slot) **before**
-  ``fire`` is called. A claimed slot is never fired again: a restart during a run
-  marks it failed ("interrupted by a restart") and moves on.
+  ``fire`` is called. A claimed slot is never fired again by a claim: it already has a
+  row.
+* A slot a restart interrupted (the process died while it ran, or after the claim and
+  before the model was reached) is found ``running`` at start. With ``catch-up`` and
+  within ``grace_s`` of the slot, when no later slot of the schedule is due, it gets
+  **one retry**: :meth:`ScheduleStore.retry_slot` moves it from attempt 1 to 2 in one
+  conditional ``UPDATE``, which one process alone can pass, and the slot says it was
+  run again. Otherwise (``skip``, too old, a later slot due, or its retry interrupted
+  too) it is closed as failed with the reason. A slot runs at most twice, never at once.
 * A schedule never overlaps itself: APScheduler's ``max_instances=1`` refuses a
   second instance (we record that slot as skipped from ``EVENT_JOB_MAX_INSTANCES``,
   which APScheduler would otherwise only log), and :meth:`fire_due` checks again for
@@ -28,7 +35,12 @@ one row, not ten thousand.
 
 After ``warn_after`` consecutive failures :meth:`ScheduleEvents.failing` is told once;
 after ``disable_after`` the schedule is disabled in the table, its job removed, and
-:meth:`ScheduleEvents.disabled` told. A one-shot is disabled once it has fired.
+:meth:`ScheduleEvents.disabled` told. A one-shot is disabled once it has fired, or was
+skipped (the reason says which).
+
+Every slot settled is one log line with its fields (``schedule_id``, ``skill``,
+``slot_at``, ``outcome``: ok, failed, skipped or duplicate; ``attempt``, ``run_id``,
+``reason`` when there are), which coterie's log format writes as ``key=value``.
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from apscheduler.triggers.date import DateTrigger
 from executor.ports import Clock, RealClock
 from skills import scheduling
 from skills.errors import InvalidTime, ScheduleError, ScheduleNotFound
-from skills.slots import Fire, FireResult, ScheduleEvents, ScheduleInfo, SlotOutcome
+from skills.slots import Fire, FireResult, ScheduleEvents, ScheduleInfo, SlotInfo, SlotOutcome
 
 if TYPE_CHECKING:
     from skills.schedules import ScheduleStore
@@ -74,10 +86,17 @@ log = logging.getLogger(__name__)
 #: late as ``grace_s``, as it would at start-up.
 LATE_GRACE_S = 600.0
 
+#: A slot a restart interrupted runs at most this many times (the first, one retry).
+MAX_ATTEMPTS = 2
+
 OVERLAP = "the previous run was still going"
 MISSED = "missed while coterie was down"
 INTERRUPTED = "interrupted by a restart"
+INTERRUPTED_AGAIN = "interrupted by a restart again, after its one retry"
+RETRIED = "run again: a restart interrupted its first attempt"
 DONE = "a one-shot: it has run"
+ONE_SHOT_SKIPPED = "a one-shot: skipped, not run"
+ONE_SHOT_INTERRUPTED = "a one-shot: interrupted by a restart, not run again"
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,7 @@ class StartReport:
     skipped: int  # missed slots recorded as skipped
     interrupted: int  # slots a crash left running, now failed
     disabled: int  # one-shots found done or missed, rows that cannot be scheduled
+    retried: int = 0  # slots a crash left running, claimed for their one retry
 
 
 class _Staggered(BaseTrigger):  # type: ignore[misc]  # apscheduler ships no types
@@ -166,6 +186,7 @@ class SkillScheduler:
         self._running: set[int] = set()  # schedules with a slot in progress here
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stagger: dict[int, timedelta] = {}
+        self._skills: dict[int, str] = {}  # schedule id -> its skill's name, for the log
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -179,13 +200,15 @@ class SkillScheduler:
         return self._aps
 
     async def start(self) -> StartReport:
-        """Close slots a crash left running, settle missed slots, build one job per
-        enabled schedule, start APScheduler. Needs the running loop; starts once."""
+        """Retry or close slots a crash left running, settle missed slots, build one job
+        per enabled schedule, start APScheduler. Needs the running loop; starts once."""
         if self._state != "new":
             raise RuntimeError("a SkillScheduler starts once; build a new one")
         loop = asyncio.get_running_loop()
         now = self._clock.now()
-        interrupted = await self._store.interrupt_running(INTERRUPTED, at=now)
+        stranded: dict[int, list[SlotInfo]] = {}
+        for slot in await self._store.running_slots():
+            stranded.setdefault(slot.schedule_id, []).append(slot)
         schedules = await self._store.enabled()
         last = await self._store.last_slot_times()
         aps = AsyncIOScheduler(
@@ -196,10 +219,13 @@ class SkillScheduler:
         aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._aps = aps
 
-        skipped: list[tuple[int, datetime, str]] = []
+        skipped: list[tuple[ScheduleInfo, datetime, str]] = []
         catch_up: list[tuple[ScheduleInfo, datetime]] = []
+        retry: list[tuple[ScheduleInfo, SlotInfo]] = []
         disable: list[tuple[int, str]] = []
         for info in schedules:
+            # The slots a crash left running; the latest may get its one retry below.
+            stuck = stranded.get(info.id, [])
             try:
                 slots, job_trigger, stagger = self._triggers(info)
             except ScheduleError as exc:
@@ -209,49 +235,90 @@ class SkillScheduler:
                 continue
             since = last.get(info.id, info.created_at)
             if info.run_at is not None:
+                if stuck:
+                    if self._retries(info, stuck[-1], now):
+                        retry.append((info, stuck[-1]))
+                    else:
+                        disable.append((info.id, ONE_SHOT_INTERRUPTED))
+                    continue
                 if info.id in last:  # fired or skipped already: done
-                    disable.append((info.id, DONE))
+                    skipped_last = info.last_status == "skipped"
+                    disable.append((info.id, ONE_SHOT_SKIPPED if skipped_last else DONE))
                     continue
                 if info.run_at <= now:
                     if self._catches_up(info, info.run_at, now):
                         catch_up.append((info, info.run_at))
                     else:
-                        skipped.append((info.id, info.run_at, MISSED))
-                        disable.append((info.id, DONE))
+                        skipped.append((info, info.run_at, MISSED))
+                        disable.append((info.id, ONE_SHOT_SKIPPED))
                     continue
             else:
                 # A slot is due once slot + stagger has passed.
                 missed = scheduling.last_fires(slots, since, now - stagger, n=2)
                 if missed:
+                    # A later slot is due: it is the one to catch up, not the stuck one.
                     latest = missed[-1]
                     if self._catches_up(info, latest, now):
                         catch_up.append((info, latest))
                         missed = missed[:-1]
                     if missed:
-                        skipped.append((info.id, missed[-1], MISSED))
+                        skipped.append((info, missed[-1], MISSED))
+                elif stuck and self._retries(info, stuck[-1], now):
+                    retry.append((info, stuck[-1]))
             self._add_job(aps, info, job_trigger, stagger)
 
-        recorded = await self._store.record_skipped_many(skipped, at=now)
+        recorded = await self._store.record_skipped_many(
+            [(info.id, slot_at, reason) for info, slot_at, reason in skipped], at=now
+        )
+        for info, slot_at, reason in skipped:
+            self._log_slot(info.id, slot_at, "skipped", skill=info.skill, reason=reason)
+        retried: list[tuple[ScheduleInfo, SlotInfo]] = []
+        for info, slot in retry:
+            if await self._store.retry_slot(slot, reason=RETRIED, started_at=now):
+                retried.append((info, slot))
+        retrying = {(slot.schedule_id, slot.slot_at) for _info, slot in retried}
+        names = {info.id: info.skill for info in schedules}
+        closed = [
+            (slot, INTERRUPTED_AGAIN if slot.attempt >= MAX_ATTEMPTS else INTERRUPTED)
+            for slots_left in stranded.values()
+            for slot in slots_left
+            if (slot.schedule_id, slot.slot_at) not in retrying
+        ]
+        interrupted = await self._store.close_interrupted(closed, at=now)
+        for slot, reason in closed:
+            self._log_slot(
+                slot.schedule_id,
+                slot.slot_at,
+                "failed",
+                skill=names.get(slot.schedule_id, ""),
+                attempt=slot.attempt,
+                reason=reason,
+            )
         for schedule_id, reason in disable:
             await self._store.disable(schedule_id, reason)
         aps.start()
         self._state = "running"
         await self._store.set_next_runs(self.jobs())
-        for info, slot in catch_up:
-            self._spawn(self._fire_slot(info, slot))
+        for info, slot_at in catch_up:
+            self._spawn(self._fire_slot(info, slot_at))
+        for info, slot in retried:
+            self._spawn(self._fire_slot(info, slot.slot_at, attempt=slot.attempt + 1))
         report = StartReport(
             loaded=len(aps.get_jobs()),
             caught_up=len(catch_up),
             skipped=recorded,
-            interrupted=len(interrupted),
+            interrupted=interrupted,
             disabled=len(disable),
+            retried=len(retried),
         )
         log.info(
-            "scheduler started: %d jobs, %d caught up, %d skipped, %d interrupted, %d disabled",
+            "scheduler started: %d jobs, %d caught up, %d skipped, %d interrupted, "
+            "%d retried, %d disabled",
             report.loaded,
             report.caught_up,
             report.skipped,
             report.interrupted,
+            report.retried,
             report.disabled,
         )
         return report
@@ -290,6 +357,7 @@ class SkillScheduler:
         self, aps: AsyncIOScheduler, info: ScheduleInfo, trigger: BaseTrigger, stagger: timedelta
     ) -> None:
         self._stagger[info.id] = stagger
+        self._skills[info.id] = info.skill
         aps.add_job(
             self._on_job,
             trigger,
@@ -342,6 +410,7 @@ class SkillScheduler:
 
     def _drop_job(self, schedule_id: int) -> bool:
         self._stagger.pop(schedule_id, None)
+        self._skills.pop(schedule_id, None)
         if self._aps is None or self._state != "running":
             return False
         try:
@@ -391,6 +460,10 @@ class SkillScheduler:
     def _catches_up(self, info: ScheduleInfo, slot: datetime, now: datetime) -> bool:
         return info.missed == "catch-up" and (now - slot).total_seconds() <= self.grace_s
 
+    def _retries(self, info: ScheduleInfo, slot: SlotInfo, now: datetime) -> bool:
+        """Whether a slot a crash left running gets its one retry now."""
+        return slot.attempt < MAX_ATTEMPTS and self._catches_up(info, slot.slot_at, now)
+
     async def due(self, schedule_id: int, run_time: datetime) -> FireResult:
         """What a job does when APScheduler says it is due: ``run_time`` is the time it
         was scheduled for (stagger included). Works out the slot, refuses a slot that
@@ -407,15 +480,11 @@ class SkillScheduler:
         late = (self._clock.now() - run_time).total_seconds()
         limit = self._late_limit(info)
         if late > limit:
-            log.warning("schedule %s slot %s started %.0f s late: skipped", info.id, slot, late)
-            await self._store.record_skipped(
-                info.id,
-                slot,
-                f"started {late:.0f} s late, past the {limit:.0f} s grace",
-                at=self._clock.now(),
-            )
+            reason = f"started {late:.0f} s late, past the {limit:.0f} s grace"
+            await self._store.record_skipped(info.id, slot, reason, at=self._clock.now())
+            self._log_slot(info.id, slot, "skipped", skill=info.skill, reason=reason)
             if info.one_shot:
-                await self._store.disable(info.id, DONE)
+                await self._store.disable(info.id, ONE_SHOT_SKIPPED)
             return "skipped"
         return await self._fire_slot(info, slot)
 
@@ -435,12 +504,18 @@ class SkillScheduler:
         stagger = self._stagger.get(schedule_id, timedelta(0))
         for run_time in event.scheduled_run_times:
             slot = run_time.astimezone(UTC) - stagger
-            log.info("schedule %s slot %s skipped: %s", schedule_id, slot, OVERLAP)
+            self._log_slot(
+                schedule_id, slot, "skipped", skill=self._skills.get(schedule_id), reason=OVERLAP
+            )
             self._spawn(
                 self._store.record_skipped(schedule_id, slot, OVERLAP, at=self._clock.now())
             )
 
-    async def _fire_slot(self, info: ScheduleInfo, slot: datetime) -> FireResult:
+    async def _fire_slot(
+        self, info: ScheduleInfo, slot: datetime, *, attempt: int = 1
+    ) -> FireResult:
+        """Claim and run one slot. ``attempt`` 2: the slot's retry, already claimed by
+        :meth:`ScheduleStore.retry_slot` at start."""
         if self._state == "closed":
             return "closed"
         sid = info.id
@@ -451,13 +526,14 @@ class SkillScheduler:
             return "skipped"
         self._running.add(sid)
         try:
-            if await self._store.running_slot(sid) is not None:  # running elsewhere
-                await self._skip_overlap(info, slot)
-                return "skipped"
-            if not await self._store.claim_slot(sid, slot, started_at=self._clock.now()):
-                log.info("schedule %s slot %s already has a row: not fired again", sid, slot)
-                return "duplicate"
-            outcome = await self._call(info, slot)
+            if attempt == 1:
+                if await self._store.running_slot(sid) is not None:  # running elsewhere
+                    await self._skip_overlap(info, slot)
+                    return "skipped"
+                if not await self._store.claim_slot(sid, slot, started_at=self._clock.now()):
+                    self._log_slot(sid, slot, "duplicate", skill=info.skill)
+                    return "duplicate"
+            outcome = await self._call(info, slot, attempt)
             failures = await self._store.finish_slot(
                 sid,
                 slot,
@@ -465,22 +541,40 @@ class SkillScheduler:
                 run_id=outcome.run_id,
                 reason=outcome.error if outcome.status == "failed" else None,
                 ended_at=self._clock.now(),
+                attempt=attempt,
             )
         finally:
             self._running.discard(sid)
+        self._log_slot(
+            sid,
+            slot,
+            outcome.status,
+            skill=info.skill,
+            attempt=attempt,
+            run_id=outcome.run_id,
+            reason=outcome.error if outcome.status == "failed" else None,
+        )
         await self._after(info, outcome, failures)
         return "fired"
 
     async def _skip_overlap(self, info: ScheduleInfo, slot: datetime) -> None:
-        log.info("schedule %s slot %s skipped: %s", info.id, slot, OVERLAP)
         await self._store.record_skipped(info.id, slot, OVERLAP, at=self._clock.now())
+        self._log_slot(info.id, slot, "skipped", skill=info.skill, reason=OVERLAP)
 
-    async def _call(self, info: ScheduleInfo, slot: datetime) -> SlotOutcome:
+    async def _call(self, info: ScheduleInfo, slot: datetime, attempt: int) -> SlotOutcome:
         try:
             return await self._fire(info, slot)
         except asyncio.CancelledError:
             await self._store.finish_slot(
-                info.id, slot, "failed", reason="cancelled", ended_at=self._clock.now()
+                info.id,
+                slot,
+                "failed",
+                reason="cancelled",
+                ended_at=self._clock.now(),
+                attempt=attempt,
+            )
+            self._log_slot(
+                info.id, slot, "failed", skill=info.skill, attempt=attempt, reason="cancelled"
             )
             raise
         except Exception as exc:
@@ -490,6 +584,37 @@ class SkillScheduler:
             return SlotOutcome(
                 status="failed", error=f"an internal error ({type(exc).__name__}); see the log"
             )
+
+    @staticmethod
+    def _log_slot(
+        schedule_id: int,
+        slot: datetime,
+        outcome: str,
+        *,
+        skill: str | None,
+        attempt: int | None = None,
+        run_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """One line per slot the scheduler settles (fired ok or failed, skipped, a
+        duplicate refused, closed as interrupted), as ``key=value`` fields."""
+        fields: dict[str, object] = {
+            "schedule_id": schedule_id,
+            "skill": skill or "?",
+            "slot_at": slot.astimezone(UTC).isoformat(),
+            "outcome": outcome,
+        }
+        if attempt is not None:
+            fields["attempt"] = attempt
+        if run_id is not None:
+            fields["run_id"] = run_id
+        if reason is not None:
+            fields["reason"] = reason
+        log.log(
+            logging.WARNING if outcome == "failed" else logging.INFO,
+            "schedule slot",
+            extra=fields,
+        )
 
     async def _after(self, info: ScheduleInfo, outcome: SlotOutcome, failures: int) -> None:
         if info.one_shot:

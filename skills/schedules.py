@@ -11,8 +11,11 @@ slot time), where the slot time is the trigger's time *before* any stagger, in U
   schedule's run of consecutive failures;
 * :meth:`ScheduleStore.record_skipped` writes a ``skipped`` row with the reason
   (the previous run was still going, missed while coterie was down);
-* :meth:`ScheduleStore.interrupt_running` closes the slots a crash left ``running``
-  as failed, so they are never run again.
+* at start-up, :meth:`ScheduleStore.running_slots` lists the slots a crash left
+  ``running``; the scheduler gives each either its one retry
+  (:meth:`ScheduleStore.retry_slot`: a conditional ``UPDATE`` from attempt 1 to 2, so
+  two processes cannot both pass) or closes it as failed
+  (:meth:`ScheduleStore.close_interrupted`). A slot runs at most twice, never at once.
 
 Deleting a schedule deletes its slots (``ON DELETE CASCADE``). A member's schedules go
 with their data (``SkillStore.delete_user_data``); slots hold no member id of their own.
@@ -34,7 +37,7 @@ from sqlmodel import col
 from skills import scheduling
 from skills.errors import ScheduleError, TooManySchedules
 from skills.slots import MISSED_POLICIES, Missed, ScheduleInfo, SlotInfo, SlotStatus
-from skills.tables import Schedule, ScheduleSlot
+from skills.tables import Schedule, ScheduleSlot, Skill
 
 __all__ = [
     "MISSED_POLICIES",
@@ -64,7 +67,7 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _info(row: Schedule) -> ScheduleInfo:
+def _info(row: Schedule, skill: str | None = "") -> ScheduleInfo:
     assert row.id is not None
     missed: Missed = "catch-up" if row.missed == "catch-up" else "skip"
     return ScheduleInfo(
@@ -87,6 +90,7 @@ def _info(row: Schedule) -> ScheduleInfo:
         disabled_reason=row.disabled_reason,
         stagger_s=row.stagger_s,
         created_at=row.created_at,
+        skill=skill or "",
     )
 
 
@@ -100,6 +104,7 @@ def _slot(row: ScheduleSlot) -> SlotInfo:
         run_id=row.run_id,
         started_at=row.started_at,
         ended_at=row.ended_at,
+        attempt=row.attempt,
     )
 
 
@@ -107,6 +112,21 @@ def _slot_is(schedule_id: int, slot_at: datetime) -> Any:
     return (col(ScheduleSlot.schedule_id) == schedule_id) & (
         col(ScheduleSlot.slot_at) == _utc(slot_at)
     )
+
+
+def _running(schedule_id: int, slot_at: datetime, attempt: int) -> Any:
+    """The slot, while that attempt of it is running (what every close is guarded by)."""
+    return (
+        _slot_is(schedule_id, slot_at)
+        & (col(ScheduleSlot.status) == "running")
+        & (col(ScheduleSlot.attempt) == attempt)
+    )
+
+
+# A schedule with its skill's name, in one statement.
+_WITH_SKILL = select(Schedule, col(Skill.name)).outerjoin(
+    Skill, col(Skill.id) == col(Schedule.skill_id)
+)
 
 
 class ScheduleStore:
@@ -173,19 +193,17 @@ class ScheduleStore:
                         "remove one with /skill unschedule"
                     )
             await session.flush()
-            return _info(row)
+            name = await session.scalar(select(col(Skill.name)).where(col(Skill.id) == skill_id))
+            return _info(row, name)
 
     async def get(self, schedule_id: int) -> ScheduleInfo | None:
-        async with self._sessions() as session:
-            row = await session.get(Schedule, schedule_id)
-            return _info(row) if row is not None else None
+        found = await self._select(col(Schedule.id) == schedule_id)
+        return found[0] if found else None
 
     async def _select(self, *where: Any) -> _builtins.list[ScheduleInfo]:
         async with self._sessions() as session:
-            rows = (
-                await session.execute(select(Schedule).where(*where).order_by(col(Schedule.id)))
-            ).scalars()
-            return [_info(row) for row in rows]
+            rows = await session.execute(_WITH_SKILL.where(*where).order_by(col(Schedule.id)))
+            return [_info(row, name) for row, name in rows.all()]
 
     async def list(
         self, guild_id: str, *, created_by: str | None = None
@@ -297,45 +315,52 @@ class ScheduleStore:
         run_id: str | None = None,
         reason: str | None = None,
         ended_at: datetime | None = None,
+        attempt: int = 1,
     ) -> int:
         """Close a claimed (``running``) slot and return the schedule's consecutive
         failures after it (0 after ``ok``; one more after ``failed``). Also sets the
-        schedule's last status, run time and run id. A slot that is not running is left
-        as it is."""
+        schedule's last status, run time and run id. Only the ``attempt`` that is running
+        is closed: a slot already closed (say, as interrupted by a restart while this run
+        went on) or claimed again for its retry is left as it is.
+
+        ``reason`` None keeps the slot's reason (a retried slot says it was retried)."""
         if status not in ("ok", "failed"):
             raise ValueError(f"a slot finishes ok or failed, not {status!r}")
         ended = _utc(ended_at) if ended_at is not None else _now()
+        values: dict[str, Any] = {"status": status, "run_id": run_id, "ended_at": ended}
+        if reason is not None:
+            values["reason"] = _short(reason)
         async with self._sessions() as session, session.begin():
-            closed = await session.execute(
-                update(ScheduleSlot)
-                .where(_slot_is(schedule_id, slot_at), col(ScheduleSlot.status) == "running")
-                .values(status=status, run_id=run_id, reason=_short(reason), ended_at=ended)
-            )
-            # Only a running slot is closed: one already closed (say, as interrupted by a
-            # restart while this run went on) keeps its row and counts once.
-            if getattr(closed, "rowcount", 0):
-                started = (
-                    await session.execute(
-                        select(col(ScheduleSlot.started_at)).where(_slot_is(schedule_id, slot_at))
+            # Why RETURNING: the start time and the failure count come back with the
+            # writes, not in two more queries.
+            closed = (
+                await session.execute(
+                    update(ScheduleSlot)
+                    .where(_running(schedule_id, slot_at, attempt))
+                    .values(**values)
+                    .returning(col(ScheduleSlot.started_at))
+                )
+            ).first()
+            if closed is None:
+                count = await session.scalar(
+                    select(col(Schedule.consecutive_failures)).where(
+                        col(Schedule.id) == schedule_id
                     )
-                ).scalar_one_or_none()
-                failures: Any = 0 if status == "ok" else col(Schedule.consecutive_failures) + 1
+                )
+                return int(count or 0)
+            failures: Any = 0 if status == "ok" else col(Schedule.consecutive_failures) + 1
+            count = (
                 await session.execute(
                     update(Schedule)
                     .where(col(Schedule.id) == schedule_id)
                     .values(
                         consecutive_failures=failures,
                         last_status=status,
-                        last_run_at=started or ended,
+                        last_run_at=closed[0] or ended,
                         last_run_id=run_id,
                         updated_at=ended,
                     )
-                )
-            count = (
-                await session.execute(
-                    select(col(Schedule.consecutive_failures)).where(
-                        col(Schedule.id) == schedule_id
-                    )
+                    .returning(col(Schedule.consecutive_failures))
                 )
             ).scalar_one_or_none()
             return int(count or 0)
@@ -444,55 +469,66 @@ class ScheduleStore:
             )
             return {int(sid): _as_utc(at) for sid, at in rows.all() if at is not None}
 
-    async def interrupt_running(
-        self, reason: str, *, at: datetime | None = None
-    ) -> _builtins.list[SlotInfo]:
-        """Close every slot left ``running`` (a crash or a kill) as failed with ``reason``.
-
-        Called once at start-up, under the single-instance lock, before any slot is
-        claimed. The schedule's last status becomes ``failed``, but its consecutive
-        failures do not grow: a restart is not the skill failing.
-        """
-        when = _utc(at) if at is not None else _now()
+    async def running_slots(self) -> _builtins.list[SlotInfo]:
+        """Every slot left ``running`` (at start-up: a crash or a kill left them)."""
         async with self._sessions() as session:
-            rows = (
-                (
-                    await session.execute(
-                        select(ScheduleSlot).where(col(ScheduleSlot.status) == "running")
-                    )
-                )
-                .scalars()
-                .all()
+            rows = await session.execute(
+                select(ScheduleSlot)
+                .where(col(ScheduleSlot.status) == "running")
+                .order_by(col(ScheduleSlot.schedule_id), col(ScheduleSlot.slot_at))
             )
-        if not rows:
-            return []
-        # Why the read above is its own transaction: see record_skipped_many.
+            return [_slot(row) for row in rows.scalars()]
+
+    async def close_interrupted(
+        self, slots: Iterable[tuple[SlotInfo, str]], *, at: datetime | None = None
+    ) -> int:
+        """Close slots a crash left running as failed, each with its reason; returns
+        how many were still running (that attempt) and are now closed.
+
+        The schedule's last status becomes ``failed``, but its consecutive failures do
+        not grow: a restart is not the skill failing."""
+        wanted = _builtins.list(slots)
+        if not wanted:
+            return 0
+        when = _utc(at) if at is not None else _now()
+        closed: set[int] = set()
+        count = 0
         async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(ScheduleSlot)
-                .where(
-                    col(ScheduleSlot.id).in_([row.id for row in rows]),
-                    col(ScheduleSlot.status) == "running",
+            for slot, reason in wanted:
+                result = await session.execute(
+                    update(ScheduleSlot)
+                    .where(_running(slot.schedule_id, slot.slot_at, slot.attempt))
+                    .values(status="failed", reason=_short(reason), ended_at=when)
                 )
-                .values(status="failed", reason=_short(reason), ended_at=when)
+                if getattr(result, "rowcount", 0):
+                    closed.add(slot.schedule_id)
+                    count += 1
+            if closed:
+                await session.execute(
+                    update(Schedule)
+                    .where(col(Schedule.id).in_(closed))
+                    .values(last_status="failed", updated_at=when)
+                )
+        return count
+
+    async def retry_slot(self, slot: SlotInfo, *, reason: str, started_at: datetime) -> bool:
+        """Claim a slot a crash left running for its next attempt: True for the one
+        caller whose conditional ``UPDATE`` (still running, still ``slot.attempt``)
+        took it, False for anyone else. ``reason`` stays on the slot unless its run
+        fails with one of its own."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(ScheduleSlot)
+                .where(_running(slot.schedule_id, slot.slot_at, slot.attempt))
+                .values(
+                    attempt=slot.attempt + 1,
+                    reason=_short(reason),
+                    run_id=None,
+                    started_at=_utc(started_at),
+                    ended_at=None,
+                )
             )
-            await session.execute(
-                update(Schedule)
-                .where(col(Schedule.id).in_({row.schedule_id for row in rows}))
-                .values(last_status="failed", updated_at=when)
-            )
-        return [
-            SlotInfo(
-                schedule_id=row.schedule_id,
-                slot_at=row.slot_at,
-                status="failed",
-                reason=_short(reason),
-                run_id=row.run_id,
-                started_at=row.started_at,
-                ended_at=when,
-            )
-            for row in rows
-        ]
+            return bool(getattr(result, "rowcount", 0))
 
 
 def _as_utc(value: Any) -> datetime:

@@ -13,10 +13,20 @@ differs from crontab are handled here rather than left to surprise a member:
   APScheduler only when *both* do. Rather than run on other days than the member
   meant, such an expression is refused with the reason.
 
-Every datetime returned is timezone-aware UTC. Across DST a fire is an instant: a wall
-time the spring change skips fires once, at the offset before the change (APScheduler
-3's choice: ``30 2 * * *`` in Paris on 2026-03-29 fires at 01:30 UTC); a wall time the
-autumn change repeats fires twice, an hour apart, as two slots.
+Every datetime returned is timezone-aware UTC. Across a DST change a schedule behaves
+as crontab's (Vixie cron, cronie) does, which is not APScheduler 3's choice:
+
+* **A wall-clock time** (minute and hour both given, no ``*`` in either: ``30 2 * * *``,
+  ``0 9,17 * * 1-5``) runs once a day at that time. On the autumn day that repeats
+  02:00-03:00 it runs at the first 02:30 only (APScheduler would run it twice, two
+  slots and two charges). On the spring day that skips 02:00-03:00, a 02:30 that does
+  not exist runs once, when the clocks land (03:00 local), and several times that all
+  fall in the gap are one slot (APScheduler would run it at 03:30).
+* **An expression with ``*`` in the minute or hour** (``*/15 * * * *``, ``0 * * * *``,
+  ``*/20 2 * * *``) follows the clock as it is: the repeated hour runs again, the
+  skipped hour has no slots and nothing is made up for it.
+
+:class:`CronSlots` is the trigger that does this; :func:`parse_cron` returns one.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from skills.errors import InvalidCron, InvalidTime, TooFrequent, UnknownTimezone
 
 __all__ = [
     "MAX_STAGGER_S",
+    "CronSlots",
     "check_interval",
     "fires_between",
     "is_top_of_hour",
@@ -147,7 +158,124 @@ def _expand_day_of_week(value: str, expression: str) -> str:
     return ",".join(_APS_DAYS[d] for d in sorted((d - 1) % 7 for d in days))
 
 
-def parse_cron(expr: str, tz: ZoneInfo) -> CronTrigger:
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    # Why through UTC: APScheduler may return a wall time the spring change skips,
+    # in the zone, unnormalised (02:00 "CET"); astimezone(UTC) reads it as an instant.
+    return moment.astimezone(UTC) if moment is not None else None
+
+
+class CronSlots(BaseTrigger):  # type: ignore[misc]  # apscheduler ships no types
+    """A five-field cron expression's fire times in a zone, across DST as crontab.
+
+    Built by :func:`parse_cron` over APScheduler ``CronTrigger`` s: one in the zone
+    for an expression that follows the clock, and one in UTC that, fed a local wall
+    time as if it were UTC, finds the wall times the expression names (UTC has no DST,
+    so nothing is shifted there).
+    """
+
+    def __init__(self, expression: str, fields: dict[str, str], tz: ZoneInfo) -> None:
+        self.expression = expression
+        self.timezone = tz
+        #: Minute and hour both given (crontab's test: neither field starts with ``*``).
+        self.fixed = not (fields["minute"].startswith("*") or fields["hour"].startswith("*"))
+        # Why each only when needed: building a CronTrigger is most of what start-up
+        # costs per schedule, and a clock-following expression needs the wall-time one
+        # only next to a change of offset.
+        self._fields = fields
+        self._zoned = None if self.fixed else CronTrigger(**fields, timezone=tz)
+        self._wall_trigger = CronTrigger(**fields, timezone=UTC) if self.fixed else None
+
+    @property
+    def _wall(self) -> CronTrigger:
+        if self._wall_trigger is None:
+            self._wall_trigger = CronTrigger(**self._fields, timezone=UTC)
+        return self._wall_trigger
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        """The first fire at or after ``now`` or, given the previous fire, at or after
+        the earlier of ``now`` and just after it, never the previous fire again
+        (APScheduler's contract), in UTC."""
+        start = now.astimezone(UTC)
+        if previous_fire_time is not None:
+            previous = previous_fire_time.astimezone(UTC)
+            start = min(start, previous + _MICROSECOND)
+            if start == previous:
+                start += _MICROSECOND
+        if start.microsecond:  # cron fires on whole seconds
+            start = start.replace(microsecond=0) + timedelta(seconds=1)
+        if self._zoned is None:
+            return self._next_wall_time(start)
+        return self._next_on_clock(self._zoned, start)
+
+    def _offset(self, moment: datetime) -> timedelta:
+        return moment.astimezone(self.timezone).utcoffset() or timedelta(0)
+
+    def _next_on_clock(self, zoned: CronTrigger, start: datetime) -> datetime | None:
+        moment = _as_utc(zoned.get_next_fire_time(None, start))
+        # Why the loop: for a wall time the spring change skips, APScheduler fires an
+        # hour later (02:30 -> 03:30); crontab runs a clock-following expression by the
+        # clock as it is, so a fire whose local time the expression does not name is
+        # passed over.
+        while moment is not None and not self._names(moment):
+            moment = _as_utc(zoned.get_next_fire_time(None, moment + _MICROSECOND))
+        return moment
+
+    def _names(self, moment: datetime) -> bool:
+        """Whether the expression names the local wall time of ``moment`` (UTC)."""
+        if self._offset(moment - timedelta(hours=3)) == self._offset(moment):
+            return True  # no change of offset just before: nothing was shifted
+        wall = moment.astimezone(self.timezone).replace(tzinfo=UTC, fold=0)
+        return bool(self._wall.get_next_fire_time(None, wall) == wall)
+
+    def _next_wall_time(self, start: datetime) -> datetime | None:
+        wall = start.astimezone(self.timezone).replace(tzinfo=UTC, fold=0)
+        # Why: when `start` is the very moment the clocks jumped forward, the wall
+        # times of the gap run at `start` too; look from the gap's beginning.
+        jump = self._offset(start) - self._offset(start - _MICROSECOND)
+        if jump > timedelta(0):
+            wall -= jump
+        while True:
+            named = self._wall.get_next_fire_time(None, wall)
+            if named is None:
+                return None
+            instant = self._instant(named.replace(tzinfo=None))
+            if instant >= start:
+                return instant
+            # A wall time the autumn change repeats: it ran the first time.
+            wall = named + timedelta(seconds=1)
+
+    def _instant(self, wall: datetime) -> datetime:
+        """When a local wall time happens: its first occurrence when the autumn change
+        repeats it, the moment the clocks land when the spring change skips it."""
+        first = wall.replace(tzinfo=self.timezone, fold=0).astimezone(UTC)
+        if first.astimezone(self.timezone).replace(tzinfo=None) == wall:
+            return first
+        # In the gap. PEP 495: fold=0 reads it with the offset from before the change
+        # (an instant after the change), fold=1 with the offset after (an instant before).
+        after = first
+        before = wall.replace(tzinfo=self.timezone, fold=1).astimezone(UTC)
+        landed = self._offset(after)
+        while after - before > timedelta(seconds=1):
+            middle = before + timedelta(seconds=int((after - before).total_seconds()) // 2)
+            if self._offset(middle) == landed:
+                after = middle
+            else:
+                before = middle
+        return after
+
+    def __str__(self) -> str:
+        return f"cron[{self.expression}] {self.timezone.key}"
+
+    def __repr__(self) -> str:
+        return f"<CronSlots {self.expression!r} {self.timezone.key}>"
+
+
+def parse_cron(expr: str, tz: ZoneInfo) -> CronSlots:
     """A five-field cron expression as a trigger in ``tz``, or :class:`InvalidCron`
     saying what is wrong (how many fields, which field and what it takes)."""
     text = " ".join(expr.lower().split())
@@ -166,7 +294,7 @@ def parse_cron(expr: str, tz: ZoneInfo) -> CronTrigger:
             "and this scheduler as both; set one of them to `*`",
         )
     try:
-        return CronTrigger(**values, timezone=tz)
+        return CronSlots(text, values, tz)
     except ValueError:
         pass
     # Why one field at a time, and only now: APScheduler's message does not say which

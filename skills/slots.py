@@ -53,6 +53,7 @@ class ScheduleInfo:
     disabled_reason: str | None
     stagger_s: int
     created_at: datetime
+    skill: str = ""  # the skill's name ("" when it is gone)
 
     @property
     def one_shot(self) -> bool:
@@ -68,6 +69,7 @@ class SlotInfo:
     run_id: str | None
     started_at: datetime | None
     ended_at: datetime | None
+    attempt: int = 1  # 2: the one retry of a slot a restart interrupted
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,45 @@ class SkillStore:
             raise SkillNotFound(_shown(name))
         return info
 
+    async def current(self, guild_id: str | None, name: str) -> tuple[SkillInfo, SkillVersionInfo]:
+        """The skill called ``name`` and its current version, read together (what a run
+        needs); an unknown name raises :class:`SkillNotFound`."""
+        key = name.strip().lower()
+        found = None
+        if NAME_PATTERN.fullmatch(key):
+            found = await self._current(
+                col(Skill.guild_id) == (guild_id or ""), col(Skill.name) == key
+            )
+        if found is None:
+            raise SkillNotFound(_shown(name))
+        return found
+
+    async def current_by_id(self, skill_id: int) -> tuple[SkillInfo, SkillVersionInfo] | None:
+        """The skill with this id (a schedule's) and its current version, read together;
+        None when the skill is gone."""
+        return await self._current(col(Skill.id) == skill_id)
+
+    async def _current(self, *where: Any) -> tuple[SkillInfo, SkillVersionInfo] | None:
+        # Why one statement: a scheduled slot read the skill three times (by id, by name,
+        # for its version) before it ran.
+        stmt = (
+            select(Skill, SkillVersion)
+            .outerjoin(
+                SkillVersion,
+                (col(SkillVersion.skill_id) == col(Skill.id))
+                & (col(SkillVersion.version) == col(Skill.current_version)),
+            )
+            .where(*where)
+        )
+        async with self._sessions() as session:
+            row = (await session.execute(stmt)).first()
+        if row is None:
+            return None
+        skill, version = _info(row[0]), row[1]
+        if version is None:  # never written without one; say which versions there are
+            return skill, await self.version(skill)
+        return skill, _version_info(version, skill.description)
+
     async def version(self, skill: SkillInfo | int, version: int | None = None) -> SkillVersionInfo:
         """One version of a skill (its current one when ``version`` is None).
 

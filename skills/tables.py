@@ -107,7 +107,12 @@ class Schedule(SQLModel, table=True):
 
 class ScheduleSlot(SQLModel, table=True):
     """One slot of a schedule: claimed (``running``) before the run starts, then
-    ``ok`` / ``failed``; or ``skipped`` with the reason (overlap, missed while down)."""
+    ``ok`` / ``failed``; or ``skipped`` with the reason (overlap, missed while down).
+
+    ``attempt`` is 1, or 2 once a slot a restart interrupted was claimed again for its
+    one retry (``missed: catch-up``, within the grace); the claim moves it from 1 to 2
+    in one conditional ``UPDATE``, so a slot runs at most twice, and never twice at once.
+    """
 
     __tablename__ = "schedule_slots"
     # Why no separate index on schedule_id: this constraint's index leads with it.
@@ -124,3 +129,4 @@ class ScheduleSlot(SQLModel, table=True):
     run_id: str | None = Field(default=None, max_length=64)
     started_at: datetime | None = _when(nullable=True)
     ended_at: datetime | None = _when(nullable=True)
+    attempt: int = Field(default=1, sa_column_kwargs={"server_default": "1"})

@@ -4,7 +4,8 @@ and telling owners and admins when a schedule keeps failing.
 :class:`DiscordSkillHost` implements :class:`adapters.services.skills.SkillHost`
 (the owner as a caller with their privilege now, or None when they left; a surface
 in the schedule's channel, refused with a reason when the channel is gone or the bot
-may not post there) and the scheduler's ``ScheduleEvents`` (a DM to the owner after
+may not post there, whose answers end with a footer saying which skill and schedule
+made the post) and the scheduler's ``ScheduleEvents`` (a DM to the owner after
 repeated failures; when the schedule is disabled, a DM and a line in the guild's
 admin channel). Nothing it posts pings anyone.
 """
@@ -26,13 +27,31 @@ from adapters.services.conversation import HistoryLimits
 from adapters.services.ports import GuildSettingsStore
 from adapters.services.skills import HostUnavailable
 from executor.agent import Caller
+from executor.ports import Delivery
 
 if TYPE_CHECKING:
+    from personas.model import Persona
     from skills.schedules import ScheduleInfo
 
 __all__ = ["DiscordSkillHost"]
 
 log = logging.getLogger(__name__)
+
+
+class _ChannelSurface(DiscordSurface):
+    """A schedule's channel: its answers end with ``footer`` when there is one
+    (``-# skill **digest** · schedule #3``).
+
+    Why a footer and not the webhook's name: the name is the persona's, which is how a
+    reply to the post finds the persona to continue with."""
+
+    footer: str | None = None
+
+    async def delivery(self, persona: Persona) -> Delivery:
+        delivery = await super().delivery(persona)
+        if self.footer:
+            delivery.note(self.footer)
+        return delivery
 
 
 class DiscordSkillHost:
@@ -73,7 +92,7 @@ class DiscordSkillHost:
         return caller_of(member, owner_ids=self.owner_ids)
 
     async def channel_surface(
-        self, guild_id: str, channel_id: str, requester: Caller
+        self, guild_id: str, channel_id: str, requester: Caller, *, footer: str | None = None
     ) -> DiscordSurface:
         await self.client.wait_until_ready()
         channel: Any = self.client.get_channel(int(channel_id))
@@ -94,7 +113,7 @@ class DiscordSkillHost:
         if not (perms.view_channel and can_send):
             raise HostUnavailable(f"I may not post in <#{channel_id}> any more")
         me_id = self.client.user.id if self.client.user else None
-        return DiscordSurface(
+        surface = _ChannelSurface(
             channel,
             requester_id=int(requester.user_id),
             bot_user_id=me_id,
@@ -102,6 +121,8 @@ class DiscordSkillHost:
             limits=self.limits,
             options=self.options,
         )
+        surface.footer = footer
+        return surface
 
     # --- ScheduleEvents --------------------------------------------------------------
 

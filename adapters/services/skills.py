@@ -86,10 +86,11 @@ class SkillHost(Protocol):
         ...
 
     async def channel_surface(
-        self, guild_id: str, channel_id: str, requester: Caller
+        self, guild_id: str, channel_id: str, requester: Caller, *, footer: str | None = None
     ) -> ChatSurface:
-        """A surface that posts in the channel; raises :class:`HostUnavailable` when the
-        channel is gone or the bot may not post there."""
+        """A surface that posts in the channel, its answers ending with ``footer`` (a
+        scheduled post says which skill made it); raises :class:`HostUnavailable` when
+        the channel is gone or the bot may not post there."""
         ...
 
     async def failing(self, schedule: ScheduleInfo, failures: int, error: str) -> None:
@@ -206,13 +207,15 @@ class SkillService:
         trigger: str = "skill",
         metadata: dict[str, object] | None = None,
         announce: Callable[[SkillInfo, SkillVersionInfo], Awaitable[None]] | None = None,
+        loaded: tuple[SkillInfo, SkillVersionInfo] | None = None,
     ) -> SkillRun:
         """Run the skill's current version as its persona through ``surface``.
 
         ``announce(skill, version)`` is awaited once the run is ready (arguments and
         persona checked), before anything is posted (the cog says which version runs).
+        ``loaded``: the skill and version, already read (a scheduled slot).
         """
-        ready = await self._prepare(guild_id, name, arguments, caller)
+        ready = await self._prepare(guild_id, name, arguments, caller, loaded=loaded)
         skill, version, persona, agent, prompt = ready
         if announce is not None:
             await announce(skill, version)
@@ -232,16 +235,22 @@ class SkillService:
         return SkillRun(skill=skill, version=version, outcome=outcome)
 
     async def _prepare(
-        self, guild_id: str, name: str, arguments: dict[str, str] | str | None, caller: Caller
+        self,
+        guild_id: str,
+        name: str,
+        arguments: dict[str, str] | str | None,
+        caller: Caller,
+        *,
+        loaded: tuple[SkillInfo, SkillVersionInfo] | None = None,
     ) -> tuple[SkillInfo, SkillVersionInfo, Persona, RunnableAgent, str]:
         """The skill's current version, its prompt with ``arguments`` filled in, its
-        persona and the agent to run, with tools capped at ``caller``'s rights.
+        persona and the agent to run, with tools capped at ``caller``'s rights. Each is
+        read once (``loaded``: the skill and version read already).
 
         Raises ``SkillNotFound``, ``ArgumentError`` or ``PersonaNotFound``."""
         from skills.runnable import to_runnable
 
-        skill = await self.skills.get(guild_id, name)
-        version = await self.skills.version(skill)
+        skill, version = loaded or await self.skills.current(guild_id, name)
         args = arguments if isinstance(arguments, dict) else parse_arguments(arguments)
         prompt = render_prompt(version.spec.prompt, args)
         persona = await self.chat.persona_for(guild_id, version.spec.persona)
@@ -257,10 +266,16 @@ class SkillService:
             owner = await host.member(schedule.guild_id, schedule.created_by)
             if owner is None:
                 raise HostUnavailable("its owner has left the server")
-            skill = await self.skills.find_by_id(schedule.skill_id)
-            if skill is None:
+            loaded = await self.skills.current_by_id(schedule.skill_id)
+            if loaded is None:
                 raise HostUnavailable("its skill no longer exists")
-            surface = await host.channel_surface(schedule.guild_id, schedule.channel_id, owner)
+            skill = loaded[0]
+            surface = await host.channel_surface(
+                schedule.guild_id,
+                schedule.channel_id,
+                owner,
+                footer=f"skill **{skill.name}** · schedule #{schedule.id}",
+            )
             run = await self.run(
                 schedule.guild_id,
                 skill.name,
@@ -269,6 +284,7 @@ class SkillService:
                 arguments=dict(schedule.arguments),
                 trigger="schedule",
                 metadata={"schedule_id": schedule.id, "slot_at": slot_at.isoformat()},
+                loaded=loaded,
             )
         except CoterieError as exc:
             # Written for the person (a deleted persona, a gone channel, a missing

@@ -9,6 +9,7 @@ set by the fire, never a sleep.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,8 +31,12 @@ from skills.errors import (
 from skills.scheduler import (
     DONE,
     INTERRUPTED,
+    INTERRUPTED_AGAIN,
     MISSED,
+    ONE_SHOT_INTERRUPTED,
+    ONE_SHOT_SKIPPED,
     OVERLAP,
+    RETRIED,
     SkillScheduler,
     SlotOutcome,
 )
@@ -423,38 +428,188 @@ async def test_a_missed_one_shot(store: ScheduleStore, skill_id: int, missed: st
     assert fire.calls == ([(info.id, at(10))] if missed == "catch-up" else [])
     assert [s[:2] for s in slots(await store.recent_slots(info.id, 5))] == [(at(10), status)]
     got = await store.get(info.id)
-    assert got is not None and not got.enabled and got.disabled_reason == DONE
+    # A skipped one-shot says so (it listed as "it has run" in /skill schedules).
+    reason = DONE if missed == "catch-up" else ONE_SHOT_SKIPPED
+    assert got is not None and not got.enabled and got.disabled_reason == reason
+    assert got.last_status == status
     assert info.id not in sched.jobs()
     await stop(sched)
 
 
-async def test_no_second_run_of_a_slot_across_a_restart(
-    db: Database, store: ScheduleStore, skill_id: int
+async def test_an_interrupted_slot_is_retried_once_under_catch_up(
+    db: Database, store: ScheduleStore, skill_id: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     info = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
     first_fire = Fire()
-    first_fire.gate = asyncio.Event()  # the run is going when the process "crashes"
+    first_fire.gate = asyncio.Event()  # the run is going when the process "dies"
     first = scheduler(store, first_fire, FakeClock(start=at(10, 30)))
     running = asyncio.ensure_future(first.fire_due(info.id, at(10, 30)))
     await first_fire.called.wait()
 
     # A new process on the same database, within catch-up's grace of that slot.
-    second_fire = Fire()
+    second_fire = Fire(SlotOutcome(status="ok", run_id="run-2"))
     second = scheduler(ScheduleStore(db.sessions), second_fire, FakeClock(start=at(10, 35)))
-    report = await second.start()
-    await second.wait_idle()
-    assert (report.interrupted, report.caught_up) == (1, 0)
+    with caplog.at_level(logging.INFO, logger="skills.scheduler"):
+        report = await second.start()
+        await second.wait_idle()
+    assert (report.interrupted, report.retried, report.caught_up) == (0, 1, 0)
+    assert second_fire.calls == [(info.id, at(10, 30))]
+    [slot] = await store.recent_slots(info.id, 5)
+    assert (slot.status, slot.reason, slot.attempt, slot.run_id) == ("ok", RETRIED, 2, "run-2")
+    assert slot.started_at == at(10, 35)
+    # One line for the retried slot, with what an operator greps for.
+    [line] = [r for r in caplog.records if r.getMessage() == "schedule slot"]
+    assert (line.schedule_id, line.skill, line.outcome, line.attempt, line.run_id) == (  # type: ignore[attr-defined]
+        info.id,
+        "digest",
+        "ok",
+        2,
+        "run-2",
+    )
+    assert line.slot_at == at(10, 30).isoformat()  # type: ignore[attr-defined]
+    # A claim never runs it a third time.
     assert await second.fire_due(info.id, at(10, 30)) == "duplicate"
-    assert second_fire.calls == []
-    assert slots(await store.recent_slots(info.id, 5)) == [(at(10, 30), "failed", INTERRUPTED)]
+
+    # The old run (its process "dead" but here still going) ends: it closes nothing of
+    # the retry's, because it is attempt 1 and the slot is attempt 2.
+    first_fire.gate.set()
+    assert await running == "fired"
+    [slot] = await store.recent_slots(info.id, 5)
+    assert (slot.status, slot.attempt, slot.run_id) == ("ok", 2, "run-2")
+    got = await store.get(info.id)
+    assert got is not None and got.consecutive_failures == 0 and got.last_run_id == "run-2"
+    await stop(second)
+
+
+async def test_a_retried_slot_interrupted_again_fails_for_good(
+    db: Database, store: ScheduleStore, skill_id: int
+) -> None:
+    info = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
+    # The process died while the slot ran (a row left running, as a kill leaves it).
+    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30))
+    hung = Fire()
+    hung.gate = asyncio.Event()  # the retry hangs: its process dies too
+    second = scheduler(ScheduleStore(db.sessions), hung, FakeClock(start=at(10, 31)))
+    assert (await second.start()).retried == 1
+    await hung.called.wait()
+    [slot] = await store.recent_slots(info.id, 5)
+    assert (slot.status, slot.attempt) == ("running", 2)
+
+    third_fire = Fire()
+    third = scheduler(ScheduleStore(db.sessions), third_fire, FakeClock(start=at(10, 32)))
+    report = await third.start()
+    await third.wait_idle()
+    assert (report.interrupted, report.retried, report.caught_up) == (1, 0, 0)
+    assert third_fire.calls == []
+    assert slots(await store.recent_slots(info.id, 5)) == [
+        (at(10, 30), "failed", INTERRUPTED_AGAIN)
+    ]
+    assert await third.fire_due(info.id, at(10, 30)) == "duplicate"
     got = await store.get(info.id)
     assert got is not None and got.last_status == "failed"
     assert got.consecutive_failures == 0  # a restart is not the skill failing
-
-    first_fire.gate.set()  # the old run ends: its slot stays as the restart closed it
-    assert await running == "fired"
-    assert slots(await store.recent_slots(info.id, 5)) == [(at(10, 30), "failed", INTERRUPTED)]
+    hung.gate.set()  # the second "dead" process's run ends: the slot stays failed
+    await second.wait_idle()
+    assert slots(await store.recent_slots(info.id, 5)) == [
+        (at(10, 30), "failed", INTERRUPTED_AGAIN)
+    ]
     await stop(second)
+    await stop(third)
+
+
+@pytest.mark.parametrize(
+    ("missed", "now", "why"),
+    [
+        ("skip", at(10, 35), "the skip policy"),
+        ("catch-up", at(11, 25), "past the grace"),
+    ],
+)
+async def test_an_interrupted_slot_is_not_retried(
+    db: Database, store: ScheduleStore, skill_id: int, missed: str, now: datetime, why: str
+) -> None:
+    info = await make(store, skill_id, cron="30 */2 * * *", missed=missed, created_at=T0)
+    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30))
+    fire = Fire()
+    sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=now), grace_s=3000)
+    report = await sched.start()
+    await sched.wait_idle()
+    assert (report.interrupted, report.retried, report.caught_up) == (1, 0, 0), why
+    assert fire.calls == []
+    assert slots(await store.recent_slots(info.id, 5)) == [(at(10, 30), "failed", INTERRUPTED)]
+    assert await sched.fire_due(info.id, at(10, 30)) == "duplicate"
+    got = await store.get(info.id)
+    assert got is not None and got.last_status == "failed" and got.consecutive_failures == 0
+    await stop(sched)
+
+
+async def test_a_later_due_slot_is_caught_up_instead_of_the_interrupted_one(
+    db: Database, store: ScheduleStore, skill_id: int
+) -> None:
+    info = await make(store, skill_id, cron="*/30 * * * *", missed="catch-up", created_at=T0)
+    assert await store.claim_slot(info.id, at(10, 0), started_at=at(10, 0))
+    fire = Fire()
+    sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=at(10, 40)))
+    report = await sched.start()
+    await sched.wait_idle()
+    assert (report.interrupted, report.retried, report.caught_up) == (1, 0, 1)
+    assert fire.calls == [(info.id, at(10, 30))]  # the latest, once
+    assert slots(await store.recent_slots(info.id, 5)) == [
+        (at(10, 30), "ok", None),
+        (at(10, 0), "failed", INTERRUPTED),
+    ]
+    await stop(sched)
+
+
+async def test_two_processes_starting_at_once_retry_a_slot_once(
+    db: Database, store: ScheduleStore, skill_id: int
+) -> None:
+    # Two starts race over the same stranded slot: one conditional UPDATE wins.
+    info = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
+    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30))
+    fires = [Fire(), Fire()]
+    both = [
+        scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=at(10, 31))) for fire in fires
+    ]
+    reports = await asyncio.gather(*(sched.start() for sched in both))
+    for sched in both:
+        await sched.wait_idle()
+    assert sum(r.retried for r in reports) == 1
+    assert sum(len(f.calls) for f in fires) == 1
+    [slot] = await store.recent_slots(info.id, 5)
+    assert (slot.status, slot.attempt) == ("ok", 2)
+    for sched in both:
+        await stop(sched)
+
+
+async def test_an_interrupted_one_shot_is_retried_then_done(
+    db: Database, store: ScheduleStore, skill_id: int
+) -> None:
+    info = await make(store, skill_id, run_at=at(10), missed="catch-up", created_at=T0)
+    assert await store.claim_slot(info.id, at(10), started_at=at(10))
+    fire = Fire()
+    sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=at(10, 5)))
+    report = await sched.start()
+    await sched.wait_idle()
+    assert (report.retried, report.interrupted) == (1, 0)
+    assert fire.calls == [(info.id, at(10))]
+    assert slots(await store.recent_slots(info.id, 5)) == [(at(10), "ok", RETRIED)]
+    got = await store.get(info.id)
+    assert got is not None and not got.enabled and got.disabled_reason == DONE
+    assert info.id not in sched.jobs()
+    await stop(sched)
+
+
+async def test_an_interrupted_one_shot_not_retried_says_so(
+    db: Database, store: ScheduleStore, skill_id: int
+) -> None:
+    info = await make(store, skill_id, run_at=at(10), missed="skip", created_at=T0)
+    assert await store.claim_slot(info.id, at(10), started_at=at(10))
+    sched = scheduler(ScheduleStore(db.sessions), Fire(), FakeClock(start=at(10, 5)))
+    assert (await sched.start()).interrupted == 1
+    got = await store.get(info.id)
+    assert got is not None and not got.enabled
+    assert got.disabled_reason == ONE_SHOT_INTERRUPTED
+    await stop(sched)
 
 
 async def test_a_slot_due_while_the_last_run_goes_on_is_skipped(
@@ -481,12 +636,14 @@ async def test_a_slot_due_while_the_last_run_goes_on_is_skipped(
 async def test_apscheduler_max_instances_refusal_is_recorded_as_skipped(
     store: WatchedStore, skill_id: int
 ) -> None:
-    info = await make(store, skill_id, cron="17 * * * *")
+    # Why the minute from the real clock: APScheduler runs every slot due by the real
+    # clock; half an hour from now, none is due but the ones the test makes due (with
+    # a fixed `17 * * * *` it failed when run between :17 and :18).
     real_now = datetime.now(UTC)
-    trigger = scheduling.parse_cron("17 * * * *", scheduling.zone("UTC"))
-    [latest] = scheduling.last_fires(
-        trigger, real_now - timedelta(hours=2), real_now - timedelta(minutes=1)
-    )
+    cron = f"{(real_now.minute + 30) % 60} * * * *"
+    info = await make(store, skill_id, cron=cron)
+    trigger = scheduling.parse_cron(cron, scheduling.zone("UTC"))
+    [latest] = scheduling.last_fires(trigger, real_now - timedelta(hours=2), real_now)
     fire = Fire()
     fire.gate = asyncio.Event()
     sched = scheduler(store, fire, FakeClock(start=latest + timedelta(seconds=30)))
@@ -556,6 +713,54 @@ async def test_stagger_shifts_the_fire_not_the_slot_across_dst(
     plain_trigger = aps.get_job(str(plain.id)).trigger
     plain_next = plain_trigger.get_next_fire_time(None, datetime(2026, 3, 30, tzinfo=UTC))
     assert plain_next == datetime(2026, 3, 30, 9, 5, tzinfo=scheduling.zone("Europe/Paris"))
+    await stop(sched)
+
+
+async def test_a_wall_clock_time_is_one_slot_on_the_fall_back_day(
+    store: ScheduleStore, skill_id: int
+) -> None:
+    # Berlin, 2026-10-25: 02:30 happens at 00:30 UTC (CEST) and again at 01:30 UTC (CET).
+    first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    info = await make(
+        store,
+        skill_id,
+        cron="30 2 * * *",
+        timezone="Europe/Berlin",
+        missed="catch-up",
+        created_at=datetime(2026, 10, 24, 12, tzinfo=UTC),
+    )
+    assert await store.claim_slot(info.id, first, started_at=first)
+    await store.finish_slot(info.id, first, "ok", run_id="r1")
+    fire = Fire()
+    # Restarted five minutes after the second 02:30, within catch-up's grace.
+    sched = scheduler(store, fire, FakeClock(start=datetime(2026, 10, 25, 1, 35, tzinfo=UTC)))
+    report = await sched.start()
+    await sched.wait_idle()
+    assert (report.caught_up, report.skipped, fire.calls) == (0, 0, [])  # not a second charge
+    aps = sched.apscheduler
+    assert aps is not None
+    trigger = aps.get_job(str(info.id)).trigger
+    assert trigger.get_next_fire_time(first, first) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
+    await stop(sched)
+
+
+async def test_a_wall_clock_time_the_spring_day_skips_is_caught_up_at_three(
+    store: ScheduleStore, skill_id: int
+) -> None:
+    # Berlin, 2026-03-29: 02:30 does not exist; the clocks land at 03:00 (01:00 UTC).
+    info = await make(
+        store,
+        skill_id,
+        cron="30 2 * * *",
+        timezone="Europe/Berlin",
+        missed="catch-up",
+        created_at=datetime(2026, 3, 28, 12, tzinfo=UTC),
+    )
+    fire = Fire()
+    sched = scheduler(store, fire, FakeClock(start=datetime(2026, 3, 29, 1, 5, tzinfo=UTC)))
+    assert (await sched.start()).caught_up == 1
+    await sched.wait_idle()
+    assert fire.calls == [(info.id, datetime(2026, 3, 29, 1, 0, tzinfo=UTC))]
     await stop(sched)
 
 

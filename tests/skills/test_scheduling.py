@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -230,6 +231,75 @@ def test_fires_across_dst_are_distinct_instants() -> None:
     )
     # 02:00 happens twice that night: two slots, an hour apart.
     assert len(autumn) == len(set(autumn)) == 3
+
+
+BERLIN = zone("Europe/Berlin")
+# Berlin springs forward on 2026-03-29 (02:00 CET -> 03:00 CEST, 01:00 UTC) and falls
+# back on 2026-10-25 (03:00 CEST -> 02:00 CET, 01:00 UTC).
+SPRING = (datetime(2026, 3, 28, 22, tzinfo=UTC), datetime(2026, 3, 29, 4, tzinfo=UTC))
+AUTUMN = (datetime(2026, 10, 24, 22, tzinfo=UTC), datetime(2026, 10, 25, 4, tzinfo=UTC))
+
+
+def _local(expr: str, window: tuple[datetime, datetime], tz: ZoneInfo = BERLIN) -> list[str]:
+    """The fires in ``window`` as local wall times with their offset, ``02:30+0200``."""
+    return [
+        f.astimezone(tz).strftime("%H:%M%z") for f in fires_between(parse_cron(expr, tz), *window)
+    ]
+
+
+def test_a_wall_clock_time_runs_once_on_the_autumn_day() -> None:
+    # The bug: 02:30 ran at 02:30 CEST and again at 02:30 CET, two slots, two charges.
+    assert _local("30 2 * * *", AUTUMN) == ["02:30+0200"]
+    assert fires_between(parse_cron("30 2 * * *", BERLIN), *AUTUMN) == [
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    ]
+    assert _local("0,30 2 * * *", AUTUMN) == ["02:00+0200", "02:30+0200"]
+    assert _local("30 1-3 * * *", AUTUMN) == ["01:30+0200", "02:30+0200", "03:30+0100"]
+
+
+def test_a_wall_clock_time_the_spring_day_skips_runs_once_when_the_clocks_land() -> None:
+    # 02:30 does not exist that night: cron runs it at 03:00 CEST, once (APScheduler
+    # alone ran it at 03:30).
+    landed = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert fires_between(parse_cron("30 2 * * *", BERLIN), *SPRING) == [landed]
+    assert _local("0,30 2 * * *", SPRING) == ["03:00+0200"]  # two names, one slot
+    assert _local("30 1-3 * * *", SPRING) == ["01:30+0100", "03:00+0200", "03:30+0200"]
+    trigger = parse_cron("30 2 * * *", BERLIN)
+    assert trigger.get_next_fire_time(None, landed) == landed
+    assert trigger.get_next_fire_time(landed, landed) == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)
+
+
+def test_an_expression_with_a_star_follows_the_clock_as_cron_does() -> None:
+    # `*` in the minute or hour: the repeated hour runs again, the skipped one not at all.
+    assert _local("30 * * * *", AUTUMN)[2:5] == ["02:30+0200", "02:30+0100", "03:30+0100"]
+    assert _local("30 * * * *", SPRING)[2:5] == ["01:30+0100", "03:30+0200", "04:30+0200"]
+    assert _local("*/20 2 * * *", SPRING) == []
+    assert len(_local("*/20 2 * * *", AUTUMN)) == 6
+    assert _local("*/20 2,3 * * *", SPRING) == ["03:00+0200", "03:20+0200", "03:40+0200"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Sydney",
+        "Australia/Lord_Howe",
+        "America/Santiago",
+        "Antarctica/Troll",
+    ],
+)
+@pytest.mark.parametrize("expr", ["30 2 * * *", "0 1 * * *", "0 0 * * *", "45 23 * * *"])
+def test_a_daily_wall_clock_time_runs_once_a_day_all_year(name: str, expr: str) -> None:
+    # Zones that change by an hour, by 30 minutes (Lord Howe), by two hours (Troll), at
+    # midnight (Santiago), north and south.
+    tz = zone(name)
+    year = fires_between(
+        parse_cron(expr, tz), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    )
+    days = [f.astimezone(tz).date() for f in year]
+    assert len(set(days)) == len(days) >= 364
+    assert year == sorted(year) and all(f.tzinfo is UTC for f in year)
 
 
 def test_last_fires_looks_back_without_walking_from_the_start() -> None:

@@ -7,6 +7,7 @@ told, the verdict audited, and only what was spent charged."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.storage.audit_queries import RunFilter
 from bot.app import App, build_app
@@ -123,6 +126,121 @@ async def test_save_schedule_fire_post_as_persona_audited_and_charged(
         assert info.id not in app.scheduler.jobs()
         # And the same slot never runs twice.
         assert await app.scheduler.fire_due(info.id, due) in ("gone", "duplicate")
+
+
+class Statements:
+    """Every SQL statement the engine sends while counting (a SQLAlchemy event)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine.sync_engine
+        self.seen: list[str] = []
+
+    def _on(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        self.seen.append(" ".join(statement.split()))
+
+    def __enter__(self) -> Statements:
+        event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._on)
+
+    def reads(self, table: str) -> int:
+        return sum(1 for s in self.seen if s.startswith("SELECT") and f" FROM {table} " in s)
+
+
+async def test_a_slot_reads_its_skill_and_persona_once_signs_its_post_and_logs_one_line(
+    fake_discord: FakeDiscord,
+    world: tuple[App, ScriptedModel, FakeClock],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, model, clock = world
+    fake = fake_discord
+    async with run_bot(fake, _bot(fake, app)):
+        saved = await fake.dispatch_slash(
+            "skill",
+            {"name": "digest", "prompt": "Summarise {topic}", "persona": "researcher"},
+            user="manager",
+            subcommand="save",
+        )
+        assert "Saved the skill **digest**" in await _answer(fake, saved)
+        scheduled = await fake.dispatch_slash(
+            "skill",
+            {"name": "digest", "at": "in 1m", "args": "topic=rust"},
+            user="manager",
+            subcommand="schedule",
+        )
+        assert "Scheduled **digest**" in await _answer(fake, scheduled)
+        [info] = await app.schedules.list(str(fake.guild.id))
+        model.push(
+            Reply(
+                text="- one",
+                usage=Usage(input_tokens=8, output_tokens=2, cost_micros=25, requests=1),
+            )
+        )
+        due = START + timedelta(minutes=1)
+        await clock.advance(60)
+        since = len(fake.calls)
+        with Statements(app.db.engine) as sql, caplog.at_level(logging.INFO, "skills"):
+            assert await app.scheduler.due(info.id, due) == "fired"
+            await app.scheduler.wait_idle()
+            await app.audit.flush()
+
+        # Each thing the slot needs is read once and handed on as an object: the skill
+        # (with its version, one statement) and the persona. It read the skill three
+        # times and the persona twice, 48 statements in all.
+        assert sql.reads("skills") == 1, sql.seen
+        assert sql.reads("personas") == 1, sql.seen
+        # 39 then, plus the audit's record of whether the answer reached the channel.
+        assert len(sql.seen) <= 41, "\n".join(sql.seen)
+
+        # The post says which skill made it, under the answer.
+        posts = fake.find_calls("POST", r"/webhooks/{id}/{token}", since=since) + (
+            fake.find_calls("PATCH", r"/webhooks/{id}/{token}/messages/{id}", since=since)
+        )
+        assert posts and posts[0].json["username"] == "researcher"
+        final = posts[-1].json["content"]
+        assert final.startswith("- one")
+        assert final.endswith(f"-# skill **digest** · schedule #{info.id}")
+
+        # One log line for the fire, with what an operator greps for.
+        [line] = [r for r in caplog.records if r.getMessage() == "schedule slot"]
+        fields = {k: getattr(line, k, None) for k in ("schedule_id", "skill", "outcome")}
+        assert fields == {"schedule_id": info.id, "skill": "digest", "outcome": "ok"}
+        assert line.slot_at == due.isoformat()  # type: ignore[attr-defined]
+        assert line.run_id  # type: ignore[attr-defined]
+
+
+async def test_a_skipped_one_shot_is_listed_as_skipped(
+    fake_discord: FakeDiscord, world: tuple[App, ScriptedModel, FakeClock]
+) -> None:
+    app, _model, clock = world
+    fake = fake_discord
+    async with run_bot(fake, _bot(fake, app)):
+        saved = await fake.dispatch_slash(
+            "skill",
+            {"name": "digest", "prompt": "Summarise rust", "persona": "researcher"},
+            user="manager",
+            subcommand="save",
+        )
+        assert "Saved" in await _answer(fake, saved)
+        scheduled = await fake.dispatch_slash(
+            "skill", {"name": "digest", "at": "in 1m"}, user="manager", subcommand="schedule"
+        )
+        assert "Scheduled **digest**" in await _answer(fake, scheduled)
+        [info] = await app.schedules.list(str(fake.guild.id))
+        due = START + timedelta(minutes=1)
+        await clock.advance(3600)  # the machine was paused past the slot's grace
+        assert await app.scheduler.due(info.id, due) == "skipped"
+
+        listed = await fake.dispatch_slash(
+            "skill", {"scope": "mine"}, user="manager", subcommand="schedules"
+        )
+        response = await fake.wait_for_interaction_response(listed)
+        [embed] = response.json["data"]["embeds"]
+        line = embed["description"]
+        assert "**digest**" in line and "last skipped" in line
+        assert "skipped" in line.split("off:")[1] and "it has run" not in line
 
 
 async def test_a_looping_scheduled_skill_is_killed_and_the_admins_are_told(
