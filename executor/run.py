@@ -440,14 +440,14 @@ class Executor:
         assert state.budget is not None
         assert state.budget.reservation is not None
         try:
-            if watch is not None:
-                # Why first: a judgement in flight ends here, and what it cost is in the
-                # run's usage before the run is settled (never after, unbilled).
-                try:
+            try:
+                if watch is not None:
+                    # Why first: a judgement in flight ends here, and what it cost is in
+                    # the run's usage before the run is settled (never after, unbilled).
                     await watch.close()
-                finally:
-                    result.usage = state.usage
-            await self.budget.settle(state.budget.reservation, result.usage.cost_micros)
+            finally:
+                result.usage = state.usage
+                await self.budget.settle(state.budget.reservation, result.usage.cost_micros)
         finally:
             try:
                 await self._emit(
@@ -548,8 +548,9 @@ class Executor:
             try:
                 for hook in self.hooks:
                     request = await hook.before_model_request(state, request)
+                tokens = input_tokens(request.messages, request.tools)
                 if money is not None:
-                    request = await money.cover(state.usage.cost_micros, request)
+                    request = await money.cover(state.usage.cost_micros, request, tokens)
             except BudgetExceeded as exc:
                 # The next call, or a call a hook makes for it (a compaction), cannot be
                 # covered: neither is made.
@@ -558,7 +559,6 @@ class Executor:
                     "your budget cannot cover the next step",
                     budget=exc.details,
                 ) from None
-            tokens = input_tokens(request.messages, request.tools)
             unanswered = money.unanswered(tokens) if money is not None else 0
             await self._emit(
                 ModelRequestEvent(
@@ -593,16 +593,21 @@ class Executor:
                     error_kind="stopped",
                 )
                 state.attempts.append(attempt)
-                await self._emit(
-                    ModelAttemptEvent(
-                        run_id=state.run_id,
-                        at=self.clock.now(),
-                        step=state.steps,
-                        attempt=attempt,
-                        usage=charge,
-                    ),
-                    watch,
-                )
+                try:
+                    await self._emit(
+                        ModelAttemptEvent(
+                            run_id=state.run_id,
+                            at=self.clock.now(),
+                            step=state.steps,
+                            attempt=attempt,
+                            usage=charge,
+                        ),
+                        watch,
+                    )
+                except Exception:
+                    # Why not raised: the stop must go on (the charge is in the run's
+                    # usage, which it is settled to); the audit's error is in the log.
+                    log.exception("run %s: recording the stopped request failed", state.run_id)
                 raise
             except ModelAPIError as exc:
                 if money is not None:

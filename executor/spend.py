@@ -199,9 +199,12 @@ class RunBudget:
             self._first_cap, self._first_cut = tokens, exc.details
             return self.reservation
 
-    async def cover(self, spent_micros: int, request: ModelRequest) -> ModelRequest:
+    async def cover(
+        self, spent_micros: int, request: ModelRequest, tokens: int | None = None
+    ) -> ModelRequest:
         """The request as it may be sent: the reservation grown to ``spent_micros`` plus
         its worst case, its ``max_tokens`` cut when the budget cannot cover all of it.
+        ``tokens``: its input, when the caller has counted it already.
 
         Raises :class:`BudgetExceeded` when not even a :data:`MIN_CALL_TOKENS` call fits.
         """
@@ -215,7 +218,8 @@ class RunBudget:
                 request = dataclasses.replace(request, max_tokens=self._first_cap)
                 cut = self._first_cut
             self._first_cap = self._first_cut = None
-        tokens = input_tokens(request.messages, request.tools)
+        if tokens is None:
+            tokens = input_tokens(request.messages, request.tools)
         # Why set before the grow: a judgement beside the run asks the ledger with it.
         self._call = self.worst_case(tokens, request.max_tokens)
         try:

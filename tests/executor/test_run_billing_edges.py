@@ -284,7 +284,22 @@ async def _past_the_soft_limit(
 
 async def test_the_judges_call_is_covered_and_charged_to_the_run() -> None:
     clock, executor, model, judge, budget, audit = _judged_run(5_000_000, fast)
+    held: list[tuple[int, int]] = []
+    answer = judge.generate
+
+    async def covered_first(request: ModelRequest) -> ModelResponse:
+        # The run's own call streams meanwhile: both must be covered at once.
+        (own,) = model.requests
+        both = standard(input_tokens(own.messages, own.tools), own.max_tokens) + fast(
+            input_tokens(request.messages, request.tools), request.max_tokens
+        )
+        held.append(((await budget.status("alice")).reserved_micros, both))
+        return await answer(request)
+
+    judge.generate = covered_first  # type: ignore[method-assign]
     task, cancel = await _past_the_soft_limit(clock, executor, model)
+    [(reserved, both)] = held
+    assert reserved >= both
     (verdict,) = audit.of_type(CriticVerdictEvent)
     assert verdict.verdict == "continue" and verdict.usage.cost_micros == 321
     cancel.set()
