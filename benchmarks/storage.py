@@ -63,7 +63,16 @@ def run_events(run_id: str, now: datetime) -> list[RunEvent]:
     ]
     for step in range(1, STEPS + 1):
         events += [
-            ModelRequestEvent(run_id=run_id, at=now, step=step, message_count=step * 2),
+            # What the request would be charged if never answered (written at once).
+            ModelRequestEvent(
+                run_id=run_id,
+                at=now,
+                step=step,
+                message_count=step * 2,
+                input_tokens=1200,
+                unanswered_micros=3600,
+                attempts_before=step - 1,
+            ),
             # The answering attempt carries the response's usage (written at once), as
             # the run loop records it.
             ModelAttemptEvent(

@@ -9,6 +9,8 @@ service. ``await app.close()`` flushes and closes all of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
 __all__ = ["App", "build_app", "build_resolver", "load_environ"]
 
 log = logging.getLogger("coterie")
+
+#: How often a forgotten member's charges that left the window are anonymised.
+SWEEP_INTERVAL_S = 3600.0
 
 
 def load_environ(settings: Settings) -> dict[str, str]:
@@ -134,6 +139,7 @@ class App:
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _sweeper: asyncio.Task[None] | None = None
 
     def operator(self) -> Caller:
         """The person at the terminal: the operator, with owner privilege."""
@@ -148,6 +154,24 @@ class App:
         jobs rebuilt from the schedules table and missed slots handled."""
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
+        if self._sweeper is None:
+            await self._sweep_forgotten_charges()
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_hourly(), name="coterie-budget-sweep"
+            )
+
+    async def _sweep_forgotten_charges(self) -> None:
+        """A forgotten member's charges leave their id once out of the window."""
+        try:
+            await self.budget.anonymise_rolled_out()
+        except Exception:
+            # Why not raise: it is housekeeping; the next sweep, an hour on, tries again.
+            log.warning("could not anonymise forgotten members' old charges", exc_info=True)
+
+    async def _sweep_hourly(self) -> None:
+        while True:
+            await self.budget.clock.sleep(SWEEP_INTERVAL_S)
+            await self._sweep_forgotten_charges()
 
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
@@ -156,6 +180,11 @@ class App:
 
     async def close(self) -> None:
         self.scheduler.shutdown()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         # Why before the closers: a slot in flight finishes its bookkeeping on the database.
         await self.scheduler.wait_idle()
         while self._closers:

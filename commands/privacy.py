@@ -2,8 +2,10 @@
 
 One orchestrator does it (:class:`adapters.services.deletion.DataDeletion`, the same
 as ``coterie forget USER_ID``): their personas and skills, their schedules, thread
-bindings, budget rows and warnings are deleted; their audit runs and the admin
-actions naming them stay for accounting, without content or identity. Works in a
+bindings and budget warnings are deleted; their audit runs and the admin actions
+naming them stay for accounting, without content or identity; their budget keeps
+counting (charges in the 7-day window, a limit an admin set, grants not yet expired,
+under their id with nothing else), so forgetting never resets a budget. Works in a
 server and in a DM; the answer is private.
 """
 
@@ -22,16 +24,22 @@ from adapters.discord.ui import confirm
 if TYPE_CHECKING:
     from adapters.services.deletion import DataDeletion
 
-__all__ = ["PROMPT", "PrivacyApp", "PrivacyCog", "setup"]
+__all__ = ["BUDGET_KEPT", "PROMPT", "PrivacyApp", "PrivacyCog", "setup"]
 
 log = logging.getLogger("coterie.commands.privacy")
 
+BUDGET_KEPT = (
+    "Your budget is not reset: what you spent in the last 7 days, any limit an admin "
+    "set for you and grants not yet expired stay under your id (amounts and times "
+    "only: no names, reasons or runs) until they leave the 7-day window."
+)
+
 PROMPT = (
     "This deletes what coterie keeps about you, in every server: your personas and "
-    "skills, your schedules, your persona threads' bindings, your budget history, "
-    "grants and limit. Your runs stay in the audit trail for accounting (when, which "
-    "model, what it cost) but without your id, name, prompts or answers. "
-    "**This cannot be undone.**"
+    "skills, your schedules, your persona threads' bindings and budget warnings. Your "
+    "runs stay in the audit trail for accounting (when, which model, what it cost) but "
+    "without your id, name, prompts or answers. "
+    f"{BUDGET_KEPT} **This cannot be undone.**"
 )
 
 
@@ -56,7 +64,7 @@ class PrivacyCog(commands.Cog):
             return
         report = await interaction.client.app.deletion.forget(str(interaction.user.id))
         await interaction.followup.send(
-            f"Done: coterie forgot you ({report.summary()}).",
+            f"Done: coterie forgot you ({report.summary()}). {BUDGET_KEPT}",
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )

@@ -206,11 +206,20 @@ class InMemoryBudgetLedger:
         return self._status(user_id)
 
     async def delete_user_data(self, user_id: str) -> None:
-        """Forget a member's charges, grants and override. Open reservations are kept
-        until their runs settle (they belong to runs in flight)."""
-        self._limits.pop(user_id, None)
-        self._grants.pop(user_id, None)
-        self._charges.pop(user_id, None)
+        """Forget a member but not their budget: what the gate needs stays under their
+        id (it is what the gate keys on), so forgetting never resets a budget.
+
+        Kept: the amount and time of each charge in the window (the run it paid for is
+        forgotten; older charges go), the limit set for them (the host's decision about
+        that id), grants that have not expired (amount and expiry only), open
+        reservations (runs in flight settle them).
+        """
+        since = self.clock.now() - self.window
+        self._charges[user_id] = [
+            (at, amount, None) for at, amount, _ in self._charges.get(user_id, []) if at > since
+        ]
+        now = self.clock.now()
+        self._grants[user_id] = [g for g in self._grants.get(user_id, []) if g.expires_at > now]
 
     # --- internals -----------------------------------------------------------------
 

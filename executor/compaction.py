@@ -16,7 +16,10 @@ compacts harder and the step is retried once.
 
 Each compaction is a :class:`~executor.events.CompactionEvent` (tokens before
 and after, the model used, its usage); the summary's usage and cost are added
-to the run's.
+to the run's. Inside a run, each summarising call is covered by the run's
+reservation before it is made, at the summariser tier's price, and counted as soon
+as it answers (:meth:`executor.spend.RunBudget.covered`); a call the budget cannot
+cover is not made, and the run stops ``budget_exhausted`` before its next step.
 
 Token counts are :mod:`executor.tokens`' estimate (the one the budget
 reservation uses too) calibrated per model by the input tokens the provider reported for earlier requests; a
@@ -168,6 +171,11 @@ class Compactor:
         self.clip_chars = clip_chars
         self.estimator = estimator or TokenEstimator()
 
+    @property
+    def summariser_tier(self) -> str | None:
+        """The summariser's tier, when it was given as one (it prices the calls)."""
+        return self._summariser if isinstance(self._summariser, str) else None
+
     def summariser(self) -> Model:
         return resolve_model(self._summariser, self._resolver)
 
@@ -193,12 +201,14 @@ class Compactor:
         *,
         keep_tokens: int | None = None,
         window: int | None = None,
+        summariser: Model | None = None,
     ) -> Compaction | None:
         """Summarise the oldest part of ``messages`` (no system prompt), or None if
         there is nothing that may be summarised.
 
         ``model_name`` keys the token calibration; ``keep_tokens`` defaults to
-        ``keep_share`` of ``window`` (the model's context window)."""
+        ``keep_share`` of ``window`` (the model's context window); ``summariser``
+        replaces :meth:`summariser` (a run passes it wrapped, to cover its calls)."""
         before = self.estimator.estimate(model_name, messages)
         if keep_tokens is None:
             keep_tokens = int((window or DEFAULT_PROFILE.context_window) * self.keep_share)
@@ -213,8 +223,7 @@ class Compactor:
             pinned = [old.pop(latest)]
         if not old:
             return None
-        summariser = self.summariser()
-        summary, usage, used = await self._summarise(summariser, old)
+        summary, usage, used = await self._summarise(summariser or self.summariser(), old)
         out = [
             Message.user(f"{SUMMARY_PREFIX}\n{summary}"),
             *pinned,
@@ -339,17 +348,47 @@ class CompactionHook(RunHook):
         keep = max(256, min(int(window * self.compactor.keep_share / 2), now // 3))
         return await self._compact(state, keep)
 
-    async def _compact(self, state: RunState, keep_tokens: int) -> bool:
-        done = await self.compactor.compact(
-            state.messages, state.model.name, keep_tokens=keep_tokens
-        )
-        if done is None:
-            return False
-        usage = done.usage
+    def _costed(self, model: str, usage: Usage) -> Usage:
         if self.cost is not None and usage.cost_micros == 0:
-            usage = usage.model_copy(update={"cost_micros": self.cost(done.model, usage)})
+            return usage.model_copy(update={"cost_micros": self.cost(model, usage)})
+        return usage
+
+    async def _compact(self, state: RunState, keep_tokens: int) -> bool:
+        money = state.budget
+        if money is None:  # outside a run: counted once done
+            done = await self.compactor.compact(
+                state.messages, state.model.name, keep_tokens=keep_tokens
+            )
+            if done is None:
+                return False
+            usage = self._costed(done.model, done.usage)
+            state.add_usage(usage)
+        else:
+            # Each call covered before it is made and counted as it answers: a refusal
+            # or a failure part-way still charges the calls that were made.
+            counted = Usage()
+            summariser = self.compactor.summariser()
+
+            def count(call: Usage, model: str) -> None:
+                nonlocal counted
+                call = self._costed(model, call)
+                counted = counted + call
+                state.add_usage(call)
+
+            tier = self.compactor.summariser_tier
+            covered = money.covered(
+                summariser,
+                money.price_of(tier) if tier is not None and money.price_of else None,
+                spent=lambda: state.usage.cost_micros,
+                count=count,
+            )
+            done = await self.compactor.compact(
+                state.messages, state.model.name, keep_tokens=keep_tokens, summariser=covered
+            )
+            if done is None:
+                return False
+            usage = counted
         state.messages[:] = done.messages
-        state.add_usage(usage)
         if state.emit is not None:
             await state.emit(
                 CompactionEvent(

@@ -20,7 +20,9 @@ of the agent, else the config's defaults). At it the critic gives a verdict
 from cheap signals: the same tool with the same arguments ``repeat_limit``
 times, ``stale_steps`` steps in a row that added nothing new, a token burn rate
 over ``max_tokens_per_s``; and, where ``judge`` is set, a short structured
-judgement by a cheap tier ("making progress?"). ``continue`` extends the soft
+judgement by a cheap tier ("making progress?"; its call is covered by the run's
+reservation before it is made and charged to the run, and one the member's budget
+cannot cover is not made: the verdict is then a warning). ``continue`` extends the soft
 limit quietly, ``warn`` tells the delivery ("still working: step 12, 95 s") and
 extends it, ``stop`` ends the run (status ``killed``).
 
@@ -47,7 +49,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from executor.agent import RunStatus
-from executor.errors import ModelAPIError, StructuredOutputError
+from executor.errors import BudgetExceeded, ModelAPIError, StructuredOutputError
 from executor.events import (
     CriticVerdictEvent,
     ModelRequestEvent,
@@ -55,7 +57,7 @@ from executor.events import (
     StepFinished,
     ToolCallStarted,
 )
-from executor.messages import Message
+from executor.messages import Message, Usage
 from executor.models.base import Model
 from executor.ports import (
     AuditSink,
@@ -66,7 +68,7 @@ from executor.ports import (
     RealClock,
     RunControl,
 )
-from executor.structured import TierResolver, generate_structured
+from executor.structured import TierResolver, generate_structured, resolve_model
 
 __all__ = [
     "CriticConfig",
@@ -194,6 +196,7 @@ class RunWatch:
         self.steps = 0  # completed steps (their tool calls included)
         self.current_step = 0  # the step in flight
         self._log: dict[int, _Step] = {}
+        self._judged = Usage()  # what judgements cost since the last verdict recorded
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"critic-{control.run_id}"
@@ -343,18 +346,40 @@ class RunWatch:
         try:
             async with asyncio.timeout(timeout):
                 j = await generate_structured(
-                    self.config.judge,
+                    self._judge(self.config.judge),
                     self._judge_messages(),
                     Judgement,
                     resolver=self.resolver,
                     max_tokens=300,
                 )
+        except BudgetExceeded:
+            return Verdict("warn", "no judgement (the budget cannot cover one); still watching")
         except (ModelAPIError, StructuredOutputError, TimeoutError) as exc:
             return Verdict("warn", f"no judgement ({type(exc).__name__}); still watching")
         if j.progress:
             more = j.more_seconds if j.more_seconds and math.isfinite(j.more_seconds) else None
             return Verdict("continue", j.reason or "making progress", extend_s=more)
         return Verdict("stop", j.reason or "not making progress")
+
+    def _judge(self, judge: Model | str) -> Model | str:
+        """The judge, its every call covered by the run's reservation first and counted
+        in the run's usage (at its tier's price; a model given as such has none)."""
+        control = self.control
+        money, add, usage_fn = control.budget, control.add_usage, control.usage_fn
+        if money is None or add is None:
+            return judge
+        price = money.price_of(judge) if isinstance(judge, str) and money.price_of else None
+
+        def count(usage: Usage, model: str) -> None:
+            self._judged = self._judged + usage
+            add(usage)
+
+        return money.covered(
+            resolve_model(judge, self.resolver),
+            price,
+            spent=lambda: usage_fn().cost_micros if usage_fn is not None else 0,
+            count=count,
+        )
 
     def _judge_messages(self) -> list[Message]:
         agent = self.control.agent
@@ -381,7 +406,9 @@ class RunWatch:
             reason=reason,
             state=self.state.value,
             step=self.steps,
+            usage=self._judged,
         )
+        self._judged = Usage()
         self.verdicts.append(event)
         if self.control.emit is not None:
             await self.control.emit(event)

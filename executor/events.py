@@ -56,8 +56,21 @@ class RunStarted(_Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRequestEvent(_Event):
+    """A request about to be sent to the model.
+
+    ``input_tokens`` is the request's input as :mod:`executor.tokens` counts it, and
+    ``unanswered_micros`` what it costs at the run's price with no output: what the
+    run is charged if the request's usage never arrives (the run is stopped, or the
+    process dies, with the request in flight; the provider has billed the input).
+    ``attempts_before`` is how many model attempts the run had recorded before it, so
+    crash recovery can tell a request that never ended (no attempt after it).
+    """
+
     step: int
     message_count: int
+    input_tokens: int = 0
+    unanswered_micros: int = 0
+    attempts_before: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,10 +132,13 @@ class CompactionEvent(_Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CriticVerdictEvent(_Event):
+    """A critic's verdict; ``usage`` is what its judgement (a model call) cost the run."""
+
     verdict: str  # continue, warn, stop, kill
     reason: str
     state: str
     step: int = 0
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

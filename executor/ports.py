@@ -20,6 +20,7 @@ from executor.events import RunEvent
 if TYPE_CHECKING:
     from executor.agent import Caller, DeliveryReport, RunnableAgent, RunResult, RunStatus
     from executor.messages import Usage
+    from executor.spend import RunBudget
 
 __all__ = [
     "ApprovalDecision",
@@ -274,6 +275,11 @@ class RunControl:
     # Set by the run loop: record an event of the watcher's own (a verdict) to the
     # audit sink and the observers (not back to the watch).
     emit: Callable[[RunEvent], Awaitable[None]] | None = None
+    # Set by the run loop: a watcher's own model calls (a judgement) are covered by the
+    # run's reservation before they are made (``budget.covered``) and their cost added
+    # to the run's usage (``add_usage``), which the run is charged at its end.
+    budget: RunBudget | None = None
+    add_usage: Callable[[Usage], None] | None = None
 
 
 @runtime_checkable

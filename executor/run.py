@@ -169,7 +169,7 @@ class Executor:
             messages=[m for m in invocation.messages if m.role != "system"],
             started_monotonic=self.clock.monotonic(),
         )
-        money = RunBudget(self.budget, self._price(agent))
+        money = RunBudget(self.budget, self._price(agent), price_of=self._tier_price)
         first_input, first_max = self._first_call(state)
         estimate = money.worst_case(first_input, first_max)
 
@@ -221,6 +221,14 @@ class Executor:
         if models is None or agent.model is not None:
             return None
         tier = agent.tier
+        return lambda input_tok, output_tok: models.estimate_micros(tier, input_tok, output_tok)
+
+    def _tier_price(self, tier: str) -> Price | None:
+        """A tier's worst case per call (compaction's, the critic judge's); None
+        without a resolver."""
+        models = self.models
+        if models is None:
+            return None
         return lambda input_tok, output_tok: models.estimate_micros(tier, input_tok, output_tok)
 
     def _request_parts(self, state: RunState) -> tuple[list[Message], list[ToolDefinition]]:
@@ -347,6 +355,8 @@ class Executor:
                         stop=stop,
                         usage_fn=lambda: state.usage,
                         emit=emit_side,
+                        budget=state.budget,
+                        add_usage=state.add_usage,
                     )
                 )
 
@@ -456,15 +466,20 @@ class Executor:
         assert state.budget is not None
         assert state.budget.reservation is not None
         try:
-            await self.budget.settle(state.budget.reservation, result.usage.cost_micros)
+            try:
+                if watch is not None:
+                    # Why first: a judgement in flight ends here, and what it cost is in
+                    # the run's usage before the run is settled (never after, unbilled).
+                    await watch.close()
+            finally:
+                result.usage = state.usage
+                await self.budget.settle(state.budget.reservation, result.usage.cost_micros)
         finally:
             try:
                 await self._emit(
-                    RunFinished(run_id=state.run_id, at=self.clock.now(), result=result), watch
+                    RunFinished(run_id=state.run_id, at=self.clock.now(), result=result), None
                 )
             finally:
-                if watch is not None:
-                    await watch.close()
                 await self._deliver(state.delivery, result)
 
     # ------------------------------------------------------------------ steps
@@ -554,24 +569,32 @@ class Executor:
         self, state: RunState, request: ModelRequest, watch: CriticWatch | None, streaming: bool
     ) -> ModelResponse:
         retry = 0
+        money = state.budget
         while True:
-            for hook in self.hooks:
-                request = await hook.before_model_request(state, request)
-            if state.budget is not None:
-                try:
-                    request = await state.budget.cover(state.usage.cost_micros, request)
-                except BudgetExceeded as exc:
-                    raise _Stopped(
-                        RunStatus.BUDGET_EXHAUSTED,
-                        "your budget cannot cover the next step",
-                        budget=exc.details,
-                    ) from None
+            try:
+                for hook in self.hooks:
+                    request = await hook.before_model_request(state, request)
+                tokens = input_tokens(request.messages, request.tools)
+                if money is not None:
+                    request = await money.cover(state.usage.cost_micros, request, tokens)
+            except BudgetExceeded as exc:
+                # The next call, or a call a hook makes for it (a compaction), cannot be
+                # covered: neither is made.
+                raise _Stopped(
+                    RunStatus.BUDGET_EXHAUSTED,
+                    "your budget cannot cover the next step",
+                    budget=exc.details,
+                ) from None
+            unanswered = money.unanswered(tokens) if money is not None else 0
             await self._emit(
                 ModelRequestEvent(
                     run_id=state.run_id,
                     at=self.clock.now(),
                     step=state.steps,
                     message_count=len(request.messages),
+                    input_tokens=tokens,
+                    unanswered_micros=unanswered,
+                    attempts_before=len(state.attempts),
                 ),
                 watch,
             )
@@ -581,7 +604,40 @@ class Executor:
                     response = await self._stream(state, request)
                 else:
                     response = await state.model.generate(request)
+            except asyncio.CancelledError:
+                # The run was stopped (its deadline, the critic, its member, the host)
+                # with the request in flight: its usage never arrives, but the provider
+                # has billed the input. Charge that, on an attempt of its own.
+                charge = Usage(input_tokens=tokens, cost_micros=unanswered, requests=1)
+                state.add_usage(charge)
+                if money is not None:
+                    money.call_done()
+                attempt = Attempt(
+                    model=state.model.name,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error="the run stopped before the model answered",
+                    error_kind="stopped",
+                )
+                state.attempts.append(attempt)
+                try:
+                    await self._emit(
+                        ModelAttemptEvent(
+                            run_id=state.run_id,
+                            at=self.clock.now(),
+                            step=state.steps,
+                            attempt=attempt,
+                            usage=charge,
+                        ),
+                        watch,
+                    )
+                except Exception:
+                    # Why not raised: the stop must go on (the charge is in the run's
+                    # usage, which it is settled to); the audit's error is in the log.
+                    log.exception("run %s: recording the stopped request failed", state.run_id)
+                raise
             except ModelAPIError as exc:
+                if money is not None:
+                    money.call_done()
                 attempts = getattr(exc, "attempts", None) or [
                     Attempt(
                         model=exc.model or state.model.name,
@@ -593,18 +649,34 @@ class Executor:
                 await self._record_attempts(state, list(attempts), watch)
                 retry += 1
                 # Why the cap first: past it no hook's work (a compaction) can help.
-                if retry <= 2 and any(
-                    [await h.on_model_error(state, exc, retry) for h in self.hooks]
-                ):
+                try:
+                    again = retry <= 2 and any(
+                        [await h.on_model_error(state, exc, retry) for h in self.hooks]
+                    )
+                except BudgetExceeded as refused:
+                    raise _Stopped(
+                        RunStatus.BUDGET_EXHAUSTED,
+                        "your budget cannot cover the next step",
+                        budget=refused.details,
+                    ) from None
+                if again:
                     continue
                 raise
+            except BaseException:
+                if money is not None:
+                    money.call_done()
+                raise
+            # Why no await between: the reservation always covers what the run spent
+            # plus every call in flight (a judgement beside the run grows it too).
+            state.add_usage(response.usage)
+            if money is not None:
+                money.call_done()
             attempts = list(response.attempts) or [
                 Attempt(model=response.model, latency_ms=(time.perf_counter() - started) * 1000)
             ]
             # Why the usage on the attempt: it is written at once, so a crash before the
             # step's end still charges what this response cost.
             await self._record_attempts(state, attempts, watch, usage=response.usage)
-            state.add_usage(response.usage)
             state.answered_by = response.model
             for hook in self.hooks:
                 await hook.after_model_response(state, response)

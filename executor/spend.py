@@ -15,23 +15,51 @@ after some).
 
 An agent with a model of its own, or an executor without a resolver, has no price:
 it reserves nothing and never grows (the cost is known only once spent).
+
+Calls beside the run's own (compaction's summary, the critic's judgement) are covered
+the same way before they are made (:meth:`RunBudget.covered` wraps their model), at
+their own tier's price, and counted in the run's usage as soon as they answer; one
+that cannot be covered is refused (:class:`BudgetExceeded`), not made. The reservation
+covers, at every moment, what the run has spent plus the worst case of every call in
+flight (a judgement may run while the run's own call streams).
+
+A request whose usage never arrives (the run is stopped, or its judgement times out,
+with it in flight) is charged its input tokens as counted from the request, at the
+price with no output: the provider has billed them (:meth:`RunBudget.unanswered`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from executor.agent import Caller
 from executor.errors import BudgetDetails, BudgetExceeded
-from executor.messages import Message
-from executor.models.base import ModelRequest, ToolDefinition
+from executor.messages import Message, Usage
+from executor.models.base import (
+    Model,
+    ModelProfile,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    ToolDefinition,
+    profile_of,
+)
 from executor.ports import BudgetGate, Reservation
 from executor.tokens import CHARS_PER_TOKEN, estimate_tokens
 
-__all__ = ["MIN_CALL_TOKENS", "Price", "RunBudget", "affordable_tokens", "input_tokens"]
+__all__ = [
+    "MIN_CALL_TOKENS",
+    "CoveredModel",
+    "Price",
+    "RunBudget",
+    "affordable_tokens",
+    "input_tokens",
+]
 
 #: The fewest output tokens a call is cut to before the run stops for its budget.
 MIN_CALL_TOKENS = 256
@@ -81,11 +109,71 @@ class RunBudget:
     price: Price | None
     reservation: Reservation | None = None
     cut: BudgetDetails | None = None
+    #: A tier's price (None: no price known), for the calls beside the run's own.
+    price_of: Callable[[str], Price | None] | None = None
     _first_cap: int | None = None
     _first_cut: BudgetDetails | None = None
+    _call: int = 0  # the worst case of the run's own call in flight
+    _side: int = 0  # the worst cases of the calls beside it in flight
 
     def worst_case(self, input_tok: int, max_tokens: int) -> int:
         return self.price(input_tok, max_tokens) if self.price is not None else 0
+
+    def unanswered(self, input_tok: int) -> int:
+        """What a request of ``input_tok`` input tokens costs when its usage never
+        arrives: its input at the run's price, no output."""
+        return self.worst_case(input_tok, 0)
+
+    def call_done(self) -> None:
+        """The run's own call ended (and what it cost is in the run's usage now)."""
+        self._call = 0
+
+    def _keep(self, grown: Reservation) -> None:
+        # Why the larger: two grows of one run (its call and a judgement beside it) may
+        # return out of order; the ledger keeps the larger.
+        if self.reservation is None or grown.amount_micros >= self.reservation.amount_micros:
+            self.reservation = grown
+
+    async def _grow(self, want: int) -> None:
+        assert self.reservation is not None, "open() first"
+        if want > self.reservation.amount_micros:
+            self._keep(await self.gate.grow(self.reservation, want))
+
+    async def hold(self, spent_micros: int, worst_micros: int) -> None:
+        """Grow the reservation to cover a call beside the run's own, of ``worst_micros``
+        at worst, on top of ``spent_micros`` and every call in flight; :meth:`release`
+        it once what it cost is in the run's usage.
+
+        Raises :class:`BudgetExceeded` (and holds nothing) when it cannot be covered.
+        """
+        if worst_micros <= 0 or self.reservation is None:
+            return
+        # Why counted before the grow: a concurrent grow (the run's own next call) must
+        # see this call's worst case while the ledger is asked.
+        self._side += worst_micros
+        try:
+            await self._grow(spent_micros + self._call + self._side)
+        except BaseException:
+            self._side -= worst_micros
+            raise
+
+    def release(self, worst_micros: int) -> None:
+        if worst_micros > 0 and self.reservation is not None:
+            self._side = max(0, self._side - worst_micros)
+
+    def covered(
+        self,
+        model: Model,
+        price: Price | None,
+        *,
+        spent: Callable[[], int],
+        count: Callable[[Usage, str], None],
+    ) -> Model:
+        """``model`` with each request covered by this run's reservation before it is
+        made (at ``price``; None: no price, nothing held) and counted with ``count``
+        (its usage and the model that answered, into the run's usage) as soon as it
+        answers."""
+        return CoveredModel(model, self, price, spent=spent, count=count)
 
     async def open(
         self, caller: Caller, run_id: str, input_tok: int, max_tokens: int
@@ -111,9 +199,12 @@ class RunBudget:
             self._first_cap, self._first_cut = tokens, exc.details
             return self.reservation
 
-    async def cover(self, spent_micros: int, request: ModelRequest) -> ModelRequest:
+    async def cover(
+        self, spent_micros: int, request: ModelRequest, tokens: int | None = None
+    ) -> ModelRequest:
         """The request as it may be sent: the reservation grown to ``spent_micros`` plus
         its worst case, its ``max_tokens`` cut when the budget cannot cover all of it.
+        ``tokens``: its input, when the caller has counted it already.
 
         Raises :class:`BudgetExceeded` when not even a :data:`MIN_CALL_TOKENS` call fits.
         """
@@ -127,19 +218,87 @@ class RunBudget:
                 request = dataclasses.replace(request, max_tokens=self._first_cap)
                 cut = self._first_cut
             self._first_cap = self._first_cut = None
-        tokens = input_tokens(request.messages, request.tools)
-        want = spent_micros + self.worst_case(tokens, request.max_tokens)
-        if want > self.reservation.amount_micros:
+        if tokens is None:
+            tokens = input_tokens(request.messages, request.tools)
+        # Why set before the grow: a judgement beside the run asks the ledger with it.
+        self._call = self.worst_case(tokens, request.max_tokens)
+        try:
             try:
-                self.reservation = await self.gate.grow(self.reservation, want)
+                await self._grow(spent_micros + self._side + self._call)
             except BudgetExceeded as exc:
-                room = self.reservation.amount_micros + _headroom(exc.details) - spent_micros
+                room = (
+                    self.reservation.amount_micros
+                    + _headroom(exc.details)
+                    - spent_micros
+                    - self._side
+                )
                 fits = affordable_tokens(self.price, tokens, request.max_tokens, room)
                 if fits is None:
                     raise
-                self.reservation = await self.gate.grow(
-                    self.reservation, spent_micros + self.worst_case(tokens, fits)
-                )
+                self._call = self.worst_case(tokens, fits)
+                await self._grow(spent_micros + self._side + self._call)
                 request, cut = dataclasses.replace(request, max_tokens=fits), exc.details
+        except BaseException:
+            self._call = 0
+            raise
         self.cut = cut
         return request
+
+
+class CoveredModel:
+    """A model whose every request is covered by a run's reservation before it is made
+    and counted in the run as soon as it answers (:meth:`RunBudget.covered`).
+
+    A request the budget cannot cover raises :class:`BudgetExceeded` and is not made.
+    One cancelled in flight (a judgement's timeout, the run's end) is counted at its
+    input tokens, no output: the provider has billed them.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        budget: RunBudget,
+        price: Price | None,
+        *,
+        spent: Callable[[], int],
+        count: Callable[[Usage, str], None],
+    ) -> None:
+        self.model = model
+        self._budget = budget
+        self._price = price
+        self._spent = spent
+        self._count = count
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def profile(self) -> ModelProfile:
+        return profile_of(self.model)
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        tokens = input_tokens(request.messages, request.tools)
+        price = self._price
+        worst = price(tokens, request.max_tokens) if price is not None else 0
+        await self._budget.hold(self._spent(), worst)
+        # Why no await between counting and releasing: the hold never lapses before
+        # what the call cost is in the run's usage.
+        try:
+            response = await self.model.generate(request)
+        except asyncio.CancelledError:
+            if price is not None:
+                unanswered = Usage(input_tokens=tokens, cost_micros=price(tokens, 0), requests=1)
+                self._count(unanswered, self.model.name)
+            self._budget.release(worst)
+            raise
+        except BaseException:
+            self._budget.release(worst)
+            raise
+        self._count(response.usage, response.model)
+        self._budget.release(worst)
+        return response
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """One event: the whole response (these calls are not shown to anyone)."""
+        yield ResponseDone(await self.generate(request))

@@ -116,17 +116,30 @@ class SqlAdminLog:
         return AdminPage(entries=rows, next_cursor=_cursor(rows[-1]) if more else None)
 
     async def delete_user_data(self, user_id: str) -> int:
-        """Anonymise the actions this member took and those that named them."""
+        """Anonymise the actions this member took and those that named them; the
+        reason an admin gave for an action about them (a grant's) is cleared too, as it
+        may well name them."""
         async with write_transaction(self._engine) as conn:
             took = await conn.execute(
                 update(_actions)
                 .where(_actions.c.actor_id == user_id)
                 .values(actor_id=FORGOTTEN, actor_name="")
             )
-            named = await conn.execute(
-                update(_actions).where(_actions.c.target_id == user_id).values(target_id=FORGOTTEN)
+            about = list(
+                await conn.execute(
+                    select(_actions.c.id, _actions.c.detail).where(_actions.c.target_id == user_id)
+                )
             )
-        return int(took.rowcount) + int(named.rowcount)
+            for row_id, detail in about:
+                kept = dict(detail or {})
+                if "reason" in kept:
+                    kept["reason"] = ""
+                await conn.execute(
+                    update(_actions)
+                    .where(_actions.c.id == row_id)
+                    .values(target_id=FORGOTTEN, detail=kept)
+                )
+        return int(took.rowcount) + len(about)
 
 
 class SqlAlertStore:

@@ -8,8 +8,12 @@ run row in one transaction, so a crash never leaves a finished run half-written.
 
 What a crash may lose is bounded, because crash recovery charges what is written:
 
-* spend is written at once: an attempt that answered (its usage and cost are on its
-  row) and a compaction with a cost are committed before ``record`` returns;
+* spend is written at once: an attempt that answered or was stopped in flight (its
+  usage and cost are on its row), a compaction or a critic's judgement with a cost,
+  and a model request that would be charged were it never answered (its input's cost
+  is in its row's data), with every row buffered before it, are committed before
+  ``record`` returns; so is a failed attempt (it ends its request: crash recovery
+  then knows the request was answered, if by an error);
 * before a model request (``ModelRequestEvent``) that follows tool calls, the buffer is
   committed, so the tool calls a run ran are durable before it asks for more;
 * anything else is durable within ``flush_interval_s``: a timer task (started on the
@@ -403,17 +407,34 @@ class SqlAuditSink:
 
 
 def _spends(event: RunEvent) -> bool:
-    """Whether the event records money spent (an attempt that answered, a compaction
-    that cost something): written at once, not buffered."""
+    """Whether the event records money spent or owed (an attempt that answered or was
+    stopped, a failed one that ends its request, a request that would be charged were it
+    never answered, a compaction or a judgement that cost something): written at once,
+    not buffered."""
     if isinstance(event, ModelAttemptEvent):
         u = event.usage
-        return u is not None and (u.cost_micros > 0 or u.input_tokens + u.output_tokens > 0)
-    return isinstance(event, CompactionEvent) and event.usage.cost_micros > 0
+        return event.attempt.error is not None or (
+            u is not None and (u.cost_micros > 0 or u.input_tokens + u.output_tokens > 0)
+        )
+    if isinstance(event, ModelRequestEvent):
+        return event.unanswered_micros > 0
+    return isinstance(event, CompactionEvent | CriticVerdictEvent) and event.usage.cost_micros > 0
 
 
 def _event_data(event: RunEvent) -> tuple[str, int, int, dict[str, Any]]:
     if isinstance(event, ModelRequestEvent):
-        return "model_request", event.step, 0, {"message_count": event.message_count}
+        # Why in the data, not the cost column: it is owed only if no answer came.
+        return (
+            "model_request",
+            event.step,
+            0,
+            {
+                "message_count": event.message_count,
+                "input_tokens": event.input_tokens,
+                "unanswered_micros": event.unanswered_micros,
+                "attempts_before": event.attempts_before,
+            },
+        )
     if isinstance(event, CompactionEvent):
         u = event.usage
         return (
@@ -430,11 +451,18 @@ def _event_data(event: RunEvent) -> tuple[str, int, int, dict[str, Any]]:
             },
         )
     if isinstance(event, CriticVerdictEvent):
+        u = event.usage
         return (
             "critic_verdict",
             event.step,
-            0,
-            {"verdict": event.verdict, "reason": excerpt(event.reason, 2000), "state": event.state},
+            u.cost_micros,
+            {
+                "verdict": event.verdict,
+                "reason": excerpt(event.reason, 2000),
+                "state": event.state,
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+            },
         )
     if isinstance(event, ApprovalEvent):
         return (

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from adapters.services.budgets import BudgetLimits
+from adapters.storage.audit_queries import FORGOTTEN
 from adapters.storage.db import engine_of, translate_errors, write_transaction
 from adapters.storage.tables import (
     BudgetGrant,
@@ -446,21 +447,55 @@ class SqlBudgetLedger:
         return sorted(out, key=lambda s: (-s.spent_micros, s.user_id))
 
     async def delete_user_data(self, user_id: str) -> int:
-        """Forget a member's charges, grants and override, and their name on grants they
-        gave; returns how many rows were touched.
+        """Forget a member, keeping only what their budget needs; returns rows touched.
 
-        Kept: open reservations (they belong to runs in flight and are settled when
-        those runs end) and so the member row they hang on.
+        The gate keys on the member's id, so deleting their charges and limit would
+        reset their budget (a member at their limit could ``/forgetme`` and start
+        again). What is kept stays under their id with nothing else personal:
+
+        * charges inside the window: the amount and time only (no run id, no note),
+          marked :data:`FORGOTTEN`; :meth:`anonymise_rolled_out` moves each to the
+          :data:`FORGOTTEN` id once it leaves the window;
+        * charges older than the window: moved to the :data:`FORGOTTEN` id at once
+          (they no longer count; kept, like the anonymised audit runs, so the ledger
+          and the audit still agree on what was spent);
+        * grants to them that have not expired: the amount and expiry only (no giver,
+          no reason), deleted once expired; expired ones are deleted now;
+        * a limit an admin set: kept (it is the server's decision about that id);
+        * open reservations: kept (runs in flight settle them).
+
+        Grants they gave others as an admin stay, without their id.
         """
         async with self._transaction() as session:
-            gone = (
-                await session.execute(delete(_ledger).where(_ledger.c.user_id == user_id))
+            now = self.clock.now()
+            since = now - self.window
+            await self._lock_member(session, user_id)
+            mine = _ledger.c.user_id == user_id
+            touched = (
+                await session.execute(
+                    _ledger.update()
+                    .where(mine, _ledger.c.at > since)
+                    .values(run_id=None, note=FORGOTTEN)
+                )
             ).rowcount
-            gone += (
-                await session.execute(delete(_grants).where(_grants.c.user_id == user_id))
+            touched += (
+                await session.execute(
+                    _ledger.update()
+                    .where(mine, _ledger.c.at <= since)
+                    .values(user_id=FORGOTTEN, run_id=None, note="")
+                )
             ).rowcount
-            # Grants this member gave others as an admin stay, without their name.
-            gone += (
+            theirs = _grants.c.user_id == user_id
+            touched += (
+                await session.execute(delete(_grants).where(theirs, _grants.c.expires_at <= now))
+            ).rowcount
+            touched += (
+                await session.execute(
+                    _grants.update().where(theirs).values(granted_by="", note=FORGOTTEN)
+                )
+            ).rowcount
+            # Grants this member gave others as an admin stay, without their id.
+            touched += (
                 await session.execute(
                     _grants.update().where(_grants.c.granted_by == user_id).values(granted_by="")
                 )
@@ -468,12 +503,37 @@ class SqlBudgetLedger:
             open_count = await session.scalar(
                 select(func.count()).where(_reservations.c.user_id == user_id)
             )
-            if open_count:
-                await session.execute(
-                    _members.update().where(_members.c.user_id == user_id).values(limit_micros=None)
-                )
-            else:
-                gone += (
-                    await session.execute(delete(_members).where(_members.c.user_id == user_id))
+            if not open_count:
+                # The row is only a lock row when no admin set a limit: it is made again
+                # on the member's next reservation.
+                touched += (
+                    await session.execute(
+                        delete(_members).where(
+                            _members.c.user_id == user_id, _members.c.limit_micros.is_(None)
+                        )
+                    )
                 ).rowcount
-        return int(gone)
+        return int(touched)
+
+    async def anonymise_rolled_out(self) -> int:
+        """Move the kept charges of forgotten members that left the window to the
+        :data:`FORGOTTEN` id, and delete their expired grants; returns rows touched.
+
+        The app runs it at start and hourly, so a forgotten member's id stays on a
+        charge at most about an hour past the window.
+        """
+        async with self._transaction() as session:
+            now = self.clock.now()
+            touched = (
+                await session.execute(
+                    _ledger.update()
+                    .where(_ledger.c.note == FORGOTTEN, _ledger.c.at <= now - self.window)
+                    .values(user_id=FORGOTTEN, note="")
+                )
+            ).rowcount
+            touched += (
+                await session.execute(
+                    delete(_grants).where(_grants.c.note == FORGOTTEN, _grants.c.expires_at <= now)
+                )
+            ).rowcount
+        return int(touched)

@@ -6,7 +6,13 @@ steps, tokens and cost its audit rows show, and settles every open reservation:
 
 * the run is in the audit trail: charge what the audit shows it spent: every model
   response that finished (its attempt row carries its usage and is written at once,
-  before the step ends) plus what compaction cost (its event rows);
+  before the step ends), every request stopped in flight (its attempt row carries its
+  input's cost), what compaction and the critic's judgements cost (their event rows),
+  and the request the process died in, if it died with one in flight: the input
+  tokens its ``model_request`` row counted, at its price (its data's
+  ``unanswered_micros``), as the run loop charges a request stopped in flight. A
+  request was in flight when no attempt row follows it (the run had recorded
+  ``attempts_before`` attempts when it was sent, and has as many now);
 * the run never reached the audit trail (the process died between reserving and
   starting): charge nothing, as no model was called.
 
@@ -61,6 +67,25 @@ class RecoveryReport:
             f"recovered {len(self.interrupted_runs)} interrupted run(s), settled "
             f"{self.settled_reservations} reservation(s) for {format_usd(self.charged_micros)}"
         )
+
+
+async def _in_flight(session: AsyncSession, run_id: str) -> tuple[int, int]:
+    """The input tokens and cost of the request the run died in, if it died with one in
+    flight (no attempt recorded after its last request); (0, 0) otherwise."""
+    last = await session.scalar(
+        select(_events.c.data)
+        .where(_events.c.run_id == run_id, _events.c.kind == "model_request")
+        .order_by(_events.c.id.desc())
+        .limit(1)
+    )
+    if not isinstance(last, dict) or not isinstance(last.get("attempts_before"), int):
+        return 0, 0  # no request, or one recorded before requests said what they owe
+    attempts = await session.scalar(
+        select(func.count()).select_from(_attempts).where(_attempts.c.run_id == run_id)
+    )
+    if int(attempts or 0) != last["attempts_before"]:
+        return 0, 0  # answered (or failed, or stopped and charged on its attempt)
+    return int(last.get("input_tokens", 0)), int(last.get("unanswered_micros", 0))
 
 
 async def recover_interrupted_runs(
@@ -126,6 +151,7 @@ async def recover(
                         _events.c.run_id == run_id
                     )
                 )
+                owed_tokens, owed = await _in_flight(session, run_id)
                 # Why the larger of attempts and steps: every finished step has its
                 # answering attempt, and an attempt may have no step yet (the crash came
                 # between them); rows written before attempts carried usage have only steps.
@@ -136,9 +162,9 @@ async def recover(
                         status=RunStatus.INTERRUPTED.value,
                         ended_at=now,
                         steps=int(steps[1]),
-                        input_tokens=max(int(steps[2]), int(answered[0])),
+                        input_tokens=max(int(steps[2]), int(answered[0])) + owed_tokens,
                         output_tokens=max(int(steps[3]), int(answered[1])),
-                        cost_micros=max(int(steps[4]), int(answered[2])) + int(extra or 0),
+                        cost_micros=max(int(steps[4]), int(answered[2])) + int(extra or 0) + owed,
                         error=INTERRUPTED_ERROR,
                         error_kind="interrupted",
                     )

@@ -15,6 +15,7 @@ from bot.settings import Settings
 from executor.agent import Caller, Invocation, RunnableAgent
 from executor.messages import Message, Usage
 from executor.testing import Reply, ScriptedModel
+from tests.services.test_deletion import ledger_and_audit_totals
 from tests.storage.dbs import sqlite_url
 
 
@@ -99,9 +100,12 @@ def test_audit_show_takes_a_unique_prefix(url: str, capsys: pytest.CaptureFixtur
 
 def test_forget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed(url, ("111", 1_000), ("222", 2_000))
+    assert main(["budget", "set", "111", "0.50"]) == 0
+    capsys.readouterr()
     assert main(["forget", "111", "--yes"]) == 0
     out = capsys.readouterr().out
     assert "audit (anonymised)" in out and "budget" in out
+    assert "kept: the budget's charges in the 7-day window" in out
 
     async def check() -> None:
         app = await build_app(Settings(_env_file=None, database_url=url))
@@ -109,8 +113,11 @@ def test_forget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
             forgotten = await app.audit_queries.list_runs(RunFilter(user_id=FORGOTTEN))
             assert len(forgotten.runs) == 1
             assert (await app.audit_queries.list_runs(RunFilter(user_id="111"))).runs == []
-            assert (await app.budget.status("111")).spent_micros == 0
+            # The budget is not reset: the charge and the limit the operator set stay.
+            kept = await app.budget.status("111")
+            assert (kept.spent_micros, kept.limit_micros, kept.overridden) == (1_000, 500_000, True)
             assert (await app.budget.status("222")).spent_micros == 2_000
+            assert await ledger_and_audit_totals(app) == (3_000, 3_000)
             (entry,) = (await app.admin_log.list(action="forget")).entries
             assert "111" not in repr(entry)  # the log says a member was forgotten, not who
         finally:

@@ -36,6 +36,7 @@ class LoopbackOpenAI:
     def __init__(self, prices: PriceTable | None = None) -> None:
         self.prices = prices or PriceTable()
         self.completed: list[int] = []  # the cost of every response written whole
+        self.unanswered = 0  # model requests held with no answer (then their client died)
         self.tool_results: set[str] = set()  # tool call ids whose results came back
         self.hold_after: int | None = None
         self.mode: HoldMode = "before"
@@ -115,6 +116,8 @@ class LoopbackOpenAI:
         n = int(found.group(2)) if found else 0
         stream = bool(body.get("stream"))
         holding = self._holding()
+        if holding and self.mode in ("before", "mid-stream"):
+            self.unanswered += 1
         if holding and self.mode == "before":
             await self._held()
             return web.Response(status=503)

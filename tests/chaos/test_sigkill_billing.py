@@ -2,8 +2,10 @@
 against a loopback model with a known cost per response is killed ten times, each time
 with its runs in flight (waiting on the model, mid-stream, or in a slow tool after a
 finished response); after crash recovery the ledger equals the cost of every model
-response that completed, to the micro-dollar, and the audit holds every tool call that
-ran (each one whose result went back to the model), across all ten kills."""
+response that completed, to the micro-dollar, plus, for each request the process died
+waiting on (issue 20: the provider billed its input), its input tokens as the run
+counted them at the model's input price; and the audit holds every tool call that ran
+(each one whose result went back to the model), across all ten kills."""
 
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ from sqlmodel import col
 from adapters.storage.budget import SqlBudgetLedger
 from adapters.storage.db import Database
 from adapters.storage.recovery import recover
-from adapters.storage.tables import AuditRun, AuditToolCall, BudgetLedgerEntry
+from adapters.storage.tables import (
+    AuditEventRow,
+    AuditModelAttempt,
+    AuditRun,
+    AuditToolCall,
+    BudgetLedgerEntry,
+)
+from executor.messages import Usage
 from tests.chaos.loopback import MODEL, HoldMode, LoopbackOpenAI
 
 pytestmark = pytest.mark.chaos
@@ -96,13 +105,21 @@ async def test_ten_sigkills_lose_no_charge_and_no_tool_call(
     env = _env(tmp_path, server)
     rng = random.Random(12)
     url = env["DATABASE_URL"]
-    interrupted = 0
+    interrupted = unanswered = owed = 0
     for kill in range(KILLS):
         await _one_life(env, server, MODES[kill % len(MODES)], rng)
         db = Database.open(url)
         try:
             ledger = SqlBudgetLedger(db.sessions, default_limit_micros=0)
+            died_in = await _requests_in_flight(db)
             report = await recover(db.sessions, ledger)
+            owed += sum(cost for _, cost in died_in)
+            unanswered += len(died_in)
+            # Each at the model's price of the input the run counted, no output.
+            assert all(
+                cost == server.prices.cost_micros(MODEL, Usage(input_tokens=tokens)) > 0
+                for tokens, cost in died_in
+            ), died_in
             interrupted += len(report.interrupted_runs)
             async with db.sessions() as s:
                 charged = int(
@@ -121,13 +138,43 @@ async def test_ten_sigkills_lose_no_charge_and_no_tool_call(
         finally:
             await db.close()
         spent = sum(server.completed)
-        # To the micro-dollar: every response that completed, in every life so far.
-        assert charged == spent, (kill, charged, spent, spent - charged)
+        # To the micro-dollar: every response that completed, in every life so far, and
+        # the input of every request a process died waiting on.
+        assert unanswered == server.unanswered, (kill, unanswered, server.unanswered)
+        assert charged == spent + owed, (kill, charged, spent, owed)
         assert calls == server.tool_results, (kill, calls ^ server.tool_results)
         assert running == 0
     assert interrupted == KILLS * WORKERS  # every kill landed with every worker mid-run
     print(
         f"\nSIGKILL x{KILLS}: {len(server.completed)} responses, ${spent / 1e6:.6f} spent, "
-        f"${(spent - charged) / 1e6:.6f} unbilled; {len(calls)} tool calls all audited; "
-        f"{interrupted} runs closed as interrupted"
+        f"{unanswered} requests died in flight, their input ${owed / 1e6:.6f}; "
+        f"${(spent + owed - charged) / 1e6:.6f} unbilled; {len(calls)} tool calls all "
+        f"audited; {interrupted} runs closed as interrupted"
     )
+
+
+async def _requests_in_flight(db: Database) -> list[tuple[int, int]]:
+    """(input tokens, cost) of each running run's last request that no attempt row
+    follows: what the process died waiting on."""
+    out: list[tuple[int, int]] = []
+    async with db.sessions() as s:
+        running = list(
+            await s.scalars(select(col(AuditRun.run_id)).where(col(AuditRun.status) == "running"))
+        )
+        for run_id in running:
+            last = await s.scalar(
+                select(col(AuditEventRow.data))
+                .where(
+                    col(AuditEventRow.run_id) == run_id, col(AuditEventRow.kind) == "model_request"
+                )
+                .order_by(col(AuditEventRow.id).desc())
+                .limit(1)
+            )
+            attempts = await s.scalar(
+                select(func.count())
+                .select_from(AuditModelAttempt)
+                .where(col(AuditModelAttempt.run_id) == run_id)
+            )
+            if last is not None and last["attempts_before"] == attempts:
+                out.append((int(last["input_tokens"]), int(last["unanswered_micros"])))
+    return out

@@ -206,15 +206,33 @@ async def test_concurrent_reserve_and_settle_lose_no_charge(gate: Any) -> None:
     assert status.reserved_micros == 0
 
 
-async def test_delete_user_data_forgets_the_member(gate: Any) -> None:
-    await gate.set_limit("u1", 5 * LIMIT)
-    await gate.grant("u1", 100)
-    await gate.settle(await gate.reserve(who(), "a", 10), 10)
-    await gate.settle(await gate.reserve(who("u2"), "b", 10), 10)
+async def test_forgetting_a_member_never_resets_their_budget(gate: Any, clock: FakeClock) -> None:
+    """/forgetme must not be a way around a limit: the charges in the window, the limit
+    set for them and their live grants keep counting under their id; a charge older
+    than the window and an expired grant go."""
+    await gate.settle(await gate.reserve(who(), "old", 10), 10)
+    await gate.grant("u1", 100, expires_at=clock.now() + timedelta(days=1))
+    await clock.advance((WINDOW + timedelta(hours=1)).total_seconds())  # both are gone
+    await gate.set_limit("u1", 50)
+    await gate.grant("u1", 20, granted_by="admin", note="for Alice's exam")
+    await gate.settle(await gate.reserve(who(), "a", 30), 30)
+    await gate.settle(await gate.reserve(who(), "b", 40), 40)
+    held = await gate.reserve(who(), "in flight", 0)
+    await gate.settle(await gate.reserve(who("u2"), "c", 10), 10)
+    before = await gate.status("u1")
+
     await gate.delete_user_data("u1")
-    status = await gate.status("u1")
-    assert (status.spent_micros, status.granted_micros, status.overridden) == (0, 0, False)
+
+    after = await gate.status("u1")
+    assert after == before
+    assert (after.spent_micros, after.limit_micros, after.overridden) == (70, 70, True)
+    with pytest.raises(BudgetExceeded):
+        await gate.reserve(who(), "again", 1)
+    await gate.settle(held, 0)  # a run in flight still settles
     assert (await gate.status("u2")).spent_micros == 10
+    await clock.advance(WINDOW.total_seconds())  # the kept charges and the grant go
+    after = await gate.status("u1")
+    assert (after.spent_micros, after.granted_micros, after.limit_micros) == (0, 0, 50)
 
 
 # --- growing a reservation (before each model call of a run) ------------------------

@@ -7,7 +7,8 @@ Covers: every admin command refused, server side, to a member without the permis
 its owner only; /audit show renders failover, tool calls and critic events of a real
 run; the export parses and matches the database; /budget me, set, grant, top; the
 chart is a PNG of the chart's size with alt text; the 50 % warning DM;
-/forgetme leaves no row naming the member but anonymised audit rows.
+/forgetme leaves no row naming the member but anonymised audit rows and the bare
+budget rows that keep it counting.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 from tests.fakediscord.server import Call, FakeInteraction
-from tests.services.test_deletion import _rows_naming
+from tests.services.test_deletion import _rows_naming, _rows_naming_beyond_the_budget
 
 EPHEMERAL = 64
 MESSAGE, DEFERRED, UPDATE = 4, 5, 7
@@ -633,11 +634,12 @@ async def test_forgetme_confirmed_leaves_no_row_naming_the_member_but_anonymised
     await fake.wait_for_interaction_response(yes)
     done = await fake.wait_for_call("POST", rf"/webhooks/{fake.application_id}/{inter.token}")
     assert done.json["content"].startswith("Done: coterie forgot you")
-    assert await _rows_naming(the_app, alice_id, "alice") == []
+    assert await _rows_naming_beyond_the_budget(the_app, alice_id, "alice") == []
+    assert (await the_app.budget.status(alice_id)).spent_micros == 600_000  # not reset
     page = await the_app.audit_queries.list_runs(RunFilter(user_id=FORGOTTEN))
     assert len(page.runs) == 1 and page.runs[0].cost_micros == 600_000
     granted = (await the_app.admin_log.list(action="budget.grant")).entries
-    assert granted[0].target_id == FORGOTTEN
+    assert granted[0].target_id == FORGOTTEN and granted[0].detail["reason"] == ""
 
 
 async def test_dms_turned_off_by_the_only_guild_are_not_answered(

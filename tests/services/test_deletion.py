@@ -1,5 +1,6 @@
 """One entry point forgets a member: after ``app.deletion.forget``, no row of any table
-names them (by id or by name), except their audit runs, which stay anonymised.
+names them (by id or by name), except their audit runs, which stay anonymised, and what
+their budget needs to keep counting (amounts and times under their id, nothing else).
 
 The scan reads every table of the schema, so a table added later that stores a
 member's id and is not covered by the orchestrator fails this test."""
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
-from sqlmodel import SQLModel
+from sqlalchemy import func, select
+from sqlmodel import SQLModel, col
 
 from adapters.services.deletion import DataDeletion, DeletionFailed
 from adapters.storage.audit_queries import FORGOTTEN
+from adapters.storage.tables import AuditRun, BudgetLedgerEntry
 from bot.app import App, build_app
 from bot.settings import Settings
 from executor.agent import Caller, Invocation, Privilege, RunnableAgent
@@ -84,6 +86,16 @@ async def _leave_traces(app: App, model: ScriptedModel, who: Caller) -> None:
         await s.commit()
 
 
+async def ledger_and_audit_totals(app: App) -> tuple[int, int]:
+    """What the budget ledger charged and what the audit says runs cost, in all."""
+    async with app.db.sessions() as s:
+        ledger = await s.scalar(
+            select(func.coalesce(func.sum(col(BudgetLedgerEntry.amount_micros)), 0))
+        )
+        audit = await s.scalar(select(func.coalesce(func.sum(col(AuditRun.cost_micros)), 0)))
+    return int(ledger or 0), int(audit or 0)
+
+
 async def _rows_naming(app: App, *needles: str) -> list[tuple[str, dict[str, Any]]]:
     found: list[tuple[str, dict[str, Any]]] = []
     async with app.db.sessions() as s:
@@ -93,6 +105,32 @@ async def _rows_naming(app: App, *needles: str) -> list[tuple[str, dict[str, Any
                 if any(n in text for n in needles):
                     found.append((table.name, dict(row)))
     return found
+
+
+# What the budget keeps of a forgotten member under their id (the gate keys on it), and
+# what such a row must hold: nothing personal but the id.
+_BUDGET_KEPT: dict[str, dict[str, Any]] = {
+    "budget_ledger": {"run_id": None, "note": FORGOTTEN},
+    "budget_grants": {"granted_by": "", "note": FORGOTTEN},
+    "budget_members": {},
+}
+
+
+async def _rows_naming_beyond_the_budget(
+    app: App, user_id: str, *names: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`_rows_naming`, less the budget's bare rows kept under the member's id."""
+
+    def kept(table: str, row: dict[str, Any]) -> bool:
+        bare = _BUDGET_KEPT.get(table)
+        return (
+            bare is not None
+            and row.get("user_id") == user_id
+            and all(row[k] == v for k, v in bare.items())
+            and not any(n in json.dumps(row, default=str) for n in names)
+        )
+
+    return [(t, r) for t, r in await _rows_naming(app, user_id, *names) if not kept(t, r)]
 
 
 async def test_forget_leaves_no_row_naming_the_member_but_anonymised_audit(
@@ -113,10 +151,17 @@ async def test_forget_leaves_no_row_naming_the_member_but_anonymised_audit(
         "schedules",
     }
 
+    budget = await the_app.budget.status(ALICE.user_id)
+
     report = await the_app.deletion.forget(ALICE.user_id)
 
     assert not report.failed and report.total > 0
-    assert await _rows_naming(the_app, ALICE.user_id, ALICE.display_name) == []
+    assert await _rows_naming_beyond_the_budget(the_app, ALICE.user_id, ALICE.display_name) == []
+    # Her budget keeps counting: forgetting is no way around a limit.
+    assert await the_app.budget.status(ALICE.user_id) == budget
+    assert (budget.spent_micros, budget.limit_micros) == (1_234, 2_500_000)
+    ledger, audit = await ledger_and_audit_totals(the_app)
+    assert ledger == audit == 2 * 1_234
     runs = await the_app.audit_queries.list_runs()
     forgotten = [r for r in runs.runs if r.user_id == FORGOTTEN]
     assert len(forgotten) == 1 and forgotten[0].cost_micros == 1_234  # kept for accounting

@@ -191,8 +191,9 @@ async def test_a_slot_reads_its_skill_and_persona_once_signs_its_post_and_logs_o
         # times and the persona twice, 48 statements in all.
         assert sql.reads("skills") == 1, sql.seen
         assert sql.reads("personas") == 1, sql.seen
-        # 39 then, plus the audit's record of whether the answer reached the channel.
-        assert len(sql.seen) <= 41, "\n".join(sql.seen)
+        # 39 then, plus the audit's record of whether the answer reached the channel and
+        # the model request written before it is sent (what a crash mid-request owes).
+        assert len(sql.seen) <= 42, "\n".join(sql.seen)
 
         # The post says which skill made it, under the answer.
         posts = fake.find_calls("POST", r"/webhooks/{id}/{token}", since=since) + (
@@ -294,10 +295,11 @@ async def test_a_looping_scheduled_skill_is_killed_and_the_admins_are_told(
         verdicts = [e for e in detail.events if e.kind == "critic_verdict"]
         assert verdicts and verdicts[-1].data["verdict"] == "stop"
         assert "same tool call" in verdicts[-1].data["reason"]
-        spent = sum(s.cost_micros for s in detail.steps)
-        # Each finished step cost 100; the stop may land before the last started step's
-        # answer (then that step is counted in run.steps, not in the steps table).
-        assert spent == run.cost_micros == 100 * len(detail.steps)
+        spent = sum(a.cost_micros for a in detail.attempts)
+        # Each answer cost 100, on its attempt; the stop may land before the last started
+        # step finished (its answer counted, or, still in flight, its input charged on an
+        # attempt of its own), then that step is in run.steps, not in the steps table.
+        assert spent == run.cost_micros >= 100 * len(detail.steps)
         assert detail.run.steps in (len(detail.steps), len(detail.steps) + 1)
         status = await app.budget.status(owner)
         assert status.spent_micros == spent and status.reserved_micros == 0

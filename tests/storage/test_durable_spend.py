@@ -25,9 +25,11 @@ from executor.hooks import RunHook, RunState
 from executor.messages import Message, Usage
 from executor.models.base import Attempt, ModelResponse
 from executor.run import Executor
-from executor.testing import Reply, ScriptedModel, call
+from executor.spend import input_tokens
+from executor.testing import RecordingDelivery, Reply, ScriptedModel, call
 from executor.tools.registry import ToolRegistry, tool
 from tests.conformance.test_audit_sink import T0, finished, started
+from tests.executor.test_run_billing_edges import Hanging, Tiers, standard
 
 # Nothing but the rules under test writes: no batch fills, no interval passes.
 QUIET: dict[str, Any] = {"batch_size": 100_000, "flush_interval_s": 3600}
@@ -75,13 +77,15 @@ class Ticks:
         self._current = await self._asleep.get()
 
 
-async def test_an_answering_attempt_is_durable_when_record_returns(db: Database) -> None:
+async def test_an_attempt_is_durable_when_record_returns(db: Database) -> None:
+    """One that answered records spend; one that failed ends its request (so recovery
+    never charges that request as unanswered)."""
     sink = SqlAuditSink(db.sessions, **QUIET)
     try:
         await sink.record(started("r1"))
         failed = Attempt(model="a:1", latency_ms=3, error="busy", error_kind="overloaded")
         await sink.record(ModelAttemptEvent(run_id="r1", at=T0, step=1, attempt=failed))
-        assert await _count(db, AuditModelAttempt) == 0  # nothing spent: buffered
+        assert await _count(db, AuditModelAttempt) == 1
         usage = Usage(input_tokens=120, output_tokens=30, cost_micros=810)
         await sink.record(
             ModelAttemptEvent(
@@ -252,4 +256,123 @@ async def test_through_the_executor_a_crash_after_a_response_still_charges_it(
     async with db.sessions() as s:
         status = await s.scalar(select(col(AuditRun.status)).where(col(AuditRun.run_id) == "r1"))
     assert status in (RunStatus.CANCELLED.value, RunStatus.INTERRUPTED.value)
+    await sink.close()
+
+
+async def test_a_run_stopped_mid_stream_is_charged_its_input_alike_in_audit_and_ledger(
+    db: Database,
+) -> None:
+    model = Hanging()
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=5_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    executor = Executor(models=Tiers(standard=(model, standard)), audit=sink, budget=budget)
+    cancel = asyncio.Event()
+    run = asyncio.create_task(
+        executor.run(
+            RunnableAgent(tier="standard"),
+            Invocation(
+                [Message.user("Tell me about owls. " * 30)],
+                caller=Caller(user_id="u1"),
+                run_id="r1",
+                delivery=RecordingDelivery(),
+                cancel=cancel,
+            ),
+        )
+    )
+    await model.streaming.wait()
+    cancel.set()
+    result = await run
+    (request,) = model.requests
+    tokens = input_tokens(request.messages, request.tools)
+    owed = standard(tokens, 0)
+    assert result.status is RunStatus.CANCELLED and result.cost_micros == owed > 0
+    await sink.close()
+    async with db.sessions() as s:
+        row = (await s.execute(select(AuditRun).where(col(AuditRun.run_id) == "r1"))).scalar_one()
+        (attempt,) = (await s.execute(select(AuditModelAttempt))).scalars().all()
+    assert (row.cost_micros, row.input_tokens) == (owed, tokens)
+    assert (attempt.error_kind, attempt.cost_micros, attempt.input_tokens) == (
+        "stopped",
+        owed,
+        tokens,
+    )
+    assert (await budget.status("u1")).spent_micros == owed
+
+
+async def test_recovery_charges_the_request_a_process_died_in_as_the_run_would(
+    db: Database,
+) -> None:
+    """SIGKILL mid-stream: no attempt follows the request; recovery charges its input
+    at its price, the figure the run loop charges a request stopped in flight."""
+    model = Hanging()
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=5_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    executor = Executor(models=Tiers(standard=(model, standard)), audit=sink, budget=budget)
+    run = asyncio.create_task(
+        executor.run(
+            RunnableAgent(tier="standard"),
+            Invocation(
+                [Message.user("Tell me about owls. " * 30)],
+                caller=Caller(user_id="u1"),
+                run_id="r1",
+                delivery=RecordingDelivery(),
+            ),
+        )
+    )
+    await model.streaming.wait()
+    (request,) = model.requests
+    tokens = input_tokens(request.messages, request.tools)
+    owed = standard(tokens, 0)
+    # What the database holds now is what survives a SIGKILL.
+    report = await recover(db.sessions, budget)
+    assert (report.interrupted_runs, report.charged_micros) == (["r1"], owed)
+    async with db.sessions() as s:
+        row = (await s.execute(select(AuditRun).where(col(AuditRun.run_id) == "r1"))).scalar_one()
+    assert (row.cost_micros, row.input_tokens) == (owed, tokens)
+    assert (await budget.status("u1")).spent_micros == owed
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    assert (await budget.status("u1")).spent_micros == owed  # charged once
+    await sink.close()
+
+
+async def test_recovery_does_not_charge_a_request_that_was_answered_or_failed(
+    db: Database,
+) -> None:
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    for run_id, outcome in (("answered", Usage(cost_micros=70)), ("failed", None)):
+        await sink.record(started(run_id))
+        await sink.record(
+            ModelRequestEvent(
+                run_id=run_id,
+                at=T0,
+                step=1,
+                message_count=1,
+                input_tokens=100,
+                unanswered_micros=300,
+                attempts_before=0,
+            )
+        )
+        failed = outcome is None
+        await sink.record(
+            ModelAttemptEvent(
+                run_id=run_id,
+                at=T0,
+                step=1,
+                attempt=Attempt(
+                    model="m",
+                    latency_ms=1,
+                    error="busy" if failed else None,
+                    error_kind="overloaded" if failed else None,
+                ),
+                usage=outcome,
+            )
+        )
+    report = await recover(db.sessions)
+    assert sorted(report.interrupted_runs) == ["answered", "failed"]
+    async with db.sessions() as s:
+        costs = dict(
+            (await s.execute(select(col(AuditRun.run_id), col(AuditRun.cost_micros)))).all()
+        )
+    assert costs == {"answered": 70, "failed": 0}
     await sink.close()

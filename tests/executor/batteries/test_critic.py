@@ -14,7 +14,13 @@ from executor.critic import (
     RunWatch,
     WatchdogCritic,
 )
-from executor.events import CriticVerdictEvent, ModelRequestEvent, StepFinished, ToolCallStarted
+from executor.events import (
+    CriticVerdictEvent,
+    ModelAttemptEvent,
+    ModelRequestEvent,
+    StepFinished,
+    ToolCallStarted,
+)
 from executor.messages import Message, Usage
 from executor.models.base import (
     DEFAULT_PROFILE,
@@ -144,7 +150,12 @@ async def test_hard_limit_kills_and_delivers_the_partial_output() -> None:
     assert result.note == "Stopped by the critic: the run passed the critic's hard limit of 30 s."
     assert delivery.result is result
     assert _verdicts(audit) == [("warn", "warned"), ("warn", "warned"), ("kill", "stopping")]
-    assert audit.kinds(result.run_id)[-2:] == ["CriticVerdictEvent", "RunFinished"]
+    kinds = audit.kinds(result.run_id)
+    # The kill is recorded, and so is the request it stopped in flight, before the end.
+    assert kinds[-1] == "RunFinished"
+    assert sorted(kinds[-3:-1]) == ["CriticVerdictEvent", "ModelAttemptEvent"]
+    [stopped] = audit.of_type(ModelAttemptEvent)
+    assert stopped.attempt.error_kind == "stopped" and stopped.usage is not None
     [e] = esc.got
     assert (e.action, e.agent, e.caller.user_id, e.elapsed_s) == ("kill", "digest", "u1", 30)
 
