@@ -143,3 +143,11 @@ class RunBudget:
                 request, cut = dataclasses.replace(request, max_tokens=fits), exc.details
         self.cut = cut
         return request
+
+    async def cover_extra(self, spent_micros: int, extra_micros: int) -> None:
+        """Grow the reservation to ``spent_micros`` plus ``extra_micros`` (a priced tool
+        call). Raises :class:`BudgetExceeded` when the member's budget cannot."""
+        assert self.reservation is not None, "open() first"
+        want = spent_micros + extra_micros
+        if want > self.reservation.amount_micros:
+            self.reservation = await self.gate.grow(self.reservation, want)
