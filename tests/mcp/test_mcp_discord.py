@@ -24,7 +24,7 @@ from executor.testing import Reply, ScriptedModel, call
 from personas.model import Persona
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
-from tests.mcp.conftest import SERVER, STARTUP_S
+from tests.mcp.conftest import SERVER, STARTUP_S, alive
 
 ADMIN = Caller(user_id="1", display_name="admin", privilege=Privilege.ADMIN)
 
@@ -147,6 +147,12 @@ async def test_a_member_uses_an_mcp_tool_audited_and_charged(
         status = await the_app.budget.status(alice)
         assert status.spent_micros == run.cost_micros > 0
         assert status.reserved_micros == 0
+        assert the_app.mcp is not None
+        source = the_app.mcp.get("t")
+        assert source is not None and source.connection is not None
+        pid = source.connection.pid
+    # Leaving the block closed the bot, and the bot the app: the drain stopped the server.
+    assert pid is not None and not alive(pid)
 
 
 async def test_approval_buttons_guard_an_mcp_tool(
