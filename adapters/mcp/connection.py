@@ -42,10 +42,12 @@ _LIST_PAGES = 50
 
 class GuardedTransport(httpx2.AsyncBaseTransport):
     """An httpx2 transport that checks every request's host and connects to the
-    address it checked (the original name stays in ``Host`` and TLS SNI)."""
+    address it checked (the original name stays in ``Host`` and TLS SNI), and cuts a
+    request's answer off past ``max_bytes`` (the SDK bounds an SSE event, not a body)."""
 
-    def __init__(self, guard: AllowlistGuard) -> None:
+    def __init__(self, guard: AllowlistGuard, *, max_bytes: int = 8_000_000) -> None:
         self.guard = guard
+        self.max_bytes = max_bytes
         self.inner = httpx2.AsyncHTTPTransport(trust_env=False)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -55,7 +57,27 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         request.url = request.url.copy_with(host=str(target.ip))
         if request.url.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": target.host}
-        return await self.inner.handle_async_request(request)
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST":  # a call's answer; the GET stream is the SDK's, per event
+            response.stream = _Capped(response.stream, self.max_bytes)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _Capped(httpx2.AsyncByteStream):
+    def __init__(self, inner: Any, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.inner:
+            seen += len(chunk)
+            if seen > self.limit:
+                raise httpx2.ReadError(f"the server sent an answer over {self.limit:,} bytes")
+            yield chunk
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -82,6 +104,7 @@ class Connection:
         self.started_s: float | None = None  # how long the start took
         self.ended = asyncio.Event()
         self.error: str | None = None
+        self.failure_counted = False  # the source's backoff counted this one's end
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -170,7 +193,7 @@ class Connection:
         async with (
             httpx2.AsyncClient(
                 headers=c.resolved_headers(self._environ),
-                transport=GuardedTransport(self._guard),
+                transport=GuardedTransport(self._guard, max_bytes=self._max_message_bytes),
                 timeout=httpx2.Timeout(30.0, read=300.0),
                 follow_redirects=False,
                 trust_env=False,
@@ -233,13 +256,23 @@ class Connection:
             return call.result()
         except MCPError as exc:
             if self.ended.is_set() or exc.error.code == mcp_types.CONNECTION_CLOSED:
+                if self.process is None:
+                    # Why wait a moment: the owner task records why the connection ended
+                    # (an HTTP error); a stdio server's end is known from its process.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self.ended.wait()
                 raise ConnectionLost(self._lost()) from exc
             raise
 
     def _lost(self) -> str:
         if self.process is not None and self.process.failure:
             return self.process.failure
-        return self.error or "the server stopped during the call"
+        if self.error:
+            return self.error
+        if self.process is not None and self.process.closed.is_set():
+            return "the server process exited"
+        return "the server stopped during the call"
 
     async def close(self) -> None:
         """Stop the server (stdio: its whole process group). Idempotent."""

@@ -276,12 +276,13 @@ class McpServerSource:
     def _watch(self, conn: Connection) -> None:
         async def watch() -> None:
             await conn.ended.wait()
-            if self._conn is conn and conn.error:
+            if self._conn is conn and conn.error and not conn.failure_counted:
                 log.warning(
                     "MCP server %s stopped: %s; restarted on the next call",
                     self.config.name,
                     conn.error,
                 )
+                conn.failure_counted = True
                 self._failed(conn.error)
 
         self._spawn(watch())
@@ -300,7 +301,9 @@ class McpServerSource:
         """Stop a server that misbehaved, without making the run wait for it."""
         if self._conn is conn:
             self._conn = None
-        self._failed(reason)
+        if not conn.failure_counted:
+            conn.failure_counted = True
+            self._failed(reason)
         self._spawn(conn.close())
 
     async def _report_changes(self, caller: Caller | None) -> None:

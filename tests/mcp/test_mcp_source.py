@@ -312,14 +312,25 @@ async def test_an_http_server_on_loopback_needs_its_allowlist_entry(mcp_http_url
         await refused.accept(by="op")
     await refused.close()
 
-    source = _source(http_config(mcp_http_url, allow_networks=["127.0.0.1"]))
+    clock = Clock()
+    source = _source(
+        http_config(mcp_http_url, allow_networks=["127.0.0.1"], tools=["echo", "flood"]),
+        clock=clock,
+        max_message_bytes=1_000_000,
+    )
     try:
         report = await source.accept(by="op")
-        assert report.new == ["echo"] and "add" in report.unlisted
-        [echo] = source.tools()
+        assert report.new == ["echo", "flood"] and "add" in report.unlisted
+        echo, flood = source.tools()
         assert echo.name == "h__echo"
         out = await echo.invoke({"text": "over http"}, _ctx())
         assert out.content == "over http"
+        # An answer past the cap ends the connection, not our memory; the next call
+        # (after the backoff) connects again.
+        big = await flood.invoke({"kind": "result"}, _ctx())
+        assert big.is_error and "over 1,000,000 bytes" in big.content
+        clock.now += 1.5
+        assert (await echo.invoke({"text": "again"}, _ctx())).content == "again"
     finally:
         await source.close()
 
