@@ -337,3 +337,57 @@ async def test_an_http_server_on_loopback_needs_its_allowlist_entry(mcp_http_url
 
 def test_stdio_config_uses_this_python() -> None:
     assert stdio_config().command[0] == sys.executable
+
+
+async def test_personas_grant_mcp_tools_by_name_capped_at_the_savers_rights(
+    tmp_path: Any,
+) -> None:
+    """Pins alone offer the tools (no server is started to save a persona)."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlmodel import SQLModel
+
+    import personas.tables  # noqa: F401
+    from adapters.mcp.pins import ToolPin
+    from personas.errors import InvalidPersona
+    from personas.model import Persona
+    from personas.store import PersonaStore
+
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}}
+    pins = InMemoryPins(
+        [ToolPin.of("t", "echo", "Echo.", schema), ToolPin.of("t", "add", "Add.", schema)]
+    )
+    source = _source(
+        stdio_config(tool={"echo": {"privilege": "user", "approval": False}}), pins=pins
+    )
+    registry = ToolRegistry(sources=[source])
+    await registry.open()
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.create_all)
+    try:
+        store = PersonaStore(async_sessionmaker(engine), tools=registry)
+        member = Caller(user_id="m", privilege=Privilege.USER)
+        admin = Caller(user_id="a", privilege=Privilege.ADMIN)
+        made = await store.create(
+            "g", Persona(name="p1", system_prompt="x", tools=("t__echo",)), by=member
+        )
+        assert made.tools == ("t__echo",)
+        with pytest.raises(InvalidPersona, match="t__add' needs admin privilege"):
+            await store.create(
+                "g", Persona(name="p2", system_prompt="x", tools=("t__add",)), by=member
+            )
+        assert (
+            await store.create(
+                "g", Persona(name="p3", system_prompt="x", tools=("t__add",)), by=admin
+            )
+        ).tools == ("t__add",)
+        with pytest.raises(InvalidPersona, match="no tool named 't__delete_everything'"):
+            await store.create(
+                "g",
+                Persona(name="p4", system_prompt="x", tools=("t__delete_everything",)),
+                by=admin,
+            )
+        assert source.connection is None
+    finally:
+        await engine.dispose()
+        await registry.close()
