@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,7 +124,8 @@ async def main(calls: int, starts: int) -> None:
             port = int(http.stdout.readline().split()[1])
             await _measure(calls, starts, f"http://127.0.0.1:{port}/mcp", http.pid, rss_before)
         finally:
-            http.terminate()
+            # Why SIGKILL to the group: uvicorn waits for open event streams on SIGTERM.
+            os.killpg(http.pid, signal.SIGKILL)
             http.wait(timeout=30)
 
 
