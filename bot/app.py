@@ -29,6 +29,7 @@ from executor.run import Executor, ModelResolver
 from executor.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
+    from adapters.mcp.servers import McpServers
     from adapters.services.admin import AdminService
     from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
@@ -138,6 +139,7 @@ class App:
     budget_service: BudgetService
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
+    mcp: McpServers | None = None  # the [mcp.<name>] servers (their tools are in `tools`)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _sweeper: asyncio.Task[None] | None = None
 
@@ -246,12 +248,19 @@ async def build_app(
     closers: list[Callable[[], Awaitable[None]]] = []
     models_config: ModelsConfig | None = None
     providers: ProviderRegistry | None = None
+    environ = environ if environ is not None else load_environ(settings)
     if resolver is None:
         models_config, providers, resolver = build_resolver(settings, environ)
         closers.append(providers.aclose)
     clock = clock or RealClock()
 
+    from bot.tooling import mcp_servers, web_search_tools
+    from executor.models.pricing import PriceTable
+    from executor.tools.citations import CitationCheck
+
     tools = default_registry(settings.enabled_tools)
+    for t in web_search_tools(settings, providers.prices if providers else PriceTable()):
+        tools.add(t)
 
     db = Database.open(
         settings.database_url,
@@ -268,6 +277,12 @@ async def build_app(
         budget = SqlBudgetLedger(
             db.sessions, default_limit_micros=dollars_to_micros(settings.budget_default_usd)
         )
+        # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
+        mcp = mcp_servers(settings, environ, db.sessions)
+        for source in mcp.sources:
+            tools.add_source(source)
+        await tools.open()
+        closers.append(tools.close)
         if recover:
             from adapters.storage.recovery import recover_interrupted_runs
 
@@ -299,6 +314,7 @@ async def build_app(
             trigger_share=settings.compaction_share,
             clock=clock,
         ),
+        CitationCheck(clock=clock),
     ]
     executor = Executor(
         models=resolver,
@@ -447,6 +463,7 @@ async def build_app(
         budget_service=budget_service,
         alerts=alerts,
         budget_alerts=budget_alerts,
+        mcp=mcp,
     )
     app._closers.extend(closers)
     return app

@@ -18,7 +18,7 @@ import importlib.util
 import logging
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -295,6 +295,7 @@ class CoterieBot(CoterieClient[App]):
         self._app_started = False
         self._app_closed = False
         self._escalator: DiscordEscalator | None = None
+        self._mcp_poster: Callable[[str, str], Awaitable[None]] | None = None
         self._looks: set[asyncio.Task[None]] = set()
         self._direct: DirectMessages | None = None
 
@@ -336,6 +337,18 @@ class CoterieBot(CoterieClient[App]):
         # Route the critic's stops and kills to the guilds' admin channels.
         self._escalator = DiscordEscalator(self, app.guild_settings)
         app.escalations.attach(self._escalator)
+        # An MCP tool that changed, as a member's call revealed it: that guild's admin channel.
+        mcp = getattr(app, "mcp", None)
+        if mcp is not None:
+            escalator = self._escalator
+
+            async def post_mcp_notice(guild_id: str, text: str) -> None:
+                channel = await escalator.admin_channel(guild_id)
+                if channel is not None:
+                    await escalator.sender.send(channel, text)
+
+            self._mcp_poster = post_mcp_notice
+            mcp.attach(post_mcp_notice)
         from adapters.discord.skill_host import DiscordSkillHost
 
         # Where scheduled skills post, and who hears when a schedule keeps failing.
@@ -376,6 +389,10 @@ class CoterieBot(CoterieClient[App]):
         escalator, self._escalator = self._escalator, None
         if escalator is not None and self.has_app:
             self.app.escalations.detach(escalator)
+        poster, self._mcp_poster = self._mcp_poster, None
+        mcp = getattr(self.app, "mcp", None) if self.has_app else None
+        if poster is not None and mcp is not None:
+            mcp.detach(poster)
         direct, self._direct = self._direct, None
         alerts = getattr(self.app, "budget_alerts", None) if self.has_app else None
         if direct is not None and alerts is not None:

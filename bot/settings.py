@@ -115,6 +115,19 @@ class Settings(BaseSettings):
     default_tier: str = "standard"
     enabled_tools: Annotated[list[str] | None, NoDecode] = None  # None: every built-in tool
 
+    # --- web search (executor/tools/search.py) -----------------------------------------
+    searxng_url: str | None = None  # a SearXNG instance, usually on loopback or the LAN
+    brave_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("BRAVE_API_KEY", "COTERIE_BRAVE_API_KEY")
+    )
+    tavily_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TAVILY_API_KEY", "COTERIE_TAVILY_API_KEY")
+    )
+    # The order to try them in (None: searxng, brave, tavily, those configured).
+    search_providers: Annotated[list[str] | None, NoDecode] = None
+    brave_url: str = "https://api.search.brave.com/res/v1/web/search"
+    tavily_url: str = "https://api.tavily.com/search"
+
     # --- lanes, critic, compaction, history --------------------------------------------
     lane_slots: int = Field(default=4, ge=1)  # runs at once; fair-shared between members
     critic_soft_runtime_s: float = Field(default=60.0, gt=0)
@@ -172,6 +185,13 @@ class Settings(BaseSettings):
             return None  # OPENAI_BASE_URL= (empty): the provider's own, like unset
         check_base_url(text)
         return text
+
+    @field_validator("search_providers", mode="before")
+    @classmethod
+    def _search_providers(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return _split_list(value)
 
     @field_validator("log_level", "log_libraries", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ import typing as _typing
 _EXPORTS: dict[str, str] = {
     "DEFAULT_TIERS": "executor.models.config",
     "AllModelsFailed": "executor.errors",
+    "AllowlistGuard": "executor.tools.netguard",
     "ApprovalDecision": "executor.ports",
     "ApprovalDenied": "executor.errors",
     "ApprovalEvent": "executor.events",
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "BudgetGate": "executor.ports",
     "BudgetStatus": "executor.budget",
     "Caller": "executor.agent",
+    "CitationCheck": "executor.tools.citations",
     "Clock": "executor.ports",
     "CompactionEvent": "executor.events",
     "CompactionHook": "executor.compaction",
@@ -84,6 +86,7 @@ _EXPORTS: dict[str, str] = {
     "NullEscalator": "executor.ports",
     "Observer": "executor.ports",
     "Overloaded": "executor.errors",
+    "PriceTable": "executor.models.pricing",
     "Privilege": "executor.agent",
     "ProviderConnectionError": "executor.errors",
     "ProviderRegistry": "executor.models.providers",
@@ -104,7 +107,9 @@ _EXPORTS: dict[str, str] = {
     "RunState": "executor.hooks",
     "RunStatus": "executor.agent",
     "RunnableAgent": "executor.agent",
+    "SSRFGuard": "executor.tools.ssrf",
     "ServerError": "executor.errors",
+    "SourcesEvent": "executor.events",
     "StepFinished": "executor.events",
     "StructuredOutputError": "executor.errors",
     "StructuredResult": "executor.structured",
@@ -117,6 +122,7 @@ _EXPORTS: dict[str, str] = {
     "ToolCallFinished": "executor.events",
     "ToolCallPart": "executor.messages",
     "ToolCallStarted": "executor.events",
+    "ToolChargeEvent": "executor.events",
     "ToolContext": "executor.tools.registry",
     "ToolFailed": "executor.errors",
     "ToolOutcome": "executor.tools.registry",
@@ -145,13 +151,16 @@ _EXPORTS: dict[str, str] = {
     "profile_of": "executor.models.base",
     "redact": "executor.redaction",
     "schema_tool": "executor.tools.sources",
+    "search_providers": "executor.tools.search",
     "tool": "executor.tools.registry",
     "utcnow": "executor.ports",
+    "web_search_tool": "executor.tools.search",
 }
 
 __all__ = [
     "DEFAULT_TIERS",
     "AllModelsFailed",
+    "AllowlistGuard",
     "ApprovalDecision",
     "ApprovalDenied",
     "ApprovalEvent",
@@ -167,6 +176,7 @@ __all__ = [
     "BudgetGate",
     "BudgetStatus",
     "Caller",
+    "CitationCheck",
     "Clock",
     "CompactionEvent",
     "CompactionHook",
@@ -211,6 +221,7 @@ __all__ = [
     "NullEscalator",
     "Observer",
     "Overloaded",
+    "PriceTable",
     "Privilege",
     "ProviderConnectionError",
     "ProviderRegistry",
@@ -231,7 +242,9 @@ __all__ = [
     "RunState",
     "RunStatus",
     "RunnableAgent",
+    "SSRFGuard",
     "ServerError",
+    "SourcesEvent",
     "StepFinished",
     "StructuredOutputError",
     "StructuredResult",
@@ -244,6 +257,7 @@ __all__ = [
     "ToolCallFinished",
     "ToolCallPart",
     "ToolCallStarted",
+    "ToolChargeEvent",
     "ToolContext",
     "ToolFailed",
     "ToolOutcome",
@@ -272,8 +286,10 @@ __all__ = [
     "profile_of",
     "redact",
     "schema_tool",
+    "search_providers",
     "tool",
     "utcnow",
+    "web_search_tool",
 ]
 
 
@@ -354,10 +370,12 @@ if _typing.TYPE_CHECKING:
         RunEvent,
         RunFinished,
         RunStarted,
+        SourcesEvent,
         StepFinished,
         TextDeltaEvent,
         ToolCallFinished,
         ToolCallStarted,
+        ToolChargeEvent,
     )
     from executor.fanout import (
         FanoutResult,
@@ -398,6 +416,9 @@ if _typing.TYPE_CHECKING:
     )
     from executor.models.fallback import (
         FallbackModel,
+    )
+    from executor.models.pricing import (
+        PriceTable,
     )
     from executor.models.providers import (
         ProviderRegistry,
@@ -451,6 +472,12 @@ if _typing.TYPE_CHECKING:
         WebFetcher,
         default_registry,
     )
+    from executor.tools.citations import (
+        CitationCheck,
+    )
+    from executor.tools.netguard import (
+        AllowlistGuard,
+    )
     from executor.tools.registry import (
         Tool,
         ToolContext,
@@ -458,8 +485,15 @@ if _typing.TYPE_CHECKING:
         ToolRegistry,
         tool,
     )
+    from executor.tools.search import (
+        search_providers,
+        web_search_tool,
+    )
     from executor.tools.sources import (
         FunctionSource,
         ToolSource,
         schema_tool,
+    )
+    from executor.tools.ssrf import (
+        SSRFGuard,
     )

@@ -27,10 +27,12 @@ __all__ = [
     "RunEvent",
     "RunFinished",
     "RunStarted",
+    "SourcesEvent",
     "StepFinished",
     "TextDeltaEvent",
     "ToolCallFinished",
     "ToolCallStarted",
+    "ToolChargeEvent",
 ]
 
 
@@ -112,6 +114,28 @@ class ToolCallFinished(_Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ToolChargeEvent(_Event):
+    """A tool call's own price (a keyed web search), charged to the run before the call."""
+
+    step: int
+    call_id: str
+    name: str
+    cost_micros: int
+    what: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourcesEvent(_Event):
+    """The web pages a run read and the results its searches gave, and the links of its
+    answer that were neither (marked unverified in the answer)."""
+
+    step: int
+    fetched: tuple[str, ...] = ()
+    searched: tuple[str, ...] = ()
+    unverified: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepFinished(_Event):
     step: int
     model: str
@@ -171,6 +195,8 @@ RunEvent = (
     | TextDeltaEvent
     | ToolCallStarted
     | ToolCallFinished
+    | ToolChargeEvent
+    | SourcesEvent
     | StepFinished
     | CompactionEvent
     | CriticVerdictEvent

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from executor.messages import Message, Usage
 
 if TYPE_CHECKING:
-    from executor.agent import Invocation, RunnableAgent, RunStatus
+    from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
     from executor.errors import ModelAPIError
     from executor.events import RunEvent
     from executor.models.base import Attempt, Model, ModelRequest, ModelResponse
@@ -69,3 +69,7 @@ class RunHook:
     async def on_model_error(self, state: RunState, error: ModelAPIError, attempt: int) -> bool:
         """Return True to retry the same step once more (e.g. after compacting)."""
         return False
+
+    async def before_finish(self, state: RunState, result: RunResult) -> None:
+        """The run is over, its answer not yet delivered nor recorded: a hook may amend
+        ``result`` (the citation check marks links the run never saw)."""

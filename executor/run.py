@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from executor._trace import log_failure, new_ref
@@ -39,6 +39,7 @@ from executor.errors import (
     HostBusy,
     ModelAPIError,
     RunRefused,
+    ToolFailed,
 )
 from executor.events import (
     ApprovalEvent,
@@ -52,6 +53,7 @@ from executor.events import (
     TextDeltaEvent,
     ToolCallFinished,
     ToolCallStarted,
+    ToolChargeEvent,
 )
 from executor.hooks import RunHook, RunState
 from executor.messages import Message, ToolCallPart, ToolResultPart, Usage
@@ -465,6 +467,11 @@ class Executor:
     async def _finish(self, state: RunState, result: RunResult, watch: CriticWatch | None) -> None:
         assert state.budget is not None
         assert state.budget.reservation is not None
+        for hook in self.hooks:
+            try:
+                await hook.before_finish(state, result)
+            except Exception as exc:  # a hook's bug must not keep the run from closing
+                log_failure(log, exc, "run %s: a hook failed before the finish", state.run_id)
         try:
             try:
                 if watch is not None:
@@ -767,6 +774,7 @@ class Executor:
                     call_id=call.id,
                     agent=state.agent.name,
                     invocation=inv,
+                    charge=self._charger(state, call, watch),
                 )
                 outcome = await tool.invoke(call.arguments, ctx)
             except ApprovalDenied as exc:
@@ -788,6 +796,40 @@ class Executor:
         return ToolResultPart(
             tool_call_id=call.id, name=call.name, content=outcome.content, is_error=outcome.is_error
         )
+
+    def _charger(
+        self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
+    ) -> Callable[[int, str], Awaitable[None]]:
+        """``ToolContext.charge`` for one call: reserve, count as spent, record."""
+
+        async def charge(micros: int, what: str) -> None:
+            if micros <= 0:
+                return
+            # Why a lock: two priced calls of one step must not both count the same room.
+            lock = state.extra.setdefault("charge_lock", asyncio.Lock())
+            async with lock:
+                if state.budget is not None and state.budget.reservation is not None:
+                    try:
+                        await state.budget.cover_extra(state.usage.cost_micros, micros)
+                    except BudgetExceeded as exc:
+                        raise ToolFailed(
+                            f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
+                        ) from None
+                state.add_usage(Usage(cost_micros=micros))
+            await self._emit(
+                ToolChargeEvent(
+                    run_id=state.run_id,
+                    at=self.clock.now(),
+                    step=state.steps,
+                    call_id=call.id,
+                    name=call.name,
+                    cost_micros=micros,
+                    what=what,
+                ),
+                watch,
+            )
+
+        return charge
 
     async def _approve(
         self, state: RunState, call: ToolCallPart, watch: CriticWatch | None

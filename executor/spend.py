@@ -244,6 +244,13 @@ class RunBudget:
         self.cut = cut
         return request
 
+    async def cover_extra(self, spent_micros: int, extra_micros: int) -> None:
+        """Grow the reservation to ``spent_micros`` plus ``extra_micros`` (a priced tool
+        call) on top of every call in flight. Raises :class:`BudgetExceeded` when the
+        member's budget cannot."""
+        assert self.reservation is not None, "open() first"
+        await self._grow(spent_micros + self._call + self._side + extra_micros)
+
 
 class CoveredModel:
     """A model whose every request is covered by a run's reservation before it is made

@@ -165,7 +165,30 @@ def _event_text(e: EventRow) -> str:
     if e.kind == "approval":
         verdict = "approved" if d.get("approved") else "denied"
         return f"approval of `{d.get('tool', '?')}`: {verdict} {d.get('reason', '')}".rstrip()
+    if e.kind == "tool_charge":
+        return f"`{d.get('tool', '?')}` charged {format_usd(e.cost_micros)}: {d.get('what', '')}"
+    if e.kind == "sources":
+        return _sources_text(d)
     return f"{e.kind} {_fit(json.dumps(d, ensure_ascii=False, default=str), 300)}"
+
+
+def _sources_text(d: dict[str, Any]) -> str:
+    """The run's web sources (what it read, what its searches gave) and the links its
+    answer gave that were neither."""
+
+    def links(urls: Any, limit: int = 8) -> str:
+        items = [str(u) for u in urls or []]
+        shown = ", ".join(f"<{u}>" for u in items[:limit])
+        return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+    lines = ["sources"]
+    if d.get("fetched"):
+        lines.append(f"  read: {links(d['fetched'])}")
+    if d.get("searched"):
+        lines.append(f"  found by search: {links(d['searched'])}")
+    if d.get("unverified"):
+        lines.append(f"  ⚠ cited but unverified: {links(d['unverified'])}")
+    return "\n".join(lines) if len(lines) > 1 else "sources: none"
 
 
 def run_detail_pages(

@@ -62,10 +62,12 @@ from executor.events import (
     RunEvent,
     RunFinished,
     RunStarted,
+    SourcesEvent,
     StepFinished,
     TextDeltaEvent,
     ToolCallFinished,
     ToolCallStarted,
+    ToolChargeEvent,
 )
 from executor.redaction import excerpt, redact
 
@@ -418,6 +420,8 @@ def _spends(event: RunEvent) -> bool:
         )
     if isinstance(event, ModelRequestEvent):
         return event.unanswered_micros > 0
+    if isinstance(event, ToolChargeEvent):
+        return event.cost_micros > 0
     return isinstance(event, CompactionEvent | CriticVerdictEvent) and event.usage.cost_micros > 0
 
 
@@ -474,6 +478,24 @@ def _event_data(event: RunEvent) -> tuple[str, int, int, dict[str, Any]]:
                 "call_id": event.call_id,
                 "approved": event.approved,
                 "reason": excerpt(event.reason, 2000),
+            },
+        )
+    if isinstance(event, ToolChargeEvent):
+        return (
+            "tool_charge",
+            event.step,
+            event.cost_micros,
+            {"tool": event.name, "call_id": event.call_id, "what": excerpt(event.what, 200)},
+        )
+    if isinstance(event, SourcesEvent):
+        return (
+            "sources",
+            event.step,
+            0,
+            {
+                "fetched": [excerpt(u, 500) for u in event.fetched[:50]],
+                "searched": [excerpt(u, 500) for u in event.searched[:50]],
+                "unverified": [excerpt(u, 500) for u in event.unverified[:50]],
             },
         )
     return type(event).__name__.lower(), 0, 0, {}

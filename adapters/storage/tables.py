@@ -34,6 +34,7 @@ __all__ = [
     "BudgetReservationRow",
     "ChannelSettings",
     "GuildSettings",
+    "McpToolPin",
     "ThreadBinding",
     "utcnow",
 ]
@@ -319,3 +320,23 @@ class AdminAction(SQLModel, table=True):
     action: str = Field(max_length=32)  # config.set, budget.set, budget.grant, audit.export, ...
     target_id: str | None = Field(default=None, max_length=64, index=True)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+# --- MCP servers ---------------------------------------------------------------------------
+
+
+class McpToolPin(SQLModel, table=True):
+    """One MCP tool an operator accepted (``coterie mcp accept``): what the model is shown
+    of it, and the hash the server's listing must keep for the tool to stay on."""
+
+    __tablename__ = "mcp_tool_pins"
+
+    server: str = Field(primary_key=True, max_length=32)
+    tool: str = Field(primary_key=True, max_length=64)
+    schema_hash: str = Field(max_length=64)
+    description: str = Field(default="")
+    input_schema: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    accepted_by: str = Field(default="", max_length=64)
+    accepted_at: datetime = _when()

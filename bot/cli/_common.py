@@ -25,7 +25,9 @@ __all__ = ["SettingsInvalid", "describe_settings_error", "fail", "load_settings"
 log = logging.getLogger("coterie")
 
 # Variables whose value is never echoed back, even when it is the wrong shape.
-_SECRET_FIELDS = frozenset({"discord_token", "anthropic_api_key", "openai_api_key"})
+_SECRET_FIELDS = frozenset(
+    {"discord_token", "anthropic_api_key", "openai_api_key", "brave_api_key", "tavily_api_key"}
+)
 _VALUE_SHOWN = 60
 
 

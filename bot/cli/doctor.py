@@ -7,6 +7,9 @@ Each check prints one line, ``OK``, ``WARN``, ``FAIL`` or ``SKIP``, and the fix:
     provider     each model a tier can use answers a one-word request   (not --offline)
     tier         each tier has a usable candidate (the default tier must)
     tools        every enabled tool exists and its libraries import
+    search       which web_search providers are configured
+    mcp NAME     each MCP server starts and lists its tools (not --offline); each
+                 listed tool is accepted and unchanged since (coterie mcp accept)
     database     the URL is one coterie speaks; the file/server opens read-only,
                  passes an integrity check, and is at the newest migration
     instance     whether a `coterie run` holds the database (--running: one must)
@@ -139,6 +142,10 @@ async def doctor(*, offline: bool = False, running: bool = False) -> Report:
     url = await _database(report, settings)
     if url is not None:
         await _instance(report, url, running=running)
+    from bot.cli.doctor_tools import mcp_checks, search_check
+
+    search_check(report, settings)
+    await mcp_checks(report, settings, url, offline=offline)
     await _discord(report, settings, offline=offline)
     await _scheduler(report, settings, url)
     return report

@@ -144,7 +144,8 @@ def load_tier_config(path: Path | None, environ: Mapping[str, str]) -> ModelsCon
         data = _read_toml(path)
     where = str(path) if path is not None else "config"
 
-    known = {"default_tier", "cooldown_seconds", "tiers", "providers", "prices"}
+    # Why "mcp": [mcp.<name>] servers share the file (adapters/mcp/config.py reads them).
+    known = {"default_tier", "cooldown_seconds", "tiers", "providers", "prices", "mcp"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r}; expected one of {sorted(known)}")
@@ -328,10 +329,14 @@ def _provider(name: str, raw: object, key: str) -> ProviderSpec:
 def _price(raw: object, key: str) -> Price:
     if not isinstance(raw, dict):
         raise ConfigError(f"{key} must be a table with input and output")
-    unknown = set(raw) - {"input", "output", "cache_read", "cache_write"}
-    if unknown or "input" not in raw or "output" not in raw:
+    unknown = set(raw) - {"input", "output", "cache_read", "cache_write", "per_call"}
+    per_call_only = set(raw) == {"per_call"}  # a search provider: US$ per query
+    if unknown or (not per_call_only and ("input" not in raw or "output" not in raw)):
         raise ConfigError(
-            f"{key}: needs input and output (optional cache_read, cache_write) in US$ per million tokens"
+            f"{key}: needs input and output (optional cache_read, cache_write) in US$ per "
+            "million tokens, or per_call in US$ per call"
         )
+    if per_call_only:
+        return Price.of(0, 0, per_call=_number(raw["per_call"], f"{key}.per_call"))
     vals = {k: _number(v, f"{key}.{k}") for k, v in raw.items()}
     return Price.of(**vals)

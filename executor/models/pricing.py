@@ -39,12 +39,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """US dollars per million tokens (= micro-dollars per token)."""
+    """US dollars per million tokens (= micro-dollars per token); ``per_call`` is US
+    dollars per call, for what is priced by the request (a keyed web search)."""
 
     input: Decimal
     output: Decimal
     cache_read: Decimal = Decimal(0)
     cache_write: Decimal = Decimal(0)
+    per_call: Decimal = Decimal(0)
 
     @classmethod
     def of(
@@ -53,13 +55,14 @@ class Price:
         output: float | str | Decimal,
         cache_read: float | str | Decimal = 0,
         cache_write: float | str | Decimal = 0,
+        per_call: float | str | Decimal = 0,
     ) -> Price:
         """Build from numbers; floats go through ``str`` so 0.3 stays 0.3."""
 
         def d(v: float | str | Decimal) -> Decimal:
             return v if isinstance(v, Decimal) else Decimal(str(v))
 
-        return cls(d(input), d(output), d(cache_read), d(cache_write))
+        return cls(d(input), d(output), d(cache_read), d(cache_write), d(per_call))
 
 
 def _anthropic(input: str, output: str) -> Price:
@@ -93,6 +96,10 @@ DEFAULT_PRICES: Mapping[str, Price] = {
     "openai:gpt-4.1-mini": _openai("0.4", "1.6", "0.1"),
     "openai:gpt-4o": _openai("2.5", "10", "1.25"),
     "openai:gpt-4o-mini": _openai("0.15", "0.6", "0.075"),
+    # Web search by the query (executor.tools.search): Brave's "AI" plans, $5 per 1,000;
+    # Tavily's pay-as-you-go credit, one per basic search.
+    "search:brave": Price(Decimal(0), Decimal(0), per_call=Decimal("0.005")),
+    "search:tavily": Price(Decimal(0), Decimal(0), per_call=Decimal("0.008")),
 }
 
 
@@ -125,6 +132,11 @@ class PriceTable:
             + usage.cache_write_tokens * p.cache_write
         )
         return math.ceil(total)
+
+    def call_micros(self, name: str) -> int:
+        """The price of one call of ``name`` (``search:brave``), rounded up; 0 if unknown."""
+        p = self._prices.get(name)
+        return math.ceil(p.per_call * 1_000_000) if p is not None else 0
 
     def estimate_micros(
         self, model_names: Iterable[str], input_tokens: int, output_tokens: int

@@ -75,6 +75,10 @@ class ToolContext:
     # The calling run's invocation: a tool that starts a run (run_skill) starts it one
     # level deeper (executor.guard.child_invocation), with the same caller and cancel.
     invocation: Invocation | None = None
+    # A priced call (a keyed web search): ``await ctx.charge(micros, "a Brave search")``
+    # before the request grows the run's reservation to cover it (raising ToolFailed
+    # when the member's budget cannot) and counts it as spent. None outside a run: free.
+    charge: Callable[[int, str], Awaitable[None]] | None = None
 
     @property
     def privilege(self) -> Privilege:

@@ -101,6 +101,7 @@ async def test_start_and_stop_happen_in_order(
         "stop intake",
         "drain",
         "close discord",
+        "close ToolRegistry",  # tool sources (MCP servers) stop once the runs are over
         "close SqlAuditSink",
         "close Database",
     ]

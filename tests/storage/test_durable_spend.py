@@ -375,4 +375,30 @@ async def test_recovery_does_not_charge_a_request_that_was_answered_or_failed(
             (await s.execute(select(col(AuditRun.run_id), col(AuditRun.cost_micros)))).all()
         )
     assert costs == {"answered": 70, "failed": 0}
+
+
+async def test_a_priced_tool_call_is_durable_at_once_and_recovery_charges_it(
+    db: Database,
+) -> None:
+    from executor.events import ToolChargeEvent
+
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=1_000_000)
+    await budget.reserve(Caller(user_id="u1"), "r2", 50_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    await sink.record(started("r2"))
+    await sink.record(
+        ToolChargeEvent(
+            run_id="r2",
+            at=T0,
+            step=1,
+            call_id="c1",
+            name="web_search",
+            cost_micros=5_000,
+            what="a Brave search ($0.005)",
+        )
+    )
+    # No flush: the charge was written when record returned (a crash now loses nothing).
+    report = await recover(db.sessions, budget)
+    assert report.interrupted_runs == ["r2"] and report.charged_micros == 5_000
+    assert (await budget.status("u1")).spent_micros == 5_000
     await sink.close()

@@ -314,5 +314,15 @@ def test_public_names_are_exported_sorted() -> None:
     assert names == sorted(names)
     assert all(hasattr(executor.tools, n) for n in names)
     public = {n for n in vars(executor.tools) if not n.startswith("_")}
-    submodules = {"builtin", "htmltext", "isolation", "registry", "sources", "ssrf"}
+    submodules = {
+        "builtin",
+        "citations",
+        "htmltext",
+        "isolation",
+        "netguard",
+        "registry",
+        "search",
+        "sources",
+        "ssrf",
+    }
     assert public - submodules == set(names)

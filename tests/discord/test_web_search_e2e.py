@@ -1,0 +1,128 @@
+"""Web search through Discord and the real composition root: the researcher searches
+(Brave, a loopback fake), the search is charged to the member in the SQL ledger, a
+link the run never saw is flagged in the delivered answer, and ``/audit show`` lists
+the run's sources."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from adapters.discord.admin_views import run_detail_pages
+from adapters.storage.audit_queries import RunFilter
+from bot.app import App, build_app
+from bot.settings import Settings
+from executor.events import RunFinished
+from executor.messages import Usage
+from executor.models.base import Model
+from executor.testing import Reply, ScriptedModel, call
+from tests.executor.tools.search_fakes import FakeSearch
+from tests.fakediscord import FakeDiscord
+from tests.fakediscord.plugin import coterie_bot, run_bot
+
+
+class ScriptedTiers:
+    def __init__(self, model: ScriptedModel) -> None:
+        self.model = model
+        self.tiers = ["fast", "standard", "smart"]
+        self.default_tier = "standard"
+
+    def resolve(self, tier: str | None = None) -> Model:
+        return self.model
+
+    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
+        return input_tokens + output_tokens
+
+
+@pytest.fixture
+async def search() -> AsyncIterator[FakeSearch]:
+    fake = FakeSearch()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def app(tmp_path: Path, search: FakeSearch) -> AsyncIterator[tuple[App, ScriptedModel]]:
+    model = ScriptedModel()
+    settings = Settings(
+        _env_file=None,
+        config_file=tmp_path / "none.toml",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
+        budget_default_usd=1.0,
+        brave_api_key=SecretStr("brave-key"),
+        brave_url=search.brave_url,
+    )
+    built = await build_app(settings, resolver=ScriptedTiers(model))
+    try:
+        yield built, model
+    finally:
+        await built.close()
+
+
+async def test_the_researcher_searches_pays_and_its_unseen_link_is_flagged(
+    fake_discord: FakeDiscord, app: tuple[App, ScriptedModel], search: FakeSearch
+) -> None:
+    the_app, model = app
+    fake = fake_discord
+    bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
+    finished = asyncio.Event()
+
+    class Finished:
+        async def on_event(self, event: object) -> None:
+            if isinstance(event, RunFinished):
+                finished.set()
+
+    the_app.executor.observers.append(Finished())
+    async with run_bot(fake, bot):
+        model.push(
+            call("web_search", query="PEP 703"),
+            Reply(
+                text=(
+                    "PEP 703 makes the GIL optional <https://peps.python.org/pep-0703/>; "
+                    "the steering council agreed <https://made-up.example/council>."
+                ),
+                usage=Usage(input_tokens=300, output_tokens=40, cost_micros=1_000, requests=1),
+            ),
+        )
+        since = len(fake.calls)
+        await fake.dispatch_message(
+            f"<@{fake.bot_user['id']}> researcher: what is PEP 703?", mentions=["bot"]
+        )
+        delivered = await fake.wait_for_call(
+            "PATCH",
+            r"/webhooks/{id}/{token}/messages/{m}",
+            predicate=lambda c: "Unverified link" in (c.json or {}).get("content", ""),
+            since=since,
+        )
+        await finished.wait()
+        # (inside the block: leaving it closes the bot, and the bot closes the app)
+        content = delivered.json["content"]
+        assert "-# ⚠ Unverified link" in content and "made-up.example/council" in content
+        assert "web_search" in [t.name for t in model.requests[0].tools]
+        assert search.calls("brave")[0]["q"] == "PEP 703"
+
+        await the_app.audit.flush()
+        [run] = (await the_app.audit_queries.list_runs(RunFilter(trigger="chat"))).runs
+        assert run.cost_micros == 1_000 + 5_000  # the model, and one Brave query
+        assert "<https://made-up.example/council> [unverified]" in run.output_excerpt
+        alice = str(fake.user("alice")["id"])
+        status = await the_app.budget.status(alice)
+        assert status.spent_micros == 6_000 and status.reserved_micros == 0
+
+        detail = await the_app.audit_queries.get_run(run.run_id)
+        assert detail is not None
+        kinds = {e.kind: e for e in detail.events}
+        assert kinds["tool_charge"].cost_micros == 5_000
+        assert kinds["sources"].data["unverified"] == ["https://made-up.example/council"]
+        pages = run_detail_pages(detail)
+        steps = "\n".join(p.description or "" for p in pages[1:])
+        assert "found by search: <https://docs.python.org/3/whatsnew/3.13.html>" in steps
+        assert "⚠ cited but unverified: <https://made-up.example/council>" in steps
+        assert "`web_search` charged $0.005" in steps
