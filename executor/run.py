@@ -668,6 +668,7 @@ class Executor:
                     caller=inv.caller,
                     call_id=call.id,
                     agent=state.agent.name,
+                    persona=state.agent.persona or "",
                     invocation=inv,
                 )
                 outcome = await tool.invoke(call.arguments, ctx)

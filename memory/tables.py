@@ -11,10 +11,9 @@ from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from executor.ports import utcnow
+from memory.notes import NOTE_MAX_CHARS
 
 __all__ = ["NOTE_MAX_CHARS", "MemoryOptOut", "NoteRow"]
-
-NOTE_MAX_CHARS = 500
 
 
 class NoteRow(SQLModel, table=True):

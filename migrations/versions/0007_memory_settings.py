@@ -1,0 +1,34 @@
+"""A guild's memory settings: on or off, notes shared across its personas, each save
+confirmed by the member.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("guild_settings") as batch:
+        batch.add_column(sa.Column("memory", sa.Boolean(), nullable=True))
+        batch.add_column(
+            sa.Column("memory_shared", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+        batch.add_column(
+            sa.Column("memory_confirm", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("guild_settings") as batch:
+        batch.drop_column("memory_confirm")
+        batch.drop_column("memory_shared")
+        batch.drop_column("memory")
