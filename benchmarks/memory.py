@@ -3,13 +3,18 @@
     .venv/bin/python benchmarks/memory.py [--notes 100000] [--members 1000] [--queries 300]
     COTERIE_BENCH_POSTGRES_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test  (optional)
 
-Prints, side by side in one run, per database, the p50/p95 of:
+Prints, side by side in one run, per database, the p50/p95 (wall time, and the
+process's CPU time, which a loaded machine inflates less) of:
 
-- ``recall_for_prompt`` (the opt-out, the newest notes, the best full-text matches for
-  a message and the persona's lore, read in one session: what a member's message costs
-  before the model request) through ``SqlNoteStore``;
-- the same four reads each in its own session (how the first version read them);
-- the same selection without the index: a ``LIKE`` scan of the member's notes per word;
+- a trivial statement in a session (``SELECT 1``): the floor on this machine;
+- ``recall_for_prompt``: what a member's message costs before the model request (the
+  opt-out, the scope's notes newest first and the persona's lore in one statement;
+  the matches ranked among those notes);
+- the first version's reads: the opt-out, the newest notes, the full-text search and
+  the lore, each in its own session;
+- the full-text search alone (``SqlNoteStore.search``, the ``recall`` tool), beside
+  the same selection without the full-text index (a ``LIKE`` per word over the
+  member's notes, found by the scope index);
 - ``MemoryService.prepare`` (the whole addition to a message's path: the guild's
   settings through their cache, the read, the prompt section) and ``saved_in`` (the
   read at the end of a run for its "Saved:" line).
@@ -165,13 +170,20 @@ async def separate_sessions(store: SqlNoteStore, scope: Scope, message: str) -> 
     return int(off) + len(newest) + len(found) + len(lore)
 
 
-async def measure(db: Database, members: int, queries: int) -> dict[str, list[float]]:
+async def floor(db: Database) -> None:
+    async with db.sessions() as session:
+        (await session.execute(text("SELECT 1"))).all()
+
+
+async def measure(
+    db: Database, members: int, queries: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     store = SqlNoteStore(db.sessions)
     memory = MemoryService(store, guild_settings=SqlGuildSettings(db.sessions))
     rng = random.Random(11)
-    times: dict[str, list[float]] = {
-        k: [] for k in ("folded", "separate", "scan", "prepare", "saved_in")
-    }
+    keys = ("floor", "folded", "separate", "search", "scan", "prepare", "saved_in")
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    cpu: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(queries):
         member = rng.randrange(members)
         persona = PERSONAS[rng.randrange(3)]
@@ -180,17 +192,20 @@ async def measure(db: Database, members: int, queries: int) -> dict[str, list[fl
         caller = Caller(user_id=f"u{member}", display_name="m", guild_id=f"g{member % 5}")
         agent = RunnableAgent(name=persona, persona=persona, tools=MEMORY_TOOLS)
         steps: dict[str, Awaitable[Any]] = {
+            "floor": floor(db),
             "folded": recall_for_prompt(store, scope, message, lore_persona=persona),
             "separate": separate_sessions(store, scope, message),
+            "search": store.search(scope, message, 8),
             "scan": unindexed(db, scope, message),
             "prepare": memory.prepare(caller, agent, message),
             "saved_in": memory.saved_in(caller.user_id, "no-such-run"),
         }
         for name, step in steps.items():  # each coroutine starts when awaited
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             await step
             times[name].append((time.perf_counter() - t) * 1000)
-    return times
+            cpu[name].append((time.process_time() - c) * 1000)
+    return times, cpu
 
 
 def p(values: list[float], q: float) -> float:
@@ -205,19 +220,23 @@ async def bench(label: str, url: str, args: argparse.Namespace) -> None:
         await seed(db, args.notes, args.members)
         seeded = time.perf_counter() - t
         await measure(db, args.members, 20)  # warm the pool and the caches
-        times = await measure(db, args.members, args.queries)
+        times, cpu = await measure(db, args.members, args.queries)
     finally:
         await db.close()
     labels = {
-        "folded": "recall_for_prompt (one session)",
-        "separate": "the same, a session per read",
-        "scan": "without the index (LIKE scan)",
+        "floor": "SELECT 1 in a session (the floor)",
+        "folded": "recall_for_prompt (one statement)",
+        "separate": "first version: 4 reads, 4 sessions",
+        "search": "full-text search (recall tool)",
+        "scan": "the same without the index (LIKE)",
         "prepare": "MemoryService.prepare (message path)",
         "saved_in": "saved_in (end of a run)",
     }
     print(f"{label}: seeded {args.notes:,} notes in {seeded:.1f} s; goal p95 <= 5 ms")
+    print(f"  {'':<40} {'wall p50':>9} {'p95':>7}   {'cpu p50':>8} {'p95':>7}  (ms)")
     for key, name in labels.items():
-        print(f"  {name:<40} p50 {p(times[key], 50):6.2f} ms  p95 {p(times[key], 95):6.2f} ms")
+        w, c = times[key], cpu[key]
+        print(f"  {name:<40} {p(w, 50):9.2f} {p(w, 95):7.2f}   {p(c, 50):8.2f} {p(c, 95):7.2f}")
 
 
 async def main() -> None:

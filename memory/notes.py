@@ -23,6 +23,8 @@ from __future__ import annotations
 import builtins as _builtins
 import hashlib
 import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -40,12 +42,16 @@ __all__ = [
     "Scope",
     "place_of",
     "query_words",
+    "rank_matches",
     "scope_tokens",
 ]
 
 NOTE_MAX_CHARS = 500
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_QUERY_WORDS = 32
+# What a prompt's selection reads of one scope, newest first (the caps keep a member's
+# notes in one scope under this: 50 a persona by default).
+MAX_PROMPT_CANDIDATES = 300
 
 
 def place_of(guild_id: str | None) -> str:
@@ -60,10 +66,30 @@ def scope_tokens(user_id: str, place: str, persona: str) -> str:
     return f"m{member} p{persona_key}"
 
 
+def _fold(text: str) -> str:
+    """Lower-cased, without diacritics ("Café" -> "cafe"), like FTS5's tokenizer here."""
+    text = text.lower()
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def query_words(query: str) -> list[str]:
-    """The words of ``query``, lower-cased, once each, at most 32 (no search syntax)."""
-    words = [w.lower() for w in _WORD.findall(query) if len(w) > 1 or w.isdigit()]
+    """The words of ``query``, folded, once each, at most 32 (no search syntax)."""
+    words = [w for w in _WORD.findall(_fold(query)) if len(w) > 1 or w.isdigit()]
     return list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
+
+
+def rank_matches(notes: Iterable[Note], query: str, limit: int) -> list[Note]:
+    """The notes that share words with ``query``: those sharing the most first, then
+    the newest. How every store orders a member's few notes for a prompt."""
+    words = set(query_words(query))
+    if not words or limit <= 0:
+        return []
+    scored = [(len(words & set(query_words(n.text))), n.created_at, n.id, n) for n in notes]
+    hits = sorted((s for s in scored if s[0] > 0), key=lambda s: s[:3], reverse=True)
+    return [s[3] for s in hits[:limit]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +131,13 @@ class Caps:
 class PromptNotes:
     """What a prompt may use, read at once (:meth:`NoteStore.for_prompt`): the member's
     newest notes, the best matches for the message, the persona's lore, and whether the
-    member turned memory off (then both note lists are empty)."""
+    member turned memory off (then both note lists are empty).
+
+    Why the matches are ranked in Python here and not by the full-text index: the caps
+    keep one scope's notes few, so they are read with the newest (the scope index, one
+    statement) and ranked by :func:`rank_matches` in microseconds, where the index pays
+    for every row holding a common word ("my", "is") across all members' notes; the
+    index serves :meth:`NoteStore.search` (the ``recall`` tool)."""
 
     newest: tuple[Note, ...] = ()
     matches: tuple[Note, ...] = ()
@@ -280,15 +312,7 @@ class InMemoryNoteStore:
         return _newest_first(self._members(scope))[:limit]
 
     async def search(self, scope: Scope, query: str, limit: int) -> _builtins.list[Note]:
-        words = set(query_words(query))
-        if not words:
-            return []
-        scored = [
-            (len(words & set(query_words(n.text))), n.created_at, n.id, n)
-            for n in self._members(scope)
-        ]
-        hits = sorted((s for s in scored if s[0] > 0), key=lambda s: s[:3], reverse=True)
-        return [s[3] for s in hits[:limit]]
+        return rank_matches(self._members(scope), query, limit)
 
     async def for_prompt(
         self, scope: Scope, query: str, *, newest: int, matches: int, lore_persona: str | None
@@ -302,9 +326,10 @@ class InMemoryNoteStore:
             return PromptNotes(lore=lore)
         if scope.user_id in self._off:
             return PromptNotes(lore=lore, off=True)
+        mine = _newest_first(self._members(scope))[:MAX_PROMPT_CANDIDATES]
         return PromptNotes(
-            newest=tuple(await self.newest(scope, newest)),
-            matches=tuple(await self.search(scope, query, matches)),
+            newest=tuple(mine[:newest]),
+            matches=tuple(rank_matches(mine, query, matches)),
             lore=lore,
         )
 

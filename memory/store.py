@@ -1,13 +1,14 @@
 """Notes in the database, searched with the database's own full-text.
 
 :class:`SqlNoteStore` keeps the contract of :class:`memory.notes.NoteStore` (see that
-module for the scopes) on SQLite FTS5 (an external-content table kept by triggers,
-ranked by ``bm25``) or PostgreSQL (a generated ``tsvector`` with a GIN index, ranked by
+module for the scopes) on SQLite FTS5 (an external-content table kept by triggers;
+its matches ranked by shared words, then recency) or PostgreSQL (a generated ``tsvector`` with a GIN index, ranked by
 ``ts_rank``), both made by the migration. The text search configuration is ``simple``
 on PostgreSQL (no stemming, any language), like FTS5's default tokenizer.
 
-What a prompt needs (:meth:`SqlNoteStore.for_prompt`: the opt-out, the newest notes,
-the best matches, the lore) is read in one session, one statement each.
+What a prompt needs (:meth:`SqlNoteStore.for_prompt`: the opt-out, the scope's notes,
+the lore) is one statement; the matches are ranked among the scope's notes (see
+:class:`memory.notes.PromptNotes` and ``benchmarks/README.md`` for why).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlmodel import col
 from executor.ports import Clock, RealClock
 from memory.errors import MemoryFull, NoteNotFound
 from memory.notes import (
+    MAX_PROMPT_CANDIDATES,
     Caps,
     InMemoryNoteStore,
     Note,
@@ -33,6 +35,7 @@ from memory.notes import (
     full_reason,
     place_of,
     query_words,
+    rank_matches,
     scope_tokens,
 )
 from memory.tables import MemoryOptOut, NoteRow
@@ -50,12 +53,34 @@ __all__ = [
     "scope_tokens",
 ]
 
+# A member's notes in one scope are few (the caps); this bounds a search's rows anyway.
+MAX_SCOPE_ROWS = 1000
+_NULLS = ", ".join(["NULL"] * 10)
 _COLUMNS = "n.id, n.kind, n.user_id, n.persona, n.place, n.text, n.created_at, n.created_by, n.run_id, n.scope"
 
 
 def _scope_token(scope: Scope) -> str:
     member, persona = scope_tokens(scope.user_id, scope.place, scope.persona or "").split()
     return member if scope.persona is None else persona
+
+
+def _by_id(note: Note) -> int:
+    return note.id
+
+
+def _note_of(row: Any) -> Note:
+    """A note from a textual row's mapping (a ``for_prompt`` union)."""
+    return Note(
+        id=int(row["id"]),
+        kind=row["kind"],
+        user_id=row["user_id"],
+        persona=row["persona"],
+        place=row["place"],
+        text=row["text"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        run_id=row["run_id"],
+    )
 
 
 def _note(row: NoteRow) -> Note:
@@ -272,20 +297,30 @@ class SqlNoteStore:
                          n.created_at DESC, n.id DESC
                 LIMIT :limit"""
         else:
-            # FTS5: the scope token (few rows) AND any of the words, each a quoted
-            # string (no operator or column syntax from the member).
+            # FTS5: any of the words (each a quoted string: no operator or column
+            # syntax from the member) AND the scope token, in that order (FTS5 is 5x
+            # faster so). Ranked here, not by bm25(): bm25 counts every row holding
+            # each word (its IDF) at every query, 24 ms over 100,000 notes, to order
+            # the few notes of one member; they are ranked by how many of the words
+            # each holds, then recency, like the in-memory store. CROSS JOIN keeps
+            # the FTS table outside: SQLite otherwise walks the member's notes and
+            # evaluates the MATCH once for each (8x slower).
             ored = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-            params["q"] = f"scope : {_scope_token(scope)} AND text : ({ored})"
+            params["q"] = f"text : ({ored}) AND scope : {_scope_token(scope)}"
+            params["limit"] = MAX_SCOPE_ROWS
             sql = f"""
                 SELECT {_COLUMNS} FROM memory_notes_fts AS f
-                JOIN memory_notes AS n ON n.id = f.rowid
+                CROSS JOIN memory_notes AS n ON n.id = f.rowid
                 WHERE memory_notes_fts MATCH :q
                   AND n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
                   {persona_clause}
-                ORDER BY bm25(memory_notes_fts, 1.0, 0.0), n.created_at DESC, n.id DESC
+                ORDER BY n.created_at DESC, n.id DESC
                 LIMIT :limit"""
         stmt = select(NoteRow).from_statement(text(sql).bindparams(**params))
-        return [_note(r) for r in (await session.execute(stmt)).scalars()]
+        found = [_note(r) for r in (await session.execute(stmt)).scalars()]
+        if session.get_bind().dialect.name == "postgresql":
+            return found
+        return rank_matches(found, query, limit)
 
     async def search(self, scope: Scope, query: str, limit: int) -> _builtins.list[Note]:
         async with self._sessions() as session:
@@ -304,19 +339,57 @@ class SqlNoteStore:
     async def for_prompt(
         self, scope: Scope, query: str, *, newest: int, matches: int, lore_persona: str | None
     ) -> PromptNotes:
-        async with self._sessions() as session:
-            lore: tuple[Note, ...] = ()
-            if lore_persona is not None and scope.place != "dm":
-                lore = tuple(await self._lore(session, scope.place, lore_persona))
-            if newest <= 0 and matches <= 0:
-                return PromptNotes(lore=lore)
-            if await session.get(MemoryOptOut, scope.user_id) is not None:
-                return PromptNotes(lore=lore, off=True)
-            return PromptNotes(
-                newest=tuple(await self._newest(session, scope, newest)),
-                matches=tuple(await self._search(session, scope, query, matches)),
-                lore=lore,
+        """One statement: the scope's notes (newest first, at most
+        ``MAX_PROMPT_CANDIDATES``), the opt-out and the lore (see :class:`PromptNotes`
+        for why the matches are ranked here)."""
+        want_notes = newest > 0 or matches > 0
+        want_lore = lore_persona is not None and scope.place != "dm"
+        if not want_notes and not want_lore:
+            return PromptNotes()
+        params: dict[str, Any] = {"place": scope.place}
+        parts: list[str] = []
+        if want_notes:
+            params["user_id"] = scope.user_id
+            persona_clause = ""
+            if scope.persona is not None:
+                params["persona"] = scope.persona
+                persona_clause = "AND n.persona = :persona"
+            params["candidates"] = MAX_PROMPT_CANDIDATES
+            parts.append(
+                f"""SELECT * FROM (SELECT {_COLUMNS}, 'note' AS part FROM memory_notes AS n
+                    WHERE n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
+                      {persona_clause}
+                    ORDER BY n.created_at DESC, n.id DESC LIMIT :candidates) AS mine"""
             )
+            parts.append(
+                f"SELECT {_NULLS}, 'off' AS part FROM memory_opt_out WHERE user_id = :user_id"
+            )
+        if want_lore:
+            params["lore_persona"] = lore_persona
+            parts.append(
+                f"""SELECT {_COLUMNS}, 'lore' AS part FROM memory_notes AS n
+                    WHERE n.kind = 'lore' AND n.place = :place AND n.persona = :lore_persona"""
+            )
+        stmt = (
+            text(" UNION ALL ".join(parts))
+            .bindparams(**params)
+            .columns(created_at=NoteRow.__table__.c.created_at.type)  # type: ignore[attr-defined]
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(stmt)).mappings().all()
+            off = any(r["part"] == "off" for r in rows)
+            notes = [_note_of(r) for r in rows if r["part"] == "note"]
+            lore = tuple(sorted((_note_of(r) for r in rows if r["part"] == "lore"), key=_by_id))
+        if off:
+            return PromptNotes(lore=lore, off=True)
+        # Newest first, as read (a union keeps each part's order in practice; sorted
+        # again so that no database may reorder it).
+        notes.sort(key=lambda n: (n.created_at, n.id), reverse=True)
+        return PromptNotes(
+            newest=tuple(notes[:newest]),
+            matches=tuple(rank_matches(notes, query, matches)),
+            lore=lore,
+        )
 
     async def lore(self, place: str, persona: str) -> _builtins.list[Note]:
         async with self._sessions() as session:

@@ -1,5 +1,6 @@
 """A guild's memory settings: on or off, notes shared across its personas, each save
-confirmed by the member.
+confirmed by the member. The lore index becomes partial (only lore rows): one that
+started with ``kind`` made SQLite scan every note for a member's query.
 
 Revision ID: 0007
 Revises: 0006
@@ -16,7 +17,18 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 
+_LORE_ONLY = sa.text("kind = 'lore'")
+
+
 def upgrade() -> None:
+    op.drop_index("ix_memory_notes_lore", table_name="memory_notes")
+    op.create_index(
+        "ix_memory_notes_lore",
+        "memory_notes",
+        ["place", "persona"],
+        sqlite_where=_LORE_ONLY,
+        postgresql_where=_LORE_ONLY,
+    )
     with op.batch_alter_table("guild_settings") as batch:
         batch.add_column(sa.Column("memory", sa.Boolean(), nullable=True))
         batch.add_column(
@@ -32,3 +44,5 @@ def downgrade() -> None:
         batch.drop_column("memory_confirm")
         batch.drop_column("memory_shared")
         batch.drop_column("memory")
+    op.drop_index("ix_memory_notes_lore", table_name="memory_notes")
+    op.create_index("ix_memory_notes_lore", "memory_notes", ["kind", "place", "persona"])

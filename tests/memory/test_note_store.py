@@ -235,3 +235,18 @@ async def test_sql_notes_are_dated_by_the_stores_clock(sqlite_db: Database) -> N
     assert note.created_at == clock.now()
     await store.set_off("alice", True)
     assert (await store.export_user_data("alice"))["memory_off_since"] == clock.now().isoformat()
+
+
+async def test_a_prompts_matches_are_ranked_among_the_members_notes(store: NoteStore) -> None:
+    for i in range(6):
+        await store.add(alice(), f"filler {i}", caps=Caps())
+    old = await store.add(alice(), "Alice drinks coffee at home", caps=Caps())
+    both = await store.add(alice(), "Alice's café order: coffee, oat milk", caps=Caps())
+    for i in range(3):
+        await store.add(alice(), f"newer filler {i}", caps=Caps())
+    await store.add(Scope("bob", "assistant", GUILD), "Bob loves coffee and cafe", caps=Caps())
+    got = await store.for_prompt(
+        alice(), "Which CAFE and what coffee?", newest=2, matches=3, lore_persona=None
+    )
+    assert [n.text for n in got.newest] == ["newer filler 2", "newer filler 1"]
+    assert [n.id for n in got.matches] == [both.id, old.id]  # both words, then one
