@@ -379,6 +379,11 @@ async def test_mydata_is_a_json_file_of_everything_kept_about_the_member(
     # bob's export has nothing of alice's.
     bobs = await the_app.deletion.export(ids(fake, "bob"))
     assert FACT not in json.dumps(bobs)
+    # /memory export: her notes alone, as a file, privately.
+    _, exported = await slash(fake, "export")
+    assert exported.json["data"]["flags"] & EPHEMERAL
+    (notes_file,) = exported.files
+    assert [n["text"] for n in json.loads(notes_file.content)["notes"]] == [FACT]
 
 
 async def test_lore_is_for_admins_and_every_member_and_admins_see_counts_not_contents(
