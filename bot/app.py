@@ -10,7 +10,6 @@ service. ``await app.close()`` flushes and closes all of it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,8 +34,9 @@ if TYPE_CHECKING:
     from adapters.services.budget_alerts import BudgetAlerts
     from adapters.services.budgets import BudgetService
     from adapters.services.chat import ChatService
-    from adapters.services.deletion import DataDeletion
+    from adapters.services.deletion import DataDeletion, MemberData
     from adapters.services.escalation import Escalations
+    from adapters.services.memory import MemoryService
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from adapters.storage.threads import SqlThreadStore
     from executor.critic import WatchdogCritic
     from executor.lanes import Lanes
+    from memory.store import SqlNoteStore
     from personas.model import Persona
     from personas.store import PersonaStore
     from skills.scheduler import SkillScheduler
@@ -132,7 +133,8 @@ class App:
     critic: WatchdogCritic
     escalations: Escalations
     chat: ChatService
-    deletion: DataDeletion
+    memory_store: SqlNoteStore
+    memory: MemoryService
     admin: AdminService
     admin_log: SqlAdminLog
     audit_service: AuditService
@@ -140,8 +142,26 @@ class App:
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
     mcp: McpServers | None = None  # the [mcp.<name>] servers (their tools are in `tools`)
+    # Every store above that keeps member data, asked by /forgetme and /mydata.
+    deletion: DataDeletion = field(init=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    _sweeper: asyncio.Task[None] | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from adapters.services.deletion import DataDeletion
+
+        self.deletion = DataDeletion(self.member_data())
+
+    def member_data(self) -> list[MemberData]:
+        """The stores that keep member data (the data API), found by type among the
+        app's parts, once each, in the order of the fields."""
+        from dataclasses import fields
+
+        from adapters.services.deletion import collect_member_data
+
+        return collect_member_data(
+            getattr(self, f.name) for f in fields(self) if f.name != "deletion"
+        )
 
     def operator(self) -> Caller:
         """The person at the terminal: the operator, with owner privilege."""
@@ -156,11 +176,15 @@ class App:
         jobs rebuilt from the schedules table and missed slots handled."""
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
-        if self._sweeper is None:
+        if not self._background:
             await self._sweep_forgotten_charges()
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_hourly(), name="coterie-budget-sweep"
+            self._background.append(
+                asyncio.create_task(self._sweep_hourly(), name="coterie-budget-sweep")
             )
+            if self.memory.retention_days is not None:
+                self._background.append(
+                    asyncio.create_task(self.memory.keep_purging(), name="memory-retention")
+                )
 
     async def _sweep_forgotten_charges(self) -> None:
         """A forgotten member's charges leave their id once out of the window."""
@@ -179,14 +203,17 @@ class App:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
         Idempotent."""
         self.scheduler.shutdown()
+        await self._stop_background()
+
+    async def _stop_background(self) -> None:
+        tasks, self._background = self._background, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         self.scheduler.shutdown()
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        await self._stop_background()
         # Why before the closers: a slot in flight finishes its bookkeeping on the database.
         await self.scheduler.wait_idle()
         while self._closers:
@@ -221,8 +248,8 @@ async def build_app(
     from adapters.services.budgets import BudgetService, GuildBudgetLimits
     from adapters.services.chat import ChatService
     from adapters.services.conversation import HistoryLimits
-    from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
+    from adapters.services.memory import MemoryService
     from adapters.services.runner import Runner
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
@@ -238,6 +265,8 @@ async def build_app(
     from executor.lanes import Lanes
     from executor.ports import RealClock
     from executor.tools.builtin import default_registry
+    from memory.notes import Caps
+    from memory.store import SqlNoteStore
     from personas.markdown import load_builtins
     from personas.runnable import to_runnable
     from personas.store import PersonaStore
@@ -338,6 +367,21 @@ async def build_app(
     audit_queries = AuditQueries(db.sessions)
     lanes = Lanes(slots=settings.lane_slots)
     runner = Runner(executor, lanes)
+    # Memory (issue 16): notes personas keep about members, and the tools that keep them.
+    memory_store = SqlNoteStore(db.sessions, clock=clock)
+    memory = MemoryService(
+        memory_store,
+        guild_settings=guild_settings,
+        enabled=settings.memory_enabled,
+        allow_dms=settings.allow_dms,
+        caps=Caps(max_notes=settings.memory_max_notes, max_chars=settings.memory_max_chars),
+        prompt_tokens=settings.memory_prompt_tokens,
+        retention_days=settings.memory_retention_days,
+        clock=clock,
+    )
+    # Why always: the built-ins grant its tools (an override of one must validate); where
+    # memory is off the chat flow takes them from the agent.
+    tools.add_source(memory.source())
     chat = ChatService(
         executor=executor,
         personas=personas,
@@ -351,6 +395,7 @@ async def build_app(
         sees_images=_sees_images(resolver),
         allow_dms=settings.allow_dms,
         default_tier=settings.default_tier,
+        memory=memory,
     )
     # Skills and their schedules (issue 9). The scheduler fires through the service,
     # and the service adds and removes the scheduler's jobs: one of them is set second.
@@ -419,20 +464,6 @@ async def build_app(
         ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
 
-    async def forget_personas(user_id: str) -> int:
-        return await personas.delete_user_data(user_id, purge=True)
-
-    deletion = DataDeletion(
-        {
-            "skills and schedules": skills.delete_user_data,
-            "personas": forget_personas,
-            "thread bindings": threads.delete_user_data,
-            "budget": budget.delete_user_data,
-            "audit (anonymised)": audit_queries.delete_user_data,
-            "budget warnings": alerts.delete_user_data,
-            "admin actions (anonymised)": admin_log.delete_user_data,
-        }
-    )
     app = App(
         settings=settings,
         executor=executor,
@@ -456,7 +487,8 @@ async def build_app(
         critic=critic,
         escalations=escalations,
         chat=chat,
-        deletion=deletion,
+        memory_store=memory_store,
+        memory=memory,
         admin=admin,
         admin_log=admin_log,
         audit_service=audit_service,

@@ -56,6 +56,7 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = (
     "commands.audit",
     "commands.budget",
     "commands.privacy",
+    "commands.memory",
 )
 MAX_MESSAGE = 2000
 
@@ -144,10 +145,11 @@ def _perm_names(names: Sequence[str]) -> str:
 def _render_coterie_error(exc: xerr.CoterieError) -> str | None:
     from adapters.discord.budget_text import budget_refusal
     from adapters.services.errors import Refusal
+    from memory.errors import MemoryError_
     from personas.errors import PersonaError
     from skills.errors import SkillError
 
-    if isinstance(exc, PersonaError | SkillError | Refusal):
+    if isinstance(exc, PersonaError | SkillError | Refusal | MemoryError_):
         return str(exc)  # written for the person: "no persona named 'x'; try /persona list"
     if isinstance(exc, xerr.BudgetExceeded):
         return budget_refusal(exc.details)  # spent, limit, when it frees, how to ask an admin

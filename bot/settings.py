@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     schedule_disable_after: int = Field(default=5, ge=1)  # consecutive failures: disabled
     skill_dispatch_depth: int = Field(default=2, ge=1)  # run_skill inside run_skill, at most
 
+    # --- memory (notes personas keep about members) ----------------------------------------
+    memory_enabled: bool = True  # off: no persona reads or keeps notes anywhere
+    # Notes older than this many days are deleted (checked hourly); None: kept until deleted.
+    memory_retention_days: int | None = Field(default=None, ge=1)
+    memory_max_notes: int = Field(default=50, ge=1)  # per member, persona and place
+    memory_max_chars: int = Field(default=10_000, ge=100)  # their total size
+    memory_prompt_tokens: int = Field(default=600, ge=0)  # what notes may take of a prompt
+
     # --- budgets ----------------------------------------------------------------------
     # Per member, rolling 7 days; 0 lets nobody spend until a limit is set for them.
     budget_default_usd: float = Field(default=5.0, ge=0, allow_inf_nan=False)

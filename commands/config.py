@@ -1,5 +1,9 @@
 """/config: a guild's settings (admins). show, set, reset, answer-in, role-budget.
 
+Memory's switches are here too: ``memory`` (on or off in this server), ``memory_shared``
+(the server's personas share what they know about a member) and ``memory_confirm``
+(members confirm each save with a button).
+
 Each change goes through :class:`adapters.services.admin.AdminService`: validated,
 stored, recorded in the admin log with who made it, and applied at once (the guild
 settings store drops its cached copy). Privilege is checked on the server side for
@@ -82,6 +86,9 @@ Setting = Literal[
     "critic_hard_runtime",
     "answer_in",
     "role_budgets",
+    "memory",
+    "memory_shared",
+    "memory_confirm",
 ]
 
 # /config's option names -> GuildConfig fields.
@@ -98,12 +105,17 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "critic_hard_runtime": ("critic_hard_runtime_s",),
     "answer_in": ("answer_channels", "answer_categories"),
     "role_budgets": ("role_budgets",),
+    "memory": ("memory",),
+    "memory_shared": ("memory_shared",),
+    "memory_confirm": ("memory_confirm",),
 }
 _EMPTY: dict[str, Any] = {
     "answer_channels": (),
     "answer_categories": (),
     "role_budgets": (),
     "cost_footer": False,
+    "memory_shared": False,
+    "memory_confirm": False,
 }
 
 
@@ -181,6 +193,9 @@ class ConfigCog(
         critic_soft_runtime="Seconds before the critic starts judging a run",
         critic_soft_steps="Steps before the critic starts judging a run",
         critic_hard_runtime="Seconds after which a run is stopped",
+        memory="Whether personas remember members here (their notes, and the lore)",
+        memory_shared="Whether this server's personas share what they know about a member",
+        memory_confirm="Whether members confirm each note a persona saves, with a button",
     )
     @app_commands.autocomplete(
         default_persona=persona_autocomplete,
@@ -201,6 +216,9 @@ class ConfigCog(
         critic_soft_runtime: app_commands.Range[float, 1.0, 86_400.0] | None = None,
         critic_soft_steps: app_commands.Range[int, 1, 1000] | None = None,
         critic_hard_runtime: app_commands.Range[float, 1.0, 86_400.0] | None = None,
+        memory: bool | None = None,
+        memory_shared: bool | None = None,
+        memory_confirm: bool | None = None,
     ) -> None:
         changes: dict[str, Any] = {}
         if admin_channel is not None:
@@ -223,6 +241,13 @@ class ConfigCog(
             changes["critic_soft_steps"] = critic_soft_steps
         if critic_hard_runtime is not None:
             changes["critic_hard_runtime_s"] = critic_hard_runtime
+        for name, flag in (
+            ("memory", memory),
+            ("memory_shared", memory_shared),
+            ("memory_confirm", memory_confirm),
+        ):
+            if flag is not None:
+                changes[name] = flag
         if not changes:
             await self._show(interaction, note="Nothing to change: give one of the options.")
             return

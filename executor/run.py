@@ -773,6 +773,7 @@ class Executor:
                     caller=inv.caller,
                     call_id=call.id,
                     agent=state.agent.name,
+                    persona=state.agent.persona or "",
                     invocation=inv,
                     charge=self._charger(state, call, watch),
                 )

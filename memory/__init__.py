@@ -1,17 +1,28 @@
 """Memory: the notes personas keep about members, scoped, searched, and in their hands.
 
-See :mod:`memory.store` for the scopes and the search, :mod:`memory.checks` for what is
-refused, :mod:`memory.prompt` for what a run sees, :mod:`memory.tools` for the tools.
+See :mod:`memory.notes` for the scopes and the contract, :mod:`memory.store` for the
+search, :mod:`memory.checks` for what is refused, :mod:`memory.prompt` for what a run sees, :mod:`memory.tools` for the tools.
 """
 
 from memory.checks import clean_note
 from memory.errors import MemoryError_, MemoryFull, MemoryOff, NoteNotFound, NoteRefused
+from memory.notes import (
+    NOTE_MAX_CHARS,
+    Caps,
+    InMemoryNoteStore,
+    Note,
+    NoteStore,
+    PromptNotes,
+    Scope,
+    place_of,
+)
 from memory.prompt import Recollection, recall_for_prompt, render
-from memory.store import Caps, InMemoryNoteStore, Note, NoteStore, Scope, SqlNoteStore, place_of
+from memory.store import SqlNoteStore
 from memory.tools import MEMORY_TOOLS, MemoryPolicy, memory_source
 
 __all__ = [
     "MEMORY_TOOLS",
+    "NOTE_MAX_CHARS",
     "Caps",
     "InMemoryNoteStore",
     "MemoryError_",
@@ -22,6 +33,7 @@ __all__ = [
     "NoteNotFound",
     "NoteRefused",
     "NoteStore",
+    "PromptNotes",
     "Recollection",
     "Scope",
     "SqlNoteStore",

@@ -14,7 +14,7 @@ import unicodedata
 
 from executor.redaction import scrub
 from memory.errors import NoteRefused
-from memory.tables import NOTE_MAX_CHARS
+from memory.notes import NOTE_MAX_CHARS
 
 __all__ = ["clean_note", "looks_like_instructions"]
 

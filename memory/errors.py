@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+from executor.errors import CoterieError
+
 __all__ = ["MemoryError_", "MemoryFull", "MemoryOff", "NoteNotFound", "NoteRefused"]
 
 
-class MemoryError_(Exception):
+class MemoryError_(CoterieError):
     """Base of memory's errors; ``str()`` is what the model or the member reads."""
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from executor.tokens import CHARS_PER_TOKEN
-from memory.store import Note, NoteStore, Scope
+from memory.notes import Note, NoteStore, Scope
 
 __all__ = ["Recollection", "recall_for_prompt", "render"]
 
@@ -22,6 +22,7 @@ def _tokens(note: Note) -> int:
 class Recollection:
     notes: tuple[Note, ...]
     lore: tuple[Note, ...]
+    off: bool = False  # the member turned memory off (no notes, whatever they have)
 
     @property
     def empty(self) -> bool:
@@ -40,10 +41,14 @@ async def recall_for_prompt(
 ) -> Recollection:
     """The notes for this conversation: the newest few first, then the best full-text
     matches for ``message``, once each, while they fit in ``budget_tokens``; lore (the
-    persona's, in a guild) takes what is left."""
+    persona's, in a guild) takes what is left. A member who turned memory off gets no
+    notes (the lore is the server's, not theirs). One read of the store."""
+    found = await store.for_prompt(
+        scope, message, newest=newest, matches=matches, lore_persona=lore_persona
+    )
     candidates: list[Note] = []
     seen: set[int] = set()
-    for note in [*await store.newest(scope, newest), *await store.search(scope, message, matches)]:
+    for note in (*found.newest, *found.matches):
         if note.id not in seen:
             seen.add(note.id)
             candidates.append(note)
@@ -55,13 +60,12 @@ async def recall_for_prompt(
             kept.append(note)
             left -= cost
     lore: list[Note] = []
-    if lore_persona is not None and scope.place != "dm":
-        for note in await store.lore(scope.place, lore_persona):
-            cost = _tokens(note)
-            if cost <= left:
-                lore.append(note)
-                left -= cost
-    return Recollection(notes=tuple(kept), lore=tuple(lore))
+    for note in found.lore:
+        cost = _tokens(note)
+        if cost <= left:
+            lore.append(note)
+            left -= cost
+    return Recollection(notes=tuple(kept), lore=tuple(lore), off=found.off)
 
 
 def render(recollection: Recollection, member: str) -> str:
@@ -69,6 +73,8 @@ def render(recollection: Recollection, member: str) -> str:
     if recollection.empty:
         return ""
     parts: list[str] = []
+    # Why: a display name is the member's to choose; one line of it, capped.
+    member = " ".join(member.split())[:64] or "this member"
     if recollection.notes:
         lines = "\n".join(f"- [#{n.id}] {n.text}" for n in recollection.notes)
         parts.append(

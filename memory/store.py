@@ -1,41 +1,43 @@
-"""Notes: kept per member, persona and place; searched with the database's own full-text.
+"""Notes in the database, searched with the database's own full-text.
 
-Scopes (the whole point): a note belongs to one member (``user_id``), one persona and
-one place (``"guild:<id>"`` or ``"dm"``). Every read names the member and the place, so
-nothing crosses members or places; the persona filter is dropped only when a guild lets
-its personas share what they know about a member *in that guild*
-(:attr:`Scope.persona` ``None``). Lore (``kind="lore"``) is an admin's text about the
-server for one persona, read by every member's conversation there and never mixed with
-members' notes.
+:class:`SqlNoteStore` keeps the contract of :class:`memory.notes.NoteStore` (see that
+module for the scopes) on SQLite FTS5 (an external-content table kept by triggers;
+its matches ranked by shared words, then recency) or PostgreSQL (a generated ``tsvector`` with a GIN index, ranked by
+``ts_rank``), both made by the migration. The text search configuration is ``simple``
+on PostgreSQL (no stemming, any language), like FTS5's default tokenizer.
 
-Two stores with one contract (``tests/memory`` runs it on memory, SQLite and PostgreSQL):
-
-- :class:`InMemoryNoteStore`: the default for the kernel's tests and the console.
-- :class:`SqlNoteStore`: SQLite FTS5 (an external-content table kept by triggers, ranked
-  by ``bm25``) or PostgreSQL (a generated ``tsvector`` with a GIN index, ranked by
-  ``ts_rank``), both made by the migration. The text search configuration is
-  ``simple`` on PostgreSQL (no stemming, any language), like FTS5's default tokenizer.
-
-Search ranks by relevance, then recency. A query is reduced to its words, so nothing a
-member types is FTS or tsquery syntax.
+What a prompt needs (:meth:`SqlNoteStore.for_prompt`: the opt-out, the scope's notes,
+the lore) is one statement; the matches are ranked among the scope's notes (see
+:class:`memory.notes.PromptNotes` and ``benchmarks/README.md`` for why).
 """
 
 from __future__ import annotations
 
 import builtins as _builtins
-import hashlib
-import re
-from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from executor.ports import utcnow
+from executor.ports import Clock, RealClock
 from memory.errors import MemoryFull, NoteNotFound
+from memory.notes import (
+    MAX_PROMPT_CANDIDATES,
+    Caps,
+    InMemoryNoteStore,
+    Note,
+    NoteStore,
+    PromptNotes,
+    Scope,
+    full_reason,
+    place_of,
+    query_words,
+    rank_matches,
+    scope_tokens,
+)
 from memory.tables import MemoryOptOut, NoteRow
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "InMemoryNoteStore",
     "Note",
     "NoteStore",
+    "PromptNotes",
     "Scope",
     "SqlNoteStore",
     "place_of",
@@ -50,20 +53,10 @@ __all__ = [
     "scope_tokens",
 ]
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-MAX_QUERY_WORDS = 32
-
-
-def place_of(guild_id: str | None) -> str:
-    """The place a conversation happens in: a guild, or the member's DMs."""
-    return f"guild:{guild_id}" if guild_id else "dm"
-
-
-def scope_tokens(user_id: str, place: str, persona: str) -> str:
-    """The note's scope as two search tokens: member+place, member+place+persona."""
-    member = hashlib.sha256(f"{user_id}\x00{place}".encode()).hexdigest()[:16]
-    persona_key = hashlib.sha256(f"{user_id}\x00{place}\x00{persona}".encode()).hexdigest()[:16]
-    return f"m{member} p{persona_key}"
+# A member's notes in one scope are few (the caps); this bounds a search's rows anyway.
+MAX_SCOPE_ROWS = 1000
+_NULLS = ", ".join(["NULL"] * 10)
+_COLUMNS = "n.id, n.kind, n.user_id, n.persona, n.place, n.text, n.created_at, n.created_by, n.run_id, n.scope"
 
 
 def _scope_token(scope: Scope) -> str:
@@ -71,95 +64,23 @@ def _scope_token(scope: Scope) -> str:
     return member if scope.persona is None else persona
 
 
-def query_words(query: str) -> list[str]:
-    """The words of ``query``, lower-cased, once each, at most 32 (no search syntax)."""
-    words = [w.lower() for w in _WORD.findall(query) if len(w) > 1 or w.isdigit()]
-    return list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
+def _by_id(note: Note) -> int:
+    return note.id
 
 
-@dataclass(frozen=True, slots=True)
-class Note:
-    id: int
-    kind: str
-    user_id: str
-    persona: str
-    place: str
-    text: str
-    created_at: datetime
-    created_by: str = ""
-    run_id: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["created_at"] = self.created_at.isoformat()
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """Whose notes, kept by which persona (None: every persona of the place), where."""
-
-    user_id: str
-    persona: str | None
-    place: str
-
-
-@dataclass(frozen=True, slots=True)
-class Caps:
-    """What one member may have one persona keep in one place."""
-
-    max_notes: int = 50
-    max_chars: int = 10_000
-
-
-class NoteStore(Protocol):
-    """What memory keeps. Every method names the member (or, for lore, the place)."""
-
-    async def add(
-        self, scope: Scope, text: str, *, caps: Caps, run_id: str = "", created_by: str = ""
-    ) -> Note: ...
-    async def add_lore(self, place: str, persona: str, text: str, *, by: str) -> Note: ...
-    async def get(self, user_id: str, note_id: int) -> Note: ...
-    async def list(
-        self,
-        user_id: str,
-        *,
-        persona: str | None = None,
-        place: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> _builtins.list[Note]: ...
-    async def count(
-        self, user_id: str, *, persona: str | None = None, place: str | None = None
-    ) -> int: ...
-    async def delete(self, user_id: str, note_id: int) -> Note: ...
-    async def delete_all(
-        self, user_id: str, *, persona: str | None = None, place: str | None = None
-    ) -> int: ...
-    async def newest(self, scope: Scope, limit: int) -> _builtins.list[Note]: ...
-    async def search(self, scope: Scope, query: str, limit: int) -> _builtins.list[Note]: ...
-    async def lore(self, place: str, persona: str) -> _builtins.list[Note]: ...
-    async def delete_lore(self, place: str, note_id: int) -> Note: ...
-    async def counts_by_member(self, place: str) -> dict[str, int]: ...
-    async def purge_older_than(self, cutoff: datetime) -> int: ...
-    async def is_off(self, user_id: str) -> bool: ...
-    async def set_off(self, user_id: str, off: bool) -> None: ...
-    async def delete_user_data(self, user_id: str) -> int: ...
-    async def export_user_data(self, user_id: str) -> dict[str, Any]: ...
-
-
-def _full(caps: Caps, count: int, chars: int, text: str) -> str | None:
-    if count >= caps.max_notes:
-        return (
-            f"this member already has {count} notes with this persona here (the most kept); "
-            "forget an old one first (forget_note) or ask them to with /memory forget"
-        )
-    if chars + len(text) > caps.max_chars:
-        return (
-            f"this member's notes with this persona here would pass {caps.max_chars} "
-            "characters; forget an old one first"
-        )
-    return None
+def _note_of(row: Any) -> Note:
+    """A note from a textual row's mapping (a ``for_prompt`` union)."""
+    return Note(
+        id=int(row["id"]),
+        kind=row["kind"],
+        user_id=row["user_id"],
+        persona=row["persona"],
+        place=row["place"],
+        text=row["text"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        run_id=row["run_id"],
+    )
 
 
 def _note(row: NoteRow) -> Note:
@@ -177,186 +98,16 @@ def _note(row: NoteRow) -> Note:
     )
 
 
-# --- in memory ------------------------------------------------------------------------
-
-
-class InMemoryNoteStore:
-    """The contract in a dict; search counts shared words (relevance), then recency."""
-
-    def __init__(self) -> None:
-        self._notes: dict[int, Note] = {}
-        self._off: set[str] = set()
-        self._next = 1
-
-    def _members(self, scope: Scope) -> _builtins.list[Note]:
-        return [
-            n
-            for n in self._notes.values()
-            if n.kind == "note"
-            and n.user_id == scope.user_id
-            and n.place == scope.place
-            and (scope.persona is None or n.persona == scope.persona)
-        ]
-
-    def _new(self, **fields: Any) -> Note:
-        note = Note(id=self._next, created_at=utcnow(), **fields)
-        self._notes[note.id] = note
-        self._next += 1
-        return note
-
-    async def add(
-        self, scope: Scope, text: str, *, caps: Caps, run_id: str = "", created_by: str = ""
-    ) -> Note:
-        persona = scope.persona or ""
-        mine = self._members(Scope(scope.user_id, persona, scope.place))
-        problem = _full(caps, len(mine), sum(len(n.text) for n in mine), text)
-        if problem:
-            raise MemoryFull(problem)
-        return self._new(
-            kind="note",
-            user_id=scope.user_id,
-            persona=persona,
-            place=scope.place,
-            text=text,
-            created_by=created_by or scope.user_id,
-            run_id=run_id,
-        )
-
-    async def add_lore(self, place: str, persona: str, text: str, *, by: str) -> Note:
-        return self._new(
-            kind="lore", user_id="", persona=persona, place=place, text=text, created_by=by
-        )
-
-    def _selected(
-        self, user_id: str, persona: str | None, place: str | None
-    ) -> _builtins.list[Note]:
-        return sorted(
-            (
-                n
-                for n in self._notes.values()
-                if n.kind == "note"
-                and n.user_id == user_id
-                and (persona is None or n.persona == persona)
-                and (place is None or n.place == place)
-            ),
-            key=lambda n: (n.created_at, n.id),
-            reverse=True,
-        )
-
-    async def get(self, user_id: str, note_id: int) -> Note:
-        note = self._notes.get(note_id)
-        if note is None or note.kind != "note" or note.user_id != user_id:
-            raise NoteNotFound(f"there is no note #{note_id} of yours")
-        return note
-
-    async def list(
-        self,
-        user_id: str,
-        *,
-        persona: str | None = None,
-        place: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> _builtins.list[Note]:
-        return self._selected(user_id, persona, place)[offset : offset + limit]
-
-    async def count(
-        self, user_id: str, *, persona: str | None = None, place: str | None = None
-    ) -> int:
-        return len(self._selected(user_id, persona, place))
-
-    async def delete(self, user_id: str, note_id: int) -> Note:
-        note = await self.get(user_id, note_id)
-        del self._notes[note.id]
-        return note
-
-    async def delete_all(
-        self, user_id: str, *, persona: str | None = None, place: str | None = None
-    ) -> int:
-        gone = self._selected(user_id, persona, place)
-        for n in gone:
-            del self._notes[n.id]
-        return len(gone)
-
-    async def newest(self, scope: Scope, limit: int) -> _builtins.list[Note]:
-        return sorted(self._members(scope), key=lambda n: (n.created_at, n.id), reverse=True)[
-            :limit
-        ]
-
-    async def search(self, scope: Scope, query: str, limit: int) -> _builtins.list[Note]:
-        words = set(query_words(query))
-        if not words:
-            return []
-        scored = [
-            (len(words & set(query_words(n.text))), n.created_at, n.id, n)
-            for n in self._members(scope)
-        ]
-        hits = sorted((s for s in scored if s[0] > 0), key=lambda s: s[:3], reverse=True)
-        return [s[3] for s in hits[:limit]]
-
-    async def lore(self, place: str, persona: str) -> _builtins.list[Note]:
-        return sorted(
-            (
-                n
-                for n in self._notes.values()
-                if n.kind == "lore" and n.place == place and n.persona == persona
-            ),
-            key=lambda n: n.id,
-        )
-
-    async def delete_lore(self, place: str, note_id: int) -> Note:
-        note = self._notes.get(note_id)
-        if note is None or note.kind != "lore" or note.place != place:
-            raise NoteNotFound(f"there is no lore #{note_id} in this server")
-        del self._notes[note_id]
-        return note
-
-    async def counts_by_member(self, place: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for n in self._notes.values():
-            if n.kind == "note" and n.place == place:
-                counts[n.user_id] = counts.get(n.user_id, 0) + 1
-        return counts
-
-    async def purge_older_than(self, cutoff: datetime) -> int:
-        old = [i for i, n in self._notes.items() if n.kind == "note" and n.created_at < cutoff]
-        for i in old:
-            del self._notes[i]
-        return len(old)
-
-    async def is_off(self, user_id: str) -> bool:
-        return user_id in self._off
-
-    async def set_off(self, user_id: str, off: bool) -> None:
-        (self._off.add if off else self._off.discard)(user_id)
-
-    async def delete_user_data(self, user_id: str) -> int:
-        gone = await self.delete_all(user_id)
-        self._off.discard(user_id)
-        # Lore an admin wrote stays (it is about the server), without their name.
-        for i, n in _builtins.list(self._notes.items()):
-            if n.kind == "lore" and n.created_by == user_id:
-                self._notes[i] = Note(**{**asdict(n), "created_by": ""})
-        return gone
-
-    async def export_user_data(self, user_id: str) -> dict[str, Any]:
-        return {
-            "notes": [n.as_dict() for n in self._selected(user_id, None, None)],
-            "memory_off": user_id in self._off,
-        }
-
-
-# --- SQL --------------------------------------------------------------------------------
-
-
 class SqlNoteStore:
     """Notes in the database; full-text search by SQLite FTS5 or PostgreSQL tsvector."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+    data_name = "memory notes"
 
-    def _dialect(self, session: AsyncSession) -> str:
-        return session.get_bind().dialect.name
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock | None = None
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock or RealClock()
 
     @staticmethod
     def _where_scope(scope: Scope) -> list[Any]:
@@ -370,12 +121,16 @@ class SqlNoteStore:
         return where
 
     @staticmethod
-    def _where_member(user_id: str, persona: str | None, place: str | None) -> list[Any]:
+    def _where_member(
+        user_id: str, persona: str | None, place: str | None, run_id: str | None = None
+    ) -> list[Any]:
         where = [col(NoteRow.kind) == "note", col(NoteRow.user_id) == user_id]
         if persona is not None:
             where.append(col(NoteRow.persona) == persona)
         if place is not None:
             where.append(col(NoteRow.place) == place)
+        if run_id is not None:
+            where.append(col(NoteRow.run_id) == run_id)
         return where
 
     async def add(
@@ -393,7 +148,7 @@ class SqlNoteStore:
             ).one()
             # Why not locked: two saves racing past the check overshoot the cap by one
             # note, which the next save's check sees; no lock is worth that.
-            problem = _full(caps, int(count), int(chars), text)
+            problem = full_reason(caps, int(count), int(chars), text)
             if problem:
                 raise MemoryFull(problem)
             row = NoteRow(
@@ -402,6 +157,7 @@ class SqlNoteStore:
                 persona=persona,
                 place=scope.place,
                 text=text,
+                created_at=self._clock.now(),
                 created_by=created_by or scope.user_id,
                 run_id=run_id,
                 scope=scope_tokens(scope.user_id, scope.place, persona),
@@ -414,7 +170,13 @@ class SqlNoteStore:
     async def add_lore(self, place: str, persona: str, text: str, *, by: str) -> Note:
         async with self._sessions() as session:
             row = NoteRow(
-                kind="lore", user_id="", persona=persona, place=place, text=text, created_by=by
+                kind="lore",
+                user_id="",
+                persona=persona,
+                place=place,
+                text=text,
+                created_at=self._clock.now(),
+                created_by=by,
             )
             session.add(row)
             await session.commit()
@@ -440,6 +202,7 @@ class SqlNoteStore:
         *,
         persona: str | None = None,
         place: str | None = None,
+        run_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> _builtins.list[Note]:
@@ -447,7 +210,7 @@ class SqlNoteStore:
             rows = (
                 await session.execute(
                     select(NoteRow)
-                    .where(*self._where_member(user_id, persona, place))
+                    .where(*self._where_member(user_id, persona, place, run_id))
                     .order_by(col(NoteRow.created_at).desc(), col(NoteRow.id).desc())
                     .limit(limit)
                     .offset(offset)
@@ -467,9 +230,18 @@ class SqlNoteStore:
             return int(n or 0)
 
     async def delete(self, user_id: str, note_id: int) -> Note:
-        note = await self.get(user_id, note_id)
         async with self._sessions() as session:
-            await session.execute(sa_delete(NoteRow).where(col(NoteRow.id) == note.id))
+            row = (
+                await session.execute(
+                    select(NoteRow).where(
+                        col(NoteRow.id) == note_id, *self._where_member(user_id, None, None)
+                    )
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                raise NoteNotFound(f"there is no note #{note_id} of yours")
+            note = _note(row)
+            await session.delete(row)
             await session.commit()
         return note
 
@@ -483,81 +255,149 @@ class SqlNoteStore:
             await session.commit()
             return int(getattr(result, "rowcount", 0) or 0)
 
+    @staticmethod
+    async def _newest(session: AsyncSession, scope: Scope, limit: int) -> _builtins.list[Note]:
+        rows = (
+            await session.execute(
+                select(NoteRow)
+                .where(*SqlNoteStore._where_scope(scope))
+                .order_by(col(NoteRow.created_at).desc(), col(NoteRow.id).desc())
+                .limit(limit)
+            )
+        ).scalars()
+        return [_note(r) for r in rows]
+
     async def newest(self, scope: Scope, limit: int) -> _builtins.list[Note]:
         async with self._sessions() as session:
-            rows = (
-                await session.execute(
-                    select(NoteRow)
-                    .where(*self._where_scope(scope))
-                    .order_by(col(NoteRow.created_at).desc(), col(NoteRow.id).desc())
-                    .limit(limit)
-                )
-            ).scalars()
-            return [_note(r) for r in rows]
+            return await self._newest(session, scope, limit)
 
-    async def search(self, scope: Scope, query: str, limit: int) -> _builtins.list[Note]:
+    @staticmethod
+    async def _search(
+        session: AsyncSession, scope: Scope, query: str, limit: int
+    ) -> _builtins.list[Note]:
         words = query_words(query)
         if not words or limit <= 0:
             return []
-        params: dict[str, Any] = {
-            "user_id": scope.user_id,
-            "place": scope.place,
-            "persona": scope.persona,
-            "limit": limit,
-        }
-        persona_clause = "" if scope.persona is None else "AND n.persona = :persona"
+        params: dict[str, Any] = {"user_id": scope.user_id, "place": scope.place, "limit": limit}
+        persona_clause = ""
+        if scope.persona is not None:
+            params["persona"] = scope.persona
+            persona_clause = "AND n.persona = :persona"
+        if session.get_bind().dialect.name == "postgresql":
+            # Why the member's notes first: they are few (the caps), while a common
+            # word matches most of the table; rank those few by the stored tsvector.
+            params["q"] = " | ".join(words)
+            sql = f"""
+                WITH n AS MATERIALIZED (
+                    SELECT * FROM memory_notes AS n
+                    WHERE n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
+                      {persona_clause})
+                SELECT {_COLUMNS} FROM n WHERE n.search @@ to_tsquery('simple', :q)
+                ORDER BY ts_rank(n.search, to_tsquery('simple', :q)) DESC,
+                         n.created_at DESC, n.id DESC
+                LIMIT :limit"""
+        else:
+            # FTS5: any of the words (each a quoted string: no operator or column
+            # syntax from the member) AND the scope token, in that order (FTS5 is 5x
+            # faster so). Ranked here, not by bm25(): bm25 counts every row holding
+            # each word (its IDF) at every query, 24 ms over 100,000 notes, to order
+            # the few notes of one member; they are ranked by how many of the words
+            # each holds, then recency, like the in-memory store. CROSS JOIN keeps
+            # the FTS table outside: SQLite otherwise walks the member's notes and
+            # evaluates the MATCH once for each (8x slower).
+            ored = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+            params["q"] = f"text : ({ored}) AND scope : {_scope_token(scope)}"
+            params["limit"] = MAX_SCOPE_ROWS
+            sql = f"""
+                SELECT {_COLUMNS} FROM memory_notes_fts AS f
+                CROSS JOIN memory_notes AS n ON n.id = f.rowid
+                WHERE memory_notes_fts MATCH :q
+                  AND n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
+                  {persona_clause}
+                ORDER BY n.created_at DESC, n.id DESC
+                LIMIT :limit"""
+        stmt = select(NoteRow).from_statement(text(sql).bindparams(**params))
+        found = [_note(r) for r in (await session.execute(stmt)).scalars()]
+        if session.get_bind().dialect.name == "postgresql":
+            return found
+        return rank_matches(found, query, limit)
+
+    async def search(self, scope: Scope, query: str, limit: int) -> _builtins.list[Note]:
         async with self._sessions() as session:
-            if self._dialect(session) == "postgresql":
-                # Why the member's notes first: they are few (the caps), while a common
-                # word matches most of the table; rank those few by the stored tsvector.
-                params["q"] = " | ".join(words)
-                sql = f"""
-                    WITH mine AS MATERIALIZED (
-                        SELECT n.id, n.search, n.created_at FROM memory_notes AS n
-                        WHERE n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
-                          {persona_clause})
-                    SELECT id FROM mine WHERE search @@ to_tsquery('simple', :q)
-                    ORDER BY ts_rank(search, to_tsquery('simple', :q)) DESC,
-                             created_at DESC, id DESC
-                    LIMIT :limit"""
-            else:
-                # FTS5: the scope token (few rows) AND any of the words, each a quoted
-                # string (no operator or column syntax from the member).
-                ored = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-                params["q"] = f"scope : {_scope_token(scope)} AND text : ({ored})"
-                sql = f"""
-                    SELECT n.id FROM memory_notes_fts AS f
-                    JOIN memory_notes AS n ON n.id = f.rowid
-                    WHERE memory_notes_fts MATCH :q
-                      AND n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
+            return await self._search(session, scope, query, limit)
+
+    @staticmethod
+    async def _lore(session: AsyncSession, place: str, persona: str | None) -> _builtins.list[Note]:
+        where = [col(NoteRow.kind) == "lore", col(NoteRow.place) == place]
+        if persona is not None:
+            where.append(col(NoteRow.persona) == persona)
+        rows = (
+            await session.execute(select(NoteRow).where(*where).order_by(col(NoteRow.id)))
+        ).scalars()
+        return [_note(r) for r in rows]
+
+    async def for_prompt(
+        self, scope: Scope, query: str, *, newest: int, matches: int, lore_persona: str | None
+    ) -> PromptNotes:
+        """One statement: the scope's notes (newest first, at most
+        ``MAX_PROMPT_CANDIDATES``), the opt-out and the lore (see :class:`PromptNotes`
+        for why the matches are ranked here)."""
+        want_notes = newest > 0 or matches > 0
+        want_lore = lore_persona is not None and scope.place != "dm"
+        if not want_notes and not want_lore:
+            return PromptNotes()
+        params: dict[str, Any] = {"place": scope.place}
+        parts: list[str] = []
+        if want_notes:
+            params["user_id"] = scope.user_id
+            persona_clause = ""
+            if scope.persona is not None:
+                params["persona"] = scope.persona
+                persona_clause = "AND n.persona = :persona"
+            params["candidates"] = MAX_PROMPT_CANDIDATES
+            parts.append(
+                f"""SELECT * FROM (SELECT {_COLUMNS}, 'note' AS part FROM memory_notes AS n
+                    WHERE n.kind = 'note' AND n.user_id = :user_id AND n.place = :place
                       {persona_clause}
-                    ORDER BY bm25(memory_notes_fts, 1.0, 0.0), n.created_at DESC, n.id DESC
-                    LIMIT :limit"""
-            ids = [r[0] for r in (await session.execute(text(sql), params)).all()]
-            if not ids:
-                return []
-            rows = {
-                r.id: r
-                for r in (
-                    await session.execute(select(NoteRow).where(col(NoteRow.id).in_(ids)))
-                ).scalars()
-            }
-        return [_note(rows[i]) for i in ids if i in rows]
+                    ORDER BY n.created_at DESC, n.id DESC LIMIT :candidates) AS mine"""
+            )
+            parts.append(
+                f"SELECT {_NULLS}, 'off' AS part FROM memory_opt_out WHERE user_id = :user_id"
+            )
+        if want_lore:
+            params["lore_persona"] = lore_persona
+            parts.append(
+                f"""SELECT {_COLUMNS}, 'lore' AS part FROM memory_notes AS n
+                    WHERE n.kind = 'lore' AND n.place = :place AND n.persona = :lore_persona"""
+            )
+        stmt = (
+            text(" UNION ALL ".join(parts))
+            .bindparams(**params)
+            .columns(created_at=NoteRow.__table__.c.created_at.type)  # type: ignore[attr-defined]
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(stmt)).mappings().all()
+            off = any(r["part"] == "off" for r in rows)
+            notes = [_note_of(r) for r in rows if r["part"] == "note"]
+            lore = tuple(sorted((_note_of(r) for r in rows if r["part"] == "lore"), key=_by_id))
+        if off:
+            return PromptNotes(lore=lore, off=True)
+        # Newest first, as read (a union keeps each part's order in practice; sorted
+        # again so that no database may reorder it).
+        notes.sort(key=lambda n: (n.created_at, n.id), reverse=True)
+        return PromptNotes(
+            newest=tuple(notes[:newest]),
+            matches=tuple(rank_matches(notes, query, matches)),
+            lore=lore,
+        )
 
     async def lore(self, place: str, persona: str) -> _builtins.list[Note]:
         async with self._sessions() as session:
-            rows = (
-                await session.execute(
-                    select(NoteRow)
-                    .where(
-                        col(NoteRow.kind) == "lore",
-                        col(NoteRow.place) == place,
-                        col(NoteRow.persona) == persona,
-                    )
-                    .order_by(col(NoteRow.id))
-                )
-            ).scalars()
-            return [_note(r) for r in rows]
+            return await self._lore(session, place, persona)
+
+    async def all_lore(self, place: str) -> _builtins.list[Note]:
+        async with self._sessions() as session:
+            return await self._lore(session, place, None)
 
     async def delete_lore(self, place: str, note_id: int) -> Note:
         async with self._sessions() as session:
@@ -604,31 +444,54 @@ class SqlNoteStore:
         async with self._sessions() as session:
             row = await session.get(MemoryOptOut, user_id)
             if off and row is None:
-                session.add(MemoryOptOut(user_id=user_id))
+                session.add(MemoryOptOut(user_id=user_id, since=self._clock.now()))
             elif not off and row is not None:
                 await session.delete(row)
             await session.commit()
 
     async def delete_user_data(self, user_id: str) -> int:
+        """Delete the member's notes and opt-out; lore they wrote as an admin stays
+        (it is about the server), without their name. Returns the notes deleted."""
         if not user_id:
             return 0
-        gone = await self.delete_all(user_id)
         async with self._sessions() as session:
+            result = await session.execute(
+                sa_delete(NoteRow).where(*self._where_member(user_id, None, None))
+            )
             await session.execute(
                 sa_delete(MemoryOptOut).where(col(MemoryOptOut.user_id) == user_id)
             )
-            # Lore an admin wrote stays (it is about the server), without their name.
             await session.execute(
                 update(NoteRow)
                 .where(col(NoteRow.kind) == "lore", col(NoteRow.created_by) == user_id)
                 .values(created_by="")
             )
             await session.commit()
-        return gone
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def export_user_data(self, user_id: str) -> dict[str, Any]:
-        notes = await self.list(user_id, limit=1_000_000)
-        return {
-            "notes": [n.as_dict() for n in notes],
-            "memory_off": await self.is_off(user_id),
-        }
+        """Every note about the member, whether they turned memory off, and the lore
+        they wrote as an admin."""
+        async with self._sessions() as session:
+            notes = (
+                await session.execute(
+                    select(NoteRow)
+                    .where(*self._where_member(user_id, None, None))
+                    .order_by(col(NoteRow.created_at).desc(), col(NoteRow.id).desc())
+                )
+            ).scalars()
+            exported = [_note(r).as_dict() for r in notes]
+            opt_out = await session.get(MemoryOptOut, user_id)
+            lore = (
+                await session.execute(
+                    select(NoteRow)
+                    .where(col(NoteRow.kind) == "lore", col(NoteRow.created_by) == user_id)
+                    .order_by(col(NoteRow.id))
+                )
+            ).scalars()
+            return {
+                "notes": exported,
+                "memory_off": opt_out is not None,
+                "memory_off_since": opt_out.since.isoformat() if opt_out is not None else None,
+                "lore_written": [_note(r).as_dict() for r in lore],
+            }

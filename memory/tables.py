@@ -7,21 +7,29 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from executor.ports import utcnow
+from memory.notes import NOTE_MAX_CHARS
 
 __all__ = ["NOTE_MAX_CHARS", "MemoryOptOut", "NoteRow"]
-
-NOTE_MAX_CHARS = 500
 
 
 class NoteRow(SQLModel, table=True):
     __tablename__ = "memory_notes"
     __table_args__ = (
         Index("ix_memory_notes_scope", "user_id", "place", "persona", "created_at"),
-        Index("ix_memory_notes_lore", "kind", "place", "persona"),
+        # Partial: only lore. Why: an index that starts with kind lured SQLite's planner
+        # (no statistics) into scanning every note for a member's query (300 ms at
+        # 100,000 notes); the member's queries have ix_memory_notes_scope.
+        Index(
+            "ix_memory_notes_lore",
+            "place",
+            "persona",
+            sqlite_where=text("kind = 'lore'"),
+            postgresql_where=text("kind = 'lore'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -6,8 +6,11 @@ note's id), so a model that claims to remember without calling it is visible in
 ``/audit show``; the chat flow tells the member what was saved, not the model.
 
 Each call works in the caller's own scope: the member who is talking, the persona that
-runs (``ToolContext.agent``), and the place (the guild, or DMs). Where memory is off
-(the server, DMs, or the member's own switch) the tools say so and keep nothing.
+runs (``ToolContext.persona``; a skill's agent speaks as its persona), and the place (the
+guild, or DMs). Where memory is off (the server, DMs, or the member's own switch) the
+tools say so and keep nothing. Where the guild asks for it (:attr:`MemoryPolicy.confirm`),
+``remember`` asks the member first, through the run's delivery (Approve / Deny buttons
+on Discord), with the note as it would be kept.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import dataclass, field
 
 from executor.agent import Caller
 from executor.errors import ToolFailed
+from executor.ports import ApprovalRequest
 from executor.tools.registry import ToolContext, tool
 from executor.tools.sources import FunctionSource
 from memory.checks import clean_note
 from memory.errors import MemoryError_
-from memory.store import Caps, NoteStore, Scope, place_of
+from memory.notes import Caps, NoteStore, Scope, place_of
 
 __all__ = ["MEMORY_TOOLS", "MemoryPolicy", "PolicyOf", "memory_source"]
 
@@ -36,10 +40,16 @@ class MemoryPolicy:
     why_off: str = "memory is off here"
     # A guild may let its personas share what they know about a member there.
     shared: bool = False
+    # The member confirms each save with a button (a guild's choice).
+    confirm: bool = False
     caps: Caps = field(default_factory=Caps)
 
 
 PolicyOf = Callable[[Caller], Awaitable[MemoryPolicy]]
+
+
+def _persona(ctx: ToolContext) -> str:
+    return ctx.persona or ctx.agent
 
 
 async def _always_on(caller: Caller) -> MemoryPolicy:
@@ -57,8 +67,29 @@ def memory_source(store: NoteStore, policy_of: PolicyOf = _always_on) -> Functio
             raise ToolFailed(
                 "this member turned memory off for themselves (/memory on turns it back on)"
             )
-        persona = None if (reading and policy.shared) else ctx.agent
+        persona = None if (reading and policy.shared) else _persona(ctx)
         return Scope(ctx.caller.user_id, persona, place_of(ctx.caller.guild_id)), policy
+
+    async def confirmed(ctx: ToolContext, text: str) -> str | None:
+        """None when the member confirmed the save, else why it is not kept."""
+        delivery = ctx.invocation.delivery if ctx.invocation is not None else None
+        if delivery is None:
+            return "the member must confirm each save here and cannot be asked"
+        decision = await delivery.ask_approval(
+            ApprovalRequest(
+                run_id=ctx.run_id,
+                caller=ctx.caller,
+                tool="remember",
+                call_id=ctx.call_id,
+                arguments={"note": text},
+                delivery=delivery,
+            )
+        )
+        if decision.approved:
+            return None
+        return "the member did not confirm it" + (
+            f" ({decision.reason})" if decision.reason else ""
+        )
 
     async def remember(note: str, ctx: ToolContext) -> str:
         """Save one short fact about the member you are talking to, for later conversations.
@@ -72,8 +103,10 @@ def memory_source(store: NoteStore, policy_of: PolicyOf = _always_on) -> Functio
         scope, policy = await scope_of(ctx, reading=False)
         try:
             text = clean_note(note)
+            if policy.confirm and (refused := await confirmed(ctx, text)) is not None:
+                raise ToolFailed(f"not saved: {refused}")
             saved = await store.add(
-                Scope(scope.user_id, ctx.agent, scope.place),
+                Scope(scope.user_id, _persona(ctx), scope.place),
                 text,
                 caps=policy.caps,
                 run_id=ctx.run_id,
@@ -114,7 +147,8 @@ def memory_source(store: NoteStore, policy_of: PolicyOf = _always_on) -> Functio
     return FunctionSource(
         "memory",
         [
-            tool(remember, status="remembering", timeout_s=10.0),
+            # Why 150 s: a guild may ask the member to confirm (the buttons wait 120 s).
+            tool(remember, status="remembering", timeout_s=150.0),
             tool(recall, status="remembering", timeout_s=10.0),
             tool(forget_note, status="forgetting a note", timeout_s=10.0),
         ],

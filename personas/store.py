@@ -15,9 +15,10 @@ Who may do what (``by`` is the acting :class:`~executor.agent.Caller`):
 - tools are capped at what the person writing them may use: each *added* tool
   must pass ``ToolRegistry.refusal`` at their privilege. Tools already on the
   persona are kept when someone else edits other fields.
-- ``delete_user_data(user_id)`` keeps the personas the user created (others may
-  rely on them, and channels may default to them) but clears ``created_by``, so
-  only admins can change them afterwards. ``purge=True`` deletes them instead.
+- ``delete_user_data(user_id)`` (the data API, ``/forgetme``) deletes the personas the
+  member created; ``purge=False`` keeps them instead (others may rely on them, and
+  channels may default to them) but clears ``created_by``, so only admins can change
+  them afterwards. ``export_user_data(user_id)`` gives them, as stored.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def _to_persona(row: PersonaRow, *, overrides_builtin: bool) -> Persona:
 
 class PersonaStore:
     """Personas of every guild. Takes an ``async_sessionmaker``; opens no engine."""
+
+    data_name = "personas"
 
     def __init__(
         self,
@@ -290,9 +293,21 @@ class PersonaStore:
             return await self.update(guild_id, persona, by=by)
         return await self.create(guild_id, persona, by=by)
 
-    async def delete_user_data(self, user_id: str, *, purge: bool = False) -> int:
-        """Forget ``user_id``: clear ``created_by`` on their personas (or delete them
-        with ``purge``). Returns how many personas were touched."""
+    async def export_user_data(self, user_id: str) -> _builtins.list[dict[str, Any]]:
+        """The personas ``user_id`` created, as stored."""
+        if not user_id:
+            return []
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(PersonaRow)
+                .where(col(PersonaRow.created_by) == user_id)
+                .order_by(col(PersonaRow.id))
+            )
+            return [r.model_dump(mode="json") for r in rows]
+
+    async def delete_user_data(self, user_id: str, *, purge: bool = True) -> int:
+        """Forget ``user_id``: delete their personas (or, without ``purge``, clear
+        ``created_by`` on them). Returns how many personas were touched."""
         if not user_id:
             return 0
         async with self._sessions() as session:

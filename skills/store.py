@@ -28,7 +28,7 @@ cascade (SQLite only cascades with ``PRAGMA foreign_keys`` on).
 ``delete_user_data(user_id)`` deletes the skills the member owns (with their
 versions and schedules) and the schedules they made on others' skills, and clears
 their id from versions they wrote on others' skills (those versions stay: the
-skill's owner relies on them).
+skill's owner relies on them). ``export_user_data(user_id)`` gives all of those.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ class SkillStore:
     configured tier names (empty: any tier). ``personas``: when given, a skill's
     persona must exist in its guild.
     """
+
+    data_name = "skills and schedules"
 
     def __init__(
         self,
@@ -506,6 +508,49 @@ class SkillStore:
         return await self.save(guild_id, name, spec, by=by, note=f"imported from {shown}")
 
     # --- forgetting ---------------------------------------------------------------
+
+    async def export_user_data(self, user_id: str) -> dict[str, Any]:
+        """The skills the member owns (each with its versions), the versions they wrote
+        on others' skills, and the schedules they made, as stored."""
+        if not user_id:
+            return {"skills": [], "versions_on_others_skills": [], "schedules": []}
+        async with self._sessions() as session:
+            owned = list(
+                await session.scalars(
+                    select(Skill).where(col(Skill.owner_id) == user_id).order_by(col(Skill.id))
+                )
+            )
+            ids = [s.id for s in owned]
+            versions = list(
+                await session.scalars(
+                    select(SkillVersion)
+                    .where(
+                        col(SkillVersion.skill_id).in_(ids)
+                        | (col(SkillVersion.created_by) == user_id)
+                    )
+                    .order_by(col(SkillVersion.skill_id), col(SkillVersion.version))
+                )
+            )
+            schedules = await session.scalars(
+                select(Schedule)
+                .where(col(Schedule.created_by) == user_id)
+                .order_by(col(Schedule.id))
+            )
+            return {
+                "skills": [
+                    {
+                        **skill.model_dump(mode="json"),
+                        "versions": [
+                            v.model_dump(mode="json") for v in versions if v.skill_id == skill.id
+                        ],
+                    }
+                    for skill in owned
+                ],
+                "versions_on_others_skills": [
+                    v.model_dump(mode="json") for v in versions if v.skill_id not in ids
+                ],
+                "schedules": [s.model_dump(mode="json") for s in schedules],
+            }
 
     async def delete_user_data(self, user_id: str) -> int:
         """Delete the skills a member owns (their versions and schedules with them) and

@@ -450,6 +450,11 @@ def config_embed(
         ),
     )
     embed.add_field(name="Role budgets", value=_fit(roles, 1024))
+    memory = "on" if c.memory_on else "off"
+    if c.memory_on:
+        memory += ", shared by the personas" if c.memory_shared else ", per persona"
+        memory += ", each save confirmed" if c.memory_confirm else ""
+    embed.add_field(name="Memory", value=memory)
     embed.add_field(
         name="Critic",
         value=(

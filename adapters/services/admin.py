@@ -42,6 +42,7 @@ ACTIONS = {
     "budget.grant": "a one-off grant",
     "audit.export": "the audit trail exported",
     "forget": "a member's data deleted by the operator",
+    "member.export": "a member's data exported by the operator",
 }
 
 # Settings whose None means "the deployment's" and that /config reset may clear.

@@ -45,6 +45,7 @@ from adapters.services.conversation import (
     starter_text,
 )
 from adapters.services.errors import NotAnsweringHere
+from adapters.services.memory import MemoryService
 from adapters.services.ports import (
     GuildConfig,
     GuildSettingsStore,
@@ -203,6 +204,7 @@ class ChatService:
         sees_images: Callable[[RunnableAgent], bool] | None = None,
         allow_dms: bool = True,
         default_tier: str = "standard",
+        memory: MemoryService | None = None,
     ) -> None:
         self.executor = executor
         self.personas = personas
@@ -215,6 +217,7 @@ class ChatService:
         self.sees_images = sees_images or (lambda _agent: True)
         self.allow_dms = allow_dms
         self.default_tier = default_tier
+        self.memory = memory
 
     # --- a member's message ----------------------------------------------------------
 
@@ -443,6 +446,24 @@ class ChatService:
             turns, limits=self.limits, shared=shared, see_images=self.sees_images(agent)
         )
 
+    async def _with_memory(
+        self,
+        request: ChatRequest,
+        agent: RunnableAgent,
+        delivery: Delivery,
+        choice: PersonaChoice,
+        config: GuildConfig | None,
+    ) -> tuple[RunnableAgent, Delivery]:
+        """The agent with what it remembers in its system prompt (or without its memory
+        tools where memory is off), and a delivery that says what the run saved."""
+        assert self.memory is not None
+        agent, remembers = await self.memory.prepare(
+            request.caller, agent, choice.prompt, config=config
+        )
+        if remembers:
+            delivery = self.memory.telling_saves(delivery, request.caller.user_id)
+        return agent, delivery
+
     async def run(
         self,
         request: ChatRequest,
@@ -458,6 +479,8 @@ class ChatService:
             turns[-1] = replace(turns[-1], content=choice.prompt)
         config = await self._config(request.guild_id)
         agent = self.for_guild(agent or self.to_agent(choice.persona), config)
+        if self.memory is not None:
+            agent, delivery = await self._with_memory(request, agent, delivery, choice, config)
         conv = self.conversation(turns, agent, shared=request.shared)
         note = conv.note()
         if note:

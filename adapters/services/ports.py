@@ -96,7 +96,10 @@ class GuildConfig:
       roles winning over the guild's default (a member's own override wins over both);
     - the critic's limits for runs started here: ``critic_soft_runtime_s``,
       ``critic_soft_steps`` and ``critic_hard_runtime_s`` (a run's time bound);
-    - ``cost_footer``: answers end with ``-# $0.0042 · model · 3.1 s``.
+    - ``cost_footer``: answers end with ``-# $0.0042 · model · 3.1 s``;
+    - memory: ``memory`` (None: on, False: personas neither read nor keep notes here),
+      ``memory_shared`` (the guild's personas share what they know about a member here),
+      ``memory_confirm`` (the member confirms each save with a button).
     """
 
     guild_id: str
@@ -113,6 +116,13 @@ class GuildConfig:
     critic_soft_steps: int | None = None
     critic_hard_runtime_s: float | None = None
     cost_footer: bool = False
+    memory: bool | None = None
+    memory_shared: bool = False
+    memory_confirm: bool = False
+
+    @property
+    def memory_on(self) -> bool:
+        return self.memory is not False
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ done, when), anonymised; their warning marks are deleted.
 from __future__ import annotations
 
 import base64
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adapters.services.admin import AdminEntry, AdminPage
 from adapters.storage.audit_queries import FORGOTTEN
 from adapters.storage.db import engine_of, write_transaction
+from adapters.storage.export import jsonable_rows
 from adapters.storage.tables import AdminAction, BudgetAlert
 from executor.ports import utcnow
 
@@ -58,6 +60,8 @@ def _uncursor(cursor: str) -> int:
 
 
 class SqlAdminLog:
+    data_name = "admin actions"
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
         self._engine = engine_of(sessions)
@@ -115,6 +119,16 @@ class SqlAdminLog:
         rows = rows[:limit]
         return AdminPage(entries=rows, next_cursor=_cursor(rows[-1]) if more else None)
 
+    async def export_user_data(self, user_id: str) -> builtins.list[dict[str, Any]]:
+        """The admin actions this member took and those that named them, oldest first."""
+        stmt = (
+            select(_actions)
+            .where((_actions.c.actor_id == user_id) | (_actions.c.target_id == user_id))
+            .order_by(_actions.c.id)
+        )
+        async with self._sessions() as session:
+            return jsonable_rows(await session.execute(stmt))
+
     async def delete_user_data(self, user_id: str) -> int:
         """Anonymise the actions this member took and those that named them; the
         reason an admin gave for an action about them (a grant's) is cleared too, as it
@@ -143,6 +157,8 @@ class SqlAdminLog:
 
 
 class SqlAlertStore:
+    data_name = "budget warnings"
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
         self._engine = engine_of(sessions)
@@ -176,6 +192,12 @@ class SqlAlertStore:
                     _alerts.c.user_id == user_id, _alerts.c.threshold_pct.in_(list(thresholds))
                 )
             )
+
+    async def export_user_data(self, user_id: str) -> list[dict[str, Any]]:
+        """The budget warnings sent to the member in their current crossings."""
+        stmt = select(_alerts).where(_alerts.c.user_id == user_id).order_by(_alerts.c.sent_at)
+        async with self._sessions() as session:
+            return jsonable_rows(await session.execute(stmt))
 
     async def delete_user_data(self, user_id: str) -> int:
         async with write_transaction(self._engine) as conn:

@@ -28,6 +28,7 @@ from sqlmodel import SQLModel
 from adapters.services.audit import RunFilter
 from adapters.services.errors import RunNotFound
 from adapters.storage.db import engine_of, translate_errors, write_transaction
+from adapters.storage.export import jsonable_rows
 from adapters.storage.tables import (
     AuditEventRow,
     AuditModelAttempt,
@@ -164,6 +165,8 @@ async def _children(session: AsyncSession, model: type[M], table: Any, run_id: s
 
 class AuditQueries:
     """Reading the audit trail (what ``/audit`` and ``coterie audit`` show)."""
+
+    data_name = "audit runs"
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -393,6 +396,34 @@ class AuditQueries:
             )
             for (d, u), t in sorted(totals.items())
         ]
+
+    async def export_user_data(self, user_id: str) -> list[dict[str, Any]]:
+        """Every run the member started, oldest first, as the audit has it, each with
+        its steps (the text excerpts) and tool calls (arguments and result excerpts).
+        The model attempts and events of those runs are technical (timings, errors)."""
+        mine = select(_runs.c.run_id).where(_runs.c.user_id == user_id)
+        async with self._sessions() as session:
+            runs = jsonable_rows(
+                await session.execute(
+                    select(_runs)
+                    .where(_runs.c.user_id == user_id)
+                    .order_by(_runs.c.started_at, _runs.c.run_id)
+                )
+            )
+            children: dict[str, dict[str, list[dict[str, Any]]]] = {}
+            for key, table in (("steps", _steps), ("tool_calls", _tools)):
+                rows = await session.execute(
+                    select(table).where(table.c.run_id.in_(mine)).order_by(table.c.id)
+                )
+                for row in jsonable_rows(rows):
+                    run_id = row.pop("run_id")
+                    row.pop("id", None)
+                    children.setdefault(run_id, {}).setdefault(key, []).append(row)
+        for run in runs:
+            found = children.get(run["run_id"], {})
+            run["steps"] = found.get("steps", [])
+            run["tool_calls"] = found.get("tool_calls", [])
+        return runs
 
     async def delete_user_data(self, user_id: str) -> int:
         """Anonymise every run a member started; returns how many.

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from adapters.services.budgets import BudgetLimits
 from adapters.storage.audit_queries import FORGOTTEN
 from adapters.storage.db import engine_of, translate_errors, write_transaction
+from adapters.storage.export import jsonable_rows
 from adapters.storage.tables import (
     BudgetGrant,
     BudgetLedgerEntry,
@@ -80,6 +82,8 @@ class SqlBudgetLedger:
     that cost something, with its caller and the charge's time (the budget warnings);
     their errors are logged, never raised.
     """
+
+    data_name = "budget"
 
     def __init__(
         self,
@@ -445,6 +449,33 @@ class SqlBudgetLedger:
                 ids = list(user_ids)
         out = [await self.status(u) for u in ids]
         return sorted(out, key=lambda s: (-s.spent_micros, s.user_id))
+
+    async def export_user_data(self, user_id: str) -> dict[str, Any]:
+        """The member's limit override, charges, open reservations, the grants they
+        received and those they gave."""
+        async with self._sessions() as session:
+
+            async def rows(stmt: Any) -> list[dict[str, Any]]:
+                return jsonable_rows(await session.execute(stmt))
+
+            member = await rows(select(_members).where(_members.c.user_id == user_id))
+            return {
+                "limit": member[0] if member else None,
+                "charges": await rows(
+                    select(_ledger).where(_ledger.c.user_id == user_id).order_by(_ledger.c.id)
+                ),
+                "reservations": await rows(
+                    select(_reservations)
+                    .where(_reservations.c.user_id == user_id)
+                    .order_by(_reservations.c.id)
+                ),
+                "grants_received": await rows(
+                    select(_grants).where(_grants.c.user_id == user_id).order_by(_grants.c.id)
+                ),
+                "grants_given": await rows(
+                    select(_grants).where(_grants.c.granted_by == user_id).order_by(_grants.c.id)
+                ),
+            }
 
     async def delete_user_data(self, user_id: str) -> int:
         """Forget a member, keeping only what their budget needs; returns rows touched.

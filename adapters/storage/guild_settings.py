@@ -22,6 +22,8 @@ from adapters.storage.tables import ChannelSettings, GuildSettings
 __all__ = ["SqlGuildSettings"]
 
 _MISSING = object()
+# Booleans with a server default of false (never NULL).
+_FLAGS = ("cost_footer", "memory_shared", "memory_confirm")
 
 
 def _config(guild_id: str, row: GuildSettings | None) -> GuildConfig:
@@ -34,7 +36,8 @@ def _config(guild_id: str, row: GuildSettings | None) -> GuildConfig:
     values["role_budgets"] = tuple(
         sorted((str(role), int(limit)) for role, limit in (row.role_budgets or {}).items())
     )
-    values["cost_footer"] = bool(row.cost_footer)
+    for flag in _FLAGS:
+        values[flag] = bool(getattr(row, flag))
     return GuildConfig(guild_id=guild_id, **values)
 
 
@@ -45,7 +48,7 @@ def _column_value(name: str, value: Any) -> Any:
     if name == "role_budgets":
         pairs = value.items() if isinstance(value, dict) else (value or ())
         return {str(role): int(limit) for role, limit in pairs}
-    if name == "cost_footer":
+    if name in _FLAGS:
         return bool(value)
     return value
 

@@ -77,6 +77,11 @@ class GuildSettings(SQLModel, table=True):
     critic_soft_steps: int | None = None
     critic_hard_runtime_s: float | None = None
     cost_footer: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    # Memory (issue 16): on unless turned off; notes shared across the guild's personas;
+    # each save confirmed by the member with a button.
+    memory: bool | None = None
+    memory_shared: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    memory_confirm: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class ChannelSettings(SQLModel, table=True):

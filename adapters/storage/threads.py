@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 
@@ -32,6 +32,8 @@ def _binding(row: ThreadBinding) -> Binding:
 
 class SqlThreadStore:
     """Thread bindings in the database. Takes an ``async_sessionmaker``."""
+
+    data_name = "thread bindings"
 
     def __init__(self, sessions: async_sessionmaker[Any]) -> None:
         self._sessions = sessions
@@ -69,6 +71,16 @@ class SqlThreadStore:
             )
             await session.commit()
             return bool(getattr(result, "rowcount", 0))
+
+    async def export_user_data(self, user_id: str) -> list[dict[str, Any]]:
+        """The persona threads the member opened."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(ThreadBinding)
+                .where(col(ThreadBinding.created_by) == user_id)
+                .order_by(col(ThreadBinding.created_at))
+            )
+            return [r.model_dump(mode="json") for r in rows]
 
     async def delete_user_data(self, user_id: str) -> int:
         """Forget the threads a user opened (the threads stay; they stop being bound)."""

@@ -1,9 +1,13 @@
 """``coterie forget USER_ID``: delete what coterie keeps about a member (the operator's
-``/forgetme``), through the same orchestrator, and say what each part did."""
+``/forgetme``), through the same orchestrator, and say what each part did.
+``coterie export-member USER_ID``: everything coterie keeps about them, as JSON (the
+operator's ``/mydata``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Any
 
@@ -12,16 +16,28 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "forget",
         help="delete what coterie keeps about a member",
-        description="Deletes a member's personas, skills and schedules, thread bindings "
-        "and budget warnings; anonymises their audit runs and the admin actions naming "
-        "them (kept for accounting). Their budget is not reset: charges in the 7-day "
-        "window, a limit an admin set and grants not yet expired stay under their id "
-        "(amounts and times only) until they leave the window. The same as /forgetme "
+        description="Deletes a member's personas, skills and schedules, memory notes, "
+        "thread bindings and budget warnings; anonymises their audit runs and the admin "
+        "actions naming them (kept for accounting). Their budget is not reset: charges in "
+        "the 7-day window, a limit an admin set and grants not yet expired stay under their "
+        "id (amounts and times only) until they leave the window. The same as /forgetme "
         "in Discord.",
     )
     p.add_argument("user_id", help="the member's Discord user id")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=_forget)
+    e: argparse.ArgumentParser = sub.add_parser(
+        "export-member",
+        help="everything coterie keeps about a member, as JSON",
+        description="Writes what every part of coterie keeps about a member (memory "
+        "notes, their runs and tool calls as the audit has them, budget, personas, "
+        "skills, schedules, ...) as one JSON document. The same as /mydata in Discord.",
+    )
+    e.add_argument("user_id", help="the member's Discord user id")
+    e.add_argument(
+        "--output", "-o", default="-", help="a new file to write, owner-only (default: stdout)"
+    )
+    e.set_defaults(handler=_export)
 
 
 def _forget(args: argparse.Namespace) -> Any:
@@ -70,3 +86,44 @@ async def _do_forget(args: argparse.Namespace) -> int:
     for name, error in report.failed.items():
         print(f"coterie: could not delete {name}: {error}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _export(args: argparse.Namespace) -> Any:
+    """Refuse an existing file first (before any event loop), then export."""
+    if args.output != "-" and os.path.exists(args.output):
+        print(f"coterie: {args.output} exists; name a new file", file=sys.stderr)
+        return 2
+    return _do_export(args)
+
+
+async def _do_export(args: argparse.Namespace) -> int:
+    from adapters.services.deletion import ExportFailed
+    from bot.app import build_app
+    from bot.settings import Settings
+
+    app = await build_app(Settings())
+    try:
+        try:
+            data = await app.deletion.export(args.user_id)
+        except ExportFailed as exc:
+            print(f"coterie: {exc}", file=sys.stderr)
+            return 1
+        await app.admin.record(
+            app.operator(),
+            "member.export",
+            guild_id=None,
+            target_id=args.user_id,
+            detail={"parts": sorted(data["data"])},
+        )
+    finally:
+        await app.close()
+    text = json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    # Why O_EXCL and 0600: it holds a member's notes and conversations' excerpts.
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0

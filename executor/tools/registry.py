@@ -72,6 +72,8 @@ class ToolContext:
     caller: Caller
     call_id: str = ""
     agent: str = ""
+    # The persona the agent speaks as ("" when none): a skill's agent has its own name.
+    persona: str = ""
     # The calling run's invocation: a tool that starts a run (run_skill) starts it one
     # level deeper (executor.guard.child_invocation), with the same caller and cancel.
     invocation: Invocation | None = None

@@ -104,7 +104,7 @@ def test_forget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["forget", "111", "--yes"]) == 0
     out = capsys.readouterr().out
-    assert "audit (anonymised)" in out and "budget" in out
+    assert "audit runs" in out and "budget" in out
     assert "kept: the budget's charges in the 7-day window" in out
 
     async def check() -> None:
@@ -124,6 +124,47 @@ def test_forget(url: str, capsys: pytest.CaptureFixture[str]) -> None:
             await app.close()
 
     asyncio.run(check())
+
+
+def test_export_member(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import stat
+
+    from memory import Caps, Scope
+
+    seed(url, ("111", 1_000), ("222", 2_000))
+
+    async def remember() -> None:
+        app = await build_app(Settings(_env_file=None, database_url=url))
+        try:
+            await app.memory_store.add(Scope("111", "assistant", "dm"), "likes tea", caps=Caps())
+        finally:
+            await app.close()
+
+    asyncio.run(remember())
+    assert main(["export-member", "111"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["user_id"] == "111"
+    assert [n["text"] for n in data["data"]["memory notes"]["notes"]] == ["likes tea"]
+    assert [r["user_id"] for r in data["data"]["audit runs"]] == ["111"]
+    assert data["data"]["budget"]["charges"][0]["amount_micros"] == 1_000
+    out = tmp_path / "member.json"
+    assert main(["export-member", "111", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["data"]["memory notes"] == data["data"]["memory notes"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    capsys.readouterr()
+    assert main(["export-member", "111", "-o", str(out)]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+
+    async def logged() -> None:
+        app = await build_app(Settings(_env_file=None, database_url=url))
+        try:
+            entries = (await app.admin_log.list(action="member.export")).entries
+            assert [e.target_id for e in entries] == ["111", "111"]
+        finally:
+            await app.close()
+
+    asyncio.run(logged())
 
 
 def test_help_lists_the_verbs() -> None:

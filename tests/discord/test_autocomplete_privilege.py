@@ -94,7 +94,8 @@ def bot_factory(app: App) -> BotFactory:
 
 
 async def seed_runs(app: App, fake: FakeDiscord) -> None:
-    """Bob's runs in the guild: what the leak showed (a skill, a persona, his name)."""
+    """Bob's runs in the guild: what the leak showed (a skill, a persona, his name); and
+    the guild's lore."""
     bob = fake.user("bob")
     for skill in ("digest", None):
         result = await app.executor.run(
@@ -117,6 +118,10 @@ async def seed_runs(app: App, fake: FakeDiscord) -> None:
         )
         assert result.ok
     await app.audit.flush()
+    # A lore entry (what /memory lore remove completes).
+    await app.memory.store.add_lore(
+        f"guild:{fake.guild.id}", "assistant", "Movie night is on Fridays", by="1"
+    )
 
 
 async def test_no_autocomplete_of_a_privileged_command_answers_a_member(
@@ -132,6 +137,7 @@ async def test_no_autocomplete_of_a_privileged_command_answers_a_member(
         (("audit", "list"), "skill"),
         (("audit", "list"), "persona"),
         (("config", "set"), "timezone"),
+        (("memory", "lore", "remove"), "entry"),
     } <= shown, shown
     for target in targets:
         # Why the moderator too: Manage Messages is not Manage Server.

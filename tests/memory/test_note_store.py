@@ -11,6 +11,7 @@ import pytest
 
 from adapters.storage.db import Database
 from executor.ports import utcnow
+from executor.testing import FakeClock
 from memory import (
     Caps,
     InMemoryNoteStore,
@@ -68,6 +69,13 @@ async def test_scopes_never_cross_members_places_or_personas(store: NoteStore) -
     assert texts(await store.newest(shared, 10)) == {
         "Alice plays the cello in an orchestra",
         "Alice studies cellular biology",
+    }
+    assert texts(await store.search(shared, "cello biology", 10)) == {
+        "Alice plays the cello in an orchestra",
+        "Alice studies cellular biology",
+    }
+    assert texts(await store.search(alice(persona=None, place=DM), "cat", 10)) == {
+        "Alice's cat is called Miso"
     }
 
 
@@ -154,9 +162,15 @@ async def test_forget_export_opt_out_and_retention(store: NoteStore) -> None:
     assert await store.is_off("alice") and not await store.is_off("bob")
     exported = await store.export_user_data("alice")
     assert {n["text"] for n in exported["notes"]} == {"a fact", "a dm fact"}
-    assert exported["memory_off"] is True
+    assert exported["memory_off"] is True and exported["memory_off_since"]
+    assert [n["text"] for n in exported["lore_written"]] == ["server lore"]
     assert await store.delete_user_data("alice") == 2
-    assert await store.export_user_data("alice") == {"notes": [], "memory_off": False}
+    assert await store.export_user_data("alice") == {
+        "notes": [],
+        "memory_off": False,
+        "memory_off_since": None,
+        "lore_written": [],
+    }
     lore = await store.lore(GUILD, "assistant")
     assert [(n.text, n.created_by) for n in lore] == [("server lore", "")]
     assert await store.count("bob") == 1
@@ -164,3 +178,75 @@ async def test_forget_export_opt_out_and_retention(store: NoteStore) -> None:
     assert await store.purge_older_than(utcnow() - timedelta(days=1)) == 0
     assert await store.purge_older_than(utcnow() + timedelta(seconds=1)) == 1
     assert await store.count("bob") == 0 and len(await store.lore(GUILD, "assistant")) == 1
+
+
+async def test_for_prompt_reads_newest_matches_lore_and_the_opt_out_at_once(
+    store: NoteStore,
+) -> None:
+    older = await store.add(alice(), "Alice is learning Portuguese", caps=CAPS, run_id="r1")
+    await store.add(alice(), "Alice likes tea", caps=CAPS, run_id="r2")
+    newest = await store.add(alice(), "Alice has a dog", caps=CAPS, run_id="r2")
+    lore = await store.add_lore(GUILD, "assistant", "Movie night is Friday", by="admin")
+    await store.add_lore(GUILD, "researcher", "Sources in English", by="admin")
+    got = await store.for_prompt(
+        alice(), "how is my portuguese?", newest=1, matches=5, lore_persona="assistant"
+    )
+    assert [n.id for n in got.newest] == [newest.id]
+    assert [n.id for n in got.matches] == [older.id]
+    assert [n.id for n in got.lore] == [lore.id] and not got.off
+    assert [n.text for n in await store.all_lore(GUILD)] == [
+        "Movie night is Friday",
+        "Sources in English",
+    ]
+    # Only lore (a persona that does not remember), and none in DMs.
+    only_lore = await store.for_prompt(
+        alice(), "portuguese", newest=0, matches=0, lore_persona="assistant"
+    )
+    assert only_lore.newest == only_lore.matches == () and len(only_lore.lore) == 1
+    dm = await store.for_prompt(
+        alice(place=DM), "portuguese", newest=3, matches=3, lore_persona="assistant"
+    )
+    assert dm.lore == ()
+    # A run's notes, by its id (the "Saved:" line reads them).
+    assert {n.text for n in await store.list("alice", run_id="r2")} == {
+        "Alice likes tea",
+        "Alice has a dog",
+    }
+    await store.set_off("alice", True)
+    off = await store.for_prompt(
+        alice(), "portuguese", newest=3, matches=3, lore_persona="assistant"
+    )
+    assert off.off and off.newest == off.matches == () and len(off.lore) == 1
+
+
+async def test_notes_are_dated_by_the_stores_clock() -> None:
+    clock = FakeClock()
+    store = InMemoryNoteStore(clock=clock)
+    note = await store.add(alice(), "a fact", caps=CAPS)
+    assert note.created_at == clock.now()
+    await clock.advance(86_400 * 3)
+    assert await store.purge_older_than(clock.now() - timedelta(days=2)) == 1
+
+
+async def test_sql_notes_are_dated_by_the_stores_clock(sqlite_db: Database) -> None:
+    clock = FakeClock()
+    store = SqlNoteStore(sqlite_db.sessions, clock=clock)
+    note = await store.add(alice(), "a fact", caps=CAPS)
+    assert note.created_at == clock.now()
+    await store.set_off("alice", True)
+    assert (await store.export_user_data("alice"))["memory_off_since"] == clock.now().isoformat()
+
+
+async def test_a_prompts_matches_are_ranked_among_the_members_notes(store: NoteStore) -> None:
+    for i in range(6):
+        await store.add(alice(), f"filler {i}", caps=Caps())
+    old = await store.add(alice(), "Alice drinks coffee at home", caps=Caps())
+    both = await store.add(alice(), "Alice's café order: coffee, oat milk", caps=Caps())
+    for i in range(3):
+        await store.add(alice(), f"newer filler {i}", caps=Caps())
+    await store.add(Scope("bob", "assistant", GUILD), "Bob loves coffee and cafe", caps=Caps())
+    got = await store.for_prompt(
+        alice(), "Which CAFE and what coffee?", newest=2, matches=3, lore_persona=None
+    )
+    assert [n.text for n in got.newest] == ["newer filler 2", "newer filler 1"]
+    assert [n.id for n in got.matches] == [both.id, old.id]  # both words, then one

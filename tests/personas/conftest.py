@@ -10,6 +10,8 @@ from sqlmodel import SQLModel
 import personas.tables  # noqa: F401  (registers the table on the metadata)
 from executor.agent import Privilege
 from executor.tools.registry import ToolRegistry, tool
+from memory.notes import InMemoryNoteStore
+from memory.tools import memory_source
 from personas.markdown import load_builtins
 from personas.store import PersonaStore
 
@@ -41,7 +43,12 @@ def make_tools() -> ToolRegistry:
         return ""
 
     tools = [current_time, calculator, web_fetch, shell, disabled_one]
-    return ToolRegistry(tools, enabled=["current_time", "calculator", "web_fetch", "shell"])
+    # The memory tools: the built-ins grant them (an override of one keeps them).
+    return ToolRegistry(
+        tools,
+        enabled=["current_time", "calculator", "web_fetch", "shell"],
+        sources=[memory_source(InMemoryNoteStore())],
+    )
 
 
 @pytest.fixture

@@ -12,7 +12,14 @@ def test_builtin_becomes_a_runnable_agent() -> None:
     assert isinstance(agent, RunnableAgent)
     assert agent.name == agent.persona == "researcher"
     assert agent.system_prompt == researcher.system_prompt
-    assert agent.tools == ("web_search", "web_fetch", "current_time")
+    assert agent.tools == (
+        "web_search",
+        "web_fetch",
+        "current_time",
+        "remember",
+        "recall",
+        "forget_note",
+    )
     assert agent.tier == "standard"
     assert agent.temperature == 0.3
     assert agent.bounds == Bounds()

@@ -211,7 +211,7 @@ async def test_delete_user_data_keeps_personas_but_forgets_the_creator(
     await store.create(G, poet(), by=ALICE)
     await store.create(OTHER, poet(name="second"), by=ALICE)
     await store.create(G, poet(name="bobs"), by=BOB)
-    assert await store.delete_user_data(ALICE.user_id) == 2
+    assert await store.delete_user_data(ALICE.user_id, purge=False) == 2
     kept = await store.get(G, "poet")
     assert kept.created_by == ""
     # Nobody but an admin may change it now, not even its former creator.

@@ -70,3 +70,35 @@ async def test_a_forgotten_members_charges_leave_their_id_once_out_of_the_window
         assert sorted(rows) == [("424242", 1), (FORGOTTEN, 3), (FORGOTTEN, 8)]
     finally:
         await app.close()
+
+
+async def test_memory_is_wired_with_its_settings_and_purges_while_the_app_runs(
+    tmp_path: Path,
+) -> None:
+    from executor.testing import FakeClock
+    from memory import MEMORY_TOOLS, Scope
+
+    clock = FakeClock()
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}",
+        memory_retention_days=1,
+        memory_max_notes=7,
+        memory_prompt_tokens=100,
+    )
+    app = await build_app(settings, resolver=ScriptedTiers(ScriptedModel()), clock=clock)
+    try:
+        assert set(MEMORY_TOOLS) <= set(app.tools.names)
+        assert app.memory.caps.max_notes == 7 and app.memory.prompt_tokens == 100
+        assert app.chat.memory is app.memory and app.memory_store in app.member_data()
+        await app.memory_store.add(Scope("u1", "assistant", "dm"), "old", caps=app.memory.caps)
+        await app.start()
+        await clock.wait_for_sleepers(1)  # purged once (nothing was old), then waits
+        assert await app.memory_store.count("u1") == 1
+        for _ in range(25):  # a day and an hour: the hourly purge comes round
+            await clock.advance(3600)
+            await clock.wait_for_sleepers(1)  # ... purged, and waits again
+        assert await app.memory_store.count("u1") == 0
+    finally:
+        await app.close()
+    assert app._background == []

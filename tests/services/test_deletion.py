@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import JSON, CursorResult, Table, TypeDecorator, func, select
 from sqlmodel import SQLModel, col
 
 from adapters.services.deletion import DataDeletion, DeletionFailed
@@ -203,3 +204,155 @@ async def test_one_member_at_a_time_and_a_failing_part_is_reported() -> None:
         assert info.value.report.counts == {"slow": 1}
         assert info.value.report.failed == {"broken": "RuntimeError"}
     assert order == ["slow u1", "broken u1", "slow u1", "broken u1"]
+
+
+# --- every member table, found from the schema -----------------------------------------
+
+#: Columns that hold a member's Discord id.
+MEMBER_COLUMNS = frozenset(
+    {"user_id", "created_by", "owner_id", "actor_id", "target_id", "granted_by"}
+)
+#: What a store documents it keeps after a forget, by table.
+KEPT_AFTER_FORGET = {
+    # SqlBudgetLedger.delete_user_data: an open reservation belongs to a run in flight
+    # and is settled when that run ends; the member row it hangs on stays until then.
+    "budget_reservations": "open reservations are settled by their run",
+    "budget_members": "the row an open reservation hangs on, and a limit an admin set",
+    # A forget never resets a budget: charges in the 7-day window and grants not yet
+    # expired keep counting under the member's id (amounts and times only).
+    "budget_ledger": "charges still in the 7-day window",
+    "budget_grants": "grants not yet expired",
+}
+#: Values a row must have for its store to know it (the rest are generic).
+SEMANTIC = {
+    "memory_notes": {"kind": "note", "place": "guild:1", "persona": "assistant"},
+    "personas": {"guild_id": "1"},
+    "skills": {"guild_id": "1"},
+}
+T0 = datetime(2021, 3, 4, 5, 0, tzinfo=UTC)
+
+
+def _kind(column: Any) -> type:
+    if isinstance(column.type, JSON):
+        # A JSON column holds what its model's field says (tools: a list).
+        models = [m.class_ for m in SQLModel._sa_registry.mappers if m.local_table is column.table]
+        annotation = str(models[0].model_fields[column.name].annotation) if models else ""
+        return list if annotation.startswith("list") else dict
+    kind: type = column.type.python_type
+    if kind is object and isinstance(column.type, TypeDecorator):  # UTCDateTime
+        impl: Any = column.type.impl
+        kind = impl.python_type
+    return kind
+
+
+def member_tables() -> list[Table]:
+    """Every table with a member column, parents before children."""
+    return [
+        t
+        for t in SQLModel.metadata.sorted_tables
+        if any(c.name in MEMBER_COLUMNS for c in t.columns)
+    ]
+
+
+async def seed_member_rows(app: App, who: str, tag: str) -> dict[str, list[str]]:
+    """One row naming ``who`` in every member table, filled generically; returns, per
+    table, the row's distinctive values (markers, numbers, times) to find in an export."""
+    markers: dict[str, list[str]] = {}
+    ids: dict[str, Any] = {}
+    async with app.db.sessions() as s:
+        for ti, table in enumerate(member_tables()):
+            values: dict[str, Any] = {}
+            found: list[str] = []
+            for ci, column in enumerate(table.columns):
+                name = column.name
+                fixed = SEMANTIC.get(table.name, {})
+                if name in MEMBER_COLUMNS:
+                    values[name] = who
+                elif name in fixed:
+                    values[name] = fixed[name]
+                elif column.foreign_keys:
+                    (fk,) = column.foreign_keys
+                    values[name] = ids[fk.column.table.name]
+                elif table.autoincrement_column is column:
+                    continue
+                else:
+                    kind = _kind(column)
+                    if kind is str:
+                        length = getattr(column.type, "length", None) or 40
+                        value = f"{tag}{ti:02d}{ci:02d}mk"[:length]
+                        values[name] = value
+                        found.append(value)
+                    elif kind is bool:
+                        values[name] = False
+                    elif kind is int:
+                        values[name] = 7_000_000 + ti * 100 + ci + (50 if tag == "b" else 0)
+                        found.append(str(values[name]))
+                    elif kind is float:
+                        values[name] = 1.5
+                    elif kind is datetime:
+                        at = T0 + timedelta(minutes=ti, seconds=ci + (30 if tag == "b" else 0))
+                        values[name] = at
+                        found.append(at.strftime("%Y-%m-%dT%H:%M:%S"))
+                    elif kind in (dict, list):
+                        values[name] = kind()
+                    else:
+                        raise AssertionError(f"seed {table.name}.{name} of type {kind}")
+            result = await s.execute(table.insert().values(**values))
+            pk = cast(CursorResult[Any], result).inserted_primary_key
+            ids[table.name] = pk[0] if pk else None
+            markers[table.name] = found
+        await s.commit()
+    return markers
+
+
+async def test_every_member_table_is_forgotten_and_exported_by_the_stores_of_the_app(
+    app: tuple[App, ScriptedModel],
+) -> None:
+    the_app, _ = app
+    tables = {t.name for t in member_tables()}
+    assert {"memory_notes", "memory_opt_out", "audit_runs", "personas"} <= tables
+    alice = await seed_member_rows(the_app, ALICE.user_id, "a")
+    bob = await seed_member_rows(the_app, BOB.user_id, "b")
+
+    # /mydata: every table's row is in the export (found by its distinctive values).
+    exported = json.dumps(await the_app.deletion.export(ALICE.user_id), default=str)
+    missing = [t for t, values in alice.items() if not any(v in exported for v in values)]
+    assert not missing, f"export_user_data of no store covers {missing}"
+    assert not any(v in exported for values in bob.values() for v in values)
+
+    # /forgetme: no row names alice anywhere, but what a store says it keeps.
+    report = await the_app.deletion.forget(ALICE.user_id)
+    assert not report.failed
+    left = {t for t, _ in await _rows_naming(the_app, ALICE.user_id)}
+    assert left <= set(KEPT_AFTER_FORGET), f"delete_user_data of no store covers {left}"
+    # Bob's rows are all still there, naming him.
+    assert {t for t, _ in await _rows_naming(the_app, BOB.user_id)} == tables
+
+
+def test_the_app_collects_its_member_data_stores_by_type() -> None:
+    from adapters.services.deletion import MemberData, collect_member_data
+    from memory import InMemoryNoteStore
+
+    notes = InMemoryNoteStore()
+    assert isinstance(notes, MemberData)
+    assert collect_member_data([notes, object(), notes, "x"]) == [notes]
+    with pytest.raises(ValueError, match="memory notes"):
+        DataDeletion([notes, InMemoryNoteStore()])
+
+
+async def test_the_apps_data_parts(app: tuple[App, ScriptedModel]) -> None:
+    the_app, _ = app
+    assert (
+        set(the_app.deletion.parts)
+        == set(the_app.deletion.exports)
+        == {
+            "audit runs",
+            "budget",
+            "personas",
+            "skills and schedules",
+            "thread bindings",
+            "memory notes",
+            "admin actions",
+            "budget warnings",
+        }
+    )
