@@ -35,10 +35,13 @@ from typing import Literal, Protocol
 
 __all__ = [
     "SHARD_PREFIX",
+    "FixedShards",
     "Identity",
     "InstanceStore",
+    "Kind",
     "Membership",
     "ShardHost",
+    "ShardPlanner",
     "ShardView",
     "shard_lease",
     "shard_of_lease",
@@ -176,6 +179,24 @@ class InstanceStore(Protocol):
     async def release(self, holder: str, names: Sequence[str]) -> None: ...
 
 
+class ShardPlanner(Protocol):
+    """Where the Discord client learns its shards (:class:`Membership`, or fixed ones)."""
+
+    async def plan_shards(self, recommended: int | None) -> tuple[int, list[int]]:
+        """The shard count and this process's first shards, given Discord's suggested
+        count (None when the count is pinned and Discord was not asked)."""
+        ...
+
+    def attach(self, host: ShardHost) -> None:
+        """The client is connected with its first shards."""
+        ...
+
+    @property
+    def needs_recommendation(self) -> bool:
+        """Whether :meth:`plan_shards` wants Discord's suggested count."""
+        ...
+
+
 class ShardHost(Protocol):
     """The Discord client, as the balancer drives it."""
 
@@ -188,6 +209,28 @@ class ShardHost(Protocol):
 
 
 Recover = Callable[[], Awaitable[int]]
+
+
+class FixedShards:
+    """Shards decided up front: the pinned ones, or every shard of the count (pinned or
+    Discord's): one process on SQLite, tests, ``coterie sync``."""
+
+    def __init__(self, count: int | None = None, ids: Sequence[int] | None = None) -> None:
+        if ids is not None and count is None:
+            raise ValueError("pinned shard ids need a shard count")
+        self.count = count
+        self.ids = tuple(ids) if ids is not None else None
+
+    @property
+    def needs_recommendation(self) -> bool:
+        return self.count is None
+
+    async def plan_shards(self, recommended: int | None) -> tuple[int, list[int]]:
+        count = self.count or recommended or 1
+        return count, list(self.ids) if self.ids is not None else list(range(count))
+
+    def attach(self, host: ShardHost) -> None:
+        return None
 
 
 class Membership:
@@ -212,10 +255,10 @@ class Membership:
         self.store = store
         self.identity = identity
         self.ttl_s = ttl_s
-        self._runs = runs
-        self._recover = recover
+        self.runs = runs
+        self.recover = recover  # a bot's: settle what reaped instances owned
         self.sole = sole  # SQLite: this process holds the single-instance lock
-        self._publish = publish
+        self.publish = publish  # tell the other processes (NOTIFY), by topic
         self.pinned_count = shard_count
         self.pinned_ids = tuple(shard_ids) if shard_ids is not None else None
         self.claims = claim_shards and self.pinned_ids is None
@@ -281,10 +324,12 @@ class Membership:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # Why carry on: a database that blinks must not stop the process; the
-                # lease has two more beats before it expires.
-                log.warning("heartbeat failed; will try again", exc_info=True)
+                # lease has two more beats before it expires. One line for the operator.
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                log.warning("heartbeat failed (%s: %s); will try again", type(exc).__name__, first)
+                log.debug("heartbeat failure", exc_info=True)
 
     async def tick(self) -> None:
         """One beat: renew, follow the shards, settle what dead instances left."""
@@ -294,7 +339,7 @@ class Membership:
             alive, held = await self.store.heartbeat(
                 self.id,
                 ttl_s=self.ttl_s,
-                runs=self._runs(),
+                runs=self.runs(),
                 shards=sorted(served),
                 shard_count=self.shard_count,
             )
@@ -309,16 +354,20 @@ class Membership:
                 return
             if host is not None and self.claims and self.shard_count and not self._handed_over:
                 await self._follow_shards(host, held)
-            if self._recover is not None:
+            if self.recover is not None:
                 reaped = await self.store.reap(sole_bot=self.id if self.sole else None)
                 if reaped:
                     log.warning("instance(s) %s stopped renewing their lease", ", ".join(reaped))
                     await self._say("shards")
-                closed = await self._recover()
+                closed = await self.recover()
                 if closed:
                     log.warning("closed %d run(s) of a stopped instance as interrupted", closed)
 
     # --- shards --------------------------------------------------------------------
+
+    @property
+    def needs_recommendation(self) -> bool:
+        return self.pinned_count is None
 
     async def plan_shards(self, recommended: int | None) -> tuple[int, list[int]]:
         """The shard count and the shards this process starts with: pinned, or all of
@@ -390,9 +439,9 @@ class Membership:
             return True
 
     async def _say(self, topic: str) -> None:
-        if self._publish is None:
+        if self.publish is None:
             return
         try:
-            await self._publish(topic)
+            await self.publish(topic)
         except Exception:
             log.warning("could not tell the other instances (%s)", topic, exc_info=True)

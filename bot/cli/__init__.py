@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # Modules under bot.cli that contribute verbs, in --help order.
-_VERB_MODULES = ("ask", "chat", "discord", "doctor", "db", "audit", "budget", "forget")
+_VERB_MODULES = ("ask", "chat", "discord", "status", "doctor", "db", "audit", "budget", "forget")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,6 +62,8 @@ def _reason(error: Any, field: str) -> str:
         return f"must be one of {ctx.get('expected', '')}".replace("'", "")
     if kind == "missing":
         return "must be set"
+    if kind == "value_error":  # our validators' own sentence
+        return str(error.get("msg", "is not valid")).removeprefix("Value error, ")
     return str(error.get("msg", "is not valid")).rstrip(".").replace("Input should", "should")
 
 

@@ -3,6 +3,13 @@
 See README.md in this directory; fixtures live in ``tests.fakediscord.plugin``.
 """
 
-from tests.fakediscord.server import Call, FakeDiscord, FakeFile, FakeGuild, FakeInteraction
+from tests.fakediscord.server import (
+    Call,
+    FakeDiscord,
+    FakeFile,
+    FakeGuild,
+    FakeInteraction,
+    shard_of,
+)
 
-__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction"]
+__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction", "shard_of"]
