@@ -163,6 +163,7 @@ class App:
         await self.scheduler.wait_idle()
         while self._closers:
             closer = self._closers.pop()
+            log.debug("closing %s", getattr(closer, "__qualname__", closer))
             try:
                 await closer()
             except Exception:  # close everything even if one part fails

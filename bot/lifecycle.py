@@ -230,6 +230,7 @@ async def serve(
         finally:
             stop.cancel()
             lease.cancel()
+            log.debug("closing the Discord connection, then the app")
             await bot.close()  # Discord first, then the app: audit, providers, database
             await asyncio.gather(runner, stop, lease, return_exceptions=True)
             shutdown.remove()
@@ -237,6 +238,7 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+        log.debug("releasing the database's lock")
         await lock.release()
     error = runner.exception() if not runner.cancelled() else None
     if error is None:

@@ -178,6 +178,11 @@ class InstanceStore(Protocol):
 
     async def release(self, holder: str, names: Sequence[str]) -> None: ...
 
+    async def retire(self, holder: str) -> bool:
+        """Leave ``holder`` out of the share if another instance is alive and not
+        stopping (True); else False."""
+        ...
+
 
 class ShardPlanner(Protocol):
     """Where the Discord client learns its shards (:class:`Membership`, or fixed ones)."""
@@ -426,13 +431,12 @@ class Membership:
         if host is None or not self.claims or not self.shard_count or self._handed_over:
             return False
         async with self._lock:
-            view = await self.store.shard_view(self.id, self.shard_count)
-            if not [i for i in view.live if i != self.id]:
-                return False
+            if not await self.store.retire(self.id):
+                return False  # the last one: it keeps its shards through the drain
             self._handed_over = True
             shards = sorted(host.served_shards)
             for shard in shards:
-                await host.remove_shard(shard)
+                await host.remove_shard(shard)  # disconnected before they are free
             await self.store.release(self.id, [shard_lease(s) for s in range(self.shard_count)])
             await self._say("shards")
             log.info("handed %d shard(s) over to the other instances", len(shards))

@@ -237,6 +237,33 @@ class SqlInstances:
                 delete(_leases).where(_leases.c.holder == holder, _leases.c.name.in_(list(names)))
             )
 
+    async def retire(self, holder: str) -> bool:
+        """``holder`` is stopping: if another bot instance is alive and not stopping,
+        leave ``holder`` out of the share from now on (it stays registered, and owns its
+        runs, until it deregisters) and say True; else False (it is the last one and
+        keeps its shards). Decided one instance at a time, so two stopping at once do
+        not both count on the other."""
+        async with self._write() as conn:
+            if self._pg:
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                    {"a": SHARDS_LOCK_KEY[0], "b": SHARDS_LOCK_KEY[1]},
+                )
+            others = await conn.scalar(
+                select(func.count()).where(
+                    _instances.c.kind == "bot",
+                    _instances.c.id != holder,
+                    _instances.c.expires_at > self._now(),
+                    _instances.c.draining.is_(False),
+                )
+            )
+            if not others:
+                return False
+            await conn.execute(
+                update(_instances).where(_instances.c.id == holder).values(draining=True)
+            )
+            return True
+
     async def holders(self, prefix: str = "") -> dict[str, str]:
         """Unexpired leases whose holder is registered: name -> holder."""
         with translate_errors(self._engine.url):
@@ -263,6 +290,7 @@ class SqlInstances:
                 _instances.c.kind == "bot",
                 _instances.c.id != instance_id,
                 _instances.c.expires_at > self._now(),
+                _instances.c.draining.is_(False),
                 _instances.c.shard_count.is_not(None),
             )
             .group_by(_instances.c.shard_count)
@@ -277,7 +305,9 @@ class SqlInstances:
         live = sorted(
             await conn.scalars(
                 select(_instances.c.id).where(
-                    _instances.c.kind == "bot", _instances.c.expires_at > self._now()
+                    _instances.c.kind == "bot",
+                    _instances.c.expires_at > self._now(),
+                    _instances.c.draining.is_(False),
                 )
             )
         )

@@ -347,6 +347,9 @@ class Instance(SQLModel, table=True):
     # What it reported at its last heartbeat: the shards it serves, its runs in flight.
     shards: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     runs: int = 0
+    # Stopping: it has handed its shards over and only finishes its runs in flight; the
+    # others share the shards out without it.
+    draining: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class Lease(SQLModel, table=True):

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("shard_count", sa.Integer(), nullable=True),
         sa.Column("shards", sa.JSON(), nullable=False),
         sa.Column("runs", sa.Integer(), nullable=False),
+        sa.Column("draining", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("instances") as batch:

@@ -81,6 +81,7 @@ def _env(tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str) -> dict[str, 
         # Three processes and the other tests share the server's 100 connections.
         COTERIE_DB_POOL_SIZE="3",
         COTERIE_DB_MAX_OVERFLOW="4",
+        COTERIE_LOG_LEVEL="DEBUG",  # printed only when the test fails
     )
 
 
