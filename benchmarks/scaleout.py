@@ -11,6 +11,8 @@ mock model: a short answer, streamed ``--pace-ms`` apart per chunk):
 * throughput: ``--runs`` mentions spread over the three guilds and six members, all
   sent at once; from the first to the last answer in Discord, with one process
   (serving the three shards) and with three (one shard each);
+* hand-over: SIGTERM one process (a rolling restart); the time until a survivor
+  IDENTIFYs for its shard;
 * takeover: SIGKILL the process serving a shard; the time until a survivor IDENTIFYs
   for that shard (its lease must expire first: ``COTERIE_LEASE_TTL_S``, measured with
   the default 15 s and with 6 s), and until that shard's guild is answered again.
@@ -203,6 +205,26 @@ async def takeover(base: str, llmock: Any, ttl_s: float) -> tuple[float, float]:
     return identified, answered
 
 
+async def handover(base: str, llmock: Any) -> float:
+    """Seconds from SIGTERM (a rolling restart) to a survivor's IDENTIFY for the
+    stopping process's shard: the gap in which that shard has no session."""
+    with tempfile.TemporaryDirectory() as d:
+        async with Database(base) as db, FakeDiscord() as fake:
+            fake.recommended_shards = SHARDS
+            for i in range(SHARDS):
+                fake.add_guild(f"g{i}", shard=i, shard_count=SHARDS)
+            procs = await _start(SHARDS, Path(d), fake, llmock, db.url)
+            try:
+                # The first process started with every shard and kept the lowest.
+                since = len(fake.gateway_frames)
+                stopped = time.perf_counter()
+                procs[0].signal(signal.SIGTERM)
+                await fake.wait_for_identify(0, since=since, timeout=60)
+                return time.perf_counter() - stopped
+            finally:
+                await _stop(procs)
+
+
 async def main(base: str, runs: int, pace_ms: int) -> None:
     from llmock.pytest_plugin import LLMock
     from llmock.testing import LLMockServer
@@ -217,6 +239,8 @@ async def main(base: str, runs: int, pace_ms: int) -> None:
         print(f"{'figure':<58} measured")
         print(f"{'runs/s, 1 process (3 shards)':<58} {one:.1f}")
         print(f"{'runs/s, 3 processes (1 shard each)':<58} {three:.1f}  ({three / one:.2f}x)")
+        gap = await handover(base, llmock)
+        print(f"{'rolling restart: SIGTERM -> a survivor IDENTIFYs':<58} {gap:.2f} s")
         for ttl in (15.0, 6.0):
             identified, answered = await takeover(base, llmock, ttl)
             print(
