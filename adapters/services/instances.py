@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from executor.errors import ConfigError
+
 __all__ = [
     "SHARD_PREFIX",
     "FixedShards",
@@ -89,13 +91,14 @@ class ShardView:
 
     me: str
     count: int
-    live: tuple[str, ...]  # live bot instances, sorted by id (``me`` among them)
+    live: tuple[str, ...]  # live bot instances sharing, sorted by id (``me`` among them)
     held: dict[str, frozenset[int]] = field(default_factory=dict)  # by live instance
+    reserved: frozenset[int] = frozenset()  # pinned to an instance that does not share
 
     @property
     def free(self) -> list[int]:
         taken = set().union(*self.held.values()) if self.held else set()
-        return [s for s in range(self.count) if s not in taken]
+        return [s for s in range(self.count) if s not in taken and s not in self.reserved]
 
     def mine(self) -> frozenset[int]:
         return self.held.get(self.me, frozenset())
@@ -103,7 +106,8 @@ class ShardView:
     def share(self) -> tuple[int, int]:
         """The fewest and the most shards one live instance should hold."""
         n = max(len(self.live), 1)
-        return self.count // n, math.ceil(self.count / n)
+        shared = self.count - len(self.reserved)
+        return shared // n, math.ceil(shared / n)
 
 
 def to_claim(view: ShardView) -> list[int]:
@@ -172,7 +176,11 @@ class InstanceStore(Protocol):
         *,
         ttl_s: float,
         decide: Callable[[ShardView], list[int]],
-    ) -> list[int]: ...
+        pinned: bool = False,
+    ) -> list[int]:
+        """Take what ``decide`` picks from the shards as they are held now (``pinned``:
+        and mark the instance as one that holds its own, outside the share)."""
+        ...
 
     async def shard_view(self, instance_id: str, count: int) -> ShardView: ...
 
@@ -267,6 +275,7 @@ class Membership:
         self.pinned_count = shard_count
         self.pinned_ids = tuple(shard_ids) if shard_ids is not None else None
         self.claims = claim_shards and self.pinned_ids is None
+        self.fence = claim_shards and self.pinned_ids is not None  # lease the pinned ones
         self.shard_count: int | None = shard_count
         self.lost = asyncio.Event()
         self._wake = asyncio.Event()
@@ -379,7 +388,10 @@ class Membership:
         them (no claims: SQLite), or its share of the free ones."""
         if self.pinned_count is not None and self.pinned_ids is not None:
             self.shard_count = self.pinned_count
-            return self.pinned_count, list(self.pinned_ids)
+            pinned = list(self.pinned_ids)
+            if self.fence:
+                await self._fence(pinned)
+            return self.pinned_count, pinned
         count = self.pinned_count
         if count is None and self.claims:
             count = await self.store.agreed_shard_count(self.id)
@@ -394,6 +406,30 @@ class Membership:
         async with self._lock:
             ids = await self.store.claim_shards(self.id, count, ttl_s=self.ttl_s, decide=to_claim)
         return count, sorted(ids)
+
+    async def _fence(self, pinned: list[int]) -> None:
+        """Lease the pinned shards (so no other process connects them) or refuse to
+        start. A holder may be this process's own previous life, killed a moment ago:
+        its lease expires within ``ttl_s``, so wait that long before refusing."""
+        count = self.pinned_count or 0
+        deadline = asyncio.get_running_loop().time() + self.ttl_s + self.interval_s
+        while True:
+            async with self._lock:
+                taken = await self.store.claim_shards(
+                    self.id, count, ttl_s=self.ttl_s, decide=lambda view: pinned, pinned=True
+                )
+            missing = sorted(set(pinned) - set(taken))
+            if not missing or asyncio.get_running_loop().time() > deadline:
+                break
+            log.info("shard(s) %s are still leased; waiting for the lease to expire", missing)
+            await asyncio.sleep(self.interval_s)
+        if missing:
+            await self.store.release(self.id, [shard_lease(s) for s in taken])
+            raise ConfigError(
+                f"COTERIE_SHARD_IDS names shard(s) {', '.join(map(str, missing))} of "
+                f"{count}, which another running coterie serves: pin each shard to one "
+                "process (coterie status shows who serves what)"
+            )
 
     def attach(self, host: ShardHost) -> None:
         """The client is connected with its first shards: balance from now on."""

@@ -302,27 +302,33 @@ class SqlInstances:
         return int(row[0]) if row is not None else None
 
     async def _view(self, conn: AsyncConnection, instance_id: str, count: int) -> ShardView:
-        live = sorted(
-            await conn.scalars(
-                select(_instances.c.id).where(
+        rows = (
+            await conn.execute(
+                select(_instances.c.id, _instances.c.pinned).where(
                     _instances.c.kind == "bot",
                     _instances.c.expires_at > self._now(),
                     _instances.c.draining.is_(False),
                 )
             )
-        )
-        if instance_id not in live:
-            live = sorted([*live, instance_id])
+        ).all()
+        pinned = {str(r[0]) for r in rows if r[1]}
+        live = sorted({str(r[0]) for r in rows if not r[1]} | {instance_id})
         held: dict[str, set[int]] = {i: set() for i in live}
+        reserved: set[int] = set()
         for name, holder in (await self._holders(conn, SHARD_PREFIX)).items():
             shard = shard_of_lease(name)
-            if shard is not None and shard < count and holder in held:
+            if shard is None or shard >= count:
+                continue
+            if holder in held:
                 held[holder].add(shard)
+            elif holder in pinned:
+                reserved.add(shard)
         return ShardView(
             me=instance_id,
             count=count,
             live=tuple(live),
             held={i: frozenset(s) for i, s in held.items()},
+            reserved=frozenset(reserved),
         )
 
     async def shard_view(self, instance_id: str, count: int) -> ShardView:
@@ -337,14 +343,20 @@ class SqlInstances:
         *,
         ttl_s: float,
         decide: Callable[[ShardView], list[int]],
+        pinned: bool = False,
     ) -> list[int]:
         """Decide on the shards as they are held now, and take what ``decide`` picks;
-        one instance at a time. The shards actually taken."""
+        one instance at a time. The shards actually taken. ``pinned``: the instance
+        holds its own shards, outside the share."""
         async with self._write() as conn:
             if self._pg:
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:a, :b)"),
                     {"a": SHARDS_LOCK_KEY[0], "b": SHARDS_LOCK_KEY[1]},
+                )
+            if pinned:
+                await conn.execute(
+                    update(_instances).where(_instances.c.id == instance_id).values(pinned=True)
                 )
             view = await self._view(conn, instance_id, count)
             taken = []

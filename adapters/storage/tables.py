@@ -350,6 +350,8 @@ class Instance(SQLModel, table=True):
     # Stopping: it has handed its shards over and only finishes its runs in flight; the
     # others share the shards out without it.
     draining: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    # Serves the shards pinned to it (COTERIE_SHARD_IDS): held, not shared out.
+    pinned: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class Lease(SQLModel, table=True):

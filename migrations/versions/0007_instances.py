@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("shards", sa.JSON(), nullable=False),
         sa.Column("runs", sa.Integer(), nullable=False),
         sa.Column("draining", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("pinned", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("instances") as batch:

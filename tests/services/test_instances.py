@@ -17,6 +17,7 @@ from adapters.services.instances import (
 )
 from adapters.storage.db import Database
 from adapters.storage.instances import SqlInstances
+from executor.errors import ConfigError
 from tests.storage.dbs import db, pg_db, pg_url, sqlite_db, sqlite_template
 
 __all__ = ["db", "pg_db", "pg_url", "sqlite_db", "sqlite_template"]  # the fixtures used here
@@ -176,3 +177,30 @@ async def test_two_stopping_at_once_do_not_both_hand_over(db: Database) -> None:
     assert client_b.shards == {0, 1, 2}
     for m in (a, b):
         await m.close()
+
+
+async def test_pinned_shards_are_leased_and_kept_out_of_the_share(db: Database) -> None:
+    store = SqlInstances(db.sessions)
+
+    def pinned(name: str, ids: list[int], ttl_s: float = 30) -> Membership:
+        return Membership(
+            store,
+            Identity(id=name, kind="bot", host="h", pid=1),
+            ttl_s=ttl_s,
+            shard_count=4,
+            shard_ids=ids,
+            claim_shards=True,
+        )
+
+    p = pinned("p", [0, 1])
+    await p.register()
+    assert await p.plan_shards(None) == (4, [0, 1])
+    # An instance sharing the rest: the pinned shards are neither free nor counted.
+    view = await store.shard_view("auto", 4)
+    assert view.reserved == {0, 1} and view.free == [2, 3] and view.share() == (2, 2)
+    # A second process pinned to an overlapping shard waits out one lease, then refuses.
+    q = pinned("q", [1, 2], ttl_s=0.3)
+    await q.register()
+    with pytest.raises(ConfigError, match=r"names shard\(s\) 1 of 4, which another running"):
+        await q.plan_shards(None)
+    assert await store.holders("shard:") == {"shard:0": "p", "shard:1": "p"}  # q took nothing
