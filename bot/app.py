@@ -253,8 +253,9 @@ async def build_app(
             from adapters.storage.instances import SqlInstances
             from adapters.storage.recovery import recover_interrupted_runs
 
-            # Expired instances first (on SQLite, whose lock this process holds, every
-            # other bot too): what they owned is then an orphan.
+            # Expired instances first: what they owned is then an orphan. On SQLite this
+            # process holds the file's lock, so every bot row is a dead one's (this one
+            # registers later): sole_bot="" names no live bot.
             await SqlInstances(db.sessions).reap(
                 sole_bot="" if db.is_sqlite and instance == "bot" else None
             )

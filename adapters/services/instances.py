@@ -54,6 +54,8 @@ __all__ = [
 log = logging.getLogger("coterie.instances")
 
 Kind = Literal["bot", "cli"]
+#: With nothing reaped, a bot settles orphans every this many beats (a minute by default).
+SWEEP_EVERY = 12
 SHARD_PREFIX = "shard:"
 
 
@@ -283,6 +285,7 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._registered = False
         self._handed_over = False
+        self._beats = 0
         self._lock = asyncio.Lock()  # one tick (or hand-over) at a time
 
     @property
@@ -373,9 +376,13 @@ class Membership:
                 if reaped:
                     log.warning("instance(s) %s stopped renewing their lease", ", ".join(reaped))
                     await self._say("shards")
-                closed = await self.recover()
-                if closed:
-                    log.warning("closed %d run(s) of a stopped instance as interrupted", closed)
+                self._beats += 1
+                # Why also now and then with nothing reaped: a reaper that died between
+                # the reap and the settling left orphans that no reap will name again.
+                if reaped or self._beats % SWEEP_EVERY == 0:
+                    closed = await self.recover()
+                    if closed:
+                        log.warning("closed %d run(s) of a stopped instance as interrupted", closed)
 
     # --- shards --------------------------------------------------------------------
 
