@@ -51,9 +51,8 @@ async def test_a_restarted_bot_settles_the_dead_bots_runs_and_not_a_live_askers(
             again = await build_app(settings, resolver=_Tiers(), recover=True, instance="bot")
             opened.append(again)
             async with again.db.engine.connect() as conn:
-                runs = dict(
-                    (await conn.execute(text("SELECT run_id, status FROM audit_runs"))).all()
-                )
+                rows = (await conn.execute(text("SELECT run_id, status FROM audit_runs"))).all()
+                runs = {str(r[0]): str(r[1]) for r in rows}
                 reserved = {
                     r[0] for r in await conn.execute(text("SELECT run_id FROM budget_reservations"))
                 }
