@@ -22,7 +22,6 @@ import asyncio
 import logging
 from typing import Any, Generic, TypeVar
 
-import yarl
 from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
@@ -62,7 +61,7 @@ class CoterieClient(commands.AutoShardedBot, Generic[AppT_co]):
         self.webhooks = Webhooks()
         self.shard_planner: ShardPlanner = shards or FixedShards(pinned_count, pinned_ids)
         self.identify_interval_s = identify_interval_s
-        self._gateway: yarl.URL | None = None
+        self._gateway: Any = None  # the gateway's URL, once the first shards connect
         self._served: set[int] = set()
         self._shard_changes = asyncio.Lock()
 
@@ -107,10 +106,10 @@ class CoterieClient(commands.AutoShardedBot, Generic[AppT_co]):
             return
         recommended: int | None = None
         if self.shard_planner.needs_recommendation:
-            recommended, url, _limits = await self.http.get_bot_gateway()
-            self._gateway = yarl.URL(url)
-        else:
-            self._gateway = DiscordWebSocket.DEFAULT_GATEWAY
+            recommended, _url, _limits = await self.http.get_bot_gateway()
+        # Why the default gateway, as discord.py does whenever the count is given: a
+        # shard added later connects to the same place as the first ones.
+        self._gateway = DiscordWebSocket.DEFAULT_GATEWAY
         count, ids = await self.shard_planner.plan_shards(recommended)
         self.shard_count = count
         self._connection.shard_count = count
