@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from adapters.services.chat import ChatService
     from adapters.services.deletion import DataDeletion, MemberData
     from adapters.services.escalation import Escalations
+    from adapters.services.instances import Kind, Membership
     from adapters.services.memory import MemoryService
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from adapters.storage.budget import SqlBudgetLedger
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
+    from adapters.storage.instances import SqlInstances
+    from adapters.storage.notify import PgNotifier
     from adapters.storage.threads import SqlThreadStore
     from executor.critic import WatchdogCritic
     from executor.lanes import Lanes
@@ -141,6 +144,10 @@ class App:
     budget_service: BudgetService
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
+    # This process on the database (build_app(instance=...)); None: not registered.
+    membership: Membership | None = None
+    instances: SqlInstances | None = None
+    notifier: PgNotifier | None = None
     mcp: McpServers | None = None  # the [mcp.<name>] servers (their tools are in `tools`)
     # Every store above that keeps member data, asked by /forgetme and /mydata.
     deletion: DataDeletion = field(init=False)
@@ -218,6 +225,7 @@ class App:
         await self.scheduler.wait_idle()
         while self._closers:
             closer = self._closers.pop()
+            log.debug("closing %s", getattr(closer, "__qualname__", closer))
             try:
                 await closer()
             except Exception:  # close everything even if one part fails
@@ -233,13 +241,20 @@ async def build_app(
     recover: bool = False,
     clock: Clock | None = None,
     to_agent: Callable[[Persona], RunnableAgent] | None = None,
+    instance: Kind | None = None,
 ) -> App:
     """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos);
     ``to_agent`` replaces how a persona becomes an agent (tests give a scripted model).
 
-    ``recover`` closes runs left ``running`` as ``interrupted`` and settles every
-    open reservation: only the bot process (``coterie run``) may do that at its
-    start, never a ``coterie ask`` or ``coterie chat`` beside a running bot.
+    ``instance`` registers this process on the database (``bot``: ``coterie run``;
+    ``cli``: ``coterie ask`` and ``chat``), with a heartbeat until the app closes: its
+    runs and reservations carry its id, and no other process settles them while it
+    lives (:mod:`adapters.services.instances`). A bot also settles what dead instances
+    left, and, on PostgreSQL, shares the Discord shards with the other bots.
+
+    ``recover`` (the bot, at start, holding the database's lock) closes runs left
+    ``running`` by a process that is gone as ``interrupted`` and settles their
+    reservations; never a ``coterie ask`` or ``coterie chat``.
     """
     from adapters.services.admin import AdminService
     from adapters.services.approval import DeliveryApprover
@@ -313,8 +328,15 @@ async def build_app(
         await tools.open()
         closers.append(tools.close)
         if recover:
+            from adapters.storage.instances import SqlInstances
             from adapters.storage.recovery import recover_interrupted_runs
 
+            # Expired instances first: what they owned is then an orphan. On SQLite this
+            # process holds the file's lock, so every bot row is a dead one's (this one
+            # registers later): sole_bot="" names no live bot.
+            await SqlInstances(db.sessions).reap(
+                sole_bot="" if db.is_sqlite and instance == "bot" else None
+            )
             closed = await recover_interrupted_runs(db.sessions, budget)
             if closed:
                 log.warning("closed %d run(s) left running by a crash as interrupted", closed)
@@ -498,7 +520,68 @@ async def build_app(
         mcp=mcp,
     )
     app._closers.extend(closers)
+    if instance is not None:
+        try:
+            await _register(app, instance)
+        except BaseException:
+            await app.close()
+            raise
     return app
+
+
+async def _register(app: App, kind: Kind) -> None:
+    """Register the process (see :func:`build_app`) and start its heartbeat."""
+    from adapters.services.instances import Identity, Membership
+    from adapters.storage.instances import SqlInstances
+    from adapters.storage.recovery import recover
+
+    settings, db = app.settings, app.db
+    identity = Identity.new(kind)
+    # Why before anything runs: every run and reservation from now on is this one's.
+    app.audit.owner = app.budget.owner = identity.id
+    app.instances = SqlInstances(db.sessions)
+
+    async def sweep() -> int:
+        # Only what instances reaped as dead owned (never rows with no owner: a start
+        # settles those, under the lock).
+        report = await recover(db.sessions, app.budget, unowned=False)
+        return len(report.interrupted_runs)
+
+    runner = app.runner
+    membership = Membership(
+        app.instances,
+        identity,
+        ttl_s=settings.lease_ttl_s,
+        runs=lambda: runner.in_flight,
+        recover=sweep if kind == "bot" else None,
+        sole=db.is_sqlite,
+        shard_count=settings.shard_count,
+        shard_ids=settings.shard_ids,
+        claim_shards=kind == "bot" and not db.is_sqlite,
+    )
+    # Why at 1: closed after the audit's last flush (its runs' rows say how they
+    # ended) and before the database; the notifier after the membership (which says
+    # goodbye through it).
+    if not db.is_sqlite:
+        from adapters.storage.notify import PgNotifier
+
+        notifier = PgNotifier(db.url, sender=identity.id)
+        await notifier.start()
+        app._closers.insert(1, notifier.close)
+        app.notifier = notifier
+        membership.publish = notifier.publish
+        notifier.subscribe("shards", lambda _key: membership.wake())
+
+        async def settings_changed(key: str) -> None:
+            await notifier.publish("guild_settings", key)
+
+        app.guild_settings.publish = settings_changed
+        notifier.subscribe("guild_settings", app.guild_settings.invalidate)
+    await membership.register()
+    app._closers.insert(2 if app.notifier is not None else 1, membership.close)
+    app.membership = membership
+    membership.start()
+    log.info("registered as %s", identity)
 
 
 def _sees_images(resolver: ModelResolver) -> Callable[[RunnableAgent], bool]:

@@ -28,6 +28,7 @@ from discord.ext import commands
 
 from adapters.discord.client import CoterieClient
 from adapters.discord.identity import gate_autocomplete
+from adapters.services.instances import FixedShards, ShardPlanner
 from bot.app import App
 from bot.settings import Settings
 from executor import errors as xerr
@@ -269,10 +270,15 @@ class CoterieBot(CoterieClient[App]):
         settings: Settings,
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         services: bool = True,
+        shards: ShardPlanner | None = None,
         **options: Any,
     ) -> None:
         if app is None and services:
             raise ValueError("a bot with services needs an app")
+        # Why: the shards come from the app's membership on PostgreSQL (shared out
+        # between the processes); else the pinned ones, else all of Discord's count.
+        if shards is None:
+            shards = FixedShards(settings.shard_count, settings.shard_ids)
         options.setdefault("intents", coterie_intents())
         # Why: discord.py fires on_ready this long after the last GUILD_CREATE (2 s by
         # default, for bots in thousands of guilds); a small bot's arrive at once, and a
@@ -288,6 +294,8 @@ class CoterieBot(CoterieClient[App]):
             command_prefix=commands.when_mentioned,
             tree_cls=CoterieTree,
             help_command=None,
+            shards=shards,
+            identify_interval_s=settings.identify_interval_s,
             **options,
         )
         self.settings = settings
@@ -413,7 +421,17 @@ class CoterieBot(CoterieClient[App]):
     async def on_ready(self) -> None:
         user = self.user
         name, uid = (user.name, user.id) if user else ("?", 0)
-        log.info("coterie ready as %s (%s) in %d guilds", name, uid, len(self.guilds))
+        log.info(
+            "coterie ready as %s (%s) in %d guilds, shards %s of %s",
+            name,
+            uid,
+            len(self.guilds),
+            ",".join(map(str, sorted(self.served_shards))) or "none",
+            self.shard_count,
+        )
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("shard %d of %s ready", shard_id, self.shard_count)
 
     async def on_message(self, message: discord.Message, /) -> None:
         # Why: coterie has no prefix commands; cogs listen to messages themselves.

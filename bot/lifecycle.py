@@ -2,15 +2,24 @@
 
 ``coterie run`` (:func:`serve`), in order::
 
-    take the single-instance lock     a second `coterie run` refuses, naming the holder
-    build the app                     upgrade the schema; recover crashed runs (lock held)
+    take the database's lock          SQLite: a second `coterie run` refuses, naming the
+                                      holder; PostgreSQL: shared by this version's processes
+    build the app                     upgrade the schema; recover dead processes' runs;
+                                      register this instance (heartbeat, owner of its runs)
     check a model can answer          one line naming the key to set, before connecting
-    connect to Discord                 ... until SIGTERM or SIGINT, then the drain:
-    stop intake                       the scheduler stops; new requests read "restarting"
+    connect to Discord                its shards: all, pinned, or its share (PostgreSQL)
+                                       ... until SIGTERM or SIGINT, then the drain:
+    stop intake                       the scheduler stops; with another instance alive,
+                                      its shards are handed over (disconnected, released);
+                                      else new requests read "restarting"
     let running runs finish           up to COTERIE_SHUTDOWN_GRACE_S (a second signal: now)
     cancel the rest                   "Stopped: coterie is restarting."; audit and budget closed
-    close Discord, then the app       audit flush, providers, database
+    close Discord, then the app       audit flush, deregister, providers, database
     release the lock                  exit 0, no traceback
+
+A process whose heartbeat finds it was declared dead (it stalled past its lease:
+another process has settled its runs and taken its shards) stops at once, as on a
+second signal.
 
 discord.py's ``Client.run`` handles only KeyboardInterrupt, so the handlers are
 the event loop's own (``loop.add_signal_handler``). ``coterie ask`` and ``coterie
@@ -101,6 +110,8 @@ async def drain(
     (cut short when ``hurry`` is set), cancel the rest with a note to their member.
     Leaves Discord and the app open: the cancelled runs' notes still need them."""
     await app.stop_intake()
+    if app.membership is not None and await app.membership.hand_over():
+        log.info("another instance answers from now on; finishing the runs in flight")
     app.runner.stop_intake()
     grace = _Grace(grace_s, hurry, clock or RealClock())
     started = asyncio.get_running_loop().time()
@@ -137,6 +148,15 @@ class _Grace:
             for t in (sleeper, hurried):
                 t.cancel()
             await asyncio.gather(sleeper, hurried, return_exceptions=True)
+
+
+async def _watch_lease(app: App, shutdown: Shutdown) -> None:
+    """Stop at once when the heartbeat learns this instance was declared dead."""
+    if app.membership is None:
+        return
+    await app.membership.lost.wait()
+    shutdown.request("lost its lease")
+    shutdown.hurry.set()
 
 
 async def _watch_lock(lock: InstanceLock, shutdown: Shutdown) -> None:
@@ -177,7 +197,7 @@ async def serve(
             from bot.app import build_app
 
             build = build_app
-        app = await build(settings, recover=True)
+        app = await build(settings, recover=True, instance="bot")
         try:
             from bot.cli._preflight import check_app
 
@@ -185,7 +205,7 @@ async def serve(
             if make_bot is None:
                 from bot.client import CoterieBot
 
-                bot = CoterieBot(app=app, settings=settings)
+                bot = CoterieBot(app=app, settings=settings, shards=app.membership)
             else:
                 bot = make_bot(app)
         except BaseException:
@@ -194,6 +214,7 @@ async def serve(
         shutdown = shutdown or Shutdown()
         shutdown.install()
         watcher = asyncio.create_task(_watch_lock(lock, shutdown), name="coterie-lock-watch")
+        lease = asyncio.create_task(_watch_lease(app, shutdown), name="coterie-lease-watch")
         runner = asyncio.create_task(bot.start(token), name="coterie-bot")
         stop = asyncio.create_task(shutdown.requested.wait(), name="coterie-stop")
         try:
@@ -208,13 +229,16 @@ async def serve(
             await drain(app, grace_s=settings.shutdown_grace_s, hurry=shutdown.hurry)
         finally:
             stop.cancel()
+            lease.cancel()
+            log.debug("closing the Discord connection, then the app")
             await bot.close()  # Discord first, then the app: audit, providers, database
-            await asyncio.gather(runner, stop, return_exceptions=True)
+            await asyncio.gather(runner, stop, lease, return_exceptions=True)
             shutdown.remove()
     finally:
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+        log.debug("releasing the database's lock")
         await lock.release()
     error = runner.exception() if not runner.cancelled() else None
     if error is None:

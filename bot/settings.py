@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -165,6 +165,18 @@ class Settings(BaseSettings):
     )
     operator_user_id: str = "console"
 
+    # --- several processes (PostgreSQL) ------------------------------------------------
+    # Unset: the processes share the shards out through the database (the count Discord
+    # suggests). Set both to pin this process's shards by hand (the same count everywhere).
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: Annotated[list[int] | None, NoDecode] = None
+    # A process that has not renewed its lease for this long is dead: its shards and
+    # runs are taken over. It renews every third of it.
+    lease_ttl_s: float = Field(default=15.0, ge=1, le=300)
+    # Discord allows one IDENTIFY per 5 s (per bucket): the wait before each shard
+    # connects after the first. Lower it only against a test gateway.
+    identify_interval_s: float = Field(default=5.0, ge=0)
+
     # --- operations -------------------------------------------------------------------
     shutdown_grace_s: float = Field(default=20.0, ge=0)  # running runs may finish this long
     log_level: LogLevel = "INFO"  # coterie's own log lines
@@ -175,6 +187,30 @@ class Settings(BaseSettings):
     @classmethod
     def _owner_ids(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _shard_ids_list(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return _split_list(value)
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return None
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("needs COTERIE_SHARD_COUNT too (the count every process uses)")
+        if not value:
+            raise ValueError("names no shard")
+        wrong = [i for i in value if not 0 <= i < count]
+        if wrong:
+            raise ValueError(f"shard {wrong[0]} is not between 0 and {count - 1}")
+        if len(set(value)) != len(value):
+            raise ValueError("names a shard twice")
+        return sorted(value)
 
     @field_validator("enabled_tools", mode="before")
     @classmethod

@@ -28,7 +28,7 @@ from typing import Any
 
 from adapters.services.errors import InvalidSetting
 from adapters.services.ports import GuildConfig, GuildSettingsStore
-from executor.agent import Caller, Privilege, RunnableAgent, RunResult
+from executor.agent import Caller, DeliveryReport, Privilege, RunnableAgent, RunResult
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock, Delivery, RealClock
 from executor.tools.sources import FunctionSource
 from memory.checks import clean_note
@@ -295,7 +295,7 @@ class SavedNotes:
     async def status(self, line: str) -> None:
         await self._inner.status(line)
 
-    async def finish(self, result: RunResult) -> None:
+    async def finish(self, result: RunResult) -> DeliveryReport | None:
         try:
             saved = await self._memory.saved_in(self._user_id, result.run_id)
         except Exception:
@@ -304,7 +304,8 @@ class SavedNotes:
             saved = []
         for note in saved:
             self._inner.note(saved_line(note))
-        await self._inner.finish(result)
+        # Why return it: whether the answer reached Discord is the inner delivery's to say.
+        return await self._inner.finish(result)
 
     def note(self, line: str) -> None:
         self._inner.note(line)

@@ -151,6 +151,9 @@ class SqlAuditSink:
         # The flush timer: started on the first event, stopped by close().
         self._sleep = sleep or asyncio.sleep
         self._timer: asyncio.Task[None] | None = None
+        # The instance running the runs this sink starts (``audit_runs.owner``): crash
+        # recovery closes a run only once its owner is gone. None: no instance.
+        self.owner: str | None = None
 
     # --- AuditSink ------------------------------------------------------------------
 
@@ -315,6 +318,7 @@ class SqlAuditSink:
                 "error": None,
                 "error_kind": None,
                 "note": None,
+                "owner": self.owner,
             }
         )
         self._remember(e.run_id)
@@ -327,7 +331,15 @@ class SqlAuditSink:
             if exists is None:
                 await conn.execute(
                     insert(_runs),
-                    [{"run_id": run_id, "trigger": "unknown", "user_id": "", "started_at": at}],
+                    [
+                        {
+                            "run_id": run_id,
+                            "trigger": "unknown",
+                            "user_id": "",
+                            "started_at": at,
+                            "owner": self.owner,
+                        }
+                    ],
                 )
         self._remember(run_id)
 

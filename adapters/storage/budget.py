@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -107,6 +107,9 @@ class SqlBudgetLedger:
         self.window = window
         self.limits: BudgetLimits | None = None
         self.after_settle: list[AfterSettle] = []
+        # The instance whose runs reserve here (crash recovery settles a reservation
+        # only once its owner is gone); None: a process that registered none.
+        self.owner: str | None = None
 
     async def _default_for(self, caller: Caller | None) -> int:
         if caller is None or self.limits is None:
@@ -209,6 +212,7 @@ class SqlBudgetLedger:
                         run_id=run_id,
                         amount_micros=estimate_micros,
                         created_at=now,
+                        owner=self.owner,
                     )
                     .returning(_reservations.c.id)
                 )
@@ -323,9 +327,15 @@ class SqlBudgetLedger:
                 )
         return True
 
-    async def open_reservations(self) -> list[OpenReservation]:
+    async def open_reservations(
+        self, *, orphaned: ColumnElement[bool] | None = None
+    ) -> list[OpenReservation]:
+        """Every open reservation, or those ``orphaned`` selects (crash recovery)."""
+        stmt = select(_reservations).order_by(_reservations.c.id)
+        if orphaned is not None:
+            stmt = stmt.where(orphaned)
         async with self._sessions() as session:
-            rows = await session.execute(select(_reservations).order_by(_reservations.c.id))
+            rows = await session.execute(stmt)
             return [
                 OpenReservation(
                     id=r.id,

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_URL",
     "IMMEDIATE",
+    "MIGRATION_LOCK_KEY",
     "POOL_DEFAULTS",
     "BackupUnsupported",
     "Database",
@@ -95,6 +96,9 @@ DEFAULT_URL: Final = "sqlite+aiosqlite:///./data/coterie.db"
 #: connection is pointless; the busy timeout is where waiting for the lock belongs.
 #: PostgreSQL's default ``max_connections`` is 100: one coterie takes at most 50.
 POOL_DEFAULTS: Final[dict[str, tuple[int, int]]] = {"sqlite": (8, 24), "postgresql": (10, 40)}
+
+#: PostgreSQL: the transaction-level advisory lock a schema upgrade holds ("cote", "mig1").
+MIGRATION_LOCK_KEY: Final = (0x636F7465, 0x6D696731)
 
 #: Execution options for a session/connection whose transaction must take the write
 #: lock at once (``BEGIN IMMEDIATE`` on SQLite; ignored elsewhere, where row locks do it).
@@ -489,6 +493,8 @@ class Database:
         Checks first that the database is writable and not locked, so start-up fails
         with one clear message rather than on the first run.
         """
+        from sqlalchemy import text
+
         await self.check()
         if revision == "head":
             # Why look first, and without Alembic: importing it and loading the scripts
@@ -498,6 +504,14 @@ class Database:
                 return SchemaVersion(current=head, head=head)
         async with self._translated(), self.engine.connect() as conn:
             conn = await conn.execution_options(**IMMEDIATE)
+            if not self.is_sqlite:
+                # Why: several processes may start at once on one PostgreSQL; the first
+                # migrates, the others wait here and then find the schema current
+                # (Alembic reads the revision after the lock). Released at commit.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                    {"a": MIGRATION_LOCK_KEY[0], "b": MIGRATION_LOCK_KEY[1]},
+                )
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
         return await self.current()

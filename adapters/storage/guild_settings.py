@@ -3,14 +3,17 @@
 :class:`SqlGuildSettings` implements :class:`~adapters.services.ports.GuildSettingsStore`.
 The chat flow reads a guild's config and a channel's default persona on every
 message, so reads go through a short cache (``ttl_s``); a change made through this
-store invalidates its entry at once, and another process's change is seen within
-``ttl_s``.
+store invalidates its entry at once. With several processes on PostgreSQL, a change
+is also published (:attr:`SqlGuildSettings.publish`, ``NOTIFY``) and each other
+process drops the entry when told (:meth:`SqlGuildSettings.invalidate`); without
+that (or if a notification is lost) another process's change is seen within ``ttl_s``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +23,8 @@ from adapters.services.ports import GuildConfig, check_changes
 from adapters.storage.tables import ChannelSettings, GuildSettings
 
 __all__ = ["SqlGuildSettings"]
+
+log = logging.getLogger(__name__)
 
 _MISSING = object()
 # Booleans with a server default of false (never NULL).
@@ -65,8 +70,27 @@ class SqlGuildSettings:
         self.ttl_s = ttl_s
         self._monotonic = monotonic
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        # Tells the other processes what changed ("guild:ID", "channel:ID"); None: alone.
+        self.publish: Callable[[str], Awaitable[None]] | None = None
 
     # --- cache ---------------------------------------------------------------------
+
+    def invalidate(self, key: str | None) -> None:
+        """Another process changed ``key`` ("guild:ID", "channel:ID"); None: anything."""
+        if key is None:
+            self._cache.clear()
+            return
+        kind, _, ident = key.partition(":")
+        self._cache.pop((kind, ident), None)
+        if kind == "guild":
+            self._cache.pop(("dms", ""), None)
+
+    async def _changed(self, key: str) -> None:
+        if self.publish is not None:
+            try:
+                await self.publish(key)
+            except Exception:  # Why not raise: the change is saved; others see it by TTL
+                log.warning("could not tell the other processes about %s", key, exc_info=True)
 
     def _cached(self, key: tuple[str, str]) -> Any:
         hit = self._cache.get(key)
@@ -104,8 +128,8 @@ class SqlGuildSettings:
             session.add(row)
             await session.commit()
             config = _config(guild_id, row)
-        self._cache.pop(("guild", guild_id), None)
-        self._cache.pop(("dms", ""), None)
+        self.invalidate(f"guild:{guild_id}")
+        await self._changed(f"guild:{guild_id}")
         return config
 
     async def guilds_without_dms(self) -> frozenset[str]:
@@ -144,4 +168,5 @@ class SqlGuildSettings:
             row.default_persona = name
             session.add(row)
             await session.commit()
-        self._cache.pop(("channel", channel_id), None)
+        self.invalidate(f"channel:{channel_id}")
+        await self._changed(f"channel:{channel_id}")

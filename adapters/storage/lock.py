@@ -1,21 +1,27 @@
-"""One ``coterie run`` per database: the single-instance lock.
+"""The database's instance lock: one ``coterie run`` per SQLite file; on PostgreSQL,
+any number of this version's, but never beside a coterie too old to share.
 
-Two processes answering from one database give a message two answers and two
-charges, and the second one's crash recovery closes the first one's live runs. So
-``coterie run`` takes this lock before anything else touches the database, holds it
-for the life of the process, and refuses to start when another process holds it,
-naming that process:
+Two processes that do not know of each other answering from one database give a
+message two answers and two charges, and the second one's crash recovery closes the
+first one's live runs. So ``coterie run`` takes this lock before anything else touches
+the database, holds it for the life of the process, and refuses to start when it
+cannot, naming the holder:
 
 * **SQLite**: ``fcntl.flock`` on a lock file beside the database
   (``coterie.db.lock``) that names the holder (pid, host, start time). The OS
   drops the lock when the process exits, crashed or not; the file stays (removing
   it would race a process that has just opened it).
-* **PostgreSQL**: ``pg_try_advisory_lock`` on a dedicated connection (not from the
-  pool, so it is never recycled), whose ``application_name`` names the holder. The
+* **PostgreSQL**: ``pg_try_advisory_lock_shared`` on a dedicated connection (not
+  from the pool, so it is never recycled), whose ``application_name`` names the holder.
+  Shared: every ``coterie run`` of this version holds it at once, and they share the
+  work through their registrations (:mod:`adapters.storage.instances`: heartbeats,
+  shard leases, runs owned). A coterie from before instances took it *exclusively*, so
+  the two refuse each other: that one would settle this one's runs as its own. The
   server drops it when the connection ends. :meth:`InstanceLock.verify` checks the
   connection is still there (a server restart drops it) and takes the lock again.
 
-Crash recovery runs only while this lock is held (:func:`holds_lock`).
+Crash recovery runs only while this lock is held (:func:`holds_lock`): then every
+process on the database registers its runs, and a run with no owner is an orphan.
 
 :func:`lock_holder` reports who holds the lock without taking it or creating
 anything (``coterie doctor``).
@@ -118,6 +124,15 @@ def _refusal(what: str, holder: Holder | None) -> InstanceLocked:
     )
 
 
+def _pg_refusal(what: str, holder: Holder | None) -> InstanceLocked:
+    who = f"an older coterie ({holder})" if holder else "an older coterie"
+    return InstanceLocked(
+        f"{who} holds {what} alone: stop it before starting this version (several "
+        "`coterie run` of this version share a PostgreSQL database; that one cannot)",
+        holder,
+    )
+
+
 # Why a process-wide map: recovery must know the lock is held by *this* process, and
 # stores receive only a session factory. Keyed by the database's identity.
 _held: weakref.WeakValueDictionary[str, InstanceLock] = weakref.WeakValueDictionary()
@@ -159,7 +174,9 @@ class InstanceLock:
         else:
             await lock._advisory()
         lock.held = True
-        _held[_key(lock.url)] = lock
+        current = _held.get(_key(lock.url))
+        if current is None or not current.held:
+            _held[_key(lock.url)] = lock
         return lock
 
     # --- SQLite ------------------------------------------------------------------
@@ -207,10 +224,12 @@ class InstanceLock:
     async def _advisory(self) -> None:
         conn = await self._connect(application_name=f"coterie {_identity()}"[:63])
         try:
-            got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *ADVISORY_KEY)
+            got = await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, $2)", *ADVISORY_KEY)
             if not got:
-                holder = await _pg_holder(conn)
-                raise _refusal(f"database {self.url.render_as_string(hide_password=True)}", holder)
+                holder = await _pg_holder(conn, exclusive=True)
+                raise _pg_refusal(
+                    f"database {self.url.render_as_string(hide_password=True)}", holder
+                )
         except BaseException:
             await conn.close()
             raise
@@ -244,7 +263,7 @@ class InstanceLock:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", *ADVISORY_KEY)
+                await conn.execute("SELECT pg_advisory_unlock_shared($1, $2)", *ADVISORY_KEY)
             with contextlib.suppress(Exception):
                 await conn.close()
 
@@ -262,7 +281,8 @@ def _read(fd: int) -> str:
         return ""
 
 
-async def _pg_holder(conn: Any) -> Holder | None:
+async def _pg_holder(conn: Any, *, exclusive: bool = False) -> Holder | None:
+    """A process holding the lock (``exclusive``: only one that holds it alone)."""
     row = await conn.fetchrow(
         """
         SELECT a.pid, a.application_name, a.client_addr::text AS addr
@@ -270,8 +290,12 @@ async def _pg_holder(conn: Any) -> Holder | None:
         WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2
           AND l.objsubid = 2 AND l.database = (
             SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ($3 = false OR l.mode = 'ExclusiveLock')
+        ORDER BY a.backend_start
+        LIMIT 1
         """,
         *ADVISORY_KEY,
+        exclusive,
     )
     if row is None:
         return None

@@ -16,23 +16,36 @@ steps, tokens and cost its audit rows show, and settles every open reservation:
 * the run never reached the audit trail (the process died between reserving and
   starting): charge nothing, as no model was called.
 
-Why every open reservation: coterie is one process per database, so at start-up no
-run is in flight and every open reservation is an orphan. That holds only while this
-process holds the single-instance lock (:mod:`adapters.storage.lock`), so
-:func:`recover_interrupted_runs`, the start-up entry point, refuses to run without it:
-a second process would close the first one's live runs and release their reservations.
+Which runs and reservations: only **orphans**, those whose owner (the instance that
+ran them, :mod:`adapters.storage.instances`) has no row left: an instance's row is
+removed when its lease expires (``reap``), so a live process's runs are never touched,
+even with several processes on one PostgreSQL. Rows with no owner at all were written
+before instances existed (or by a process that registered none): they are orphans only
+at start-up (``unowned=True``), while this process holds the lock that keeps a coterie
+too old to register off the database (:mod:`adapters.storage.lock`), so
+:func:`recover_interrupted_runs`, the start-up entry point, refuses to run without it.
+On PostgreSQL the runs are selected ``FOR UPDATE SKIP LOCKED``: two survivors settling
+the same dead instance at once each close a run once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.storage.budget import SqlBudgetLedger
 from adapters.storage.db import IMMEDIATE, translate_errors
-from adapters.storage.tables import AuditEventRow, AuditModelAttempt, AuditRun, AuditStep
+from adapters.storage.tables import (
+    AuditEventRow,
+    AuditModelAttempt,
+    AuditRun,
+    AuditStep,
+    BudgetReservationRow,
+    Instance,
+)
 from executor.agent import RunStatus
 from executor.budget import format_usd
 from executor.ports import Clock, RealClock
@@ -49,6 +62,8 @@ _runs = AuditRun.__table__  # type: ignore[attr-defined]
 _steps = AuditStep.__table__  # type: ignore[attr-defined]
 _attempts = AuditModelAttempt.__table__  # type: ignore[attr-defined]
 _events = AuditEventRow.__table__  # type: ignore[attr-defined]
+_reservations = BudgetReservationRow.__table__  # type: ignore[attr-defined]
+_instances = Instance.__table__  # type: ignore[attr-defined]
 
 #: The status of a run's row while it runs (the kernel has no such RunStatus: a
 #: result only exists once a run has ended).
@@ -93,9 +108,10 @@ async def recover_interrupted_runs(
     budget: SqlBudgetLedger | None = None,
     *,
     clock: Clock | None = None,
+    unowned: bool = True,
 ) -> int:
     """:func:`recover`, returning how many runs were closed as interrupted. Only while
-    this process holds the database's single-instance lock."""
+    this process holds the database's lock (:mod:`adapters.storage.lock`)."""
     from adapters.storage.db import DatabaseError
     from adapters.storage.lock import holds_lock
 
@@ -104,7 +120,14 @@ async def recover_interrupted_runs(
             "crash recovery needs the single-instance lock on the database "
             "(take it with adapters.storage.lock.InstanceLock first)"
         )
-    return len((await recover(sessions, budget, clock=clock)).interrupted_runs)
+    report = await recover(sessions, budget, clock=clock, unowned=unowned)
+    return len(report.interrupted_runs)
+
+
+def _orphaned(owner: ColumnElement[Any], *, unowned: bool) -> ColumnElement[bool]:
+    """Owned by an instance that has no row (it was reaped), or by nobody (``unowned``)."""
+    gone = owner.not_in(select(_instances.c.id))
+    return or_(owner.is_(None), gone) if unowned else gone
 
 
 async def recover(
@@ -112,8 +135,9 @@ async def recover(
     budget: SqlBudgetLedger | None = None,
     *,
     clock: Clock | None = None,
+    unowned: bool = True,
 ) -> RecoveryReport:
-    """Close runs left running as interrupted; settle every open reservation."""
+    """Close orphaned runs left running as interrupted; settle orphaned reservations."""
     if clock is None:
         clock = budget.clock if budget is not None else RealClock()
     report = RecoveryReport()
@@ -123,7 +147,11 @@ async def recover(
         async with sessions() as session, session.begin():
             await session.connection(execution_options=IMMEDIATE)
             running = list(
-                await session.scalars(select(_runs.c.run_id).where(_runs.c.status == RUNNING))
+                await session.scalars(
+                    select(_runs.c.run_id)
+                    .where(_runs.c.status == RUNNING, _orphaned(_runs.c.owner, unowned=unowned))
+                    .with_for_update(skip_locked=True)
+                )
             )
             for run_id in running:
                 steps = (
@@ -172,7 +200,13 @@ async def recover(
                 report.interrupted_runs.append(run_id)
 
     ledger = budget or SqlBudgetLedger(sessions, default_limit_micros=0, clock=clock)
-    for reservation in await ledger.open_reservations():
+    # Why not while the run is still running: another survivor is closing it (its row
+    # was skipped, locked); charged before that commits, it would be charged nothing.
+    still_running = _reservations.c.run_id.in_(
+        select(_runs.c.run_id).where(_runs.c.status == RUNNING)
+    )
+    orphans = and_(_orphaned(_reservations.c.owner, unowned=unowned), ~still_running)
+    for reservation in await ledger.open_reservations(orphaned=orphans):
         async with sessions() as session:
             cost = await session.scalar(
                 select(_runs.c.cost_micros).where(_runs.c.run_id == reservation.run_id)

@@ -1,5 +1,6 @@
 """The host's tables: guild and channel settings, thread bindings, the audit trail, budgets
-(and their warnings), admin actions.
+(and their warnings), admin actions, and the processes on the database (instances and
+their leases).
 
 Discord ids (snowflakes) are strings. Money is integer micro-dollars. Every time is
 stored in UTC and read back timezone-aware on SQLite and PostgreSQL alike
@@ -34,6 +35,8 @@ __all__ = [
     "BudgetReservationRow",
     "ChannelSettings",
     "GuildSettings",
+    "Instance",
+    "Lease",
     "McpToolPin",
     "ThreadBinding",
     "utcnow",
@@ -152,6 +155,10 @@ class AuditRun(SQLModel, table=True):
     # going, or the process stopped first). ``delivery_error`` says why not.
     delivered: bool | None = None
     delivery_error: str | None = Field(default=None, max_length=300)
+    # The instance (``instances.id``) whose process runs it: crash recovery closes a
+    # run only once its owner's lease has expired. None: written before instances
+    # existed, or by a process that registered none.
+    owner: str | None = Field(default=None, max_length=32)
 
 
 def _run_fk() -> Any:
@@ -272,6 +279,7 @@ class BudgetReservationRow(SQLModel, table=True):
     run_id: str = Field(max_length=64, index=True)
     amount_micros: int = Field(sa_type=BigInteger)
     created_at: datetime = _when()
+    owner: str | None = Field(default=None, max_length=32)  # as ``AuditRun.owner``
 
 
 class BudgetGrant(SQLModel, table=True):
@@ -345,3 +353,46 @@ class McpToolPin(SQLModel, table=True):
     )
     accepted_by: str = Field(default="", max_length=64)
     accepted_at: datetime = _when()
+
+
+# --- instances and leases ----------------------------------------------------------------
+
+
+class Instance(SQLModel, table=True):
+    """A coterie process on this database (``coterie run``, or a ``coterie ask`` /
+    ``chat`` that runs agents), alive while ``expires_at`` is ahead: it renews that
+    with each heartbeat. What it owns (runs, reservations, leases) is settled by
+    another process once it has expired (:mod:`adapters.storage.instances`)."""
+
+    __tablename__ = "instances"
+
+    id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(default="bot", max_length=16)  # bot (coterie run) or cli (ask, chat)
+    host: str = Field(default="", max_length=255)
+    pid: int = 0
+    started_at: datetime = _when()
+    heartbeat_at: datetime = _when()
+    expires_at: datetime = Field(default_factory=utcnow, nullable=False, index=True)
+    shard_count: int | None = None
+    # What it reported at its last heartbeat: the shards it serves, its runs in flight.
+    shards: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    runs: int = 0
+    # Stopping: it has handed its shards over and only finishes its runs in flight; the
+    # others share the shards out without it.
+    draining: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    # Serves the shards pinned to it (COTERIE_SHARD_IDS): held, not shared out.
+    pinned: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+
+
+class Lease(SQLModel, table=True):
+    """A named thing one instance holds until ``expires_at`` (renewed with its
+    heartbeat): ``shard:N`` for a Discord shard, ``scheduler`` for the scheduler's
+    leader. ``term`` grows by one each time the holder changes."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=32, index=True)
+    term: int = Field(default=1, sa_type=BigInteger)
+    acquired_at: datetime = _when()
+    expires_at: datetime = Field(default_factory=utcnow, nullable=False)

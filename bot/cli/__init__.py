@@ -15,7 +15,18 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # Modules under bot.cli that contribute verbs, in --help order.
-_VERB_MODULES = ("ask", "chat", "discord", "doctor", "db", "audit", "budget", "forget", "mcp")
+_VERB_MODULES = (
+    "ask",
+    "chat",
+    "discord",
+    "status",
+    "doctor",
+    "db",
+    "audit",
+    "budget",
+    "forget",
+    "mcp",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

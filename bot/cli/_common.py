@@ -80,7 +80,8 @@ def _reason(error: Any, field: str) -> str:
     if kind == "missing":
         return "must be set"
     if kind == "value_error":  # our validators' own words
-        return str(ctx.get("error") or error.get("msg", "is not valid"))
+        msg = ctx.get("error") or error.get("msg", "is not valid")
+        return str(msg).removeprefix("Value error, ")
     return str(error.get("msg", "is not valid")).rstrip(".").replace("Input should", "should")
 
 

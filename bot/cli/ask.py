@@ -117,7 +117,7 @@ async def _ask_with(args: argparse.Namespace, settings: Any) -> int:
     from executor.agent import Invocation, RunnableAgent
     from executor.messages import Message
 
-    app = await build_app(settings)
+    app = await build_app(settings, instance="cli")
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
         tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)

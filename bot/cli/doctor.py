@@ -448,6 +448,13 @@ async def _instance(report: Report, url: Any, *, running: bool) -> None:
             report.add("instance", OK, "no other coterie is running on this database")
     elif running:
         report.add("instance", OK, f"coterie run ({holder}) holds the database")
+    elif url.get_backend_name() == "postgresql":
+        report.add(
+            "instance",
+            OK,
+            f"a coterie ({holder}) is running on this database; more `coterie run` may "
+            "join it on PostgreSQL (coterie status lists them)",
+        )
     else:
         report.add(
             "instance",

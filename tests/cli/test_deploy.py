@@ -163,3 +163,50 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     )
     noise = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert out.returncode == 0 and not noise, noise
+
+
+# --- several processes --------------------------------------------------------------------
+
+TEMPLATE = ROOT / "deploy" / "coterie@.service"
+
+
+def test_the_template_unit_runs_one_process_per_instance_name(tmp_path: Path) -> None:
+    text = TEMPLATE.read_text()
+    # Two EnvironmentFile lines (the shared one, then the instance's own, optional).
+    assert re.findall(r"^EnvironmentFile=(\S+)$", text, re.MULTILINE) == [
+        "/etc/coterie/coterie.env",
+        "-/etc/coterie/coterie-%i.env",
+    ]
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    service, single = parser["Service"], _unit()["Service"]
+    for key in ("User", "Group", "ExecStart", "KillSignal", "TimeoutStopSec", "Restart"):
+        assert service[key] == single[key], key
+    assert "%i" in parser["Unit"]["Description"]
+    if shutil.which("systemd-analyze") is not None:
+        coterie = Path(sys.executable).with_name("coterie")
+        exe = coterie if coterie.exists() else Path(sys.executable)
+        unit = tmp_path / "coterie@1.service"
+        unit.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={exe}", text, flags=re.MULTILINE))
+        out = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        noise = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+        assert out.returncode == 0 and not noise, noise
+
+
+def test_compose_runs_replicas_on_postgresql() -> None:
+    text = (ROOT / "deploy" / "compose.yaml").read_text()
+    assert re.search(r"^\s+image: postgres:\d+", text, re.MULTILINE)
+    assert re.search(r"DATABASE_URL: postgresql://.+@postgres:5432/", text)
+    m = re.search(r"replicas:\s*(\d+)", text)
+    assert m and int(m.group(1)) > 1
+    # Every replica's connections fit in PostgreSQL's default 100.
+    pool = int(re.search(r'COTERIE_DB_POOL_SIZE: "(\d+)"', text).group(1))  # type: ignore[union-attr]
+    overflow = int(re.search(r'COTERIE_DB_MAX_OVERFLOW: "(\d+)"', text).group(1))  # type: ignore[union-attr]
+    assert int(m.group(1)) * (pool + overflow + 2) < 100

@@ -11,6 +11,16 @@ from tests.fakediscord.server import (
     FakeInteraction,
     Fault,
     RateLimits,
+    shard_of,
 )
 
-__all__ = ["Call", "FakeDiscord", "FakeFile", "FakeGuild", "FakeInteraction", "Fault", "RateLimits"]
+__all__ = [
+    "Call",
+    "FakeDiscord",
+    "FakeFile",
+    "FakeGuild",
+    "FakeInteraction",
+    "Fault",
+    "RateLimits",
+    "shard_of",
+]

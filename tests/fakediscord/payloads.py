@@ -49,8 +49,12 @@ class Snowflakes:
     def __init__(self) -> None:
         self._counter = itertools.count(1)
 
-    def __call__(self) -> int:
+    def __call__(self, *, shard: int | None = None, shard_count: int = 1) -> int:
+        """A new id; with ``shard``, one whose guild Discord routes to that shard of
+        ``shard_count`` ((id >> 22) % count: the timestamp, moved a few ms ahead)."""
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        if shard is not None:
+            ms += (shard - ms) % shard_count
         return (ms << 22) | (next(self._counter) & 0x3FFFFF)
 
 

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BotFactory", "FakeApp", "NoSkills", "run_bot"]
 
-BotFactory = Callable[[FakeDiscord], "commands.Bot | Awaitable[commands.Bot]"]
-BotT = TypeVar("BotT", bound=commands.Bot)
+AnyBot = commands.Bot | commands.AutoShardedBot
+BotFactory = Callable[[FakeDiscord], "AnyBot | Awaitable[AnyBot]"]
+BotT = TypeVar("BotT", bound=AnyBot)
 
 # Why: discord.py waits this long after the last GUILD_CREATE before on_ready (2 s by default).
 GUILD_READY_TIMEOUT = 0.05
@@ -148,9 +149,7 @@ def bot_factory() -> BotFactory:
 
 
 @pytest.fixture
-async def discord_bot(
-    fake_discord: FakeDiscord, bot_factory: BotFactory
-) -> AsyncIterator[commands.Bot]:
+async def discord_bot(fake_discord: FakeDiscord, bot_factory: BotFactory) -> AsyncIterator[AnyBot]:
     made = bot_factory(fake_discord)
     bot = await made if inspect.isawaitable(made) else made
     async with run_bot(fake_discord, bot) as running:

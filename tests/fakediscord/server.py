@@ -32,12 +32,18 @@ __all__ = [
     "FakeInteraction",
     "Fault",
     "RateLimits",
+    "shard_of",
 ]
 
 API_PREFIX = "/api/v10"
 Json = Any
 Handler = Callable[..., Awaitable[tuple[int, Json]]]
 T = TypeVar("T")
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard Discord sends a guild's events to."""
+    return (guild_id >> 22) % shard_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +222,15 @@ class FakeDiscord:
         self.gateway_frames: list[dict[str, Any]] = []  # every frame the client sent
         self._changed = asyncio.Condition()
         self._sockets: set[web.WebSocketResponse] = set()
-        self._ws: web.WebSocketResponse | None = None
+        self._ws: web.WebSocketResponse | None = None  # the last one to IDENTIFY or RESUME
+        # Each session's shard as its IDENTIFY said it ([id, count]; [0, 1] unsharded),
+        # its sequence number, and the sessions by id (a RESUME keeps its shard).
+        self._shard: dict[web.WebSocketResponse, tuple[int, int]] = {}
+        self._seqs: dict[web.WebSocketResponse, int] = {}
+        self._session_shards: dict[str, tuple[int, int]] = {}
         self._seq = 0
+        # What GET /gateway/bot suggests as the shard count.
+        self.recommended_shards = 1
         self.session_id = ""
         self.identify_count = 0
         self.resume_count = 0
@@ -231,8 +244,13 @@ class FakeDiscord:
 
     # --- world ----------------------------------------------------------------
 
-    def add_guild(self, name: str) -> FakeGuild:
-        gid = self.snowflake()
+    def add_guild(
+        self, name: str, *, shard: int | None = None, shard_count: int | None = None
+    ) -> FakeGuild:
+        """A guild with the default channels, roles and members; with ``shard`` and
+        ``shard_count``, one whose id Discord routes to that shard."""
+        count = shard_count or self.recommended_shards
+        gid = self.snowflake(shard=shard, shard_count=count)
         g = FakeGuild(id=gid, name=name, owner_id=int(self.users["owner"]["id"]))
         g.roles["@everyone"] = p.role(gid, "@everyone", p.EVERYONE_PERMISSIONS)
         g.roles["admin"] = p.role(self.snowflake(), "admin", p.ADMINISTRATOR, position=4)
@@ -461,6 +479,20 @@ class FakeDiscord:
 
         return await self._wait(find, timeout, f"gateway op {op}")
 
+    async def wait_for_identify(
+        self, shard: int, *, since: int = 0, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """The first IDENTIFY for ``shard`` (from frame index ``since``)."""
+
+        def find() -> dict[str, Any] | None:
+            for frame in self.gateway_frames[since:]:
+                d = frame.get("d") if frame.get("op") == 2 else None
+                if isinstance(d, dict) and (d.get("shard") or [0])[0] == shard:
+                    return frame
+            return None
+
+        return await self._wait(find, timeout, f"an IDENTIFY for shard {shard}")
+
     async def wait_for_interaction_response(
         self, interaction: FakeInteraction, *, timeout: float = 5.0
     ) -> Call:
@@ -491,6 +523,39 @@ class FakeDiscord:
 
     # --- gateway ------------------------------------------------------------------
 
+    def connected_shards(self) -> dict[int, int]:
+        """Shard id -> how many open sessions serve it (Discord sends each of them the
+        shard's events: two means two answers)."""
+        out: dict[int, int] = {}
+        for ws, (shard, _count) in self._shard.items():
+            if not ws.closed:
+                out[shard] = out.get(shard, 0) + 1
+        return out
+
+    async def wait_for_shards(self, shards: set[int], *, timeout: float = 30) -> None:
+        """Until exactly these shards have one open session each (and no other shard has one)."""
+
+        def find() -> bool | None:
+            now = self.connected_shards()
+            return True if set(now) == shards and all(n == 1 for n in now.values()) else None
+
+        await self._wait(find, timeout, f"shards {sorted(shards)} connected once each")
+
+    def _sockets_for(self, event: str, data: Any) -> list[web.WebSocketResponse]:
+        """The sessions Discord sends this event to: those of the guild's shard
+        ((guild_id >> 22) % shard_count); DMs go to shard 0."""
+        gid: Any = None
+        if isinstance(data, dict):
+            gid = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
+        out = []
+        for ws, (shard, count) in self._shard.items():
+            if ws.closed:
+                continue
+            wanted = shard_of(int(gid), count) if gid is not None else 0
+            if shard == wanted:
+                out.append(ws)
+        return out
+
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
         # Why no compression: discord.py asks for zlib-stream, but decodes a text
         # frame as plain JSON; Discord itself only compresses binary frames.
@@ -510,8 +575,11 @@ class FakeDiscord:
                 await self._notify()
         finally:
             self._sockets.discard(ws)
+            self._shard.pop(ws, None)
+            self._seqs.pop(ws, None)
             if self._ws is ws:
                 self._ws = None
+            await self._notify()
         return ws
 
     async def _send(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
@@ -524,21 +592,31 @@ class FakeDiscord:
         elif op == 2:  # identify
             self.identify_count += 1
             self._ws = ws
-            self._seq = 0
+            self._seqs[ws] = 0
+            shard, count = (frame.get("d") or {}).get("shard") or (0, 1)
+            self._shard[ws] = (int(shard), int(count))
             self.session_id = secrets.token_hex(16)
-            await self._dispatch_on(ws, "READY", self._ready_payload())
-            for g in self.guilds.values():
+            self._session_shards[self.session_id] = self._shard[ws]
+            mine = [g for g in self.guilds.values() if shard_of(g.id, int(count)) == int(shard)]
+            ready = self._ready_payload(mine)
+            if (frame.get("d") or {}).get("shard") is not None:
+                ready["shard"] = [int(shard), int(count)]
+            await self._dispatch_on(ws, "READY", ready)
+            for g in mine:
                 await self._dispatch_on(ws, "GUILD_CREATE", self.guild_create_payload(g))
         elif op == 6:  # resume
             self.resume_count += 1
             self._ws = ws
+            resumed = str((frame.get("d") or {}).get("session_id", ""))
+            self._shard[ws] = self._session_shards.get(resumed, (0, 1))
+            self._seqs.setdefault(ws, int((frame.get("d") or {}).get("seq") or 0))
             await self._dispatch_on(ws, "RESUMED", {})
 
-    def _ready_payload(self) -> dict[str, Any]:
+    def _ready_payload(self, guilds: list[FakeGuild]) -> dict[str, Any]:
         return {
             "v": 10,
             "user": {**self.bot_user, "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(gid), "unavailable": True} for gid in self.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": self.session_id,
             "resume_gateway_url": self.gateway_url,
             "session_type": "normal",
@@ -599,15 +677,20 @@ class FakeDiscord:
         }
 
     async def _dispatch_on(self, ws: web.WebSocketResponse, event: str, data: Any) -> int:
-        self._seq += 1
-        await self._send(ws, {"op": 0, "t": event, "s": self._seq, "d": data})
-        return self._seq
+        seq = self._seqs.get(ws, 0) + 1
+        self._seqs[ws] = self._seq = seq
+        await self._send(ws, {"op": 0, "t": event, "s": seq, "d": data})
+        return seq
 
     async def dispatch(self, event: str, data: Any) -> int:
-        """Send one DISPATCH (op 0) to the connected client; returns its sequence number."""
-        if self._ws is None or self._ws.closed:
-            raise RuntimeError("no client is connected to the fake gateway")
-        return await self._dispatch_on(self._ws, event, data)
+        """Send one DISPATCH (op 0) to the sessions of the shard it belongs to (as
+        Discord routes it: the guild's shard, DMs to shard 0); returns the sequence
+        number (the first session's)."""
+        sockets = self._sockets_for(event, data)
+        if not sockets:
+            raise RuntimeError(f"no client is connected to the fake gateway for this {event}")
+        seqs = [await self._dispatch_on(ws, event, data) for ws in sockets]
+        return seqs[0]
 
     async def request_reconnect(self) -> None:
         """Op 7: the client drops the socket and RESUMEs on a new one."""
@@ -1068,7 +1151,7 @@ class FakeDiscord:
         return msg
 
     async def _echo(self, msg: dict[str, Any]) -> None:
-        if self.echo_messages and self._ws is not None and not self._ws.closed:
+        if self.echo_messages and self._sockets_for("MESSAGE_CREATE", msg):
             await self.dispatch("MESSAGE_CREATE", msg)
 
     def _install_routes(self) -> None:
@@ -1082,7 +1165,7 @@ class FakeDiscord:
         async def gateway_bot(call: Call) -> tuple[int, Json]:
             return 200, {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 999,
@@ -1306,9 +1389,10 @@ class FakeDiscord:
                 auto_archive_duration=int(body.get("auto_archive_duration") or 1440),
             )
             self.channels[int(th["id"])] = th
-            if self._ws is not None and not self._ws.closed:
+            created = {**th, "newly_created": True}
+            if self._sockets_for("THREAD_CREATE", created):
                 # Why: Discord tells the gateway too; discord.py caches the thread from it.
-                await self.dispatch("THREAD_CREATE", {**th, "newly_created": True})
+                await self.dispatch("THREAD_CREATE", created)
             return 201, th
 
         @r("POST", "/channels/{channel_id}/threads")

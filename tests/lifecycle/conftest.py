@@ -196,12 +196,17 @@ class Proc:
 
 
 @pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    """Started processes to kill if a test leaves one running."""
+async def procs(request: pytest.FixtureRequest) -> AsyncIterator[list[Proc]]:
+    """Started processes to kill if a test leaves one running (their stderr is printed
+    when the test failed, for the report)."""
     started: list[Proc] = []
     yield started
     for p in started:
         await p.kill()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for p in started:
+            print(f"--- stderr of pid {p.pid} ---\n{p.stderr}")
 
 
 def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -210,3 +215,12 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Why: the procs fixture prints its processes' stderr when the test itself failed.
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report

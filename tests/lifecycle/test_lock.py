@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from adapters.storage.db import Database, DatabaseError
-from adapters.storage.lock import InstanceLock, InstanceLocked, holds_lock, lock_holder, lock_path
+from adapters.storage.lock import (
+    ADVISORY_KEY,
+    InstanceLock,
+    InstanceLocked,
+    holds_lock,
+    lock_holder,
+    lock_path,
+)
 from adapters.storage.recovery import recover_interrupted_runs
 from tests.lifecycle.conftest import ROOT
 
@@ -100,45 +107,54 @@ async def test_crash_recovery_refuses_without_the_lock(tmp_path: Path) -> None:
 # --- PostgreSQL ---------------------------------------------------------------------
 
 
-async def test_postgres_advisory_lock_names_its_holder_and_comes_back(pg_url: str) -> None:
-    import asyncpg
+def _dsn(pg_url: str) -> str:
     from sqlalchemy.engine import make_url
+
+    return make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def test_postgres_processes_share_the_lock_and_it_comes_back(pg_url: str) -> None:
+    import asyncpg
 
     first = await InstanceLock.acquire(pg_url)
     try:
+        # Several `coterie run` of this version share one PostgreSQL database.
+        second = await InstanceLock.acquire(pg_url)
+        await second.release()
         assert holds_lock(pg_url)
-        with pytest.raises(InstanceLocked) as refused:
-            await InstanceLock.acquire(pg_url)
-        holder = refused.value.holder
-        assert holder is not None and holder.pid == os.getpid() and holder.backend_pid
-        assert f"pid {os.getpid()}" in str(refused.value)
         probed = await lock_holder(pg_url)
-        assert probed is not None and probed.pid == os.getpid()
+        assert probed is not None and probed.pid == os.getpid() and probed.backend_pid
 
         # The server drops the lock's connection (a restart, an admin): verify takes it back.
-        dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        admin = await asyncpg.connect(dsn)
+        admin = await asyncpg.connect(_dsn(pg_url))
         try:
-            await admin.execute("SELECT pg_terminate_backend($1)", holder.backend_pid)
+            await admin.execute("SELECT pg_terminate_backend($1)", probed.backend_pid)
+            assert await first.verify() is False  # it had dropped; taken again
+            assert await first.verify() is True
+            # A coterie from before instances (it took the lock alone) cannot start now.
+            assert not await admin.fetchval("SELECT pg_try_advisory_lock($1, $2)", *ADVISORY_KEY)
         finally:
             await admin.close()
-        assert await first.verify() is False  # it had dropped; taken again
-        assert await first.verify() is True
-        with pytest.raises(InstanceLocked):
-            await InstanceLock.acquire(pg_url)
     finally:
         await first.release()
     assert await lock_holder(pg_url) is None
-    again = await InstanceLock.acquire(pg_url)
-    await again.release()
 
 
-async def test_postgres_url_spellings_reach_the_same_lock(pg_url: str) -> None:
-    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    heroku = pg_url.replace("postgresql+asyncpg://", "postgres://")
-    lock = await InstanceLock.acquire(plain)
+async def test_postgres_refuses_to_start_beside_a_coterie_too_old_to_share(pg_url: str) -> None:
+    import asyncpg
+
+    # What the single-process coterie did: the lock alone, its identity as the app name.
+    old = await asyncpg.connect(
+        _dsn(pg_url), server_settings={"application_name": "coterie pid=4242 host=vm1 since=x"}
+    )
     try:
-        with pytest.raises(InstanceLocked):
-            await InstanceLock.acquire(heroku)
+        assert await old.fetchval("SELECT pg_try_advisory_lock($1, $2)", *ADVISORY_KEY)
+        for spelling in (pg_url, pg_url.replace("postgresql+asyncpg://", "postgres://")):
+            with pytest.raises(InstanceLocked) as refused:
+                await InstanceLock.acquire(spelling)
+            assert refused.value.holder is not None and refused.value.holder.pid == 4242
+            assert "an older coterie (pid 4242 on vm1" in str(refused.value)
     finally:
-        await lock.release()
+        await old.close()
+    lock = await InstanceLock.acquire(pg_url)
+    await lock.release()

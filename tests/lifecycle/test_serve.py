@@ -61,7 +61,7 @@ async def test_start_and_stop_happen_in_order(
 
     async def build(settings: Settings, **options: Any) -> App:
         # Crash recovery runs only while the lock is held, and only for `coterie run`.
-        assert options == {"recover": True}
+        assert options == {"recover": True, "instance": "bot"}
         assert holds_lock(settings.database_url)
         order.append("build")
         app = await build_app(settings, resolver=_Resolver(), **options)
@@ -83,13 +83,13 @@ async def test_start_and_stop_happen_in_order(
         bot.add_listener(ready, "on_ready")
         return bot
 
-    real_close = discord.Client.close
+    real_close = discord.AutoShardedClient.close
 
-    async def discord_close(self: discord.Client) -> None:
+    async def discord_close(self: discord.AutoShardedClient) -> None:
         order.append("close discord")
         await real_close(self)
 
-    monkeypatch.setattr(discord.Client, "close", discord_close)
+    monkeypatch.setattr(discord.AutoShardedClient, "close", discord_close)
 
     code = await serve(
         settings, fake_discord.token, build=build, make_bot=make_bot, shutdown=shutdown
@@ -103,6 +103,7 @@ async def test_start_and_stop_happen_in_order(
         "close discord",
         "close ToolRegistry",  # tool sources (MCP servers) stop once the runs are over
         "close SqlAuditSink",
+        "close Membership",  # deregistered after the audit's last flush
         "close Database",
     ]
     # The lock was released: another instance may start now.

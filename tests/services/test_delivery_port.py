@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from adapters.services.approval import DeliveryApprover
+from adapters.services.memory import SavedNotes
 from adapters.services.runner import Runner, _StoppingDelivery
-from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
+from executor.agent import (
+    Caller,
+    DeliveryReport,
+    Invocation,
+    RunnableAgent,
+    RunResult,
+    RunStatus,
+)
 from executor.messages import Message
 from executor.ports import ApprovalDecision, ApprovalRequest, Delivery, NullDelivery
 from executor.run import Executor
@@ -28,6 +36,18 @@ from executor.tools.registry import ToolRegistry, tool
 CALLER = Caller(user_id="1", display_name="alice")
 REQUEST = ApprovalRequest(run_id="r", caller=CALLER, tool="t", call_id="c", arguments={})
 SPY_DECISION = ApprovalDecision(approved=True, reason="the spy said yes")
+SPY_REPORT = DeliveryReport(delivered=False, error="the spy's answer never arrived")
+
+
+class _NoNotes:
+    async def saved_in(self, user_id: str, run_id: str) -> list[Any]:
+        return []
+
+
+def _saved_notes(inner: Delivery) -> Any:
+    """memory's wrapper (the "Saved: ..." line), over a memory that saved nothing."""
+    return SavedNotes(inner, cast(Any, _NoNotes()), "1")
+
 
 #: One sample call per method of the port (a new method needs one here).
 SAMPLES: dict[str, tuple[Any, ...]] = {
@@ -43,7 +63,7 @@ SAMPLES: dict[str, tuple[Any, ...]] = {
 }
 
 #: Every delivery that wraps another one.
-WRAPPERS: list[Callable[[Delivery], Any]] = [_StoppingDelivery]
+WRAPPERS: list[Callable[[Delivery], Any]] = [_StoppingDelivery, _saved_notes]
 
 
 def port_methods() -> dict[str, bool]:
@@ -62,7 +82,7 @@ def spy() -> Any:
     def method(name: str, is_async: bool) -> Any:
         def sync(self: Any, *args: Any) -> Any:
             calls.append(name)
-            return SPY_DECISION if name == "ask_approval" else None
+            return {"ask_approval": SPY_DECISION, "finish": SPY_REPORT}.get(name)
 
         async def coro(self: Any, *args: Any) -> Any:
             return sync(self, *args)
@@ -92,6 +112,8 @@ async def missed_by(wrapper: Callable[[Delivery], Any]) -> list[str]:
             missed.append(name)
         elif name == "ask_approval" and out is not SPY_DECISION:
             missed.append(name)  # asked, but the answer was not passed back
+        elif name == "finish" and out is not SPY_REPORT:
+            missed.append(name)  # whether the answer arrived was not passed back
     return missed
 
 
@@ -130,9 +152,15 @@ async def test_the_check_catches_a_wrapper_that_forgets_one() -> None:
             await self.inner.status(line)
 
         async def finish(self, result: RunResult) -> None:
-            await self.inner.finish(result)
+            await self.inner.finish(result)  # and drops whether the answer arrived
 
-    assert await missed_by(Forgetful) == ["note", "show_cost_footer", "queued", "ask_approval"]
+    assert await missed_by(Forgetful) == [
+        "finish",
+        "note",
+        "show_cost_footer",
+        "queued",
+        "ask_approval",
+    ]
 
 
 async def test_an_approval_asked_through_the_runner_reaches_the_members_delivery() -> None:

@@ -1,0 +1,315 @@
+"""Three real ``coterie run`` processes on one PostgreSQL database, against the fake
+Discord (which routes each guild's events to the sessions of its shard, as Discord
+does) and a loopback LLMock: the shards are shared out (one session per shard), every
+message is answered exactly once, ``coterie status`` lists them; SIGKILL one with a
+run in flight: a survivor takes its shard over and settles its run (interrupted,
+reservation charged), while a live process's run in flight is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.fakediscord import FakeDiscord, FakeGuild
+from tests.lifecycle.conftest import Proc, coterie_env, openai_env, webhook_shows
+from tests.storage.dbs import PG_ENV
+
+pytest.importorskip("llmock")
+
+COUNT = 3
+# Why not shorter: on a loaded CI machine a process may not beat for a few seconds
+# (a provider SDK imported on the event loop); the default is 15.
+TTL_S = "10"
+
+
+@pytest.fixture
+async def scaleout_url() -> AsyncIterator[str]:
+    """An empty PostgreSQL database of this test's own (the processes migrate it)."""
+    import asyncpg
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set: several processes need PostgreSQL")
+    name = f"coterie_scaleout_{uuid.uuid4().hex[:10]}"
+    admin_dsn = make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _rows(url: str, sql: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _env(tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str) -> dict[str, str]:
+    return coterie_env(
+        tmp_path,
+        fake=fake,
+        **openai_env(llmock),
+        DATABASE_URL=url,
+        COTERIE_LEASE_TTL_S=TTL_S,
+        COTERIE_IDENTIFY_INTERVAL_S="0",
+        COTERIE_SHUTDOWN_GRACE_S="1",
+        # Three processes and the other tests share the server's 100 connections.
+        COTERIE_DB_POOL_SIZE="3",
+        COTERIE_DB_MAX_OVERFLOW="4",
+        COTERIE_LOG_LEVEL="DEBUG",  # printed only when the test fails
+    )
+
+
+async def _start_three(
+    procs: list[Proc], tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str
+) -> list[Proc]:
+    """One after another: each is ready once it serves a shard (the ones before it
+    hand one over), so with the third ready each serves one."""
+    started = []
+    for _ in range(COUNT):
+        proc = await Proc.start("run", env=_env(tmp_path, fake, llmock, url), cwd=tmp_path)
+        procs.append(proc)
+        started.append(proc)
+        await proc.wait_for(r"coterie ready as", timeout=60)
+    await fake.wait_for_shards(set(range(COUNT)))
+    return started
+
+
+async def _owners(url: str) -> dict[int, int]:
+    """Shard -> the pid of the process holding its lease."""
+    rows = await _rows(
+        url,
+        "SELECT l.name, i.pid FROM leases l JOIN instances i ON i.id = l.holder "
+        "WHERE l.name LIKE 'shard:%' AND l.expires_at > now()",
+    )
+    return {int(r["name"].split(":")[1]): int(r["pid"]) for r in rows}
+
+
+def _guilds(fake: FakeDiscord) -> list[FakeGuild]:
+    fake.recommended_shards = COUNT
+    return [fake.add_guild(f"shard {i}", shard=i, shard_count=COUNT) for i in range(COUNT)]
+
+
+async def _answers(fake: FakeDiscord, guild: FakeGuild, n: int, text: str) -> None:
+    """Until ``guild``'s #general holds ``n`` persona answers, each of them ``text``."""
+    channel = guild.channel_id("general")
+
+    def done() -> bool | None:
+        answers = [m for m in fake.history(channel) if m.get("webhook_id")]
+        return True if len(answers) >= n and all(a["content"] == text for a in answers) else None
+
+    try:
+        await fake._wait(done, 30, f"{n} answers in {guild.name}")
+    except AssertionError:
+        shown = [(m.get("webhook_id") is not None, m.get("content")) for m in fake.history(channel)]
+        raise AssertionError(
+            f"{n} answers {text!r} in {guild.name}; its channel: {shown}"
+        ) from None
+
+
+def _asked(llmock: Any, marker: str) -> int:
+    """How many model requests carried ``marker`` as the member's latest message."""
+    n = 0
+    for record in llmock.requests:
+        messages = (record.body or {}).get("messages") or []
+        users = [m for m in messages if m.get("role") == "user"]
+        if users and marker in json.dumps(users[-1].get("content")):
+            n += 1
+    return n
+
+
+async def test_three_processes_share_the_shards_and_answer_each_message_once(
+    scaleout_url: str, fake_discord: FakeDiscord, llmock: Any, tmp_path: Path, procs: list[Proc]
+) -> None:
+    fake = fake_discord
+    guilds = _guilds(fake)
+    llmock.reply("noted.", times=None)
+    three = await _start_three(procs, tmp_path, fake, llmock, scaleout_url)
+    owners = await _owners(scaleout_url)
+    assert sorted(owners) == [0, 1, 2]
+    assert sorted(owners.values()) == sorted(p.pid for p in three)  # one shard each
+
+    # Every message, in every guild, answered once: one model request, one post.
+    sent: dict[int, list[str]] = {}
+    for round_ in range(3):
+        for g in guilds:
+            marker = f"m{round_}-{g.name.replace(' ', '')}"
+            await fake.dispatch_message(
+                f"<@{fake.bot_user['id']}> {marker}",
+                channel_id=g.channel_id("general"),
+                mentions=["bot"],
+            )
+            sent.setdefault(g.id, []).append(marker)
+    for g in guilds:
+        await _answers(fake, g, 3, "noted.")
+    for g in guilds:
+        answers = [m for m in fake.history(g.channel_id("general")) if m.get("webhook_id")]
+        assert [a["content"] for a in answers] == ["noted."] * 3
+        for marker in sent[g.id]:
+            assert _asked(llmock, marker) == 1, marker
+
+    # coterie status lists the three, each with its shard and its heartbeat.
+    status = await Proc.start(
+        "status", "--json", env=_env(tmp_path, fake, llmock, scaleout_url), cwd=tmp_path
+    )
+    procs.append(status)
+    assert await status.exit_code() == 0
+    listed = json.loads(status.stdout)["instances"]
+    assert sorted(i["pid"] for i in listed) == sorted(p.pid for p in three)
+    assert sorted(s for i in listed for s in i["shards"]) == [0, 1, 2]
+    for i in listed:
+        assert set(i) == {"id", "host", "pid", "shards", "leader", "heartbeat_age_s", "runs"}
+        assert i["heartbeat_age_s"] < float(TTL_S) and isinstance(i["runs"], int)
+
+    # A rolling stop: the stopping process hands its shard over before it leaves.
+    since = len(fake.gateway_frames)
+    gone = three[0]
+    [shard] = [s for s, pid in owners.items() if pid == gone.pid]
+    gone.signal(signal.SIGTERM)
+    await fake.wait_for_identify(shard, since=since)
+    assert await gone.exit_code() == 0
+    await fake.wait_for_shards({0, 1, 2})
+    await fake.dispatch_message(
+        f"<@{fake.bot_user['id']}> after-handover",
+        channel_id=guilds[shard].channel_id("general"),
+        mentions=["bot"],
+    )
+    await _answers(fake, guilds[shard], 4, "noted.")
+    assert _asked(llmock, "after-handover") == 1
+
+    for proc in three[1:]:
+        proc.signal(signal.SIGTERM)
+    for proc in three:
+        assert await proc.exit_code() == 0
+        assert "Traceback" not in proc.stderr
+    runs = await _rows(scaleout_url, "SELECT status, owner FROM audit_runs")
+    assert len(runs) == 10 and {r["status"] for r in runs} == {"ok"}
+    assert {r["owner"] for r in runs} <= {i["id"] for i in listed}
+    # Each process deregistered on its way out, its leases with it.
+    assert await _rows(scaleout_url, "SELECT id FROM instances") == []
+    assert await _rows(scaleout_url, "SELECT name FROM leases") == []
+    assert fake.unknown_calls == []
+
+
+async def test_sigkill_a_process_a_survivor_takes_its_shard_and_settles_its_run(
+    scaleout_url: str, fake_discord: FakeDiscord, llmock: Any, tmp_path: Path, procs: list[Proc]
+) -> None:
+    fake = fake_discord
+    guilds = _guilds(fake)
+    three = await _start_three(procs, tmp_path, fake, llmock, scaleout_url)
+    owners = await _owners(scaleout_url)
+    victim, survivor = three[1], three[2]
+    [dead_shard] = [s for s, pid in owners.items() if pid == victim.pid]
+    [live_shard] = [s for s, pid in owners.items() if pid == survivor.pid]
+
+    # Two answers start streaming and stall: one on the victim, one on a survivor.
+    llmock.reply("half of an answer that never ends", times=2)
+    llmock.stall(after_chunks=2, seconds=120, times=2)
+    for shard in (dead_shard, live_shard):
+        await fake.dispatch_message(
+            f"<@{fake.bot_user['id']}> stall-{shard}",
+            channel_id=guilds[shard].channel_id("general"),
+            mentions=["bot"],
+        )
+    # (Words from the model, not the placeholder: the run is in the audit by then.)
+    await fake._wait(
+        lambda: (
+            True
+            if all(
+                any(
+                    m.get("webhook_id") and "half" in m.get("content", "")
+                    for m in fake.history(guilds[s].channel_id("general"))
+                )
+                for s in (dead_shard, live_shard)
+            )
+            else None
+        ),
+        30,
+        "both answers streaming",
+    )
+    running = await _rows(
+        scaleout_url,
+        "SELECT r.run_id, i.pid FROM audit_runs r JOIN instances i ON i.id = r.owner "
+        "WHERE r.status = 'running'",
+    )
+    by_pid = {int(r["pid"]): str(r["run_id"]) for r in running}
+    assert set(by_pid) == {victim.pid, survivor.pid}, [
+        dict(r)
+        for r in await _rows(scaleout_url, "SELECT run_id, status, owner, error FROM audit_runs")
+    ]
+    dead_run, live_run = by_pid[victim.pid], by_pid[survivor.pid]
+
+    since = len(fake.gateway_frames)
+    victim.signal(signal.SIGKILL)
+    assert await victim.exit_code() == -signal.SIGKILL
+    # Its lease expires; a survivor reaps it, takes its shard and settles its run.
+    await fake.wait_for_identify(dead_shard, since=since, timeout=60)
+    await fake.wait_for_shards({0, 1, 2})
+    settled = [
+        asyncio.ensure_future(p.wait_for(r"closed 1 run\(s\) of a stopped instance", timeout=60))
+        for p in three
+        if p is not victim
+    ]
+    done, pending = await asyncio.wait(settled, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        t.result()
+
+    runs = {
+        str(r["run_id"]): r
+        for r in await _rows(scaleout_url, "SELECT run_id, status, cost_micros FROM audit_runs")
+    }
+    assert runs[dead_run]["status"] == "interrupted"
+    assert runs[live_run]["status"] == "running"  # a live process's run: never touched
+    open_ = {
+        str(r["run_id"])
+        for r in await _rows(scaleout_url, "SELECT run_id FROM budget_reservations")
+    }
+    assert dead_run not in open_ and live_run in open_
+    charged = await _rows(
+        scaleout_url,
+        "SELECT coalesce(sum(amount_micros), 0) AS s FROM budget_ledger WHERE run_id = $1",
+        dead_run,
+    )
+    assert charged[0]["s"] == runs[dead_run]["cost_micros"]
+    pids = {int(r["pid"]) for r in await _rows(scaleout_url, "SELECT pid FROM instances")}
+    assert victim.pid not in pids
+
+    # The survivor that took the shard answers in the dead one's guild, once.
+    llmock.reset()
+    llmock.reply("back.", times=None)
+    await fake.dispatch_message(
+        f"<@{fake.bot_user['id']}> after-takeover",
+        channel_id=guilds[dead_shard].channel_id("general"),
+        mentions=["bot"],
+    )
+    await webhook_shows(fake, "back.")
+    assert _asked(llmock, "after-takeover") == 1
+    assert fake.unknown_calls == []

@@ -1,0 +1,96 @@
+"""Caches across processes on PostgreSQL (LISTEN/NOTIFY): two apps on one database, as
+two ``coterie run`` processes build them; a guild setting changed through one is seen
+by the other at once, not after its cache's TTL; a notification connection that drops
+comes back and empties the cache (what it may have missed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bot.app import App, build_app
+from bot.settings import Settings
+from executor.testing import ScriptedModel
+
+
+class _Tiers:
+    tiers = ("standard",)
+    default_tier = "standard"
+
+    def resolve(self, tier: str | None = None) -> Any:
+        return ScriptedModel(["-"])
+
+    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
+        return 0
+
+
+@asynccontextmanager
+async def _app(url: str) -> AsyncIterator[App]:
+    app = await build_app(
+        Settings(_env_file=None, database_url=url), resolver=_Tiers(), instance="cli"
+    )
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+def _told(app: App, topic: str) -> asyncio.Queue[str | None]:
+    """The keys ``app`` is told about on ``topic`` (after its own subscribers ran)."""
+    told: asyncio.Queue[str | None] = asyncio.Queue()
+    assert app.notifier is not None
+    app.notifier.subscribe(topic, told.put_nowait)
+    return told
+
+
+async def test_a_setting_changed_in_one_process_is_seen_by_another_at_once(pg_url: str) -> None:
+    async with _app(pg_url) as a, _app(pg_url) as b:
+        b.guild_settings.ttl_s = 3600  # only the notification can refresh it
+        told = _told(b, "guild_settings")
+        assert (await b.guild_settings.guild("42")).default_persona is None  # cached
+        await b.guild_settings.channel_persona("7")
+
+        await a.guild_settings.update_guild("42", default_persona="researcher")
+        assert await asyncio.wait_for(told.get(), 10) == "guild:42"
+        assert (await b.guild_settings.guild("42")).default_persona == "researcher"
+
+        await a.guild_settings.set_channel_persona("42", "7", "reviewer")
+        assert await asyncio.wait_for(told.get(), 10) == "channel:7"
+        assert await b.guild_settings.channel_persona("7") == "reviewer"
+        assert told.empty()  # a process is not told about its own changes
+        a_told = _told(a, "guild_settings")
+        await b.guild_settings.update_guild("42", default_persona=None)
+        assert await asyncio.wait_for(a_told.get(), 10) == "guild:42"
+
+
+async def test_a_dropped_notification_connection_comes_back_with_empty_caches(
+    pg_url: str,
+) -> None:
+    async with _app(pg_url) as b:
+        b.guild_settings.ttl_s = 3600
+        told = _told(b, "guild_settings")
+        assert (await b.guild_settings.guild("43")).default_persona is None  # cached
+        dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        admin = await asyncpg.connect(dsn)
+        try:
+            # A change b never hears of (as if made while its connection was down).
+            await admin.execute(
+                "INSERT INTO guild_settings (guild_id, default_persona, answer_channels, "
+                "answer_categories, role_budgets, allow_dms, cost_footer) "
+                "VALUES ('43', 'researcher', '[]', '[]', '{}', true, false)"
+            )
+            assert (await b.guild_settings.guild("43")).default_persona is None  # stale
+            assert b.notifier is not None and b.notifier._conn is not None
+            await admin.execute(
+                "SELECT pg_terminate_backend($1)", b.notifier._conn.get_server_pid()
+            )
+        finally:
+            await admin.close()
+        # Reconnected, it drops everything it had cached: it may have missed anything.
+        assert await asyncio.wait_for(told.get(), 30) is None
+        assert (await b.guild_settings.guild("43")).default_persona == "researcher"
