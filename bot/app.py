@@ -221,6 +221,13 @@ class App:
     async def close(self) -> None:
         self.scheduler.shutdown()
         await self._stop_background()
+        # Why wait: a run that has finished may still be telling the audit whether its
+        # answer arrived; closing the database under it leaves a connection behind. The
+        # drain has already ended every run in `coterie run`; this is for the rest.
+        try:
+            await asyncio.wait_for(self.runner.wait_idle(), self.settings.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("closing with %d run(s) still in flight", self.runner.in_flight)
         # Why before the closers: a slot in flight finishes its bookkeeping on the database.
         await self.scheduler.wait_idle()
         while self._closers:

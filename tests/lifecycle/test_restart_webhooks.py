@@ -58,9 +58,12 @@ async def life(
     app = await build_app(settings, resolver=_Tiers(model))
     finished = _Finished()
     app.executor.observers.append(finished)
-    bot = coterie_bot(fake, app=app, extensions=EXTENSIONS)
-    async with run_bot(fake, bot):
-        yield bot, app, finished
+    try:
+        bot = coterie_bot(fake, app=app, extensions=EXTENSIONS)
+        async with run_bot(fake, bot):
+            yield bot, app, finished
+    finally:
+        await app.close()  # as the process's drain does: the database too
 
 
 @pytest.fixture
