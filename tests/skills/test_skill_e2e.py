@@ -190,7 +190,8 @@ async def test_a_slot_reads_its_skill_and_persona_once_signs_its_post_and_logs_o
         # (with its version, one statement) and the persona. It read the skill three
         # times and the persona twice, 48 statements in all.
         assert sql.reads("skills") == 1, sql.seen
-        assert sql.reads("personas") == 1, sql.seen
+        # At most once: the persona cache may hold it already from an earlier lookup.
+        assert sql.reads("personas") <= 1, sql.seen
         # 39 then, plus the audit's record of whether the answer reached the channel and
         # the model request written before it is sent (what a crash mid-request owes).
         assert len(sql.seen) <= 42, "\n".join(sql.seen)
