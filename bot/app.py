@@ -9,9 +9,11 @@ service. ``await app.close()`` flushes and closes all of it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +132,9 @@ class App:
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The providers' SDK imports started by build_app (a thread), and for which tiers.
+    _warming: asyncio.Future[list[str]] | None = None
+    _warm_tiers: Sequence[str | None] | None = None
 
     def operator(self) -> Caller:
         """The person at the terminal: the operator, with owner privilege."""
@@ -139,9 +144,42 @@ class App:
             privilege=Privilege.OWNER,
         )
 
+    async def warm_models(self) -> None:
+        """Wait for the SDK imports :func:`build_app` started in a thread, then build
+        the warmed tiers' models here (cached by the resolver): the first run, and the
+        chat flow's look at a model's profile, then import and build nothing.
+        Idempotent; a tier that cannot be built is left for its first run to report."""
+        warming, self._warming = self._warming, None
+        if warming is None:
+            return
+        started = time.perf_counter()
+        try:
+            kinds = await warming
+        except Exception:
+            log.warning("could not import a provider's SDK ahead of time", exc_info=True)
+            return
+        resolver = self.resolver
+        if isinstance(resolver, TierResolver):
+            for tier in resolver.tiers if self._warm_tiers is None else self._warm_tiers:
+                try:
+                    resolver.resolve(tier)
+                except ConfigError:
+                    continue  # no usable candidate: the preflight said so, a run will
+                except Exception:
+                    log.warning(
+                        "could not build tier %s's models ahead of time", tier, exc_info=True
+                    )
+        log.info(
+            "models ready: %s (SDKs imported off the event loop; waited %.2fs for them)",
+            ", ".join(kinds) or "no SDK",
+            time.perf_counter() - started,
+        )
+
     async def start(self) -> None:
-        """Background services (called from the bot's setup_hook): the scheduler, its
-        jobs rebuilt from the schedules table and missed slots handled."""
+        """Background services (called from the bot's setup_hook): the models (before
+        "ready"), the scheduler, its jobs rebuilt from the schedules table and missed
+        slots handled."""
+        await self.warm_models()
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
 
@@ -171,9 +209,15 @@ async def build_app(
     recover: bool = False,
     clock: Clock | None = None,
     to_agent: Callable[[Persona], RunnableAgent] | None = None,
+    warm: bool | Sequence[str | None] = False,
 ) -> App:
     """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos);
     ``to_agent`` replaces how a persona becomes an agent (tests give a scripted model).
+
+    ``warm``: the SDKs of these tiers' providers (True: every tier's; a None among the
+    tiers: the default tier's) start importing in a thread at once, while the rest is
+    built; :meth:`App.warm_models` waits for them (``App.start`` does). Verbs that run
+    no model (``budget``, ``forget``) leave it False.
 
     ``recover`` closes runs left ``running`` as ``interrupted`` and settles every
     open reservation: only the bot process (``coterie run``) may do that at its
@@ -212,9 +256,17 @@ async def build_app(
     closers: list[Callable[[], Awaitable[None]]] = []
     models_config: ModelsConfig | None = None
     providers: ProviderRegistry | None = None
+    warming: asyncio.Future[list[str]] | None = None
+    warm_tiers: list[str | None] | None = None
     if resolver is None:
         models_config, providers, resolver = build_resolver(settings, environ)
         closers.append(providers.aclose)
+    if warm and isinstance(resolver, TierResolver):
+        warm_tiers = None if warm is True else list(warm)
+        # Why a thread, and first: an SDK import takes seconds of the start (1.4 s for
+        # anthropic); it overlaps the database's start here, Discord's login in `run`.
+        warming = asyncio.get_running_loop().run_in_executor(None, resolver.preload, warm_tiers)
+        warming.add_done_callback(_retrieve)
     clock = clock or RealClock()
 
     tools = default_registry(settings.enabled_tools)
@@ -402,7 +454,14 @@ async def build_app(
         budget_alerts=budget_alerts,
     )
     app._closers.extend(closers)
+    app._warming, app._warm_tiers = warming, warm_tiers
     return app
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the warming's outcome seen when nobody awaits it (an app closed early)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _sees_images(resolver: ModelResolver) -> Callable[[RunnableAgent], bool]:

@@ -177,7 +177,8 @@ async def serve(
             from bot.app import build_app
 
             build = build_app
-        app = await build(settings, recover=True)
+        # Why warm: the providers' SDKs are imported before "ready", in a thread.
+        app = await build(settings, recover=True, warm=True)
         try:
             from bot.cli._preflight import check_app
 
