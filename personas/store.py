@@ -18,13 +18,21 @@ Who may do what (``by`` is the acting :class:`~executor.agent.Caller`):
 - ``delete_user_data(user_id)`` keeps the personas the user created (others may
   rely on them, and channels may default to them) but clears ``created_by``, so
   only admins can change them afterwards. ``purge=True`` deletes them instead.
+
+Reads are cached: the chat flow looks a persona up on every message. A guild's
+stored personas (its own and the deployment-wide ones) are read in one query and
+kept for ``ttl_s``; every write through this store drops the cache at once
+(:meth:`PersonaStore.invalidate`, the one place that does), and a change made by
+another process (``coterie forget``, a second instance) is seen within ``ttl_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins as _builtins
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -79,8 +87,17 @@ class PersonaStore:
         tools: ToolRegistry | None = None,
         tiers: Iterable[str] = DEFAULT_TIERS,
         admin: Privilege = Privilege.ADMIN,
+        ttl_s: float = 30.0,
+        max_guilds: int = 2_000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
+        # guild id ("" for none) -> (when read, its stored personas by normalised name)
+        self._cache: OrderedDict[str, tuple[float, dict[str, Persona]]] = OrderedDict()
+        self._generation = 0  # bumped by invalidate(): a read begun before keeps nothing
+        self.ttl_s = ttl_s
+        self._max_guilds = max_guilds
+        self._monotonic = monotonic
         items = builtins.values() if isinstance(builtins, Mapping) else builtins
         self._builtins: dict[str, Persona] = {
             normalise_name(p.name): replace(p, builtin=True) for p in items
@@ -103,21 +120,41 @@ class PersonaStore:
 
     async def list(self, guild_id: str | None) -> _builtins.list[Persona]:
         """Every persona usable in the guild, sorted by name."""
-        merged = dict(self._builtins)
-        for row in await self._rows(guild_id):
-            key = normalise_name(row.name)
-            merged[key] = _to_persona(row, overrides_builtin=key in self._builtins)
+        merged = self._builtins | await self._stored(guild_id)
         return sorted(merged.values(), key=lambda p: p.name)
 
     async def find(self, guild_id: str | None, name: str) -> Persona | None:
         """The persona called ``name`` (any case) in the guild, or None."""
         key = normalise_name(name)
-        rows = await self._rows(guild_id, name=key)
-        if rows:
-            # The guild's own row wins over a deployment-wide one.
-            row = max(rows, key=lambda r: r.guild_id != "")
-            return _to_persona(row, overrides_builtin=key in self._builtins)
-        return self._builtins.get(key)
+        stored = (await self._stored(guild_id)).get(key)
+        return stored if stored is not None else self._builtins.get(key)
+
+    def invalidate(self) -> None:
+        """Forget every cached read; the next one goes to the database. Called by
+        every write of this store (and by whoever learns of another process's)."""
+        self._generation += 1
+        self._cache.clear()
+
+    async def _stored(self, guild_id: str | None) -> dict[str, Persona]:
+        """The guild's stored personas by normalised name (its own win over the
+        deployment-wide ones), from the cache when it is fresh."""
+        gid = guild_id or ""
+        hit = self._cache.get(gid)
+        if hit is not None and self._monotonic() - hit[0] <= self.ttl_s:
+            self._cache.move_to_end(gid)
+            return hit[1]
+        generation, read_at = self._generation, self._monotonic()
+        found: dict[str, Persona] = {}
+        # Deployment-wide rows first: the guild's own overwrite them.
+        for row in sorted(await self._rows(gid or None), key=lambda r: r.guild_id != ""):
+            key = normalise_name(row.name)
+            found[key] = _to_persona(row, overrides_builtin=key in self._builtins)
+        if generation == self._generation:  # no write landed while we read
+            self._cache[gid] = (read_at, found)
+            self._cache.move_to_end(gid)
+            while len(self._cache) > self._max_guilds:
+                self._cache.popitem(last=False)
+        return found
 
     async def get(self, guild_id: str | None, name: str) -> Persona:
         """Like :meth:`find`, but an unknown name raises :class:`PersonaNotFound`."""
@@ -177,6 +214,8 @@ class PersonaStore:
             except IntegrityError as exc:
                 # Why: two creates raced past the check above; the unique constraint decides.
                 raise PersonaExists(persona.name) from exc
+            finally:
+                self.invalidate()
             await session.refresh(row)
         return _to_persona(row, overrides_builtin=persona.name in self._builtins)
 
@@ -207,7 +246,10 @@ class PersonaStore:
             stored.temperature = persona.temperature
             stored.updated_at = utcnow()
             session.add(stored)
-            await session.commit()
+            try:
+                await session.commit()
+            finally:
+                self.invalidate()
             await session.refresh(stored)
             return _to_persona(stored, overrides_builtin=name in self._builtins)
 
@@ -263,7 +305,10 @@ class PersonaStore:
         deleted = _to_persona(row, overrides_builtin=key in self._builtins)
         async with self._sessions() as session:
             await session.execute(sa_delete(PersonaRow).where(col(PersonaRow.id) == row.id))
-            await session.commit()
+            try:
+                await session.commit()
+            finally:
+                self.invalidate()
         return deleted
 
     async def export_markdown(self, guild_id: str | None, name: str) -> str:
@@ -303,7 +348,10 @@ class PersonaStore:
                 result = await session.execute(
                     update(PersonaRow).where(where).values(created_by="", updated_at=utcnow())
                 )
-            await session.commit()
+            try:
+                await session.commit()
+            finally:
+                self.invalidate()
             return int(getattr(result, "rowcount", 0) or 0)
 
     # --- rules ----------------------------------------------------------------------
@@ -338,13 +386,9 @@ class PersonaStore:
 
     # --- queries --------------------------------------------------------------------
 
-    async def _rows(
-        self, guild_id: str | None, *, name: str | None = None
-    ) -> _builtins.list[PersonaRow]:
+    async def _rows(self, guild_id: str | None) -> _builtins.list[PersonaRow]:
         gids = ["", guild_id] if guild_id else [""]
         stmt = select(PersonaRow).where(col(PersonaRow.guild_id).in_(gids))
-        if name is not None:
-            stmt = stmt.where(func.lower(PersonaRow.name) == name)
         async with self._sessions() as session:
             result = await session.execute(stmt)
             return _builtins.list(result.scalars().all())

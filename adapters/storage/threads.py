@@ -3,10 +3,18 @@
 A ``/chat`` thread is bound to its persona, so every message in it is answered by
 that persona without a mention. :class:`SqlThreadStore` implements the chat flow's
 :class:`~adapters.services.ports.ThreadStore` port in the database.
+
+The chat flow asks for a thread's binding on every message in any thread (twice for
+a bound one), so reads are cached, "not bound" included, for ``ttl_s``; a change
+through this store drops the cache (:meth:`SqlThreadStore.invalidate`). A thread
+belongs to one guild, and so to the one process that holds its shard.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete
@@ -33,13 +41,41 @@ def _binding(row: ThreadBinding) -> Binding:
 class SqlThreadStore:
     """Thread bindings in the database. Takes an ``async_sessionmaker``."""
 
-    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[Any],
+        *,
+        ttl_s: float = 30.0,
+        max_threads: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sessions = sessions
+        self.ttl_s = ttl_s
+        self._max = max_threads
+        self._monotonic = monotonic
+        self._cache: OrderedDict[str, tuple[float, Binding | None]] = OrderedDict()
+        self._generation = 0  # bumped by invalidate(): a read begun before keeps nothing
+
+    def invalidate(self) -> None:
+        """Forget every cached read (every write of this store calls it)."""
+        self._generation += 1
+        self._cache.clear()
 
     async def get(self, thread_id: str) -> Binding | None:
+        hit = self._cache.get(thread_id)
+        if hit is not None and self._monotonic() - hit[0] <= self.ttl_s:
+            self._cache.move_to_end(thread_id)
+            return hit[1]
+        generation, read_at = self._generation, self._monotonic()
         async with self._sessions() as session:
             row = await session.get(ThreadBinding, thread_id)
-            return _binding(row) if row is not None else None
+            found = _binding(row) if row is not None else None
+        if generation == self._generation:
+            self._cache[thread_id] = (read_at, found)
+            self._cache.move_to_end(thread_id)
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return found
 
     async def bind(
         self, *, thread_id: str, guild_id: str, channel_id: str, persona: str, created_by: str
@@ -58,7 +94,10 @@ class SqlThreadStore:
             else:
                 row.persona = persona
             session.add(row)
-            await session.commit()
+            try:
+                await session.commit()
+            finally:
+                self.invalidate()
             await session.refresh(row)
             return _binding(row)
 
@@ -67,7 +106,10 @@ class SqlThreadStore:
             result = await session.execute(
                 delete(ThreadBinding).where(col(ThreadBinding.thread_id) == thread_id)
             )
-            await session.commit()
+            try:
+                await session.commit()
+            finally:
+                self.invalidate()
             return bool(getattr(result, "rowcount", 0))
 
     async def delete_user_data(self, user_id: str) -> int:
@@ -76,5 +118,8 @@ class SqlThreadStore:
             result = await session.execute(
                 delete(ThreadBinding).where(col(ThreadBinding.created_by) == user_id)
             )
-            await session.commit()
+            try:
+                await session.commit()
+            finally:
+                self.invalidate()
             return int(getattr(result, "rowcount", 0) or 0)

@@ -162,3 +162,60 @@ async def test_post_as_a_persona_in_a_channel_with_no_message_to_answer(
         page = await the_app.audit_queries.list_runs(RunFilter(trigger="schedule"))
         assert [r.persona for r in page.runs] == ["researcher"]
         assert (await the_app.budget.status(str(alice["id"]))).spent_micros == 777
+
+
+async def test_a_persona_made_or_removed_with_the_command_answers_the_next_mention(
+    fake_discord: FakeDiscord, app: tuple[App, ScriptedModel]
+) -> None:
+    """Persona lookups are cached (issue 19); a change through /persona is seen at once."""
+    the_app, model = app
+    fake = fake_discord
+    bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
+
+    finished: asyncio.Queue[object] = asyncio.Queue()
+
+    class Finished:
+        async def on_event(self, event: object) -> None:
+            if isinstance(event, RunFinished):
+                finished.put_nowait(event)
+
+    the_app.executor.observers.append(Finished())
+
+    async def mention(text: str) -> Any:
+        model.push(Reply(text="ok"))
+        since = len(fake.calls)
+        await fake.dispatch_message(f"<@{fake.bot_user['id']}> {text}", mentions=["bot"])
+        post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+        await asyncio.wait_for(finished.get(), 10)
+        if post.json["content"] != "ok":  # the answer's last edit is out before we go on
+            await fake.wait_for_call(
+                "PATCH",
+                r"/webhooks/{id}/{token}/messages/{m}",
+                predicate=lambda c: c.json.get("content") == "ok",
+                since=since,
+            )
+        return post.json["username"], model.requests[-1].messages[0].text
+
+    async with run_bot(fake, bot):
+        assert (await mention("poet: a line on rain"))[0] == "assistant"  # no poet yet
+        inter = await fake.dispatch_slash("persona", {}, subcommand="create")
+        opened = await fake.wait_for_interaction_response(inter)
+        form = await fake.dispatch_modal_submit(
+            opened.json["data"]["custom_id"],
+            {
+                "name": "poet",
+                "description": "Writes short poems.",
+                "system_prompt": "You write short, vivid poems.",
+                "tier": "standard",
+                "tools": "",
+            },
+        )
+        done = await fake.wait_for_interaction_response(form)
+        assert "Created the persona **poet**" in done.json["data"]["content"]
+        name, system = await mention("poet: a line on rain")
+        assert name == "poet" and "You write short, vivid poems." in system
+
+        inter = await fake.dispatch_slash("persona", {"persona": "poet"}, subcommand="delete")
+        done = await fake.wait_for_interaction_response(inter)
+        assert "Deleted the persona **poet**" in done.json["data"]["content"]
+        assert (await mention("poet: a line on rain"))[0] == "assistant"

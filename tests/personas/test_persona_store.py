@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from executor.agent import Caller, Privilege
@@ -14,7 +16,7 @@ from personas.errors import (
     PersonaNotFound,
     PersonaPermissionDenied,
 )
-from personas.markdown import load_builtins, parse_markdown
+from personas.markdown import load_builtins, parse_markdown, render_markdown
 from personas.model import Persona
 from personas.store import PersonaStore
 
@@ -249,3 +251,77 @@ async def test_without_a_registry_every_tool_is_refused(
     assert [p.name for p in await store.list(G)] == ["solo"]
     with pytest.raises(InvalidPersona, match="no tool named 'calculator'"):
         await store.create(G, poet(tools=("calculator",)), by=ADMIN)
+
+
+# --- the read cache -------------------------------------------------------------------
+
+
+def _persona_reads(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+    """Every SELECT on the personas table from now on."""
+    seen: list[str] = []
+
+    def before(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM personas" in statement:
+            seen.append(statement)
+
+    event.listen(sessions.kw["bind"].sync_engine, "before_cursor_execute", before)
+    return seen
+
+
+async def test_reads_are_cached_and_every_write_drops_the_cache(
+    store: PersonaStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await store.create(G, poet(), by=ALICE)
+    reads = _persona_reads(sessions)
+    assert (await store.get(G, "poet")).description == "Writes verse."
+    assert await store.find(G, "POET") is not None
+    assert await store.find(G, "assistant") is not None  # a built-in, from the same read
+    assert "poet" in [p.name for p in await store.list(G)]
+    assert len(reads) == 1  # one read of the guild's personas served all four
+
+    await store.update(G, poet(description="New verse."), by=ALICE)
+    assert (await store.get(G, "poet")).description == "New verse."
+    await store.create(G, poet(name="bard"), by=BOB)
+    assert (await store.get(G, "bard")).created_by == BOB.user_id
+    await store.delete_user_data(BOB.user_id)
+    assert (await store.get(G, "bard")).created_by == ""
+    await store.delete(G, "poet", by=ALICE)
+    assert await store.find(G, "poet") is None
+    await store.import_markdown(G, render_markdown(poet()), by=ALICE)
+    assert await store.find(G, "poet") is not None
+    await store.delete_user_data(ALICE.user_id, purge=True)
+    assert await store.find(G, "poet") is None
+
+
+async def test_another_process_change_is_seen_within_the_ttl(
+    sessions: async_sessionmaker[AsyncSession], registry: ToolRegistry
+) -> None:
+    now = [0.0]
+    store = PersonaStore(
+        sessions, load_builtins(), tools=registry, tiers=["standard"], monotonic=lambda: now[0]
+    )
+    elsewhere = PersonaStore(sessions, load_builtins(), tools=registry, tiers=["standard"])
+    assert await store.find(G, "poet") is None
+    await elsewhere.create(G, poet(), by=ALICE)
+    now[0] += store.ttl_s / 2
+    assert await store.find(G, "poet") is None  # still the cached read
+    now[0] += store.ttl_s
+    assert await store.find(G, "poet") is not None
+    store.invalidate()  # what a cross-process notice calls
+    await elsewhere.delete(G, "poet", by=ALICE)
+    store.invalidate()
+    assert await store.find(G, "poet") is None
+
+
+async def test_a_write_during_a_read_leaves_nothing_stale(store: PersonaStore) -> None:
+    read = store._rows
+
+    async def racing(guild_id: str | None) -> list[Any]:
+        rows = await read(guild_id)
+        store._rows = read  # type: ignore[method-assign]
+        await store.create(G, poet(), by=ALICE)  # lands after the read, before it returns
+        return rows
+
+    store._rows = racing  # type: ignore[method-assign]
+    assert await store.find(G, "poet") is None  # what the read saw
+    assert await store.find(G, "poet") is not None  # and it was not kept
