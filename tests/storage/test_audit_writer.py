@@ -36,7 +36,7 @@ async def _dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
     async with db.engine.connect() as conn:
         for model in TABLES:
-            table = model.__table__  # type: ignore[attr-defined]
+            table: Any = getattr(model, "__table__")  # noqa: B009  (SQLModel types it loosely)
             columns = [c for c in table.columns if c.name != "id"]
             rows = (await conn.execute(select(*columns))).all()
             out[table.name] = sorted(tuple(r) for r in rows)
