@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from executor.agent import Invocation, RunnableAgent, RunStatus
     from executor.errors import ModelAPIError
     from executor.events import RunEvent
-    from executor.models.base import Attempt, Model, ModelRequest, ModelResponse
+    from executor.models.base import Attempt, Model, ModelRequest, ModelResponse, ToolDefinition
     from executor.ports import Delivery
     from executor.spend import RunBudget
 
@@ -49,6 +49,8 @@ class RunState:
     emit: Callable[[RunEvent], Awaitable[None]] | None = None
     # Set by the run loop: the run's reservation, grown before each model call.
     budget: RunBudget | None = None
+    # Set by the run loop: (the agent they were built for, system message, tool definitions).
+    request_parts: tuple[Any, list[Message], list[ToolDefinition]] | None = None
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage

@@ -222,11 +222,18 @@ class Executor:
         return lambda input_tok, output_tok: models.estimate_micros(tier, input_tok, output_tok)
 
     def _request_parts(self, state: RunState) -> tuple[list[Message], list[ToolDefinition]]:
-        """The system message and the tool definitions every request of the run carries."""
+        """The system message and the tool definitions every request of the run carries:
+        built once a run (the budget's first estimate and the steps share them), again
+        only when a hook gave the run another agent."""
         agent = state.agent
+        built = state.request_parts
+        if built is not None and built[0] is agent:
+            return built[1], built[2]
         tools = self.tools.available(agent.tools, state.invocation.caller.privilege)
         system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
-        return system, [t.definition for t in tools]
+        definitions = [t.definition for t in tools]
+        state.request_parts = (agent, system, definitions)
+        return system, definitions
 
     def _first_call(self, state: RunState) -> tuple[int, int]:
         """The first request's input estimate and its ``max_tokens``."""
@@ -330,11 +337,16 @@ class Executor:
             state.emit = emit_hook
             timeout_reason = f"the run passed its {bounds.max_runtime_s:g} s time limit"
             if isinstance(self.clock, RealClock):
-                timers.append(
-                    asyncio.get_running_loop().call_later(
-                        bounds.max_runtime_s, stop, timeout_reason, RunStatus.TIMEOUT
-                    )
-                )
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + bounds.max_runtime_s
+
+                def arm() -> None:
+                    timers.append(loop.call_at(deadline, stop, timeout_reason, RunStatus.TIMEOUT))
+
+                # Why armed on the loop's next turn: a run that ends without waiting
+                # (a refusal, a scripted model) then leaves no cancelled timer in the
+                # loop's heap for the next max_runtime_s; one that waits is armed at once.
+                timers.append(loop.call_soon(arm))
             else:
                 timers.append(
                     asyncio.create_task(
@@ -469,7 +481,8 @@ class Executor:
                 )
                 response = await self._model_step(state, request, watch, streaming)
                 state.messages.append(response.message)
-                state.last_text = response.text or state.last_text
+                text = response.text  # a property that joins the parts: once
+                state.last_text = text or state.last_text
                 state.partial_text = ""
                 calls = response.tool_calls
                 await self._emit(
@@ -480,7 +493,7 @@ class Executor:
                         model=response.model,
                         usage=response.usage,
                         stop_reason=response.stop_reason,
-                        text_excerpt=response.text[:500],
+                        text_excerpt=text[:500],
                         tool_calls=len(calls),
                     ),
                     watch,
@@ -495,7 +508,7 @@ class Executor:
                         budget=money.cut if money is not None else None,
                     )
                 if not calls:
-                    return self._result(state, RunStatus.OK, output=response.text)
+                    return self._result(state, RunStatus.OK, output=text)
                 results = await asyncio.gather(*(self._tool_call(state, c, watch) for c in calls))
                 state.messages.append(Message(role="user", parts=tuple(results)))
         except _Stopped as stopped:

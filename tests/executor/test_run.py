@@ -157,6 +157,56 @@ async def test_runtime_bound_even_when_the_provider_hangs() -> None:
     assert delivery.result is None  # no delivery given: nothing delivered
 
 
+async def test_the_real_clocks_time_limit_is_armed_only_once_the_run_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19: a run that ends without waiting leaves no cancelled timer in the
+    loop's heap; one that waits still stops at its limit."""
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    ex = Executor()
+    result = await ex.run(RunnableAgent(model=ScriptedModel(["hi"])), _inv())
+    assert result.ok and timers == []
+
+    class Hanging(ScriptedModel):
+        async def generate(self, request):  # type: ignore[no-untyped-def]
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    started = loop.time()
+    result = await ex.run(
+        RunnableAgent(model=Hanging(), bounds=Bounds(max_runtime_s=0.05)), _inv(delivery=None)
+    )
+    assert result.status is RunStatus.TIMEOUT
+    assert len(timers) == 1 and timers[0] == pytest.approx(started + 0.05, abs=0.05)
+
+
+async def test_the_request_parts_are_built_once_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = _registry()
+    asked: list[str] = []
+    available = registry.available
+
+    def counted(granted: Any, privilege: Privilege) -> list[Tool]:
+        asked.append("x")
+        return available(granted, privilege)
+
+    monkeypatch.setattr(registry, "available", counted)
+    model = ScriptedModel([Reply(tool_calls=[call("add", a=1, b=2)]), "3"])
+    result = await Executor(tools=registry).run(
+        RunnableAgent(model=model, system_prompt="Be brief.", tools=("add",)), _inv()
+    )
+    assert result.ok and len(asked) == 1
+    assert [m.role for m in model.requests[1].messages][:1] == ["system"]
+    assert [t.name for t in model.requests[1].tools] == ["add"]
+
+
 async def test_caller_cancellation_settles_the_budget() -> None:
     cancel = asyncio.Event()
     started = asyncio.Event()
