@@ -175,11 +175,26 @@ class App:
             time.perf_counter() - started,
         )
 
+    async def warm_storage(self) -> None:
+        """Run the reads of a member's message once, writing nothing: SQLAlchemy
+        builds and caches each statement on its first use (10-20 ms apiece on the
+        2-core VM), which the first message after a start would otherwise pay."""
+        nobody = "0"  # no Discord id is 0: nothing real is read or cached twice
+        try:
+            await self.guild_settings.guild(nobody)
+            await self.guild_settings.channel_persona(nobody)
+            await self.threads.get(nobody)
+            await self.personas.find(None, self.chat.fallback_persona)
+            await self.budget.status(nobody)
+        except Exception:  # a start must not fail over a warm-up; the reads will say why
+            log.warning("could not warm the database's statements up", exc_info=True)
+
     async def start(self) -> None:
-        """Background services (called from the bot's setup_hook): the models (before
-        "ready"), the scheduler, its jobs rebuilt from the schedules table and missed
-        slots handled."""
+        """Background services (called from the bot's setup_hook): the models and the
+        message path's statements (before "ready"), the scheduler, its jobs rebuilt
+        from the schedules table and missed slots handled."""
         await self.warm_models()
+        await self.warm_storage()
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
 
