@@ -197,7 +197,8 @@ async def serve(
             from bot.app import build_app
 
             build = build_app
-        app = await build(settings, recover=True, instance="bot")
+        # Why warm: the providers' SDKs are imported before "ready", in a thread.
+        app = await build(settings, recover=True, instance="bot", warm=True)
         try:
             from bot.cli._preflight import check_app
 

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Why: httpx imports its own command-line client whenever click is installed (it
+    # is, for uvicorn), and with it click, rich and pygments when present: 40-100 ms
+    # and several MB on every start that imports httpx. A None entry makes that
+    # optional import fail the way httpx expects; coterie never runs httpx's CLI.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

@@ -117,10 +117,12 @@ async def _ask_with(args: argparse.Namespace, settings: Any) -> int:
     from executor.agent import Invocation, RunnableAgent
     from executor.messages import Message
 
-    app = await build_app(settings, instance="cli")
+    # Why only this tier's SDKs: the others are never used by this one run.
+    app = await build_app(settings, instance="cli", warm=[args.tier or None])
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
         tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)
+        await app.warm_models()
         # Fail before any run row when the tier is unknown or has no usable key.
         app.resolver.resolve(tier)
         agent = RunnableAgent(

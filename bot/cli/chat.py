@@ -134,7 +134,7 @@ async def _chat_with(args: argparse.Namespace, settings: Any) -> int:
     from bot.app import build_app
     from bot.cli._preflight import check_tools
 
-    app = await build_app(settings, instance="cli")
+    app = await build_app(settings, instance="cli", warm=True)
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
         return await chat_loop(app, persona=args.persona, read=StdinLines())
