@@ -50,7 +50,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from adapters.storage.db import _sqlite_path, _write_lock, engine_of, write_transaction
+from adapters.storage.db import engine_of, sqlite_path, write_lock, write_transaction
 from adapters.storage.sqlite_writer import SqliteWriter, WriteJob, WriteTx
 from adapters.storage.tables import (
     AuditEventRow,
@@ -166,7 +166,7 @@ class SqlAuditSink:
         self._sleep = sleep or asyncio.sleep
         self._timer: asyncio.Task[None] | None = None
         # SQLite file: the writer thread, opened on the first write (None: the engine's).
-        self._sqlite_file = _sqlite_path(self._url) if engine.dialect.name == "sqlite" else None
+        self._sqlite_file = sqlite_path(self._url) if engine.dialect.name == "sqlite" else None
         self._writer: SqliteWriter | None = None
         # The instance running the runs this sink starts (``audit_runs.owner``): crash
         # recovery closes a run only once its owner is gone. None: no instance.
@@ -350,7 +350,7 @@ class SqlAuditSink:
         process's write lock); elsewhere through the engine."""
         if self._sqlite_file is not None and not self._closed:
             writer = self._writer or await self._open_writer()
-            async with _write_lock(self._engine):
+            async with write_lock(self._engine):
                 self._writing = writer.submit(lambda tx: _write_rows(tx, batch))
                 await self._writing.future
             return

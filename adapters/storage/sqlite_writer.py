@@ -37,7 +37,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.url import URL
 from sqlalchemy.sql import ClauseElement
 
-from adapters.storage.db import translate_errors
+from adapters.storage.db.engine import sqlite_pragmas
+from adapters.storage.db.errors import translate_errors
 
 __all__ = ["SqliteWriter", "WriteJob", "WriteTx"]
 
@@ -200,13 +201,11 @@ class SqliteWriter:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            # The same settings as the async engine's connections (adapters.storage.db).
+            # The same settings as the async engine's connections.
             conn = sqlite3.connect(self.path, isolation_level=None)
             try:
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
+                for pragma in sqlite_pragmas(self._busy_timeout_ms):
+                    conn.execute(pragma)
             except BaseException:
                 conn.close()
                 raise

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from adapters.storage.db import Database, _head_revision, _plain_head
+from adapters.storage.db import Database
+from adapters.storage.db.schema import head_revision, plain_head
 from tests.lifecycle.conftest import ROOT
 
 
 def test_the_plain_head_is_alembics_head() -> None:
-    assert _plain_head() == _head_revision()
+    assert plain_head() == head_revision()
 
 
 async def test_an_upgrade_at_head_needs_no_alembic(tmp_path: Path) -> None:
