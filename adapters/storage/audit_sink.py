@@ -24,7 +24,7 @@ The buffer is also written when it holds ``batch_size`` rows, on
 :meth:`SqlAuditSink.flush` and on :meth:`SqlAuditSink.close`. Every write is a group
 commit: runs that record while a write is under way share the next transaction, one
 Core ``executemany`` per table. On a SQLite file the transaction runs as one call in
-a writer thread of the sink's own (:class:`adapters.storage.sqlite_writer.SqliteWriter`)
+the database's writer thread (:class:`adapters.storage.sqlite_writer.SqliteWriter`)
 instead of a hop to aiosqlite's thread per statement; a ``record`` cancelled while its
 write is in that thread waits for the write's end, so its rows are never both
 committed and kept for the next try.
@@ -51,7 +51,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.storage.db import engine_of, sqlite_path, write_lock, write_transaction
-from adapters.storage.sqlite_writer import SqliteWriter, WriteJob, WriteTx
+from adapters.storage.sqlite_writer import WriteJob, WriteTx, writer_for
 from adapters.storage.tables import (
     AuditEventRow,
     AuditModelAttempt,
@@ -166,8 +166,8 @@ class SqlAuditSink:
         self._sleep = sleep or asyncio.sleep
         self._timer: asyncio.Task[None] | None = None
         # SQLite file: the writer thread, opened on the first write (None: the engine's).
+        # SQLite file: the database's writer thread (None: through the engine).
         self._sqlite_file = sqlite_path(self._url) if engine.dialect.name == "sqlite" else None
-        self._writer: SqliteWriter | None = None
         # The instance running the runs this sink starts (``audit_runs.owner``): crash
         # recovery closes a run only once its owner is gone. None: no instance.
         self.owner: str | None = None
@@ -198,8 +198,11 @@ class SqlAuditSink:
         self._arm()
         if (
             _spends(event)
-            # Before a model request: the tool calls that ran are durable first.
-            or (isinstance(event, ModelRequestEvent) and bool(self._buffer[_tools]))
+            or (
+                isinstance(event, ModelRequestEvent)
+                # Before a model request: the tool calls that ran are durable first.
+                and bool(self._buffer[_tools])
+            )
             or self._pending >= self.batch_size
             or now - self._oldest >= self.flush_interval_s
         ):
@@ -221,9 +224,6 @@ class SqlAuditSink:
             await self.flush()
         finally:
             self._closed = True
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                await writer.close()
 
     # --- the flush timer ------------------------------------------------------------
 
@@ -348,8 +348,10 @@ class SqlAuditSink:
     async def _write(self, batch: _Batch) -> None:
         """One transaction: on a SQLite file, one call in the writer thread (after the
         process's write lock); elsewhere through the engine."""
+        writer = None
         if self._sqlite_file is not None and not self._closed:
-            writer = self._writer or await self._open_writer()
+            writer = writer_for(self._engine)
+        if writer is not None:
             async with write_lock(self._engine):
                 self._writing = writer.submit(lambda tx: _write_rows(tx, batch))
                 await self._writing.future
@@ -357,19 +359,6 @@ class SqlAuditSink:
         async with write_transaction(self._engine) as conn:
             for statement, rows in batch.statements():
                 await conn.execute(statement, rows)
-
-    async def _open_writer(self) -> SqliteWriter:
-        assert self._sqlite_file is not None
-        # The engine's busy timeout, read once, so both wait for other processes alike.
-        async with self._engine.connect() as conn:
-            busy = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
-        self._writer = SqliteWriter(
-            self._sqlite_file,
-            dialect=self._engine.dialect,
-            url=self._url,
-            busy_timeout_ms=int(busy or 5_000),
-        )
-        return self._writer
 
     def _take_all(self) -> tuple[_Batch, int]:
         """Everything recorded and not yet written, and the batch's number."""

@@ -15,10 +15,15 @@ as one DBAPI ``executemany``:
 * the connection has the engine's pragmas, and ``BEGIN IMMEDIATE`` takes SQLite's
   write lock as the engine's writers do.
 
-For a SQLite *file* only (an in-memory database is private to one connection).
-Callers queue on the process's write lock first (the one
-:func:`adapters.storage.db.write_transaction` takes), so that this connection never
-waits in SQLite's busy handler behind the engine's writers.
+A job may also read (:meth:`WriteTx.rows`, the dialect's result processors applied)
+and run one statement (:meth:`WriteTx.run`): the budget ledger's reservation (read the
+member's sums, check, insert) is one job, one hop to this thread and back.
+
+For a SQLite *file* only (an in-memory database is private to one connection); one
+writer per engine (:func:`writer_for`), shared by the stores that write through it
+and closed with the database (:func:`close_writer`). Callers queue on the process's
+write lock first (the one :func:`adapters.storage.db.write_transaction` takes), so
+that this connection never waits in SQLite's busy handler behind the engine's writers.
 """
 
 from __future__ import annotations
@@ -28,19 +33,21 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.engine.url import URL
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import ClauseElement, Executable
 
-from adapters.storage.db.engine import sqlite_pragmas
+from adapters.storage.db.engine import busy_timeout_of, sqlite_path, sqlite_pragmas
 from adapters.storage.db.errors import translate_errors
 
-__all__ = ["SqliteWriter", "WriteJob", "WriteTx"]
+__all__ = ["SqliteWriter", "WriteJob", "WriteTx", "close_writer", "writer_for"]
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
@@ -52,6 +59,14 @@ class _Prepared:
     # Per placeholder, in order: the row's key, its bind processor, and (for a column
     # the row may leave out) how to make its default.
     params: tuple[tuple[str, Callable[[Any], Any] | None, Callable[[], Any] | None], ...]
+    # Per result column, its result processor (dates come back as text from sqlite3).
+    results: tuple[Callable[[Any], Any] | None, ...] = ()
+
+    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(
+            value if process is None or value is None else process(value)
+            for process, value in zip(self.results, raw, strict=False)
+        )
 
     def values(self, row: Row) -> tuple[Any, ...]:
         out = []
@@ -84,6 +99,18 @@ class WriteTx:
         for keys, group in by_keys.items():
             prepared = self._writer._prepare(statement, keys)
             self._conn.executemany(prepared.sql, [prepared.values(r) for r in group])
+
+    def rows(self, statement: Executable, params: Row) -> list[tuple[Any, ...]]:
+        """The rows ``statement`` (a select, or a write with RETURNING) gives for
+        ``params`` (its bind parameters by name), as the engine would return them."""
+        prepared = self._writer._prepare(cast(ClauseElement, statement), tuple(params))
+        cursor = self._conn.execute(prepared.sql, prepared.values(params))
+        return [prepared.row(r) for r in cursor.fetchall()]
+
+    def run(self, statement: Executable, params: Row) -> int:
+        """Run one write for ``params``; the rows it touched."""
+        prepared = self._writer._prepare(cast(ClauseElement, statement), tuple(params))
+        return self._conn.execute(prepared.sql, prepared.values(params)).rowcount
 
 
 class WriteJob:
@@ -138,6 +165,10 @@ class SqliteWriter:
         self._conn: sqlite3.Connection | None = None
         self._prepared: dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, _Prepared]] = {}
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def submit(self, fn: Callable[[WriteTx], Any]) -> WriteJob:
         """Queue ``fn`` for a transaction in the writer's thread: committed when it
@@ -231,10 +262,22 @@ class SqliteWriter:
         for name in compiled.positiontup:
             bind = compiled.binds[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            params.append((name, process, defaults.get(name)))
-        prepared = _Prepared(sql=str(compiled), params=tuple(params))
+            make = defaults.get(name)
+            if make is None and name not in keys and not bind.required:
+                # A value written into the statement (a literal, ``coalesce(x, 0)``'s 0).
+                make = _constant(bind.effective_value)
+            params.append((name, process, make))
+        results = tuple(
+            entry[3].dialect_impl(dialect).result_processor(dialect, None)
+            for entry in getattr(compiled, "_result_columns", ())
+        )
+        prepared = _Prepared(sql=str(compiled), params=tuple(params), results=results)
         self._prepared[cache_key] = (statement, prepared)
         return prepared
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
 
 
 def _default_maker(column: Any) -> Callable[[], Any]:
@@ -248,3 +291,35 @@ def _default_maker(column: Any) -> Callable[[], Any]:
     # SQLAlchemy wraps a function of no arguments as one taking the execution context.
     make = default.arg
     return lambda: make(None)
+
+
+# --- one writer per engine ----------------------------------------------------------
+
+# Why a weak map: stores receive only a session factory; the engine is what they share.
+_writers: weakref.WeakKeyDictionary[Engine, SqliteWriter] = weakref.WeakKeyDictionary()
+
+
+def writer_for(engine: AsyncEngine) -> SqliteWriter | None:
+    """The engine's writer (made on first use), or None when the engine is not on a
+    SQLite file (PostgreSQL, an in-memory SQLite database)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    writer = _writers.get(engine.sync_engine)
+    if writer is None or writer.closed:
+        path = sqlite_path(engine.url)
+        if path is None:
+            return None
+        writer = _writers[engine.sync_engine] = SqliteWriter(
+            path,
+            dialect=engine.dialect,
+            url=engine.url,
+            busy_timeout_ms=busy_timeout_of(engine),
+        )
+    return writer
+
+
+async def close_writer(engine: AsyncEngine) -> None:
+    """Close the engine's writer, if it has one (the database closes)."""
+    writer = _writers.pop(engine.sync_engine, None)
+    if writer is not None:
+        await writer.close()

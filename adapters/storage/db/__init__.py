@@ -19,6 +19,7 @@ Every public name is importable from here, as it was when this was one module.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sqlalchemy.engine.url import URL
@@ -169,4 +170,7 @@ class Database:
         return await _schema.backup(self.url, destination)
 
     async def close(self) -> None:
+        writers = sys.modules.get("adapters.storage.sqlite_writer")
+        if writers is not None:  # Why only if loaded: nothing to close otherwise
+            await writers.close_writer(self.engine)
         await self.engine.dispose()

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import weakref
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -35,6 +36,7 @@ __all__ = [
     "IMMEDIATE",
     "POOL_DEFAULTS",
     "async_url",
+    "busy_timeout_of",
     "create_private_file",
     "make_private_dir",
     "open_engine",
@@ -181,8 +183,18 @@ def sqlite_pragmas(busy_timeout_ms: int) -> list[str]:
     ]
 
 
+# Each SQLite engine's busy timeout, for the connections made beside it (the writer).
+_busy_timeouts: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
+
+
+def busy_timeout_of(engine: AsyncEngine) -> int:
+    """The busy timeout (ms) the engine's SQLite connections were given."""
+    return _busy_timeouts.get(engine.sync_engine, 5_000)
+
+
 def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     pragmas = sqlite_pragmas(busy_timeout_ms)
+    _busy_timeouts[engine.sync_engine] = busy_timeout_ms
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
