@@ -156,6 +156,7 @@ class App:
     # The providers' SDK imports started by build_app (a thread), and for which tiers.
     _warming: asyncio.Future[list[str]] | None = None
     _warm_tiers: Sequence[str | None] | None = None
+    _models: asyncio.Task[None] | None = None  # waits for them and builds the models
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -186,7 +187,14 @@ class App:
         """Wait for the SDK imports :func:`build_app` started in a thread, then build
         the warmed tiers' models here (cached by the resolver): the first run, and the
         chat flow's look at a model's profile, then import and build nothing.
-        Idempotent; a tier that cannot be built is left for its first run to report."""
+        Idempotent: every call waits for the same work (:meth:`start` begins it, the
+        bot's ``on_ready`` waits for it); a tier that cannot be built is left for its
+        first run to report."""
+        if self._models is None:
+            self._models = asyncio.ensure_future(self._build_models())
+        await asyncio.shield(self._models)
+
+    async def _build_models(self) -> None:
         warming, self._warming = self._warming, None
         if warming is None:
             return
@@ -228,10 +236,12 @@ class App:
             log.warning("could not warm the database's statements up", exc_info=True)
 
     async def start(self) -> None:
-        """Background services (called from the bot's setup_hook): the models and the
-        message path's statements (before "ready"), the scheduler, its jobs rebuilt
-        from the schedules table and missed slots handled."""
-        await self.warm_models()
+        """Background services (called from the bot's setup_hook): the models (begun
+        here, not awaited: the SDKs' import goes on while the bot logs in, and its
+        ``on_ready`` waits for them before "ready"), the message path's statements, the
+        scheduler, its jobs rebuilt from the schedules table and missed slots handled."""
+        if self._models is None:
+            self._models = asyncio.ensure_future(self._build_models())
         await self.warm_storage()
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
@@ -273,6 +283,10 @@ class App:
     async def close(self) -> None:
         self.scheduler.shutdown()
         await self._stop_background()
+        models, self._models = self._models, None
+        if models is not None and not models.done():
+            models.cancel()  # the import's thread finishes on its own; nothing waits
+            await asyncio.gather(models, return_exceptions=True)
         # Why wait: a run that has finished may still be telling the audit whether its
         # answer arrived; closing the database under it leaves a connection behind. The
         # drain has already ended every run in `coterie run`; this is for the rest.
