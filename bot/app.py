@@ -62,8 +62,9 @@ __all__ = ["App", "build_app", "build_resolver", "load_environ"]
 
 log = logging.getLogger("coterie")
 
-#: How often a forgotten member's charges that left the window are anonymised.
-SWEEP_INTERVAL_S = 3600.0
+#: How often the housekeeping runs (forgotten members' charges that left the window are
+#: anonymised, notes past the retention deleted).
+HOUSEKEEPING_INTERVAL_S = 3600.0
 
 
 def load_environ(settings: Settings) -> dict[str, str]:
@@ -184,27 +185,29 @@ class App:
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
         if not self._background:
-            await self._sweep_forgotten_charges()
+            await self._chores()
             self._background.append(
-                asyncio.create_task(self._sweep_hourly(), name="coterie-budget-sweep")
+                asyncio.create_task(self._chores_hourly(), name="coterie-housekeeping")
             )
-            if self.memory.retention_days is not None:
-                self._background.append(
-                    asyncio.create_task(self.memory.keep_purging(), name="memory-retention")
-                )
 
-    async def _sweep_forgotten_charges(self) -> None:
-        """A forgotten member's charges leave their id once out of the window."""
-        try:
-            await self.budget.anonymise_rolled_out()
-        except Exception:
-            # Why not raise: it is housekeeping; the next sweep, an hour on, tries again.
-            log.warning("could not anonymise forgotten members' old charges", exc_info=True)
+    async def _chores(self) -> None:
+        """The housekeeping, one chore after the other (two writers at once on SQLite
+        would only wait on each other): a forgotten member's charges leave their id once
+        out of the window; notes older than the retention go."""
+        for chore, what in (
+            (self.budget.anonymise_rolled_out, "anonymise forgotten members' old charges"),
+            (self.memory.purge_expired, "purge old notes"),
+        ):
+            try:
+                await chore()
+            except Exception:
+                # Why not raise: it is housekeeping; the next round, an hour on, tries again.
+                log.warning("could not %s; trying again in an hour", what, exc_info=True)
 
-    async def _sweep_hourly(self) -> None:
+    async def _chores_hourly(self) -> None:
         while True:
-            await self.budget.clock.sleep(SWEEP_INTERVAL_S)
-            await self._sweep_forgotten_charges()
+            await self.budget.clock.sleep(HOUSEKEEPING_INTERVAL_S)
+            await self._chores()
 
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
@@ -326,7 +329,9 @@ async def build_app(
         audit = SqlAuditSink(db.sessions)
         closers.append(audit.close)
         budget = SqlBudgetLedger(
-            db.sessions, default_limit_micros=dollars_to_micros(settings.budget_default_usd)
+            db.sessions,
+            default_limit_micros=dollars_to_micros(settings.budget_default_usd),
+            clock=clock,
         )
         # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
         mcp = mcp_servers(settings, environ, db.sessions)
@@ -467,7 +472,7 @@ async def build_app(
     budget.limits = GuildBudgetLimits(guild_settings, budget.default_limit_micros)
     alerts = SqlAlertStore(db.sessions)
     budget_alerts = BudgetAlerts(
-        budget, alerts, thresholds=settings.budget_warn_percent, clock=budget.clock
+        budget, alerts, thresholds=settings.budget_warn_percent, clock=clock
     )
     budget.after_settle.append(budget_alerts.check)
     admin_log = SqlAdminLog(db.sessions)
@@ -484,11 +489,8 @@ async def build_app(
     )
 
     audit_service = AuditService(
-        queries=audit_queries, sink=audit, budget=budget, admin=admin, clock=budget.clock
+        queries=audit_queries, sink=audit, budget=budget, admin=admin, clock=clock
     )
-    # Why the app's clock here and the ledger's above: "today" and "the last 7 days" are
-    # compared with the audit's times (the executor's clock), a run's budget line with
-    # the ledger's charges.
     budget_service = BudgetService(
         ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
