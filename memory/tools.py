@@ -115,7 +115,7 @@ def memory_source(store: NoteStore, policy_of: PolicyOf = _always_on) -> Functio
         "memory",
         [
             tool(remember, status="remembering", timeout_s=10.0),
-            tool(recall, status="remembering", timeout_s=10.0),
+            tool(recall, status="remembering", timeout_s=10.0, read_only=True),
             tool(forget_note, status="forgetting a note", timeout_s=10.0),
         ],
     )
