@@ -3,8 +3,9 @@
 ``build_app(settings)`` reads the tiers, builds the provider registry (SDKs are
 imported only when a tier is first resolved), the tool registry, the database
 (upgraded to the newest schema, crashed runs closed), the audit sink and the
-budget ledger, the persona store, lanes and critic, the executor and the chat
-service. ``await app.close()`` flushes and closes all of it.
+budget ledger, the run checkpoints, the persona store, lanes and critic, the executor,
+the chat service and the offers to resume interrupted runs. ``await app.close()``
+flushes and closes all of it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ if TYPE_CHECKING:
     from adapters.services.chat import ChatService
     from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
+    from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.checkpoints import SqlCheckpoints
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
     from adapters.storage.threads import SqlThreadStore
@@ -133,6 +136,11 @@ class App:
     budget_service: BudgetService
     alerts: SqlAlertStore
     budget_alerts: BudgetAlerts
+    checkpoints: SqlCheckpoints
+    resume: ResumeService
+    # Runs crash recovery closed as interrupted at start: their members are offered to
+    # resume them once Discord is connected (:meth:`take_interrupted`).
+    interrupted: list[str] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def operator(self) -> Caller:
@@ -148,6 +156,11 @@ class App:
         jobs rebuilt from the schedules table and missed slots handled."""
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
+
+    def take_interrupted(self) -> list[str]:
+        """The interrupted runs left to offer to their members (once: the list empties)."""
+        taken, self.interrupted = self.interrupted, []
+        return taken
 
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
@@ -192,11 +205,13 @@ async def build_app(
     from adapters.services.conversation import HistoryLimits
     from adapters.services.deletion import DataDeletion
     from adapters.services.escalation import Escalations
+    from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.checkpoints import SqlCheckpoints
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
     from adapters.storage.threads import SqlThreadStore
@@ -239,12 +254,18 @@ async def build_app(
         budget = SqlBudgetLedger(
             db.sessions, default_limit_micros=dollars_to_micros(settings.budget_default_usd)
         )
+        interrupted: list[str] = []
         if recover:
             from adapters.storage.recovery import recover_interrupted_runs
 
-            closed = await recover_interrupted_runs(db.sessions, budget)
-            if closed:
-                log.warning("closed %d run(s) left running by a crash as interrupted", closed)
+            interrupted = await recover_interrupted_runs(db.sessions, budget)
+            if interrupted:
+                log.warning(
+                    "closed %d run(s) left running by a crash as interrupted", len(interrupted)
+                )
+        # Only the runs a member could be offered to resume are kept (chat runs).
+        checkpoints = SqlCheckpoints(db.sessions, keep=ResumeService.resumable, clock=clock)
+        closers.append(checkpoints.close)
     except BaseException:
         for c in reversed(closers):
             await c()
@@ -280,6 +301,7 @@ async def build_app(
         approver=DeliveryApprover(),
         clock=clock,
         hooks=hooks,
+        checkpoints=checkpoints,
     )
     tiers = list(getattr(resolver, "tiers", None) or (models_config.tiers if models_config else []))
     personas = (
@@ -386,7 +408,14 @@ async def build_app(
             "audit (anonymised)": audit_queries.delete_user_data,
             "budget warnings": alerts.delete_user_data,
             "admin actions (anonymised)": admin_log.delete_user_data,
+            "interrupted runs to resume": checkpoints.delete_user_data,
         }
+    )
+    resume = ResumeService(
+        store=checkpoints,
+        chat=chat,
+        clock=clock,
+        offer_ttl_s=settings.resume_offer_hours * 3600,
     )
     app = App(
         settings=settings,
@@ -418,6 +447,9 @@ async def build_app(
         budget_service=budget_service,
         alerts=alerts,
         budget_alerts=budget_alerts,
+        checkpoints=checkpoints,
+        resume=resume,
+        interrupted=interrupted,
     )
     app._closers.extend(closers)
     return app

@@ -35,6 +35,7 @@ from executor import errors as xerr
 if TYPE_CHECKING:
     from adapters.discord.dm import DirectMessages
     from adapters.discord.escalation import DiscordEscalator
+    from adapters.services.resume import ResumeService
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
@@ -297,6 +298,7 @@ class CoterieBot(CoterieClient[App]):
         self._escalator: DiscordEscalator | None = None
         self._looks: set[asyncio.Task[None]] = set()
         self._direct: DirectMessages | None = None
+        self._offers: asyncio.Task[None] | None = None
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py's dispatch, except that a member's reply or thread message in a
@@ -352,10 +354,35 @@ class CoterieBot(CoterieClient[App]):
 
             self._direct = DirectMessages(self)
             alerts.attach(self._direct)
+        self._start_offers(app)
         await app.start()
         self._app_started = True
         if self.settings.dev_guild_id:
             await self._sync_dev_guild(self.settings.dev_guild_id)
+
+    def _start_offers(self, app: App) -> None:
+        """The buttons of the offers to resume interrupted runs (from this start and
+        earlier ones), and this start's offers, posted once Discord is ready."""
+        resume = getattr(app, "resume", None)  # an app built for a test may have none
+        if resume is None:
+            return
+        from adapters.discord.resume import DiscordResumeHost, OfferButton
+
+        self.add_dynamic_items(OfferButton)
+        resume.host = DiscordResumeHost(self)
+        interrupted = app.take_interrupted()
+        if interrupted:
+            self._offers = asyncio.create_task(
+                self._offer(resume, interrupted), name="coterie-resume-offers"
+            )
+
+    @staticmethod
+    async def _offer(resume: ResumeService, run_ids: list[str]) -> None:
+        try:
+            await resume.offer_interrupted(run_ids)
+        except Exception:
+            # Why not raise: nobody awaits this task; the runs stay closed as interrupted.
+            log.exception("could not offer %d interrupted run(s) to resume", len(run_ids))
 
     async def _sync_dev_guild(self, guild_id: int) -> None:
         """Publish the commands to the dev guild. Why never fatal: the bot works with the
@@ -380,6 +407,9 @@ class CoterieBot(CoterieClient[App]):
         alerts = getattr(self.app, "budget_alerts", None) if self.has_app else None
         if direct is not None and alerts is not None:
             alerts.detach(direct)
+        resume = getattr(self.app, "resume", None) if self.has_app else None
+        if resume is not None:
+            resume.host = None
 
     async def _load(self, name: str) -> None:
         try:
@@ -432,6 +462,10 @@ class CoterieBot(CoterieClient[App]):
         Why in that order: whatever is still answering needs the app until Discord is
         gone; a shutdown drains the runs before it gets here (:mod:`bot.lifecycle`)."""
         self._detach_escalator()
+        offers, self._offers = self._offers, None
+        if offers is not None:
+            offers.cancel()
+            await asyncio.gather(offers, return_exceptions=True)
         try:
             await super().close()
         finally:
@@ -441,6 +475,7 @@ class CoterieBot(CoterieClient[App]):
 
 
 if TYPE_CHECKING:
+    from adapters.discord.resume import ResumeApp
     from commands.audit import AuditApp
     from commands.budget import BudgetApp
     from commands.chat import ChatApp
@@ -456,3 +491,6 @@ if TYPE_CHECKING:
 
     def _app_serves_the_admin_cogs(app: App) -> tuple[ConfigApp, AuditApp, BudgetApp, PrivacyApp]:
         return app, app, app, app
+
+    def _app_serves_the_resume_buttons(app: App) -> ResumeApp:
+        return app

@@ -68,9 +68,10 @@ async def recover_interrupted_runs(
     budget: SqlBudgetLedger | None = None,
     *,
     clock: Clock | None = None,
-) -> int:
-    """:func:`recover`, returning how many runs were closed as interrupted. Only while
-    this process holds the database's single-instance lock."""
+) -> list[str]:
+    """:func:`recover`, returning the ids of the runs it closed as interrupted (the
+    runs whose members may be offered to resume them). Only while this process holds
+    the database's single-instance lock."""
     from adapters.storage.db import DatabaseError
     from adapters.storage.lock import holds_lock
 
@@ -79,7 +80,7 @@ async def recover_interrupted_runs(
             "crash recovery needs the single-instance lock on the database "
             "(take it with adapters.storage.lock.InstanceLock first)"
         )
-    return len((await recover(sessions, budget, clock=clock)).interrupted_runs)
+    return (await recover(sessions, budget, clock=clock)).interrupted_runs
 
 
 async def recover(

@@ -1,5 +1,5 @@
 """The host's tables: guild and channel settings, thread bindings, the audit trail, budgets
-(and their warnings), admin actions.
+(and their warnings), admin actions, run checkpoints (and their Resume offers).
 
 Discord ids (snowflakes) are strings. Money is integer micro-dollars. Every time is
 stored in UTC and read back timezone-aware on SQLite and PostgreSQL alike
@@ -34,6 +34,7 @@ __all__ = [
     "BudgetReservationRow",
     "ChannelSettings",
     "GuildSettings",
+    "RunCheckpoint",
     "ThreadBinding",
     "utcnow",
 ]
@@ -146,6 +147,8 @@ class AuditRun(SQLModel, table=True):
     # going, or the process stopped first). ``delivery_error`` says why not.
     delivered: bool | None = None
     delivery_error: str | None = Field(default=None, max_length=300)
+    # The interrupted run this one continues (its member pressed Resume).
+    resumed_from: str | None = Field(default=None, max_length=64)
 
 
 def _run_fk() -> Any:
@@ -319,3 +322,30 @@ class AdminAction(SQLModel, table=True):
     action: str = Field(max_length=32)  # config.set, budget.set, budget.grant, audit.export, ...
     target_id: str | None = Field(default=None, max_length=64, index=True)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+# --- run checkpoints -------------------------------------------------------------------
+
+
+class RunCheckpoint(SQLModel, table=True):
+    """A running chat run's last completed step (``state``: JSON of the conversation,
+    usage and pending tool calls; ``done``: JSON of the pending calls that finished),
+    kept while it runs so that a restart can offer its member to resume it; then that
+    offer: ``offer`` is None (not offered), ``offered``, ``resumed``, ``discarded`` or
+    ``expired``. A decided offer keeps no conversation (``state`` and ``done`` empty).
+    """
+
+    __tablename__ = "run_checkpoints"
+
+    run_id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(max_length=64, index=True)
+    step: int = 0
+    state: str = Field(default="")
+    done: str = Field(default="")
+    updated_at: datetime = _when()
+    offer: str | None = Field(default=None, max_length=16)
+    offer_expires_at: datetime | None = _when(nullable=True)
+    offer_channel_id: str | None = Field(default=None, max_length=32)
+    offer_message_id: str | None = Field(default=None, max_length=32)
+    decided_at: datetime | None = _when(nullable=True)
+    resumed_as: str | None = Field(default=None, max_length=64)

@@ -101,6 +101,7 @@ async def test_start_and_stop_happen_in_order(
         "stop intake",
         "drain",
         "close discord",
+        "close SqlCheckpoints",
         "close SqlAuditSink",
         "close Database",
     ]

@@ -102,7 +102,7 @@ _TABLES = (
     "audit_events, audit_tool_calls, audit_model_attempts, audit_steps, audit_runs, "
     "budget_ledger, budget_reservations, budget_grants, budget_members, "
     "guild_settings, channel_settings, thread_bindings, personas, "
-    "schedules, skill_versions, skills, memory_notes, memory_opt_out"
+    "schedules, skill_versions, skills, memory_notes, memory_opt_out, run_checkpoints"
 )
 
 
