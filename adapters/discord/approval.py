@@ -86,6 +86,13 @@ async def ask_with_buttons(
             everyone=False, roles=False, users=[discord.Object(id=requester_id)]
         ),
     )
+    log.info(
+        "run %s: asked member %s to approve %s (up to %gs)",
+        request.run_id,
+        requester_id,
+        request.tool,
+        wait_s,
+    )
     timed_out = await view.wait()
     if view.decision is not None:
         return view.decision

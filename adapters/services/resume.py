@@ -88,10 +88,17 @@ class ResumeStore(Protocol):
         """The checkpoints of these runs that were never offered."""
         ...
 
-    async def offered(
-        self, run_id: str, *, expires_at: datetime, channel_id: str, message_id: str
-    ) -> None:
-        """Record that the run was offered, until ``expires_at``, in that message."""
+    async def offered(self, run_id: str, *, expires_at: datetime) -> None:
+        """Open the run's offer, until ``expires_at`` (before it is posted: the member
+        may press at once)."""
+        ...
+
+    async def posted(self, run_id: str, *, channel_id: str, message_id: str) -> None:
+        """Record where the offer was posted."""
+        ...
+
+    async def withdraw(self, run_id: str) -> None:
+        """Delete an offer that could not be posted, and its checkpoint."""
         ...
 
     async def forget(self, run_ids: Sequence[str]) -> int:
@@ -182,19 +189,19 @@ class ResumeService:
             if not self.resumable(checkpoint):
                 continue
             offer = _offer(checkpoint, expires_at)
+            await self.store.offered(offer.run_id, expires_at=expires_at)
             where = await self._post(offer)
             if where is None:
+                await self.store.withdraw(offer.run_id)
                 continue
-            await self.store.offered(
-                checkpoint.run_id, expires_at=expires_at, channel_id=where[0], message_id=where[1]
-            )
+            await self.store.posted(offer.run_id, channel_id=where[0], message_id=where[1])
             offered += 1
         # Why after: what was not offered now never will be (its conversation goes).
         await self.store.forget(run_ids)
         await self.store.expire(now)
         await self.store.prune(now)
-        if offered:
-            log.info("offered %d interrupted run(s) to their members to resume", offered)
+        if run_ids:
+            log.info("%d interrupted run(s): %d offered to resume", len(run_ids), offered)
         return offered
 
     async def _post(self, offer: Offer) -> tuple[str, str] | None:

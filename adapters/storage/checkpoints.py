@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -77,12 +78,33 @@ class _State(BaseModel):
 _DONE: TypeAdapter[list[ToolResultPart]] = TypeAdapter(list[ToolResultPart])
 
 
-def _dump_state(c: Checkpoint) -> str:
+@dataclass(slots=True)
+class _Live:
+    """A run this process keeps a row for: the calls known to have finished, and each
+    message's JSON as last written (messages are immutable: a step adds a few, and
+    only those are serialised again)."""
+
+    done: list[ToolResultPart] = field(default_factory=list)
+    messages: list[tuple[Message, bytes]] = field(default_factory=list)
+
+    def messages_json(self, messages: Sequence[Message]) -> bytes:
+        known = self.messages
+        fresh: list[tuple[Message, bytes]] = []
+        for i, m in enumerate(messages):
+            if i < len(known) and known[i][0] is m:
+                fresh.append(known[i])
+            else:
+                fresh.append((m, pydantic_core.to_json(m)))
+        self.messages = fresh
+        return b"[" + b",".join(j for _, j in fresh) + b"]"
+
+
+def _dump_state(c: Checkpoint, messages_json: bytes) -> str:
     caller = c.caller
     # Why a dict and to_json: the models inside are serialised as they are (no second
     # validation of every message on each step); odd metadata values become strings.
     state = {
-        "messages": c.messages,
+        "messages": _MESSAGES,
         "usage": c.usage,
         "pending": c.pending,
         "caller": {
@@ -102,7 +124,13 @@ def _dump_state(c: Checkpoint) -> str:
         "resumed_from": c.resumed_from,
         "metadata": dict(c.metadata),
     }
-    return pydantic_core.to_json(state, fallback=str).decode()
+    head, tail = pydantic_core.to_json(state, fallback=str).split(_MESSAGES_JSON, 1)
+    return (head + messages_json + tail).decode()
+
+
+# A placeholder swapped for the messages' JSON, written apart (and cached).
+_MESSAGES = "\x00messages\x00"
+_MESSAGES_JSON = pydantic_core.to_json(_MESSAGES)
 
 
 def _dump_done(done: Sequence[ToolResultPart]) -> str:
@@ -153,34 +181,38 @@ class SqlCheckpoints:
         self.keep = keep
         self.clock: Clock = clock if clock is not None else RealClock()
         # The runs this process keeps a row for, with the calls known to have finished.
-        self._live: dict[str, list[ToolResultPart]] = {}
+        self._live: dict[str, _Live] = {}
         self._drops: list[str] = []  # rows of ended runs, deleted with the next write
 
     # --- executor.ports.Checkpoints ------------------------------------------------------
 
     async def save(self, checkpoint: Checkpoint) -> None:
         run_id = checkpoint.run_id
-        if run_id not in self._live and self.keep is not None and not self.keep(checkpoint):
+        live = self._live.get(run_id)
+        if live is None and self.keep is not None and not self.keep(checkpoint):
             return
+        fresh = _Live() if live is None else live
         values = {
             "step": checkpoint.step,
-            "state": _dump_state(checkpoint),
+            "state": _dump_state(checkpoint, fresh.messages_json(checkpoint.messages)),
             "done": _dump_done(checkpoint.done) if checkpoint.done else "",
             "updated_at": self.clock.now(),
         }
         async with self._write() as conn:
-            if run_id in self._live:
+            if live is not None:
                 await conn.execute(update(_rows).where(_rows.c.run_id == run_id).values(values))
             else:
                 await conn.execute(
                     insert(_rows).values(run_id=run_id, user_id=checkpoint.caller.user_id, **values)
                 )
-        self._live[run_id] = list(checkpoint.done)
+        fresh.done = list(checkpoint.done)
+        self._live[run_id] = fresh
 
     async def tool_done(self, run_id: str, result: ToolResultPart) -> None:
-        done = self._live.get(run_id)
-        if done is None:
+        live = self._live.get(run_id)
+        if live is None:
             return
+        done = live.done
         done.append(result)
         async with self._write() as conn:
             await conn.execute(
@@ -232,20 +264,25 @@ class SqlCheckpoints:
         order = {r: i for i, r in enumerate(run_ids)}
         return sorted(found, key=lambda c: order[c.run_id])
 
-    async def offered(
-        self, run_id: str, *, expires_at: datetime, channel_id: str, message_id: str
-    ) -> None:
+    async def offered(self, run_id: str, *, expires_at: datetime) -> None:
         async with self._write() as conn:
             await conn.execute(
                 update(_rows)
                 .where(_rows.c.run_id == run_id)
-                .values(
-                    offer="offered",
-                    offer_expires_at=expires_at,
-                    offer_channel_id=channel_id,
-                    offer_message_id=message_id,
-                )
+                .values(offer="offered", offer_expires_at=expires_at)
             )
+
+    async def posted(self, run_id: str, *, channel_id: str, message_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(_rows)
+                .where(_rows.c.run_id == run_id)
+                .values(offer_channel_id=channel_id, offer_message_id=message_id)
+            )
+
+    async def withdraw(self, run_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(delete(_rows).where(_rows.c.run_id == run_id))
 
     async def forget(self, run_ids: Sequence[str]) -> int:
         if not run_ids:

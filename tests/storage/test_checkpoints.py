@@ -106,7 +106,8 @@ async def test_an_offer_is_decided_once_by_its_member_before_it_expires(db: Data
 
     until = NOW + timedelta(hours=6)
     for run_id in ("r1", "r2", "r3"):
-        await store.offered(run_id, expires_at=until, channel_id="77", message_id="9" + run_id[1])
+        await store.offered(run_id, expires_at=until)
+        await store.posted(run_id, channel_id="77", message_id="9" + run_id[1])
     assert await store.interrupted(["r1"]) == []  # offered: never twice
 
     # Not the member's, or too late: nothing happens.
@@ -130,7 +131,7 @@ async def test_pruning_keeps_running_and_interrupted_runs(db: Database) -> None:
         await _audit(db, run_id, status)
         await store.save(_checkpoint(run_id))
     await store.save(_checkpoint("old"))
-    await store.offered("old", expires_at=NOW, channel_id="77", message_id="1")
+    await store.offered("old", expires_at=NOW)
     await store.expire(NOW)
 
     assert await store.prune(NOW) == 1  # the run that ended
@@ -146,7 +147,7 @@ async def test_forget_and_delete_user_data(db: Database) -> None:
     await store.save(_checkpoint("r1"))
     await store.save(_checkpoint("r2"))
     await store.save(_checkpoint("r3", caller=Caller(user_id="300")))
-    await store.offered("r2", expires_at=NOW, channel_id="77", message_id="1")
+    await store.offered("r2", expires_at=NOW)
     assert await store.forget(["r1", "r2"]) == 1  # an offered one stays
     assert await store.delete_user_data("100") == 1
     assert await store.record("r2") is None and await store.record("r3") is not None
