@@ -298,7 +298,7 @@ class CoterieBot(CoterieClient[App]):
         self._escalator: DiscordEscalator | None = None
         self._looks: set[asyncio.Task[None]] = set()
         self._direct: DirectMessages | None = None
-        self._offers: asyncio.Task[None] | None = None
+        self._offers: list[asyncio.Task[None]] = []
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py's dispatch, except that a member's reply or thread message in a
@@ -362,7 +362,8 @@ class CoterieBot(CoterieClient[App]):
 
     def _start_offers(self, app: App) -> None:
         """The buttons of the offers to resume interrupted runs (from this start and
-        earlier ones), and this start's offers, posted once Discord is ready."""
+        earlier ones), this start's offers, posted once Discord is ready, and the
+        sweep that closes offers past their time."""
         resume = getattr(app, "resume", None)  # an app built for a test may have none
         if resume is None:
             return
@@ -370,19 +371,27 @@ class CoterieBot(CoterieClient[App]):
 
         self.add_dynamic_items(OfferButton)
         resume.host = DiscordResumeHost(self)
-        interrupted = app.take_interrupted()
-        if interrupted:
-            self._offers = asyncio.create_task(
-                self._offer(resume, interrupted), name="coterie-resume-offers"
+        self._offers = [
+            asyncio.create_task(
+                self._offer(resume, app.take_interrupted()), name="coterie-resume-offers"
             )
+        ]
 
-    @staticmethod
-    async def _offer(resume: ResumeService, run_ids: list[str]) -> None:
+    async def _offer(self, resume: ResumeService, run_ids: list[str]) -> None:
+        from adapters.services.resume import SWEEP_S
+
+        await self.wait_until_ready()
         try:
             await resume.offer_interrupted(run_ids)
         except Exception:
             # Why not raise: nobody awaits this task; the runs stay closed as interrupted.
             log.exception("could not offer %d interrupted run(s) to resume", len(run_ids))
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await resume.sweep()
+            except Exception:
+                log.warning("could not close the expired offers to resume", exc_info=True)
 
     async def _sync_dev_guild(self, guild_id: int) -> None:
         """Publish the commands to the dev guild. Why never fatal: the bot works with the
@@ -462,10 +471,10 @@ class CoterieBot(CoterieClient[App]):
         Why in that order: whatever is still answering needs the app until Discord is
         gone; a shutdown drains the runs before it gets here (:mod:`bot.lifecycle`)."""
         self._detach_escalator()
-        offers, self._offers = self._offers, None
-        if offers is not None:
-            offers.cancel()
-            await asyncio.gather(offers, return_exceptions=True)
+        offers, self._offers = self._offers, []
+        for task in offers:
+            task.cancel()
+        await asyncio.gather(*offers, return_exceptions=True)
         try:
             await super().close()
         finally:

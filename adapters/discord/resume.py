@@ -175,6 +175,15 @@ class DiscordResumeHost:
         )
         return str(message.channel.id), str(message.id)
 
+    async def close_offer(self, channel_id: str, message_id: str, note: str) -> None:
+        channel: Any = self.client.get_channel(int(channel_id))
+        if channel is None:
+            channel = await self.client.fetch_channel(int(channel_id))
+        message = await channel.fetch_message(int(message_id))
+        await message.edit(
+            content=f"{message.content}\n-# {note}"[:2000], view=None, allowed_mentions=_NO_PINGS
+        )
+
     async def _target(self, offer: Offer) -> discord.abc.Messageable | None:
         if offer.guild_id is None or offer.channel_id is None:
             try:

@@ -36,6 +36,7 @@ from executor.ports import Checkpoint, Clock, RealClock
 
 __all__ = [
     "RESUMABLE_TRIGGERS",
+    "SWEEP_S",
     "Decision",
     "Offer",
     "OfferRecord",
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_TRIGGERS = frozenset({"chat", "slash"})
 #: How long an offer may be pressed, unless the deployment says otherwise.
 DEFAULT_OFFER_TTL_S = 6 * 3600.0
+#: How often the bot closes expired offers.
+SWEEP_S = 600.0
 
 OfferStatus = Literal["offered", "resumed", "discarded", "expired"]
 Decision = Literal["resumed", "discarded"]
@@ -121,8 +124,9 @@ class ResumeStore(Protocol):
         no such offer (another press won, or it expired meanwhile)."""
         ...
 
-    async def expire(self, now: datetime) -> int:
-        """Close the offers past their time (their conversation deleted)."""
+    async def expire(self, now: datetime) -> list[tuple[str, str]]:
+        """Close the offers past their time (their conversation deleted); the
+        (channel id, message id) of each that was posted."""
         ...
 
     async def prune(self, now: datetime) -> int:
@@ -136,6 +140,10 @@ class ResumeHost(Protocol):
     async def post_offer(self, offer: Offer) -> tuple[str, str] | None:
         """Post the offer to its member with Resume and Discard; the (channel id,
         message id) it was posted as, or None when the member cannot be reached."""
+        ...
+
+    async def close_offer(self, channel_id: str, message_id: str, note: str) -> None:
+        """Take the buttons off a posted offer and say why (``note``)."""
         ...
 
 
@@ -198,11 +206,27 @@ class ResumeService:
             offered += 1
         # Why after: what was not offered now never will be (its conversation goes).
         await self.store.forget(run_ids)
-        await self.store.expire(now)
-        await self.store.prune(now)
+        await self.sweep()
         if run_ids:
             log.info("%d interrupted run(s): %d offered to resume", len(run_ids), offered)
         return offered
+
+    async def sweep(self) -> int:
+        """Close the offers past their time (their buttons taken off, their
+        conversation deleted) and prune what no offer needs; how many expired. The
+        bot calls it at start and every :data:`SWEEP_S` seconds."""
+        now = self.clock.now()
+        expired = await self.store.expire(now)
+        for channel_id, message_id in expired:
+            if self.host is None:
+                break
+            try:
+                await self.host.close_offer(channel_id, message_id, "Expired.")
+            except Exception:
+                # Why not raise: a deleted message or channel leaves nothing to press.
+                log.info("could not take the buttons off offer %s", message_id, exc_info=True)
+        await self.store.prune(now)
+        return len(expired)
 
     async def _post(self, offer: Offer) -> tuple[str, str] | None:
         if self.host is None:

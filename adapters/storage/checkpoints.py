@@ -340,14 +340,23 @@ class SqlCheckpoints:
             )
         return _load(run_id, row.step, row.state, row.done)
 
-    async def expire(self, now: datetime) -> int:
+    async def expire(self, now: datetime) -> list[tuple[str, str]]:
+        due = (_rows.c.offer == "offered", _rows.c.offer_expires_at <= now)
         async with self._write() as conn:
-            gone = await conn.execute(
-                update(_rows)
-                .where(_rows.c.offer == "offered", _rows.c.offer_expires_at <= now)
-                .values(offer="expired", decided_at=now, state="", done="")
-            )
-        return int(cast(Any, gone).rowcount or 0)
+            rows = (
+                await conn.execute(
+                    select(
+                        _rows.c.run_id, _rows.c.offer_channel_id, _rows.c.offer_message_id
+                    ).where(*due)
+                )
+            ).all()
+            if rows:
+                await conn.execute(
+                    update(_rows)
+                    .where(_rows.c.run_id.in_([r[0] for r in rows]), *due)
+                    .values(offer="expired", decided_at=now, state="", done="")
+                )
+        return [(r[1], r[2]) for r in rows if r[1] and r[2]]
 
     async def prune(self, now: datetime) -> int:
         """Delete the rows of runs that ended (left by a crash before their drop was

@@ -36,12 +36,16 @@ class Host:
     def __init__(self, *fail_for: str) -> None:
         self.offers: list[Offer] = []
         self.fail_for = set(fail_for)
+        self.closed: list[tuple[str, str, str]] = []
 
     async def post_offer(self, offer: Offer) -> tuple[str, str] | None:
         if offer.run_id in self.fail_for:
             raise RuntimeError("Discord said no")
         self.offers.append(offer)
         return offer.channel_id or "dm", str(len(self.offers))
+
+    async def close_offer(self, channel_id: str, message_id: str, note: str) -> None:
+        self.closed.append((channel_id, message_id, note))
 
 
 class Surface:
@@ -178,7 +182,8 @@ async def test_discard_and_expiry_close_the_offer(
     await _interrupted(app, "r1")
     await _interrupted(app, "r2")
     await _interrupted(app, "r3", persona="deleted-since")
-    app.resume.host = Host()
+    host = Host()
+    app.resume.host = host
     await app.resume.offer_interrupted(["r1", "r2", "r3"])
 
     await app.resume.discard("r1", ALICE.user_id)
@@ -193,6 +198,7 @@ async def test_discard_and_expiry_close_the_offer(
     assert model.requests == []  # nothing ran
     record = await app.checkpoints.record("r2")
     assert record is not None and record.checkpoint is not None  # until the next sweep
-    await app.resume.offer_interrupted([])
+    assert await app.resume.sweep() == 2  # r2 and r3
+    assert sorted(host.closed) == [("77", "2", "Expired."), ("77", "3", "Expired.")]
     record = await app.checkpoints.record("r2")
     assert record is not None and record.status == "expired" and record.checkpoint is None
