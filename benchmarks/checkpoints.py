@@ -8,12 +8,14 @@ steps, each a tool call, then an answer, so the figure is the loop's own cost, n
 model's. Side by side, in one run:
 
 * baseline: checkpoints in memory (``Executor()``'s default: nothing written);
+* one answer with no tools: what a plain chat answer pays (the save before the call);
 * ``SqlCheckpoints`` with a read-only tool (one write a step: the save before the
   tools run) and with a tool that changes something (two: the save, and its result as
   it finishes);
 
-each one run at a time (ms per step) and ``--concurrency`` runs at once (steps per
-second). Every conversation is ~20 messages of ~400 characters of history, as a chat
+each one run at a time (wall and CPU ms per step: CPU time is the steadier figure on
+a shared machine) and ``--concurrency`` runs at once (steps per second), every
+scenario ``--repeats`` times, interleaved, and the median shown. Every conversation is ~20 messages of ~400 characters of history, as a chat
 in a thread is, so a save writes a realistic row. Goal: under 1 ms per step more than
 the baseline, one run at a time (a model's step takes a second or more).
 """
@@ -84,7 +86,7 @@ async def _one(executor: Executor, agent: RunnableAgent, caller: Caller, n: int)
 
 async def bench(
     directory: Path, label: str, sql: bool, tool_name: str, runs: int, steps: int, conc: int
-) -> tuple[str, float, float]:
+) -> tuple[str, float, float, float]:
     db = Database.open(f"sqlite+aiosqlite:///{directory / (label + '.db')}")
     await db.upgrade()
     audit = SqlAuditSink(db.sessions)
@@ -102,10 +104,12 @@ async def bench(
     caller = Caller(user_id="u1", guild_id="g1", channel_id="c1")
     await _one(executor, agent, caller, -1)  # warm up
     per_step: list[float] = []
+    cpu_t = time.process_time()
     for n in range(runs):
         t = time.perf_counter()
         await _one(executor, agent, caller, n)
         per_step.append((time.perf_counter() - t) * 1000 / (steps + 1))
+    cpu = (time.process_time() - cpu_t) * 1000 / (runs * (steps + 1))
     t = time.perf_counter()
     await asyncio.gather(
         *(
@@ -118,7 +122,18 @@ async def bench(
         await checkpoints.close()
     await audit.close()
     await db.close()
-    return label, statistics.median(per_step), rate
+    return label, statistics.median(per_step), cpu, rate
+
+
+SCENARIOS = (
+    # label, SqlCheckpoints?, tool, steps (None: --steps)
+    ("answer, no tools: baseline", False, "look", 0),
+    ("answer, no tools: SqlCheckpoints", True, "look", 0),
+    ("read-only tool: baseline", False, "look", None),
+    ("read-only tool: SqlCheckpoints", True, "look", None),
+    ("writing tool: baseline", False, "note", None),
+    ("writing tool: SqlCheckpoints", True, "note", None),
+)
 
 
 async def main() -> None:
@@ -126,25 +141,41 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    ms: dict[str, list[float]] = {label: [] for label, *_ in SCENARIOS}
+    cpu: dict[str, list[float]] = {label: [] for label, *_ in SCENARIOS}
+    rates: dict[str, list[float]] = {label: [] for label, *_ in SCENARIOS}
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        rows = [
-            await bench(directory, name, sql, tool_name, args.runs, args.steps, args.concurrency)
-            for name, sql, tool_name in (
-                ("baseline, read-only tool", False, "look"),
-                ("SqlCheckpoints, read-only tool", True, "look"),
-                ("baseline, writing tool", False, "note"),
-                ("SqlCheckpoints, writing tool", True, "note"),
-            )
-        ]
-    print(f"{'':34} {'ms/step (1 run)':>16} {'steps/s (' + str(args.concurrency) + ' runs)':>18}")
-    for label, ms, rate in rows:
-        print(f"{label:34} {ms:16.3f} {rate:18.0f}")
+        for r in range(args.repeats):
+            # Interleaved: a shared machine's load falls on every scenario alike.
+            for i, (label, sql, tool_name, steps) in enumerate(SCENARIOS):
+                _, m, c, rate = await bench(
+                    Path(tmp),
+                    f"r{r}-{i}",
+                    sql,
+                    tool_name,
+                    args.runs,
+                    args.steps if steps is None else steps,
+                    args.concurrency,
+                )
+                ms[label].append(m)
+                cpu[label].append(c)
+                rates[label].append(rate)
     print(
-        "extra per step, one run at a time: "
-        f"{rows[1][1] - rows[0][1]:+.3f} ms (read-only), {rows[3][1] - rows[2][1]:+.3f} ms (writing)"
+        f"{'median of ' + str(args.repeats) + ' repeats':36} {'wall ms/step':>13} "
+        f"{'CPU ms/step':>12} {'steps/s (' + str(args.concurrency) + ' runs)':>18}"
     )
+    for label, *_ in SCENARIOS:
+        print(
+            f"{label:36} {statistics.median(ms[label]):13.3f} "
+            f"{statistics.median(cpu[label]):12.3f} {statistics.median(rates[label]):18.0f}"
+        )
+    labels = [label for label, *_ in SCENARIOS]
+    for base, mine in zip(labels[0::2], labels[1::2], strict=True):
+        wall = statistics.median(ms[mine]) - statistics.median(ms[base])
+        used = statistics.median(cpu[mine]) - statistics.median(cpu[base])
+        print(f"extra per step, {mine.split(':')[0]}: {wall:+.3f} ms wall, {used:+.3f} ms CPU")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 (:class:`~adapters.services.resume.ResumeStore`).
 
 What a step costs: one small write. A kept run's first save inserts its row, each
-later save rewrites it (the conversation as JSON), and a finished call that may not be
-repeated rewrites its ``done`` list. ``drop`` writes nothing at once: the row goes with
+later save rewrites it (the conversation as JSON; each message serialised once), and
+a finished call that may not be repeated rewrites its ``done`` list. Writes are group
+commits: runs that save while a write is under way share the next transaction. ``drop`` writes nothing at once: the row goes with
 this store's next write (or at :meth:`SqlCheckpoints.close`); a crash before that
 leaves the row of a run that ended, which no offer ever reads (only runs recovery
 closed as interrupted are offered) and :meth:`SqlCheckpoints.prune` deletes at start.
@@ -15,6 +16,7 @@ offered to resume); the rest cost nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any, cast
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from adapters.services.resume import Decision, OfferRecord, OfferStatus
@@ -76,6 +78,15 @@ class _State(BaseModel):
 
 
 _DONE: TypeAdapter[list[ToolResultPart]] = TypeAdapter(list[ToolResultPart])
+# One statement each, executed for many runs at once (executemany).
+_SAVE = (
+    update(_rows)
+    .where(_rows.c.run_id == bindparam("b_run_id"))
+    .values({c: bindparam(c) for c in ("step", "state", "done", "updated_at")})
+)
+_DONE_UPDATE = (
+    update(_rows).where(_rows.c.run_id == bindparam("b_run_id")).values(done=bindparam("done"))
+)
 
 
 @dataclass(slots=True)
@@ -183,6 +194,14 @@ class SqlCheckpoints:
         # The runs this process keeps a row for, with the calls known to have finished.
         self._live: dict[str, _Live] = {}
         self._drops: list[str] = []  # rows of ended runs, deleted with the next write
+        # The group commit: writes queued since the last transaction, and which batch
+        # is durable (runs that save while a write is under way share the next one).
+        self._inserts: list[dict[str, Any]] = []
+        self._updates: list[dict[str, Any]] = []
+        self._dones: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._durable = -1
 
     # --- executor.ports.Checkpoints ------------------------------------------------------
 
@@ -198,13 +217,11 @@ class SqlCheckpoints:
             "done": _dump_done(checkpoint.done) if checkpoint.done else "",
             "updated_at": self.clock.now(),
         }
-        async with self._write() as conn:
-            if live is not None:
-                await conn.execute(update(_rows).where(_rows.c.run_id == run_id).values(values))
-            else:
-                await conn.execute(
-                    insert(_rows).values(run_id=run_id, user_id=checkpoint.caller.user_id, **values)
-                )
+        if live is None:
+            self._inserts.append({"run_id": run_id, "user_id": checkpoint.caller.user_id, **values})
+        else:
+            self._updates.append({"b_run_id": run_id, **values})
+        await self._commit()
         fresh.done = list(checkpoint.done)
         self._live[run_id] = fresh
 
@@ -212,12 +229,9 @@ class SqlCheckpoints:
         live = self._live.get(run_id)
         if live is None:
             return
-        done = live.done
-        done.append(result)
-        async with self._write() as conn:
-            await conn.execute(
-                update(_rows).where(_rows.c.run_id == run_id).values(done=_dump_done(done))
-            )
+        live.done.append(result)
+        self._dones.append({"b_run_id": run_id, "done": _dump_done(live.done)})
+        await self._commit()
 
     async def drop(self, run_id: str) -> None:
         if self._live.pop(run_id, None) is not None:
@@ -226,8 +240,35 @@ class SqlCheckpoints:
     async def close(self) -> None:
         """Delete the rows of the runs that ended since the last write."""
         if self._drops:
-            async with self._write():
-                pass
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Make every queued write durable: one transaction for whatever was queued
+        while the last one was under way (N runs saving at once cost about one)."""
+        mine = self._generation
+        async with self._lock:
+            if self._durable >= mine:
+                return  # a writer before us took our rows with theirs
+            inserts, self._inserts = self._inserts, []
+            updates, self._updates = self._updates, []
+            dones, self._dones = self._dones, []
+            taken = self._generation
+            self._generation += 1
+            try:
+                async with self._write() as conn:
+                    if inserts:
+                        await conn.execute(insert(_rows), inserts)
+                    if updates:
+                        await conn.execute(_SAVE, updates)
+                    if dones:
+                        await conn.execute(_DONE_UPDATE, dones)
+            except BaseException:
+                # Keep them for the next try, ahead of newer ones.
+                self._inserts[:0] = inserts
+                self._updates[:0] = updates
+                self._dones[:0] = dones
+                raise
+            self._durable = taken
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
