@@ -18,7 +18,7 @@ import importlib.util
 import logging
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -299,6 +299,8 @@ class CoterieBot(CoterieClient[App]):
         self._looks: set[asyncio.Task[None]] = set()
         self._direct: DirectMessages | None = None
         self._offers: list[asyncio.Task[None]] = []
+        # The offers' database work under way: finished, not cut, when the client closes.
+        self._offer_work: asyncio.Future[Any] | None = None
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py's dispatch, except that a member's reply or thread message in a
@@ -381,17 +383,20 @@ class CoterieBot(CoterieClient[App]):
         from adapters.services.resume import SWEEP_S
 
         await self.wait_until_ready()
-        try:
-            await resume.offer_interrupted(run_ids)
-        except Exception:
-            # Why not raise: nobody awaits this task; the runs stay closed as interrupted.
-            log.exception("could not offer %d interrupted run(s) to resume", len(run_ids))
+        work: Awaitable[Any] = resume.offer_interrupted(run_ids)
         while True:
-            await asyncio.sleep(SWEEP_S)
+            self._offer_work = asyncio.ensure_future(work)
             try:
-                await resume.sweep()
+                # Why shielded: a close cancels this task; a write it cut short would
+                # leave a connection behind the database's close.
+                await asyncio.shield(self._offer_work)
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                log.warning("could not close the expired offers to resume", exc_info=True)
+                # Why not raise: nobody awaits this task; runs stay closed as interrupted.
+                log.warning("could not offer or sweep the runs to resume", exc_info=True)
+            await asyncio.sleep(SWEEP_S)
+            work = resume.sweep()
 
     async def _sync_dev_guild(self, guild_id: int) -> None:
         """Publish the commands to the dev guild. Why never fatal: the bot works with the
@@ -475,6 +480,9 @@ class CoterieBot(CoterieClient[App]):
         for task in offers:
             task.cancel()
         await asyncio.gather(*offers, return_exceptions=True)
+        work, self._offer_work = self._offer_work, None
+        if work is not None:
+            await asyncio.gather(work, return_exceptions=True)
         try:
             await super().close()
         finally:
