@@ -356,6 +356,10 @@ class McpToolPin(SQLModel, table=True):
     )
     accepted_by: str = Field(default="", max_length=64)
     accepted_at: datetime = _when()
+    # The server's readOnlyHint and idempotentHint as accepted: whether a resumed run
+    # may call the tool again without asking (adapters.mcp.pins.ToolPin).
+    read_only: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    idempotent: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 # --- instances and leases ----------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Runs that resume: a running chat run's last completed step (``run_checkpoints``),
 kept so that after a restart its member is offered Resume or Discard (the offer's
-state is on the same row), and the audit link from a resumed run to the run it
-continues (``audit_runs.resumed_from``).
+state is on the same row), the audit link from a resumed run to the run it
+continues (``audit_runs.resumed_from``), and an accepted MCP tool's hints
+(``mcp_tool_pins.read_only``, ``idempotent``: whether a resumed run may call it again
+without asking).
 
 Revision ID: 0012
 Revises: 0011
@@ -40,9 +42,19 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("resumed_from", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True)
         )
+    with op.batch_alter_table("mcp_tool_pins") as batch:
+        batch.add_column(
+            sa.Column("read_only", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+        batch.add_column(
+            sa.Column("idempotent", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("mcp_tool_pins") as batch:
+        batch.drop_column("idempotent")
+        batch.drop_column("read_only")
     with op.batch_alter_table("audit_runs") as batch:
         batch.drop_column("resumed_from")
     op.drop_index("ix_run_checkpoints_user_id", table_name="run_checkpoints")
