@@ -202,3 +202,35 @@ async def test_discard_and_expiry_close_the_offer(
     assert sorted(host.closed) == [("77", "2", "Expired."), ("77", "3", "Expired.")]
     record = await app.checkpoints.record("r2")
     assert record is not None and record.status == "expired" and record.checkpoint is None
+
+
+async def test_runs_found_later_wait_for_the_offer_loop_once_each(
+    world: tuple[App, ScriptedModel, FakeClock],
+) -> None:
+    """The seam a survivor's heartbeat uses: it hands over the dead process's runs and
+    never waits on Discord; the bot's offer loop takes them (once) and offers them."""
+    import asyncio
+
+    app, _, _ = world
+    resume = app.resume
+    assert resume.take_found() == []  # nothing was interrupted at this start
+    waiting = asyncio.ensure_future(resume.wait_found(3600))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await _interrupted(app, "r1")
+    resume.found(["r1"])
+    resume.found(["r1"])  # two sweeps naming one run: offered once
+    await waiting  # woken at once, not after the sweep interval
+    taken = resume.take_found()
+    assert taken == ["r1"] and resume.take_found() == []
+    resume.host = host = Host()
+    assert await resume.offer_interrupted(taken) == 1
+    assert [o.run_id for o in host.offers] == ["r1"]
+    # A retry after a failure waits for the next sweep instead of waking the loop.
+    resume.found(["r2"], wake=False)
+    still = asyncio.ensure_future(resume.wait_found(3600))
+    await asyncio.sleep(0)
+    assert not still.done()
+    still.cancel()
+    await asyncio.gather(still, return_exceptions=True)
+    assert resume.take_found() == ["r2"]
