@@ -18,8 +18,9 @@ imported later would otherwise replace it on the package (``fan_out`` is the
 function, ``executor.fanout`` its module).
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from executor.lazy import attach as _attach
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -299,17 +300,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'executor' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _attach(__name__, _EXPORTS, globals())
 
 
 if _typing.TYPE_CHECKING:
