@@ -3,8 +3,9 @@
 ``build_app(settings)`` reads the tiers, builds the provider registry (SDKs are
 imported only when a tier is first resolved), the tool registry, the database
 (upgraded to the newest schema, crashed runs closed), the audit sink and the
-budget ledger, the persona store, lanes and critic, the executor and the chat
-service. ``await app.close()`` flushes and closes all of it.
+budget ledger, the run checkpoints, the persona store, lanes and critic, the executor,
+the chat service and the offers to resume interrupted runs. ``await app.close()``
+flushes and closes all of it.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ if TYPE_CHECKING:
     from adapters.services.escalation import Escalations
     from adapters.services.instances import Kind, Membership
     from adapters.services.memory import MemoryService
+    from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.checkpoints import SqlCheckpoints
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
     from adapters.storage.instances import SqlInstances
@@ -150,6 +153,10 @@ class App:
     instances: SqlInstances | None = None
     notifier: PgNotifier | None = None
     mcp: McpServers | None = None  # the [mcp.<name>] servers (their tools are in `tools`)
+    checkpoints: SqlCheckpoints
+    # Offers interrupted chat runs to their members (the runs crash recovery closed at
+    # start, and those this process settles for a dead one later: ResumeService.found).
+    resume: ResumeService
     # Every store above that keeps member data, asked by /forgetme and /mydata.
     deletion: DataDeletion = field(init=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -275,11 +282,13 @@ async def build_app(
     from adapters.services.conversation import HistoryLimits
     from adapters.services.escalation import Escalations
     from adapters.services.memory import MemoryService
+    from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.checkpoints import SqlCheckpoints
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
     from adapters.storage.threads import SqlThreadStore
@@ -333,12 +342,16 @@ async def build_app(
             default_limit_micros=dollars_to_micros(settings.budget_default_usd),
             clock=clock,
         )
+        # Only the runs a member could be offered to resume are kept (chat runs).
+        checkpoints = SqlCheckpoints(db.sessions, keep=ResumeService.resumable, clock=clock)
+        closers.append(checkpoints.close)
         # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
         mcp = mcp_servers(settings, environ, db.sessions)
         for source in mcp.sources:
             tools.add_source(source)
         await tools.open()
         closers.append(tools.close)
+        interrupted: list[str] = []
         if recover:
             from adapters.storage.instances import SqlInstances
             from adapters.storage.recovery import recover_interrupted_runs
@@ -349,9 +362,12 @@ async def build_app(
             await SqlInstances(db.sessions).reap(
                 sole_bot="" if db.is_sqlite and instance == "bot" else None
             )
-            closed = await recover_interrupted_runs(db.sessions, budget)
-            if closed:
-                log.warning("closed %d run(s) left running by a crash as interrupted", closed)
+            report = await recover_interrupted_runs(db.sessions, budget)
+            interrupted = report.interrupted_runs
+            if interrupted:
+                log.warning(
+                    "closed %d run(s) left running by a crash as interrupted", len(interrupted)
+                )
     except BaseException:
         for c in reversed(closers):
             await c()
@@ -388,6 +404,7 @@ async def build_app(
         approver=DeliveryApprover(),
         clock=clock,
         hooks=hooks,
+        checkpoints=checkpoints,
     )
     tiers = list(getattr(resolver, "tiers", None) or (models_config.tiers if models_config else []))
     personas = (
@@ -495,6 +512,14 @@ async def build_app(
         ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
 
+    resume = ResumeService(
+        store=checkpoints,
+        chat=chat,
+        clock=clock,
+        offer_ttl_s=settings.resume_offer_hours * 3600,
+    )
+    # Offered once Discord is ready (the client's offer loop takes them).
+    resume.found(interrupted)
     app = App(
         settings=settings,
         executor=executor,
@@ -527,6 +552,8 @@ async def build_app(
         alerts=alerts,
         budget_alerts=budget_alerts,
         mcp=mcp,
+        checkpoints=checkpoints,
+        resume=resume,
     )
     app._closers.extend(closers)
     if instance is not None:
@@ -554,6 +581,9 @@ async def _register(app: App, kind: Kind) -> None:
         # Only what instances reaped as dead owned (never rows with no owner: a start
         # settles those, under the lock).
         report = await recover(db.sessions, app.budget, unowned=False)
+        # The dead process's chat runs are offered to their members by this one (the
+        # client's offer loop posts them; a heartbeat never waits on Discord).
+        app.resume.found(report.interrupted_runs)
         return len(report.interrupted_runs)
 
     runner = app.runner

@@ -292,8 +292,14 @@ def web_search_tool(providers: Sequence[SearchProvider], *, timeout_s: float = 4
             return render(text, provider.name, results)
         raise ToolFailed("web search is unavailable right now: " + "; ".join(failures))
 
+    # Why read-only: a search changes nothing; a resumed run runs one again (a keyed
+    # provider charges it again, through ToolContext.charge like the first).
     return tool(
-        web_search, timeout_s=timeout_s, max_result_chars=12_000, status="searching: {query}"
+        web_search,
+        timeout_s=timeout_s,
+        max_result_chars=12_000,
+        status="searching: {query}",
+        read_only=True,
     )
 
 
