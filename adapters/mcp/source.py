@@ -58,6 +58,10 @@ class ToolState:
     exposed: str
     status: ToolStatus
     policy: ToolPolicy | None  # None for a tool tools = [...] does not list
+    # What a resumed run does with a call of it that was cut off (offered tools only):
+    # "runs again (read-only)", "runs again (idempotent)" or "asks again" (no hint, or
+    # the tool needs approval).
+    on_resume: str | None = None
 
 
 @dataclass(slots=True)
@@ -177,9 +181,12 @@ class McpServerSource:
                 status = "missing"
             elif live is not None and _hash(live[t]) != pin.schema_hash:
                 status = "changed"
-            states.append(ToolState(t, c.exposed(t), status, c.policy(t)))
             if status == "offered" and pin is not None:
-                offered.append(self._tool(pin))
+                tool = self._tool(pin)
+                offered.append(tool)
+                states.append(ToolState(t, c.exposed(t), status, c.policy(t), _on_resume(tool)))
+            else:
+                states.append(ToolState(t, c.exposed(t), status, c.policy(t)))
         if live is not None:
             for t in sorted(set(live) - set(c.tools)):
                 states.append(ToolState(t, c.exposed(t), "not listed", None))
@@ -414,6 +421,12 @@ class McpServerSource:
         self._pins = {p.tool: p for p in pins}
         self._rebuild()
         return report
+
+
+def _on_resume(tool: Tool) -> str:
+    if not tool.repeatable:  # neither hint, or it needs approval: that always asks
+        return "asks again"
+    return "runs again (read-only)" if tool.read_only else "runs again (idempotent)"
 
 
 def hints(tool: McpTool) -> tuple[bool, bool]:
