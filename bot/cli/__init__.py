@@ -11,11 +11,12 @@ thousands of classes one by one takes 0.5-1 s, longer than the answer often took
 Such a verb has closed what it opened (the database, the providers, the audit's last
 write) before it returns. :func:`main` (what tests call) always returns.
 
-Such a verb also starts with the cyclic garbage collector off, and turns it back on
-(after :func:`gc.freeze`: what the start built stays) once its app is built and its
-SDK imported (:func:`bot.cli._common.started`): importing an SDK makes hundreds of
-thousands of objects, and each full collection meanwhile walks all of them again
-(a quarter to half a second of ``coterie ask``'s start).
+A verb that sets ``defer_gc`` (``ask``, ``chat``, ``run``) starts with the cyclic
+garbage collector off, and turns it back on (after :func:`gc.freeze`: what the start
+built stays) once its app is built and its SDKs imported
+(:func:`bot.cli._common.started`): importing an SDK makes hundreds of thousands of
+objects, and each full collection meanwhile walks all of them again (a quarter to
+half a second of ``coterie ask``'s start).
 """
 
 from __future__ import annotations
@@ -104,10 +105,9 @@ def _main(argv: Sequence[str] | None) -> tuple[int, bool]:
         return 2, False
     from bot.cli._common import run_handler
 
-    quick = bool(getattr(args, "quick_exit", False))
-    if not quick:
+    if not getattr(args, "defer_gc", False):
         gc.enable()
-    return run_handler(handler, args), quick
+    return run_handler(handler, args), bool(getattr(args, "quick_exit", False))
 
 
 if __name__ == "__main__":  # pragma: no cover

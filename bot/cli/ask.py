@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="print only one JSON object (run_id, status, output, model, attempts, usage, cost_usd)",
     )
-    p.set_defaults(handler=_ask, quick_exit=True)
+    p.set_defaults(handler=_ask, quick_exit=True, defer_gc=True)
 
 
 class StdoutDelivery(Delivery):

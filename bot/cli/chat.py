@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         description="Chat with a persona in the terminal (the operator's budget and audit).",
     )
     p.add_argument("--persona", metavar="NAME", help="the persona (default: assistant)")
-    p.set_defaults(handler=_chat, quick_exit=True)
+    p.set_defaults(handler=_chat, quick_exit=True, defer_gc=True)
 
 
 async def chat_loop(
