@@ -364,12 +364,23 @@ async def bench_message_path(
             record,
             only=lambda e: isinstance(e, ModelRequestEvent) and e.step == 1,
         )
+        # Runs that resume (issue 18) save a chat run's conversation before its first
+        # request; a commit older than them has no checkpoints.
+        checkpoints = getattr(app.executor, "checkpoints", None)
+        if checkpoints is not None:
+            checkpoints.save = timed(  # type: ignore[method-assign]
+                "first checkpoint (resume)", checkpoints.save, only=lambda c: c.step == 0
+            )
         real = await path(messages)
         # The floor: the same flow and executor with in-memory ports.
         app.chat.personas = _DictPersonas(personas.builtins)  # type: ignore[assignment]
         app.chat.guild_settings = InMemoryGuildSettings()
         app.chat.threads = InMemoryThreadStore()
         app.executor.audit, app.executor.budget = InMemoryAuditSink(), UnlimitedBudget()
+        if checkpoints is not None:
+            from executor.ports import InMemoryCheckpoints
+
+            app.executor.checkpoints = InMemoryCheckpoints()
         floor = await path(messages)
     finally:
         await app.close()
@@ -574,6 +585,7 @@ def _print(columns: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     for name in ("persona lookup", "budget reservation", "run start (audit)"):
         row(f"    {name}", parts(name))
     row("    first model request (audit)", parts("first model request (audit)"))
+    row("    first checkpoint (resume)", parts("first checkpoint (resume)"))
     print("budget reserve + settle, pairs/s")
     row("  1 member", lambda f: f"{f['pairs_1']:,.0f}")
     row("  50 concurrent members", lambda f: f"{f['pairs_50']:,.0f}")
