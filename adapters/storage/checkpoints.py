@@ -5,7 +5,8 @@
 What a step costs: one small write. A kept run's first save inserts its row, each
 later save rewrites it (the conversation as JSON; each message serialised once), and
 a finished call that may not be repeated rewrites its ``done`` list. Writes are group
-commits: runs that save while a write is under way share the next transaction. ``drop`` writes nothing at once: the row goes with
+commits: runs that save while a write is under way share the next transaction, on a
+SQLite file one call in the database's writer thread (:mod:`adapters.storage.sqlite_writer`). ``drop`` writes nothing at once: the row goes with
 this store's next write (or at :meth:`SqlCheckpoints.close`); a crash before that
 leaves the row of a run that ended, which no offer ever reads (only runs recovery
 closed as interrupted are offered) and :meth:`SqlCheckpoints.prune` deletes at start.
