@@ -106,21 +106,28 @@ class Leadership:
         async with self._lock:
             if not self.enabled:
                 return
-            if self.leader and held is not None and self.name not in held:
-                self._lose("another process took the scheduler's lease over")
+            lapsed = held is not None and self.name not in held
+            if self.leader and lapsed:
+                if self.always:
+                    await self._take()  # SQLite leads regardless; the lease is for status
+                else:
+                    self._lose("another process took the scheduler's lease over")
             if not self.leader:
                 await self._try_gain()
             elif sweep:
                 await self.led.settle_stranded()
 
-    async def _try_gain(self) -> None:
+    async def _take(self) -> bool:
         try:
-            taken = await self.store.take(self.name, self.holder, ttl_s=self.ttl_s)
-        except Exception:
-            if not self.always:
-                raise
-            taken = False  # the lease is for `coterie status`; SQLite leads anyway
-            log.warning("could not take the scheduler's lease", exc_info=True)
+            return await self.store.take(self.name, self.holder, ttl_s=self.ttl_s)
+        except Exception as exc:
+            # Why not raise: the next beat tries again (and SQLite leads anyway).
+            log.warning("could not take the scheduler's lease (%s); will try again",
+                        type(exc).__name__, exc_info=True)  # fmt: skip
+            return False
+
+    async def _try_gain(self) -> None:
+        taken = await self._take()
         if not (taken or self.always):
             return
         if self.before_gain is not None and not self.always:

@@ -312,6 +312,12 @@ async def test_on_sqlite_the_process_always_leads(sqlite_db: Database) -> None:
     assert a.leadership.leader and a.scheduler.running and await _leader(db) == "a"
     await a.scheduler.wait_idle()
     assert a.fire.calls == [(info.id, at(9, 30))]
+    # Its lease gone (say, deleted by hand): it leads all the same, and takes it back.
+    async with db.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM leases"))
+    await a.membership.tick()
+    await a.membership.tick()
+    assert a.leadership.leader and a.scheduler.running and await _leader(db) == "a"
     await _close(a)
 
 
