@@ -361,21 +361,21 @@ async def main(base: str, runs: int, pace_ms: int) -> None:
             llmock.pace(pace_ms)
         one = await throughput(base, llmock, 1, runs)
         three = await throughput(base, llmock, 3, runs)
-        print(f"{'figure':<58} measured")
-        print(f"{'runs/s, 1 process (3 shards)':<58} {one:.1f}")
-        print(f"{'runs/s, 3 processes (1 shard each)':<58} {three:.1f}  ({three / one:.2f}x)")
+        print(f"{'figure':<66} measured")
+        print(f"{'runs/s, 1 process (3 shards)':<66} {one:.1f}")
+        print(f"{'runs/s, 3 processes (1 shard each)':<66} {three:.1f}  ({three / one:.2f}x)")
         gap = await handover(base, llmock)
-        print(f"{'rolling restart: SIGTERM -> a survivor IDENTIFYs':<58} {gap:.2f} s")
+        print(f"{'rolling restart: SIGTERM -> a survivor IDENTIFYs':<66} {gap:.2f} s")
         for ttl in (15.0, 6.0):
             identified, answered = await takeover(base, llmock, ttl)
             print(
-                f"{f'takeover, lease {ttl:g} s: SIGKILL -> IDENTIFY / -> answered':<58} "
+                f"{f'takeover, lease {ttl:g} s: SIGKILL -> IDENTIFY / -> answered':<66} "
                 f"{identified:.1f} s / {answered:.1f} s"
             )
         for ttl in (15.0, 6.0):
             led, fired = await leader_takeover(base, llmock, ttl)
             print(
-                f"{f'leader, lease {ttl:g} s: SIGKILL -> a survivor leads / -> slot posted':<58} "
+                f"{f'leader, lease {ttl:g} s: SIGKILL -> a survivor leads / -> slot posted':<66} "
                 f"{led:.1f} s / {fired:.1f} s"
             )
 

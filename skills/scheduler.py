@@ -27,7 +27,7 @@ One slot, one run, at most:
   the paths APScheduler does not see (catch-up at start, another process).
 
 Several processes on one database (PostgreSQL): only the one that leads the scheduler
-(:class:`adapters.services.instances.Leadership`, a renewed lease) runs it. It calls
+(:class:`adapters.services.leadership.Leadership`, a renewed lease) runs it. It calls
 :meth:`SkillScheduler.start` when it gains the lead (the table is loaded again, and
 the slots a dead leader left ``running`` are settled as above: only slots whose owner
 is gone, :meth:`ScheduleStore.stranded_slots`) and :meth:`SkillScheduler.standby` when
@@ -702,7 +702,9 @@ class SkillScheduler:
     ) -> FireResult:
         """Claim and run one slot. ``attempt`` 2: the slot's retry, already claimed by
         :meth:`ScheduleStore.retry_slot` at start."""
-        if self._state == "closed":
+        if self._state == "closed" or (self._state == "standby" and attempt == 1):
+            # Why a claimed retry still runs on standby: it is this process's, and no
+            # other settles a live owner's slot.
             return "closed"
         sid = info.id
         # Why check-and-add before any await: two fires of one schedule on this loop
