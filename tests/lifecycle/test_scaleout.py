@@ -196,6 +196,8 @@ async def test_three_processes_share_the_shards_and_answer_each_message_once(
     listed = json.loads(status.stdout)["instances"]
     assert sorted(i["pid"] for i in listed) == sorted(p.pid for p in three)
     assert sorted(s for i in listed for s in i["shards"]) == [0, 1, 2]
+    # One of them leads the scheduler: the first to start (it took the lease when ready).
+    assert [i["pid"] for i in listed if i["leader"]] == [three[0].pid]
     for i in listed:
         assert set(i) == {"id", "host", "pid", "shards", "leader", "heartbeat_age_s", "runs"}
         assert i["heartbeat_age_s"] < float(TTL_S) and isinstance(i["runs"], int)
