@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapters.mcp.config import McpServerConfig, ToolPolicy
@@ -40,7 +40,7 @@ from executor.tools.sources import schema_tool
 if TYPE_CHECKING:
     from adapters.mcp.connection import Connection, McpTool
 
-__all__ = ["AcceptReport", "McpServerSource", "Notify", "ToolState"]
+__all__ = ["AcceptReport", "McpServerSource", "Notify", "ToolState", "hints"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class McpServerSource:
         self._pins: dict[str, ToolPin] = {}
         self._live: dict[str, McpTool] | None = None  # the server's listing, once reached
         self._offered: list[Tool] = []
-        self._built: dict[tuple[str, str], Tool] = {}
+        self._built: dict[tuple[str, str, bool, bool], Tool] = {}
         self._states: list[ToolState] = []
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
@@ -186,7 +186,14 @@ class McpServerSource:
         self._offered, self._states = offered, states
 
     def _tool(self, pin: ToolPin) -> Tool:
-        key = (pin.tool, pin.schema_hash)
+        # Why both: what the operator accepted, and what the server says now once it is
+        # reached (a server that stops calling a tool idempotent is believed at once).
+        read_only, idempotent = pin.read_only, pin.idempotent
+        live = self._live.get(pin.tool) if self._live is not None else None
+        if live is not None:
+            now_read_only, now_idempotent = hints(live)
+            read_only, idempotent = read_only and now_read_only, idempotent and now_idempotent
+        key = (pin.tool, pin.schema_hash, read_only, idempotent)
         built = self._built.get(key)
         if built is None:
             policy = self.config.policy(pin.tool)
@@ -207,6 +214,8 @@ class McpServerSource:
                 requires_approval=policy.approval,
                 min_privilege=policy.privilege,
                 status=f"using {self.config.name} · {pin.tool}",
+                read_only=read_only,
+                idempotent=idempotent,
             )
             self._built[key] = built
         return built
@@ -380,12 +389,15 @@ class McpServerSource:
             if t not in live:
                 report.missing.append(t)
                 continue
+            read_only, idempotent = hints(live[t])
             pin = ToolPin.of(
                 self.config.name,
                 t,
                 live[t].description or "",
                 live[t].input_schema,
                 accepted_by=by,
+                read_only=read_only,
+                idempotent=idempotent,
             )
             before = old.get(t)
             if before is None:
@@ -394,13 +406,24 @@ class McpServerSource:
                 report.changed.append(t)
             else:
                 report.unchanged.append(t)
-                pin = before  # keep when and by whom it was first accepted
+                # Keep when and by whom it was first accepted; the hints are today's.
+                pin = replace(before, read_only=read_only, idempotent=idempotent)
             pins.append(pin)
         report.unlisted = sorted(set(live) - set(self.config.tools))
         await self._store.replace(self.config.name, pins)
         self._pins = {p.tool: p for p in pins}
         self._rebuild()
         return report
+
+
+def hints(tool: McpTool) -> tuple[bool, bool]:
+    """``(read_only, idempotent)`` from the tool's annotations (``readOnlyHint``,
+    ``idempotentHint``); absent, they are false (MCP's defaults): a resumed run asks
+    the member again before calling such a tool. A read-only tool is idempotent too."""
+    notes = getattr(tool, "annotations", None)
+    read_only = getattr(notes, "read_only_hint", None) is True
+    idempotent = read_only or getattr(notes, "idempotent_hint", None) is True
+    return read_only, idempotent
 
 
 def _hash(tool: McpTool) -> str:
