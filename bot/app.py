@@ -188,8 +188,12 @@ class App:
 
     async def start(self) -> None:
         """Background services (called from the bot's setup_hook): the scheduler, its
-        jobs rebuilt from the schedules table and missed slots handled."""
-        if not self.scheduler.running:
+        jobs rebuilt from the schedules table and missed slots handled; on a registered
+        bot, once this process leads the scheduler (at once on SQLite)."""
+        leadership = self.membership.leadership if self.membership is not None else None
+        if leadership is not None:
+            await leadership.enable()
+        elif not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
         if not self._background:
             await self._chores()
@@ -220,6 +224,8 @@ class App:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
         Idempotent."""
         self.scheduler.shutdown()
+        if self.membership is not None and self.membership.leadership is not None:
+            await self.membership.leadership.resign()  # another process leads from now
         await self._stop_background()
 
     async def _stop_background(self) -> None:
@@ -568,13 +574,15 @@ async def build_app(
 async def _register(app: App, kind: Kind) -> None:
     """Register the process (see :func:`build_app`) and start its heartbeat."""
     from adapters.services.instances import Identity, Membership
+    from adapters.services.leadership import TOPIC as SCHEDULER_TOPIC
+    from adapters.services.leadership import Leadership
     from adapters.storage.instances import SqlInstances
     from adapters.storage.recovery import recover
 
     settings, db = app.settings, app.db
     identity = Identity.new(kind)
-    # Why before anything runs: every run and reservation from now on is this one's.
-    app.audit.owner = app.budget.owner = identity.id
+    # Why before anything runs: every run, reservation and slot from now on is this one's.
+    app.audit.owner = app.budget.owner = app.schedules.owner = identity.id
     app.instances = SqlInstances(db.sessions)
 
     async def sweep() -> int:
@@ -616,6 +624,30 @@ async def _register(app: App, kind: Kind) -> None:
 
         app.guild_settings.publish = settings_changed
         notifier.subscribe("guild_settings", app.guild_settings.invalidate)
+
+        async def personas_changed(key: str) -> None:
+            await notifier.publish("personas", key)
+
+        app.personas.publish = personas_changed
+        notifier.subscribe("personas", app.personas.invalidate)
+        if kind == "bot":
+
+            async def schedule_changed(key: str) -> None:
+                await notifier.publish("schedules", key)
+
+            app.scheduler.publish = schedule_changed
+            notifier.subscribe("schedules", app.scheduler.changed)
+            notifier.subscribe(SCHEDULER_TOPIC, lambda _key: membership.wake())
+    if kind == "bot":
+        membership.leadership = Leadership(
+            app.instances,
+            identity.id,
+            ttl_s=settings.lease_ttl_s,
+            led=app.scheduler,
+            always=db.is_sqlite,
+            before_gain=membership.reap,
+            publish=membership.publish,
+        )
     await membership.register()
     app._closers.insert(2 if app.notifier is not None else 1, membership.close)
     app.membership = membership

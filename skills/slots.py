@@ -70,6 +70,7 @@ class SlotInfo:
     started_at: datetime | None
     ended_at: datetime | None
     attempt: int = 1  # 2: the one retry of a slot a restart interrupted
+    owner: str | None = None  # the instance that claimed it (None: no instance)
 
 
 @dataclass(frozen=True)
