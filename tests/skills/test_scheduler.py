@@ -39,6 +39,7 @@ from skills.scheduler import (
     RETRIED,
     SkillScheduler,
     SlotOutcome,
+    SlotRun,
 )
 from skills.schedules import ScheduleInfo, ScheduleStore
 from skills.tables import Schedule, Skill
@@ -72,13 +73,17 @@ class Fire:
 
     def __init__(self, outcome: SlotOutcome | None = None) -> None:
         self.calls: list[tuple[int, datetime]] = []
+        self.runs: list[SlotRun] = []  # the attempt each call was handed
         self.outcome = outcome or SlotOutcome(status="ok", run_id="run-1")
         self.gate: asyncio.Event | None = None
         self.raises: Exception | None = None
         self.called = asyncio.Event()
 
-    async def __call__(self, schedule: ScheduleInfo, slot_at: datetime) -> SlotOutcome:
+    async def __call__(
+        self, schedule: ScheduleInfo, slot_at: datetime, run: SlotRun
+    ) -> SlotOutcome:
         self.calls.append((schedule.id, slot_at))
+        self.runs.append(run)
         self.called.set()
         if self.gate is not None:
             await self.gate.wait()
