@@ -32,7 +32,7 @@ from executor.tools.registry import ToolContext, tool
 from personas.model import Persona
 from skills.model import SkillSpec
 from skills.scheduler import INTERRUPTED, RESUMED, RETRIED
-from skills.schedules import ScheduleInfo
+from skills.schedules import ScheduleInfo, ScheduleStore
 from skills.slots import Missed
 from tests.discord.test_app_e2e import ScriptedTiers
 from tests.storage.dbs import BACKENDS, pg_db, pg_url
@@ -180,10 +180,14 @@ async def _crashed(
     step: int = 1,
     pending: tuple[ToolCallPart, ...] = (),
     done: tuple[ToolResultPart, ...] = (),
+    owner: str | None = None,
 ) -> None:
     """What a crash mid-run leaves once recovery has run: the slot claimed for run
-    ``OLD``, that run closed as interrupted, and its last checkpoint (None at step -1)."""
-    assert await w.app.schedules.claim_slot(info.id, SLOT, started_at=SLOT, run_id=OLD)
+    ``OLD`` (by the instance ``owner``), that run closed as interrupted, and its last
+    checkpoint (None at step -1)."""
+    claimer = ScheduleStore(w.app.db.sessions)
+    claimer.owner = owner
+    assert await claimer.claim_slot(info.id, SLOT, started_at=SLOT, run_id=OLD)
     async with w.app.db.sessions() as s, s.begin():
         s.add(
             AuditRun(
@@ -414,3 +418,29 @@ async def test_a_slot_closed_instead_of_retried_forgets_its_checkpoint(world: Wo
     [slot] = await w.app.schedules.recent_slots(info.id, 1)
     assert (slot.status, slot.reason) == ("failed", INTERRUPTED)
     assert await w.app.checkpoints.record(OLD) is None
+
+
+async def test_the_leader_resumes_a_slot_a_dead_instance_left(world: World) -> None:
+    """Several processes: the scheduler's leader, already running, settles the slot of
+    an instance that died since (a survivor reaped it and closed its run): the same
+    retry, resumed from the same checkpoint, now owned by the leader."""
+    w = world
+    w.app.schedules.owner = "leader"
+    info = await _schedule(w)
+    await w.app.scheduler.start()  # leading; nothing stranded yet
+    cut = ToolCallPart(id="c1", name="save_report", arguments={"title": "weekly"})
+    await _crashed(w, info, pending=(cut,), owner="dead")  # "dead" has no instance row
+    w.model.push(Reply(text="Saved.", usage=Usage(output_tokens=2, cost_micros=5)))
+    await w.clock.advance(600)
+
+    report = await w.app.scheduler.settle_stranded()
+    await w.app.scheduler.wait_idle()
+    await w.app.audit.flush()
+
+    assert (report.retried, report.interrupted) == (1, 0)
+    assert w.saved == ["c1"]  # asked of the owner, approved, run once
+    [slot] = await w.app.schedules.recent_slots(info.id, 1)
+    assert (slot.status, slot.attempt, slot.owner) == ("ok", 2, "leader")
+    assert slot.reason == RESUMED.format(run_id=OLD)
+    _, new = await _runs(w)
+    assert (new.run_id, new.resumed_from) == (slot.run_id, OLD)
