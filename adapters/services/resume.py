@@ -2,7 +2,10 @@
 
 A chat run keeps a checkpoint while it runs (the executor's
 :class:`~executor.ports.Checkpoints` port, the database in the bot; only the runs
-:meth:`ResumeService.resumable` accepts are kept). When a restart leaves such a run
+:meth:`ResumeService.resumable` accepts are kept for an offer). A scheduled slot's
+run keeps one too, but is never offered: its slot's retry resumes it
+(:class:`~adapters.services.skills.SkillService`), and the offers leave it alone
+(``kept_elsewhere``). When a restart leaves such a run
 interrupted, :meth:`ResumeService.offer_interrupted`, given the run ids crash recovery
 closed, posts one message to its member (through a :class:`ResumeHost`: the Discord
 edge) with **Resume** and **Discard**, which only that member may press, until the
