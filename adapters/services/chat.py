@@ -517,11 +517,20 @@ class ChatService:
         run_id: str,
     ) -> RunResult:
         """Continue an interrupted run from ``checkpoint`` as a new run ``run_id``
-        (linked to it by ``resumed_from``), as ``agent`` with the guild's settings,
-        for ``caller`` (their privilege now), answering through ``surface``."""
+        (linked to it by ``resumed_from``), as ``agent`` with the guild's settings and
+        memory as they are now (the checkpoint holds no system prompt), for ``caller``
+        (their privilege now), answering through ``surface``."""
         config = await self._config(caller.guild_id)
         agent = self.for_guild(agent, config)
         delivery = await surface.delivery(persona)
+        if self.memory is not None:
+            prompt = next(
+                (m.text for m in reversed(checkpoint.messages) if m.role == "user" and m.text),
+                "",
+            )
+            agent, remembers = await self.memory.prepare(caller, agent, prompt, config=config)
+            if remembers:
+                delivery = self.memory.telling_saves(delivery, caller.user_id)
         if config is not None and config.cost_footer:
             delivery.show_cost_footer()
         invocation = Invocation(
