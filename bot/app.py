@@ -290,6 +290,7 @@ async def build_app(
     from adapters.services.memory import MemoryService
     from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
+    from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
@@ -348,8 +349,13 @@ async def build_app(
             default_limit_micros=dollars_to_micros(settings.budget_default_usd),
             clock=clock,
         )
-        # Only the runs a member could be offered to resume are kept (chat runs).
-        checkpoints = SqlCheckpoints(db.sessions, keep=ResumeService.resumable, clock=clock)
+        # Only the runs that can be resumed are kept: chat runs (offered to their
+        # member) and a scheduled slot's first attempt (its retry resumes it).
+        checkpoints = SqlCheckpoints(
+            db.sessions,
+            keep=lambda c: ResumeService.resumable(c) or SkillService.resumable(c),
+            clock=clock,
+        )
         closers.append(checkpoints.close)
         # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
         mcp = mcp_servers(settings, environ, db.sessions)
@@ -457,7 +463,7 @@ async def build_app(
     # Skills and their schedules (issue 9). The scheduler fires through the service,
     # and the service adds and removes the scheduler's jobs: one of them is set second.
     from adapters.services.audit import RunFilter
-    from adapters.services.skills import PastRun, SkillService
+    from adapters.services.skills import PastRun
 
     async def skill_history(guild_id: str, skill: str, limit: int) -> list[PastRun]:
         page = await audit_queries.list_runs(RunFilter(guild_id=guild_id, skill=skill), limit=limit)
@@ -488,6 +494,9 @@ async def build_app(
         disable_after=settings.schedule_disable_after,
     )
     skill_service.scheduler = scheduler
+    # A slot's retry resumes its interrupted run; a slot closed instead forgets it.
+    skill_service.checkpoints = checkpoints
+    scheduler.forget_runs = checkpoints.forget
     # Registered always; usable where COTERIE_ENABLED_TOOLS allows it (all by default).
     tools.add(skill_service.run_skill_tool())
 
@@ -523,6 +532,7 @@ async def build_app(
         chat=chat,
         clock=clock,
         offer_ttl_s=settings.resume_offer_hours * 3600,
+        kept_elsewhere=SkillService.resumable,
     )
     # Offered once Discord is ready (the client's offer loop takes them).
     resume.found(interrupted)

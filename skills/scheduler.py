@@ -14,13 +14,19 @@ One slot, one run, at most:
 * The slot is claimed (a ``running`` row, unique per schedule and slot) **before**
   ``fire`` is called. A claimed slot is never fired again by a claim: it already has a
   row.
+* The claim carries the id its run will have (``SlotRun.run_id``), so a restart
+  that interrupts the run leaves on the slot's row which run it was.
 * A slot a restart interrupted (the process died while it ran, or after the claim and
   before the model was reached) is found ``running`` at start. With ``catch-up`` and
   within ``grace_s`` of the slot, when no later slot of the schedule is due, it gets
   **one retry**: :meth:`ScheduleStore.retry_slot` moves it from attempt 1 to 2 in one
   conditional ``UPDATE``, which one process alone can pass, and the slot says it was
-  run again. Otherwise (``skip``, too old, a later slot due, or its retry interrupted
-  too) it is closed as failed with the reason. A slot runs at most twice, never at once.
+  run again. ``fire`` is handed the interrupted run's id (``SlotRun.interrupted``) and
+  resumes it from its last checkpoint when it has one (``SlotOutcome.resumed_from``:
+  the slot then says so), else runs the slot from the start. Otherwise (``skip``, too
+  old, a later slot due, or its retry interrupted too) it is closed as failed with the
+  reason, and :attr:`SkillScheduler.forget_runs` is handed the runs of the slots closed
+  so (what was kept to resume them goes). A slot runs at most twice, never at once.
 * A schedule never overlaps itself: APScheduler's ``max_instances=1`` refuses a
   second instance (we record that slot as skipped from ``EVENT_JOB_MAX_INSTANCES``,
   which APScheduler would otherwise only log), and :meth:`fire_due` checks again for
@@ -51,7 +57,8 @@ skipped (the reason says which).
 
 Every slot settled is one log line with its fields (``schedule_id``, ``skill``,
 ``slot_at``, ``outcome``: ok, failed, skipped or duplicate; ``attempt``, ``run_id``,
-``reason`` when there are), which coterie's log format writes as ``key=value``.
+``resumed_from``, ``reason`` when there are), which coterie's log format writes as
+``key=value``.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -75,7 +83,15 @@ from apscheduler.triggers.date import DateTrigger
 from executor.ports import Clock, RealClock
 from skills import scheduling
 from skills.errors import InvalidTime, ScheduleError, ScheduleNotFound
-from skills.slots import Fire, FireResult, ScheduleEvents, ScheduleInfo, SlotInfo, SlotOutcome
+from skills.slots import (
+    Fire,
+    FireResult,
+    ScheduleEvents,
+    ScheduleInfo,
+    SlotInfo,
+    SlotOutcome,
+    SlotRun,
+)
 
 if TYPE_CHECKING:
     from skills.schedules import ScheduleStore
@@ -87,6 +103,7 @@ __all__ = [
     "ScheduleEvents",
     "SkillScheduler",
     "SlotOutcome",
+    "SlotRun",
     "StartReport",
 ]
 
@@ -106,6 +123,8 @@ MISSED = "missed while coterie was down"
 INTERRUPTED = "interrupted by a restart"
 INTERRUPTED_AGAIN = "interrupted by a restart again, after its one retry"
 RETRIED = "run again: a restart interrupted its first attempt"
+# The slot's retry resumed the interrupted run from its last checkpoint (its id).
+RESUMED = "resumed from its last step: a restart interrupted run {run_id}"
 DONE = "a one-shot: it has run"
 ONE_SHOT_SKIPPED = "a one-shot: skipped, not run"
 ONE_SHOT_INTERRUPTED = "a one-shot: interrupted by a restart, not run again"
@@ -129,6 +148,8 @@ class _Plan:
     catch_up: list[tuple[ScheduleInfo, datetime]] = field(default_factory=list)
     retry: list[tuple[ScheduleInfo, SlotInfo]] = field(default_factory=list)
     disable: list[tuple[int, str]] = field(default_factory=list)
+    # The retries this process claimed (``_settle``): the slot and the attempt to fire.
+    retried: list[tuple[ScheduleInfo, datetime, SlotRun]] = field(default_factory=list)
 
 
 class _Staggered(BaseTrigger):  # type: ignore[misc]  # apscheduler ships no types
@@ -213,6 +234,9 @@ class SkillScheduler:
         # Tells the other processes a schedule changed (its id): the leader builds its
         # job. None: this process is alone (or not registered).
         self.publish: Callable[[str], Awaitable[None]] | None = None
+        # Handed the runs of slots closed as interrupted (not retried): what the host
+        # kept to resume them can go. None: nothing is kept.
+        self.forget_runs: Callable[[Sequence[str]], Awaitable[object]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -344,19 +368,21 @@ class SkillScheduler:
         now: datetime,
     ) -> StartReport:
         """Write what :meth:`_plan` decided: skipped slots, retries claimed, stranded
-        slots closed, schedules disabled. Leaves in ``plan.retry`` only the retries this
-        process claimed."""
+        slots closed, schedules disabled. The retries this process claimed go to
+        ``plan.retried``, each with the run it is to be and the run it follows."""
         recorded = await self._store.record_skipped_many(
             [(info.id, slot_at, reason) for info, slot_at, reason in plan.skipped], at=now
         )
         for info, slot_at, reason in plan.skipped:
             self._log_slot(info.id, slot_at, "skipped", skill=info.skill, reason=reason)
-        retried: list[tuple[ScheduleInfo, SlotInfo]] = []
+        retrying: set[tuple[int, datetime]] = set()
         for info, slot in plan.retry:
-            if await self._store.retry_slot(slot, reason=RETRIED, started_at=now):
-                retried.append((info, slot))
-        plan.retry = retried
-        retrying = {(slot.schedule_id, slot.slot_at) for _info, slot in retried}
+            run = SlotRun(uuid.uuid4().hex, attempt=slot.attempt + 1, interrupted=slot.run_id)
+            if await self._store.retry_slot(
+                slot, reason=RETRIED, started_at=now, run_id=run.run_id
+            ):
+                plan.retried.append((info, slot.slot_at, run))
+                retrying.add((slot.schedule_id, slot.slot_at))
         closed = [
             (slot, INTERRUPTED_AGAIN if slot.attempt >= MAX_ATTEMPTS else INTERRUPTED)
             for slots_left in stranded.values()
@@ -364,6 +390,7 @@ class SkillScheduler:
             if (slot.schedule_id, slot.slot_at) not in retrying
         ]
         interrupted = await self._store.close_interrupted(closed, at=now)
+        await self._forget([slot.run_id for slot, _reason in closed if slot.run_id])
         for slot, reason in closed:
             self._log_slot(
                 slot.schedule_id,
@@ -382,15 +409,25 @@ class SkillScheduler:
             skipped=recorded,
             interrupted=interrupted,
             disabled=len(plan.disable),
-            retried=len(retried),
+            retried=len(plan.retried),
         )
+
+    async def _forget(self, run_ids: list[str]) -> None:
+        if not run_ids or self.forget_runs is None:
+            return
+        try:
+            await self.forget_runs(run_ids)
+        except Exception:
+            # Why not raise: the slots are closed; what was kept to resume their runs
+            # is pruned later anyway.
+            log.warning("could not forget the interrupted runs %s", run_ids, exc_info=True)
 
     def _launch(self, plan: _Plan) -> None:
         """Fire the slots caught up and the retries claimed (after :meth:`_settle`)."""
         for info, slot_at in plan.catch_up:
             self._spawn(self._fire_slot(info, slot_at))
-        for info, slot in plan.retry:
-            self._spawn(self._fire_slot(info, slot.slot_at, attempt=slot.attempt + 1))
+        for info, slot_at, run in plan.retried:
+            self._spawn(self._fire_slot(info, slot_at, run=run))
 
     async def settle_stranded(self) -> StartReport:
         """While leading: retry or close the slots a process that died since left
@@ -698,10 +735,12 @@ class SkillScheduler:
             )
 
     async def _fire_slot(
-        self, info: ScheduleInfo, slot: datetime, *, attempt: int = 1
+        self, info: ScheduleInfo, slot: datetime, *, run: SlotRun | None = None
     ) -> FireResult:
-        """Claim and run one slot. ``attempt`` 2: the slot's retry, already claimed by
-        :meth:`ScheduleStore.retry_slot` at start."""
+        """Claim and run one slot. ``run``: the slot's retry, already claimed by
+        :meth:`ScheduleStore.retry_slot` at start (None: the first attempt, claimed
+        here)."""
+        attempt = run.attempt if run is not None else 1
         if self._state == "closed" or (self._state == "standby" and attempt == 1):
             # Why a claimed retry still runs on standby: it is this process's, and no
             # other settles a live owner's slot.
@@ -714,20 +753,25 @@ class SkillScheduler:
             return "skipped"
         self._running.add(sid)
         try:
-            if attempt == 1:
+            if run is None:
                 if await self._store.running_slot(sid) is not None:  # running elsewhere
                     await self._skip_overlap(info, slot)
                     return "skipped"
-                if not await self._store.claim_slot(sid, slot, started_at=self._clock.now()):
+                run = SlotRun(uuid.uuid4().hex)
+                claimed = await self._store.claim_slot(
+                    sid, slot, started_at=self._clock.now(), run_id=run.run_id
+                )
+                if not claimed:
                     self._log_slot(sid, slot, "duplicate", skill=info.skill)
                     return "duplicate"
-            outcome = await self._call(info, slot, attempt)
+            outcome = await self._call(info, slot, run)
+            reason = _reason(outcome)
             failures = await self._store.finish_slot(
                 sid,
                 slot,
                 outcome.status,
                 run_id=outcome.run_id,
-                reason=outcome.error if outcome.status == "failed" else None,
+                reason=reason,
                 ended_at=self._clock.now(),
                 attempt=attempt,
             )
@@ -740,7 +784,8 @@ class SkillScheduler:
             skill=info.skill,
             attempt=attempt,
             run_id=outcome.run_id,
-            reason=outcome.error if outcome.status == "failed" else None,
+            resumed_from=outcome.resumed_from,
+            reason=reason,
         )
         await self._after(info, outcome, failures)
         return "fired"
@@ -749,9 +794,10 @@ class SkillScheduler:
         await self._store.record_skipped(info.id, slot, OVERLAP, at=self._clock.now())
         self._log_slot(info.id, slot, "skipped", skill=info.skill, reason=OVERLAP)
 
-    async def _call(self, info: ScheduleInfo, slot: datetime, attempt: int) -> SlotOutcome:
+    async def _call(self, info: ScheduleInfo, slot: datetime, run: SlotRun) -> SlotOutcome:
+        attempt = run.attempt
         try:
-            return await self._fire(info, slot)
+            return await self._fire(info, slot, run)
         except asyncio.CancelledError:
             await self._store.finish_slot(
                 info.id,
@@ -782,6 +828,7 @@ class SkillScheduler:
         skill: str | None,
         attempt: int | None = None,
         run_id: str | None = None,
+        resumed_from: str | None = None,
         reason: str | None = None,
     ) -> None:
         """One line per slot the scheduler settles (fired ok or failed, skipped, a
@@ -796,6 +843,8 @@ class SkillScheduler:
             fields["attempt"] = attempt
         if run_id is not None:
             fields["run_id"] = run_id
+        if resumed_from is not None:
+            fields["resumed_from"] = resumed_from
         if reason is not None:
             fields["reason"] = reason
         log.log(
@@ -832,6 +881,18 @@ class SkillScheduler:
             # Why not raise: no caller is waiting for a background slot; the traceback
             # goes to the log and the schedule's state is already in the table.
             log.exception("schedule event %r failed", what)
+
+
+def _reason(outcome: SlotOutcome) -> str | None:
+    """What a finished slot's row says: a failure's reason; for a retry that resumed
+    the interrupted run, that it did (and its note); None: the row's reason stays (a
+    retry run from the start says it was run again)."""
+    if outcome.status == "failed":
+        return outcome.error
+    if outcome.resumed_from is not None:
+        resumed = RESUMED.format(run_id=outcome.resumed_from)
+        return f"{resumed}; {outcome.note}" if outcome.note else resumed
+    return None
 
 
 def _utc(moment: datetime | None) -> datetime | None:

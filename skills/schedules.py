@@ -297,10 +297,17 @@ class ScheduleStore:
     # --- slots -------------------------------------------------------------------------
 
     async def claim_slot(
-        self, schedule_id: int, slot_at: datetime, *, started_at: datetime
+        self,
+        schedule_id: int,
+        slot_at: datetime,
+        *,
+        started_at: datetime,
+        run_id: str | None = None,
     ) -> bool:
-        """Mark a slot ``running`` before its run starts. False when the slot already has
-        a row (it ran, is running, or was skipped) or the schedule is gone: do not run it.
+        """Mark a slot ``running`` before its run starts, with the id its run will have
+        (so a restart that interrupts it knows the run to resume). False when the slot
+        already has a row (it ran, is running, or was skipped) or the schedule is gone:
+        do not run it.
         """
         try:
             async with self._sessions() as session, session.begin():
@@ -309,6 +316,7 @@ class ScheduleStore:
                         schedule_id=schedule_id,
                         slot_at=_utc(slot_at),
                         status="running",
+                        run_id=run_id,
                         started_at=_utc(started_at),
                         owner=self.owner,
                     )
@@ -541,11 +549,13 @@ class ScheduleStore:
                 )
         return count
 
-    async def retry_slot(self, slot: SlotInfo, *, reason: str, started_at: datetime) -> bool:
-        """Claim a slot a crash left running for its next attempt: True for the one
-        caller whose conditional ``UPDATE`` (still running, still ``slot.attempt``)
-        took it, False for anyone else. ``reason`` stays on the slot unless its run
-        fails with one of its own."""
+    async def retry_slot(
+        self, slot: SlotInfo, *, reason: str, started_at: datetime, run_id: str | None = None
+    ) -> bool:
+        """Claim a slot a crash left running for its next attempt, whose run will be
+        ``run_id``: True for the one caller whose conditional ``UPDATE`` (still running,
+        still ``slot.attempt``) took it, False for anyone else. ``reason`` stays on the
+        slot unless its run finishes with one of its own."""
         async with self._sessions() as session, session.begin():
             result = await session.execute(
                 update(ScheduleSlot)
@@ -553,7 +563,7 @@ class ScheduleStore:
                 .values(
                     attempt=slot.attempt + 1,
                     reason=_short(reason),
-                    run_id=None,
+                    run_id=run_id,
                     started_at=_utc(started_at),
                     ended_at=None,
                     owner=self.owner,
