@@ -30,6 +30,7 @@ from adapters.discord.escalation import ClientSender
 from adapters.discord.identity import caller_of
 from adapters.discord.surface import DeliveryOptions, DiscordSurface
 from adapters.discord.webhooks import Webhooks
+from adapters.services.approval import ApprovalService
 from adapters.services.conversation import HistoryLimits
 from adapters.services.ports import GuildSettingsStore
 from adapters.services.skills import HostUnavailable
@@ -126,12 +127,16 @@ class DiscordSkillHost:
         *,
         webhooks: Webhooks,
         guild_settings: GuildSettingsStore,
+        approvals: ApprovalService,
         limits: HistoryLimits | None = None,
         owner_ids: Collection[int] = (),
         options: DeliveryOptions | None = None,
     ) -> None:
         self.client = client
         self.webhooks = webhooks
+        # Why the client's: the owner's press may reach another process (the one serving
+        # the guild's shard); the question is in the database for it.
+        self.approvals = approvals
         # Why a default: a scheduled post answers no message, so reads no history.
         self.limits = limits or HistoryLimits()
         self.guild_settings = guild_settings
@@ -187,6 +192,7 @@ class DiscordSkillHost:
             requester_id=int(requester.user_id),
             bot_user_id=me_id,
             webhooks=self.webhooks,
+            approvals=self.approvals,
             limits=self.limits,
             options=self.options,
         )
