@@ -323,16 +323,12 @@ class ApprovalService:
         says what and by whom) or :class:`~adapters.services.errors.ApprovalUnavailable`
         (its time is up, the run stopped waiting or its process died)."""
         now = self.clock.now()
-        _may_decide(await self.store.get(approval_id), user_id, now)
+        _may_decide(await self._current(approval_id, now), user_id, now)
         won = await self.store.decide(
             approval_id, user_id=user_id, name=name[:128], approved=approved, now=now
         )
         if won is None:
-            row = await self.store.get(approval_id)
-            if row is not None and row.is_open and not row.waiting:
-                # Its process died: close it, so the next press is told at once.
-                row = await self.store.close(approval_id, decision="interrupted", now=now) or row
-            _may_decide(row, user_id, now)
+            _may_decide(await self._current(approval_id, now), user_id, now)
             raise ApprovalUnavailable("This request is no longer open.")
         log.info("run %s: member %s %s %s", won.run_id, user_id, won.decision, won.tool)
         waiter = self._waiters.get(approval_id)
@@ -347,6 +343,14 @@ class ApprovalService:
                 # Why not raise: the decision is recorded; the waiter reads it at its check.
                 log.warning("could not tell the waiting process about approval %s", approval_id)
         return won
+
+    async def _current(self, approval_id: str, now: datetime) -> Approval | None:
+        row = await self.store.get(approval_id)
+        if row is not None and row.is_open and not row.waiting:
+            # Its process died (the run was closed as interrupted, or will be): close
+            # the question, so that nothing is recorded for a run that no longer waits.
+            row = await self.store.close(approval_id, decision="interrupted", now=now) or row
+        return row
 
     # --- housekeeping ------------------------------------------------------------
 
