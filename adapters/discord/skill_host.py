@@ -13,7 +13,10 @@ With several processes, the scheduler's leader posts for every guild, also those
 shard another process serves: their guild is not in this client's gateway cache. Then
 the guild (its roles, and the bot's member for its permissions), the owner and the
 channel are read over REST (:class:`_RestGuilds`; the guild is kept a minute), and the
-post goes out over REST as always (the channel's webhook, or a message).
+post goes out over REST as always (the channel's webhook, or a message). A tool the
+skill's owner must approve is asked there too, and the press (which Discord sends to the
+process serving the guild) reaches the run through the database
+(:mod:`adapters.discord.approval`).
 """
 
 from __future__ import annotations
