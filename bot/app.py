@@ -4,7 +4,8 @@
 imported only when a tier is first resolved), the tool registry, the database
 (upgraded to the newest schema, crashed runs closed), the audit sink and the
 budget ledger, the run checkpoints, the persona store, lanes and critic, the executor,
-the chat service and the offers to resume interrupted runs. ``await app.close()``
+the chat service, the questions waiting for approval and the offers to resume
+interrupted runs. ``await app.close()``
 flushes and closes all of it.
 """
 
@@ -32,6 +33,7 @@ from executor.tools.registry import ToolRegistry
 if TYPE_CHECKING:
     from adapters.mcp.servers import McpServers
     from adapters.services.admin import AdminService
+    from adapters.services.approval import ApprovalService
     from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
     from adapters.services.budgets import BudgetService
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
+    from adapters.storage.approvals import SqlApprovals
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
@@ -158,6 +161,10 @@ class App:
     # Offers interrupted chat runs to their members (the runs crash recovery closed at
     # start, and those this process settles for a dead one later: ResumeService.found).
     resume: ResumeService
+    # Tool calls waiting for a member's Approve/Deny, in the database: the press may
+    # reach any process (the Discord client hands it to this service).
+    approvals: ApprovalService
+    approval_store: SqlApprovals
     # Every store above that keeps member data, asked by /forgetme and /mydata.
     deletion: DataDeletion = field(init=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -247,11 +254,15 @@ class App:
         """Background services (called from the bot's setup_hook): the models (begun
         here, not awaited: the SDKs' import goes on while the bot logs in, and its
         ``on_ready`` waits for them before "ready"), the message path's statements, the
-        scheduler, its jobs rebuilt from the schedules table and missed slots handled."""
+        scheduler, its jobs rebuilt from the schedules table and missed slots handled;
+        on a registered bot, once this process leads the scheduler (at once on SQLite)."""
         if self._models is None:
             self._models = asyncio.ensure_future(self._build_models())
         await self.warm_storage()
-        if not self.scheduler.running:
+        leadership = self.membership.leadership if self.membership is not None else None
+        if leadership is not None:
+            await leadership.enable()
+        elif not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
         if not self._background:
             await self._chores()
@@ -266,6 +277,7 @@ class App:
         for chore, what in (
             (self.budget.anonymise_rolled_out, "anonymise forgotten members' old charges"),
             (self.memory.purge_expired, "purge old notes"),
+            (self.approvals.prune, "delete old approval requests"),
         ):
             try:
                 await chore()
@@ -282,6 +294,8 @@ class App:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
         Idempotent."""
         self.scheduler.shutdown()
+        if self.membership is not None and self.membership.leadership is not None:
+            await self.membership.leadership.resign()  # another process leads from now
         await self._stop_background()
 
     async def _stop_background(self) -> None:
@@ -346,7 +360,7 @@ async def build_app(
     no model (``budget``, ``forget``) leave it False.
     """
     from adapters.services.admin import AdminService
-    from adapters.services.approval import DeliveryApprover
+    from adapters.services.approval import ApprovalService, DeliveryApprover
     from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
     from adapters.services.budgets import BudgetService, GuildBudgetLimits
@@ -356,7 +370,9 @@ async def build_app(
     from adapters.services.memory import MemoryService
     from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
+    from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
+    from adapters.storage.approvals import SqlApprovals
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
@@ -422,8 +438,13 @@ async def build_app(
             default_limit_micros=dollars_to_micros(settings.budget_default_usd),
             clock=clock,
         )
-        # Only the runs a member could be offered to resume are kept (chat runs).
-        checkpoints = SqlCheckpoints(db.sessions, keep=ResumeService.resumable, clock=clock)
+        # Only the runs that can be resumed are kept: chat runs (offered to their
+        # member) and a scheduled slot's first attempt (its retry resumes it).
+        checkpoints = SqlCheckpoints(
+            db.sessions,
+            keep=lambda c: ResumeService.resumable(c) or SkillService.resumable(c),
+            clock=clock,
+        )
         closers.append(checkpoints.close)
         # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
         mcp = mcp_servers(settings, environ, db.sessions)
@@ -531,7 +552,7 @@ async def build_app(
     # Skills and their schedules (issue 9). The scheduler fires through the service,
     # and the service adds and removes the scheduler's jobs: one of them is set second.
     from adapters.services.audit import RunFilter
-    from adapters.services.skills import PastRun, SkillService
+    from adapters.services.skills import PastRun
 
     async def skill_history(guild_id: str, skill: str, limit: int) -> list[PastRun]:
         page = await audit_queries.list_runs(RunFilter(guild_id=guild_id, skill=skill), limit=limit)
@@ -562,6 +583,9 @@ async def build_app(
         disable_after=settings.schedule_disable_after,
     )
     skill_service.scheduler = scheduler
+    # A slot's retry resumes its interrupted run; a slot closed instead forgets it.
+    skill_service.checkpoints = checkpoints
+    scheduler.forget_runs = checkpoints.forget
     # Registered always; usable where COTERIE_ENABLED_TOOLS allows it (all by default).
     tools.add(skill_service.run_skill_tool())
 
@@ -597,9 +621,12 @@ async def build_app(
         chat=chat,
         clock=clock,
         offer_ttl_s=settings.resume_offer_hours * 3600,
+        kept_elsewhere=SkillService.resumable,
     )
     # Offered once Discord is ready (the client's offer loop takes them).
     resume.found(interrupted)
+    approval_store = SqlApprovals(db.sessions)
+    approvals = ApprovalService(approval_store, clock=clock)
     app = App(
         settings=settings,
         executor=executor,
@@ -634,6 +661,8 @@ async def build_app(
         mcp=mcp,
         checkpoints=checkpoints,
         resume=resume,
+        approvals=approvals,
+        approval_store=approval_store,
     )
     app._closers.extend(closers)
     if instance is not None:
@@ -649,13 +678,16 @@ async def build_app(
 async def _register(app: App, kind: Kind) -> None:
     """Register the process (see :func:`build_app`) and start its heartbeat."""
     from adapters.services.instances import Identity, Membership
+    from adapters.services.leadership import TOPIC as SCHEDULER_TOPIC
+    from adapters.services.leadership import Leadership
     from adapters.storage.instances import SqlInstances
     from adapters.storage.recovery import recover
 
     settings, db = app.settings, app.db
     identity = Identity.new(kind)
-    # Why before anything runs: every run and reservation from now on is this one's.
-    app.audit.owner = app.budget.owner = identity.id
+    # Why before anything runs: every run, reservation and slot from now on is this one's.
+    app.audit.owner = app.budget.owner = app.schedules.owner = identity.id
+    app.approvals.owner = identity.id
     app.instances = SqlInstances(db.sessions)
 
     async def sweep() -> int:
@@ -697,6 +729,38 @@ async def _register(app: App, kind: Kind) -> None:
 
         app.guild_settings.publish = settings_changed
         notifier.subscribe("guild_settings", app.guild_settings.invalidate)
+
+        async def personas_changed(key: str) -> None:
+            await notifier.publish("personas", key)
+
+        app.personas.publish = personas_changed
+        notifier.subscribe("personas", app.personas.invalidate)
+
+        # A press recorded here for a run waiting in another process: it is told at once
+        # (and reads the row at its next check were the notice lost).
+        async def approval_decided(key: str) -> None:
+            await notifier.publish("approvals", key)
+
+        app.approvals.publish = approval_decided
+        notifier.subscribe("approvals", app.approvals.changed)
+        if kind == "bot":
+
+            async def schedule_changed(key: str) -> None:
+                await notifier.publish("schedules", key)
+
+            app.scheduler.publish = schedule_changed
+            notifier.subscribe("schedules", app.scheduler.changed)
+            notifier.subscribe(SCHEDULER_TOPIC, lambda _key: membership.wake())
+    if kind == "bot":
+        membership.leadership = Leadership(
+            app.instances,
+            identity.id,
+            ttl_s=settings.lease_ttl_s,
+            led=app.scheduler,
+            always=db.is_sqlite,
+            before_gain=membership.reap,
+            publish=membership.publish,
+        )
     await membership.register()
     app._closers.insert(2 if app.notifier is not None else 1, membership.close)
     app.membership = membership

@@ -8,6 +8,7 @@ from adapters.discord.approval import ask_with_buttons
 from adapters.discord.sinks import ChannelSink, WebhookSink
 from adapters.discord.streaming import RETRY_DELAYS, MessageSink, StreamingDelivery
 from adapters.discord.webhooks import Webhooks
+from adapters.services.approval import ApprovalService
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock
 
 __all__ = ["open_delivery"]
@@ -19,6 +20,7 @@ async def open_delivery(
     persona: str,
     avatar_url: str | None,
     requester_id: int,
+    approvals: ApprovalService,
     webhooks: Webhooks | None = None,
     reference: discord.Message | None = None,
     clock: Clock | None = None,
@@ -31,7 +33,8 @@ async def open_delivery(
 
     Through the channel's webhook (the persona's name and avatar) when the bot may
     manage webhooks there; otherwise a normal message headed by the persona's name,
-    replying to ``reference``.
+    replying to ``reference``. A tool call that needs approval asks ``requester_id``
+    with buttons (a question in ``approvals``), waiting up to ``approval_timeout``.
     """
     sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
     hook = await webhooks.for_channel(target) if webhooks is not None else None
@@ -55,7 +58,11 @@ async def open_delivery(
 
     async def ask(request: ApprovalRequest) -> ApprovalDecision:
         return await ask_with_buttons(
-            target, request, requester_id=requester_id, wait_s=approval_timeout
+            target,
+            request,
+            requester_id=requester_id,
+            approvals=approvals,
+            wait_s=approval_timeout,
         )
 
     return StreamingDelivery(

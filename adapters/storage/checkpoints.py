@@ -5,14 +5,16 @@
 What a step costs: one small write. A kept run's first save inserts its row, each
 later save rewrites it (the conversation as JSON; each message serialised once), and
 a finished call that may not be repeated rewrites its ``done`` list. Writes are group
-commits: runs that save while a write is under way share the next transaction, on a
-SQLite file one call in the database's writer thread (:mod:`adapters.storage.sqlite_writer`). ``drop`` writes nothing at once: the row goes with
-this store's next write (or at :meth:`SqlCheckpoints.close`); a crash before that
+commits: runs that save while a write is under way share the next transaction (on a
+SQLite file one call in the database's writer thread,
+:mod:`adapters.storage.sqlite_writer`). ``drop`` writes nothing at once: the row goes
+with this store's next write (or at :meth:`SqlCheckpoints.close`); a crash before that
 leaves the row of a run that ended, which no offer ever reads (only runs recovery
 closed as interrupted are offered) and :meth:`SqlCheckpoints.prune` deletes at start.
 
 ``keep`` says which runs are worth a row (the bot: the chat runs a member could be
-offered to resume); the rest cost nothing.
+offered to resume, and a scheduled slot's first attempt, which its retry resumes:
+:meth:`SqlCheckpoints.take`); the rest cost nothing.
 """
 
 from __future__ import annotations
@@ -424,6 +426,28 @@ class SqlCheckpoints:
                 update(_rows)
                 .where(_rows.c.run_id == run_id)
                 .values(offer=decision, decided_at=now, resumed_as=resumed_as, state="", done="")
+            )
+        return _load(run_id, row.step, row.state, row.done)
+
+    async def take(self, run_id: str, *, resumed_as: str, now: datetime) -> Checkpoint | None:
+        """Claim an interrupted run's checkpoint for the one run that resumes it with
+        nobody asked (a scheduled slot's retry, as ``resumed_as``): like a Resume
+        pressed, its conversation is deleted and the row says which run resumed it.
+        None when there is none to take (never kept, offered, taken or forgotten)."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    select(_rows.c.step, _rows.c.state, _rows.c.done)
+                    .where(_rows.c.run_id == run_id, _rows.c.offer.is_(None), _rows.c.state != "")
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return None
+            await conn.execute(
+                update(_rows)
+                .where(_rows.c.run_id == run_id)
+                .values(offer="resumed", decided_at=now, resumed_as=resumed_as, state="", done="")
             )
         return _load(run_id, row.step, row.state, row.done)
 
