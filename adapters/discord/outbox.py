@@ -4,9 +4,10 @@ most urgent first, its content read when its turn comes.
 discord.py queues the requests of one rate-limit bucket (a channel's webhook, a
 channel's messages) behind a lock, first come first served, and holds that lock while
 the bucket is spent. Under a 300-mention load every answer's edits and every waiting
-request's placeholder went into that queue as they came, and a member's first words
-waited behind all of them (30 s at p95). So every delivery asks a :class:`Pacer`
-for its turn before each request instead:
+request's placeholder went into that queue as they came; the first words of an answer
+waited behind all of them, and so did the runs holding lane slots until their last
+edit got through, so the line grew (a member's first words: 30 s at p95). So every
+delivery asks a :class:`Pacer` for its turn before each request instead:
 
 * the pacer lets one request of its bucket go at a time, so discord.py's own queue
   stays empty and the order is ours;
