@@ -22,6 +22,8 @@ from typing import Any
 
 import discord
 
+from adapters.discord.outbox import Outbox
+
 __all__ = ["WEBHOOK_NAME", "Webhooks"]
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,14 @@ def _parent(channel: Any) -> Any:
 
 
 class Webhooks:
-    """One webhook per channel, created once and reused; ``None`` where not allowed."""
+    """One webhook per channel, created once and reused; ``None`` where not allowed.
+
+    ``outbox``: the process's turns at Discord's rate-limit buckets and its queue
+    boards (:class:`~adapters.discord.outbox.Outbox`), kept here because this is the
+    one object every delivery of the process (chat and scheduler) shares."""
 
     def __init__(self) -> None:
+        self.outbox = Outbox()
         self._by_channel: dict[int, discord.Webhook | None] = {}
         self.ids: set[int] = set()
         self._listed: set[int] = set()  # channels whose webhooks we have read
