@@ -23,7 +23,8 @@ load of the moment.
 Printed: the probes' time from mention to first visible text (median, p95, max) with
 and without load, REST calls per answered message, 429s, how long delivery of the whole
 load took, and whether every answer reached Discord exactly once (one message per
-question, complete) and is recorded as delivered in the audit. Goal (issue 20): p95 <=
+question, complete) and is recorded as delivered in the audit, and how often the
+process logged "Task exception was never retrieved". Goal (issue 20): p95 <=
 2 s under load; <= 5 REST calls per answer. Figures, not a test: nothing here asserts.
 """
 
@@ -180,6 +181,7 @@ async def run(args: argparse.Namespace, code: Path) -> dict[str, Any]:
                 await proc.exit_code()
             finally:
                 await proc.kill()
+            unretrieved = sum("Task exception was never retrieved" in line for line in proc.err)
             db = tmp / "data" / "coterie.db"
             [(runs, delivered)] = query(
                 db, "SELECT COUNT(*), COALESCE(SUM(delivered = 1), 0) FROM audit_runs"
@@ -195,6 +197,7 @@ async def run(args: argparse.Namespace, code: Path) -> dict[str, Any]:
         "drained": drained,
         "once": once,
         "audit": (runs, delivered),
+        "unretrieved": unretrieved,
     }
 
 
@@ -261,6 +264,7 @@ def main() -> None:
             lambda f: " / ".join(str(n) for n in f["once"]),
         ),
         ("audit: runs / recorded as delivered", lambda f: "{} / {}".format(*f["audit"])),
+        ('"Task exception was never retrieved"', lambda f: str(f["unretrieved"])),
     ]
     for label, value in lines:
         print(f"{label:<44}" + "".join(f"{value(f):>{width}}" for f in figures.values()))

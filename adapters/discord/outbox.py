@@ -59,6 +59,13 @@ def is_board(content: str) -> bool:
     return content.startswith(BOARD_PREFIX)
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """The board's task is awaited by nobody: an error that got out of it is logged
+    here, not by asyncio at garbage collection."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the queue board's task ended on an error", exc_info=exc)
+
+
 class Urgency(IntEnum):
     """Which request of a bucket goes first (higher first)."""
 
@@ -246,6 +253,7 @@ class QueueBoard:
                 return  # it will look again
             task.cancel()  # asleep until later than this change is due
         self._task = asyncio.create_task(self._run(), name="queue-board")
+        self._task.add_done_callback(_retrieved)
 
     async def _run(self) -> None:
         while self.render() != self._shown:
@@ -272,6 +280,11 @@ class QueueBoard:
                     log.info("could not update the queue board (will try again): %s", exc)
                     if isinstance(exc, discord.NotFound):
                         self._handle, self._shown = None, None  # deleted: post a new one
+                except Exception:
+                    # Why any: nobody awaits this task; an error it let out would stop
+                    # the board for good and surface only as "Task exception was never
+                    # retrieved".
+                    log.warning("could not update the queue board (will try again)", exc_info=True)
                 finally:
                     self._pushed_at = self.clock.monotonic()
 

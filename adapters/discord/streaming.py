@@ -90,6 +90,14 @@ def describe_error(exc: BaseException) -> str:
     return text[:200]
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A background task's end, seen: an exception that got out of it is logged here
+    rather than by asyncio at garbage collection ("Task exception was never retrieved",
+    34-69 a run under load once), whether or not anyone awaits the task later."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s ended on an error: %s", task.get_name(), describe_error(exc), exc_info=exc)
+
+
 @runtime_checkable
 class MessageSink(Protocol):
     """Where :class:`StreamingDelivery` puts messages. ``prefix`` heads the first one."""
@@ -210,6 +218,7 @@ class StreamingDelivery:
         self._leave_line()
         if not self.handles and self._typer is None:
             self._typer = asyncio.create_task(self._type(), name="delivery-typing")
+            self._typer.add_done_callback(_retrieved)
 
     async def text(self, delta: str) -> None:
         if not delta:
@@ -335,6 +344,7 @@ class StreamingDelivery:
             # placeholder): start over rather than wait.
             task.cancel()
         self._flusher = asyncio.create_task(self._flush_loop(), name="delivery-flush")
+        self._flusher.add_done_callback(_retrieved)
 
     async def _flush_loop(self) -> None:
         while not self._closed:
@@ -355,6 +365,16 @@ class StreamingDelivery:
                 # Why not raise: nobody awaits this task; the next change, and at the
                 # latest finish(), pushes again (and finish reports what reached Discord).
                 log.info("could not update the answer (will try again): %s", exc)
+            except Exception as exc:
+                # Why not only Discord's errors: anything else (discord.py's "Session is
+                # closed" once the client closed, a bug) would end this task with nobody
+                # to see it ("Task exception was never retrieved") and the answer's
+                # updates with it; finish() still pushes, and reports what it raises.
+                log.warning(
+                    "could not update the answer (will try again): %s",
+                    describe_error(exc),
+                    exc_info=True,
+                )
 
     async def _stop_flusher(self) -> None:
         task, self._flusher = self._flusher, None
@@ -381,7 +401,7 @@ class StreamingDelivery:
         while True:
             try:
                 await self.sink.typing()
-            except DELIVERY_ERRORS:
+            except Exception:  # Why any: a courtesy, and nobody awaits this task
                 log.debug("typing indicator failed", exc_info=True)
             await self.clock.sleep(self.typing_every)
 

@@ -5,13 +5,14 @@ sinks and a fake clock: no sleeping, no Discord."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from adapters.discord.outbox import BOARD_LISTED, Outbox, Pacer, QueueBoard, Urgency
 from adapters.discord.streaming import StreamingDelivery
 from executor.agent import RunResult, RunStatus
 from executor.testing import FakeClock
-from tests.adapters.test_streaming_delivery import FakeSink
+from tests.adapters.test_streaming_delivery import FakeSink, FlakySink
 
 
 async def _settle() -> None:
@@ -291,3 +292,32 @@ async def test_the_board_goes_after_every_answer_waiting_in_its_bucket() -> None
     board.place("t", 5, 0)
     await _settle()
     assert sink.calls[-1] == ("delete", 1, "")
+
+
+async def test_a_board_that_fails_unexpectedly_tries_again_and_leaves_no_dead_task() -> None:
+    """The board's task is awaited by nobody: whatever a post or edit raises is logged
+    there and tried again ``every`` seconds later, never left for asyncio to report
+    ("Task exception was never retrieved")."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    try:
+        clock = FakeClock()
+        sink = FlakySink()
+        board = _board(clock, sink, after=0.0, every=5.0)
+        sink.failures["send"] = [RuntimeError("Session is closed")]
+        board.place("t", 7, 3)
+        await clock.wait_for_sleepers(1)  # failed, and waits to try again
+        assert sink.messages == [] and board.shown is None
+        await clock.advance(5.0)
+        await sink.wait_push()
+        assert sink.messages == ["-# waiting in line: 3. <@7>"]
+        board.place("t", 7, 0)
+        await _settle()
+        assert sink.calls[-1] == ("delete", 0, "")
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert seen == []

@@ -337,3 +337,43 @@ async def test_transport_errors_leave_no_unretrieved_task_exception() -> None:
     finally:
         loop.set_exception_handler(old)
     assert seen == []
+
+
+async def test_an_unexpected_error_in_the_flusher_is_logged_and_the_flusher_goes_on(
+    caplog: Any,
+) -> None:
+    """Not only the known transport errors: anything a push raises between two pushes
+    (discord.py's "Session is closed" on a client that closed meanwhile, a bug) is
+    logged where it happens; the flusher stays alive, the next change pushes, and no
+    task dies with nobody to retrieve its exception."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    try:
+        clock, sink = FakeClock(), FlakySink()
+        d = StreamingDelivery(sink, clock=clock, interval=0, retry_delays=())
+        sink.failures["typing"] = [RuntimeError("typing broke")]
+        await d.start()
+        await clock.wait_for_sleepers(1)  # the typing task went on after its failure
+        sink.failures["send"] = [RuntimeError("Session is closed")]
+        await d.text("first")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert sink.messages == []
+        await d.text(" words")
+        await sink.wait_push()
+        assert sink.messages == ["first words"]
+        sink.failures["edit"] = [RuntimeError("Session is closed")]
+        await d.text(" more")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert (await d.finish(ok())).delivered
+        assert sink.messages == ["first words more"]
+        del d
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert seen == []
+    assert "Session is closed" in caplog.text
