@@ -17,6 +17,7 @@ place; without it the personas speak as the bot, recognised by their author.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -47,6 +48,7 @@ class Webhooks:
         self._by_channel: dict[int, discord.Webhook | None] = {}
         self.ids: set[int] = set()
         self._listed: set[int] = set()  # channels whose webhooks we have read
+        self._finding: dict[int, asyncio.Lock] = {}  # one look per channel at a time
 
     def is_ours(self, webhook_id: int) -> bool:
         """One of the persona webhooks this process has used or recognised."""
@@ -103,6 +105,16 @@ class Webhooks:
             return self._by_channel[channel.id]
         if not channel.permissions_for(channel.guild.me).manage_webhooks:
             return None  # not cached: an admin may grant it later
+        # Why one at a time: a burst of mentions in a channel not used yet asked
+        # together, each listing its webhooks (29 GETs in a 300-run queue) and, where
+        # there was none, each making one.
+        lock = self._finding.setdefault(channel.id, asyncio.Lock())
+        async with lock:
+            if channel.id in self._by_channel:
+                return self._by_channel[channel.id]
+            return await self._find(channel)
+
+    async def _find(self, channel: discord.TextChannel) -> discord.Webhook | None:
         hook: discord.Webhook | None = None
         try:
             for existing in await self._list(channel):

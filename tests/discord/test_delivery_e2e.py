@@ -264,6 +264,8 @@ async def test_rest_calls_per_answer_under_a_300_run_queue(
         # One board for the whole line (posted once, taken down once), no placeholders.
         assert kinds["POST waiting"] == 1, kinds
         assert kinds["DELETE other"] == 1, kinds
+        # The channel's webhook looked up once, not by every request of the burst.
+        assert len(fake.find_calls("GET", r"/channels/\d+/webhooks", since=since)) <= 1
         # Every answer once, whole.
         texts = [m.get("content") or "" for m in fake.history(fake.guild.channel_id("general"))]
         shown = Counter(t for t in texts if t.startswith("answer "))
