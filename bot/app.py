@@ -3,8 +3,9 @@
 ``build_app(settings)`` reads the tiers, builds the provider registry (SDKs are
 imported only when a tier is first resolved), the tool registry, the database
 (upgraded to the newest schema, crashed runs closed), the audit sink and the
-budget ledger, the persona store, lanes and critic, the executor and the chat
-service. ``await app.close()`` flushes and closes all of it.
+budget ledger, the run checkpoints, the persona store, lanes and critic, the executor,
+the chat service and the offers to resume interrupted runs. ``await app.close()``
+flushes and closes all of it.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ if TYPE_CHECKING:
     from adapters.services.escalation import Escalations
     from adapters.services.instances import Kind, Membership
     from adapters.services.memory import MemoryService
+    from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.checkpoints import SqlCheckpoints
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
     from adapters.storage.instances import SqlInstances
@@ -62,8 +65,9 @@ __all__ = ["App", "build_app", "build_resolver", "load_environ"]
 
 log = logging.getLogger("coterie")
 
-#: How often a forgotten member's charges that left the window are anonymised.
-SWEEP_INTERVAL_S = 3600.0
+#: How often the housekeeping runs (forgotten members' charges that left the window are
+#: anonymised, notes past the retention deleted).
+HOUSEKEEPING_INTERVAL_S = 3600.0
 
 
 def load_environ(settings: Settings) -> dict[str, str]:
@@ -149,6 +153,10 @@ class App:
     instances: SqlInstances | None = None
     notifier: PgNotifier | None = None
     mcp: McpServers | None = None  # the [mcp.<name>] servers (their tools are in `tools`)
+    checkpoints: SqlCheckpoints
+    # Offers interrupted chat runs to their members (the runs crash recovery closed at
+    # start, and those this process settles for a dead one later: ResumeService.found).
+    resume: ResumeService
     # Every store above that keeps member data, asked by /forgetme and /mydata.
     deletion: DataDeletion = field(init=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -184,27 +192,29 @@ class App:
         if not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
         if not self._background:
-            await self._sweep_forgotten_charges()
+            await self._chores()
             self._background.append(
-                asyncio.create_task(self._sweep_hourly(), name="coterie-budget-sweep")
+                asyncio.create_task(self._chores_hourly(), name="coterie-housekeeping")
             )
-            if self.memory.retention_days is not None:
-                self._background.append(
-                    asyncio.create_task(self.memory.keep_purging(), name="memory-retention")
-                )
 
-    async def _sweep_forgotten_charges(self) -> None:
-        """A forgotten member's charges leave their id once out of the window."""
-        try:
-            await self.budget.anonymise_rolled_out()
-        except Exception:
-            # Why not raise: it is housekeeping; the next sweep, an hour on, tries again.
-            log.warning("could not anonymise forgotten members' old charges", exc_info=True)
+    async def _chores(self) -> None:
+        """The housekeeping, one chore after the other (two writers at once on SQLite
+        would only wait on each other): a forgotten member's charges leave their id once
+        out of the window; notes older than the retention go."""
+        for chore, what in (
+            (self.budget.anonymise_rolled_out, "anonymise forgotten members' old charges"),
+            (self.memory.purge_expired, "purge old notes"),
+        ):
+            try:
+                await chore()
+            except Exception:
+                # Why not raise: it is housekeeping; the next round, an hour on, tries again.
+                log.warning("could not %s; trying again in an hour", what, exc_info=True)
 
-    async def _sweep_hourly(self) -> None:
+    async def _chores_hourly(self) -> None:
         while True:
-            await self.budget.clock.sleep(SWEEP_INTERVAL_S)
-            await self._sweep_forgotten_charges()
+            await self.budget.clock.sleep(HOUSEKEEPING_INTERVAL_S)
+            await self._chores()
 
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
@@ -272,11 +282,13 @@ async def build_app(
     from adapters.services.conversation import HistoryLimits
     from adapters.services.escalation import Escalations
     from adapters.services.memory import MemoryService
+    from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
+    from adapters.storage.checkpoints import SqlCheckpoints
     from adapters.storage.db import Database
     from adapters.storage.guild_settings import SqlGuildSettings
     from adapters.storage.threads import SqlThreadStore
@@ -326,14 +338,20 @@ async def build_app(
         audit = SqlAuditSink(db.sessions)
         closers.append(audit.close)
         budget = SqlBudgetLedger(
-            db.sessions, default_limit_micros=dollars_to_micros(settings.budget_default_usd)
+            db.sessions,
+            default_limit_micros=dollars_to_micros(settings.budget_default_usd),
+            clock=clock,
         )
+        # Only the runs a member could be offered to resume are kept (chat runs).
+        checkpoints = SqlCheckpoints(db.sessions, keep=ResumeService.resumable, clock=clock)
+        closers.append(checkpoints.close)
         # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
         mcp = mcp_servers(settings, environ, db.sessions)
         for source in mcp.sources:
             tools.add_source(source)
         await tools.open()
         closers.append(tools.close)
+        interrupted: list[str] = []
         if recover:
             from adapters.storage.instances import SqlInstances
             from adapters.storage.recovery import recover_interrupted_runs
@@ -344,9 +362,12 @@ async def build_app(
             await SqlInstances(db.sessions).reap(
                 sole_bot="" if db.is_sqlite and instance == "bot" else None
             )
-            closed = await recover_interrupted_runs(db.sessions, budget)
-            if closed:
-                log.warning("closed %d run(s) left running by a crash as interrupted", closed)
+            report = await recover_interrupted_runs(db.sessions, budget)
+            interrupted = report.interrupted_runs
+            if interrupted:
+                log.warning(
+                    "closed %d run(s) left running by a crash as interrupted", len(interrupted)
+                )
     except BaseException:
         for c in reversed(closers):
             await c()
@@ -383,6 +404,7 @@ async def build_app(
         approver=DeliveryApprover(),
         clock=clock,
         hooks=hooks,
+        checkpoints=checkpoints,
     )
     tiers = list(getattr(resolver, "tiers", None) or (models_config.tiers if models_config else []))
     personas = (
@@ -467,7 +489,7 @@ async def build_app(
     budget.limits = GuildBudgetLimits(guild_settings, budget.default_limit_micros)
     alerts = SqlAlertStore(db.sessions)
     budget_alerts = BudgetAlerts(
-        budget, alerts, thresholds=settings.budget_warn_percent, clock=budget.clock
+        budget, alerts, thresholds=settings.budget_warn_percent, clock=clock
     )
     budget.after_settle.append(budget_alerts.check)
     admin_log = SqlAdminLog(db.sessions)
@@ -484,15 +506,20 @@ async def build_app(
     )
 
     audit_service = AuditService(
-        queries=audit_queries, sink=audit, budget=budget, admin=admin, clock=budget.clock
+        queries=audit_queries, sink=audit, budget=budget, admin=admin, clock=clock
     )
-    # Why the app's clock here and the ledger's above: "today" and "the last 7 days" are
-    # compared with the audit's times (the executor's clock), a run's budget line with
-    # the ledger's charges.
     budget_service = BudgetService(
         ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
 
+    resume = ResumeService(
+        store=checkpoints,
+        chat=chat,
+        clock=clock,
+        offer_ttl_s=settings.resume_offer_hours * 3600,
+    )
+    # Offered once Discord is ready (the client's offer loop takes them).
+    resume.found(interrupted)
     app = App(
         settings=settings,
         executor=executor,
@@ -525,6 +552,8 @@ async def build_app(
         alerts=alerts,
         budget_alerts=budget_alerts,
         mcp=mcp,
+        checkpoints=checkpoints,
+        resume=resume,
     )
     app._closers.extend(closers)
     if instance is not None:
@@ -552,6 +581,9 @@ async def _register(app: App, kind: Kind) -> None:
         # Only what instances reaped as dead owned (never rows with no owner: a start
         # settles those, under the lock).
         report = await recover(db.sessions, app.budget, unowned=False)
+        # The dead process's chat runs are offered to their members by this one (the
+        # client's offer loop posts them; a heartbeat never waits on Discord).
+        app.resume.found(report.interrupted_runs)
         return len(report.interrupted_runs)
 
     runner = app.runner

@@ -36,6 +36,7 @@ from executor import errors as xerr
 if TYPE_CHECKING:
     from adapters.discord.dm import DirectMessages
     from adapters.discord.escalation import DiscordEscalator
+    from adapters.services.resume import ResumeService
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
@@ -308,6 +309,9 @@ class CoterieBot(CoterieClient[App]):
         self._mcp_poster: Callable[[str, str], Awaitable[None]] | None = None
         self._looks: set[asyncio.Task[None]] = set()
         self._direct: DirectMessages | None = None
+        self._offers: list[asyncio.Task[None]] = []
+        # The offers' database work under way: finished, not cut, when the client closes.
+        self._offer_work: asyncio.Future[Any] | None = None
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py's dispatch, except that a member's reply or thread message in a
@@ -375,10 +379,46 @@ class CoterieBot(CoterieClient[App]):
 
             self._direct = DirectMessages(self)
             alerts.attach(self._direct)
+        self._start_offers(app)
         await app.start()
         self._app_started = True
         if self.settings.dev_guild_id:
             await self._sync_dev_guild(self.settings.dev_guild_id)
+
+    def _start_offers(self, app: App) -> None:
+        """The buttons of the offers to resume interrupted runs (from this start and
+        earlier ones, any process's), and the offer loop: the runs recovery closed
+        (this start's, and a dead process's that this one settles later), posted once
+        Discord is ready, and the sweep that closes offers past their time."""
+        resume = getattr(app, "resume", None)  # an app built for a test may have none
+        if resume is None:
+            return
+        from adapters.discord.resume import DiscordResumeHost, OfferButton
+
+        self.add_dynamic_items(OfferButton)
+        resume.host = DiscordResumeHost(self)
+        self._offers = [asyncio.create_task(self._offer(resume), name="coterie-resume-offers")]
+
+    async def _offer(self, resume: ResumeService) -> None:
+        from adapters.services.resume import SWEEP_S
+
+        await self.wait_until_ready()
+        while True:
+            run_ids = resume.take_found()
+            work: Awaitable[Any] = resume.offer_interrupted(run_ids) if run_ids else resume.sweep()
+            self._offer_work = asyncio.ensure_future(work)
+            try:
+                # Why shielded: a close cancels this task; a write it cut short would
+                # leave a connection behind the database's close.
+                await asyncio.shield(self._offer_work)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Why not raise: nobody awaits this task; the runs stay closed as
+                # interrupted, and those not offered yet are tried at the next sweep.
+                log.warning("could not offer or sweep the runs to resume", exc_info=True)
+                resume.found(run_ids, wake=False)
+            await resume.wait_found(SWEEP_S)
 
     async def _sync_dev_guild(self, guild_id: int) -> None:
         """Publish the commands to the dev guild. Why never fatal: the bot works with the
@@ -407,6 +447,9 @@ class CoterieBot(CoterieClient[App]):
         alerts = getattr(self.app, "budget_alerts", None) if self.has_app else None
         if direct is not None and alerts is not None:
             alerts.detach(direct)
+        resume = getattr(self.app, "resume", None) if self.has_app else None
+        if resume is not None:
+            resume.host = None
 
     async def _load(self, name: str) -> None:
         try:
@@ -469,6 +512,13 @@ class CoterieBot(CoterieClient[App]):
         Why in that order: whatever is still answering needs the app until Discord is
         gone; a shutdown drains the runs before it gets here (:mod:`bot.lifecycle`)."""
         self._detach_escalator()
+        offers, self._offers = self._offers, []
+        for task in offers:
+            task.cancel()
+        await asyncio.gather(*offers, return_exceptions=True)
+        work, self._offer_work = self._offer_work, None
+        if work is not None:
+            await asyncio.gather(work, return_exceptions=True)
         try:
             await super().close()
         finally:
@@ -478,6 +528,7 @@ class CoterieBot(CoterieClient[App]):
 
 
 if TYPE_CHECKING:
+    from adapters.discord.resume import ResumeApp
     from commands.audit import AuditApp
     from commands.budget import BudgetApp
     from commands.chat import ChatApp
@@ -493,3 +544,6 @@ if TYPE_CHECKING:
 
     def _app_serves_the_admin_cogs(app: App) -> tuple[ConfigApp, AuditApp, BudgetApp, PrivacyApp]:
         return app, app, app, app
+
+    def _app_serves_the_resume_buttons(app: App) -> ResumeApp:
+        return app

@@ -179,6 +179,7 @@ class Settings(BaseSettings):
 
     # --- operations -------------------------------------------------------------------
     shutdown_grace_s: float = Field(default=20.0, ge=0)  # running runs may finish this long
+    resume_offer_hours: float = Field(default=6.0, gt=0)  # Resume/Discard of a run cut short
     log_level: LogLevel = "INFO"  # coterie's own log lines
     log_format: Literal["logfmt", "json"] = "logfmt"  # logfmt: key=value; json: an object a line
     log_libraries: LogLevel = "WARNING"  # discord.py, httpx, Alembic, the SDKs

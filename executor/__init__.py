@@ -18,8 +18,9 @@ imported later would otherwise replace it on the package (``fan_out`` is the
 function, ``executor.fanout`` its module).
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from executor.lazy import attach as _attach
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -41,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "BudgetGate": "executor.ports",
     "BudgetStatus": "executor.budget",
     "Caller": "executor.agent",
+    "Checkpoint": "executor.ports",
+    "Checkpoints": "executor.ports",
     "CitationCheck": "executor.tools.citations",
     "Clock": "executor.ports",
     "CompactionEvent": "executor.events",
@@ -67,6 +70,7 @@ _EXPORTS: dict[str, str] = {
     "FanoutResult": "executor.fanout",
     "ImagePart": "executor.messages",
     "InMemoryAuditSink": "executor.ports",
+    "InMemoryCheckpoints": "executor.ports",
     "InMemoryBudgetLedger": "executor.budget",
     "Invocation": "executor.agent",
     "Lanes": "executor.lanes",
@@ -176,6 +180,8 @@ __all__ = [
     "BudgetGate",
     "BudgetStatus",
     "Caller",
+    "Checkpoint",
+    "Checkpoints",
     "CitationCheck",
     "Clock",
     "CompactionEvent",
@@ -203,6 +209,7 @@ __all__ = [
     "ImagePart",
     "InMemoryAuditSink",
     "InMemoryBudgetLedger",
+    "InMemoryCheckpoints",
     "Invocation",
     "Lanes",
     "MalformedResponse",
@@ -293,17 +300,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'executor' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _attach(__name__, _EXPORTS, globals())
 
 
 if _typing.TYPE_CHECKING:
@@ -434,6 +431,8 @@ if _typing.TYPE_CHECKING:
         Approver,
         AuditSink,
         BudgetGate,
+        Checkpoint,
+        Checkpoints,
         Clock,
         Critic,
         CriticWatch,
@@ -442,6 +441,7 @@ if _typing.TYPE_CHECKING:
         Escalation,
         Escalator,
         InMemoryAuditSink,
+        InMemoryCheckpoints,
         NullDelivery,
         NullEscalator,
         Observer,

@@ -12,7 +12,7 @@ from executor.models.base import Attempt
 
 if TYPE_CHECKING:
     from executor.models.base import Model
-    from executor.ports import Delivery
+    from executor.ports import Checkpoint, Delivery
 
 __all__ = [
     "Bounds",
@@ -90,6 +90,9 @@ class Invocation:
     depth: int = 0  # dispatch depth (a skill that runs a skill ...)
     lineage: tuple[str, ...] = ()  # agent names up the call tree
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Continue an interrupted run from its checkpoint instead of starting from
+    # ``messages``: a new run (its own id, audit row and reservation) linked to it.
+    resume: Checkpoint | None = None
 
 
 class RunStatus(enum.StrEnum):

@@ -54,6 +54,7 @@ class RunStarted(_Event):
     prompt_excerpt: str = ""
     estimate_micros: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str | None = None  # the interrupted run this one continues
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,6 +37,9 @@ class RunState:
     started_monotonic: float
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
+    # What the run's earlier attempts spent (a resumed run): counted against its
+    # bounds, charged to the attempts that spent it.
+    prior: Usage = field(default_factory=Usage)
     attempts: list[Attempt] = field(default_factory=list)
     answered_by: str | None = None
     partial_text: str = ""  # text streamed in the current step

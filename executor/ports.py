@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -19,7 +19,7 @@ from executor.events import RunEvent
 
 if TYPE_CHECKING:
     from executor.agent import Caller, DeliveryReport, RunnableAgent, RunResult, RunStatus
-    from executor.messages import Usage
+    from executor.messages import Message, ToolCallPart, ToolResultPart, Usage
     from executor.spend import RunBudget
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "Approver",
     "AuditSink",
     "BudgetGate",
+    "Checkpoint",
+    "Checkpoints",
     "Clock",
     "Critic",
     "CriticWatch",
@@ -36,6 +38,7 @@ __all__ = [
     "Escalation",
     "Escalator",
     "InMemoryAuditSink",
+    "InMemoryCheckpoints",
     "NullDelivery",
     "NullEscalator",
     "Observer",
@@ -156,6 +159,78 @@ class UnlimitedBudget:
         self.settled[reservation.run_id] = cost_micros
 
 
+# --- checkpoints ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A run as it stood after its last completed step: what resuming it needs.
+
+    ``messages`` is the conversation without the system prompt, the last model
+    response included; ``pending`` are that response's tool calls (their results are
+    not in ``messages``), and ``done`` the results of those known to have finished.
+    ``usage`` is what the run had spent up to here, over every attempt of it.
+    """
+
+    run_id: str
+    step: int
+    messages: tuple[Message, ...]
+    usage: Usage
+    caller: Caller
+    trigger: str
+    agent: str
+    tier: str
+    persona: str | None = None
+    skill: str | None = None
+    parent_run_id: str | None = None
+    # The run this one resumed (a resumed run is not offered again: once).
+    resumed_from: str | None = None
+    pending: tuple[ToolCallPart, ...] = ()
+    done: tuple[ToolResultPart, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Checkpoints(Protocol):
+    """Where a run keeps its last completed step, so a host can resume it after a
+    restart (``Invocation.resume``).
+
+    The loop calls ``save`` before its first model call (step 0: the invocation's
+    conversation) and after each model response that asked for tools, before they
+    run (each save replaces the last); ``tool_done`` when a pending call that may not
+    be repeated blindly finished (neither read-only nor idempotent: a read-only
+    call's result comes with the next save, and a crash before it only runs it
+    again); ``drop`` once the run has ended, however it ended. A store may keep only
+    the runs its host can resume (and ignore the rest); ``save`` and ``tool_done``
+    are durable when they return.
+    """
+
+    async def save(self, checkpoint: Checkpoint) -> None: ...
+
+    async def tool_done(self, run_id: str, result: ToolResultPart) -> None: ...
+
+    async def drop(self, run_id: str) -> None: ...
+
+
+class InMemoryCheckpoints:
+    """The default: each running run's last checkpoint, in memory, gone when it ends
+    (a process that stops takes them along: nothing survives to resume)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Checkpoint] = {}
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        self.saved[checkpoint.run_id] = checkpoint
+
+    async def tool_done(self, run_id: str, result: ToolResultPart) -> None:
+        last = self.saved.get(run_id)
+        if last is not None:
+            self.saved[run_id] = dataclasses.replace(last, done=(*last.done, result))
+
+    async def drop(self, run_id: str) -> None:
+        self.saved.pop(run_id, None)
+
+
 # --- delivery ------------------------------------------------------------------
 
 
@@ -238,6 +313,9 @@ class ApprovalRequest:
     call_id: str
     arguments: dict[str, Any]
     delivery: Delivery | None = None
+    # A resumed run asks again for a call that started before the interruption and may
+    # have run already (a tool that is neither read-only nor idempotent).
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,15 @@ One run, in order:
    timeout), repeat;
 5. always, whatever happened: settle the budget to the real cost, record
    ``RunFinished``, close the critic's watch, tell the delivery, and record
-   ``RunDelivered`` when the delivery says whether the answer reached its member.
+   ``RunDelivered`` when the delivery says whether the answer reached its member;
+   then drop the run's checkpoint.
+
+Checkpoints (:class:`~executor.ports.Checkpoints`): before the first model call, and
+after each response that asks for tools (before they run), the run saves where it
+stands; a pending call that is neither read-only nor idempotent reports its result
+as it finishes. ``Invocation.resume`` starts a new run from such a checkpoint: the
+results it kept are reused, a read-only or idempotent call runs again, and any other
+call asks the approver again (it may have run before the interruption).
 
 The loop never knows which provider answered, except to record it.
 """
@@ -72,12 +80,15 @@ from executor.ports import (
     Approver,
     AuditSink,
     BudgetGate,
+    Checkpoint,
+    Checkpoints,
     Clock,
     Critic,
     CriticWatch,
     Delivery,
     DenyAllApprover,
     InMemoryAuditSink,
+    InMemoryCheckpoints,
     NullDelivery,
     Observer,
     RealClock,
@@ -136,6 +147,7 @@ class Executor:
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
         hooks: Sequence[RunHook] = (),
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.models = models
         self.tools = tools if tools is not None else ToolRegistry()
@@ -146,6 +158,9 @@ class Executor:
         self.clock: Clock = clock if clock is not None else RealClock()
         self.observers = list(observers)
         self.hooks = list(hooks)
+        self.checkpoints: Checkpoints = (
+            checkpoints if checkpoints is not None else InMemoryCheckpoints()
+        )
 
     # ------------------------------------------------------------------ public
 
@@ -162,15 +177,20 @@ class Executor:
             await self._refused(agent, invocation, run_id, result, delivery, estimate=0)
             return result
 
+        resume = invocation.resume
         state = RunState(
             run_id=run_id,
             agent=agent,
             invocation=invocation,
             model=model,
             delivery=delivery,
-            messages=[m for m in invocation.messages if m.role != "system"],
+            messages=list(resume.messages)
+            if resume is not None
+            else [m for m in invocation.messages if m.role != "system"],
             started_monotonic=self.clock.monotonic(),
         )
+        if resume is not None:
+            _resumed(state, resume)
         money = RunBudget(self.budget, self._price(agent), price_of=self._tier_price)
         first_input, first_max = self._first_call(state)
         estimate = money.worst_case(first_input, first_max)
@@ -258,7 +278,7 @@ class Executor:
         self, agent: RunnableAgent, inv: Invocation, run_id: str, estimate: int
     ) -> RunStarted:
         prompt = ""
-        for m in reversed(inv.messages):
+        for m in reversed(inv.resume.messages if inv.resume is not None else inv.messages):
             if m.role == "user" and m.text:
                 prompt = m.text
                 break
@@ -275,6 +295,7 @@ class Executor:
             prompt_excerpt=prompt[:500],
             estimate_micros=estimate,
             metadata=dict(inv.metadata),
+            resumed_from=inv.resume.run_id if inv.resume is not None else None,
         )
 
     async def _refused(
@@ -499,7 +520,63 @@ class Executor:
                     RunFinished(run_id=state.run_id, at=self.clock.now(), result=result), None
                 )
             finally:
-                await self._deliver(state.delivery, result)
+                try:
+                    await self._deliver(state.delivery, result)
+                finally:
+                    await self._drop_checkpoint(state.run_id)
+
+    async def _drop_checkpoint(self, run_id: str) -> None:
+        try:
+            await self.checkpoints.drop(run_id)
+        except Exception:
+            # Why not raise: the run is closed and settled. A checkpoint left behind is
+            # never offered (its run is not interrupted) and start-up prunes it.
+            log.warning("run %s: could not drop its checkpoint", run_id, exc_info=True)
+
+    async def _checkpoint(
+        self,
+        state: RunState,
+        pending: tuple[ToolCallPart, ...] = (),
+        done: tuple[ToolResultPart, ...] = (),
+    ) -> None:
+        """Save where the run stands: its last completed step, ``pending`` its calls."""
+        inv, agent = state.invocation, state.agent
+        await self.checkpoints.save(
+            Checkpoint(
+                run_id=state.run_id,
+                step=state.steps,
+                messages=tuple(state.messages),
+                usage=state.prior + state.usage,
+                caller=inv.caller,
+                trigger=inv.trigger,
+                agent=agent.name,
+                tier=agent.tier,
+                persona=agent.persona,
+                skill=agent.skill,
+                parent_run_id=inv.parent_run_id,
+                resumed_from=inv.resume.run_id if inv.resume is not None else None,
+                pending=pending,
+                done=done,
+                metadata=inv.metadata,
+            )
+        )
+
+    async def _resume_calls(
+        self, state: RunState, resume: Checkpoint, watch: CriticWatch | None
+    ) -> None:
+        """The tool calls the interrupted run had started: a result it kept is reused,
+        a read-only or idempotent call runs again, any other asks the approver again."""
+        kept = {r.tool_call_id: r for r in resume.done}
+
+        async def one(call: ToolCallPart) -> ToolResultPart:
+            if call.id in kept:
+                return kept[call.id]
+            tool = self.tools.get(call.name)
+            again = tool is not None and not tool.repeatable
+            return await self._tool_call(state, call, watch, again=again)
+
+        results = await asyncio.gather(*(one(c) for c in resume.pending))
+        state.messages.append(Message(role="user", parts=tuple(results)))
 
     # ------------------------------------------------------------------ steps
 
@@ -507,14 +584,22 @@ class Executor:
         bounds = state.agent.bounds
         system, tool_defs = self._request_parts(state)
         streaming = state.invocation.delivery is not None
+        resume = state.invocation.resume
         try:
+            if resume is not None:
+                await self._checkpoint(state, resume.pending, resume.done)
+                if resume.pending:
+                    await self._resume_calls(state, resume, watch)
+            else:
+                await self._checkpoint(state)
             while True:
                 if state.steps >= bounds.max_steps:
                     raise _Stopped(
                         RunStatus.STEP_LIMIT,
                         f"the run reached its limit of {bounds.max_steps} steps",
                     )
-                remaining = bounds.max_output_tokens - state.usage.output_tokens
+                spent = state.prior.output_tokens + state.usage.output_tokens
+                remaining = bounds.max_output_tokens - spent
                 if remaining <= 0:
                     raise _Stopped(
                         RunStatus.TOKEN_LIMIT,
@@ -557,6 +642,7 @@ class Executor:
                     )
                 if not calls:
                     return self._result(state, RunStatus.OK, output=text)
+                await self._checkpoint(state, tuple(calls))
                 results = await asyncio.gather(*(self._tool_call(state, c, watch) for c in calls))
                 state.messages.append(Message(role="user", parts=tuple(results)))
         except _Stopped as stopped:
@@ -757,7 +843,12 @@ class Executor:
         return final
 
     async def _tool_call(
-        self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
+        self,
+        state: RunState,
+        call: ToolCallPart,
+        watch: CriticWatch | None,
+        *,
+        again: bool = False,
     ) -> ToolResultPart:
         inv = state.invocation
         await self._emit(
@@ -778,8 +869,8 @@ class Executor:
             outcome = ToolOutcome(content=f"refused: {refusal}", is_error=True)
         else:
             try:
-                if tool.requires_approval:
-                    await self._approve(state, call, watch)
+                if tool.requires_approval or again:
+                    await self._approve(state, call, watch, again=again)
                 await state.delivery.status(tool.status_line(call.arguments))
                 ctx = ToolContext(
                     run_id=state.run_id,
@@ -807,9 +898,13 @@ class Executor:
             ),
             watch,
         )
-        return ToolResultPart(
+        part = ToolResultPart(
             tool_call_id=call.id, name=call.name, content=outcome.content, is_error=outcome.is_error
         )
+        if refusal is None and tool is not None and not tool.repeatable:
+            # Why at once: a resumed run must not run this call again blindly.
+            await self.checkpoints.tool_done(state.run_id, part)
+        return part
 
     def _charger(
         self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
@@ -846,7 +941,12 @@ class Executor:
         return charge
 
     async def _approve(
-        self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
+        self,
+        state: RunState,
+        call: ToolCallPart,
+        watch: CriticWatch | None,
+        *,
+        again: bool = False,
     ) -> None:
         decision = await self.approver.approve(
             ApprovalRequest(
@@ -856,6 +956,7 @@ class Executor:
                 call_id=call.id,
                 arguments=call.arguments,
                 delivery=state.delivery,
+                again=again,
             )
         )
         await self._emit(
@@ -871,6 +972,17 @@ class Executor:
         )
         if not decision.approved:
             raise ApprovalDenied(decision.reason or "the member did not approve this tool call")
+
+
+def _resumed(state: RunState, resume: Checkpoint) -> None:
+    """A resumed run starts where the checkpoint left off: its steps and what its
+    earlier attempts spent count against the bounds (its own usage starts at zero)."""
+    state.steps = resume.step
+    state.prior = resume.usage
+    for m in reversed(resume.messages):
+        if m.role == "assistant" and m.text:
+            state.last_text = m.text
+            break
 
 
 def outcome_note(result: RunResult) -> str | None:

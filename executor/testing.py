@@ -1,5 +1,5 @@
 """Test doubles that ship with the kernel: a scripted model, a function model, an
-audit capture, a recording delivery and a fake clock.
+audit capture, a checkpoint capture, a recording delivery and a fake clock.
 
 Usage::
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from executor.agent import RunResult
 from executor.events import RunEvent
-from executor.messages import Message, TextPart, ToolCallPart, Usage
+from executor.messages import Message, TextPart, ToolCallPart, ToolResultPart, Usage
 from executor.models.base import (
     ModelProfile,
     ModelRequest,
@@ -31,11 +31,12 @@ from executor.models.base import (
     TextDelta,
     ToolCallEvent,
 )
-from executor.ports import Delivery, InMemoryAuditSink
+from executor.ports import Checkpoint, Delivery, InMemoryAuditSink, InMemoryCheckpoints
 
 __all__ = [
     "TEST_PROFILE",
     "AuditCapture",
+    "CheckpointCapture",
     "FakeClock",
     "FunctionModel",
     "RecordingDelivery",
@@ -221,6 +222,34 @@ class AuditCapture(InMemoryAuditSink):
 
     def of_type(self, kind: type[RunEvent] | Any) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+class CheckpointCapture(InMemoryCheckpoints):
+    """Checkpoints that remember every save and keep each run's last one after it
+    ended (as a crash would leave it): ``last(run_id)`` is what a resume starts from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[Checkpoint] = []
+        self.dropped: list[str] = []
+        self._last: dict[str, Checkpoint] = {}
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        await super().save(checkpoint)
+        self.history.append(checkpoint)
+        self._last[checkpoint.run_id] = checkpoint
+
+    async def tool_done(self, run_id: str, result: ToolResultPart) -> None:
+        await super().tool_done(run_id, result)
+        if run_id in self.saved:
+            self._last[run_id] = self.saved[run_id]
+
+    async def drop(self, run_id: str) -> None:
+        await super().drop(run_id)
+        self.dropped.append(run_id)
+
+    def last(self, run_id: str) -> Checkpoint:
+        return self._last[run_id]
 
 
 class RecordingDelivery(Delivery):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins as _builtins
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, text, update
@@ -55,6 +55,12 @@ __all__ = [
 
 # A member's notes in one scope are few (the caps); this bounds a search's rows anyway.
 MAX_SCOPE_ROWS = 1000
+# Why every write begins IMMEDIATE on SQLite (a copy of adapters.storage.db.IMMEDIATE:
+# memory sits below adapters; tests/memory checks the two stay equal): a write to the
+# notes reads FTS5's own tables first, and a deferred transaction that reads and then
+# writes gets "database is locked" at once, without the busy timeout, whenever another
+# connection is writing (a run's audit rows). BEGIN IMMEDIATE waits for the lock instead.
+_IMMEDIATE: Final[dict[str, Any]] = {"coterie_sqlite_begin": "IMMEDIATE"}
 _NULLS = ", ".join(["NULL"] * 10)
 _COLUMNS = "n.id, n.kind, n.user_id, n.persona, n.place, n.text, n.created_at, n.created_by, n.run_id, n.scope"
 
@@ -138,6 +144,7 @@ class SqlNoteStore:
     ) -> Note:
         persona = scope.persona or ""
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             where = self._where_scope(Scope(scope.user_id, persona, scope.place))
             count, chars = (
                 await session.execute(
@@ -169,6 +176,7 @@ class SqlNoteStore:
 
     async def add_lore(self, place: str, persona: str, text: str, *, by: str) -> Note:
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             row = NoteRow(
                 kind="lore",
                 user_id="",
@@ -231,6 +239,7 @@ class SqlNoteStore:
 
     async def delete(self, user_id: str, note_id: int) -> Note:
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             row = (
                 await session.execute(
                     select(NoteRow).where(
@@ -249,6 +258,7 @@ class SqlNoteStore:
         self, user_id: str, *, persona: str | None = None, place: str | None = None
     ) -> int:
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             result = await session.execute(
                 sa_delete(NoteRow).where(*self._where_member(user_id, persona, place))
             )
@@ -401,6 +411,7 @@ class SqlNoteStore:
 
     async def delete_lore(self, place: str, note_id: int) -> Note:
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             row = (
                 await session.execute(
                     select(NoteRow).where(
@@ -428,6 +439,7 @@ class SqlNoteStore:
 
     async def purge_older_than(self, cutoff: datetime) -> int:
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             result = await session.execute(
                 sa_delete(NoteRow).where(
                     col(NoteRow.kind) == "note", col(NoteRow.created_at) < cutoff
@@ -442,6 +454,7 @@ class SqlNoteStore:
 
     async def set_off(self, user_id: str, off: bool) -> None:
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             row = await session.get(MemoryOptOut, user_id)
             if off and row is None:
                 session.add(MemoryOptOut(user_id=user_id, since=self._clock.now()))
@@ -455,6 +468,7 @@ class SqlNoteStore:
         if not user_id:
             return 0
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             result = await session.execute(
                 sa_delete(NoteRow).where(*self._where_member(user_id, None, None))
             )

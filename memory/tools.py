@@ -149,7 +149,7 @@ def memory_source(store: NoteStore, policy_of: PolicyOf = _always_on) -> Functio
         [
             # Why 150 s: a guild may ask the member to confirm (the buttons wait 120 s).
             tool(remember, status="remembering", timeout_s=150.0),
-            tool(recall, status="remembering", timeout_s=10.0),
+            tool(recall, status="remembering", timeout_s=10.0, read_only=True),
             tool(forget_note, status="forgetting a note", timeout_s=10.0),
         ],
     )

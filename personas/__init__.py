@@ -6,8 +6,9 @@ The names below are loaded on first use, so that importing ``personas.model``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from executor.lazy import attach as _attach
 
 if TYPE_CHECKING:
     from personas.errors import (
@@ -70,10 +71,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'personas' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = _attach(__name__, _WHERE, globals())

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select, update
@@ -57,6 +57,11 @@ __all__ = ["DEFAULT_TIERS", "MAX_CHOICES", "PersonaStore"]
 # The kernel's built-in tier names; pass the configured ones (``models_config.tiers``).
 DEFAULT_TIERS: tuple[str, ...] = tuple(_KERNEL_TIERS)
 MAX_CHOICES = 25  # Discord's cap on autocomplete choices
+# Why a write that reads first begins IMMEDIATE on SQLite (a copy of
+# adapters.storage.db.IMMEDIATE: personas sits below adapters; tests/personas checks the
+# two stay equal): a deferred transaction that reads and then writes gets "database is
+# locked" at once, without the busy timeout, whenever another connection is writing.
+_IMMEDIATE: Final[dict[str, Any]] = {"coterie_sqlite_begin": "IMMEDIATE"}
 
 
 def _to_persona(row: PersonaRow, *, overrides_builtin: bool) -> Persona:
@@ -238,6 +243,7 @@ class PersonaStore:
         self._check_owner(row, by, "edit")
         persona = self._validate(persona, by=by, previous=tuple(row.tools or ()))
         async with self._sessions() as session:
+            await session.connection(execution_options=_IMMEDIATE)
             stored = await session.get(PersonaRow, row.id)
             if stored is None:
                 raise PersonaNotFound(name)

@@ -24,11 +24,8 @@ NOT_SHIPPED = {"tests", "benchmarks"}
 # loader whose targets are checked below; anything else must import statically.
 LAZY_LOADERS = {
     "bot/cli/__init__.py": "each CLI verb's module, loaded when the parser is built",
-    "executor/__init__.py": "the kernel's public names, loaded on first use",
+    "executor/lazy.py": "the public names of executor, executor.tools, personas, skills, on first use",
     "executor/models/providers.py": "a provider's SDK, only when its key is set",
-    "executor/tools/__init__.py": "the tools' public names (the extraction child imports less)",
-    "personas/__init__.py": "the persona package's public names, loaded on first use",
-    "skills/__init__.py": "the skill package's public names, loaded on first use",
 }
 
 

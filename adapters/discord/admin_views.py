@@ -236,6 +236,8 @@ def run_detail_pages(
         )
     if r.parent_run_id:
         head.add_field(name="Parent run", value=f"`{r.parent_run_id[:12]}`")
+    if r.resumed_from:
+        head.add_field(name="Resumes run", value=f"`{r.resumed_from[:12]}`")
     head.add_field(
         name="Answer delivered", value=_fit(delivery_text(r.delivered, r.delivery_error), 300)
     )

@@ -61,6 +61,12 @@ def describe(request: ApprovalRequest) -> str:
     args = json.dumps(request.arguments, ensure_ascii=False, default=str)
     if len(args) > 1500:
         args = args[:1500] + "…"
+    if request.again:
+        # A resumed run: the call had started before the restart and may have run.
+        return (
+            f"A restart interrupted the tool **{request.tool}**: it may have run already. "
+            f"Run it again?\n```json\n{args}\n```"
+        )
     return f"Allow the tool **{request.tool}** to run?\n```json\n{args}\n```"
 
 
@@ -79,6 +85,13 @@ async def ask_with_buttons(
         allowed_mentions=discord.AllowedMentions(
             everyone=False, roles=False, users=[discord.Object(id=requester_id)]
         ),
+    )
+    log.info(
+        "run %s: asked member %s to approve %s (up to %gs)",
+        request.run_id,
+        requester_id,
+        request.tool,
+        wait_s,
     )
     timed_out = await view.wait()
     if view.decision is not None:

@@ -41,6 +41,11 @@ class ToolPin:
     input_schema: dict[str, Any]
     accepted_by: str = ""
     accepted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The server's hints when it was accepted (``readOnlyHint``, ``idempotentHint``): a
+    # call a restart left unfinished runs again when its run resumes only if one holds
+    # (and the server, once reached, still says so); otherwise the member is asked.
+    read_only: bool = False
+    idempotent: bool = False
 
     @classmethod
     def of(
@@ -52,6 +57,8 @@ class ToolPin:
         *,
         accepted_by: str = "",
         accepted_at: datetime | None = None,
+        read_only: bool = False,
+        idempotent: bool = False,
     ) -> ToolPin:
         return cls(
             server=server,
@@ -61,6 +68,8 @@ class ToolPin:
             input_schema=dict(input_schema),
             accepted_by=accepted_by,
             accepted_at=accepted_at or datetime.now(UTC),
+            read_only=read_only,
+            idempotent=idempotent,
         )
 
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapters.mcp.config import McpServerConfig, ToolPolicy
@@ -40,7 +40,7 @@ from executor.tools.sources import schema_tool
 if TYPE_CHECKING:
     from adapters.mcp.connection import Connection, McpTool
 
-__all__ = ["AcceptReport", "McpServerSource", "Notify", "ToolState"]
+__all__ = ["AcceptReport", "McpServerSource", "Notify", "ToolState", "hints"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class ToolState:
     exposed: str
     status: ToolStatus
     policy: ToolPolicy | None  # None for a tool tools = [...] does not list
+    # What a resumed run does with a call of it that was cut off (offered tools only):
+    # "runs again (read-only)", "runs again (idempotent)" or "asks again" (no hint, or
+    # the tool needs approval).
+    on_resume: str | None = None
 
 
 @dataclass(slots=True)
@@ -96,7 +100,7 @@ class McpServerSource:
         self._pins: dict[str, ToolPin] = {}
         self._live: dict[str, McpTool] | None = None  # the server's listing, once reached
         self._offered: list[Tool] = []
-        self._built: dict[tuple[str, str], Tool] = {}
+        self._built: dict[tuple[str, str, bool, bool], Tool] = {}
         self._states: list[ToolState] = []
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
@@ -177,16 +181,26 @@ class McpServerSource:
                 status = "missing"
             elif live is not None and _hash(live[t]) != pin.schema_hash:
                 status = "changed"
-            states.append(ToolState(t, c.exposed(t), status, c.policy(t)))
             if status == "offered" and pin is not None:
-                offered.append(self._tool(pin))
+                tool = self._tool(pin)
+                offered.append(tool)
+                states.append(ToolState(t, c.exposed(t), status, c.policy(t), _on_resume(tool)))
+            else:
+                states.append(ToolState(t, c.exposed(t), status, c.policy(t)))
         if live is not None:
             for t in sorted(set(live) - set(c.tools)):
                 states.append(ToolState(t, c.exposed(t), "not listed", None))
         self._offered, self._states = offered, states
 
     def _tool(self, pin: ToolPin) -> Tool:
-        key = (pin.tool, pin.schema_hash)
+        # Why both: what the operator accepted, and what the server says now once it is
+        # reached (a server that stops calling a tool idempotent is believed at once).
+        read_only, idempotent = pin.read_only, pin.idempotent
+        live = self._live.get(pin.tool) if self._live is not None else None
+        if live is not None:
+            now_read_only, now_idempotent = hints(live)
+            read_only, idempotent = read_only and now_read_only, idempotent and now_idempotent
+        key = (pin.tool, pin.schema_hash, read_only, idempotent)
         built = self._built.get(key)
         if built is None:
             policy = self.config.policy(pin.tool)
@@ -207,6 +221,8 @@ class McpServerSource:
                 requires_approval=policy.approval,
                 min_privilege=policy.privilege,
                 status=f"using {self.config.name} · {pin.tool}",
+                read_only=read_only,
+                idempotent=idempotent,
             )
             self._built[key] = built
         return built
@@ -380,12 +396,15 @@ class McpServerSource:
             if t not in live:
                 report.missing.append(t)
                 continue
+            read_only, idempotent = hints(live[t])
             pin = ToolPin.of(
                 self.config.name,
                 t,
                 live[t].description or "",
                 live[t].input_schema,
                 accepted_by=by,
+                read_only=read_only,
+                idempotent=idempotent,
             )
             before = old.get(t)
             if before is None:
@@ -394,13 +413,30 @@ class McpServerSource:
                 report.changed.append(t)
             else:
                 report.unchanged.append(t)
-                pin = before  # keep when and by whom it was first accepted
+                # Keep when and by whom it was first accepted; the hints are today's.
+                pin = replace(before, read_only=read_only, idempotent=idempotent)
             pins.append(pin)
         report.unlisted = sorted(set(live) - set(self.config.tools))
         await self._store.replace(self.config.name, pins)
         self._pins = {p.tool: p for p in pins}
         self._rebuild()
         return report
+
+
+def _on_resume(tool: Tool) -> str:
+    if not tool.repeatable:  # neither hint, or it needs approval: that always asks
+        return "asks again"
+    return "runs again (read-only)" if tool.read_only else "runs again (idempotent)"
+
+
+def hints(tool: McpTool) -> tuple[bool, bool]:
+    """``(read_only, idempotent)`` from the tool's annotations (``readOnlyHint``,
+    ``idempotentHint``); absent, they are false (MCP's defaults): a resumed run asks
+    the member again before calling such a tool. A read-only tool is idempotent too."""
+    notes = getattr(tool, "annotations", None)
+    read_only = getattr(notes, "read_only_hint", None) is True
+    idempotent = read_only or getattr(notes, "idempotent_hint", None) is True
+    return read_only, idempotent
 
 
 def _hash(tool: McpTool) -> str:

@@ -73,6 +73,7 @@ class RunRow(Protocol):
     persona: str | None
     skill: str | None
     parent_run_id: str | None
+    resumed_from: str | None  # the interrupted run this one continues
     tier: str
     model: str | None
     status: str

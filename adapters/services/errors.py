@@ -7,14 +7,26 @@
           ├── NotAnsweringHere   coterie does not answer in this channel (/config answer-in)
           ├── InvalidSetting     a /config or budget value that cannot be used
           ├── RunNotFound        no run (or no unique run) matches an id or prefix
-          └── ExportTooLarge     an audit export past what one attachment may carry
+          ├── ExportTooLarge     an audit export past what one attachment may carry
+          └── OfferUnavailable   an interrupted run's Resume/Discard cannot be pressed (decided)
+               ├── NotYourOffer  pressed by someone other than the run's member
+               └── OfferExpired  pressed after the offer's time
 """
 
 from __future__ import annotations
 
 from executor.errors import CoterieError
 
-__all__ = ["ExportTooLarge", "InvalidSetting", "NotAnsweringHere", "Refusal", "RunNotFound"]
+__all__ = [
+    "ExportTooLarge",
+    "InvalidSetting",
+    "NotAnsweringHere",
+    "NotYourOffer",
+    "OfferExpired",
+    "OfferUnavailable",
+    "Refusal",
+    "RunNotFound",
+]
 
 
 class Refusal(CoterieError):
@@ -37,4 +49,16 @@ class RunNotFound(Refusal):
 
 
 class ExportTooLarge(Refusal):
+    pass
+
+
+class OfferUnavailable(Refusal):
+    pass
+
+
+class NotYourOffer(OfferUnavailable):
+    pass
+
+
+class OfferExpired(OfferUnavailable):
     pass

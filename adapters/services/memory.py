@@ -19,7 +19,6 @@ what a run saved, the member's own notes, and the guild's lore.
 
 from __future__ import annotations
 
-import asyncio
 import builtins as _builtins
 import logging
 from dataclasses import replace
@@ -42,7 +41,6 @@ __all__ = ["LORE_MAX_PER_PERSONA", "MemoryService", "SavedNotes", "saved_line"]
 log = logging.getLogger(__name__)
 
 LORE_MAX_PER_PERSONA = 20
-PURGE_EVERY_S = 3600.0
 
 
 class MemoryService:
@@ -248,17 +246,6 @@ class MemoryService:
         if gone:
             log.info("deleted %d note(s) older than %d days", gone, self.retention_days)
         return gone
-
-    async def keep_purging(self, every_s: float = PURGE_EVERY_S) -> None:
-        """Purge now and then every ``every_s`` until cancelled (the app's start)."""
-        while True:
-            try:
-                await self.purge_expired()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("could not purge old notes; trying again later")
-            await self.clock.sleep(every_s)
 
 
 SAVED_LINE_MAX = 300

@@ -303,6 +303,7 @@ class SqlAuditSink:
                 "skill": e.skill,
                 "skill_version": _int_or_none(e.metadata.get("skill_version")),
                 "parent_run_id": e.parent_run_id,
+                "resumed_from": e.resumed_from,
                 "tier": e.tier[:32],
                 "model": None,
                 "status": "running",

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.services.ports import GuildConfig, check_changes
+from adapters.storage.db import IMMEDIATE
 from adapters.storage.tables import ChannelSettings, GuildSettings
 
 __all__ = ["SqlGuildSettings"]
@@ -120,6 +121,7 @@ class SqlGuildSettings:
     async def update_guild(self, guild_id: str, **changes: Any) -> GuildConfig:
         check_changes(changes)
         async with self._sessions() as session:
+            await session.connection(execution_options=IMMEDIATE)
             row = await session.get(GuildSettings, guild_id)
             if row is None:
                 row = GuildSettings(guild_id=guild_id)
@@ -161,6 +163,7 @@ class SqlGuildSettings:
 
     async def set_channel_persona(self, guild_id: str, channel_id: str, name: str | None) -> None:
         async with self._sessions() as session:
+            await session.connection(execution_options=IMMEDIATE)
             row = await session.get(ChannelSettings, channel_id)
             if row is None:
                 row = ChannelSettings(channel_id=channel_id, guild_id=guild_id)

@@ -38,6 +38,8 @@ class SqlMcpPins:
                 input_schema=dict(r.input_schema or {}),
                 accepted_by=r.accepted_by,
                 accepted_at=r.accepted_at,
+                read_only=bool(r.read_only),
+                idempotent=bool(r.idempotent),
             )
             for r in rows
         }
@@ -57,6 +59,8 @@ class SqlMcpPins:
                             "input_schema": p.input_schema,
                             "accepted_by": p.accepted_by[:64],
                             "accepted_at": p.accepted_at,
+                            "read_only": p.read_only,
+                            "idempotent": p.idempotent,
                         }
                         for p in pins
                     ],

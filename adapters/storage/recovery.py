@@ -109,8 +109,9 @@ async def recover_interrupted_runs(
     *,
     clock: Clock | None = None,
     unowned: bool = True,
-) -> int:
-    """:func:`recover`, returning how many runs were closed as interrupted. Only while
+) -> RecoveryReport:
+    """:func:`recover` at start-up: its report says how many runs were closed as
+    interrupted and which (their members may be offered to resume them). Only while
     this process holds the database's lock (:mod:`adapters.storage.lock`)."""
     from adapters.storage.db import DatabaseError
     from adapters.storage.lock import holds_lock
@@ -120,8 +121,7 @@ async def recover_interrupted_runs(
             "crash recovery needs the single-instance lock on the database "
             "(take it with adapters.storage.lock.InstanceLock first)"
         )
-    report = await recover(sessions, budget, clock=clock, unowned=unowned)
-    return len(report.interrupted_runs)
+    return await recover(sessions, budget, clock=clock, unowned=unowned)
 
 
 def _orphaned(owner: ColumnElement[Any], *, unowned: bool) -> ColumnElement[bool]:

@@ -1,6 +1,6 @@
 """The host's tables: guild and channel settings, thread bindings, the audit trail, budgets
-(and their warnings), admin actions, and the processes on the database (instances and
-their leases).
+(and their warnings), admin actions, the processes on the database (instances and
+their leases), and run checkpoints (and their Resume offers).
 
 Discord ids (snowflakes) are strings. Money is integer micro-dollars. Every time is
 stored in UTC and read back timezone-aware on SQLite and PostgreSQL alike
@@ -38,6 +38,7 @@ __all__ = [
     "Instance",
     "Lease",
     "McpToolPin",
+    "RunCheckpoint",
     "ThreadBinding",
     "utcnow",
 ]
@@ -159,6 +160,8 @@ class AuditRun(SQLModel, table=True):
     # run only once its owner's lease has expired. None: written before instances
     # existed, or by a process that registered none.
     owner: str | None = Field(default=None, max_length=32)
+    # The interrupted run this one continues (its member pressed Resume).
+    resumed_from: str | None = Field(default=None, max_length=64)
 
 
 def _run_fk() -> Any:
@@ -353,6 +356,10 @@ class McpToolPin(SQLModel, table=True):
     )
     accepted_by: str = Field(default="", max_length=64)
     accepted_at: datetime = _when()
+    # The server's readOnlyHint and idempotentHint as accepted: whether a resumed run
+    # may call the tool again without asking (adapters.mcp.pins.ToolPin).
+    read_only: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    idempotent: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 # --- instances and leases ----------------------------------------------------------------
@@ -396,3 +403,30 @@ class Lease(SQLModel, table=True):
     term: int = Field(default=1, sa_type=BigInteger)
     acquired_at: datetime = _when()
     expires_at: datetime = Field(default_factory=utcnow, nullable=False)
+
+
+# --- run checkpoints -------------------------------------------------------------------
+
+
+class RunCheckpoint(SQLModel, table=True):
+    """A running chat run's last completed step (``state``: JSON of the conversation,
+    usage and pending tool calls; ``done``: JSON of the pending calls that finished),
+    kept while it runs so that a restart can offer its member to resume it; then that
+    offer: ``offer`` is None (not offered), ``offered``, ``resumed``, ``discarded`` or
+    ``expired``. A decided offer keeps no conversation (``state`` and ``done`` empty).
+    """
+
+    __tablename__ = "run_checkpoints"
+
+    run_id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(max_length=64, index=True)
+    step: int = 0
+    state: str = Field(default="")
+    done: str = Field(default="")
+    updated_at: datetime = _when()
+    offer: str | None = Field(default=None, max_length=16)
+    offer_expires_at: datetime | None = _when(nullable=True)
+    offer_channel_id: str | None = Field(default=None, max_length=32)
+    offer_message_id: str | None = Field(default=None, max_length=32)
+    decided_at: datetime | None = _when(nullable=True)
+    resumed_as: str | None = Field(default=None, max_length=64)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 
 from adapters.services.ports import Binding
+from adapters.storage.db import IMMEDIATE
 from adapters.storage.tables import ThreadBinding
 
 __all__ = ["SqlThreadStore"]
@@ -84,6 +85,7 @@ class SqlThreadStore:
     ) -> Binding:
         """Bind (or re-bind) the thread to ``persona``."""
         async with self._sessions() as session:
+            await session.connection(execution_options=IMMEDIATE)
             row = await session.get(ThreadBinding, thread_id)
             if row is None:
                 row = ThreadBinding(

@@ -188,6 +188,8 @@ async def _show(args: argparse.Namespace) -> int:
     print(f"agent     {r.agent} persona={r.persona} skill={r.skill} tier={r.tier} model={r.model}")
     if r.parent_run_id:
         print(f"parent    {r.parent_run_id}")
+    if r.resumed_from:
+        print(f"resumes   {r.resumed_from}")
     print(f"time      {r.started_at:%Y-%m-%d %H:%M:%S} -> {r.ended_at or '(running)'}")
     print(
         f"usage     steps={r.steps} in={r.input_tokens} out={r.output_tokens} "

@@ -55,6 +55,8 @@ class ToolLine:
     privilege: str | None
     approval: bool | None
     granted_by: list[str] = field(default_factory=list)
+    # A call cut off by a restart: "runs again (read-only)", "... (idempotent)", "asks again".
+    on_resume: str | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +118,7 @@ async def reports(
                 privilege=s.policy.privilege.name.lower() if s.policy else None,
                 approval=s.policy.approval if s.policy else None,
                 granted_by=grants.get(s.exposed, []),
+                on_resume=s.on_resume,
             )
             for s in source.states()
             if s.status != "not listed"
@@ -171,8 +174,9 @@ def _render(r: ServerReport) -> list[str]:
     width = max((len(t.name) for t in r.tools), default=0)
     for t in r.tools:
         who = f"{t.privilege}, {'approval' if t.approval else 'no approval'}"
+        resume = f"; on resume {t.on_resume}" if t.on_resume else ""
         grants = f"; granted by {', '.join(t.granted_by)}" if t.granted_by else ""
-        lines.append(f"  {t.name:<{width}}  {t.status:<12}  {who}{grants}")
+        lines.append(f"  {t.name:<{width}}  {t.status:<12}  {who}{resume}{grants}")
     if r.unlisted:
         lines.append(
             f"  ({r.unlisted} more tool(s) on the server, not listed in tools = [...]: never offered)"

@@ -33,7 +33,7 @@ async def _status(args: argparse.Namespace) -> int:
     from adapters.storage.instances import SqlInstances
     from bot.cli._common import fail, load_settings
 
-    db = Database.open(load_settings().database_url)
+    db = Database.open(load_settings().database_url, create=False)
     try:
         version = await db.current()
         if not version.up_to_date:

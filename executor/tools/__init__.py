@@ -5,8 +5,9 @@ web page's text imports :mod:`executor.tools.htmltext` through this package, and
 should not pay for httpx and the registry it never uses.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from executor.lazy import attach as _attach
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -62,17 +63,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'executor.tools' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _attach(__name__, _EXPORTS, globals())
 
 
 if _typing.TYPE_CHECKING:

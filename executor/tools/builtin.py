@@ -231,7 +231,7 @@ def calculator_tool() -> Tool:
 
     # Why inline: the evaluation is bounded (expression length, integer size),
     # so it finishes in microseconds and a thread hop would cost more.
-    return tool(calculator, isolation="inline", timeout_s=5.0, status="calculating")
+    return tool(calculator, isolation="inline", timeout_s=5.0, status="calculating", read_only=True)
 
 
 # --- current_time -----------------------------------------------------------------------
@@ -272,7 +272,13 @@ def current_time_tool(clock: Clock | None = None) -> Tool:
             f"UTC{offset[:3]}:{offset[3:]}) in {getattr(tz, 'key', 'UTC')}"
         )
 
-    return tool(current_time, isolation="inline", timeout_s=5.0, status="checking the time")
+    return tool(
+        current_time,
+        isolation="inline",
+        timeout_s=5.0,
+        status="checking the time",
+        read_only=True,
+    )
 
 
 # --- web_fetch ----------------------------------------------------------------------------
@@ -416,6 +422,7 @@ def web_fetch_tool(fetcher: WebFetcher | None = None) -> Tool:
         timeout_s=engine.total_timeout_s + engine.extract_timeout_s,
         max_result_chars=20_000,
         status="reading {host}",
+        read_only=True,
     )
 
 

@@ -7,7 +7,10 @@ Permission has three stages, all checked here:
 3. the caller's privilege reaches the tool's ``min_privilege``.
 
 A fourth flag, ``requires_approval``, is only carried here: the run loop asks its
-``Approver`` port before calling such a tool.
+``Approver`` port before calling such a tool. Two more say whether a call may run
+again when a restart left it unfinished (a resumed run): ``read_only`` (it changes
+nothing) and ``idempotent`` (a second call changes nothing more); any other tool is
+asked about again, through the approver.
 
 A tool never blocks the event loop: a synchronous function runs in a worker
 thread, and one registered with ``isolation="process"`` runs in a subprocess that
@@ -110,6 +113,8 @@ class Tool:
     requires_approval: bool = False
     min_privilege: Privilege = Privilege.USER
     isolation: Isolation = "inline"
+    read_only: bool = False  # changes nothing: safe to call again
+    idempotent: bool = False  # a second call with the same arguments changes nothing more
     # A status line template, e.g. "reading {host}": the arguments, plus ``host``
     # when a ``url`` argument is given.
     status: str | None = None
@@ -120,6 +125,12 @@ class Tool:
     # as a dict instead of validated keyword arguments.
     schema_call: Callable[[dict[str, Any], ToolContext], Awaitable[Any]] | None = None
     _schema: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether a call a restart left unfinished may simply run again (a resumed
+        run asks the member first otherwise)."""
+        return (self.read_only or self.idempotent) and not self.requires_approval
 
     @property
     def definition(self) -> ToolDefinition:
@@ -322,6 +333,8 @@ def _build_tool(
     min_privilege: Privilege,
     isolation: Isolation | None,
     status: str | None,
+    read_only: bool = False,
+    idempotent: bool = False,
 ) -> Tool:
     tool_name: str = name or str(getattr(fn, "__name__", ""))
     if not _NAME_RE.match(tool_name):
@@ -397,6 +410,8 @@ def _build_tool(
         isolation=isolation,
         status=status,
         param_names=param_names,
+        read_only=read_only,
+        idempotent=idempotent,
     )
 
 
@@ -417,6 +432,8 @@ def tool(
     min_privilege: Privilege = Privilege.USER,
     isolation: Isolation | None = None,
     status: str | None = None,
+    read_only: bool = False,
+    idempotent: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -433,6 +450,8 @@ def tool(
     min_privilege: Privilege = Privilege.USER,
     isolation: Isolation | None = None,
     status: str | None = None,
+    read_only: bool = False,
+    idempotent: bool = False,
 ) -> Tool: ...
 
 
@@ -448,12 +467,16 @@ def tool(
     min_privilege: Privilege = Privilege.USER,
     isolation: Isolation | None = None,
     status: str | None = None,
+    read_only: bool = False,
+    idempotent: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a function into a :class:`Tool` (usable bare or with options).
 
     ``isolation``: ``"inline"`` (call on the loop: async functions and trivial
     pure ones), ``"thread"`` (the default for a plain ``def``), or ``"process"``
     (a top-level function run in a child process, killed at the timeout).
+    ``read_only`` / ``idempotent``: a call a restart left unfinished runs again when
+    the run resumes (otherwise the member is asked first).
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -467,6 +490,8 @@ def tool(
             min_privilege=min_privilege,
             isolation=isolation,
             status=status,
+            read_only=read_only,
+            idempotent=idempotent,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -157,17 +157,42 @@ def _guard_for(url: str, base: SSRFGuard | None) -> AllowlistGuard:
 
 
 @dataclass(slots=True)
-class SearxngSearch:
-    base_url: str
-    guard_base: SSRFGuard | None = None
-    transport: httpx.AsyncBaseTransport | None = None
+class _Provider:
+    """What the providers share: the guard's base and the transport (tests), and the
+    :class:`_Http` built for the endpoint :meth:`_endpoint` names."""
+
+    guard_base: SSRFGuard | None = field(default=None, kw_only=True)
+    transport: httpx.AsyncBaseTransport | None = field(default=None, kw_only=True)
     _http: _Http = field(init=False)
 
     def __post_init__(self) -> None:
-        endpoint = self.base_url.rstrip("/") + "/search"
+        endpoint = self._endpoint()
         self._http = _Http(
             endpoint, _guard_for(endpoint, self.guard_base), transport=self.transport
         )
+
+    def _endpoint(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class _KeyedProvider(_Provider):
+    """A hosted API: a key, a price per search, an endpoint."""
+
+    api_key: str
+    price_micros: int = 0
+    url: str = ""
+
+    def _endpoint(self) -> str:
+        return self.url
+
+
+@dataclass(slots=True)
+class SearxngSearch(_Provider):
+    base_url: str
+
+    def _endpoint(self) -> str:
+        return self.base_url.rstrip("/") + "/search"
 
     @property
     def name(self) -> str:
@@ -185,18 +210,8 @@ class SearxngSearch:
 
 
 @dataclass(slots=True)
-class BraveSearch:
-    api_key: str
-    price_micros: int = 0
+class BraveSearch(_KeyedProvider):
     url: str = BRAVE_URL
-    guard_base: SSRFGuard | None = None
-    transport: httpx.AsyncBaseTransport | None = None
-    _http: _Http = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._http = _Http(
-            self.url, _guard_for(self.url, self.guard_base), transport=self.transport
-        )
 
     @property
     def name(self) -> str:
@@ -214,18 +229,8 @@ class BraveSearch:
 
 
 @dataclass(slots=True)
-class TavilySearch:
-    api_key: str
-    price_micros: int = 0
+class TavilySearch(_KeyedProvider):
     url: str = TAVILY_URL
-    guard_base: SSRFGuard | None = None
-    transport: httpx.AsyncBaseTransport | None = None
-    _http: _Http = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._http = _Http(
-            self.url, _guard_for(self.url, self.guard_base), transport=self.transport
-        )
 
     @property
     def name(self) -> str:
@@ -287,8 +292,14 @@ def web_search_tool(providers: Sequence[SearchProvider], *, timeout_s: float = 4
             return render(text, provider.name, results)
         raise ToolFailed("web search is unavailable right now: " + "; ".join(failures))
 
+    # Why read-only: a search changes nothing; a resumed run runs one again (a keyed
+    # provider charges it again, through ToolContext.charge like the first).
     return tool(
-        web_search, timeout_s=timeout_s, max_result_chars=12_000, status="searching: {query}"
+        web_search,
+        timeout_s=timeout_s,
+        max_result_chars=12_000,
+        status="searching: {query}",
+        read_only=True,
     )
 
 
@@ -320,9 +331,11 @@ def search_providers(
         if name == "searxng" and searxng_url:
             out.append(SearxngSearch(searxng_url, guard_base=guard_base))
         elif name == "brave" and brave_key:
-            out.append(BraveSearch(brave_key, brave_price_micros, brave_url, guard_base))
+            out.append(BraveSearch(brave_key, brave_price_micros, brave_url, guard_base=guard_base))
         elif name == "tavily" and tavily_key:
-            out.append(TavilySearch(tavily_key, tavily_price_micros, tavily_url, guard_base))
+            out.append(
+                TavilySearch(tavily_key, tavily_price_micros, tavily_url, guard_base=guard_base)
+            )
         elif order:
             raise ConfigError(
                 f"COTERIE_SEARCH_PROVIDERS names {name}, which is not configured ({_needs(name)})"

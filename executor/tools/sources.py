@@ -102,8 +102,13 @@ def schema_tool(
     requires_approval: bool = False,
     min_privilege: Privilege = Privilege.USER,
     status: str | None = None,
+    read_only: bool = False,
+    idempotent: bool = False,
 ) -> Tool:
     """A tool described by a JSON schema and called with its arguments as a dict.
+
+    ``read_only`` / ``idempotent`` (an MCP tool's annotations, say): a call a restart
+    left unfinished runs again when its run resumes; otherwise the member is asked.
 
     The arguments must be a JSON object; checking them against ``parameters`` is the
     callee's job (an MCP server validates its own input and answers with an error the
@@ -131,4 +136,6 @@ def schema_tool(
         status=status,
         schema_call=call,
         _schema=schema,
+        read_only=read_only,
+        idempotent=idempotent,
     )

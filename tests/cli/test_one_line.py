@@ -235,7 +235,9 @@ async def test_a_5xx_on_the_dev_guild_sync_is_logged_and_the_bot_goes_on(
 # --- reading commands, pipes ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("verb", [["db", "current"], ["audit", "list"], ["db", "backup", "b/"]])
+@pytest.mark.parametrize(
+    "verb", [["db", "current"], ["audit", "list"], ["db", "backup", "b/"], ["status"]]
+)
 def test_reading_a_database_that_is_not_there_creates_nothing(
     verb: list[str], tmp_path: Path
 ) -> None:

@@ -73,8 +73,10 @@ def test_status_lists_the_live_bots(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_status_on_a_database_behind_the_schema_says_what_to_do(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "coterie.db").touch()  # there, but never migrated
     assert main(["status"]) == 1
     err = capsys.readouterr().err
     assert "coterie run` upgrades it at start (or run `coterie db upgrade`)" in err

@@ -99,7 +99,7 @@ async def test_crash_recovery_refuses_without_the_lock(tmp_path: Path) -> None:
         with pytest.raises(DatabaseError, match="single-instance lock"):
             await recover_interrupted_runs(db.sessions)
         async with await InstanceLock.acquire(url):
-            assert await recover_interrupted_runs(db.sessions) == 0
+            assert (await recover_interrupted_runs(db.sessions)).interrupted_runs == []
     finally:
         await db.close()
 

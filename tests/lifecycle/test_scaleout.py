@@ -3,7 +3,9 @@ Discord (which routes each guild's events to the sessions of its shard, as Disco
 does) and a loopback LLMock: the shards are shared out (one session per shard), every
 message is answered exactly once, ``coterie status`` lists them; SIGKILL one with a
 run in flight: a survivor takes its shard over and settles its run (interrupted,
-reservation charged), while a live process's run in flight is never touched.
+reservation charged) and offers its member Resume, while a live process's run in
+flight is never touched; the member's press reaches whichever process serves the
+guild now, which resumes the run.
 """
 
 from __future__ import annotations
@@ -98,6 +100,16 @@ async def _start_three(
         await proc.wait_for(r"coterie ready as", timeout=60)
     await fake.wait_for_shards(set(range(COUNT)))
     return started
+
+
+def _has_buttons(call: Any) -> bool:
+    return bool((call.json or {}).get("components"))
+
+
+def _buttons(call: Any) -> dict[str, str]:
+    return {
+        b["label"]: b["custom_id"] for row in call.json["components"] for b in row["components"]
+    }
 
 
 async def _owners(url: str) -> dict[int, int]:
@@ -216,7 +228,7 @@ async def test_three_processes_share_the_shards_and_answer_each_message_once(
     assert fake.unknown_calls == []
 
 
-async def test_sigkill_a_process_a_survivor_takes_its_shard_and_settles_its_run(
+async def test_sigkill_a_process_a_survivor_takes_its_shard_settles_its_run_and_offers_it(
     scaleout_url: str, fake_discord: FakeDiscord, llmock: Any, tmp_path: Path, procs: list[Proc]
 ) -> None:
     fake = fake_discord
@@ -265,22 +277,24 @@ async def test_sigkill_a_process_a_survivor_takes_its_shard_and_settles_its_run(
     dead_run, live_run = by_pid[victim.pid], by_pid[survivor.pid]
 
     since = len(fake.gateway_frames)
+    calls_before = len(fake.calls)
     victim.signal(signal.SIGKILL)
     assert await victim.exit_code() == -signal.SIGKILL
     # Its lease expires; a survivor reaps it, takes its shard and settles its run.
     await fake.wait_for_identify(dead_shard, since=since, timeout=60)
     await fake.wait_for_shards({0, 1, 2})
-    settled = [
-        asyncio.ensure_future(p.wait_for(r"closed 1 run\(s\) of a stopped instance", timeout=60))
-        for p in three
-        if p is not victim
-    ]
+    survivors = [p for p in three if p is not victim]
+    settled = {
+        asyncio.ensure_future(p.wait_for(r"closed 1 run\(s\) of a stopped instance", timeout=60)): p
+        for p in survivors
+    }
     done, pending = await asyncio.wait(settled, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for t in done:
         t.result()
+    settler = settled[next(iter(done))]
 
     runs = {
         str(r["run_id"]): r
@@ -302,6 +316,43 @@ async def test_sigkill_a_process_a_survivor_takes_its_shard_and_settles_its_run(
     pids = {int(r["pid"]) for r in await _rows(scaleout_url, "SELECT pid FROM instances")}
     assert victim.pid not in pids
 
+    # The survivor that settled the run offers its member Resume, where it was answering
+    # (whichever process serves that guild now; the offer goes by REST).
+    general = guilds[dead_shard].channel_id("general")
+    offer = await fake.wait_for_call(
+        "POST", rf"/channels/{general}/messages", _has_buttons, since=calls_before, timeout=30
+    )
+    alice = str(fake.user("alice")["id"])
+    assert offer.json["content"].startswith(f"<@{alice}> a restart interrupted my answer")
+    assert f"stall-{dead_shard}" in offer.json["content"]
+    await settler.wait_for(r"1 interrupted run\(s\): 1 offered to resume", timeout=30)
+    others = [p for p in survivors if p is not settler]
+    assert all("offered to resume" not in p.stderr for p in others)  # offered once
+    offers = await _rows(scaleout_url, "SELECT run_id, offer FROM run_checkpoints")
+    assert {str(r["run_id"]): r["offer"] for r in offers}.get(dead_run) == "offered"
+    assert live_run not in {str(r["run_id"]) for r in offers if r["offer"]}
+
+    # The member presses Resume: the press reaches the process serving the guild now
+    # (the button carries the run id; the check is on the database), which resumes it.
+    llmock.reset()
+    llmock.reply("resumed, and finished.", times=None)
+    server_pid = (await _owners(scaleout_url))[dead_shard]
+    press = await fake.dispatch_component(
+        _buttons(offer)["Resume"], int(offer.response["id"]), user="alice"
+    )
+    marked = await fake.wait_for_interaction_response(press, timeout=30)
+    assert marked.json["type"] == 7 and marked.json["data"]["content"].endswith("-# Resumed.")
+    await webhook_shows(fake, "resumed, and finished.")
+    resumed = await _rows(
+        scaleout_url,
+        "SELECT r.run_id, i.pid FROM audit_runs r JOIN instances i ON i.id = r.owner "
+        "WHERE r.resumed_from = $1",
+        dead_run,
+    )
+    assert [int(r["pid"]) for r in resumed] == [server_pid]
+    resumed_run = str(resumed[0]["run_id"])
+    assert _asked(llmock, f"stall-{dead_shard}") == 1  # the resumed run's one request
+
     # The survivor that took the shard answers in the dead one's guild, once.
     llmock.reset()
     llmock.reply("back.", times=None)
@@ -313,3 +364,26 @@ async def test_sigkill_a_process_a_survivor_takes_its_shard_and_settles_its_run(
     await webhook_shows(fake, "back.")
     assert _asked(llmock, "after-takeover") == 1
     assert fake.unknown_calls == []
+
+    # Stopped (the audit flushed): the resumed run ended well, and each run is charged
+    # what it cost.
+    for proc in survivors:
+        proc.signal(signal.SIGTERM)
+    for proc in survivors:
+        assert await proc.exit_code() == 0
+    runs = {
+        str(r["run_id"]): r
+        for r in await _rows(
+            scaleout_url, "SELECT run_id, status, cost_micros, resumed_from FROM audit_runs"
+        )
+    }
+    assert runs[resumed_run]["status"] == "ok" and runs[resumed_run]["resumed_from"] == dead_run
+    assert runs[dead_run]["status"] == "interrupted"
+    assert await _rows(scaleout_url, "SELECT run_id FROM budget_reservations") == []
+    for run_id in (dead_run, resumed_run):
+        charged = await _rows(
+            scaleout_url,
+            "SELECT coalesce(sum(amount_micros), 0) AS s FROM budget_ledger WHERE run_id = $1",
+            run_id,
+        )
+        assert charged[0]["s"] == runs[run_id]["cost_micros"], run_id

@@ -102,6 +102,7 @@ async def test_start_and_stop_happen_in_order(
         "drain",
         "close discord",
         "close ToolRegistry",  # tool sources (MCP servers) stop once the runs are over
+        "close SqlCheckpoints",
         "close SqlAuditSink",
         "close Membership",  # deregistered after the audit's last flush
         "close Database",

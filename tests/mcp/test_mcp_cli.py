@@ -76,11 +76,16 @@ def test_list_accept_doctor_and_ask_with_an_mcp_tool(llmock: Any, tmp_path: Path
 
     data = json.loads(_coterie(tmp_path, "mcp", "list", "--offline", "--json").stdout)
     [server] = data["servers"]
-    statuses = {t["name"]: (t["status"], t["privilege"], t["approval"]) for t in server["tools"]}
-    assert statuses == {
-        "t__echo": ("offered", "user", False),
-        "t__add": ("offered", "admin", True),
+    statuses = {
+        t["name"]: (t["status"], t["privilege"], t["approval"], t["on_resume"])
+        for t in server["tools"]
     }
+    assert statuses == {  # the hints as accepted (offline: the server is not asked again)
+        "t__echo": ("offered", "user", False, "runs again (read-only)"),
+        "t__add": ("offered", "admin", True, "asks again"),  # idempotent, but approval asks
+    }
+    rendered = _coterie(tmp_path, "mcp", "list", "--offline").stdout
+    assert "on resume runs again (read-only)" in rendered, rendered
 
     doctor = _coterie(tmp_path, "doctor", "--offline", "--json")
     checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}

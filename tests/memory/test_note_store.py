@@ -4,6 +4,7 @@ a member's data goes on forget."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from memory import (
     SqlNoteStore,
     place_of,
 )
+from tests.storage.dbs import writes_after_another_writer
 
 GUILD = place_of("g1")
 OTHER_GUILD = place_of("g2")
@@ -250,3 +252,31 @@ async def test_a_prompts_matches_are_ranked_among_the_members_notes(store: NoteS
     )
     assert [n.text for n in got.newest] == ["newer filler 2", "newer filler 1"]
     assert [n.id for n in got.matches] == [both.id, old.id]  # both words, then one
+
+
+def test_immediate_matches_the_storage_layer() -> None:
+    # Why: memory may not import adapters, so the store keeps its own copy.
+    from adapters.storage.db import IMMEDIATE
+    from memory import store as store_module
+
+    assert store_module._IMMEDIATE == IMMEDIATE
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.add(alice(), "likes green tea", caps=CAPS),
+        lambda s: s.purge_older_than(utcnow()),
+        lambda s: s.set_off("alice", True),
+        lambda s: s.delete_user_data("alice"),
+    ],
+    ids=["add", "purge", "set_off", "delete_user_data"],
+)
+async def test_a_write_waits_for_another_writer_instead_of_failing(
+    sqlite_db: Database, write: Callable[[SqlNoteStore], Awaitable[object]]
+) -> None:
+    """A note's write waits for another connection's (a run's audit rows) instead of
+    failing at once: it reads FTS5's tables before writing."""
+    store = SqlNoteStore(sqlite_db.sessions)
+    await store.add(alice(), "an older note", caps=CAPS)
+    await writes_after_another_writer(sqlite_db, lambda: write(store))

@@ -354,5 +354,6 @@ async def test_the_apps_data_parts(app: tuple[App, ScriptedModel]) -> None:
             "memory notes",
             "admin actions",
             "budget warnings",
+            "interrupted runs to resume",
         }
     )

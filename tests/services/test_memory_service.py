@@ -3,7 +3,6 @@ prompt gets; the "Saved:" line; lore for admins only; retention on the clock."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -118,13 +117,9 @@ async def test_retention_purges_old_notes_on_the_clock() -> None:
     memory = MemoryService(store, retention_days=2, clock=clock)
     keep_off = MemoryService(store, clock=clock)
     await store.add(Scope("alice", "assistant", "dm"), "old", caps=Caps())
-    task = asyncio.create_task(memory.keep_purging(every_s=3600))
-    await clock.advance(0)
+    assert await memory.purge_expired() == 0
     assert await store.count("alice") == 1
     await clock.advance(timedelta(days=2, hours=1).total_seconds())
-    await clock.advance(3600)
+    assert await keep_off.purge_expired() == 0  # retention off: kept
+    assert await memory.purge_expired() == 1
     assert await store.count("alice") == 0
-    assert await keep_off.purge_expired() == 0
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task

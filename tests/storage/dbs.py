@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
 from adapters.storage.db import Database
@@ -103,7 +104,7 @@ _TABLES = (
     "budget_ledger, budget_reservations, budget_grants, budget_members, "
     "guild_settings, channel_settings, thread_bindings, personas, "
     "schedules, skill_versions, skills, memory_notes, memory_opt_out, mcp_tool_pins, "
-    "instances, leases"
+    "instances, leases, run_checkpoints"
 )
 
 
@@ -128,3 +129,33 @@ def db(request: pytest.FixtureRequest) -> Database:
         f"{'sqlite' if request.param == 'sqlite' else 'pg'}_db"
     )
     return result
+
+
+async def writes_after_another_writer(db: Database, write: Callable[[], Awaitable[object]]) -> None:
+    """Run ``write`` while another connection to the SQLite file holds the write lock (a
+    run's audit rows, say): it must ask for the lock (``BEGIN IMMEDIATE``, which waits
+    within the busy timeout) before it reads, then go on once the other writer commits.
+    A deferred transaction that reads and then writes gets "database is locked" at once
+    instead, without waiting: that is what this catches (the write raises here)."""
+    asked = asyncio.Event()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement == "BEGIN IMMEDIATE":
+            asked.set()
+
+    holder = sqlite3.connect(str(db.url.database), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        writing = asyncio.ensure_future(write())
+        asking = asyncio.ensure_future(asked.wait())
+        await asyncio.wait({writing, asking}, return_when=asyncio.FIRST_COMPLETED)
+        asking.cancel()
+        if not asked.is_set():
+            await writing  # raises "database is locked" when that is what happened
+            raise AssertionError("wrote without asking for the write lock first")
+        holder.execute("COMMIT")  # the other writer is done: this one goes on
+        await writing
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+        holder.close()
