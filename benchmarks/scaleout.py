@@ -15,7 +15,10 @@ mock model: a short answer, streamed ``--pace-ms`` apart per chunk):
   IDENTIFYs for its shard;
 * takeover: SIGKILL the process serving a shard; the time until a survivor IDENTIFYs
   for that shard (its lease must expire first: ``COTERIE_LEASE_TTL_S``, measured with
-  the default 15 s and with 6 s), and until that shard's guild is answered again.
+  the default 15 s and with 6 s), and until that shard's guild is answered again;
+* leader takeover: SIGKILL the process that leads the scheduler, with a one-shot slot
+  due a second later (in a guild another process serves); the time until a survivor
+  holds the scheduler's lease (its log says it leads), and until that slot is posted.
 
 Figures, not a test: nothing here asserts. Each database is created and dropped here
 (its name starts with ``coterie_bench_scaleout_``). Needs the dev extras.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -205,6 +209,127 @@ async def takeover(base: str, llmock: Any, ttl_s: float) -> tuple[float, float]:
     return identified, answered
 
 
+async def _schedule_once(url: str, fake: FakeDiscord, guild: FakeGuild, at: Any) -> int:
+    """A skill in ``guild`` and a one-shot schedule of it at ``at``, written straight to
+    the database; the leader is told as a process that saved one tells it (NOTIFY)."""
+    import json
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from adapters.storage.db import Database as Db
+    from executor.agent import Caller, Privilege
+    from executor.tools.builtin import default_registry
+    from personas.markdown import load_builtins
+    from personas.store import PersonaStore
+    from skills.model import SkillSpec
+    from skills.schedules import ScheduleStore
+    from skills.store import SkillStore
+
+    db = Db.open(url)
+    try:
+        tools = default_registry()
+        personas = PersonaStore(db.sessions, load_builtins(), tools=tools)
+        skills = SkillStore(
+            db.sessions, tools=tools, tiers=("fast", "standard", "smart"), personas=personas
+        )
+        admin = Caller(
+            user_id=str(fake.user("admin")["id"]),
+            display_name="admin",
+            privilege=Privilege.ADMIN,
+            guild_id=str(guild.id),
+        )
+        skill, _ = await skills.save(
+            str(guild.id), "pulse", SkillSpec(prompt="How goes?"), by=admin
+        )
+        info = await ScheduleStore(db.sessions).create(
+            skill_id=skill.id,
+            guild_id=str(guild.id),
+            channel_id=str(guild.channel_id("general")),
+            created_by=admin.user_id,
+            run_at=at,
+            missed="catch-up",
+        )
+    finally:
+        await db.close()
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        payload = json.dumps({"t": "schedules", "k": str(info.id), "f": "bench"})
+        await conn.execute("SELECT pg_notify('coterie', $1)", payload)
+    finally:
+        await conn.close()
+    return info.id
+
+
+async def leader_takeover(base: str, llmock: Any, ttl_s: float) -> tuple[float, float]:
+    """Seconds from SIGKILL of the scheduler's leader to a survivor leading, and to the
+    post of a one-shot slot that came due a second after the kill."""
+    from datetime import UTC, datetime, timedelta
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    with tempfile.TemporaryDirectory() as d:
+        async with Database(base) as db, FakeDiscord() as fake:
+            fake.recommended_shards = SHARDS
+            guilds = [fake.add_guild(f"g{i}", shard=i, shard_count=SHARDS) for i in range(SHARDS)]
+            procs = await _start(
+                SHARDS, Path(d), fake, llmock, db.url, COTERIE_LEASE_TTL_S=str(ttl_s)
+            )
+            try:
+                dsn = make_url(db.url).set(drivername="postgresql")
+                conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+                try:
+                    row = await conn.fetchrow(
+                        "SELECT i.pid, i.shards FROM leases l JOIN instances i "
+                        "ON i.id = l.holder WHERE l.name = 'scheduler'"
+                    )
+                finally:
+                    await conn.close()
+                [leader] = [p for p in procs if p.pid == int(row["pid"])]
+                survivors = [p for p in procs if p is not leader]
+                # A guild the leader does not serve: the new leader may not serve it either.
+                served = set(json.loads(row["shards"]) if isinstance(row["shards"], str)
+                             else row["shards"])  # fmt: skip
+                guild = next(g for i, g in enumerate(guilds) if i not in served)
+                due = datetime.now(UTC) + timedelta(seconds=3)
+                await _schedule_once(db.url, fake, guild, due)
+                await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() - 1))
+                killed = time.perf_counter()
+                leader.signal(signal.SIGKILL)
+                waits = [
+                    asyncio.ensure_future(
+                        p.wait_for("leading the scheduler", timeout=ttl_s * 4 + 30)
+                    )
+                    for p in survivors
+                ]
+                done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for t in pending:
+                    t.cancel()
+                for t in done:
+                    t.result()
+                led = time.perf_counter() - killed
+                channel = guild.channel_id("general")
+                await fake._wait(
+                    lambda: (
+                        True
+                        if any(
+                            m.get("webhook_id") and "schedule #" in (m.get("content") or "")
+                            for m in fake.history(channel)
+                        )
+                        else None
+                    ),
+                    60,
+                    "the slot's post",
+                )
+                fired = time.perf_counter() - killed
+            finally:
+                await _stop(procs)
+    return led, fired
+
+
 async def handover(base: str, llmock: Any) -> float:
     """Seconds from SIGTERM (a rolling restart) to a survivor's IDENTIFY for the
     stopping process's shard: the gap in which that shard has no session."""
@@ -236,16 +361,22 @@ async def main(base: str, runs: int, pace_ms: int) -> None:
             llmock.pace(pace_ms)
         one = await throughput(base, llmock, 1, runs)
         three = await throughput(base, llmock, 3, runs)
-        print(f"{'figure':<58} measured")
-        print(f"{'runs/s, 1 process (3 shards)':<58} {one:.1f}")
-        print(f"{'runs/s, 3 processes (1 shard each)':<58} {three:.1f}  ({three / one:.2f}x)")
+        print(f"{'figure':<66} measured")
+        print(f"{'runs/s, 1 process (3 shards)':<66} {one:.1f}")
+        print(f"{'runs/s, 3 processes (1 shard each)':<66} {three:.1f}  ({three / one:.2f}x)")
         gap = await handover(base, llmock)
-        print(f"{'rolling restart: SIGTERM -> a survivor IDENTIFYs':<58} {gap:.2f} s")
+        print(f"{'rolling restart: SIGTERM -> a survivor IDENTIFYs':<66} {gap:.2f} s")
         for ttl in (15.0, 6.0):
             identified, answered = await takeover(base, llmock, ttl)
             print(
-                f"{f'takeover, lease {ttl:g} s: SIGKILL -> IDENTIFY / -> answered':<58} "
+                f"{f'takeover, lease {ttl:g} s: SIGKILL -> IDENTIFY / -> answered':<66} "
                 f"{identified:.1f} s / {answered:.1f} s"
+            )
+        for ttl in (15.0, 6.0):
+            led, fired = await leader_takeover(base, llmock, ttl)
+            print(
+                f"{f'leader, lease {ttl:g} s: SIGKILL -> a survivor leads / -> slot posted':<66} "
+                f"{led:.1f} s / {fired:.1f} s"
             )
 
 

@@ -41,7 +41,7 @@ from adapters.storage.db import Database
 from skills import scheduling
 from skills.scheduler import SkillScheduler
 from skills.schedules import ScheduleInfo, ScheduleStore
-from skills.slots import SlotOutcome
+from skills.slots import SlotOutcome, SlotRun
 from skills.tables import Schedule, Skill
 
 # A mix like a real deployment's: staggered top-of-hour, quarter-hourly, daily in
@@ -103,7 +103,7 @@ async def seed(db: Database, n: int, *, created_at: datetime, missed: str = "ski
             row.stagger_s = scheduling.stagger_s(row.id, row.cron)
 
 
-async def nothing(_schedule: ScheduleInfo, _slot: datetime) -> SlotOutcome:
+async def nothing(_schedule: ScheduleInfo, _slot: datetime, _run: SlotRun) -> SlotOutcome:
     return SlotOutcome(status="ok")
 
 
@@ -196,7 +196,7 @@ async def burst(n: int, work_s: float, lead_s: float = 2.0) -> list[float]:
         lateness: list[float] = []
         done = asyncio.Event()
 
-        async def fire(schedule: ScheduleInfo, slot: datetime) -> SlotOutcome:
+        async def fire(schedule: ScheduleInfo, slot: datetime, run: SlotRun) -> SlotOutcome:
             called = time.time()
             lateness.append(called - (slot.timestamp() + schedule.stagger_s))
             await asyncio.sleep(work_s)

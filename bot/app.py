@@ -188,8 +188,12 @@ class App:
 
     async def start(self) -> None:
         """Background services (called from the bot's setup_hook): the scheduler, its
-        jobs rebuilt from the schedules table and missed slots handled."""
-        if not self.scheduler.running:
+        jobs rebuilt from the schedules table and missed slots handled; on a registered
+        bot, once this process leads the scheduler (at once on SQLite)."""
+        leadership = self.membership.leadership if self.membership is not None else None
+        if leadership is not None:
+            await leadership.enable()
+        elif not self.scheduler.running:
             await self.scheduler.start()  # logs what it loaded
         if not self._background:
             await self._chores()
@@ -220,6 +224,8 @@ class App:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
         Idempotent."""
         self.scheduler.shutdown()
+        if self.membership is not None and self.membership.leadership is not None:
+            await self.membership.leadership.resign()  # another process leads from now
         await self._stop_background()
 
     async def _stop_background(self) -> None:
@@ -284,6 +290,7 @@ async def build_app(
     from adapters.services.memory import MemoryService
     from adapters.services.resume import ResumeService
     from adapters.services.runner import Runner
+    from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
@@ -342,8 +349,13 @@ async def build_app(
             default_limit_micros=dollars_to_micros(settings.budget_default_usd),
             clock=clock,
         )
-        # Only the runs a member could be offered to resume are kept (chat runs).
-        checkpoints = SqlCheckpoints(db.sessions, keep=ResumeService.resumable, clock=clock)
+        # Only the runs that can be resumed are kept: chat runs (offered to their
+        # member) and a scheduled slot's first attempt (its retry resumes it).
+        checkpoints = SqlCheckpoints(
+            db.sessions,
+            keep=lambda c: ResumeService.resumable(c) or SkillService.resumable(c),
+            clock=clock,
+        )
         closers.append(checkpoints.close)
         # MCP servers (issue 17): their pins are read now; stdio servers start on first call.
         mcp = mcp_servers(settings, environ, db.sessions)
@@ -451,7 +463,7 @@ async def build_app(
     # Skills and their schedules (issue 9). The scheduler fires through the service,
     # and the service adds and removes the scheduler's jobs: one of them is set second.
     from adapters.services.audit import RunFilter
-    from adapters.services.skills import PastRun, SkillService
+    from adapters.services.skills import PastRun
 
     async def skill_history(guild_id: str, skill: str, limit: int) -> list[PastRun]:
         page = await audit_queries.list_runs(RunFilter(guild_id=guild_id, skill=skill), limit=limit)
@@ -482,6 +494,9 @@ async def build_app(
         disable_after=settings.schedule_disable_after,
     )
     skill_service.scheduler = scheduler
+    # A slot's retry resumes its interrupted run; a slot closed instead forgets it.
+    skill_service.checkpoints = checkpoints
+    scheduler.forget_runs = checkpoints.forget
     # Registered always; usable where COTERIE_ENABLED_TOOLS allows it (all by default).
     tools.add(skill_service.run_skill_tool())
 
@@ -517,6 +532,7 @@ async def build_app(
         chat=chat,
         clock=clock,
         offer_ttl_s=settings.resume_offer_hours * 3600,
+        kept_elsewhere=SkillService.resumable,
     )
     # Offered once Discord is ready (the client's offer loop takes them).
     resume.found(interrupted)
@@ -568,13 +584,15 @@ async def build_app(
 async def _register(app: App, kind: Kind) -> None:
     """Register the process (see :func:`build_app`) and start its heartbeat."""
     from adapters.services.instances import Identity, Membership
+    from adapters.services.leadership import TOPIC as SCHEDULER_TOPIC
+    from adapters.services.leadership import Leadership
     from adapters.storage.instances import SqlInstances
     from adapters.storage.recovery import recover
 
     settings, db = app.settings, app.db
     identity = Identity.new(kind)
-    # Why before anything runs: every run and reservation from now on is this one's.
-    app.audit.owner = app.budget.owner = identity.id
+    # Why before anything runs: every run, reservation and slot from now on is this one's.
+    app.audit.owner = app.budget.owner = app.schedules.owner = identity.id
     app.instances = SqlInstances(db.sessions)
 
     async def sweep() -> int:
@@ -616,6 +634,30 @@ async def _register(app: App, kind: Kind) -> None:
 
         app.guild_settings.publish = settings_changed
         notifier.subscribe("guild_settings", app.guild_settings.invalidate)
+
+        async def personas_changed(key: str) -> None:
+            await notifier.publish("personas", key)
+
+        app.personas.publish = personas_changed
+        notifier.subscribe("personas", app.personas.invalidate)
+        if kind == "bot":
+
+            async def schedule_changed(key: str) -> None:
+                await notifier.publish("schedules", key)
+
+            app.scheduler.publish = schedule_changed
+            notifier.subscribe("schedules", app.scheduler.changed)
+            notifier.subscribe(SCHEDULER_TOPIC, lambda _key: membership.wake())
+    if kind == "bot":
+        membership.leadership = Leadership(
+            app.instances,
+            identity.id,
+            ttl_s=settings.lease_ttl_s,
+            led=app.scheduler,
+            always=db.is_sqlite,
+            before_gain=membership.reap,
+            publish=membership.publish,
+        )
     await membership.register()
     app._closers.insert(2 if app.notifier is not None else 1, membership.close)
     app.membership = membership

@@ -23,17 +23,21 @@ Who may do what (``by`` is the acting :class:`~executor.agent.Caller`):
 Reads are cached: the chat flow looks a persona up on every message. A guild's
 stored personas (its own and the deployment-wide ones) are read in one query and
 kept for ``ttl_s``; every write through this store drops the cache at once
-(:meth:`PersonaStore.invalidate`, the one place that does), and a change made by
-another process (``coterie forget``, a second instance) is seen within ``ttl_s``.
+(:meth:`PersonaStore.invalidate`, the one place that does). With several processes on
+PostgreSQL a write is also published (:attr:`PersonaStore.publish`, ``NOTIFY``) and
+each other process drops its cache when told; without that (or if a notification is
+lost) a change made by another process (``coterie forget``, a second instance) is
+seen within ``ttl_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins as _builtins
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
@@ -62,6 +66,8 @@ MAX_CHOICES = 25  # Discord's cap on autocomplete choices
 # two stay equal): a deferred transaction that reads and then writes gets "database is
 # locked" at once, without the busy timeout, whenever another connection is writing.
 _IMMEDIATE: Final[dict[str, Any]] = {"coterie_sqlite_begin": "IMMEDIATE"}
+
+log = logging.getLogger(__name__)
 
 
 def _to_persona(row: PersonaRow, *, overrides_builtin: bool) -> Persona:
@@ -115,6 +121,9 @@ class PersonaStore:
         self._tools = tools if tools is not None else ToolRegistry()
         self._tiers = tuple(dict.fromkeys(t.lower() for t in tiers))
         self._admin = admin
+        # Tells the other processes a guild's personas changed (its id; "" for the
+        # deployment-wide ones). None: this process is alone.
+        self.publish: Callable[[str], Awaitable[None]] | None = None
 
     # --- reading ------------------------------------------------------------------
 
@@ -137,11 +146,23 @@ class PersonaStore:
         stored = (await self._stored(guild_id)).get(key)
         return stored if stored is not None else self._builtins.get(key)
 
-    def invalidate(self) -> None:
+    def invalidate(self, key: str | None = None) -> None:
         """Forget every cached read; the next one goes to the database. Called by
-        every write of this store (and by whoever learns of another process's)."""
+        every write of this store, and when another process says it wrote (``key``,
+        the guild it wrote in, is not needed: a deployment-wide persona is in every
+        guild's read, and a refill is one query)."""
         self._generation += 1
         self._cache.clear()
+
+    async def _written(self, guild_id: str) -> None:
+        """After a write: drop the cache, and tell the other processes."""
+        self.invalidate()
+        if self.publish is not None:
+            try:
+                await self.publish(guild_id)
+            except Exception:  # Why not raise: the write is saved; others see it by TTL
+                log.warning("could not tell the other processes about a persona change",
+                            exc_info=True)  # fmt: skip
 
     async def _stored(self, guild_id: str | None) -> dict[str, Persona]:
         """The guild's stored personas by normalised name (its own win over the
@@ -225,6 +246,7 @@ class PersonaStore:
             finally:
                 self.invalidate()
             await session.refresh(row)
+        await self._written(gid)
         return _to_persona(row, overrides_builtin=persona.name in self._builtins)
 
     async def update(self, guild_id: str | None, persona: Persona, *, by: Caller) -> Persona:
@@ -260,7 +282,8 @@ class PersonaStore:
             finally:
                 self.invalidate()
             await session.refresh(stored)
-            return _to_persona(stored, overrides_builtin=name in self._builtins)
+        await self._written(gid)
+        return _to_persona(stored, overrides_builtin=name in self._builtins)
 
     async def check_can_change(
         self, guild_id: str | None, name: str, *, by: Caller, action: str = "edit"
@@ -318,6 +341,7 @@ class PersonaStore:
                 await session.commit()
             finally:
                 self.invalidate()
+        await self._written(gid)
         return deleted
 
     async def export_markdown(self, guild_id: str | None, name: str) -> str:
@@ -373,7 +397,10 @@ class PersonaStore:
                 await session.commit()
             finally:
                 self.invalidate()
-            return int(getattr(result, "rowcount", 0) or 0)
+        touched = int(getattr(result, "rowcount", 0) or 0)
+        if touched:
+            await self._written("*")  # in any guild
+        return touched
 
     # --- rules ----------------------------------------------------------------------
 

@@ -14,17 +14,34 @@ One slot, one run, at most:
 * The slot is claimed (a ``running`` row, unique per schedule and slot) **before**
   ``fire`` is called. A claimed slot is never fired again by a claim: it already has a
   row.
+* The claim carries the id its run will have (``SlotRun.run_id``), so a restart
+  that interrupts the run leaves on the slot's row which run it was.
 * A slot a restart interrupted (the process died while it ran, or after the claim and
   before the model was reached) is found ``running`` at start. With ``catch-up`` and
   within ``grace_s`` of the slot, when no later slot of the schedule is due, it gets
   **one retry**: :meth:`ScheduleStore.retry_slot` moves it from attempt 1 to 2 in one
   conditional ``UPDATE``, which one process alone can pass, and the slot says it was
-  run again. Otherwise (``skip``, too old, a later slot due, or its retry interrupted
-  too) it is closed as failed with the reason. A slot runs at most twice, never at once.
+  run again. ``fire`` is handed the interrupted run's id (``SlotRun.interrupted``) and
+  resumes it from its last checkpoint when it has one (``SlotOutcome.resumed_from``:
+  the slot then says so), else runs the slot from the start. Otherwise (``skip``, too
+  old, a later slot due, or its retry interrupted too) it is closed as failed with the
+  reason, and :attr:`SkillScheduler.forget_runs` is handed the runs of the slots closed
+  so (what was kept to resume them goes). A slot runs at most twice, never at once.
 * A schedule never overlaps itself: APScheduler's ``max_instances=1`` refuses a
   second instance (we record that slot as skipped from ``EVENT_JOB_MAX_INSTANCES``,
   which APScheduler would otherwise only log), and :meth:`fire_due` checks again for
   the paths APScheduler does not see (catch-up at start, another process).
+
+Several processes on one database (PostgreSQL): only the one that leads the scheduler
+(:class:`adapters.services.leadership.Leadership`, a renewed lease) runs it. It calls
+:meth:`SkillScheduler.start` when it gains the lead (the table is loaded again, and
+the slots a dead leader left ``running`` are settled as above: only slots whose owner
+is gone, :meth:`ScheduleStore.stranded_slots`) and :meth:`SkillScheduler.standby` when
+it loses it (no new slot fires; those in progress finish). A schedule saved or removed
+on another process reaches the leader as :meth:`SkillScheduler.refresh`; slots a
+process that died later left running are settled by :meth:`settle_stranded`. Two
+leaders at once (a stalled one that has not noticed yet) cannot run a slot twice: the
+claim decides. On SQLite, or with no registration, the process always leads.
 
 Missed slots at start: for each enabled schedule, the latest slot due between its last
 recorded slot (or its creation) and now is fired once when the schedule says
@@ -40,15 +57,18 @@ skipped (the reason says which).
 
 Every slot settled is one log line with its fields (``schedule_id``, ``skill``,
 ``slot_at``, ``outcome``: ok, failed, skipped or duplicate; ``attempt``, ``run_id``,
-``reason`` when there are), which coterie's log format writes as ``key=value``.
+``resumed_from``, ``reason`` when there are), which coterie's log format writes as
+``key=value``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,7 +83,15 @@ from apscheduler.triggers.date import DateTrigger
 from executor.ports import Clock, RealClock
 from skills import scheduling
 from skills.errors import InvalidTime, ScheduleError, ScheduleNotFound
-from skills.slots import Fire, FireResult, ScheduleEvents, ScheduleInfo, SlotInfo, SlotOutcome
+from skills.slots import (
+    Fire,
+    FireResult,
+    ScheduleEvents,
+    ScheduleInfo,
+    SlotInfo,
+    SlotOutcome,
+    SlotRun,
+)
 
 if TYPE_CHECKING:
     from skills.schedules import ScheduleStore
@@ -75,6 +103,7 @@ __all__ = [
     "ScheduleEvents",
     "SkillScheduler",
     "SlotOutcome",
+    "SlotRun",
     "StartReport",
 ]
 
@@ -94,6 +123,8 @@ MISSED = "missed while coterie was down"
 INTERRUPTED = "interrupted by a restart"
 INTERRUPTED_AGAIN = "interrupted by a restart again, after its one retry"
 RETRIED = "run again: a restart interrupted its first attempt"
+# The slot's retry resumed the interrupted run from its last checkpoint (its id).
+RESUMED = "resumed from its last step: a restart interrupted run {run_id}"
 DONE = "a one-shot: it has run"
 ONE_SHOT_SKIPPED = "a one-shot: skipped, not run"
 ONE_SHOT_INTERRUPTED = "a one-shot: interrupted by a restart, not run again"
@@ -107,6 +138,18 @@ class StartReport:
     interrupted: int  # slots a crash left running, now failed
     disabled: int  # one-shots found done or missed, rows that cannot be scheduled
     retried: int = 0  # slots a crash left running, claimed for their one retry
+
+
+@dataclass
+class _Plan:
+    """What building the jobs decided, written in one go (see ``SkillScheduler._plan``)."""
+
+    skipped: list[tuple[ScheduleInfo, datetime, str]] = field(default_factory=list)
+    catch_up: list[tuple[ScheduleInfo, datetime]] = field(default_factory=list)
+    retry: list[tuple[ScheduleInfo, SlotInfo]] = field(default_factory=list)
+    disable: list[tuple[int, str]] = field(default_factory=list)
+    # The retries this process claimed (``_settle``): the slot and the attempt to fire.
+    retried: list[tuple[ScheduleInfo, datetime, SlotRun]] = field(default_factory=list)
 
 
 class _Staggered(BaseTrigger):  # type: ignore[misc]  # apscheduler ships no types
@@ -182,11 +225,18 @@ class SkillScheduler:
         self.warn_after = warn_after
         self.disable_after = disable_after
         self._aps: AsyncIOScheduler | None = None
-        self._state: Literal["new", "running", "closed"] = "new"
+        self._state: Literal["new", "running", "standby", "closed"] = "new"
         self._running: set[int] = set()  # schedules with a slot in progress here
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stagger: dict[int, timedelta] = {}
         self._skills: dict[int, str] = {}  # schedule id -> its skill's name, for the log
+        self._epoch = 0  # moved on by standby() and shutdown(): a start under way stops
+        # Tells the other processes a schedule changed (its id): the leader builds its
+        # job. None: this process is alone (or not registered).
+        self.publish: Callable[[str], Awaitable[None]] | None = None
+        # Handed the runs of slots closed as interrupted (not retried): what the host
+        # kept to resume them can go. None: nothing is kept.
+        self.forget_runs: Callable[[Sequence[str]], Awaitable[object]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -201,14 +251,14 @@ class SkillScheduler:
 
     async def start(self) -> StartReport:
         """Retry or close slots a crash left running, settle missed slots, build one job
-        per enabled schedule, start APScheduler. Needs the running loop; starts once."""
-        if self._state != "new":
-            raise RuntimeError("a SkillScheduler starts once; build a new one")
+        per enabled schedule, start APScheduler. Needs the running loop. Starts once, or
+        again after :meth:`standby` (this process leads the scheduler again)."""
+        if self._state not in ("new", "standby"):
+            raise RuntimeError("a SkillScheduler starts once (or after standby); build a new one")
         loop = asyncio.get_running_loop()
+        epoch = self._epoch
         now = self._clock.now()
-        stranded: dict[int, list[SlotInfo]] = {}
-        for slot in await self._store.running_slots():
-            stranded.setdefault(slot.schedule_id, []).append(slot)
+        stranded = await self._stranded()
         schedules = await self._store.enabled()
         last = await self._store.last_slot_times()
         aps = AsyncIOScheduler(
@@ -219,98 +269,22 @@ class SkillScheduler:
         aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._aps = aps
 
-        skipped: list[tuple[ScheduleInfo, datetime, str]] = []
-        catch_up: list[tuple[ScheduleInfo, datetime]] = []
-        retry: list[tuple[ScheduleInfo, SlotInfo]] = []
-        disable: list[tuple[int, str]] = []
+        plan = _Plan()
         for info in schedules:
             # The slots a crash left running; the latest may get its one retry below.
-            stuck = stranded.get(info.id, [])
-            try:
-                slots, job_trigger, stagger = self._triggers(info)
-            except ScheduleError as exc:
-                # A row that cannot be scheduled any more (say, a zone gone from tzdata).
-                log.warning("schedule %s cannot be scheduled: %s", info.id, exc)
-                disable.append((info.id, f"cannot be scheduled: {exc}"))
-                continue
-            since = last.get(info.id, info.created_at)
-            if info.run_at is not None:
-                if stuck:
-                    if self._retries(info, stuck[-1], now):
-                        retry.append((info, stuck[-1]))
-                    else:
-                        disable.append((info.id, ONE_SHOT_INTERRUPTED))
-                    continue
-                if info.id in last:  # fired or skipped already: done
-                    skipped_last = info.last_status == "skipped"
-                    disable.append((info.id, ONE_SHOT_SKIPPED if skipped_last else DONE))
-                    continue
-                if info.run_at <= now:
-                    if self._catches_up(info, info.run_at, now):
-                        catch_up.append((info, info.run_at))
-                    else:
-                        skipped.append((info, info.run_at, MISSED))
-                        disable.append((info.id, ONE_SHOT_SKIPPED))
-                    continue
-            else:
-                # A slot is due once slot + stagger has passed.
-                missed = scheduling.last_fires(slots, since, now - stagger, n=2)
-                if missed:
-                    # A later slot is due: it is the one to catch up, not the stuck one.
-                    latest = missed[-1]
-                    if self._catches_up(info, latest, now):
-                        catch_up.append((info, latest))
-                        missed = missed[:-1]
-                    if missed:
-                        skipped.append((info, missed[-1], MISSED))
-                elif stuck and self._retries(info, stuck[-1], now):
-                    retry.append((info, stuck[-1]))
-            self._add_job(aps, info, job_trigger, stagger)
-
-        recorded = await self._store.record_skipped_many(
-            [(info.id, slot_at, reason) for info, slot_at, reason in skipped], at=now
-        )
-        for info, slot_at, reason in skipped:
-            self._log_slot(info.id, slot_at, "skipped", skill=info.skill, reason=reason)
-        retried: list[tuple[ScheduleInfo, SlotInfo]] = []
-        for info, slot in retry:
-            if await self._store.retry_slot(slot, reason=RETRIED, started_at=now):
-                retried.append((info, slot))
-        retrying = {(slot.schedule_id, slot.slot_at) for _info, slot in retried}
+            self._plan(aps, info, stranded.get(info.id, []), last.get(info.id), now, plan)
         names = {info.id: info.skill for info in schedules}
-        closed = [
-            (slot, INTERRUPTED_AGAIN if slot.attempt >= MAX_ATTEMPTS else INTERRUPTED)
-            for slots_left in stranded.values()
-            for slot in slots_left
-            if (slot.schedule_id, slot.slot_at) not in retrying
-        ]
-        interrupted = await self._store.close_interrupted(closed, at=now)
-        for slot, reason in closed:
-            self._log_slot(
-                slot.schedule_id,
-                slot.slot_at,
-                "failed",
-                skill=names.get(slot.schedule_id, ""),
-                attempt=slot.attempt,
-                reason=reason,
-            )
-        for schedule_id, reason in disable:
-            await self._store.disable(schedule_id, reason)
+        report = await self._settle(plan, stranded, names, now)
+        if self._epoch != epoch:
+            # Stopped (or put on standby) while it read the table: start nothing. What
+            # was settled stays settled; the slots planned for now are not fired.
+            self._aps = None
+            return report
         aps.start()
         self._state = "running"
         await self._store.set_next_runs(self.jobs())
-        for info, slot_at in catch_up:
-            self._spawn(self._fire_slot(info, slot_at))
-        for info, slot in retried:
-            self._spawn(self._fire_slot(info, slot.slot_at, attempt=slot.attempt + 1))
-        report = StartReport(
-            loaded=len(aps.get_jobs()),
-            caught_up=len(catch_up),
-            skipped=recorded,
-            interrupted=interrupted,
-            disabled=len(disable),
-            retried=len(retried),
-        )
+        self._launch(plan)
+        report = dataclasses.replace(report, loaded=len(aps.get_jobs()))
         log.info(
             "scheduler started: %d jobs, %d caught up, %d skipped, %d interrupted, "
             "%d retried, %d disabled",
@@ -323,9 +297,241 @@ class SkillScheduler:
         )
         return report
 
+    async def _stranded(self) -> dict[int, list[SlotInfo]]:
+        """Slots a dead process left running, by schedule; never one this process is
+        running (a leader that led before, lost the lease and leads again)."""
+        stranded: dict[int, list[SlotInfo]] = {}
+        for slot in await self._store.stranded_slots():
+            if slot.schedule_id not in self._running:
+                stranded.setdefault(slot.schedule_id, []).append(slot)
+        return stranded
+
+    def _plan(
+        self,
+        aps: AsyncIOScheduler | None,
+        info: ScheduleInfo,
+        stuck: list[SlotInfo],
+        last_at: datetime | None,
+        now: datetime,
+        plan: _Plan,
+    ) -> None:
+        """What a schedule needs when jobs are built (start-up, a new leader, a schedule
+        this leader learns of): its job (``aps``), its missed slot caught up or skipped,
+        its stranded slot retried. Recorded in ``plan``; nothing is written here."""
+        try:
+            slots, job_trigger, stagger = self._triggers(info)
+        except ScheduleError as exc:
+            # A row that cannot be scheduled any more (say, a zone gone from tzdata).
+            log.warning("schedule %s cannot be scheduled: %s", info.id, exc)
+            plan.disable.append((info.id, f"cannot be scheduled: {exc}"))
+            return
+        since = last_at if last_at is not None else info.created_at
+        if info.run_at is not None:
+            if stuck:
+                if self._retries(info, stuck[-1], now):
+                    plan.retry.append((info, stuck[-1]))
+                else:
+                    plan.disable.append((info.id, ONE_SHOT_INTERRUPTED))
+                return
+            if last_at is not None:  # fired or skipped already: done
+                skipped_last = info.last_status == "skipped"
+                plan.disable.append((info.id, ONE_SHOT_SKIPPED if skipped_last else DONE))
+                return
+            if info.run_at <= now:
+                if self._catches_up(info, info.run_at, now):
+                    plan.catch_up.append((info, info.run_at))
+                else:
+                    plan.skipped.append((info, info.run_at, MISSED))
+                    plan.disable.append((info.id, ONE_SHOT_SKIPPED))
+                return
+        else:
+            # A slot is due once slot + stagger has passed.
+            missed = scheduling.last_fires(slots, since, now - stagger, n=2)
+            if missed:
+                # A later slot is due: it is the one to catch up, not the stuck one.
+                latest = missed[-1]
+                if self._catches_up(info, latest, now):
+                    plan.catch_up.append((info, latest))
+                    missed = missed[:-1]
+                if missed:
+                    plan.skipped.append((info, missed[-1], MISSED))
+            elif stuck and self._retries(info, stuck[-1], now):
+                plan.retry.append((info, stuck[-1]))
+        if aps is not None:
+            self._add_job(aps, info, job_trigger, stagger)
+
+    async def _settle(
+        self,
+        plan: _Plan,
+        stranded: dict[int, list[SlotInfo]],
+        names: dict[int, str],
+        now: datetime,
+    ) -> StartReport:
+        """Write what :meth:`_plan` decided: skipped slots, retries claimed, stranded
+        slots closed, schedules disabled. The retries this process claimed go to
+        ``plan.retried``, each with the run it is to be and the run it follows."""
+        recorded = await self._store.record_skipped_many(
+            [(info.id, slot_at, reason) for info, slot_at, reason in plan.skipped], at=now
+        )
+        for info, slot_at, reason in plan.skipped:
+            self._log_slot(info.id, slot_at, "skipped", skill=info.skill, reason=reason)
+        retrying: set[tuple[int, datetime]] = set()
+        for info, slot in plan.retry:
+            run = SlotRun(uuid.uuid4().hex, attempt=slot.attempt + 1, interrupted=slot.run_id)
+            if await self._store.retry_slot(
+                slot, reason=RETRIED, started_at=now, run_id=run.run_id
+            ):
+                plan.retried.append((info, slot.slot_at, run))
+                retrying.add((slot.schedule_id, slot.slot_at))
+        closed = [
+            (slot, INTERRUPTED_AGAIN if slot.attempt >= MAX_ATTEMPTS else INTERRUPTED)
+            for slots_left in stranded.values()
+            for slot in slots_left
+            if (slot.schedule_id, slot.slot_at) not in retrying
+        ]
+        interrupted = await self._store.close_interrupted(closed, at=now)
+        await self._forget([slot.run_id for slot, _reason in closed if slot.run_id])
+        for slot, reason in closed:
+            self._log_slot(
+                slot.schedule_id,
+                slot.slot_at,
+                "failed",
+                skill=names.get(slot.schedule_id, ""),
+                attempt=slot.attempt,
+                reason=reason,
+            )
+        for schedule_id, reason in plan.disable:
+            await self._store.disable(schedule_id, reason)
+            self._drop_job(schedule_id)
+        return StartReport(
+            loaded=0,
+            caught_up=len(plan.catch_up),
+            skipped=recorded,
+            interrupted=interrupted,
+            disabled=len(plan.disable),
+            retried=len(plan.retried),
+        )
+
+    async def _forget(self, run_ids: list[str]) -> None:
+        if not run_ids or self.forget_runs is None:
+            return
+        try:
+            await self.forget_runs(run_ids)
+        except Exception:
+            # Why not raise: the slots are closed; what was kept to resume their runs
+            # is pruned later anyway.
+            log.warning("could not forget the interrupted runs %s", run_ids, exc_info=True)
+
+    def _launch(self, plan: _Plan) -> None:
+        """Fire the slots caught up and the retries claimed (after :meth:`_settle`)."""
+        for info, slot_at in plan.catch_up:
+            self._spawn(self._fire_slot(info, slot_at))
+        for info, slot_at, run in plan.retried:
+            self._spawn(self._fire_slot(info, slot_at, run=run))
+
+    async def settle_stranded(self) -> StartReport:
+        """While leading: retry or close the slots a process that died since left
+        running (a survivor reaped it), as :meth:`start` does. A slot is retried when
+        the start-up rule would: ``catch-up``, within the grace, its first attempt, and
+        no later slot of its schedule recorded or due; else closed as interrupted."""
+        if self._state != "running":
+            return StartReport(0, 0, 0, 0, 0)
+        stranded = await self._stranded()
+        if not stranded:
+            return StartReport(0, 0, 0, 0, 0)
+        now = self._clock.now()
+        last = await self._store.last_slot_times()
+        plan = _Plan()
+        names: dict[int, str] = {}
+        for schedule_id, stuck in stranded.items():
+            info = await self._store.get(schedule_id)
+            if info is None or not info.enabled:
+                continue  # closed below
+            names[info.id] = info.skill
+            slot = stuck[-1]
+            latest = last.get(info.id) == slot.slot_at
+            if (
+                latest
+                and self._retries(info, slot, now)
+                and (info.run_at is not None or not self._later_due(info, slot.slot_at, now))
+            ):
+                plan.retry.append((info, slot))
+                continue
+            if info.one_shot:
+                plan.disable.append((info.id, ONE_SHOT_INTERRUPTED))
+        report = await self._settle(plan, stranded, names, now)
+        self._launch(plan)
+        if report.interrupted or report.retried:
+            log.info(
+                "stranded slots of a stopped instance: %d retried, %d closed",
+                report.retried,
+                report.interrupted,
+            )
+        return report
+
+    def _later_due(self, info: ScheduleInfo, slot_at: datetime, now: datetime) -> bool:
+        try:
+            slots, _job, stagger = self._triggers(info)
+        except ScheduleError:
+            return True
+        return bool(scheduling.last_fires(slots, slot_at, now - stagger, n=1))
+
+    async def refresh(self, schedule_id: int | None = None) -> None:
+        """While leading: another process saved or removed a schedule (``None``: maybe
+        several; compare every enabled one with the jobs). A new one gets its job, and
+        its missed slot is caught up or skipped as at start; a gone or disabled one
+        loses its job. Not leading: nothing (:meth:`start` reads the table)."""
+        if self._state != "running" or self._aps is None:
+            return
+        if schedule_id is not None:
+            row = await self._store.get(schedule_id)
+            rows = [row] if row is not None and row.enabled else []
+            if not rows:
+                self._drop_job(schedule_id)
+        else:
+            rows = await self._store.enabled()
+            wanted = {info.id for info in rows}
+            for sid in [sid for sid in self.jobs() if sid not in wanted]:
+                self._drop_job(sid)
+        fresh = [info for info in rows if self._aps.get_job(str(info.id)) is None]
+        if not fresh or self._state != "running":
+            return
+        now = self._clock.now()
+        last = await self._store.last_slot_times()
+        plan = _Plan()
+        for info in fresh:
+            self._plan(self._aps, info, [], last.get(info.id), now, plan)
+        await self._settle(plan, {}, {}, now)
+        await self._store.set_next_runs({info.id: self.next_run(info.id) for info in fresh})
+        self._launch(plan)
+
+    def changed(self, key: str | None) -> None:
+        """A notification from another process: schedule ``key`` (an id; None: maybe
+        any) was saved or removed. Refreshes the jobs in the background (leader only)."""
+        if self._state != "running":
+            return
+        schedule_id = int(key) if key is not None and key.isdigit() else None
+        self._spawn(self.refresh(schedule_id))
+
+    def standby(self) -> None:
+        """Stop firing (another process leads the scheduler now): APScheduler stops and
+        its jobs go; slots in progress finish. :meth:`start` loads the table again."""
+        self._epoch += 1
+        if self._state != "running" or self._aps is None:
+            if self._state == "new":
+                self._state = "standby"
+            return
+        self._state = "standby"
+        try:
+            self._aps.shutdown(wait=False)
+        except RuntimeError:
+            log.debug("scheduler standby after its loop closed", exc_info=True)
+        log.info("scheduler on standby: another process leads it")
+
     def shutdown(self) -> None:
         """Stop APScheduler and take no new slot; slots in progress finish (the lifecycle
         drains their runs; :meth:`wait_idle` waits for their bookkeeping). Idempotent."""
+        self._epoch += 1
         state, self._state = self._state, "closed"
         if state != "running" or self._aps is None:
             return
@@ -402,11 +608,28 @@ class SkillScheduler:
             nxt = trigger.get_next_fire_time(None, now)
             at = nxt.astimezone(UTC) if nxt is not None else None
         await self._store.set_next_run(row.id, at)
+        await self._announce(row.id)
         return at
 
+    async def _announce(self, schedule_id: int) -> None:
+        """Tell the leader (when it is another process) that a schedule changed."""
+        if self.publish is None:
+            return
+        try:
+            await self.publish(str(schedule_id))
+        except Exception:
+            # Why not raise: the row is saved; the leader compares the table with its
+            # jobs when its notifications reconnect, and a removed schedule's job finds
+            # its row gone when it comes due.
+            log.warning("could not tell the scheduler's leader about schedule %s", schedule_id,
+                        exc_info=True)  # fmt: skip
+
     async def remove(self, schedule_id: int) -> bool:
-        """Remove a schedule's job (after its row is deleted); False when there was none."""
-        return self._drop_job(schedule_id)
+        """Remove a schedule's job (after its row is deleted); False when there was none
+        here (the leader, when another process, is told)."""
+        dropped = self._drop_job(schedule_id)
+        await self._announce(schedule_id)
+        return dropped
 
     def _drop_job(self, schedule_id: int) -> bool:
         self._stagger.pop(schedule_id, None)
@@ -512,11 +735,15 @@ class SkillScheduler:
             )
 
     async def _fire_slot(
-        self, info: ScheduleInfo, slot: datetime, *, attempt: int = 1
+        self, info: ScheduleInfo, slot: datetime, *, run: SlotRun | None = None
     ) -> FireResult:
-        """Claim and run one slot. ``attempt`` 2: the slot's retry, already claimed by
-        :meth:`ScheduleStore.retry_slot` at start."""
-        if self._state == "closed":
+        """Claim and run one slot. ``run``: the slot's retry, already claimed by
+        :meth:`ScheduleStore.retry_slot` at start (None: the first attempt, claimed
+        here)."""
+        attempt = run.attempt if run is not None else 1
+        if self._state == "closed" or (self._state == "standby" and attempt == 1):
+            # Why a claimed retry still runs on standby: it is this process's, and no
+            # other settles a live owner's slot.
             return "closed"
         sid = info.id
         # Why check-and-add before any await: two fires of one schedule on this loop
@@ -526,20 +753,25 @@ class SkillScheduler:
             return "skipped"
         self._running.add(sid)
         try:
-            if attempt == 1:
+            if run is None:
                 if await self._store.running_slot(sid) is not None:  # running elsewhere
                     await self._skip_overlap(info, slot)
                     return "skipped"
-                if not await self._store.claim_slot(sid, slot, started_at=self._clock.now()):
+                run = SlotRun(uuid.uuid4().hex)
+                claimed = await self._store.claim_slot(
+                    sid, slot, started_at=self._clock.now(), run_id=run.run_id
+                )
+                if not claimed:
                     self._log_slot(sid, slot, "duplicate", skill=info.skill)
                     return "duplicate"
-            outcome = await self._call(info, slot, attempt)
+            outcome = await self._call(info, slot, run)
+            reason = _reason(outcome)
             failures = await self._store.finish_slot(
                 sid,
                 slot,
                 outcome.status,
                 run_id=outcome.run_id,
-                reason=outcome.error if outcome.status == "failed" else None,
+                reason=reason,
                 ended_at=self._clock.now(),
                 attempt=attempt,
             )
@@ -552,7 +784,8 @@ class SkillScheduler:
             skill=info.skill,
             attempt=attempt,
             run_id=outcome.run_id,
-            reason=outcome.error if outcome.status == "failed" else None,
+            resumed_from=outcome.resumed_from,
+            reason=reason,
         )
         await self._after(info, outcome, failures)
         return "fired"
@@ -561,9 +794,10 @@ class SkillScheduler:
         await self._store.record_skipped(info.id, slot, OVERLAP, at=self._clock.now())
         self._log_slot(info.id, slot, "skipped", skill=info.skill, reason=OVERLAP)
 
-    async def _call(self, info: ScheduleInfo, slot: datetime, attempt: int) -> SlotOutcome:
+    async def _call(self, info: ScheduleInfo, slot: datetime, run: SlotRun) -> SlotOutcome:
+        attempt = run.attempt
         try:
-            return await self._fire(info, slot)
+            return await self._fire(info, slot, run)
         except asyncio.CancelledError:
             await self._store.finish_slot(
                 info.id,
@@ -594,6 +828,7 @@ class SkillScheduler:
         skill: str | None,
         attempt: int | None = None,
         run_id: str | None = None,
+        resumed_from: str | None = None,
         reason: str | None = None,
     ) -> None:
         """One line per slot the scheduler settles (fired ok or failed, skipped, a
@@ -608,6 +843,8 @@ class SkillScheduler:
             fields["attempt"] = attempt
         if run_id is not None:
             fields["run_id"] = run_id
+        if resumed_from is not None:
+            fields["resumed_from"] = resumed_from
         if reason is not None:
             fields["reason"] = reason
         log.log(
@@ -644,6 +881,18 @@ class SkillScheduler:
             # Why not raise: no caller is waiting for a background slot; the traceback
             # goes to the log and the schedule's state is already in the table.
             log.exception("schedule event %r failed", what)
+
+
+def _reason(outcome: SlotOutcome) -> str | None:
+    """What a finished slot's row says: a failure's reason; for a retry that resumed
+    the interrupted run, that it did (and its note); None: the row's reason stays (a
+    retry run from the start says it was run again)."""
+    if outcome.status == "failed":
+        return outcome.error
+    if outcome.resumed_from is not None:
+        resumed = RESUMED.format(run_id=outcome.resumed_from)
+        return f"{resumed}; {outcome.note}" if outcome.note else resumed
+    return None
 
 
 def _utc(moment: datetime | None) -> datetime | None:

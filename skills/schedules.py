@@ -11,8 +11,11 @@ slot time), where the slot time is the trigger's time *before* any stagger, in U
   schedule's run of consecutive failures;
 * :meth:`ScheduleStore.record_skipped` writes a ``skipped`` row with the reason
   (the previous run was still going, missed while coterie was down);
-* at start-up, :meth:`ScheduleStore.running_slots` lists the slots a crash left
-  ``running``; the scheduler gives each either its one retry
+* when the scheduler starts (or a new leader takes it over),
+  :meth:`ScheduleStore.stranded_slots` lists the slots a crash left ``running``: with
+  :attr:`ScheduleStore.owner` set (this process is a registered instance), only those
+  whose owner is gone (its row in ``instances`` removed when its lease expired) or
+  unknown; the scheduler gives each either its one retry
   (:meth:`ScheduleStore.retry_slot`: a conditional ``UPDATE`` from attempt 1 to 2, so
   two processes cannot both pass) or closes it as failed
   (:meth:`ScheduleStore.close_interrupted`). A slot runs at most twice, never at once.
@@ -28,8 +31,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, column, func, or_, select, update
 from sqlalchemy import delete as sa_delete
+from sqlalchemy import table as sa_table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
@@ -49,6 +53,10 @@ __all__ = [
 ]
 
 _REASON_MAX = 300
+
+# Why by name: the instances table is storage's (adapters.storage.tables), which this
+# layer may not import; a slot's owner is alive while its row is there.
+_instances = sa_table("instances", column("id"))
 
 
 def _now() -> datetime:
@@ -105,6 +113,7 @@ def _slot(row: ScheduleSlot) -> SlotInfo:
         started_at=row.started_at,
         ended_at=row.ended_at,
         attempt=row.attempt,
+        owner=row.owner,
     )
 
 
@@ -134,6 +143,9 @@ class ScheduleStore:
 
     def __init__(self, sessions: async_sessionmaker[Any]) -> None:
         self._sessions = sessions
+        # The instance this process registered as: slots it claims carry it. None: it
+        # registered none (one process, a test), and every slot left running is stranded.
+        self.owner: str | None = None
 
     # --- schedules ---------------------------------------------------------------------
 
@@ -285,10 +297,17 @@ class ScheduleStore:
     # --- slots -------------------------------------------------------------------------
 
     async def claim_slot(
-        self, schedule_id: int, slot_at: datetime, *, started_at: datetime
+        self,
+        schedule_id: int,
+        slot_at: datetime,
+        *,
+        started_at: datetime,
+        run_id: str | None = None,
     ) -> bool:
-        """Mark a slot ``running`` before its run starts. False when the slot already has
-        a row (it ran, is running, or was skipped) or the schedule is gone: do not run it.
+        """Mark a slot ``running`` before its run starts, with the id its run will have
+        (so a restart that interrupts it knows the run to resume). False when the slot
+        already has a row (it ran, is running, or was skipped) or the schedule is gone:
+        do not run it.
         """
         try:
             async with self._sessions() as session, session.begin():
@@ -297,7 +316,9 @@ class ScheduleStore:
                         schedule_id=schedule_id,
                         slot_at=_utc(slot_at),
                         status="running",
+                        run_id=run_id,
                         started_at=_utc(started_at),
+                        owner=self.owner,
                     )
                 )
         except IntegrityError:
@@ -470,11 +491,28 @@ class ScheduleStore:
             return {int(sid): _as_utc(at) for sid, at in rows.all() if at is not None}
 
     async def running_slots(self) -> _builtins.list[SlotInfo]:
-        """Every slot left ``running`` (at start-up: a crash or a kill left them)."""
+        """Every slot ``running`` now, whoever runs it."""
+        return await self._running_where()
+
+    async def stranded_slots(self) -> _builtins.list[SlotInfo]:
+        """The slots left ``running`` by a process that is gone (a crash or a kill).
+
+        Without :attr:`owner` (one process, holding the database): every running slot.
+        With it: those whose owner has no row in ``instances`` any more (it was reaped:
+        its lease expired), or that carry no owner (claimed by a coterie from before
+        owners); never a live instance's, this one's included."""
+        if self.owner is None:
+            return await self._running_where()
+        owner = col(ScheduleSlot.owner)
+        return await self._running_where(
+            or_(owner.is_(None), owner.not_in(select(_instances.c.id)))
+        )
+
+    async def _running_where(self, *where: Any) -> _builtins.list[SlotInfo]:
         async with self._sessions() as session:
             rows = await session.execute(
                 select(ScheduleSlot)
-                .where(col(ScheduleSlot.status) == "running")
+                .where(col(ScheduleSlot.status) == "running", *where)
                 .order_by(col(ScheduleSlot.schedule_id), col(ScheduleSlot.slot_at))
             )
             return [_slot(row) for row in rows.scalars()]
@@ -511,11 +549,13 @@ class ScheduleStore:
                 )
         return count
 
-    async def retry_slot(self, slot: SlotInfo, *, reason: str, started_at: datetime) -> bool:
-        """Claim a slot a crash left running for its next attempt: True for the one
-        caller whose conditional ``UPDATE`` (still running, still ``slot.attempt``)
-        took it, False for anyone else. ``reason`` stays on the slot unless its run
-        fails with one of its own."""
+    async def retry_slot(
+        self, slot: SlotInfo, *, reason: str, started_at: datetime, run_id: str | None = None
+    ) -> bool:
+        """Claim a slot a crash left running for its next attempt, whose run will be
+        ``run_id``: True for the one caller whose conditional ``UPDATE`` (still running,
+        still ``slot.attempt``) took it, False for anyone else. ``reason`` stays on the
+        slot unless its run finishes with one of its own."""
         async with self._sessions() as session, session.begin():
             result = await session.execute(
                 update(ScheduleSlot)
@@ -523,9 +563,10 @@ class ScheduleStore:
                 .values(
                     attempt=slot.attempt + 1,
                     reason=_short(reason),
-                    run_id=None,
+                    run_id=run_id,
                     started_at=_utc(started_at),
                     ended_at=None,
+                    owner=self.owner,
                 )
             )
             return bool(getattr(result, "rowcount", 0))

@@ -19,6 +19,7 @@ __all__ = [
     "ScheduleInfo",
     "SlotInfo",
     "SlotOutcome",
+    "SlotRun",
     "SlotStatus",
 ]
 
@@ -70,6 +71,22 @@ class SlotInfo:
     started_at: datetime | None
     ended_at: datetime | None
     attempt: int = 1  # 2: the one retry of a slot a restart interrupted
+    owner: str | None = None  # the instance that claimed it (None: no instance)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRun:
+    """Which attempt of a slot ``fire`` runs, and as which run.
+
+    ``run_id`` is the id the run is to have: it is on the slot's row from its claim,
+    so a restart that interrupts the run knows which run it was. ``interrupted`` (the
+    slot's one retry, ``attempt`` 2): the run a restart interrupted, whose last
+    checkpoint the retry resumes from when there is one (None: not known, a slot
+    claimed by a coterie from before run ids were recorded at the claim)."""
+
+    run_id: str
+    attempt: int = 1
+    interrupted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,11 +94,17 @@ class SlotOutcome:
     status: Literal["ok", "failed"]
     run_id: str | None = None
     error: str | None = None  # written for the person: goes to the slot and the owner
+    # A retry that resumed the interrupted run from its last checkpoint: that run's id
+    # (None: the slot ran from the start).
+    resumed_from: str | None = None
+    # What the slot's row says about a resumed run besides (a call that may have run
+    # before the restart and was not run again).
+    note: str | None = None
 
 
-#: ``(schedule, slot_at) -> what happened``: runs the skill. ``slot_at`` is the slot's
-#: identity (the trigger's time before stagger, UTC).
-Fire = Callable[[ScheduleInfo, datetime], Awaitable[SlotOutcome]]
+#: ``(schedule, slot_at, run) -> what happened``: runs the skill. ``slot_at`` is the
+#: slot's identity (the trigger's time before stagger, UTC); ``run`` the attempt.
+Fire = Callable[[ScheduleInfo, datetime, SlotRun], Awaitable[SlotOutcome]]
 
 
 class ScheduleEvents(Protocol):

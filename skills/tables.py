@@ -112,6 +112,9 @@ class ScheduleSlot(SQLModel, table=True):
     ``attempt`` is 1, or 2 once a slot a restart interrupted was claimed again for its
     one retry (``missed: catch-up``, within the grace); the claim moves it from 1 to 2
     in one conditional ``UPDATE``, so a slot runs at most twice, and never twice at once.
+
+    ``owner`` is the instance that claimed it (or claimed its retry): a slot left
+    ``running`` is another process's to settle only once that instance is gone.
     """
 
     __tablename__ = "schedule_slots"
@@ -130,3 +133,6 @@ class ScheduleSlot(SQLModel, table=True):
     started_at: datetime | None = _when(nullable=True)
     ended_at: datetime | None = _when(nullable=True)
     attempt: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # The instance that claimed it (adapters.storage.instances); None: one written by a
+    # process that registered none (before instances, a test's scheduler).
+    owner: str | None = Field(default=None, max_length=32)

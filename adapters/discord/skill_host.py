@@ -8,12 +8,19 @@ may not post there, whose answers end with a footer saying which skill and sched
 made the post) and the scheduler's ``ScheduleEvents`` (a DM to the owner after
 repeated failures; when the schedule is disabled, a DM and a line in the guild's
 admin channel). Nothing it posts pings anyone.
+
+With several processes, the scheduler's leader posts for every guild, also those whose
+shard another process serves: their guild is not in this client's gateway cache. Then
+the guild (its roles, and the bot's member for its permissions), the owner and the
+channel are read over REST (:class:`_RestGuilds`; the guild is kept a minute), and the
+post goes out over REST as always (the channel's webhook, or a message).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -36,6 +43,64 @@ if TYPE_CHECKING:
 __all__ = ["DiscordSkillHost"]
 
 log = logging.getLogger(__name__)
+
+#: How long a guild read over REST (not served here) is reused.
+REST_GUILD_TTL_S = 60.0
+
+
+class _RestGuilds:
+    """Guilds this process's shards do not serve, read over REST: the guild with its
+    roles, and the bot's member in it, so that ``channel.permissions_for(guild.me)``
+    and ``member.guild_permissions`` work as on a cached guild.
+
+    Why the private ``_add_member``/``_add_channel``: discord.py offers no public way
+    to give a guild it did not receive from the gateway its bot member; the guild is
+    this helper's own object (never put in the client's cache), so nothing else sees it.
+    """
+
+    def __init__(
+        self,
+        client: discord.Client,
+        *,
+        ttl_s: float = REST_GUILD_TTL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._guilds: dict[int, tuple[float, discord.Guild]] = {}
+
+    async def guild(self, guild_id: int) -> discord.Guild | None:
+        """The guild, or None when the bot is not in it (any more)."""
+        hit = self._guilds.get(guild_id)
+        if hit is not None and self._monotonic() - hit[0] <= self.ttl_s:
+            return hit[1]
+        me = self.client.user
+        if me is None:
+            return None
+        try:
+            guild = await self.client.fetch_guild(guild_id, with_counts=False)
+            member = await guild.fetch_member(me.id)
+        except (discord.NotFound, discord.Forbidden):
+            self._guilds.pop(guild_id, None)
+            return None
+        guild._add_member(member)
+        if len(self._guilds) > 1_000:  # Why: bounded; a refill is two requests
+            self._guilds.clear()
+        self._guilds[guild_id] = (self._monotonic(), guild)
+        return guild
+
+    async def channel(self, guild: discord.Guild, channel_id: int) -> Any:
+        """The guild's channel or thread (a thread with its parent, for permissions)."""
+        channel: Any = guild.get_channel_or_thread(channel_id)
+        if channel is not None:
+            return channel
+        channel = await guild.fetch_channel(channel_id)
+        if isinstance(channel, discord.Thread) and channel.parent is None:
+            parent = await guild.fetch_channel(channel.parent_id)
+            if not isinstance(parent, discord.Thread):  # (a thread's parent never is)
+                guild._add_channel(parent)
+        return channel
 
 
 class _ChannelSurface(DiscordSurface):
@@ -74,13 +139,14 @@ class DiscordSkillHost:
         self.options = options or DeliveryOptions()
         self._direct = DirectMessages(client)
         self._channels = ClientSender(client)
+        self._rest = _RestGuilds(client)
 
     # --- SkillHost -------------------------------------------------------------------
 
     async def member(self, guild_id: str, user_id: str) -> Caller | None:
         # Why wait: a slot caught up at start fires before the guilds are cached.
         await self.client.wait_until_ready()
-        guild = self.client.get_guild(int(guild_id))
+        guild = await self._guild(int(guild_id))
         if guild is None:
             return None
         member = guild.get_member(int(user_id))
@@ -97,9 +163,12 @@ class DiscordSkillHost:
         await self.client.wait_until_ready()
         channel: Any = self.client.get_channel(int(channel_id))
         if channel is None:
+            guild = await self._guild(int(guild_id))
+            if guild is None:
+                raise HostUnavailable("coterie is no longer in that server")
             try:
-                channel = await self.client.fetch_channel(int(channel_id))
-            except (discord.NotFound, discord.Forbidden) as exc:
+                channel = await self._rest.channel(guild, int(channel_id))
+            except (discord.NotFound, discord.Forbidden, discord.InvalidData) as exc:
                 raise HostUnavailable(f"its channel <#{channel_id}> no longer exists") from exc
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             raise HostUnavailable(f"<#{channel_id}> is not a text channel")
@@ -123,6 +192,14 @@ class DiscordSkillHost:
         )
         surface.footer = footer
         return surface
+
+    async def _guild(self, guild_id: int) -> discord.Guild | None:
+        """From the gateway's cache when this process serves the guild's shard; else
+        over REST (another process serves it)."""
+        guild = self.client.get_guild(guild_id)
+        if guild is not None:
+            return guild
+        return await self._rest.guild(guild_id)
 
     # --- ScheduleEvents --------------------------------------------------------------
 

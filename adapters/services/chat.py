@@ -54,7 +54,7 @@ from adapters.services.ports import (
 )
 from adapters.services.runner import LanePool, Runner
 from executor.agent import Caller, Invocation, RunnableAgent, RunResult
-from executor.ports import Delivery
+from executor.ports import Checkpoint, Delivery
 from executor.run import Executor
 from personas.errors import PersonaNotFound
 from personas.model import Persona
@@ -146,6 +146,7 @@ class ChatRequest:
     parse_prefix: bool = True  # "researcher: ..." at the start of the last turn
     shared: bool = True  # more than two people may speak: name each user turn
     metadata: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None  # the run's id, when the caller chose it (a scheduled slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +338,7 @@ class ChatService:
         trigger: str = "schedule",
         agent: RunnableAgent | None = None,
         metadata: dict[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> ChatOutcome:
         """Run ``prompt`` as ``persona`` (or ``agent``, built from it) and post the
         answer through ``surface``, with no message to answer. The persona is the
@@ -350,6 +352,7 @@ class ChatService:
             parse_prefix=False,
             shared=False,
             metadata=dict(metadata or {}),
+            run_id=run_id,
         )
         delivery = await surface.delivery(persona)
         return await self.run(
@@ -492,6 +495,7 @@ class ChatService:
             caller=request.caller,
             trigger=request.trigger,
             delivery=delivery,
+            run_id=request.run_id,
             metadata={
                 **request.metadata,
                 "persona_source": choice.source,
@@ -501,3 +505,41 @@ class ChatService:
         )
         result = await self.runner.run(agent, invocation)
         return ChatOutcome(result=result, persona=choice.persona, conversation=conv)
+
+    async def resume(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        agent: RunnableAgent,
+        persona: Persona,
+        caller: Caller,
+        surface: ChatSurface,
+        run_id: str,
+    ) -> RunResult:
+        """Continue an interrupted run from ``checkpoint`` as a new run ``run_id``
+        (linked to it by ``resumed_from``), as ``agent`` with the guild's settings and
+        memory as they are now (the checkpoint holds no system prompt), for ``caller``
+        (their privilege now), answering through ``surface``."""
+        config = await self._config(caller.guild_id)
+        agent = self.for_guild(agent, config)
+        delivery = await surface.delivery(persona)
+        if self.memory is not None:
+            prompt = next(
+                (m.text for m in reversed(checkpoint.messages) if m.role == "user" and m.text),
+                "",
+            )
+            agent, remembers = await self.memory.prepare(caller, agent, prompt, config=config)
+            if remembers:
+                delivery = self.memory.telling_saves(delivery, caller.user_id)
+        if config is not None and config.cost_footer:
+            delivery.show_cost_footer()
+        invocation = Invocation(
+            messages=[],
+            caller=caller,
+            trigger=checkpoint.trigger,
+            delivery=delivery,
+            run_id=run_id,
+            resume=checkpoint,
+            metadata={**checkpoint.metadata, "resumed_from": checkpoint.run_id},
+        )
+        return await self.runner.run(agent, invocation)

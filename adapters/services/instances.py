@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from adapters.services.leadership import Leadership
 from executor.errors import ConfigError
 
 __all__ = [
@@ -287,6 +288,8 @@ class Membership:
         self._handed_over = False
         self._beats = 0
         self._lock = asyncio.Lock()  # one tick (or hand-over) at a time
+        # The scheduler's lead (a bot's): kept or taken on each beat.
+        self.leadership: Leadership | None = None
 
     @property
     def id(self) -> str:
@@ -318,6 +321,8 @@ class Membership:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self.leadership is not None and self._registered:
+            await self.leadership.resign()  # (the drain has, unless the app just closes)
         if self._registered:
             self._registered = False
             try:
@@ -349,40 +354,62 @@ class Membership:
                 log.debug("heartbeat failure", exc_info=True)
 
     async def tick(self) -> None:
-        """One beat: renew, follow the shards, settle what dead instances left."""
+        """One beat: renew, follow the shards, settle what dead instances left, keep
+        or take the scheduler's lead."""
         async with self._lock:
-            host = self._host
-            served = host.served_shards if host is not None else frozenset()
-            alive, held = await self.store.heartbeat(
-                self.id,
-                ttl_s=self.ttl_s,
-                runs=self.runs(),
-                shards=sorted(served),
-                shard_count=self.shard_count,
+            beat = await self._beat()
+        if beat is not None and self.leadership is not None:
+            held, swept = beat
+            await self.leadership.follow(held, sweep=swept)
+
+    async def _beat(self) -> tuple[frozenset[str], bool] | None:
+        """Renew, follow the shards, settle what dead instances left: (the leases held
+        now, whether dead instances' leftovers were looked for); None when this
+        instance was declared dead."""
+        host = self._host
+        served = host.served_shards if host is not None else frozenset()
+        alive, held = await self.store.heartbeat(
+            self.id,
+            ttl_s=self.ttl_s,
+            runs=self.runs(),
+            shards=sorted(served),
+            shard_count=self.shard_count,
+        )
+        if not alive:
+            log.error(
+                "%s: its lease expired and another process took over its runs and shards; stopping",
+                self.identity,
             )
-            if not alive:
-                log.error(
-                    "%s: its lease expired and another process took over its runs and "
-                    "shards; stopping",
-                    self.identity,
-                )
-                self._registered = False
-                self.lost.set()
-                return
-            if host is not None and self.claims and self.shard_count and not self._handed_over:
-                await self._follow_shards(host, held)
-            if self.recover is not None:
-                reaped = await self.store.reap(sole_bot=self.id if self.sole else None)
-                if reaped:
-                    log.warning("instance(s) %s stopped renewing their lease", ", ".join(reaped))
-                    await self._say("shards")
-                self._beats += 1
-                # Why also now and then with nothing reaped: a reaper that died between
-                # the reap and the settling left orphans that no reap will name again.
-                if reaped or self._beats % SWEEP_EVERY == 0:
-                    closed = await self.recover()
-                    if closed:
-                        log.warning("closed %d run(s) of a stopped instance as interrupted", closed)
+            self._registered = False
+            self.lost.set()
+            if self.leadership is not None:
+                self.leadership.lost()
+            return None
+        if host is not None and self.claims and self.shard_count and not self._handed_over:
+            await self._follow_shards(host, held)
+        swept = False
+        if self.recover is not None:
+            self._beats += 1
+            # Why also now and then with nothing reaped: a reaper that died between
+            # the reap and the settling left orphans that no reap will name again.
+            swept = await self.reap(sweep=self._beats % SWEEP_EVERY == 0)
+        return held, swept
+
+    async def reap(self, *, sweep: bool = True) -> bool:
+        """Remove the instances whose lease expired and settle what they owned (with
+        ``sweep``, look for leftovers even when none expired now). Whether anything
+        was reaped or ``sweep``."""
+        if self.recover is None:
+            return False
+        reaped = await self.store.reap(sole_bot=self.id if self.sole else None)
+        if reaped:
+            log.warning("instance(s) %s stopped renewing their lease", ", ".join(reaped))
+            await self._say("shards")
+        if reaped or sweep:
+            closed = await self.recover()
+            if closed:
+                log.warning("closed %d run(s) of a stopped instance as interrupted", closed)
+        return bool(reaped) or sweep
 
     # --- shards --------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 A chat run keeps a checkpoint while it runs (the executor's
 :class:`~executor.ports.Checkpoints` port, the database in the bot; only the runs
-:meth:`ResumeService.resumable` accepts are kept). When a restart leaves such a run
+:meth:`ResumeService.resumable` accepts are kept for an offer). A scheduled slot's
+run keeps one too, but is never offered: its slot's retry resumes it
+(:class:`~adapters.services.skills.SkillService`), and the offers leave it alone
+(``kept_elsewhere``). When a restart leaves such a run
 interrupted, :meth:`ResumeService.offer_interrupted`, given the run ids crash recovery
 closed, posts one message to its member (through a :class:`ResumeHost`: the Discord
 edge) with **Resume** and **Discard**, which only that member may press, until the
@@ -41,7 +44,7 @@ from typing import Literal, Protocol
 
 from adapters.services.chat import ChatService, ChatSurface
 from adapters.services.errors import NotYourOffer, OfferExpired, OfferUnavailable
-from executor.agent import Caller, Invocation, RunResult
+from executor.agent import Caller, RunResult
 from executor.ports import Checkpoint, Clock, RealClock
 
 __all__ = [
@@ -162,7 +165,9 @@ class ResumeService:
 
     ``chat``: the chat flow (personas, guild settings, the runner); ``offer_ttl_s``:
     how long an offer may be pressed; ``host`` is set by the Discord client when it
-    starts (None: offers cannot be posted and are dropped).
+    starts (None: offers cannot be posted and are dropped); ``kept_elsewhere`` says
+    which checkpoints another service resumes (a scheduled slot's retry:
+    ``SkillService.resumable``): they are neither offered nor forgotten here.
     """
 
     def __init__(
@@ -173,8 +178,10 @@ class ResumeService:
         clock: Clock | None = None,
         offer_ttl_s: float = DEFAULT_OFFER_TTL_S,
         host: ResumeHost | None = None,
+        kept_elsewhere: Callable[[Checkpoint], bool] | None = None,
     ) -> None:
         self.store = store
+        self.kept_elsewhere = kept_elsewhere
         self.chat = chat
         self.clock: Clock = clock if clock is not None else RealClock()
         self.offer_ttl_s = offer_ttl_s
@@ -227,8 +234,11 @@ class ResumeService:
         now = self.clock.now()
         expires_at = now + timedelta(seconds=self.offer_ttl_s)
         offered = 0
+        theirs: set[str] = set()
         for checkpoint in await self.store.interrupted(run_ids):
             if not self.resumable(checkpoint):
+                if self.kept_elsewhere is not None and self.kept_elsewhere(checkpoint):
+                    theirs.add(checkpoint.run_id)
                 continue
             offer = _offer(checkpoint, expires_at)
             await self.store.offered(offer.run_id, expires_at=expires_at)
@@ -238,8 +248,9 @@ class ResumeService:
                 continue
             await self.store.posted(offer.run_id, channel_id=where[0], message_id=where[1])
             offered += 1
-        # Why after: what was not offered now never will be (its conversation goes).
-        await self.store.forget(run_ids)
+        # Why after: what was not offered now never will be (its conversation goes),
+        # unless another service resumes it (its own way, once).
+        await self.store.forget([r for r in run_ids if r not in theirs])
         await self.sweep()
         if run_ids:
             log.info("%d interrupted run(s): %d offered to resume", len(run_ids), offered)
@@ -304,26 +315,15 @@ class ResumeService:
             raise OfferUnavailable("This run can no longer be resumed.")
         if on_claimed is not None:
             await on_claimed()
-        config = (
-            await self.chat.guild_settings.guild(caller.guild_id)
-            if caller.guild_id is not None and self.chat.guild_settings is not None
-            else None
-        )
-        agent = self.chat.for_guild(self.chat.to_agent(persona), config)
-        delivery = await surface.delivery(persona)
-        if config is not None and config.cost_footer:
-            delivery.show_cost_footer()
         log.info("run %s resumed by its member as run %s", run_id, new_id)
-        invocation = Invocation(
-            messages=[],
+        return await self.chat.resume(
+            claimed,
+            agent=self.chat.to_agent(persona),
+            persona=persona,
             caller=caller,
-            trigger=claimed.trigger,
-            delivery=delivery,
+            surface=surface,
             run_id=new_id,
-            resume=claimed,
-            metadata={**claimed.metadata, "resumed_from": run_id},
         )
-        return await self.chat.runner.run(agent, invocation)
 
     async def discard(self, run_id: str, user_id: str) -> None:
         """Close the offer without running anything (its conversation is deleted)."""

@@ -7,6 +7,19 @@ channel C"), so it streams like chat, waits in its owner's lane, is audited with
 skill's name and version, and is charged to its owner. A scheduled run is watched by
 the critic like every run (with the skill's bounds).
 
+A scheduled slot's first attempt keeps a checkpoint after each step (the bot keeps
+those :meth:`SkillService.resumable` accepts). When a restart interrupts it and the
+scheduler gives the slot its one retry, :meth:`SkillService.fire` takes that
+checkpoint (once: :class:`SlotCheckpoints`) and resumes the run from its last
+completed step as a new run linked to it (``resumed_from``), instead of running the
+skill again from the start: the results of the calls that finished are reused, an
+unfinished call to a read-only or idempotent tool runs again, and any other unfinished
+call (one that needs approval, ``run_skill``, an MCP tool not marked idempotent) is
+asked again, as any scheduled call that needs approval is: buttons in the schedule's
+channel that only its owner may press, no answer in time counting as deny. A call not
+run again is named on the slot's row. With no checkpoint (the run never reached the
+model) the retry runs from the start, as before.
+
 The rules about a member's skills live here, not in a cog: who may change a skill
 (its owner or an admin: :meth:`SkillService.check_may_change`), who may remove a
 schedule (the member who made it, or an admin naming it:
@@ -19,17 +32,18 @@ from __future__ import annotations
 
 import logging
 import statistics
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from adapters.services.chat import ChatOutcome, ChatService, ChatSurface
-from executor.agent import Caller, Invocation, RunnableAgent
+from executor.agent import Caller, Invocation, RunnableAgent, RunResult
 from executor.budget import format_usd
 from executor.errors import CoterieError
-from executor.messages import Message
-from executor.ports import Clock, RealClock
+from executor.messages import Message, ToolResultPart
+from executor.ports import Checkpoint, Clock, RealClock
 from executor.tokens import estimate_tokens
 from executor.tools.registry import ToolContext
 from skills.errors import (
@@ -41,7 +55,7 @@ from skills.errors import (
     TooManySchedules,
 )
 from skills.model import parse_arguments, render_prompt
-from skills.slots import ScheduleInfo, SlotOutcome
+from skills.slots import ScheduleInfo, SlotOutcome, SlotRun
 
 if TYPE_CHECKING:
     from executor.budget import BudgetStatus
@@ -62,10 +76,13 @@ __all__ = [
     "SkillHost",
     "SkillRun",
     "SkillService",
+    "SlotCheckpoints",
 ]
 
 log = logging.getLogger(__name__)
 
+# How the run loop words a call it did not make: denied when asked, or refused.
+_NOT_RUN = ("denied:", "refused:")
 # How a skill without history is estimated: per step, the prompt plus this much
 # context in, this much out (a typical tool step), for the skill's step bound.
 _CONTEXT_TOKENS = 1_500
@@ -99,6 +116,15 @@ class SkillHost(Protocol):
 
     async def disabled(self, schedule: ScheduleInfo, reason: str) -> None:
         """Tell the owner and the guild's admins the schedule was turned off."""
+        ...
+
+
+class SlotCheckpoints(Protocol):
+    """What a slot's retry needs of the checkpoints' store (``SqlCheckpoints``)."""
+
+    async def take(self, run_id: str, *, resumed_as: str, now: datetime) -> Checkpoint | None:
+        """The interrupted run's checkpoint, for the one run that resumes it
+        (``resumed_as``); None when there is none, or it was taken already."""
         ...
 
 
@@ -193,6 +219,23 @@ class SkillService:
         self.schedules_per_member = schedules_per_member
         self.clock: Clock = clock or RealClock()
         self.host: SkillHost | None = None  # attached by the Discord client at start
+        # Where a slot's retry finds the interrupted run's checkpoint (None: it runs
+        # the slot from the start).
+        self.checkpoints: SlotCheckpoints | None = None
+
+    @staticmethod
+    def resumable(checkpoint: Checkpoint) -> bool:
+        """Whether a run's checkpoint is kept for its slot's retry: a scheduled slot's
+        first attempt (not a retry, not a run another run started, not a resumed run:
+        a slot is resumed once)."""
+        return (
+            checkpoint.trigger == "schedule"
+            and checkpoint.skill is not None
+            and checkpoint.parent_run_id is None
+            and checkpoint.resumed_from is None
+            and "schedule_id" in checkpoint.metadata
+            and "attempt" not in checkpoint.metadata
+        )
 
     # --- running ---------------------------------------------------------------------
 
@@ -208,12 +251,14 @@ class SkillService:
         metadata: dict[str, object] | None = None,
         announce: Callable[[SkillInfo, SkillVersionInfo], Awaitable[None]] | None = None,
         loaded: tuple[SkillInfo, SkillVersionInfo] | None = None,
+        run_id: str | None = None,
     ) -> SkillRun:
         """Run the skill's current version as its persona through ``surface``.
 
         ``announce(skill, version)`` is awaited once the run is ready (arguments and
         persona checked), before anything is posted (the cog says which version runs).
-        ``loaded``: the skill and version, already read (a scheduled slot).
+        ``loaded``: the skill and version, already read (a scheduled slot);
+        ``run_id``: the run's id, chosen by the caller (a scheduled slot's claim).
         """
         ready = await self._prepare(guild_id, name, arguments, caller, loaded=loaded)
         skill, version, persona, agent, prompt = ready
@@ -231,6 +276,7 @@ class SkillService:
                 "skill": skill.name,
                 "skill_version": version.version,
             },
+            run_id=run_id,
         )
         return SkillRun(skill=skill, version=version, outcome=outcome)
 
@@ -257,10 +303,20 @@ class SkillService:
         agent = to_runnable(skill, version, persona, owner=caller, tools=self.skills.tools)
         return skill, version, persona, agent, prompt
 
-    async def fire(self, schedule: ScheduleInfo, slot_at: datetime) -> SlotOutcome:
-        """A scheduled slot: the owner as caller, the schedule's channel as the place."""
+    async def fire(
+        self, schedule: ScheduleInfo, slot_at: datetime, run: SlotRun | None = None
+    ) -> SlotOutcome:
+        """A scheduled slot: the owner as caller, the schedule's channel as the place.
+
+        ``run``: the attempt (its run id, from the slot's claim). A retry after a
+        restart resumes the interrupted run from its checkpoint when it has one (see
+        the module), else runs from the start."""
+        run = run or SlotRun(uuid.uuid4().hex)
         host = self.host
+        resume: Checkpoint | None = None
         try:
+            # Why first: the checkpoint is the retry's alone, whatever happens next.
+            resume = await self._take(schedule, run)
             if host is None:
                 raise HostUnavailable("coterie is not connected to Discord")
             owner = await host.member(schedule.guild_id, schedule.created_by)
@@ -276,39 +332,124 @@ class SkillService:
                 owner,
                 footer=f"skill **{skill.name}** · schedule #{schedule.id}",
             )
-            run = await self.run(
-                schedule.guild_id,
-                skill.name,
-                caller=owner,
-                surface=surface,
-                arguments=dict(schedule.arguments),
-                trigger="schedule",
-                metadata={"schedule_id": schedule.id, "slot_at": slot_at.isoformat()},
-                loaded=loaded,
-            )
+            if resume is not None:
+                result = await self._resume(schedule, resume, run, owner, loaded, surface)
+            else:
+                retry = (
+                    {
+                        "attempt": run.attempt,
+                        **({"retry_of": run.interrupted} if run.interrupted else {}),
+                    }
+                    if run.attempt > 1
+                    else {}
+                )
+                done = await self.run(
+                    schedule.guild_id,
+                    skill.name,
+                    caller=owner,
+                    surface=surface,
+                    arguments=dict(schedule.arguments),
+                    trigger="schedule",
+                    metadata={
+                        "schedule_id": schedule.id,
+                        "slot_at": slot_at.isoformat(),
+                        **retry,
+                    },
+                    loaded=loaded,
+                    run_id=run.run_id,
+                )
+                result = done.outcome.result
         except CoterieError as exc:
             # Written for the person (a deleted persona, a gone channel, a missing
             # argument): the reason goes to the slot and, repeated, to the owner.
             log.info("schedule %s slot %s failed: %s", schedule.id, slot_at, exc)
             return SlotOutcome(status="failed", error=str(exc)[:300])
-        result = run.outcome.result
-        report = result.delivery
-        if result.ok and report is not None and not report.delivered:
-            # The run is ok (and charged) but its answer never reached the channel: the
-            # slot fails with that reason, as the audit row says (delivered: no).
-            why = f" ({report.error})" if report.error else ""
-            return SlotOutcome(
-                status="failed",
-                run_id=result.run_id,
-                error=f"the answer could not be posted in the channel{why}"[:300],
-            )
-        if result.ok:
-            return SlotOutcome(status="ok", run_id=result.run_id)
-        return SlotOutcome(
-            status="failed",
-            run_id=result.run_id,
-            error=(result.note or result.error or result.status.value)[:300],
+        outcome = _slot_outcome(result)
+        if resume is None:
+            return outcome
+        return replace(
+            outcome, resumed_from=resume.run_id, note=self._not_run_again(resume, result)
         )
+
+    async def _take(self, schedule: ScheduleInfo, run: SlotRun) -> Checkpoint | None:
+        """The interrupted run's checkpoint, when this is a retry with one worth
+        resuming (it took at least one step); taken either way, so never again."""
+        if run.interrupted is None or self.checkpoints is None:
+            return None
+        checkpoint = await self.checkpoints.take(
+            run.interrupted, resumed_as=run.run_id, now=self.clock.now()
+        )
+        if checkpoint is None or checkpoint.metadata.get("schedule_id") != schedule.id:
+            return None
+        if checkpoint.step < 1:
+            return None  # it never had an answer from the model: start over
+        return checkpoint
+
+    async def _resume(
+        self,
+        schedule: ScheduleInfo,
+        checkpoint: Checkpoint,
+        run: SlotRun,
+        owner: Caller,
+        loaded: tuple[SkillInfo, SkillVersionInfo],
+        surface: ChatSurface,
+    ) -> RunResult:
+        """Continue the interrupted run as the skill's version it ran (the current one
+        when that is gone), for the owner as they are now."""
+        from skills.errors import SkillError
+        from skills.runnable import to_runnable
+
+        skill, version = loaded
+        ran = checkpoint.metadata.get("skill_version")
+        if isinstance(ran, int) and ran != version.version:
+            try:
+                version = await self.skills.version(skill, ran)
+            except SkillError:
+                log.info(
+                    "skill %s version %s is gone; resuming as its current one", skill.name, ran
+                )
+        persona = await self.chat.persona_for(schedule.guild_id, version.spec.persona)
+        agent = to_runnable(skill, version, persona, owner=owner, tools=self.skills.tools)
+        log.info(
+            "schedule %s: resuming run %s from step %d as run %s",
+            schedule.id,
+            checkpoint.run_id,
+            checkpoint.step,
+            run.run_id,
+        )
+        return await self.chat.resume(
+            checkpoint,
+            agent=agent,
+            persona=persona,
+            caller=owner,
+            surface=surface,
+            run_id=run.run_id,
+        )
+
+    def _not_run_again(self, checkpoint: Checkpoint, result: RunResult) -> str | None:
+        """The calls the interrupted run had started that may have run and did not run
+        again (not repeatable, and not approved when asked), for the slot's row."""
+        done = {r.tool_call_id for r in checkpoint.done}
+        results = {
+            part.tool_call_id: part
+            for message in result.messages
+            for part in message.parts
+            if isinstance(part, ToolResultPart)
+        }
+        names: list[str] = []
+        for call in checkpoint.pending:
+            if call.id in done:
+                continue
+            tool = self.executor.tools.get(call.name)
+            if tool is not None and tool.repeatable:
+                continue
+            part = results.get(call.id)
+            # Why by the prefix: a call approved again that then failed did run again.
+            if part is None or (part.is_error and part.content.startswith(_NOT_RUN)):
+                names.append(call.name)
+        if not names:
+            return None
+        return f"not run again, as it may have run before the restart: {', '.join(names)}"
 
     # --- schedules -------------------------------------------------------------------
 
@@ -523,3 +664,24 @@ class SkillService:
             return result.output or "(the skill gave no answer)"
 
         return tool(run_skill, timeout_s=timeout_s, status="running a skill")
+
+
+def _slot_outcome(result: RunResult) -> SlotOutcome:
+    """What a slot's run came to, for the slot's row."""
+    report = result.delivery
+    if result.ok and report is not None and not report.delivered:
+        # The run is ok (and charged) but its answer never reached the channel: the
+        # slot fails with that reason, as the audit row says (delivered: no).
+        why = f" ({report.error})" if report.error else ""
+        return SlotOutcome(
+            status="failed",
+            run_id=result.run_id,
+            error=f"the answer could not be posted in the channel{why}"[:300],
+        )
+    if result.ok:
+        return SlotOutcome(status="ok", run_id=result.run_id)
+    return SlotOutcome(
+        status="failed",
+        run_id=result.run_id,
+        error=(result.note or result.error or result.status.value)[:300],
+    )

@@ -11,7 +11,8 @@ leaves the row of a run that ended, which no offer ever reads (only runs recover
 closed as interrupted are offered) and :meth:`SqlCheckpoints.prune` deletes at start.
 
 ``keep`` says which runs are worth a row (the bot: the chat runs a member could be
-offered to resume); the rest cost nothing.
+offered to resume, and a scheduled slot's first attempt, which its retry resumes:
+:meth:`SqlCheckpoints.take`); the rest cost nothing.
 """
 
 from __future__ import annotations
@@ -382,6 +383,28 @@ class SqlCheckpoints:
                 update(_rows)
                 .where(_rows.c.run_id == run_id)
                 .values(offer=decision, decided_at=now, resumed_as=resumed_as, state="", done="")
+            )
+        return _load(run_id, row.step, row.state, row.done)
+
+    async def take(self, run_id: str, *, resumed_as: str, now: datetime) -> Checkpoint | None:
+        """Claim an interrupted run's checkpoint for the one run that resumes it with
+        nobody asked (a scheduled slot's retry, as ``resumed_as``): like a Resume
+        pressed, its conversation is deleted and the row says which run resumed it.
+        None when there is none to take (never kept, offered, taken or forgotten)."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    select(_rows.c.step, _rows.c.state, _rows.c.done)
+                    .where(_rows.c.run_id == run_id, _rows.c.offer.is_(None), _rows.c.state != "")
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return None
+            await conn.execute(
+                update(_rows)
+                .where(_rows.c.run_id == run_id)
+                .values(offer="resumed", decided_at=now, resumed_as=resumed_as, state="", done="")
             )
         return _load(run_id, row.step, row.state, row.done)
 

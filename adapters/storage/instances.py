@@ -37,6 +37,7 @@ from adapters.services.instances import (
     shard_lease,
     shard_of_lease,
 )
+from adapters.services.leadership import SCHEDULER_LEASE
 from adapters.storage.db import engine_of, translate_errors, write_transaction
 from adapters.storage.tables import Instance, Lease
 from executor.ports import Clock, RealClock
@@ -46,8 +47,6 @@ __all__ = ["SCHEDULER_LEASE", "SHARDS_LOCK_KEY", "InstanceInfo", "SqlInstances"]
 _instances = Instance.__table__  # type: ignore[attr-defined]
 _leases = Lease.__table__  # type: ignore[attr-defined]
 
-#: The lease of the scheduler's leader (taken by the scheduler; read by ``coterie status``).
-SCHEDULER_LEASE: Final = "scheduler"
 #: PostgreSQL: the transaction-level advisory lock shard claims queue on ("cote", "shrd").
 SHARDS_LOCK_KEY: Final = (0x636F7465, 0x73687264)
 

@@ -24,7 +24,7 @@ from adapters.storage.db import Database
 from executor.testing import FakeClock
 from skills.scheduler import SkillScheduler
 from skills.schedules import ScheduleInfo, ScheduleStore
-from skills.slots import SlotOutcome
+from skills.slots import SlotOutcome, SlotRun
 
 
 def say(line: str) -> None:
@@ -37,9 +37,16 @@ async def forever() -> None:
 
 class HangAfterClaim(ScheduleStore):
     async def claim_slot(
-        self, schedule_id: int, slot_at: datetime, *, started_at: datetime
+        self,
+        schedule_id: int,
+        slot_at: datetime,
+        *,
+        started_at: datetime,
+        run_id: str | None = None,
     ) -> bool:
-        claimed = await super().claim_slot(schedule_id, slot_at, started_at=started_at)
+        claimed = await super().claim_slot(
+            schedule_id, slot_at, started_at=started_at, run_id=run_id
+        )
         say(f"claimed {claimed}")
         await forever()
         return claimed
@@ -49,7 +56,7 @@ async def main(schedule_id: int, now: datetime, due: datetime | None, mode: str)
     db = Database.open(os.environ["DATABASE_URL"])
     store = HangAfterClaim(db.sessions) if mode == "after-claim" else ScheduleStore(db.sessions)
 
-    async def fire(info: ScheduleInfo, slot_at: datetime) -> SlotOutcome:
+    async def fire(info: ScheduleInfo, slot_at: datetime, run: SlotRun) -> SlotOutcome:
         say(f"fired {slot_at.isoformat()}")
         if mode == "in-run":
             await forever()

@@ -682,6 +682,30 @@ class FakeDiscord:
             "soundboard_sounds": [],
         }
 
+    #: What only the gateway's GUILD_CREATE carries, never ``GET /guilds/{id}``.
+    GATEWAY_ONLY = (
+        "joined_at",
+        "large",
+        "unavailable",
+        "member_count",
+        "voice_states",
+        "members",
+        "channels",
+        "threads",
+        "presences",
+        "stage_instances",
+        "guild_scheduled_events",
+        "soundboard_sounds",
+    )
+
+    def guild_rest_payload(self, g: FakeGuild) -> dict[str, Any]:
+        """The guild as ``GET /guilds/{id}`` returns it: its roles, no channels or
+        members (those are read one by one)."""
+        payload = self.guild_create_payload(g)
+        for key in self.GATEWAY_ONLY:
+            payload.pop(key, None)
+        return payload
+
     async def _dispatch_on(self, ws: web.WebSocketResponse, event: str, data: Any) -> int:
         seq = self._seqs.get(ws, 0) + 1
         self._seqs[ws] = self._seq = seq
@@ -1276,7 +1300,7 @@ class FakeDiscord:
         @r("GET", "/guilds/{guild_id}")
         async def get_guild(call: Call, guild_id: str) -> tuple[int, Json]:
             g = self.guilds.get(int(guild_id))
-            return (200, self.guild_create_payload(g)) if g else self._not_found("Guild", 10004)
+            return (200, self.guild_rest_payload(g)) if g else self._not_found("Guild", 10004)
 
         @r("GET", "/guilds/{guild_id}/members/{user_id}")
         async def get_member(call: Call, guild_id: str, user_id: str) -> tuple[int, Json]:

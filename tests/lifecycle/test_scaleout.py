@@ -5,7 +5,10 @@ message is answered exactly once, ``coterie status`` lists them; SIGKILL one wit
 run in flight: a survivor takes its shard over and settles its run (interrupted,
 reservation charged) and offers its member Resume, while a live process's run in
 flight is never touched; the member's press reaches whichever process serves the
-guild now, which resumes the run.
+guild now, which resumes the run. One of them leads the scheduler and posts every
+guild's slots; SIGKILL it with 100 one-shot slots due: a survivor leads, catches up
+what came due meanwhile and retries what the dead one was running, and no slot is
+run twice by a claim (the ledger equals the audit).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +76,15 @@ async def _rows(url: str, sql: str, *args: Any) -> list[Any]:
         await conn.close()
 
 
-def _env(tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str) -> dict[str, str]:
+def _env(
+    tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str, ttl_s: str = TTL_S
+) -> dict[str, str]:
     return coterie_env(
         tmp_path,
         fake=fake,
         **openai_env(llmock),
         DATABASE_URL=url,
-        COTERIE_LEASE_TTL_S=TTL_S,
+        COTERIE_LEASE_TTL_S=ttl_s,
         COTERIE_IDENTIFY_INTERVAL_S="0",
         COTERIE_SHUTDOWN_GRACE_S="1",
         # Three processes and the other tests share the server's 100 connections.
@@ -88,13 +95,20 @@ def _env(tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str) -> dict[str, 
 
 
 async def _start_three(
-    procs: list[Proc], tmp_path: Path, fake: FakeDiscord, llmock: Any, url: str
+    procs: list[Proc],
+    tmp_path: Path,
+    fake: FakeDiscord,
+    llmock: Any,
+    url: str,
+    *,
+    ttl_s: str = TTL_S,
 ) -> list[Proc]:
     """One after another: each is ready once it serves a shard (the ones before it
     hand one over), so with the third ready each serves one."""
     started = []
     for _ in range(COUNT):
-        proc = await Proc.start("run", env=_env(tmp_path, fake, llmock, url), cwd=tmp_path)
+        env = _env(tmp_path, fake, llmock, url, ttl_s)
+        proc = await Proc.start("run", env=env, cwd=tmp_path)
         procs.append(proc)
         started.append(proc)
         await proc.wait_for(r"coterie ready as", timeout=60)
@@ -194,6 +208,8 @@ async def test_three_processes_share_the_shards_and_answer_each_message_once(
     listed = json.loads(status.stdout)["instances"]
     assert sorted(i["pid"] for i in listed) == sorted(p.pid for p in three)
     assert sorted(s for i in listed for s in i["shards"]) == [0, 1, 2]
+    # One of them leads the scheduler: the first to start (it took the lease when ready).
+    assert [i["pid"] for i in listed if i["leader"]] == [three[0].pid]
     for i in listed:
         assert set(i) == {"id", "host", "pid", "shards", "leader", "heartbeat_age_s", "runs"}
         assert i["heartbeat_age_s"] < float(TTL_S) and isinstance(i["runs"], int)
@@ -387,3 +403,174 @@ async def test_sigkill_a_process_a_survivor_takes_its_shard_settles_its_run_and_
             run_id,
         )
         assert charged[0]["s"] == runs[run_id]["cost_micros"], run_id
+
+
+# --- the scheduler's leader ----------------------------------------------------------
+
+SLOTS = 100
+LEADER_TTL_S = "6"
+ANSWER = "all is well."
+FOOTER = re.compile(r"schedule #(\d+)\s*$")
+
+
+async def _one_shots(url: str, guilds: list[FakeGuild], fake: FakeDiscord) -> list[int]:
+    """A skill in each guild and ``SLOTS`` one-shot schedules of them, due from 4 s on,
+    one every 0.15 s, spread over the guilds and six members; written straight to the
+    database (as /skill schedule on any process would), then the leader told."""
+    from adapters.storage.db import Database
+    from executor.agent import Caller, Privilege
+    from executor.tools.builtin import default_registry
+    from personas.markdown import load_builtins
+    from personas.store import PersonaStore
+    from skills.model import SkillSpec
+    from skills.schedules import ScheduleStore
+    from skills.store import SkillStore
+
+    db = Database.open(url)
+    try:
+        tools = default_registry()
+        skills = SkillStore(
+            db.sessions,
+            tools=tools,
+            tiers=("fast", "standard", "smart"),
+            personas=PersonaStore(db.sessions, load_builtins(), tools=tools),
+        )
+        schedules = ScheduleStore(db.sessions)
+        skill_ids = {}
+        for g in guilds:
+            admin = Caller(
+                user_id=str(fake.user("admin")["id"]),
+                display_name="admin",
+                privilege=Privilege.ADMIN,
+                guild_id=str(g.id),
+            )
+            skill, _ = await skills.save(
+                str(g.id), "pulse", SkillSpec(prompt="Say how it goes."), by=admin
+            )
+            skill_ids[g.id] = skill.id
+        first = datetime.now(UTC) + timedelta(seconds=4)
+        members = ("alice", "bob", "admin", "manager", "moderator", "owner")
+        ids = []
+        for i in range(SLOTS):
+            g = guilds[i % len(guilds)]
+            info = await schedules.create(
+                skill_id=skill_ids[g.id],
+                guild_id=str(g.id),
+                channel_id=str(g.channel_id("general")),
+                created_by=str(fake.user(members[i % len(members)])["id"]),
+                run_at=first + timedelta(seconds=0.15 * i),
+                missed="catch-up",
+            )
+            ids.append(info.id)
+    finally:
+        await db.close()
+    # As a process that saved a schedule does: NOTIFY, and the leader builds the jobs.
+    await _rows(
+        url,
+        "SELECT pg_notify('coterie', $1)",
+        json.dumps({"t": "schedules", "k": None, "f": "test"}),
+    )
+    return ids
+
+
+def _posts(fake: FakeDiscord, guilds: list[FakeGuild]) -> dict[int, int]:
+    """Schedule id -> how many answers in the guilds' channels name it (a persona's
+    post of the model's answer, signed with its schedule; not a "waiting" note)."""
+    seen: dict[int, int] = {}
+    for g in guilds:
+        for m in fake.history(g.channel_id("general")):
+            content = m.get("content") or ""
+            answer = m.get("webhook_id") and content.startswith(ANSWER)
+            found = FOOTER.search(content) if answer else None
+            if found:
+                sid = int(found.group(1))
+                seen[sid] = seen.get(sid, 0) + 1
+    return seen
+
+
+async def _leader_pid(url: str) -> int | None:
+    rows = await _rows(
+        url,
+        "SELECT i.pid FROM leases l JOIN instances i ON i.id = l.holder "
+        "WHERE l.name = 'scheduler' AND l.expires_at > now()",
+    )
+    return int(rows[0]["pid"]) if rows else None
+
+
+async def test_sigkill_the_scheduler_leader_a_survivor_leads_and_no_slot_runs_twice(
+    scaleout_url: str, fake_discord: FakeDiscord, llmock: Any, tmp_path: Path, procs: list[Proc]
+) -> None:
+    fake = fake_discord
+    guilds = _guilds(fake)
+    llmock.reply(ANSWER, times=None)
+    three = await _start_three(procs, tmp_path, fake, llmock, scaleout_url, ttl_s=LEADER_TTL_S)
+    # One leads: the first to start (it took the lease when it was ready).
+    pid = await _leader_pid(scaleout_url)
+    [leader] = [p for p in three if p.pid == pid]
+    survivors = [p for p in three if p is not leader]
+    ids = await _one_shots(scaleout_url, guilds, fake)
+
+    # Some slots posted (by the leader, in every guild: two of them over REST); kill it
+    # with the rest due.
+    await fake._wait(
+        lambda: True if len(_posts(fake, guilds)) >= 30 else None, 60, "30 scheduled posts"
+    )
+    leader.signal(signal.SIGKILL)
+    assert await leader.exit_code() == -signal.SIGKILL
+
+    # A survivor leads once the dead one's lease has run out (6 s here; 15 by default).
+    waits = [
+        asyncio.ensure_future(p.wait_for(r"leading the scheduler", timeout=60)) for p in survivors
+    ]
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        t.result()
+    new_pid = await _leader_pid(scaleout_url)
+    assert new_pid in {p.pid for p in survivors}
+
+    # Every slot is posted: those due while nobody led are caught up, those the dead
+    # leader was running are retried once.
+    await fake._wait(
+        lambda: True if set(_posts(fake, guilds)) >= set(ids) else None, 90, "every slot posted"
+    )
+    for proc in survivors:
+        proc.signal(signal.SIGTERM)
+    for proc in survivors:
+        assert await proc.exit_code() == 0
+        assert "Traceback" not in proc.stderr
+
+    slots = await _rows(
+        scaleout_url,
+        "SELECT schedule_id, status, attempt, owner, reason FROM schedule_slots",
+    )
+    assert sorted(r["schedule_id"] for r in slots) == sorted(ids)  # one row per slot
+    assert {r["status"] for r in slots} == {"ok"}, [dict(r) for r in slots if r["status"] != "ok"]
+    owners = {r["owner"] for r in slots}
+    assert len(owners) == 2  # fired across the kill: by the dead leader and the new one
+    retried = {r["schedule_id"] for r in slots if r["attempt"] == 2}
+    # A slot is posted once; twice only when the dead leader was running it (its answer
+    # may have reached Discord before the kill) and the new leader retried it.
+    posts = _posts(fake, guilds)
+    assert all(n == 1 or (n == 2 and sid in retried) for sid, n in posts.items()), posts
+    # Runs: one per slot, and one more only for a slot retried (its first attempt
+    # finished or was closed as interrupted by the survivor that settled the dead one).
+    runs = await _rows(
+        scaleout_url,
+        "SELECT r.run_id, r.status, (s.run_id IS NOT NULL) AS settles_a_slot FROM audit_runs r "
+        "LEFT JOIN schedule_slots s ON s.run_id = r.run_id WHERE r.trigger = 'schedule'",
+    )
+    assert sum(1 for r in runs if r["settles_a_slot"]) == SLOTS
+    assert SLOTS <= len(runs) <= SLOTS + len(retried), (len(runs), len(retried))
+    assert {r["status"] for r in runs} <= {"ok", "interrupted"}
+    # The ledger is the audit: what every run cost, charged once, nothing left open.
+    [totals] = await _rows(
+        scaleout_url,
+        "SELECT (SELECT coalesce(sum(cost_micros), 0) FROM audit_runs) AS audit, "
+        "(SELECT coalesce(sum(amount_micros), 0) FROM budget_ledger) AS ledger, "
+        "(SELECT count(*) FROM budget_reservations) AS open",
+    )
+    assert totals["audit"] == totals["ledger"] and totals["open"] == 0, dict(totals)
+    assert fake.unknown_calls == []

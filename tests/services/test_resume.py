@@ -234,3 +234,27 @@ async def test_runs_found_later_wait_for_the_offer_loop_once_each(
     still.cancel()
     await asyncio.gather(still, return_exceptions=True)
     assert resume.take_found() == ["r2"]
+
+
+async def test_a_resumed_run_has_the_memory_a_run_would_have_now(
+    world: tuple[App, ScriptedModel, FakeClock],
+) -> None:
+    """The checkpoint holds no system prompt: the resumed run gets the guild's lore and
+    the member's notes as a run started now would (and no memory tools where it is off)."""
+    from memory.notes import place_of
+
+    app, model, _ = world
+    await app.memory_store.add_lore(
+        place_of("1"), "assistant", "The server's bake-off is on Friday.", by="900"
+    )
+    await _interrupted(app, "r1")
+    app.resume.host = Host()
+    await app.resume.offer_interrupted(["r1"])
+    model.push(Reply(text="Friday.", usage=Usage(output_tokens=1, cost_micros=2)))
+
+    await app.resume.resume("r1", ALICE, Surface())
+
+    [sent] = model.requests
+    assert sent.messages[0].role == "system"
+    assert "The server's bake-off is on Friday." in sent.messages[0].text
+    assert {"remember", "recall"} <= {t.name for t in sent.tools}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,9 +36,11 @@ from skills.scheduler import (
     ONE_SHOT_INTERRUPTED,
     ONE_SHOT_SKIPPED,
     OVERLAP,
+    RESUMED,
     RETRIED,
     SkillScheduler,
     SlotOutcome,
+    SlotRun,
 )
 from skills.schedules import ScheduleInfo, ScheduleStore
 from skills.tables import Schedule, Skill
@@ -72,13 +74,17 @@ class Fire:
 
     def __init__(self, outcome: SlotOutcome | None = None) -> None:
         self.calls: list[tuple[int, datetime]] = []
+        self.runs: list[SlotRun] = []  # the attempt each call was handed
         self.outcome = outcome or SlotOutcome(status="ok", run_id="run-1")
         self.gate: asyncio.Event | None = None
         self.raises: Exception | None = None
         self.called = asyncio.Event()
 
-    async def __call__(self, schedule: ScheduleInfo, slot_at: datetime) -> SlotOutcome:
+    async def __call__(
+        self, schedule: ScheduleInfo, slot_at: datetime, run: SlotRun
+    ) -> SlotOutcome:
         self.calls.append((schedule.id, slot_at))
+        self.runs.append(run)
         self.called.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -445,12 +451,26 @@ async def test_an_interrupted_slot_is_retried_once_under_catch_up(
     first = scheduler(store, first_fire, FakeClock(start=at(10, 30)))
     running = asyncio.ensure_future(first.fire_due(info.id, at(10, 30)))
     await first_fire.called.wait()
+    # The claim says which run the slot is: a restart knows what it interrupted.
+    [attempt] = first_fire.runs
+    assert (attempt.attempt, attempt.interrupted) == (1, None) and attempt.run_id
+    [claimed] = await store.recent_slots(info.id, 5)
+    assert (claimed.status, claimed.run_id) == ("running", attempt.run_id)
 
     # A new process on the same database, within catch-up's grace of that slot.
     second_fire = Fire(SlotOutcome(status="ok", run_id="run-2"))
+    second_fire.gate = asyncio.Event()
     second = scheduler(ScheduleStore(db.sessions), second_fire, FakeClock(start=at(10, 35)))
     with caplog.at_level(logging.INFO, logger="skills.scheduler"):
         report = await second.start()
+        await second_fire.called.wait()
+        # The retry is handed the run it follows, and is a run of its own.
+        [retry] = second_fire.runs
+        assert (retry.attempt, retry.interrupted) == (2, attempt.run_id)
+        assert retry.run_id not in (attempt.run_id, None)
+        [claimed] = await store.recent_slots(info.id, 5)
+        assert (claimed.status, claimed.attempt, claimed.run_id) == ("running", 2, retry.run_id)
+        second_fire.gate.set()
         await second.wait_idle()
     assert (report.interrupted, report.retried, report.caught_up) == (0, 1, 0)
     assert second_fire.calls == [(info.id, at(10, 30))]
@@ -467,6 +487,7 @@ async def test_an_interrupted_slot_is_retried_once_under_catch_up(
         "run-2",
     )
     assert line.slot_at == at(10, 30).isoformat()  # type: ignore[attr-defined]
+    assert not hasattr(line, "resumed_from")  # run from the start: nothing resumed
     # A claim never runs it a third time.
     assert await second.fire_due(info.id, at(10, 30)) == "duplicate"
 
@@ -481,12 +502,52 @@ async def test_an_interrupted_slot_is_retried_once_under_catch_up(
     await stop(second)
 
 
+async def test_a_retry_that_resumed_the_interrupted_run_says_so(
+    db: Database, store: ScheduleStore, skill_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    info = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
+    # The process died while the slot's run "r-1" ran.
+    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30), run_id="r-1")
+    note = "not run again, as it may have run before the restart: save_report"
+    fire = Fire(SlotOutcome(status="ok", run_id="r-2", resumed_from="r-1", note=note))
+    sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=at(10, 35)))
+    with caplog.at_level(logging.INFO, logger="skills.scheduler"):
+        assert (await sched.start()).retried == 1
+        await sched.wait_idle()
+    [run] = fire.runs
+    assert (run.attempt, run.interrupted) == (2, "r-1")
+    [slot] = await store.recent_slots(info.id, 5)
+    resumed = RESUMED.format(run_id="r-1")
+    assert (slot.status, slot.attempt, slot.run_id) == ("ok", 2, "r-2")
+    assert slot.reason == f"{resumed}; {note}"
+    [line] = [r for r in caplog.records if r.getMessage() == "schedule slot"]
+    assert (line.outcome, line.attempt, line.run_id, line.resumed_from) == (  # type: ignore[attr-defined]
+        "ok",
+        2,
+        "r-2",
+        "r-1",
+    )
+    assert line.reason == slot.reason  # type: ignore[attr-defined]
+
+    # A resumed retry that fails says why (its run, in the audit, says what it resumed).
+    other = await make(store, skill_id, cron="45 * * * *", missed="catch-up", created_at=T0)
+    assert await store.claim_slot(other.id, at(10, 45), started_at=at(10, 45), run_id="r-3")
+    failed = Fire(SlotOutcome(status="failed", run_id="r-4", error="boom", resumed_from="r-3"))
+    again = scheduler(ScheduleStore(db.sessions), failed, FakeClock(start=at(10, 50)))
+    assert (await again.start()).retried == 1
+    await again.wait_idle()
+    [slot] = await store.recent_slots(other.id, 5)
+    assert (slot.status, slot.reason, slot.run_id) == ("failed", "boom", "r-4")
+    await stop(sched)
+    await stop(again)
+
+
 async def test_a_retried_slot_interrupted_again_fails_for_good(
     db: Database, store: ScheduleStore, skill_id: int
 ) -> None:
     info = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
     # The process died while the slot ran (a row left running, as a kill leaves it).
-    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30))
+    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30), run_id="r-1")
     hung = Fire()
     hung.gate = asyncio.Event()  # the retry hangs: its process dies too
     second = scheduler(ScheduleStore(db.sessions), hung, FakeClock(start=at(10, 31)))
@@ -497,10 +558,18 @@ async def test_a_retried_slot_interrupted_again_fails_for_good(
 
     third_fire = Fire()
     third = scheduler(ScheduleStore(db.sessions), third_fire, FakeClock(start=at(10, 32)))
+    forgotten: list[str] = []
+
+    async def forget(run_ids: Sequence[str]) -> None:
+        forgotten.extend(run_ids)
+
+    third.forget_runs = forget
     report = await third.start()
     await third.wait_idle()
     assert (report.interrupted, report.retried, report.caught_up) == (1, 0, 0)
     assert third_fire.calls == []
+    # Not resumed a second time: the retry's run (what it kept, if anything) is let go.
+    assert forgotten == [hung.runs[0].run_id] and hung.runs[0].interrupted == "r-1"
     assert slots(await store.recent_slots(info.id, 5)) == [
         (at(10, 30), "failed", INTERRUPTED_AGAIN)
     ]
@@ -528,13 +597,21 @@ async def test_an_interrupted_slot_is_not_retried(
     db: Database, store: ScheduleStore, skill_id: int, missed: str, now: datetime, why: str
 ) -> None:
     info = await make(store, skill_id, cron="30 */2 * * *", missed=missed, created_at=T0)
-    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30))
+    assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30), run_id="r-1")
     fire = Fire()
     sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=now), grace_s=3000)
+    forgotten: list[Sequence[str]] = []
+
+    async def forget(run_ids: Sequence[str]) -> None:
+        forgotten.append(run_ids)
+        raise RuntimeError("the checkpoints' store is down")  # logged; the slot is closed
+
+    sched.forget_runs = forget
     report = await sched.start()
     await sched.wait_idle()
     assert (report.interrupted, report.retried, report.caught_up) == (1, 0, 0), why
     assert fire.calls == []
+    assert forgotten == [["r-1"]]  # what was kept to resume its run is let go
     assert slots(await store.recent_slots(info.id, 5)) == [(at(10, 30), "failed", INTERRUPTED)]
     assert await sched.fire_due(info.id, at(10, 30)) == "duplicate"
     got = await store.get(info.id)

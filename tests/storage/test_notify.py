@@ -1,6 +1,6 @@
 """Caches across processes on PostgreSQL (LISTEN/NOTIFY): two apps on one database, as
-two ``coterie run`` processes build them; a guild setting changed through one is seen
-by the other at once, not after its cache's TTL; a notification connection that drops
+two ``coterie run`` processes build them; a guild setting or a persona changed through
+one is seen by the other at once, not after its cache's TTL; a notification connection that drops
 comes back and empties the cache (what it may have missed)."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from sqlalchemy.engine import make_url
 
 from bot.app import App, build_app
 from bot.settings import Settings
+from executor.agent import Caller
 from executor.testing import ScriptedModel
+from personas.model import Persona
 
 
 class _Tiers:
@@ -94,3 +96,37 @@ async def test_a_dropped_notification_connection_comes_back_with_empty_caches(
         # Reconnected, it drops everything it had cached: it may have missed anything.
         assert await asyncio.wait_for(told.get(), 30) is None
         assert (await b.guild_settings.guild("43")).default_persona == "researcher"
+
+
+async def test_a_persona_written_in_one_process_drops_the_others_cache(pg_url: str) -> None:
+    member = Caller(user_id="5", display_name="Ann", guild_id="42")
+    async with _app(pg_url) as a, _app(pg_url) as b:
+        b.personas.ttl_s = 3600  # only the notification can refresh it
+        told = _told(b, "personas")
+        assert await b.personas.find("42", "pirate") is None  # cached: no such persona
+
+        await a.personas.create("42", Persona(name="pirate", system_prompt="Arr."), by=member)
+        assert await asyncio.wait_for(told.get(), 10) == "42"
+        found = await b.personas.find("42", "pirate")
+        assert found is not None and found.system_prompt == "Arr."
+
+        await a.personas.update(
+            "42", Persona(name="pirate", system_prompt="Arr!", description="loud"), by=member
+        )
+        assert await asyncio.wait_for(told.get(), 10) == "42"
+        found = await b.personas.find("42", "pirate")
+        assert found is not None and found.description == "loud"
+
+        await a.personas.delete("42", "pirate", by=member)
+        assert await asyncio.wait_for(told.get(), 10) == "42"
+        assert await b.personas.find("42", "pirate") is None
+        assert told.empty()
+
+        # /forgetme on one process: the member's personas leave the others' caches too.
+        a_told = _told(a, "personas")
+        await b.personas.create("42", Persona(name="parrot", system_prompt="Squawk."), by=member)
+        assert await asyncio.wait_for(a_told.get(), 10) == "42"
+        assert await a.personas.find("42", "parrot") is not None
+        await b.personas.delete_user_data("5")
+        assert await asyncio.wait_for(a_told.get(), 10) == "*"
+        assert await a.personas.find("42", "parrot") is None
