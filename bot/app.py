@@ -4,7 +4,8 @@
 imported only when a tier is first resolved), the tool registry, the database
 (upgraded to the newest schema, crashed runs closed), the audit sink and the
 budget ledger, the run checkpoints, the persona store, lanes and critic, the executor,
-the chat service and the offers to resume interrupted runs. ``await app.close()``
+the chat service, the questions waiting for approval and the offers to resume
+interrupted runs. ``await app.close()``
 flushes and closes all of it.
 """
 
@@ -31,6 +32,7 @@ from executor.tools.registry import ToolRegistry
 if TYPE_CHECKING:
     from adapters.mcp.servers import McpServers
     from adapters.services.admin import AdminService
+    from adapters.services.approval import ApprovalService
     from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
     from adapters.services.budgets import BudgetService
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
+    from adapters.storage.approvals import SqlApprovals
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
@@ -157,6 +160,10 @@ class App:
     # Offers interrupted chat runs to their members (the runs crash recovery closed at
     # start, and those this process settles for a dead one later: ResumeService.found).
     resume: ResumeService
+    # Tool calls waiting for a member's Approve/Deny, in the database: the press may
+    # reach any process (the Discord client hands it to this service).
+    approvals: ApprovalService
+    approval_store: SqlApprovals
     # Every store above that keeps member data, asked by /forgetme and /mydata.
     deletion: DataDeletion = field(init=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -208,6 +215,7 @@ class App:
         for chore, what in (
             (self.budget.anonymise_rolled_out, "anonymise forgotten members' old charges"),
             (self.memory.purge_expired, "purge old notes"),
+            (self.approvals.prune, "delete old approval requests"),
         ):
             try:
                 await chore()
@@ -280,7 +288,7 @@ async def build_app(
     reservations; never a ``coterie ask`` or ``coterie chat``.
     """
     from adapters.services.admin import AdminService
-    from adapters.services.approval import DeliveryApprover
+    from adapters.services.approval import ApprovalService, DeliveryApprover
     from adapters.services.audit import AuditService
     from adapters.services.budget_alerts import BudgetAlerts
     from adapters.services.budgets import BudgetService, GuildBudgetLimits
@@ -292,6 +300,7 @@ async def build_app(
     from adapters.services.runner import Runner
     from adapters.services.skills import SkillService
     from adapters.storage.admin import SqlAdminLog, SqlAlertStore
+    from adapters.storage.approvals import SqlApprovals
     from adapters.storage.audit_queries import AuditQueries
     from adapters.storage.audit_sink import SqlAuditSink
     from adapters.storage.budget import SqlBudgetLedger
@@ -536,6 +545,8 @@ async def build_app(
     )
     # Offered once Discord is ready (the client's offer loop takes them).
     resume.found(interrupted)
+    approval_store = SqlApprovals(db.sessions)
+    approvals = ApprovalService(approval_store, clock=clock)
     app = App(
         settings=settings,
         executor=executor,
@@ -570,6 +581,8 @@ async def build_app(
         mcp=mcp,
         checkpoints=checkpoints,
         resume=resume,
+        approvals=approvals,
+        approval_store=approval_store,
     )
     app._closers.extend(closers)
     if instance is not None:
@@ -593,6 +606,7 @@ async def _register(app: App, kind: Kind) -> None:
     identity = Identity.new(kind)
     # Why before anything runs: every run, reservation and slot from now on is this one's.
     app.audit.owner = app.budget.owner = app.schedules.owner = identity.id
+    app.approvals.owner = identity.id
     app.instances = SqlInstances(db.sessions)
 
     async def sweep() -> int:
@@ -640,6 +654,14 @@ async def _register(app: App, kind: Kind) -> None:
 
         app.personas.publish = personas_changed
         notifier.subscribe("personas", app.personas.invalidate)
+
+        # A press recorded here for a run waiting in another process: it is told at once
+        # (and reads the row at its next check were the notice lost).
+        async def approval_decided(key: str) -> None:
+            await notifier.publish("approvals", key)
+
+        app.approvals.publish = approval_decided
+        notifier.subscribe("approvals", app.approvals.changed)
         if kind == "bot":
 
             async def schedule_changed(key: str) -> None:

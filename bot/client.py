@@ -346,7 +346,16 @@ class CoterieBot(CoterieClient[App]):
         if not self.services:
             return
         app = self.app
+        from adapters.discord.approval import ApprovalButton
         from adapters.discord.escalation import DiscordEscalator
+
+        # The Approve/Deny buttons: a press is recorded here for a run waiting in any
+        # process (the app's questions are in the database; an app built for a test may
+        # have none, and then this process's own serve).
+        approvals = getattr(app, "approvals", None)
+        if approvals is not None:
+            self.approvals = approvals
+        self.add_dynamic_items(ApprovalButton)
 
         # Route the critic's stops and kills to the guilds' admin channels.
         self._escalator = DiscordEscalator(self, app.guild_settings)
@@ -370,6 +379,7 @@ class CoterieBot(CoterieClient[App]):
             self,
             webhooks=self.webhooks,
             guild_settings=app.guild_settings,
+            approvals=self.approvals,
             owner_ids=self.owner_user_ids,
         )
         # Budget warnings go to members as DMs (an app built for a test may have none).

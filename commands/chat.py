@@ -61,6 +61,7 @@ class ChatCog(commands.Cog):
             requester_id=requester.id,
             bot_user_id=me.id if me else None,
             webhooks=self.bot.webhooks,
+            approvals=self.bot.approvals,
             limits=self.bot.app.chat.limits,
             message=message,
             options=self.delivery_options,

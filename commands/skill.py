@@ -395,6 +395,7 @@ class SkillCog(commands.GroupCog, group_name="skill", group_description="Saved a
             requester_id=interaction.user.id,
             bot_user_id=me.id if me else None,
             webhooks=self.bot.webhooks,
+            approvals=self.bot.approvals,
             limits=self.bot.app.chat.limits,
         )
         # A missing argument or persona is refused before anything is posted.

@@ -2,59 +2,111 @@
 
 The executor's one approver (:class:`adapters.services.approval.DeliveryApprover`)
 hands each request to the run's own delivery; a Discord delivery asks here, with
-buttons.
+buttons (:func:`ask_with_buttons`).
 
-Only the member who asked may press the buttons (anyone else is told, privately,
-that it is not theirs); no answer within the timeout counts as deny.
+The question is a row (:class:`adapters.services.approval.ApprovalService`) and the
+buttons are :class:`ApprovalButton`, a ``DynamicItem`` whose ``custom_id`` carries the
+question's id: with several processes, Discord sends the press to the process serving
+the guild's shard, which need not be the one whose run waits. Whichever receives it
+checks who pressed and records the decision on the server side, from the database; the
+waiting run hears of it (at once in the same process, else by ``NOTIFY`` or its next
+read of the row).
+
+Only the member who asked may press (anyone else is told, privately, that it is not
+theirs); the first decision wins (a later press is told what was decided, and by whom);
+no answer within the timeout counts as deny.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from typing import Any
 
 import discord
 
-from adapters.discord.ui import ConfirmView
+from adapters.discord.client import CoterieClient
+from adapters.services.approval import ApprovalService
+from adapters.services.errors import ApprovalDecided, ApprovalUnavailable, NotYourApproval
 from executor.ports import ApprovalDecision, ApprovalRequest
 
-__all__ = ["ApprovalView", "ask_with_buttons"]
+__all__ = ["ApprovalButton", "approval_view", "ask_with_buttons", "describe"]
 
 log = logging.getLogger(__name__)
 
 _NO_PINGS = discord.AllowedMentions.none()
+_TEMPLATE = r"coterie:approval:(?P<choice>approve|deny):(?P<id>[0-9a-f]{32})"
 
 
-class ApprovalView(ConfirmView):
-    """Approve / Deny, pressable by ``requester_id`` only (a :class:`ConfirmView`)."""
+class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=_TEMPLATE):
+    """Approve or Deny one question; only its member's first press counts."""
 
-    def __init__(self, requester_id: int, *, timeout: float) -> None:
+    def __init__(self, choice: str, approval_id: str, *, disabled: bool = False) -> None:
+        approve = choice == "approve"
         super().__init__(
-            requester_id,
-            timeout=timeout,
-            confirm_label="Approve",
-            cancel_label="Deny",
-            confirm_style=discord.ButtonStyle.success,
-            cancel_style=discord.ButtonStyle.danger,
-            refusal="Not yours: only the member who asked can approve this.",
+            discord.ui.Button(
+                label="Approve" if approve else "Deny",
+                style=discord.ButtonStyle.success if approve else discord.ButtonStyle.danger,
+                custom_id=f"coterie:approval:{choice}:{approval_id}",
+                disabled=disabled,
+            )
         )
-        self.decision: ApprovalDecision | None = None
+        self.choice = choice
+        self.approval_id = approval_id
 
-    @property
-    def requester_id(self) -> int:
-        return self.author_id
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> ApprovalButton:
+        return cls(match["choice"], match["id"])
 
-    async def on_choice(self, interaction: discord.Interaction[Any], confirmed: bool) -> None:
-        self.decision = ApprovalDecision(
-            approved=confirmed,
-            reason="" if confirmed else f"{interaction.user.display_name} denied it",
-        )
-        verdict = "Approved" if confirmed else "Denied"
-        content = f"{interaction.message.content if interaction.message else ''}\n-# {verdict}."
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        client: CoterieClient[Any] = interaction.client
+        approved = self.choice == "approve"
+        try:
+            await client.approvals.decide(
+                self.approval_id,
+                user_id=str(interaction.user.id),
+                name=interaction.user.display_name,
+                approved=approved,
+            )
+        except ApprovalUnavailable as exc:
+            await _refuse(interaction, exc, self.approval_id)
+            return
+        content = interaction.message.content if interaction.message is not None else ""
+        verdict = "Approved" if approved else "Denied"
         await interaction.response.edit_message(
-            content=content[:2000], view=self, allowed_mentions=_NO_PINGS
+            content=f"{content}\n-# {verdict}."[:2000],
+            view=approval_view(self.approval_id, disabled=True),
+            allowed_mentions=_NO_PINGS,
         )
+
+
+async def _refuse(
+    interaction: discord.Interaction[Any], exc: ApprovalUnavailable, approval_id: str
+) -> None:
+    """Tell the presser privately why not; a question nobody can answer any more loses
+    its buttons (one decided already shows its answer and has none to press)."""
+    if isinstance(exc, NotYourApproval | ApprovalDecided):
+        await interaction.response.send_message(
+            str(exc), ephemeral=True, allowed_mentions=_NO_PINGS
+        )
+        return
+    await interaction.response.edit_message(view=approval_view(approval_id, disabled=True))
+    await interaction.followup.send(str(exc), ephemeral=True, allowed_mentions=_NO_PINGS)
+
+
+def approval_view(approval_id: str, *, disabled: bool = False) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ApprovalButton("approve", approval_id, disabled=disabled))
+    view.add_item(ApprovalButton("deny", approval_id, disabled=disabled))
+    return view
 
 
 def describe(request: ApprovalRequest) -> str:
@@ -75,17 +127,24 @@ async def ask_with_buttons(
     request: ApprovalRequest,
     *,
     requester_id: int,
+    approvals: ApprovalService,
     wait_s: float = 120.0,
 ) -> ApprovalDecision:
-    """Post the question with buttons and wait for the member (timeout: deny)."""
-    view = ApprovalView(requester_id, timeout=wait_s)
-    message = await channel.send(
-        f"<@{requester_id}> {describe(request)}",
-        view=view,
-        allowed_mentions=discord.AllowedMentions(
-            everyone=False, roles=False, users=[discord.Object(id=requester_id)]
-        ),
-    )
+    """Post the question with buttons and wait for the member's press, in whichever
+    process it lands (timeout: deny, and the message says so)."""
+    approval = await approvals.ask(request, user_id=str(requester_id), timeout_s=wait_s)
+    try:
+        message = await channel.send(
+            f"<@{requester_id}> {describe(request)}",
+            view=approval_view(approval.id),
+            allowed_mentions=discord.AllowedMentions(
+                everyone=False, roles=False, users=[discord.Object(id=requester_id)]
+            ),
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await approvals.withdraw(approval.id)
+        raise
     log.info(
         "run %s: asked member %s to approve %s (up to %gs)",
         request.run_id,
@@ -93,17 +152,14 @@ async def ask_with_buttons(
         request.tool,
         wait_s,
     )
-    timed_out = await view.wait()
-    if view.decision is not None:
-        return view.decision
-    if timed_out:
-        view.disable_all()
+    decided = await approvals.wait(approval)
+    if decided.decision == "expired":
         try:
             await message.edit(
-                content=f"{message.content}\n-# No answer in time: denied.",
-                view=view,
+                content=f"{message.content}\n-# No answer in time: denied."[:2000],
+                view=approval_view(approval.id, disabled=True),
                 allowed_mentions=_NO_PINGS,
             )
         except discord.HTTPException:
             log.info("could not mark the approval as timed out")
-    return ApprovalDecision(approved=False, reason="no answer in time")
+    return decided.verdict()

@@ -27,6 +27,7 @@ from discord.gateway import DiscordWebSocket
 
 from adapters.discord.identity import app_owner_ids
 from adapters.discord.webhooks import Webhooks
+from adapters.services.approval import ApprovalService, InMemoryApprovals
 from adapters.services.instances import FixedShards, ShardPlanner
 
 __all__ = ["CoterieClient"]
@@ -39,7 +40,10 @@ AppT_co = TypeVar("AppT_co", covariant=True)
 class CoterieClient(commands.AutoShardedBot, Generic[AppT_co]):
     """``app``: the composition root's services; ``owner_ids``: from the settings;
     ``webhooks``: the persona webhooks, one cache for every cog and the scheduler (so a
-    reply to a scheduled post is recognised as a reply to a persona); ``shards``: who
+    reply to a scheduled post is recognised as a reply to a persona); ``approvals``: the
+    questions waiting for an Approve/Deny press, asked by every delivery and answered
+    by the buttons (the app's, on the database, once the bot starts; until then, or
+    for an app without one, this process's own); ``shards``: who
     decides the shards (default: ``shard_count``/``shard_ids`` if given, else every
     shard of the count Discord suggests); ``identify_interval_s``: the wait before each
     IDENTIFY after the first (Discord's rate limit)."""
@@ -59,6 +63,7 @@ class CoterieClient(commands.AutoShardedBot, Generic[AppT_co]):
         self._app = app
         self._owner_ids = owner_ids
         self.webhooks = Webhooks()
+        self.approvals = ApprovalService(InMemoryApprovals())
         self.shard_planner: ShardPlanner = shards or FixedShards(pinned_count, pinned_ids)
         self.identify_interval_s = identify_interval_s
         self._gateway: Any = None  # the gateway's URL, once the first shards connect

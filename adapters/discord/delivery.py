@@ -17,6 +17,7 @@ from adapters.discord.streaming import (
     StreamingDelivery,
 )
 from adapters.discord.webhooks import Webhooks
+from adapters.services.approval import ApprovalService
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock
 
 __all__ = ["open_delivery"]
@@ -28,6 +29,7 @@ async def open_delivery(
     persona: str,
     avatar_url: str | None,
     requester_id: int,
+    approvals: ApprovalService,
     webhooks: Webhooks | None = None,
     reference: discord.Message | None = None,
     clock: Clock | None = None,
@@ -42,7 +44,9 @@ async def open_delivery(
     manage webhooks there; otherwise a normal message headed by the persona's name,
     replying to ``reference``. With an ``outbox`` (the process's), its requests take
     turns with every other delivery's in the same Discord bucket, and a place in line
-    shows on the channel's queue board.
+    shows on the channel's queue board. A tool call that needs approval asks
+    ``requester_id`` with buttons (a question in ``approvals``), waiting up to
+    ``approval_timeout``.
     """
     sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
     hook = await webhooks.for_channel(target) if webhooks is not None else None
@@ -66,7 +70,11 @@ async def open_delivery(
 
     async def ask(request: ApprovalRequest) -> ApprovalDecision:
         return await ask_with_buttons(
-            target, request, requester_id=requester_id, wait_s=approval_timeout
+            target,
+            request,
+            requester_id=requester_id,
+            approvals=approvals,
+            wait_s=approval_timeout,
         )
 
     pacers: PacerFor | None = None

@@ -141,6 +141,7 @@ def _surface(
         requester_id=interaction.user.id,
         bot_user_id=me.id if me else None,
         webhooks=client.webhooks,
+        approvals=client.approvals,
         limits=client.app.chat.limits,
         options=DeliveryOptions(),
         use_webhooks=interaction.guild_id is not None,

@@ -13,7 +13,10 @@ With several processes, the scheduler's leader posts for every guild, also those
 shard another process serves: their guild is not in this client's gateway cache. Then
 the guild (its roles, and the bot's member for its permissions), the owner and the
 channel are read over REST (:class:`_RestGuilds`; the guild is kept a minute), and the
-post goes out over REST as always (the channel's webhook, or a message).
+post goes out over REST as always (the channel's webhook, or a message). A tool the
+skill's owner must approve is asked there too, and the press (which Discord sends to the
+process serving the guild) reaches the run through the database
+(:mod:`adapters.discord.approval`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from adapters.discord.escalation import ClientSender
 from adapters.discord.identity import caller_of
 from adapters.discord.surface import DeliveryOptions, DiscordSurface
 from adapters.discord.webhooks import Webhooks
+from adapters.services.approval import ApprovalService
 from adapters.services.conversation import HistoryLimits
 from adapters.services.ports import GuildSettingsStore
 from adapters.services.skills import HostUnavailable
@@ -126,12 +130,16 @@ class DiscordSkillHost:
         *,
         webhooks: Webhooks,
         guild_settings: GuildSettingsStore,
+        approvals: ApprovalService,
         limits: HistoryLimits | None = None,
         owner_ids: Collection[int] = (),
         options: DeliveryOptions | None = None,
     ) -> None:
         self.client = client
         self.webhooks = webhooks
+        # Why the client's: the owner's press may reach another process (the one serving
+        # the guild's shard); the question is in the database for it.
+        self.approvals = approvals
         # Why a default: a scheduled post answers no message, so reads no history.
         self.limits = limits or HistoryLimits()
         self.guild_settings = guild_settings
@@ -187,6 +195,7 @@ class DiscordSkillHost:
             requester_id=int(requester.user_id),
             bot_user_id=me_id,
             webhooks=self.webhooks,
+            approvals=self.approvals,
             limits=self.limits,
             options=self.options,
         )

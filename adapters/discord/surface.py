@@ -23,6 +23,7 @@ from adapters.discord.outbox import is_board
 from adapters.discord.split import no_pings
 from adapters.discord.streaming import RETRY_DELAYS
 from adapters.discord.webhooks import Webhooks
+from adapters.services.approval import ApprovalService
 from adapters.services.chat import HistorySource, IncomingMessage
 from adapters.services.conversation import HistoryLimits, Turn
 from executor.ports import Clock, Delivery
@@ -87,7 +88,9 @@ def incoming(
 
 
 class DiscordSurface:
-    """Speaks in ``target``; ``message`` is the member's message being answered."""
+    """Speaks in ``target``; ``message`` is the member's message being answered. A tool
+    call that needs approval asks ``requester_id`` (a question in ``approvals``: the
+    client's, so that its buttons work in any process)."""
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class DiscordSurface:
         requester_id: int,
         bot_user_id: int | None,
         webhooks: Webhooks,
+        approvals: ApprovalService,
         limits: HistoryLimits,
         message: discord.Message | None = None,
         options: DeliveryOptions | None = None,
@@ -108,6 +112,7 @@ class DiscordSurface:
         self.requester_id = requester_id
         self.bot_user_id = bot_user_id
         self.webhooks = webhooks
+        self.approvals = approvals
         self.limits = limits
         self.options = options or DeliveryOptions()
         self.use_webhooks = use_webhooks
@@ -177,6 +182,7 @@ class DiscordSurface:
             persona=persona.name,
             avatar_url=persona.avatar_url,
             requester_id=self.requester_id,
+            approvals=self.approvals,
             webhooks=self.webhooks if self.use_webhooks else None,
             reference=self.reference,
             clock=self.options.clock,

@@ -8,9 +8,12 @@
           ├── InvalidSetting     a /config or budget value that cannot be used
           ├── RunNotFound        no run (or no unique run) matches an id or prefix
           ├── ExportTooLarge     an audit export past what one attachment may carry
-          └── OfferUnavailable   an interrupted run's Resume/Discard cannot be pressed (decided)
-               ├── NotYourOffer  pressed by someone other than the run's member
-               └── OfferExpired  pressed after the offer's time
+          ├── OfferUnavailable   an interrupted run's Resume/Discard cannot be pressed (decided)
+          │    ├── NotYourOffer  pressed by someone other than the run's member
+          │    └── OfferExpired  pressed after the offer's time
+          └── ApprovalUnavailable  an Approve/Deny press that cannot count (too late, nothing waits)
+               ├── NotYourApproval  pressed by someone other than the member who may decide
+               └── ApprovalDecided  decided already (the message says what, and by whom)
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from __future__ import annotations
 from executor.errors import CoterieError
 
 __all__ = [
+    "ApprovalDecided",
+    "ApprovalUnavailable",
     "ExportTooLarge",
     "InvalidSetting",
     "NotAnsweringHere",
+    "NotYourApproval",
     "NotYourOffer",
     "OfferExpired",
     "OfferUnavailable",
@@ -61,4 +67,16 @@ class NotYourOffer(OfferUnavailable):
 
 
 class OfferExpired(OfferUnavailable):
+    pass
+
+
+class ApprovalUnavailable(Refusal):
+    pass
+
+
+class NotYourApproval(ApprovalUnavailable):
+    pass
+
+
+class ApprovalDecided(ApprovalUnavailable):
     pass

@@ -3,13 +3,14 @@
 One channel (``coterie``), one dedicated asyncpg connection per process (not from the
 pool: a pooled connection is recycled and would drop its ``LISTEN``). A notification's
 payload is a small JSON object: the topic (``guild_settings``, ``personas``,
-``shards``), a key within it (a guild id, ...; none: everything) and the sender's
+``shards``, ``schedules``, ``approvals``), a key within it (a guild id, ...; none: everything) and the sender's
 instance id (a process ignores its own). What a topic means is its subscriber's
-business: caches drop the key, the shard balancer wakes up.
+business: caches drop the key, the shard balancer wakes up, a run waiting for an
+approval reads its question.
 
 A notification sent while a process's connection is down is lost to it, so on
 reconnecting it tells every subscriber "everything" (``key=None``): a cache is
-emptied rather than left stale. The caches keep their short TTL besides.
+emptied rather than left stale, a waiting run reads its question again. The caches keep their short TTL besides.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The host's tables: guild and channel settings, thread bindings, the audit trail, budgets
 (and their warnings), admin actions, the processes on the database (instances and
-their leases), and run checkpoints (and their Resume offers).
+their leases), run checkpoints (and their Resume offers), and tool calls waiting for
+approval.
 
 Discord ids (snowflakes) are strings. Money is integer micro-dollars. Every time is
 stored in UTC and read back timezone-aware on SQLite and PostgreSQL alike
@@ -23,6 +24,7 @@ from executor.ports import utcnow
 
 __all__ = [
     "AdminAction",
+    "ApprovalRow",
     "AuditEventRow",
     "AuditModelAttempt",
     "AuditRun",
@@ -430,3 +432,29 @@ class RunCheckpoint(SQLModel, table=True):
     offer_message_id: str | None = Field(default=None, max_length=32)
     decided_at: datetime | None = _when(nullable=True)
     resumed_as: str | None = Field(default=None, max_length=64)
+
+
+# --- approvals -------------------------------------------------------------------------
+
+
+class ApprovalRow(SQLModel, table=True):
+    """A tool call waiting for its member's Approve or Deny: the run that waits (and the
+    instance it runs in, ``owner``), who may decide (``user_id``), until when; then the
+    decision (``approved``, ``denied``; ``expired`` when nobody answered in time,
+    ``cancelled`` when the run stopped waiting, ``interrupted`` when its process died),
+    who decided and when. Any process may record the press; the waiting one reads it."""
+
+    __tablename__ = "approvals"
+
+    id: str = Field(primary_key=True, max_length=32)
+    run_id: str = Field(max_length=64, index=True)
+    call_id: str = Field(max_length=128)
+    tool: str = Field(max_length=128)
+    user_id: str = Field(max_length=64, index=True)
+    owner: str | None = Field(default=None, max_length=32)
+    created_at: datetime = _when()
+    expires_at: datetime = Field(default_factory=utcnow, nullable=False, index=True)
+    decision: str | None = Field(default=None, max_length=16)
+    decided_by: str | None = Field(default=None, max_length=64)
+    decided_by_name: str | None = Field(default=None, max_length=128)
+    decided_at: datetime | None = _when(nullable=True)

@@ -150,6 +150,7 @@ async def test_post_as_a_persona_in_a_channel_with_no_message_to_answer(
                 requester_id=int(alice["id"]),
                 bot_user_id=bot.user.id if bot.user else None,
                 webhooks=Webhooks(),
+                approvals=the_app.approvals,
                 limits=the_app.chat.limits,
             ),
             metadata={"skill": "digest"},

@@ -8,7 +8,9 @@ flight is never touched; the member's press reaches whichever process serves the
 guild now, which resumes the run. One of them leads the scheduler and posts every
 guild's slots; SIGKILL it with 100 one-shot slots due: a survivor leads, catches up
 what came due meanwhile and retries what the dead one was running, and no slot is
-run twice by a claim (the ledger equals the audit).
+run twice by a claim (the ledger equals the audit). A scheduled skill that asks its
+owner to approve a tool, in a guild the leader does not serve: the press goes to the
+process serving the guild, which records it, and the leader's run goes on.
 """
 
 from __future__ import annotations
@@ -573,4 +575,127 @@ async def test_sigkill_the_scheduler_leader_a_survivor_leads_and_no_slot_runs_tw
         "(SELECT count(*) FROM budget_reservations) AS open",
     )
     assert totals["audit"] == totals["ledger"] and totals["open"] == 0, dict(totals)
+    assert fake.unknown_calls == []
+
+
+# --- approvals: the press reaches a process the run is not in --------------------------
+
+
+async def _skill_that_asks(url: str, guild: FakeGuild, fake: FakeDiscord) -> int:
+    """A skill of alice's in ``guild`` that remembers a note, in a guild whose members
+    confirm each save (Approve/Deny), scheduled once in 3 s; the processes told."""
+    from adapters.storage.db import Database
+    from adapters.storage.guild_settings import SqlGuildSettings
+    from executor.agent import Caller
+    from executor.tools.builtin import default_registry
+    from memory import InMemoryNoteStore, memory_source
+    from personas.markdown import load_builtins
+    from personas.store import PersonaStore
+    from skills.model import SkillSpec
+    from skills.schedules import ScheduleStore
+    from skills.store import SkillStore
+
+    db = Database.open(url)
+    try:
+        tools = default_registry()
+        tools.add_source(memory_source(InMemoryNoteStore()))
+        skills = SkillStore(
+            db.sessions,
+            tools=tools,
+            tiers=("fast", "standard", "smart"),
+            personas=PersonaStore(db.sessions, load_builtins(), tools=tools),
+        )
+        alice = Caller(
+            user_id=str(fake.user("alice")["id"]), display_name="alice", guild_id=str(guild.id)
+        )
+        await SqlGuildSettings(db.sessions).update_guild(str(guild.id), memory_confirm=True)
+        skill, _ = await skills.save(
+            str(guild.id),
+            "keeper",
+            SkillSpec(prompt="Remember that the pulse is fine.", tools=("remember",)),
+            by=alice,
+        )
+        info = await ScheduleStore(db.sessions).create(
+            skill_id=skill.id,
+            guild_id=str(guild.id),
+            channel_id=str(guild.channel_id("general")),
+            created_by=alice.user_id,
+            run_at=datetime.now(UTC) + timedelta(seconds=3),
+            missed="catch-up",
+        )
+    finally:
+        await db.close()
+    for topic, key in (("guild_settings", f"guild:{guild.id}"), ("schedules", None)):
+        await _rows(
+            url,
+            "SELECT pg_notify('coterie', $1)",
+            json.dumps({"t": topic, "k": key, "f": "test"}),
+        )
+    return info.id
+
+
+async def test_a_scheduled_skill_asks_from_the_leader_and_the_press_lands_elsewhere(
+    scaleout_url: str, fake_discord: FakeDiscord, llmock: Any, tmp_path: Path, procs: list[Proc]
+) -> None:
+    fake = fake_discord
+    guilds = _guilds(fake)
+    three = await _start_three(procs, tmp_path, fake, llmock, scaleout_url)
+    leader_pid = await _leader_pid(scaleout_url)
+    owners = await _owners(scaleout_url)
+    # A guild the leader does not serve: its slots are posted over REST, and Discord
+    # sends its button presses to another process.
+    shard = next(s for s, pid in owners.items() if pid != leader_pid)
+    guild = guilds[shard]
+    [leader] = [p for p in three if p.pid == leader_pid]
+    [server] = [p for p in three if p.pid == owners[shard]]
+    alice = str(fake.user("alice")["id"])
+
+    llmock.call_tool("remember", {"note": "the pulse is fine"})
+    llmock.reply("noted, and kept.", times=None)
+    general = guild.channel_id("general")
+    since = len(fake.calls)
+    schedule_id = await _skill_that_asks(scaleout_url, guild, fake)
+    ask = await fake.wait_for_call(
+        "POST", rf"/channels/{general}/messages", _has_buttons, since=since, timeout=30
+    )
+    assert ask.json["content"].startswith(f"<@{alice}> Allow the tool **remember**")
+    await leader.wait_for(rf"asked member {alice} to approve remember", timeout=30)
+
+    # Bob's press is refused by the process that receives it; alice's is recorded there,
+    # and the leader's run goes on: the note is kept and the answer posted.
+    buttons = _buttons(ask)
+    press = await fake.dispatch_component(buttons["Approve"], int(ask.response["id"]), user="bob")
+    told = await fake.wait_for_interaction_response(press, timeout=30)
+    assert told.json["data"]["content"].startswith("Not yours")
+    press = await fake.dispatch_component(buttons["Approve"], int(ask.response["id"]), user="alice")
+    marked = await fake.wait_for_interaction_response(press, timeout=30)
+    assert marked.json["type"] == 7 and marked.json["data"]["content"].endswith("-# Approved.")
+    await server.wait_for(rf"member {alice} approved remember", timeout=30)
+    await webhook_shows(fake, "noted, and kept.", timeout=30)
+    # The question was the leader's (its run waited there), decided by alice.
+    [approval] = await _rows(
+        scaleout_url,
+        "SELECT a.tool, a.user_id, a.decision, a.decided_by, i.pid FROM approvals a "
+        "JOIN instances i ON i.id = a.owner",
+    )
+    assert dict(approval) == {
+        "tool": "remember",
+        "user_id": alice,
+        "decision": "approved",
+        "decided_by": alice,
+        "pid": leader_pid,
+    }
+
+    for proc in three:
+        proc.signal(signal.SIGTERM)
+    for proc in three:
+        assert await proc.exit_code() == 0
+        assert "Traceback" not in proc.stderr
+    assert f"member {alice} approved" not in leader.stderr  # the press never reached it
+    notes = await _rows(scaleout_url, "SELECT user_id, text FROM memory_notes")
+    assert [(r["user_id"], r["text"]) for r in notes] == [(alice, "the pulse is fine")]
+    [slot] = await _rows(
+        scaleout_url, "SELECT status FROM schedule_slots WHERE schedule_id = $1", schedule_id
+    )
+    assert slot["status"] == "ok"
     assert fake.unknown_calls == []

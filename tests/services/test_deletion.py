@@ -355,5 +355,6 @@ async def test_the_apps_data_parts(app: tuple[App, ScriptedModel]) -> None:
             "admin actions",
             "budget warnings",
             "interrupted runs to resume",
+            "approval requests",
         }
     )

@@ -104,7 +104,7 @@ _TABLES = (
     "budget_ledger, budget_reservations, budget_grants, budget_members, "
     "guild_settings, channel_settings, thread_bindings, personas, "
     "schedules, skill_versions, skills, memory_notes, memory_opt_out, mcp_tool_pins, "
-    "instances, leases, run_checkpoints"
+    "instances, leases, run_checkpoints, approvals"
 )
 
 
