@@ -3,8 +3,9 @@
 ::
 
     lanes = Lanes(slots=4)
-    async with lanes.slot(member_id, on_position=show):   # show(3): "queued, 3rd"; show(0): started
-        result = await executor.run(agent, invocation)
+    async with lanes.slot(member_id, on_position=show) as held:  # show(3): "3rd"; show(0): started
+        result = await executor.run(agent, invocation)   # may call held.release() when its
+                                                         # own work is done, before it returns
 
 Queued work is served fairly across keys (the Discord member): the next free
 slot goes to the queued key holding the fewest slots, ties broken round-robin
@@ -15,6 +16,10 @@ when a request is queued, whenever its place changes, and with 0 when it
 starts. Places are worked out once per turn of the event loop, however many
 requests were queued, started or cancelled in it (the callbacks see the latest
 place, not every step to it). Cancelling a queued request removes it cleanly.
+
+A holder may give its slot back before its block ends (:meth:`Held.release`): a run
+whose model work is over but whose answer is still on its way to Discord lets the
+next request start instead of waiting on the network.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-__all__ = ["Lanes", "PositionCallback"]
+__all__ = ["Held", "Lanes", "PositionCallback"]
 
 PositionCallback = Callable[[int], Any]  # may return an awaitable
 
@@ -44,6 +49,24 @@ class _Waiter:
         self.future = future
         self.on_position = on_position
         self.position = 0
+
+
+class Held:
+    """A slot held by ``key``. :meth:`release` gives it back early; leaving the
+    :meth:`Lanes.slot` block gives it back if that has not happened yet."""
+
+    __slots__ = ("_lanes", "key", "released")
+
+    def __init__(self, lanes: Lanes, key: str) -> None:
+        self._lanes = lanes
+        self.key = key
+        self.released = False
+
+    def release(self) -> None:
+        """Give the slot to the next request now (idempotent)."""
+        if not self.released:
+            self.released = True
+            self._lanes.release(self.key)
 
 
 class Lanes:
@@ -71,13 +94,15 @@ class Lanes:
     @contextlib.asynccontextmanager
     async def slot(
         self, key: str, *, on_position: PositionCallback | None = None
-    ) -> AsyncIterator[None]:
-        """Hold one slot for the block; wait fairly for it first."""
+    ) -> AsyncIterator[Held]:
+        """Hold one slot for the block (or until ``held.release()``); wait fairly for
+        it first."""
         await self.acquire(key, on_position=on_position)
+        held = Held(self, key)
         try:
-            yield
+            yield held
         finally:
-            self.release(key)
+            held.release()
 
     async def acquire(self, key: str, *, on_position: PositionCallback | None = None) -> None:
         if self.running < self.slots and not self._queues:

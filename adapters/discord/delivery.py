@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import discord
 
 from adapters.discord.approval import ask_with_buttons
+from adapters.discord.outbox import Outbox
 from adapters.discord.sinks import ChannelSink, WebhookSink
-from adapters.discord.streaming import RETRY_DELAYS, MessageSink, StreamingDelivery
+from adapters.discord.streaming import (
+    RETRY_DELAYS,
+    MessageSink,
+    PacerFor,
+    PlaceShower,
+    StreamingDelivery,
+)
 from adapters.discord.webhooks import Webhooks
 from adapters.services.approval import ApprovalService
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock
@@ -25,16 +34,19 @@ async def open_delivery(
     reference: discord.Message | None = None,
     clock: Clock | None = None,
     interval: float = 1.0,
-    queue_every: float = 10.0,
     retry_delays: tuple[float, ...] = RETRY_DELAYS,
     approval_timeout: float = 120.0,
+    outbox: Outbox | None = None,
 ) -> StreamingDelivery:
     """The delivery for a persona's answer in ``target`` (a channel, thread or DM).
 
     Through the channel's webhook (the persona's name and avatar) when the bot may
     manage webhooks there; otherwise a normal message headed by the persona's name,
-    replying to ``reference``. A tool call that needs approval asks ``requester_id``
-    with buttons (a question in ``approvals``), waiting up to ``approval_timeout``.
+    replying to ``reference``. With an ``outbox`` (the process's), its requests take
+    turns with every other delivery's in the same Discord bucket, and a place in line
+    shows on the channel's queue board. A tool call that needs approval asks
+    ``requester_id`` with buttons (a question in ``approvals``), waiting up to
+    ``approval_timeout``.
     """
     sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
     hook = await webhooks.for_channel(target) if webhooks is not None else None
@@ -65,11 +77,18 @@ async def open_delivery(
             wait_s=approval_timeout,
         )
 
+    pacers: PacerFor | None = None
+    show_place: PlaceShower | None = None
+    if outbox is not None:
+        pacers = outbox.pacer
+        board = outbox.board(ChannelSink(target))
+        show_place = functools.partial(board.place, object(), requester_id)
     return StreamingDelivery(
         sink,
         clock=clock,
         interval=interval,
-        queue_every=queue_every,
         retry_delays=retry_delays,
         ask_approval=ask,
+        pacers=pacers,
+        show_place=show_place,
     )

@@ -5,7 +5,8 @@
 webhook, falling back to the channel when a webhook call fails. Every send and edit
 carries :func:`~adapters.discord.split.no_pings`. A channel post carries the
 delivery's ``nonce`` (Discord returns the first message rather than a second one when
-a retried post had landed); a webhook post cannot.
+a retried post had landed); a webhook post cannot. ``bucket`` names the Discord
+rate-limit bucket a sink's requests go to (see :mod:`adapters.discord.outbox`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class ChannelSink:
     @property
     def prefix(self) -> str:
         return f"**{self.persona}**\n" if self.persona else ""
+
+    @property
+    def bucket(self) -> str:
+        # Why one key for posts and edits (two buckets at Discord): the bot's own
+        # messages in a channel are few (a fallback, the queue board); one at a time
+        # is plenty, and never more than either bucket allows.
+        return f"channel:{getattr(self.channel, 'id', id(self.channel))}"
 
     async def send(self, content: str, *, nonce: int | None = None) -> discord.Message:
         once: dict[str, Any] = {"nonce": nonce} if nonce is not None else {}
@@ -108,6 +116,11 @@ class WebhookSink:
     @property
     def prefix(self) -> str:
         return self.fallback.prefix if self.failed else ""
+
+    @property
+    def bucket(self) -> str:
+        # Posts and edits through one webhook share its bucket at Discord.
+        return self.fallback.bucket if self.failed else f"webhook:{self.webhook.id}"
 
     def _failed(self, exc: discord.HTTPException) -> None:
         self.failed = True

@@ -19,6 +19,7 @@ import discord
 from adapters.discord.delivery import open_delivery
 from adapters.discord.history import dm_history, reply_chain, thread_history, turn_from_message
 from adapters.discord.identity import caller_from_message
+from adapters.discord.outbox import is_board
 from adapters.discord.split import no_pings
 from adapters.discord.streaming import RETRY_DELAYS
 from adapters.discord.webhooks import Webhooks
@@ -38,11 +39,10 @@ class DeliveryOptions:
     """How answers are streamed (the cog's knobs; tests shorten them).
 
     ``edit_interval``: seconds between text edits, counted from the first words (which
-    go at once); ``queue_every``: seconds between two edits of a place in line;
-    ``retry_delays``: the waits between tries of a send or edit lost in transit."""
+    go at once); ``retry_delays``: the waits between tries of a send or edit lost in
+    transit. (The queue board's timing is the process's, on ``Webhooks.outbox``.)"""
 
     edit_interval: float = 1.0
-    queue_every: float = 10.0
     retry_delays: tuple[float, ...] = RETRY_DELAYS
     approval_timeout: float = 120.0
     clock: Clock | None = None
@@ -153,6 +153,8 @@ class DiscordSurface:
             messages = await dm_history(channel, msg, max_messages=max_messages)
         else:
             messages = await reply_chain(msg, max_messages=max_messages)
+        # Why: a queue board in a thread or DM is the bot's, not a turn of the conversation.
+        messages = [m for m in messages if not (self._is_ours(m) and is_board(m.content))]
         return [
             await turn_from_message(
                 m, is_ours=self._is_ours, bot_id=self.bot_user_id, limits=self.limits
@@ -185,7 +187,7 @@ class DiscordSurface:
             reference=self.reference,
             clock=self.options.clock,
             interval=self.options.edit_interval,
-            queue_every=self.options.queue_every,
             retry_delays=self.options.retry_delays,
             approval_timeout=self.options.approval_timeout,
+            outbox=self.webhooks.outbox,
         )

@@ -17,10 +17,13 @@ place; without it the personas speak as the bot, recognised by their author.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import discord
+
+from adapters.discord.outbox import Outbox
 
 __all__ = ["WEBHOOK_NAME", "Webhooks"]
 
@@ -34,12 +37,18 @@ def _parent(channel: Any) -> Any:
 
 
 class Webhooks:
-    """One webhook per channel, created once and reused; ``None`` where not allowed."""
+    """One webhook per channel, created once and reused; ``None`` where not allowed.
+
+    ``outbox``: the process's turns at Discord's rate-limit buckets and its queue
+    boards (:class:`~adapters.discord.outbox.Outbox`), kept here because this is the
+    one object every delivery of the process (chat and scheduler) shares."""
 
     def __init__(self) -> None:
+        self.outbox = Outbox()
         self._by_channel: dict[int, discord.Webhook | None] = {}
         self.ids: set[int] = set()
         self._listed: set[int] = set()  # channels whose webhooks we have read
+        self._finding: dict[int, asyncio.Lock] = {}  # one look per channel at a time
 
     def is_ours(self, webhook_id: int) -> bool:
         """One of the persona webhooks this process has used or recognised."""
@@ -96,6 +105,16 @@ class Webhooks:
             return self._by_channel[channel.id]
         if not channel.permissions_for(channel.guild.me).manage_webhooks:
             return None  # not cached: an admin may grant it later
+        # Why one at a time: a burst of mentions in a channel not used yet asked
+        # together, each listing its webhooks (29 GETs in a 300-run queue) and, where
+        # there was none, each making one.
+        lock = self._finding.setdefault(channel.id, asyncio.Lock())
+        async with lock:
+            if channel.id in self._by_channel:
+                return self._by_channel[channel.id]
+            return await self._find(channel)
+
+    async def _find(self, channel: discord.TextChannel) -> discord.Webhook | None:
         hook: discord.Webhook | None = None
         try:
             for existing in await self._list(channel):

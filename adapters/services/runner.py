@@ -5,13 +5,20 @@ While a run waits for a slot in its member's lane, the delivery is told its plac
 (``delivery.queued(n)``, 1 = next) and told 0 when it starts, before the run's first
 token, so the member sees "waiting in line" turn into the answer in order.
 
+A run gives its slot back when its model work is over: when the executor hands the
+delivery the result (``delivery.finish``), before the answer's last push to Discord.
+That push can wait behind a rate limit; the next request should not wait with it.
+The run stays in flight (awaited, drained, its delivery recorded in the audit) until
+the push is done.
+
 The runner also knows every run in flight, which is what a shutdown drains
 (:meth:`Runner.drain`)::
 
     stop_intake()      new runs are refused: the member reads "coterie is restarting"
     drain(grace_s)     runs waiting in a lane are refused the same way at once; running
                        runs may finish within the grace period; the rest are cancelled
-                       and their member reads "Stopped: coterie is restarting."
+                       and their member reads "Stopped: coterie is restarting." A run
+                       whose model work is over is not cancelled: its answer is posted.
 
 A cancelled run still ends with its audit row closed (status ``cancelled``) and its
 budget settled to what it spent: the executor does that on its host's cancellation.
@@ -35,6 +42,7 @@ __all__ = [
     "SHUTDOWN_NOTE",
     "SHUTDOWN_REFUSAL",
     "DrainReport",
+    "HeldSlot",
     "LanePool",
     "PositionCallback",
     "Runner",
@@ -54,6 +62,14 @@ _SHUTDOWN_ERROR = "coterie was shutting down"
 _CANCEL_WAIT_S = 10.0
 
 
+class HeldSlot(Protocol):
+    """A slot of a :class:`LanePool`, held for the ``slot`` block or until released."""
+
+    def release(self) -> None:
+        """Give the slot to the next request now (idempotent)."""
+        ...
+
+
 class LanePool(Protocol):
     """What the runner needs of ``executor.lanes.Lanes``: a slot in a member's lane.
 
@@ -63,13 +79,21 @@ class LanePool(Protocol):
 
     def slot(
         self, key: str, *, on_position: PositionCallback | None = None
-    ) -> AbstractAsyncContextManager[Any]: ...
+    ) -> AbstractAsyncContextManager[HeldSlot]: ...
+
+
+class _NoSlot:
+    """No lanes: nothing to give back."""
+
+    def release(self) -> None:
+        return None
 
 
 @dataclass(slots=True)
 class DrainReport:
-    """What a drain did: runs that finished in the grace period, runs cancelled after
-    it, and runs refused while they waited in a lane."""
+    """What a drain did: runs that finished in the grace period (or whose model work
+    was over by then, left to post their answer), runs cancelled after it, and runs
+    refused while they waited in a lane."""
 
     finished: int = 0
     cancelled: int = 0
@@ -91,12 +115,14 @@ class _StoppingDelivery:
     would otherwise be the port's no-op default (an approval denied for everyone), or
     vanish behind ``__getattr__``; as it is, the type check names it."""
 
-    __slots__ = ("_inner", "final", "note_on_finish")
+    __slots__ = ("_inner", "final", "note_on_finish", "on_finish")
 
     def __init__(self, inner: Delivery) -> None:
         self._inner = inner
         self.note_on_finish: str | None = None
         self.final: RunResult | None = None  # what the run ended with
+        #: Called once the run's model work is over, before the answer's last push.
+        self.on_finish: Callable[[], None] | None = None
 
     async def start(self) -> None:
         await self._inner.start()
@@ -114,6 +140,8 @@ class _StoppingDelivery:
         if self.note_on_finish is not None and result.status is RunStatus.CANCELLED:
             result.note = self.note_on_finish
         self.final = result
+        if self.on_finish is not None:
+            self.on_finish()
         return await self._inner.finish(result)
 
     def note(self, line: str) -> None:
@@ -138,6 +166,7 @@ class _Flight:
     delivery: _StoppingDelivery | None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     running: bool = False  # past the lane, inside the executor
+    delivering: bool = False  # model work over, its lane slot given back: the answer's last push
     stopped: bool = False  # the drain cancelled it
 
 
@@ -182,8 +211,10 @@ class Runner:
         flight = _Flight(task=task, run_id=run_id, delivery=wrapped)
         self._flights.add(flight)
         try:
-            async with self._slot(invocation.caller, invocation.delivery):
+            async with self._slot(invocation.caller, invocation.delivery) as held:
                 flight.running = True
+                if wrapped is not None:
+                    wrapped.on_finish = _delivering(flight, held)
                 return await self.executor.run(
                     agent, replace(invocation, run_id=run_id, delivery=wrapped)
                 )
@@ -249,12 +280,16 @@ class Runner:
             )
             await self._wait(running, grace_s, clock=clock or self.clock)
         late = [f for f in running if not f.done.is_set()]
-        report.finished = len(running) - len(late)
-        for flight in late:
+        # Why not cancel a run that is delivering: its model work is over and paid for;
+        # what is left is posting the answer (behind a rate limit, perhaps). Cancelling
+        # it would lose the answer for a few seconds saved.
+        cut = [f for f in late if not f.delivering]
+        report.finished = len(running) - len(cut)
+        for flight in cut:
             self._stop(flight)
-        report.cancelled = len(late)
+        report.cancelled = len(cut)
         # Why a real-time wait: a cancelled run only has to write its row and post a
-        # note; nothing here waits on the model.
+        # note, a delivering one to post its answer; nothing here waits on the model.
         await self._wait([*waiting, *late], _CANCEL_WAIT_S, clock=RealClock())
         report.unfinished = [f.run_id for f in [*waiting, *late] if not f.done.is_set()]
         if report.unfinished:
@@ -295,9 +330,9 @@ class Runner:
     # --- lanes -----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _slot(self, caller: Caller, delivery: Delivery | None) -> AsyncIterator[None]:
+    async def _slot(self, caller: Caller, delivery: Delivery | None) -> AsyncIterator[HeldSlot]:
         if self.lanes is None:
-            yield
+            yield _NoSlot()
             return
 
         async def on_position(position: int) -> None:
@@ -305,11 +340,23 @@ class Runner:
                 await delivery.queued(position)
 
         tasks: set[asyncio.Task[None]] = set()
-        async with self.lanes.slot(caller.user_id, on_position=_sync_or_async(on_position, tasks)):
+        async with self.lanes.slot(
+            caller.user_id, on_position=_sync_or_async(on_position, tasks)
+        ) as held:
             # Why: the "started" update must reach the member before the answer does.
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            yield
+            yield held
+
+
+def _delivering(flight: _Flight, held: HeldSlot) -> Callable[[], None]:
+    """What the delivery calls when the run's model work is over."""
+
+    def done() -> None:
+        flight.delivering = True
+        held.release()
+
+    return done
 
 
 def _sync_or_async(

@@ -26,6 +26,10 @@ class FakeSink:
     def prefix(self) -> str:
         return self._prefix
 
+    @property
+    def bucket(self) -> str:
+        return "channel:1"
+
     async def send(self, content: str, *, nonce: int | None = None) -> Any:
         self.messages.append(content)
         self.calls.append(("send", len(self.messages) - 1, content))
@@ -138,18 +142,36 @@ async def test_reset_discards_text_and_extra_messages() -> None:
     assert ("delete", 1, "") in sink.calls
 
 
-async def test_queue_position_then_started() -> None:
+async def test_a_place_in_line_goes_to_the_board_not_to_a_message() -> None:
+    """A queued request has no placeholder of its own (one per request, each edited as
+    the line moved, was most of what a 300-run queue sent): its place goes to
+    ``show_place`` (the channel's queue board), and is taken back when it starts."""
     clock, sink = FakeClock(), FakeSink()
-    d = StreamingDelivery(sink, clock=clock, interval=0)
+    places: list[int] = []
+    d = StreamingDelivery(sink, clock=clock, interval=0, show_place=places.append)
     await d.queued(2)
-    await sink.wait_push()
-    assert sink.messages == ["-# waiting in line (position 2)"]
+    await d.queued(1)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sink.calls == [] and places == [2, 1]
+    await d.queued(0)
     await d.start()
-    await sink.wait_push()
-    assert sink.messages == ["-# working…"]
     await d.text("answer")
     await d.finish(ok())
+    assert places == [2, 1, 0]  # taken back once
     assert sink.messages == ["answer"]
+
+
+async def test_a_request_refused_while_in_line_leaves_the_board() -> None:
+    clock, sink = FakeClock(), FakeSink()
+    places: list[int] = []
+    d = StreamingDelivery(sink, clock=clock, show_place=places.append)
+    await d.queued(7)
+    refused = RunResult(run_id="r", status=RunStatus.REFUSED, note="coterie is restarting")
+    await d.start()
+    await d.finish(refused)
+    assert places == [7, 0]
+    assert sink.messages == ["-# coterie is restarting"]
 
 
 async def test_approval_is_asked_through_the_asker_and_denied_without_one() -> None:
@@ -215,20 +237,17 @@ async def test_plain_start_posts_no_placeholder_and_the_first_words_go_at_once()
     await d.finish(ok("Hi"))
 
 
-async def test_first_text_edit_goes_before_the_throttle_after_a_placeholder() -> None:
+async def test_first_text_edit_goes_before_the_throttle_after_a_status_line() -> None:
     clock, sink = FakeClock(), FakeSink()
     d = StreamingDelivery(sink, clock=clock, interval=1.0)
-    await d.queued(1)
-    await sink.wait_push()
-    assert sink.messages == ["-# waiting in line (position 1)"]
-    await d.queued(0)
     await d.start()
-    await clock.wait_for_sleepers(1)  # "working…" waits a moment for the first words
+    await d.status("reading example.com")
+    await sink.wait_push()
+    assert sink.messages == ["-# reading example.com"]
     await d.text("The answer")
     await sink.wait_push()  # ... which go out now, the clock never moved
     assert clock.monotonic() == 0
     assert sink.calls[-1] == ("edit", 0, "The answer")
-    assert "working" not in "".join(c[2] for c in sink.calls)
     await d.text(" is 42.")
     await clock.wait_for_sleepers(1)  # later edits are throttled from the first words
     assert sink.calls[-1] == ("edit", 0, "The answer")
@@ -236,47 +255,6 @@ async def test_first_text_edit_goes_before_the_throttle_after_a_placeholder() ->
     await sink.wait_push()
     assert sink.calls[-1] == ("edit", 0, "The answer is 42.")
     await d.finish(ok())
-
-
-async def test_working_replaces_the_place_in_line_when_no_words_come() -> None:
-    clock, sink = FakeClock(), FakeSink()
-    d = StreamingDelivery(sink, clock=clock, interval=1.0)
-    await d.queued(3)
-    await sink.wait_push()
-    await d.start()
-    await clock.wait_for_sleepers(1)
-    await clock.advance(1.0)
-    await sink.wait_push()
-    assert sink.messages == ["-# working…"]
-    await d.finish(ok())
-
-
-async def test_queue_positions_are_shown_when_halved_at_most_every_few_seconds() -> None:
-    clock, sink = FakeClock(), FakeSink()
-    d = StreamingDelivery(sink, clock=clock, interval=1.0, queue_every=5.0)
-    await d.queued(300)
-    await sink.wait_push()
-    for place in range(299, 140, -1):  # every start moves everyone up one
-        await d.queued(place)
-    await clock.wait_for_sleepers(1)  # 150 was worth showing, but not yet
-    assert sink.messages == ["-# waiting in line (position 300)"]
-    await clock.advance(5.0)
-    await sink.wait_push()
-    assert sink.messages == ["-# waiting in line (position 141)"]  # the latest place
-    for place in range(140, 70, -1):  # not halved since 141: nothing to show
-        await d.queued(place)
-    for _ in range(5):
-        await asyncio.sleep(0)
-    await clock.advance(60.0)
-    assert len(sink.calls) == 2
-    await d.queued(70)
-    await sink.wait_push()
-    assert sink.messages == ["-# waiting in line (position 70)"]
-    await d.queued(0)
-    await d.start()
-    await d.text("done")
-    await d.finish(ok("done"))
-    assert len(sink.calls) == 4  # 1 post, 2 places, 1 answer
 
 
 async def test_a_final_edit_that_fails_in_transit_is_tried_again() -> None:
@@ -359,3 +337,43 @@ async def test_transport_errors_leave_no_unretrieved_task_exception() -> None:
     finally:
         loop.set_exception_handler(old)
     assert seen == []
+
+
+async def test_an_unexpected_error_in_the_flusher_is_logged_and_the_flusher_goes_on(
+    caplog: Any,
+) -> None:
+    """Not only the known transport errors: anything a push raises between two pushes
+    (discord.py's "Session is closed" on a client that closed meanwhile, a bug) is
+    logged where it happens; the flusher stays alive, the next change pushes, and no
+    task dies with nobody to retrieve its exception."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    try:
+        clock, sink = FakeClock(), FlakySink()
+        d = StreamingDelivery(sink, clock=clock, interval=0, retry_delays=())
+        sink.failures["typing"] = [RuntimeError("typing broke")]
+        await d.start()
+        await clock.wait_for_sleepers(1)  # the typing task went on after its failure
+        sink.failures["send"] = [RuntimeError("Session is closed")]
+        await d.text("first")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert sink.messages == []
+        await d.text(" words")
+        await sink.wait_push()
+        assert sink.messages == ["first words"]
+        sink.failures["edit"] = [RuntimeError("Session is closed")]
+        await d.text(" more")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert (await d.finish(ok())).delivered
+        assert sink.messages == ["first words more"]
+        del d
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert seen == []
+    assert "Session is closed" in caplog.text

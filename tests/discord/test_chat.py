@@ -310,6 +310,21 @@ async def test_slash_chat_defers_opens_a_thread_and_continues_there(
     assert any(m.text == "Tell me about owls" for m in msgs)
     assert fake.unknown_calls == []
 
+    # A queue board the bot posted in the thread is not a turn of the conversation.
+    chat_app.model.push("Thread answer three.")
+    fake.add_message(thread_id, "-# waiting in line: 1. <@42>")
+    since = len(fake.calls)
+    await fake.dispatch_message("And where do they sleep?", channel_id=thread_id, author="bob")
+    await fake.wait_for_call(
+        "POST",
+        r"/webhooks/{id}/{token}",
+        predicate=lambda c: c.query.get("thread_id") == str(thread_id),
+        since=since,
+    )
+    msgs = chat_app.model.requests[-1].messages
+    assert any(m.text == "What do they eat?" for m in msgs)
+    assert not any("waiting in line" in m.text for m in msgs)
+
 
 async def test_slash_chat_unknown_persona_is_an_ephemeral_error(
     fake_discord: FakeDiscord, cog: Any, chat_app: ChatApp

@@ -308,6 +308,12 @@ class FakeDiscord:
         self.channels[int(th["id"])] = th
         return th
 
+    def add_message(
+        self, channel_id: int, content: str, *, author: str | int | dict[str, Any] = "bot"
+    ) -> dict[str, Any]:
+        """A message in the fake's state, as if posted earlier (no gateway event)."""
+        return self._new_message(channel_id, {"content": content}, self.user(author), [])
+
     def history(self, channel_id: int) -> list[dict[str, Any]]:
         """Messages of a channel, oldest first."""
         return self.messages.get(channel_id, [])

@@ -9,9 +9,16 @@ from typing import Any
 
 from adapters.services.runner import SHUTDOWN_NOTE, SHUTDOWN_REFUSAL, Runner
 from bot.lifecycle import Shutdown, _Grace
-from executor.agent import Caller, Invocation, RunnableAgent, RunResult, RunStatus
+from executor.agent import (
+    Caller,
+    DeliveryReport,
+    Invocation,
+    RunnableAgent,
+    RunResult,
+    RunStatus,
+)
 from executor.budget import InMemoryBudgetLedger
-from executor.events import RunFinished
+from executor.events import RunDelivered, RunFinished
 from executor.lanes import Lanes
 from executor.messages import Message
 from executor.run import Executor
@@ -157,3 +164,65 @@ async def test_a_host_cancel_is_not_swallowed() -> None:
         raise AssertionError("the cancel was swallowed")
     assert _finished(audit) == [RunStatus.CANCELLED]
     assert runner.in_flight == 0
+
+
+# --- a run whose model work is over (issue 20) ------------------------------------------
+
+
+class SlowPost(RecordingDelivery):
+    """A delivery whose last push waits for ``posted`` (a rate-limited webhook)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushing = asyncio.Event()
+        self.posted = asyncio.Event()
+
+    async def finish(self, result: RunResult) -> DeliveryReport:  # type: ignore[override]
+        await super().finish(result)
+        self.pushing.set()
+        await self.posted.wait()
+        return DeliveryReport(delivered=True)
+
+
+async def test_a_run_gives_its_lane_slot_back_before_its_answers_last_push() -> None:
+    """The next request starts while the answer before it waits to be posted; the run
+    that gave its slot back still ends with its answer delivered and recorded."""
+    clock = FakeClock()
+    runner, audit, _ = _world(clock, Reply(text="first"), Reply(text="second"), slots=1)
+    slow, nxt = SlowPost(), RecordingDelivery()
+    first = _start(runner, slow)
+    await slow.pushing.wait()  # the model is done; the answer waits to be posted
+    second = _start(runner, nxt, caller=Caller(user_id="bob"))
+    # Why a bound: on a lane held until the post, this would wait forever.
+    done = await asyncio.wait_for(second, 30)
+    assert done.status is RunStatus.OK and nxt.text_so_far == "second"
+    assert not first.done() and runner.in_flight == 1  # still in flight: not forgotten
+    slow.posted.set()
+    result = await first
+    assert result.status is RunStatus.OK and result.delivery == DeliveryReport(delivered=True)
+    [delivered] = audit.of_type(RunDelivered)
+    assert delivered.run_id == result.run_id and delivered.delivered
+    assert runner.in_flight == 0
+
+
+async def test_the_drain_lets_a_run_post_its_answer_after_the_grace_period() -> None:
+    """Its model work is over and paid for: cancelling it would only lose the answer."""
+    clock = FakeClock()
+    runner, audit, budget = _world(clock, Reply(text="done"))
+    slow = SlowPost()
+    run = _start(runner, slow)
+    await slow.pushing.wait()
+    drain = await _draining(runner, clock)
+    await clock.advance(20)  # the grace period is over; the answer is still on its way
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not run.done()
+    slow.posted.set()
+    report = await drain
+    assert (report.finished, report.cancelled, report.unfinished) == (1, 0, [])
+    result = await run
+    assert result.status is RunStatus.OK and result.note is None
+    assert result.delivery == DeliveryReport(delivered=True)
+    assert _finished(audit) == [RunStatus.OK]
+    assert [e.delivered for e in audit.of_type(RunDelivered)] == [True]
+    assert budget._open == {}

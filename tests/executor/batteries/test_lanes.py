@@ -128,3 +128,30 @@ async def test_async_position_callbacks_are_awaited() -> None:
 async def _use(lanes: Lanes, key: str, show: object) -> None:
     async with lanes.slot(key, on_position=show):  # type: ignore[arg-type]
         pass
+
+
+async def test_a_slot_given_back_early_lets_the_next_request_in_once() -> None:
+    """A run whose model is done gives its slot back before its block ends (its answer
+    is still being posted); leaving the block then gives nothing back twice."""
+    lanes = Lanes(slots=1)
+    posted = asyncio.Event()
+    log: list[str] = []
+
+    async def first() -> None:
+        async with lanes.slot("A") as held:
+            log.append("a")
+            held.release()
+            held.release()  # idempotent
+            await posted.wait()  # still in its block
+
+    a = asyncio.create_task(first())
+    await _settle()
+    b = Job(lanes, "B", log, "b")
+    await b.started.wait()  # in, while A's block goes on
+    assert log == ["a", "b"] and lanes.running == 1
+    posted.set()
+    await a
+    assert lanes.running == 1  # A's block ended without a second release
+    b.release.set()
+    await b.task
+    assert lanes.running == 0 and lanes.running_by_key == {}
