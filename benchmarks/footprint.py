@@ -1,6 +1,6 @@
 """What coterie costs a small VM, beside the floor of the libraries it stands on.
 
-    python benchmarks/footprint.py [--runs 3] [--chats 100]
+    python benchmarks/footprint.py [--runs 3] [--chats 100] [--before REV]
 
 Printed side by side, in one run, each a real process:
 
@@ -11,12 +11,25 @@ Printed side by side, in one run, each a real process:
   the "ready" line is out, and the time from process start to that line;
 * the same process after ``--chats`` concurrent chat runs (every member's mention
   answered; ``COTERIE_LANE_SLOTS`` raised so that all of them are in flight at once);
+* the same process's first member message after "ready" beside the next ones: from
+  the fake Discord sending the mention to the LLMock receiving the model request
+  (issue 19: the first paid for the provider's SDK import, 474 ms vs 17-19 ms);
 * ``coterie ask`` from process start to its answer against the LLMock, with one
-  provider's key and with both (only a configured provider's SDK is imported).
+  provider's key (OpenAI's, Anthropic's) and with both, beside ``import anthropic``
+  alone in a bare interpreter (only a configured provider's SDK is imported).
 
-Goals (issue 11): idle within 30 MB of the floor, under 250 MB after the 100 runs,
-ready in under 3 s, ``ask`` under 2 s. Figures, not a test: nothing here asserts.
-Needs the dev extras (``pip install -e '.[dev]'``: llmock, aiohttp for the fake).
+Goals: idle within 30 MB of the floor, under 250 MB after the 100 runs, ready in
+under 3 s (issue 11); the first message as fast as the next ones, ``ask`` with an
+Anthropic key under 2 s (issue 19). Figures, not a test: nothing here asserts.
+Every child process may cache its bytecode (``PYTHONDONTWRITEBYTECODE`` is dropped):
+an installed coterie has its ``.pyc`` files, and compiling on each start is not a
+cost users pay. Needs the dev extras (``pip install -e '.[dev]'``: llmock, aiohttp).
+
+``--before REV`` measures the code of commit ``REV`` too (``git archive`` into a
+temporary directory; the worktree is left alone), each round of processes run for
+the old code and then the new, so both share the machine's load; the figures are
+printed in a column beside today's. ``coterie ask`` is also given in CPU seconds
+(user + system, the process's own), which the load of the machine moves less.
 """
 
 from __future__ import annotations
@@ -55,17 +68,19 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def _env(tmp: Path, llmock: Any, *, anthropic: bool, openai: bool, **extra: str) -> dict[str, str]:
+def _env(
+    tmp: Path, llmock: Any, *, anthropic: bool, openai: bool, root: Path = ROOT, **extra: str
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("COTERIE_", "ANTHROPIC_", "OPENAI_", "DISCORD_"))
-        and k not in ("DATABASE_URL", "PYTHONPATH")
+        and k not in ("DATABASE_URL", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
     }
     env.update(
         DATABASE_URL=f"sqlite:///{tmp / 'data' / 'coterie.db'}",
         PYTHONUNBUFFERED="1",
-        PYTHONPATH=os.pathsep.join([str(SHIM), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(SHIM), str(root)]),
     )
     if anthropic:
         env.update(
@@ -77,76 +92,146 @@ def _env(tmp: Path, llmock: Any, *, anthropic: bool, openai: bool, **extra: str)
     return env
 
 
+def _bytecode_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def floor(runs: int) -> tuple[float, float]:
     samples = []
     for _ in range(runs):
         out = subprocess.run(
-            [sys.executable, "-c", FLOOR], capture_output=True, text=True, check=True
+            [sys.executable, "-c", FLOOR],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=_bytecode_env(),
         ).stdout.split()
         samples.append((float(out[0]), float(out[1])))
     return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
 
 
-async def bot(runs: int, chats: int, llmock: Any) -> dict[str, float]:
-    """Idle RSS, time to ready, and RSS after ``chats`` concurrent chats (medians)."""
-    idle, ready, after, peak = [], [], [], []
+def import_alone(module: str, runs: int) -> tuple[float, float]:
+    """Median seconds of ``python -c 'import MODULE'`` (process start to exit), and
+    its median CPU seconds."""
+    walls, cpus = [], []
+    for _ in range(runs + 1):  # the first warms the disk cache
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", f"import {module}"], env=_bytecode_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"import {module} failed")
+    return statistics.median(walls[1:]), statistics.median(cpus[1:])
+
+
+ANSWER_ROUTES = (
+    ("POST", r"/webhooks/{id}/{token}"),
+    ("PATCH", r"/webhooks/{id}/{token}/messages/{m}"),
+)
+
+
+async def _answered(fake: Any, since: int) -> Any:
+    """Wait until a persona message (posted or edited) shows the whole answer."""
+    return await fake.wait_for_any(
+        ANSWER_ROUTES,
+        lambda c: (c.json or {}).get("content") == ANSWER,
+        timeout=60,
+        since=since,
+    )
+
+
+async def _mention_to_request(fake: Any, llmock: Any, text: str) -> float:
+    """Seconds from the fake Discord sending a mention to the LLMock's model request."""
+    since = len(fake.calls)
+    sent = time.monotonic()
+    await fake.dispatch_message(f"<@{fake.bot_user['id']}> {text}", mentions=["bot"])
+    await _answered(fake, since)
+    started = [r.started_at for r in llmock.requests if r.started_at >= sent]
+    return min(started) - sent
+
+
+async def bot(
+    runs: int, chats: int, llmock: Any, roots: dict[str, Path]
+) -> dict[str, dict[str, float]]:
+    """For each code root: idle RSS, time to ready, the first message beside the next
+    ones, and RSS after ``chats`` concurrent chats (medians; the roots take turns)."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {k: [] for k in ("idle", "ready", "after", "peak", "first", "later")}
+        for name in roots
+    }
     for _ in range(runs):
-        with tempfile.TemporaryDirectory() as d:
-            tmp = Path(d)
-            async with FakeDiscord() as fake:
-                env = _env(
-                    tmp,
-                    llmock,
-                    anthropic=True,
-                    openai=True,
-                    DISCORD_TOKEN=fake.token,
-                    COTERIE_TEST_DISCORD_API=fake.api_base,
-                    COTERIE_TEST_DISCORD_GATEWAY=fake.gateway_url,
-                    COTERIE_LANE_SLOTS=str(chats),
-                    COTERIE_BUDGET_DEFAULT_USD="1000",
-                )
-                started = time.perf_counter()
-                proc = await Proc.start("run", env=env, cwd=tmp)
-                try:
-                    await proc.wait_for("coterie ready as", timeout=60)
-                    ready.append(time.perf_counter() - started)
-                    idle.append(_rss_mb(proc.pid))
-                    since = len(fake.calls)
-                    for i in range(chats):
-                        await fake.dispatch_message(
-                            f"<@{fake.bot_user['id']}> ping {i}", mentions=["bot"]
-                        )
-                    done = 0
-                    while done < chats:
-                        call = await fake.wait_for_call(
-                            "PATCH",
-                            r"/webhooks/{id}/{token}/messages/{m}",
-                            lambda c: (c.json or {}).get("content") == ANSWER,
-                            timeout=120,
-                            since=since,
-                        )
-                        since = fake.calls.index(call) + 1
-                        done += 1
-                    after.append(_rss_mb(proc.pid))
-                    peak.append(_rss_mb(proc.pid, "VmHWM"))
-                    proc.signal()
-                    await proc.exit_code()
-                finally:
-                    await proc.kill()
+        for name, root in roots.items():
+            await _bot_once(chats, llmock, root, samples[name])
     return {
-        "idle": statistics.median(idle),
-        "ready": statistics.median(ready),
-        "after": statistics.median(after),
-        "peak": statistics.median(peak),
+        name: {k: statistics.median(v) for k, v in figures.items()}
+        for name, figures in samples.items()
     }
 
 
-def ask(runs: int, llmock: Any, *, both: bool) -> tuple[float, float]:
-    """Median seconds from `coterie ask` starting to its exit with the answer, and RSS."""
-    walls, rss = [], []
+async def _bot_once(chats: int, llmock: Any, root: Path, out: dict[str, list[float]]) -> None:
+    idle, ready, after, peak, first, later = (
+        out[k] for k in ("idle", "ready", "after", "peak", "first", "later")
+    )
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        env = _env(tmp, llmock, anthropic=both, openai=True)
+        async with FakeDiscord() as fake:
+            env = _env(
+                tmp,
+                llmock,
+                anthropic=True,
+                openai=True,
+                DISCORD_TOKEN=fake.token,
+                COTERIE_TEST_DISCORD_API=fake.api_base,
+                COTERIE_TEST_DISCORD_GATEWAY=fake.gateway_url,
+                COTERIE_LANE_SLOTS=str(chats),
+                COTERIE_BUDGET_DEFAULT_USD="1000",
+                root=root,
+            )
+            started = time.perf_counter()
+            proc = await Proc.start("run", env=env, cwd=tmp)
+            try:
+                await proc.wait_for("coterie ready as", timeout=60)
+                ready.append(time.perf_counter() - started)
+                idle.append(_rss_mb(proc.pid))
+                first.append(await _mention_to_request(fake, llmock, "first"))
+                later.append(
+                    statistics.median(
+                        [await _mention_to_request(fake, llmock, f"next {i}") for i in range(5)]
+                    )
+                )
+                since = len(fake.calls)
+                for i in range(chats):
+                    await fake.dispatch_message(
+                        f"<@{fake.bot_user['id']}> ping {i}", mentions=["bot"]
+                    )
+                done = 0
+                while done < chats:
+                    call = await fake.wait_for_any(
+                        ANSWER_ROUTES,
+                        lambda c: (c.json or {}).get("content") == ANSWER,
+                        timeout=120,
+                        since=since,
+                    )
+                    since = fake.calls.index(call) + 1
+                    done += 1
+                after.append(_rss_mb(proc.pid))
+                peak.append(_rss_mb(proc.pid, "VmHWM"))
+                proc.signal()
+                await proc.exit_code()
+            finally:
+                await proc.kill()
+
+
+def ask(
+    runs: int, llmock: Any, *, anthropic: bool, openai: bool, root: Path = ROOT
+) -> dict[str, float]:
+    """Median seconds from `coterie ask` starting to its exit with the answer, its CPU
+    seconds, and its peak RSS (MB)."""
+    walls, cpus, rss = [], [], []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        env = _env(tmp, llmock, anthropic=anthropic, openai=openai, root=root)
         subprocess.run(
             [sys.executable, "-m", "bot", "db", "upgrade"],
             env=env,
@@ -166,58 +251,94 @@ def ask(runs: int, llmock: Any, *, both: bool) -> tuple[float, float]:
             out = proc.stdout.read() if proc.stdout else b""
             _, status, usage = os.wait4(proc.pid, 0)
             walls.append(time.perf_counter() - t0)
+            cpus.append(usage.ru_utime + usage.ru_stime)
             rss.append(usage.ru_maxrss / 1024)
             if os.waitstatus_to_exitcode(status) != 0 or ANSWER not in out.decode():
                 raise SystemExit(f"coterie ask failed: {out.decode()!r}")
-    return statistics.median(walls[1:]), statistics.median(rss[1:])
+    return {
+        "wall": statistics.median(walls[1:]),
+        "cpu": statistics.median(cpus[1:]),
+        "rss": statistics.median(rss[1:]),
+    }
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    """The code of commit ``rev``, extracted (the worktree is left alone)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chats", type=int, default=100)
+    parser.add_argument("--before", metavar="REV", help="also measure this commit's code")
     args = parser.parse_args()
 
     from llmock.pytest_plugin import LLMock
     from llmock.testing import LLMockServer
 
-    with LLMockServer() as server:
+    with tempfile.TemporaryDirectory() as old, LLMockServer() as server:
+        roots = (
+            {f"before ({args.before})": _checkout(args.before, Path(old))} if args.before else {}
+        )
+        roots["now"] = ROOT
         llmock = LLMock(server).reset()
         llmock.reply(ANSWER, times=None)
         floor_rss, floor_s = floor(args.runs)
-        figures = asyncio.run(bot(args.runs, args.chats, llmock))
-        ask_one, ask_one_rss = ask(args.runs, llmock, both=False)
-        ask_both, ask_both_rss = ask(args.runs, llmock, both=True)
+        figures = asyncio.run(bot(args.runs, args.chats, llmock, roots))
+        for name, root in roots.items():
+            for key, keys in (("ask_openai", (False, True)), ("ask_anthropic", (True, False))):
+                figures[name][key] = ask(  # type: ignore[assignment]
+                    args.runs, llmock, anthropic=keys[0], openai=keys[1], root=root
+                )
+        import_wall, import_cpu = import_alone("anthropic", args.runs)
+        for name, root in roots.items():
+            figures[name]["ask_both"] = ask(  # type: ignore[assignment]
+                args.runs, llmock, anthropic=True, openai=True, root=root
+            )
 
-    rows = [
-        ("import floor (6 libraries): RSS", f"{floor_rss:.1f} MB", "-"),
-        ("import floor: import time", f"{floor_s:.2f} s", "-"),
+    def ask_row(key: str) -> Any:
+        return lambda f: (
+            f"{f[key]['wall']:.2f} s, {f[key]['cpu']:.2f} s CPU ({f[key]['rss']:.0f} MB)"
+        )
+
+    rows: list[tuple[str, Any, str]] = [
         (
             "coterie run idle (both providers): RSS",
-            f"{figures['idle']:.1f} MB ({figures['idle'] - floor_rss:+.1f} vs floor)",
+            lambda f: f"{f['idle']:.1f} MB ({f['idle'] - floor_rss:+.1f})",
             "<= floor + 30 MB",
         ),
-        ("coterie run: process start -> ready", f"{figures['ready']:.2f} s", "< 3 s"),
+        ("coterie run: process start -> ready", lambda f: f"{f['ready']:.2f} s", "< 3 s"),
         (
             f"after {args.chats} concurrent chats: RSS (peak)",
-            f"{figures['after']:.1f} MB ({figures['peak']:.1f})",
+            lambda f: f"{f['after']:.1f} MB ({f['peak']:.1f})",
             "< 250 MB",
         ),
         (
-            "coterie ask, one provider: start -> answer",
-            f"{ask_one:.2f} s ({ask_one_rss:.0f} MB)",
-            "< 2 s",
+            "first message after ready: mention -> request",
+            lambda f: f"{f['first'] * 1000:.0f} ms",
+            "the next ones'",
         ),
-        (
-            "coterie ask, both providers: start -> answer",
-            f"{ask_both:.2f} s ({ask_both_rss:.0f} MB)",
-            "-",
-        ),
+        ("  the next ones (median of 5)", lambda f: f"{f['later'] * 1000:.0f} ms", "-"),
+        ("coterie ask, OpenAI key: start -> answer", ask_row("ask_openai"), "< 2 s"),
+        ("coterie ask, Anthropic key: start -> answer", ask_row("ask_anthropic"), "< 2 s"),
+        ("coterie ask, both providers: start -> answer", ask_row("ask_both"), "-"),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  {'measured (median of ' + str(args.runs) + ')':<34}  goal")
-    for label, value, goal in rows:
-        print(f"{label:<{width}}  {value:<34}  {goal}")
+    cell = 34
+    print(f"median of {args.runs}; the floor: 6 libraries imported in a bare interpreter")
+    print(f"{'import floor: RSS / import time':<{width}}  {floor_rss:.1f} MB / {floor_s:.2f} s")
+    print(
+        f"{'import anthropic alone: start -> exit':<{width}}  "
+        f"{import_wall:.2f} s, {import_cpu:.2f} s CPU"
+    )
+    print(f"{'figure':<{width}}  " + "".join(f"{n:<{cell}}" for n in figures) + "goal")
+    for label, fmt, goal in rows:
+        print(f"{label:<{width}}  " + "".join(f"{fmt(f):<{cell}}" for f in figures.values()) + goal)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,39 @@
 """Storage benchmark: the audit sink and the budget ledger on SQLite (WAL).
 
     .venv/bin/python benchmarks/storage.py [--runs 400] [--ledger-rows 1000000]
+                                           [--before REV]
 
 Prints, side by side in one run:
 
 * audit rows per second through ``SqlAuditSink`` versus a raw ``aiosqlite`` batched
   ``executemany`` of the same rows (the floor), and the sink's cost per run step;
+* the database's share of a member's message before the model request: the chat
+  flow and executor as ``build_app`` wires them on SQLite, beside the same path with
+  in-memory ports, and which parts took it;
 * budget reserve+settle pairs per second with 1 and with 50 concurrent members;
 * the p50/p95 of a budget check (a reservation, and a status read) with 1,000,000
   rows in the ledger.
 
-Goals: audit >= 10,000 rows/s; budget check <= 10 ms p95.
+Goals (issue 19): audit with 10 concurrent runs >= 1/3 of the floor, one run at a
+time <= 0.5 ms of sink per step; the database's share of a message <= 3 ms; budget
+check <= 5 ms p95 at 1M ledger rows.
+
+``--before REV`` measures the code of commit ``REV`` too (``git archive`` into a
+temporary directory, run there by this same script in a child process: the worktree
+is left alone), and prints its figures in a column beside today's: both in one run,
+on the same machine at the same load. ``--json`` prints the figures as JSON
+(``--root DIR``: of the code in DIR), which is how the column is made.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +41,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Why before the imports: --root DIR measures the code in DIR (see --before).
+_ROOT = Path(__file__).resolve().parents[1]
+if "--root" in sys.argv:
+    _ROOT = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
+sys.path.insert(0, str(_ROOT))
 
-from adapters.storage.audit_sink import SqlAuditSink
-from adapters.storage.budget import SqlBudgetLedger
-from adapters.storage.db import Database
-from executor.agent import Caller, RunResult, RunStatus
-from executor.events import (
+from adapters.storage.audit_sink import SqlAuditSink  # noqa: E402
+from adapters.storage.budget import SqlBudgetLedger  # noqa: E402
+from adapters.storage.db import Database  # noqa: E402
+from executor.agent import Caller, RunResult, RunStatus  # noqa: E402
+from executor.events import (  # noqa: E402
     ModelAttemptEvent,
     ModelRequestEvent,
     RunEvent,
@@ -42,8 +60,8 @@ from executor.events import (
     StepFinished,
     ToolCallFinished,
 )
-from executor.messages import Usage
-from executor.models.base import Attempt
+from executor.messages import Usage  # noqa: E402
+from executor.models.base import Attempt  # noqa: E402
 
 STEPS = 10  # per run: request + attempt + step + tool call = 4 child rows per step
 
@@ -238,6 +256,145 @@ async def bench_raw_floor(directory: Path, runs: int) -> tuple[float, int]:
     return elapsed, rows
 
 
+class _Surface:
+    """The chat flow's surface for the message path: a one-turn history, no Discord."""
+
+    def __init__(self, turns: list[Any]) -> None:
+        self.turns = turns
+
+    async def history(self, source: Any, *, max_messages: int) -> list[Any]:
+        return list(self.turns)
+
+    async def open_thread(self, name: str, starter: str) -> str | None:
+        return None
+
+    async def delivery(self, persona: Any) -> Any:
+        from executor.ports import NullDelivery
+
+        return NullDelivery()
+
+
+class _DictPersonas:
+    """The floor's persona lookup: a dict, no database."""
+
+    def __init__(self, builtins: dict[str, Any]) -> None:
+        self.builtins = builtins
+
+    async def find(self, guild_id: str | None, name: str) -> Any:
+        return self.builtins.get(name.lower())
+
+
+async def bench_message_path(
+    directory: Path, messages: int = 300, members: int = 50
+) -> dict[str, Any]:
+    """A member's mention, from the chat flow taking it to the model's request: the app
+    as ``build_app`` wires it on SQLite, then the same app with in-memory ports (no
+    database). The difference is the database's share; also which parts took it."""
+    from adapters.services.chat import IncomingMessage
+    from adapters.services.conversation import Turn
+    from adapters.services.ports import InMemoryGuildSettings, InMemoryThreadStore
+    from bot.app import build_app
+    from bot.settings import Settings
+    from executor.events import ModelRequestEvent, RunStarted
+    from executor.ports import InMemoryAuditSink, UnlimitedBudget
+    from executor.testing import FunctionModel
+
+    stamps: list[float] = []
+
+    def answer(_request: Any) -> str:
+        stamps.append(time.perf_counter())
+        return "ok"
+
+    model = FunctionModel(answer)
+
+    class Resolver:
+        default_tier = "standard"
+        tiers = ("fast", "standard", "smart")
+
+        def resolve(self, tier: str) -> Any:
+            return model
+
+        def estimate_micros(self, tier: str, input_tokens: int, output_tokens: int) -> int:
+            return 1_000
+
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{directory / 'path.db'}",
+        budget_default_usd=1_000_000,
+    )
+    app = await build_app(settings, resolver=Resolver())
+    surface = _Surface([Turn(author_name="m", content="hello there, what's new?")])
+    parts: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Any, only: Any = None) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if only is not None and not only(*args):
+                return await fn(*args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                parts.setdefault(name, []).append(time.perf_counter() - t)
+
+        return call
+
+    async def path(n: int) -> list[float]:
+        out = []
+        for i in range(n):
+            caller = Caller(user_id=f"m{i % members}", guild_id="g1", channel_id="c1")
+            msg = IncomingMessage(caller=caller, guild_id="g1", channel_id="c1", mentions_bot=True)
+            t = time.perf_counter()
+            await app.chat.answer(msg, surface)
+            out.append(stamps[-1] - t)
+        return out
+
+    try:
+        await path(20)  # warm-up
+        personas, audit, budget = app.chat.personas, app.executor.audit, app.executor.budget
+
+        class TimedPersonas:
+            find = staticmethod(timed("persona lookup", personas.find))
+
+        app.chat.personas = TimedPersonas()  # type: ignore[assignment]
+        budget.reserve = timed("budget reservation", budget.reserve)  # type: ignore[method-assign]
+        record = timed("run start (audit)", audit.record, only=lambda e: isinstance(e, RunStarted))
+        audit.record = timed(  # type: ignore[method-assign]
+            "first model request (audit)",
+            record,
+            only=lambda e: isinstance(e, ModelRequestEvent) and e.step == 1,
+        )
+        # Runs that resume (issue 18) save a chat run's conversation before its first
+        # request; a commit older than them has no checkpoints.
+        checkpoints = getattr(app.executor, "checkpoints", None)
+        if checkpoints is not None:
+            checkpoints.save = timed(  # type: ignore[method-assign]
+                "first checkpoint (resume)", checkpoints.save, only=lambda c: c.step == 0
+            )
+        real = await path(messages)
+        # The floor: the same flow and executor with in-memory ports.
+        app.chat.personas = _DictPersonas(personas.builtins)  # type: ignore[assignment]
+        app.chat.guild_settings = InMemoryGuildSettings()
+        app.chat.threads = InMemoryThreadStore()
+        app.executor.audit, app.executor.budget = InMemoryAuditSink(), UnlimitedBudget()
+        if checkpoints is not None:
+            from executor.ports import InMemoryCheckpoints
+
+            app.executor.checkpoints = InMemoryCheckpoints()
+        floor = await path(messages)
+    finally:
+        await app.close()
+    return {
+        "real": statistics.median(real) * 1e3,
+        "floor": statistics.median(floor) * 1e3,
+        # Each part is called once a message: its median, and its mean (checkpoints,
+        # a busy moment of the disk) after it.
+        "parts": {
+            k: (statistics.median(v) * 1e3, statistics.fmean(v) * 1e3) for k, v in parts.items()
+        },
+    }
+
+
 async def bench_budget_pairs(directory: Path, members: int, pairs_per_member: int) -> float:
     db = await fresh_db(directory, f"budget_{members}.db")
     ledger = SqlBudgetLedger(db.sessions, default_limit_micros=10**12)
@@ -320,59 +477,148 @@ async def bench_budget_check(
     }
 
 
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure, as numbers (the printer formats them)."""
+    with tempfile.TemporaryDirectory(prefix="coterie-bench-") as tmp:
+        d = Path(tmp)
+        sink_s, sink_rows, sink_steps = await bench_audit_sink(d, args.runs, concurrency=10)
+        seq_s, seq_rows, seq_steps = await bench_audit_sink(d / "seq", args.runs, concurrency=1)
+        floor_s, floor_rows = await bench_raw_floor(d, args.runs)
+        path = await bench_message_path(d / "path")
+        pairs_1 = await bench_budget_pairs(d, members=1, pairs_per_member=500)
+        pairs_50 = await bench_budget_pairs(d, members=50, pairs_per_member=20)
+        check = await bench_budget_check(d, args.ledger_rows, args.members, args.samples)
+    parts = path["parts"]
+    return {
+        "sink_10": sink_rows / sink_s,
+        "sink_1": seq_rows / seq_s,
+        "floor": floor_rows / floor_s,
+        "step_10_us": sink_s / sink_steps * 1e6,
+        "step_1_us": seq_s / seq_steps * 1e6,
+        "path_real": path["real"],
+        "path_floor": path["floor"],
+        "path_share": path["real"] - path["floor"],
+        "path_parts": sum(median for median, _ in parts.values()),
+        "parts": {name: median for name, (median, _) in parts.items()},
+        "pairs_1": pairs_1,
+        "pairs_50": pairs_50,
+        **check,
+    }
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    """The code of commit ``rev``, extracted (the worktree is left alone)."""
+    archive = subprocess.run(
+        ["git", "-C", str(_ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _before(rev: str, args: argparse.Namespace) -> dict[str, Any]:
+    """This script's figures for the code of ``rev``, measured in a child process."""
+    with tempfile.TemporaryDirectory(prefix="coterie-before-") as old:
+        root = _checkout(rev, Path(old))
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--root",
+                str(root),
+                "--json",
+                "--runs",
+                str(args.runs),
+                "--ledger-rows",
+                str(args.ledger_rows),
+                "--members",
+                str(args.members),
+                "--samples",
+                str(args.samples),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _print(columns: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    names = list(columns)
+    now = columns["now"]
+    width = 22
+
+    def row(label: str, fmt: Any, goal: str = "") -> None:
+        cells = "".join(f"{fmt(columns[n]):>{width}}" for n in names)
+        print(f"{label:<52}{cells}  {goal}")
+
+    def parts(name: str) -> Any:
+        return lambda f: f"{f['parts'][name]:.2f} ms" if name in f["parts"] else "-"
+
+    print(
+        f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=NORMAL; Python {sys.version.split()[0]}"
+    )
+    print(f"{'':<52}" + "".join(f"{n:>{width}}" for n in names) + "  goal")
+    print(f"audit ({args.runs} runs x {STEPS} steps, 4 rows a step)")
+    row("  raw aiosqlite executemany: the floor, rows/s", lambda f: f"{f['floor']:,.0f}")
+    row("  SqlAuditSink, 10 concurrent runs, rows/s", lambda f: f"{f['sink_10']:,.0f}")
+    row(
+        "  ... share of the floor",
+        lambda f: f"{f['sink_10'] / f['floor']:.2f}",
+        ">= 0.33 " + ("met" if now["sink_10"] / now["floor"] >= 1 / 3 else "MISSED"),
+    )
+    row("  SqlAuditSink, 1 run at a time, rows/s", lambda f: f"{f['sink_1']:,.0f}")
+    row(
+        "  sink per step, 1 run at a time",
+        lambda f: f"{f['step_1_us'] / 1000:.2f} ms",
+        "<= 0.5 ms " + ("met" if now["step_1_us"] <= 500 else "MISSED"),
+    )
+    row("  sink per step, 10 concurrent runs", lambda f: f"{f['step_10_us'] / 1000:.2f} ms")
+    print("a member's mention -> the model's request (chat flow + executor), medians")
+    row("  the same path on in-memory ports: the floor", lambda f: f"{f['path_floor']:.2f} ms")
+    row("  as build_app wires it, SQLite", lambda f: f"{f['path_real']:.2f} ms")
+    row("  the database's share (difference)", lambda f: f"{f['path_share']:.2f} ms")
+    row(
+        "  the database's share (sum of its parts)",
+        lambda f: f"{f['path_parts']:.2f} ms",
+        "<= 3 ms " + ("met" if now["path_parts"] <= 3 else "MISSED"),
+    )
+    for name in ("persona lookup", "budget reservation", "run start (audit)"):
+        row(f"    {name}", parts(name))
+    row("    first model request (audit)", parts("first model request (audit)"))
+    row("    first checkpoint (resume)", parts("first checkpoint (resume)"))
+    print("budget reserve + settle, pairs/s")
+    row("  1 member", lambda f: f"{f['pairs_1']:,.0f}")
+    row("  50 concurrent members", lambda f: f"{f['pairs_50']:,.0f}")
+    print(f"budget check at {args.ledger_rows:,} ledger rows ({args.members:,} members, 30 days)")
+    row(
+        "  reserve (check + hold), p50 / p95",
+        lambda f: f"{f['reserve_p50']:.2f} / {f['reserve_p95']:.2f} ms",
+        "p95 <= 5 ms " + ("met" if now["reserve_p95"] <= 5 else "MISSED"),
+    )
+    row(
+        "  status read, p50 / p95",
+        lambda f: f"{f['status_p50']:.2f} / {f['status_p95']:.2f} ms",
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400, help="audited runs (10 steps each)")
     parser.add_argument("--ledger-rows", type=int, default=1_000_000)
     parser.add_argument("--members", type=int, default=1_000, help="members in the big ledger")
     parser.add_argument("--samples", type=int, default=500, help="budget checks timed")
+    parser.add_argument("--before", metavar="REV", help="also measure this commit's code")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="coterie-bench-") as tmp:
-        d = Path(tmp)
-        sink_s, sink_rows, sink_steps = await bench_audit_sink(d, args.runs, concurrency=10)
-        seq_s, seq_rows, seq_steps = await bench_audit_sink(d / "seq", args.runs, concurrency=1)
-        floor_s, floor_rows = await bench_raw_floor(d, args.runs)
-        pairs_1 = await bench_budget_pairs(d, members=1, pairs_per_member=500)
-        pairs_50 = await bench_budget_pairs(d, members=50, pairs_per_member=20)
-        check = await bench_budget_check(d, args.ledger_rows, args.members, args.samples)
-
-    print(
-        f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=NORMAL; Python {sys.version.split()[0]}"
-    )
-    print()
-    print(
-        f"{'audit (' + str(args.runs) + ' runs x ' + str(STEPS) + ' steps)':<44}{'rows':>9}{'rows/s':>12}"
-    )
-    print(f"{'  SqlAuditSink, 10 concurrent runs':<44}{sink_rows:>9}{sink_rows / sink_s:>12,.0f}")
-    print(f"{'  SqlAuditSink, 1 run at a time':<44}{seq_rows:>9}{seq_rows / seq_s:>12,.0f}")
-    print(
-        f"{'  raw aiosqlite executemany (floor)':<44}{floor_rows:>9}{floor_rows / floor_s:>12,.0f}"
-    )
-    print(
-        f"{'  sink cost per step (4 rows), 10 / 1 runs':<44}{'':>9}"
-        f"{sink_s / sink_steps * 1e6:>6,.0f} / {seq_s / seq_steps * 1e6:,.0f} us"
-    )
-    print()
-    print(f"{'budget reserve+settle':<44}{'':>9}{'pairs/s':>12}")
-    print(f"{'  1 member':<44}{'':>9}{pairs_1:>12,.0f}")
-    print(f"{'  50 concurrent members':<44}{'':>9}{pairs_50:>12,.0f}")
-    print()
-    print(
-        f"budget check with {args.ledger_rows:,} ledger rows ({args.members:,} members, 30 days; filled in {check['fill_s']:.1f} s)"
-    )
-    print(
-        f"{'  reserve (check + hold), p50 / p95':<44}{check['reserve_p50']:>8.2f} / {check['reserve_p95']:.2f} ms"
-    )
-    print(
-        f"{'  status read, p50 / p95':<44}{check['status_p50']:>8.2f} / {check['status_p95']:.2f} ms"
-    )
-    ok_audit = sink_rows / sink_s >= 10_000
-    ok_check = check["reserve_p95"] <= 10
-    print()
-    print(
-        f"goals: audit >= 10,000 rows/s {'met' if ok_audit else 'MISSED'}; budget check <= 10 ms p95 {'met' if ok_check else 'MISSED'}"
-    )
+    if args.json:
+        print(json.dumps(await measure(args)))
+        return
+    columns: dict[str, dict[str, Any]] = {}
+    if args.before:
+        columns[f"before ({args.before})"] = _before(args.before, args)
+    columns["now"] = await measure(args)
+    _print(columns, args)
 
 
 if __name__ == "__main__":

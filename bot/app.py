@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,10 @@ class App:
     # Every store above that keeps member data, asked by /forgetme and /mydata.
     deletion: DataDeletion = field(init=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The providers' SDK imports started by build_app (a thread), and for which tiers.
+    _warming: asyncio.Future[list[str]] | None = None
+    _warm_tiers: Sequence[str | None] | None = None
+    _models: asyncio.Task[None] | None = None  # waits for them and builds the models
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -193,10 +198,67 @@ class App:
             privilege=Privilege.OWNER,
         )
 
+    async def warm_models(self) -> None:
+        """Wait for the SDK imports :func:`build_app` started in a thread, then build
+        the warmed tiers' models here (cached by the resolver): the first run, and the
+        chat flow's look at a model's profile, then import and build nothing.
+        Idempotent: every call waits for the same work (:meth:`start` begins it, the
+        bot's ``on_ready`` waits for it); a tier that cannot be built is left for its
+        first run to report."""
+        if self._models is None:
+            self._models = asyncio.ensure_future(self._build_models())
+        await asyncio.shield(self._models)
+
+    async def _build_models(self) -> None:
+        warming, self._warming = self._warming, None
+        if warming is None:
+            return
+        started = time.perf_counter()
+        try:
+            kinds = await warming
+        except Exception:
+            log.warning("could not import a provider's SDK ahead of time", exc_info=True)
+            return
+        resolver = self.resolver
+        if isinstance(resolver, TierResolver):
+            for tier in resolver.tiers if self._warm_tiers is None else self._warm_tiers:
+                try:
+                    resolver.resolve(tier)
+                except ConfigError:
+                    continue  # no usable candidate: the preflight said so, a run will
+                except Exception:
+                    log.warning(
+                        "could not build tier %s's models ahead of time", tier, exc_info=True
+                    )
+        log.info(
+            "models ready: %s (SDKs imported off the event loop; waited %.2fs for them)",
+            ", ".join(kinds) or "no SDK",
+            time.perf_counter() - started,
+        )
+
+    async def warm_storage(self) -> None:
+        """Run the reads of a member's message once, writing nothing: SQLAlchemy
+        builds and caches each statement on its first use (10-20 ms apiece on the
+        2-core VM), which the first message after a start would otherwise pay."""
+        nobody = "0"  # no Discord id is 0: nothing real is read or cached twice
+        try:
+            await self.guild_settings.guild(nobody)
+            await self.guild_settings.channel_persona(nobody)
+            await self.threads.get(nobody)
+            await self.personas.find(None, self.chat.fallback_persona)
+            await self.budget.status(nobody)
+        except Exception:  # a start must not fail over a warm-up; the reads will say why
+            log.warning("could not warm the database's statements up", exc_info=True)
+
     async def start(self) -> None:
-        """Background services (called from the bot's setup_hook): the scheduler, its
-        jobs rebuilt from the schedules table and missed slots handled; on a registered
-        bot, once this process leads the scheduler (at once on SQLite)."""
+        """Background services (called from the bot's setup_hook): the models (begun
+        here, not awaited: the SDKs' import goes on while the bot logs in, and its
+        ``on_ready`` waits for them before "ready"), the message path's statements, the
+        scheduler, its jobs rebuilt from the schedules table and missed slots handled;
+        on a registered bot, once this process leads the scheduler (at once on SQLite)."""
+        if self._models is None:
+            self._models = asyncio.ensure_future(self._build_models())
+        await self.warm_storage()
         leadership = self.membership.leadership if self.membership is not None else None
         if leadership is not None:
             await leadership.enable()
@@ -245,6 +307,10 @@ class App:
     async def close(self) -> None:
         self.scheduler.shutdown()
         await self._stop_background()
+        models, self._models = self._models, None
+        if models is not None and not models.done():
+            models.cancel()  # the import's thread finishes on its own; nothing waits
+            await asyncio.gather(models, return_exceptions=True)
         # Why wait: a run that has finished may still be telling the audit whether its
         # answer arrived; closing the database under it leaves a connection behind. The
         # drain has already ended every run in `coterie run`; this is for the rest.
@@ -273,6 +339,7 @@ async def build_app(
     clock: Clock | None = None,
     to_agent: Callable[[Persona], RunnableAgent] | None = None,
     instance: Kind | None = None,
+    warm: bool | Sequence[str | None] = False,
 ) -> App:
     """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos);
     ``to_agent`` replaces how a persona becomes an agent (tests give a scripted model).
@@ -286,6 +353,11 @@ async def build_app(
     ``recover`` (the bot, at start, holding the database's lock) closes runs left
     ``running`` by a process that is gone as ``interrupted`` and settles their
     reservations; never a ``coterie ask`` or ``coterie chat``.
+
+    ``warm``: the SDKs of these tiers' providers (True: every tier's; a None among the
+    tiers: the default tier's) start importing in a thread at once, while the rest is
+    built; :meth:`App.warm_models` waits for them (``App.start`` does). Verbs that run
+    no model (``budget``, ``forget``) leave it False.
     """
     from adapters.services.admin import AdminService
     from adapters.services.approval import ApprovalService, DeliveryApprover
@@ -328,9 +400,17 @@ async def build_app(
     models_config: ModelsConfig | None = None
     providers: ProviderRegistry | None = None
     environ = environ if environ is not None else load_environ(settings)
+    warming: asyncio.Future[list[str]] | None = None
+    warm_tiers: list[str | None] | None = None
     if resolver is None:
         models_config, providers, resolver = build_resolver(settings, environ)
         closers.append(providers.aclose)
+    if warm and isinstance(resolver, TierResolver):
+        warm_tiers = None if warm is True else list(warm)
+        # Why a thread, and first: an SDK import takes seconds of the start (1.4 s for
+        # anthropic); it overlaps the database's start here, Discord's login in `run`.
+        warming = asyncio.get_running_loop().run_in_executor(None, resolver.preload, warm_tiers)
+        warming.add_done_callback(_retrieve)
     clock = clock or RealClock()
 
     from bot.tooling import mcp_servers, web_search_tools
@@ -591,6 +671,7 @@ async def build_app(
         except BaseException:
             await app.close()
             raise
+    app._warming, app._warm_tiers = warming, warm_tiers
     return app
 
 
@@ -685,6 +766,12 @@ async def _register(app: App, kind: Kind) -> None:
     app.membership = membership
     membership.start()
     log.info("registered as %s", identity)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the warming's outcome seen when nobody awaits it (an app closed early)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _sees_images(resolver: ModelResolver) -> Callable[[RunnableAgent], bool]:

@@ -472,6 +472,11 @@ class CoterieBot(CoterieClient[App]):
         await self.load_extension(name)
 
     async def on_ready(self) -> None:
+        if self.services and self.has_app:
+            # Why here and not in setup_hook: the providers' SDKs, importing in a thread
+            # since the start, overlap the login and the guilds' arrival; "ready" then
+            # still means that a member's first message imports nothing.
+            await self.app.warm_models()
         user = self.user
         name, uid = (user.name, user.id) if user else ("?", 0)
         log.info(

@@ -175,6 +175,17 @@ async def _watch_lock(lock: InstanceLock, shutdown: Shutdown) -> None:
             log.warning("could not check the database lock; will try again", exc_info=True)
 
 
+async def _collect_once_warm(app: App) -> None:
+    """The garbage collector back on once the models are built (off since the program
+    began: :func:`bot.cli.entry`), with what the start made frozen."""
+    from bot.cli._common import started
+
+    try:
+        await app.warm_models()
+    finally:
+        started()
+
+
 async def serve(
     settings: Settings,
     token: str,
@@ -192,12 +203,15 @@ async def serve(
 
     lock = await InstanceLock.acquire(settings.database_url)
     watcher: asyncio.Task[None] | None = None
+    collector: asyncio.Task[None] | None = None
     try:
         if build is None:
             from bot.app import build_app
 
             build = build_app
-        app = await build(settings, recover=True, instance="bot")
+        # Why warm: the providers' SDKs are imported before "ready", in a thread.
+        app = await build(settings, recover=True, instance="bot", warm=True)
+        collector = asyncio.create_task(_collect_once_warm(app), name="coterie-warm-gc")
         try:
             from bot.cli._preflight import check_app
 
@@ -238,6 +252,9 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+        if collector is not None:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
         log.debug("releasing the database's lock")
         await lock.release()
     error = runner.exception() if not runner.cancelled() else None

@@ -14,12 +14,17 @@ crossing. Several thresholds crossed by one run send one DM, naming the highest.
 The DM goes through an :class:`AlertSender` attached by the host (the Discord client
 in ``setup_hook``); with none attached a warning is logged and still claimed, so a
 restart does not send it late.
+
+After a settle, the ledger hands over what it read in the settle's own transaction (a
+:class:`SettledCharge`: the budget just after the charge and just before it, the
+warnings claimed), so a run that crosses nothing costs the warnings no read at all.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -28,9 +33,25 @@ from executor.agent import Caller
 from executor.budget import BudgetStatus, format_usd
 from executor.ports import Clock, RealClock
 
-__all__ = ["AlertSender", "AlertStore", "BudgetAlerts", "InMemoryAlertStore", "warning_text"]
+__all__ = [
+    "AlertSender",
+    "AlertStore",
+    "BudgetAlerts",
+    "InMemoryAlertStore",
+    "SettledCharge",
+    "warning_text",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SettledCharge:
+    """What a settle's transaction saw of the member it charged."""
+
+    status: BudgetStatus  # their budget just after the charge
+    spent_before_micros: int  # their window's spend just before it
+    claimed: Mapping[int, datetime]  # the warnings already claimed, and when
 
 
 class AlertStore(Protocol):
@@ -115,25 +136,41 @@ class BudgetAlerts:
         if self._sender is sender:
             self._sender = None
 
-    async def check(self, caller: Caller, charged_at: datetime | None = None) -> int | None:
+    async def check(
+        self,
+        caller: Caller,
+        charged_at: datetime | None = None,
+        settled: SettledCharge | None = None,
+    ) -> int | None:
         """Warn ``caller`` of a newly crossed threshold after a charge made at
-        ``charged_at``; returns the threshold sent, or None."""
+        ``charged_at`` (``settled``: what the settle read; None: read it here);
+        returns the threshold sent, or None."""
         if not self.thresholds:
             return None
         now = self.clock.now()
-        status = await self.ledger.status(caller.user_id, context=caller)
+        if settled is not None:
+            status = settled.status
+        else:
+            status = await self.ledger.status(caller.user_id, context=caller)
         limit = status.limit_micros
         if limit <= 0:
             return None  # a zero budget refuses every run: nothing to warn about
         # Why spent only: a reservation is an estimate that is settled a moment later.
         pct = status.spent_micros * 100 / limit
         passed = [t for t in self.thresholds if pct >= t]
-        claimed = await self.store.claimed(caller.user_id)
+        if settled is not None:
+            claimed = dict(settled.claimed)
+        else:
+            claimed = await self.store.claimed(caller.user_id)
         under = [t for t in claimed if t not in passed]
         if charged_at is not None and len(under) < len(claimed):
             # The lowest the member's spend was since the last charge: just before this one.
-            just_before = charged_at - timedelta(microseconds=1)
-            before = await self.ledger.spent_at(caller.user_id, just_before) * 100 / limit
+            if settled is not None:
+                spent_before = settled.spent_before_micros
+            else:
+                just_before = charged_at - timedelta(microseconds=1)
+                spent_before = await self.ledger.spent_at(caller.user_id, just_before)
+            before = spent_before * 100 / limit
             under += [
                 t
                 for t, sent in claimed.items()

@@ -22,7 +22,12 @@ What a crash may lose is bounded, because crash recovery charges what is written
 
 The buffer is also written when it holds ``batch_size`` rows, on
 :meth:`SqlAuditSink.flush` and on :meth:`SqlAuditSink.close`. Every write is a group
-commit: runs that record while a write is under way share the next transaction.
+commit: runs that record while a write is under way share the next transaction, one
+Core ``executemany`` per table. On a SQLite file the transaction runs as one call in
+the database's writer thread (:class:`adapters.storage.sqlite_writer.SqliteWriter`)
+instead of a hop to aiosqlite's thread per statement; a ``record`` cancelled while its
+write is in that thread waits for the write's end, so its rows are never both
+committed and kept for the next try.
 
 Tool arguments are stored with secrets redacted (:func:`executor.redaction.redact`)
 and capped in size; results, errors and texts are stored as excerpts. The queries
@@ -37,6 +42,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +50,8 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from adapters.storage.db import engine_of, write_transaction
+from adapters.storage.db import engine_of, sqlite_path, write_lock, write_transaction
+from adapters.storage.sqlite_writer import WriteJob, WriteTx, writer_for
 from adapters.storage.tables import (
     AuditEventRow,
     AuditModelAttempt,
@@ -81,6 +88,8 @@ _attempts = AuditModelAttempt.__table__  # type: ignore[attr-defined]
 _tools = AuditToolCall.__table__  # type: ignore[attr-defined]
 _events = AuditEventRow.__table__  # type: ignore[attr-defined]
 _CHILDREN = (_steps, _attempts, _tools, _events)
+# Built once: the SQLite writer caches each statement's prepared form by identity.
+_INSERT = {t: insert(t) for t in (_runs, *_CHILDREN)}
 _FINISHED_COLUMNS = (
     "status",
     "ended_at",
@@ -139,7 +148,7 @@ class SqlAuditSink:
         self._oldest: float | None = None
         # Runs this sink has a row for; a small memory of finished ones for late events.
         self._known: OrderedDict[str, None] = OrderedDict()
-        # Why: SQLite has one writer; queue ours here rather than in its busy handler.
+        # Held by each write of the sink's (and a placeholder's): one at a time.
         self._write_lock = asyncio.Lock()
         self._closed = False
         self._engine = engine
@@ -148,9 +157,17 @@ class SqlAuditSink:
         self._deliveries: list[dict[str, Any]] = []
         self._generation = 0  # the batch now filling
         self._durable = -1  # every batch up to this one is committed
+        # The group commit: callers wait for their batch; one task at a time writes.
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flushing = False  # a caller or the task below is writing
+        self._flusher: asyncio.Task[None] | None = None
+        self._writing: WriteJob | None = None  # the thread's transaction under way
         # The flush timer: started on the first event, stopped by close().
         self._sleep = sleep or asyncio.sleep
         self._timer: asyncio.Task[None] | None = None
+        # SQLite file: the writer thread, opened on the first write (None: the engine's).
+        # SQLite file: the database's writer thread (None: through the engine).
+        self._sqlite_file = sqlite_path(self._url) if engine.dialect.name == "sqlite" else None
         # The instance running the runs this sink starts (``audit_runs.owner``): crash
         # recovery closes a run only once its owner is gone. None: no instance.
         self.owner: str | None = None
@@ -181,8 +198,11 @@ class SqlAuditSink:
         self._arm()
         if (
             _spends(event)
-            # Before a model request: the tool calls that ran are durable first.
-            or (isinstance(event, ModelRequestEvent) and bool(self._buffer[_tools]))
+            or (
+                isinstance(event, ModelRequestEvent)
+                # Before a model request: the tool calls that ran are durable first.
+                and bool(self._buffer[_tools])
+            )
             or self._pending >= self.batch_size
             or now - self._oldest >= self.flush_interval_s
         ):
@@ -200,8 +220,10 @@ class SqlAuditSink:
             timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
-        await self.flush()
-        self._closed = True
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
 
     # --- the flush timer ------------------------------------------------------------
 
@@ -228,6 +250,7 @@ class SqlAuditSink:
     # --- internals ----------------------------------------------------------------
 
     def _take(self) -> dict[Any, list[dict[str, Any]]]:
+        # In _CHILDREN's order: children only reference runs, which come first.
         batch = {t: rows for t, rows in self._buffer.items() if rows}
         self._buffer = {t: [] for t in _CHILDREN}
         self._pending = 0
@@ -237,48 +260,124 @@ class SqlAuditSink:
     async def _commit(self) -> None:
         """Make everything recorded so far durable: a group commit.
 
-        Runs that start or finish while another write is under way are written
-        together in the next transaction, so N concurrent runs cost about one
-        transaction, not N (SQLite has one writer; PostgreSQL saves round trips).
+        One caller at a time writes everything recorded, in one transaction; callers
+        arriving meanwhile wait for the next one, written by a task for all of them.
+        So N concurrent runs cost about one transaction, not N (SQLite has one writer;
+        PostgreSQL saves round trips). A caller cancelled while it waits leaves its
+        rows to that write; one cancelled while it writes sees the write end first.
         """
         mine = self._generation
-        async with self._write_lock:
-            if self._durable >= mine:
-                return  # a writer before us took our rows with theirs
-            starts, self._starts = self._starts, []
-            finishes, self._finishes = self._finishes, []
-            deliveries, self._deliveries = self._deliveries, []
-            batch = self._take()
-            taken = self._generation
-            self._generation += 1
-            try:
-                async with write_transaction(self._engine) as conn:
-                    if starts:
-                        await conn.execute(insert(_runs), starts)
-                    await self._write(conn, batch)
-                    if finishes:
-                        await conn.execute(_FINISH, finishes)
-                    if deliveries:
-                        await conn.execute(_DELIVERED, deliveries)
-            except BaseException:
-                # Keep the rows for the next try, ahead of newer ones.
-                self._starts[:0] = starts
-                self._finishes[:0] = finishes
-                self._deliveries[:0] = deliveries
-                for table, rows in batch.items():
-                    self._buffer[table][:0] = rows
-                    self._pending += len(rows)
-                if self._pending and self._oldest is None:
-                    self._oldest = time.monotonic()
-                raise
-            self._durable = taken
+        if self._durable >= mine:
+            return
+        if self._flushing:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((mine, done))
+            await done
+            return
+        self._flushing = True
+        try:
+            # Why one turn of the loop first: runs woken together (by the previous
+            # write) record their rows before this transaction takes them.
+            await asyncio.sleep(0)
+            await self._write_batch()
+        finally:
+            if any(not f.done() for _, f in self._waiters):
+                self._flusher = asyncio.get_running_loop().create_task(
+                    self._serve_waiters(), name="coterie-audit-write"
+                )
+            else:
+                self._flushing = False
 
-    @staticmethod
-    async def _write(conn: Any, batch: dict[Any, list[dict[str, Any]]]) -> None:
-        for table in _CHILDREN:  # children only reference runs
-            rows = batch.get(table)
-            if rows:
-                await conn.execute(insert(table), rows)
+    async def _serve_waiters(self) -> None:
+        """Write for the callers that wait, until none does (their errors are theirs)."""
+        try:
+            while any(not f.done() for _, f in self._waiters):
+                with contextlib.suppress(Exception):
+                    await self._write_batch()
+        except asyncio.CancelledError:
+            # The loop is going away: nobody will write for those still waiting.
+            for _, future in self._waiters:
+                future.cancel()
+            raise
+        finally:
+            self._flushing = False
+
+    async def _write_batch(self) -> None:
+        """Write everything recorded in one transaction and settle the callers that
+        waited for it; raise what the write raised."""
+        error: BaseException | None = None
+        cancelled: asyncio.CancelledError | None = None
+        async with self._write_lock:
+            batch, taken = self._take_all()
+            if batch:
+                try:
+                    await self._write(batch)
+                except asyncio.CancelledError as exc:
+                    cancelled, error = exc, exc
+                    if self._writing is not None:
+                        # Why wait on: the thread commits or not whatever we do; only its
+                        # outcome says whether these rows are written or must be kept.
+                        committed, _ = await self._writing.settled()
+                        error = None if committed else exc
+                except BaseException as exc:
+                    error = exc
+                finally:
+                    self._writing = None
+        if error is None:
+            self._durable = taken
+        else:
+            self._give_back(batch)
+        waiting = []
+        for generation, future in self._waiters:
+            if future.done():
+                continue
+            if generation > taken or isinstance(error, asyncio.CancelledError):
+                # Why a cancelled write keeps its waiters: the cancellation is its
+                # caller's, not theirs; their rows were given back for the next write.
+                waiting.append((generation, future))
+            elif error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        self._waiters = waiting
+        if cancelled is not None:
+            raise cancelled
+        if error is not None:
+            raise error
+
+    async def _write(self, batch: _Batch) -> None:
+        """One transaction: on a SQLite file, one call in the writer thread (after the
+        process's write lock); elsewhere through the engine."""
+        writer = None
+        if self._sqlite_file is not None and not self._closed:
+            writer = writer_for(self._engine)
+        if writer is not None:
+            async with write_lock(self._engine):
+                self._writing = writer.submit(lambda tx: _write_rows(tx, batch))
+                await self._writing.future
+            return
+        async with write_transaction(self._engine) as conn:
+            for statement, rows in batch.statements():
+                await conn.execute(statement, rows)
+
+    def _take_all(self) -> tuple[_Batch, int]:
+        """Everything recorded and not yet written, and the batch's number."""
+        batch = _Batch(self._starts, self._take(), self._finishes, self._deliveries)
+        self._starts, self._finishes, self._deliveries = [], [], []
+        taken = self._generation
+        self._generation += 1
+        return batch, taken
+
+    def _give_back(self, batch: _Batch) -> None:
+        """Keep rows a write did not commit for the next try, ahead of newer ones."""
+        self._starts[:0] = batch.starts
+        self._finishes[:0] = batch.finishes
+        self._deliveries[:0] = batch.deliveries
+        for table, rows in batch.children.items():
+            self._buffer[table][:0] = rows
+            self._pending += len(rows)
+        if self._pending and self._oldest is None:
+            self._oldest = time.monotonic()
 
     def _remember(self, run_id: str) -> None:
         self._known[run_id] = None
@@ -419,6 +518,38 @@ class SqlAuditSink:
             }
         kind, step, cost, data = _event_data(event)
         return _events, base | {"kind": kind, "step": step, "cost_micros": cost, "data": data}
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One transaction's rows: runs started, their children, runs finished, and what
+    their deliveries reported (in that order: children reference runs)."""
+
+    starts: list[dict[str, Any]]
+    children: dict[Any, list[dict[str, Any]]]
+    finishes: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+
+    def __bool__(self) -> bool:
+        return bool(self.starts or self.children or self.finishes or self.deliveries)
+
+    def statements(self) -> list[tuple[Any, list[dict[str, Any]]]]:
+        """Each statement with its rows (an executemany each), in order."""
+        out: list[tuple[Any, list[dict[str, Any]]]] = []
+        if self.starts:
+            out.append((_INSERT[_runs], self.starts))
+        out += [(_INSERT[table], rows) for table, rows in self.children.items()]
+        if self.finishes:
+            out.append((_FINISH, self.finishes))
+        if self.deliveries:
+            out.append((_DELIVERED, self.deliveries))
+        return out
+
+
+def _write_rows(tx: WriteTx, batch: _Batch) -> None:
+    """One transaction's statements, in the SQLite writer's thread."""
+    for statement, rows in batch.statements():
+        tx.execute(statement, rows)
 
 
 def _spends(event: RunEvent) -> bool:

@@ -10,27 +10,41 @@ settlement is one transaction that first takes the member's lock row in ``budget
 member with no row yet gets one by ``INSERT ... ON CONFLICT DO NOTHING`` inside the
 same transaction, so their first concurrent reservations serialise too. Check and
 insert happen under that lock, so concurrent reservations can never sum past a limit.
+
+Speed (issue 19): each of the three is a *job*, a function of one transaction's
+statements. On a SQLite file a job is one call in the database's writer thread
+(:mod:`adapters.storage.sqlite_writer`): the reservation's read of the member's sums,
+the check and the insert cost one hop to that thread instead of four to aiosqlite's.
+Elsewhere (PostgreSQL) the same job runs in a transaction of the engine. A settle that
+charged something also reads, in its transaction, what the budget warnings need (the
+member's budget just before and after the charge, the warnings already claimed), so
+:class:`~adapters.services.budget_alerts.BudgetAlerts` reads nothing more.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import URL
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
+from adapters.services.budget_alerts import SettledCharge
 from adapters.services.budgets import BudgetLimits
 from adapters.storage.audit_queries import FORGOTTEN
-from adapters.storage.db import engine_of, translate_errors, write_transaction
+from adapters.storage.db import engine_of, translate_errors, write_lock, write_transaction
 from adapters.storage.export import jsonable_rows
+from adapters.storage.sqlite_writer import writer_for
 from adapters.storage.tables import (
+    BudgetAlert,
     BudgetGrant,
     BudgetLedgerEntry,
     BudgetMember,
@@ -49,6 +63,236 @@ _ledger = BudgetLedgerEntry.__table__  # type: ignore[attr-defined]
 _members = BudgetMember.__table__  # type: ignore[attr-defined]
 _reservations = BudgetReservationRow.__table__  # type: ignore[attr-defined]
 _grants = BudgetGrant.__table__  # type: ignore[attr-defined]
+_alerts = BudgetAlert.__table__  # type: ignore[attr-defined]
+
+T = TypeVar("T")
+
+
+# --- one transaction's statements (built once: the SQLite writer caches each) ----------
+
+
+def _sum(column: Any, *where: Any) -> Any:
+    return select(func.coalesce(func.sum(column), 0)).where(*where).scalar_subquery()
+
+
+_USER: Any = bindparam("user_id")
+_SPENT = _sum(
+    _ledger.c.amount_micros, _ledger.c.user_id == _USER, _ledger.c.at > bindparam("since")
+)
+_RESERVED = _sum(_reservations.c.amount_micros, _reservations.c.user_id == _USER)
+_GRANTED = _sum(
+    _grants.c.amount_micros, _grants.c.user_id == _USER, _grants.c.expires_at > bindparam("now")
+)
+_OVERRIDE = select(_members.c.limit_micros).where(_members.c.user_id == _USER).scalar_subquery()
+_EXISTS = select(_members.c.user_id).where(_members.c.user_id == _USER).exists()
+# Why one statement: one round trip, and one snapshot of every sum.
+_STATUS = select(_SPENT, _RESERVED, _GRANTED, _OVERRIDE, _EXISTS)
+# After a charge: the same, and the window's spend as it was just before the charge.
+_SETTLED = select(
+    _SPENT,
+    _RESERVED,
+    _GRANTED,
+    _OVERRIDE,
+    _sum(
+        _ledger.c.amount_micros,
+        _ledger.c.user_id == _USER,
+        _ledger.c.at > bindparam("before_since"),
+        _ledger.c.at <= bindparam("before"),
+    ),
+)
+_CLAIMED = select(_alerts.c.threshold_pct, _alerts.c.sent_at).where(_alerts.c.user_id == _USER)
+_CHARGES = (
+    select(_ledger.c.at, _ledger.c.amount_micros)
+    .where(_ledger.c.user_id == _USER, _ledger.c.at > bindparam("since"))
+    .order_by(_ledger.c.at)
+)
+_INSERT_MEMBER = insert(_members)
+_INSERT_RESERVATION = insert(_reservations).returning(_reservations.c.id)
+_HELD = select(_reservations.c.amount_micros).where(_reservations.c.id == bindparam("b_id"))
+_GROW = (
+    _reservations.update()
+    .where(_reservations.c.id == bindparam("b_id"))
+    .values(amount_micros=bindparam("amount"))
+)
+_TAKE = (
+    delete(_reservations)
+    .where(_reservations.c.id == bindparam("b_id"))
+    .returning(_reservations.c.user_id, _reservations.c.run_id)
+)
+_INSERT_CHARGE = insert(_ledger)
+_DROP_RESERVATION = delete(_reservations).where(_reservations.c.id == bindparam("b_id"))
+
+
+class Tx(Protocol):
+    """One transaction's statements, wherever it runs: the SQLite writer's thread
+    (:class:`adapters.storage.sqlite_writer.WriteTx`) or an engine connection."""
+
+    def rows(self, statement: Executable, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
+
+    def run(self, statement: Executable, params: Mapping[str, Any]) -> int: ...
+
+
+class _EngineTx:
+    """:class:`Tx` on a connection of the engine (in ``run_sync``: PostgreSQL, or a
+    SQLite database in memory)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def rows(self, statement: Executable, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._conn.execute(statement, dict(params))]
+
+    def run(self, statement: Executable, params: Mapping[str, Any]) -> int:
+        return int(self._conn.execute(statement, dict(params)).rowcount)
+
+
+@functools.cache
+def _pg_lock_statements() -> tuple[Executable, Executable]:
+    # Why imported here: PostgreSQL's dialect module is an import a SQLite start skips.
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    return (
+        pg_insert(_members).on_conflict_do_nothing(index_elements=["user_id"]),
+        select(_members.c.user_id).where(_members.c.user_id == _USER).with_for_update(),
+    )
+
+
+def _lock_member(tx: Tx, user_id: str, now: datetime, *, postgresql: bool) -> None:
+    """Serialise this member's reservations (creating their lock row if need be).
+
+    On SQLite, BEGIN IMMEDIATE has already taken the database's write lock, and the
+    row is created by the reservation only when missing (one statement less).
+    """
+    if not postgresql:
+        return
+    create, lock = _pg_lock_statements()
+    tx.run(create, {"user_id": user_id, "limit_micros": None, "updated_at": now})
+    tx.rows(lock, {"user_id": user_id})
+
+
+def _status(
+    tx: Tx, user_id: str, now: datetime, window: timedelta, default: int
+) -> tuple[BudgetStatus, bool]:
+    """The member's status and whether their row exists, in one statement."""
+    row = tx.rows(_STATUS, {"user_id": user_id, "since": now - window, "now": now})[0]
+    return _status_of(user_id, row, default), bool(row[4])
+
+
+def _status_of(user_id: str, row: Sequence[Any], default: int) -> BudgetStatus:
+    """A status from a row of ``_STATUS`` or ``_SETTLED`` (spent, reserved, granted, override)."""
+    override = None if row[3] is None else int(row[3])
+    base = override if override is not None else default
+    return BudgetStatus(
+        user_id=user_id,
+        limit_micros=base + int(row[2]),
+        base_limit_micros=base,
+        overridden=override is not None,
+        granted_micros=int(row[2]),
+        spent_micros=int(row[0]),
+        reserved_micros=int(row[1]),
+    )
+
+
+def _refusal(
+    tx: Tx, user_id: str, now: datetime, window: timedelta, status: BudgetStatus, wanted: int
+) -> BudgetDetails:
+    """Why ``wanted`` more does not fit, and when enough rolls out of the window."""
+    charges = tx.rows(_CHARGES, {"user_id": user_id, "since": now - window})
+    total = status.spent_micros + status.reserved_micros + wanted
+    return BudgetDetails(
+        spent_micros=status.spent_micros,
+        reserved_micros=status.reserved_micros,
+        estimate_micros=wanted,
+        limit_micros=status.limit_micros,
+        frees_at=frees_at(
+            ((r[0], int(r[1])) for r in charges), total - status.limit_micros, window
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """What a job needs to know of the ledger (a job runs in another thread)."""
+
+    window: timedelta
+    owner: str | None
+    postgresql: bool
+
+
+def _reserve_job(
+    tx: Tx, gate: _Gate, user_id: str, run_id: str, estimate: int, now: datetime, default: int
+) -> int | BudgetDetails:
+    """Check and hold: the reservation's id, or why it was refused."""
+    _lock_member(tx, user_id, now, postgresql=gate.postgresql)
+    status, exists = _status(tx, user_id, now, gate.window, default)
+    if status.spent_micros + status.reserved_micros + estimate > status.limit_micros:
+        return _refusal(tx, user_id, now, gate.window, status, estimate)
+    if not exists and not gate.postgresql:
+        tx.run(_INSERT_MEMBER, {"user_id": user_id, "limit_micros": None, "updated_at": now})
+    row = {
+        "user_id": user_id,
+        "run_id": run_id,
+        "amount_micros": estimate,
+        "created_at": now,
+        "owner": gate.owner,
+    }
+    return int(tx.rows(_INSERT_RESERVATION, row)[0][0])
+
+
+def _grow_job(
+    tx: Tx, gate: _Gate, user_id: str, token: int, amount: int, now: datetime, default: int
+) -> int | BudgetDetails | None:
+    """The reservation's amount now (grown, or already as large), why it could not
+    grow, or None when it is settled already."""
+    _lock_member(tx, user_id, now, postgresql=gate.postgresql)
+    held_rows = tx.rows(_HELD, {"b_id": token})
+    if not held_rows:
+        return None
+    held = int(held_rows[0][0])
+    if amount <= held:
+        return held
+    status, _ = _status(tx, user_id, now, gate.window, default)
+    extra = amount - held
+    if status.spent_micros + status.reserved_micros + extra > status.limit_micros:
+        return _refusal(tx, user_id, now, gate.window, status, extra)
+    tx.run(_GROW, {"b_id": token, "amount": amount})
+    return amount
+
+
+def _settle_job(
+    tx: Tx, window: timedelta, token: int, cost: int, at: datetime, facts_default: int | None
+) -> tuple[bool, SettledCharge | None]:
+    """Charge and release; with ``facts_default`` (the member's base limit where they
+    ran), what the budget warnings need, read in the same transaction."""
+    # Why no member lock: a reservation turning into a charge is one commit, and a
+    # concurrent reserve sees it wholly before or wholly after (one snapshot).
+    gone = tx.rows(_TAKE, {"b_id": token})
+    if not gone:
+        return False, None  # settled already, maybe by a concurrent settle
+    user_id, run_id = str(gone[0][0]), str(gone[0][1])
+    if cost:
+        charge = {"user_id": user_id, "at": at, "amount_micros": cost, "run_id": run_id, "note": ""}
+        tx.run(_INSERT_CHARGE, charge)
+    if facts_default is None:
+        return True, None
+    # The lowest the member's spend was since their last charge: just before this one.
+    before = at - timedelta(microseconds=1)
+    row = tx.rows(
+        _SETTLED,
+        {
+            "user_id": user_id,
+            "since": at - window,
+            "now": at,
+            "before_since": before - window,
+            "before": before,
+        },
+    )[0]
+    claimed = {int(t): sent for t, sent in tx.rows(_CLAIMED, {"user_id": user_id})}
+    return True, SettledCharge(
+        status=_status_of(user_id, row, facts_default),
+        spent_before_micros=int(row[4]),
+        claimed=claimed,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +313,9 @@ class ActiveGrant:
     note: str
 
 
-AfterSettle = Callable[[Caller, datetime], Awaitable[object]]
+#: Called after a settled run that cost something: its caller, the charge's time, and
+#: what the settle's transaction read for the budget warnings.
+AfterSettle = Callable[[Caller, datetime, SettledCharge | None], Awaitable[object]]
 
 
 class SqlBudgetLedger:
@@ -121,22 +367,37 @@ class SqlBudgetLedger:
     def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return write_transaction(self._engine)
 
-    async def _lock_member(self, conn: AsyncConnection, user_id: str) -> None:
-        """Serialise this member's reservations (creating their lock row if need be).
+    @property
+    def _gate(self) -> _Gate:
+        return _Gate(window=self.window, owner=self.owner, postgresql=self._dialect == "postgresql")
 
-        On SQLite, BEGIN IMMEDIATE has already taken the database's write lock, and the
-        row is created by :meth:`_ensure_member` only when missing (one round trip less).
-        """
-        if self._dialect != "postgresql":
-            return
-        await conn.execute(
-            pg_insert(_members)
-            .values(user_id=user_id, limit_micros=None, updated_at=self.clock.now())
-            .on_conflict_do_nothing(index_elements=["user_id"])
-        )
-        await conn.execute(
-            select(_members.c.user_id).where(_members.c.user_id == user_id).with_for_update()
-        )
+    async def _job(self, job: Callable[[Tx], T], *, undo: Callable[[T], Any] | None = None) -> T:
+        """Run ``job`` in one write transaction: one call in the SQLite writer's thread,
+        or a transaction of the engine. Cancelled while the writer runs it, the caller
+        waits for its end; ``undo`` makes a committed job's result a job of its own to
+        take it back (a reservation nobody will settle), run before the cancellation
+        goes on."""
+        writer = writer_for(self._engine)
+        if writer is None:
+            async with self._transaction() as conn:
+                return await conn.run_sync(lambda c: job(_EngineTx(c)))
+        async with write_lock(self._engine):
+            submitted = writer.submit(job)
+            try:
+                result: T = await submitted.future
+            except asyncio.CancelledError:
+                committed, value = await submitted.settled()
+                if committed and undo is not None:
+                    rollback = writer.submit(lambda tx: undo(value)(tx))
+                    await rollback.settled()
+                raise
+        return result
+
+    async def _lock_member(self, conn: AsyncConnection, user_id: str) -> None:
+        postgresql = self._dialect == "postgresql"
+        if postgresql:
+            now = self.clock.now()
+            await conn.run_sync(lambda c: _lock_member(_EngineTx(c), user_id, now, postgresql=True))
 
     async def _ensure_member(self, conn: AsyncConnection, user_id: str, exists: bool) -> None:
         if not exists:
@@ -150,101 +411,31 @@ class SqlBudgetLedger:
         self, conn: AsyncConnection, user_id: str, now: datetime, default: int | None = None
     ) -> tuple[BudgetStatus, bool]:
         """The member's status and whether their row exists, in one statement."""
-        since = now - self.window
-        member = (
-            select(_members.c.limit_micros).where(_members.c.user_id == user_id).scalar_subquery()
-        )
-        exists = select(_members.c.user_id).where(_members.c.user_id == user_id).exists()
-        spent = (
-            select(func.coalesce(func.sum(_ledger.c.amount_micros), 0))
-            .where(_ledger.c.user_id == user_id, _ledger.c.at > since)
-            .scalar_subquery()
-        )
-        reserved = (
-            select(func.coalesce(func.sum(_reservations.c.amount_micros), 0))
-            .where(_reservations.c.user_id == user_id)
-            .scalar_subquery()
-        )
-        granted = (
-            select(func.coalesce(func.sum(_grants.c.amount_micros), 0))
-            .where(_grants.c.user_id == user_id, _grants.c.expires_at > now)
-            .scalar_subquery()
-        )
-        # Why one statement: one round trip, and one snapshot of every sum.
-        row = (await conn.execute(select(spent, reserved, granted, member, exists))).one()
-        override = None if row[3] is None else int(row[3])
-        fallback = default if default is not None else self.default_limit_micros
-        base = override if override is not None else fallback
-        status = BudgetStatus(
-            user_id=user_id,
-            limit_micros=base + int(row[2]),
-            base_limit_micros=base,
-            overridden=override is not None,
-            granted_micros=int(row[2]),
-            spent_micros=int(row[0]),
-            reserved_micros=int(row[1]),
-        )
-        return status, bool(row[4])
+        base = default if default is not None else self.default_limit_micros
+        return await conn.run_sync(lambda c: _status(_EngineTx(c), user_id, now, self.window, base))
 
     # --- the gate ----------------------------------------------------------------------
 
     async def reserve(self, caller: Caller, run_id: str, estimate_micros: int) -> Reservation:
         if estimate_micros < 0:
             raise ValueError(f"estimate_micros must not be negative (got {estimate_micros})")
-        user_id = caller.user_id
-        denied: BudgetDetails | None = None
         # Why before the transaction: the guild's limits are a cached read; never hold
         # the write lock over it.
         default = await self._default_for(caller)
-        async with self._transaction() as session:
-            now = self.clock.now()
-            await self._lock_member(session, user_id)
-            status, exists = await self._status_in(session, user_id, now, default)
-            total = status.spent_micros + status.reserved_micros + estimate_micros
-            if total > status.limit_micros:
-                denied = await self._refusal(session, user_id, now, status, estimate_micros)
-            else:
-                await self._ensure_member(session, user_id, exists)
-                token = await session.scalar(
-                    insert(_reservations)
-                    .values(
-                        user_id=user_id,
-                        run_id=run_id,
-                        amount_micros=estimate_micros,
-                        created_at=now,
-                        owner=self.owner,
-                    )
-                    .returning(_reservations.c.id)
-                )
-        if denied is not None:
-            raise BudgetExceeded(denied)
+        job = functools.partial(
+            _reserve_job,
+            gate=self._gate,
+            user_id=caller.user_id,
+            run_id=run_id,
+            estimate=estimate_micros,
+            now=self.clock.now(),
+            default=default,
+        )
+        outcome = await self._job(job, undo=_undo_reservation)
+        if isinstance(outcome, BudgetDetails):
+            raise BudgetExceeded(outcome)
         return Reservation(
-            run_id=run_id, caller=caller, amount_micros=estimate_micros, token=int(token or 0)
-        )
-
-    async def _refusal(
-        self,
-        session: AsyncConnection,
-        user_id: str,
-        now: datetime,
-        status: BudgetStatus,
-        wanted_micros: int,
-    ) -> BudgetDetails:
-        """Why ``wanted_micros`` more does not fit, and when enough rolls out of the window."""
-        charges = await session.execute(
-            select(_ledger.c.at, _ledger.c.amount_micros)
-            .where(_ledger.c.user_id == user_id, _ledger.c.at > now - self.window)
-            .order_by(_ledger.c.at)
-        )
-        total = status.spent_micros + status.reserved_micros + wanted_micros
-        return BudgetDetails(
-            spent_micros=status.spent_micros,
-            reserved_micros=status.reserved_micros,
-            estimate_micros=wanted_micros,
-            limit_micros=status.limit_micros,
-            frees_at=frees_at(
-                ((r[0], int(r[1])) for r in charges), total - status.limit_micros, self.window
-            ),
+            run_id=run_id, caller=caller, amount_micros=estimate_micros, token=outcome
         )
 
     async def grow(self, reservation: Reservation, amount_micros: int) -> Reservation:
@@ -253,43 +444,44 @@ class SqlBudgetLedger:
         if amount_micros < 0:
             raise ValueError(f"amount_micros must not be negative (got {amount_micros})")
         caller = reservation.caller
-        user_id = caller.user_id
-        token = int(reservation.token)
-        denied: BudgetDetails | None = None
         default = await self._default_for(caller)
-        async with self._transaction() as session:
-            now = self.clock.now()
-            await self._lock_member(session, user_id)
-            current = await session.scalar(
-                select(_reservations.c.amount_micros).where(_reservations.c.id == token)
-            )
-            if current is None:
-                raise ValueError(f"the reservation of run {reservation.run_id} is settled already")
-            held = int(current)
-            if amount_micros <= held:
-                return replace(reservation, amount_micros=held)
-            status, _ = await self._status_in(session, user_id, now, default)
-            extra = amount_micros - held
-            total = status.spent_micros + status.reserved_micros + extra
-            if total > status.limit_micros:
-                denied = await self._refusal(session, user_id, now, status, extra)
-            else:
-                await session.execute(
-                    _reservations.update()
-                    .where(_reservations.c.id == token)
-                    .values(amount_micros=amount_micros)
-                )
-        if denied is not None:
-            raise BudgetExceeded(denied)
-        return replace(reservation, amount_micros=amount_micros)
+        job = functools.partial(
+            _grow_job,
+            gate=self._gate,
+            user_id=caller.user_id,
+            token=int(reservation.token),
+            amount=amount_micros,
+            now=self.clock.now(),
+            default=default,
+        )
+        outcome = await self._job(job)
+        if outcome is None:
+            raise ValueError(f"the reservation of run {reservation.run_id} is settled already")
+        if isinstance(outcome, BudgetDetails):
+            raise BudgetExceeded(outcome)
+        return replace(reservation, amount_micros=outcome)
 
     async def settle(self, reservation: Reservation, cost_micros: int) -> None:
+        if cost_micros < 0:
+            raise ValueError(f"cost_micros must not be negative (got {cost_micros})")
         at = self.clock.now()
-        settled = await self.settle_by_id(int(reservation.token), cost_micros, at=at)
+        callbacks = list(self.after_settle)
+        # Why read here what the warnings need: in the settle's own transaction it costs
+        # one statement, where the warnings' own reads cost a session each.
+        wanted = await self._default_for(reservation.caller) if callbacks and cost_micros else None
+        job = functools.partial(
+            _settle_job,
+            window=self.window,
+            token=int(reservation.token),
+            cost=cost_micros,
+            at=at,
+            facts_default=wanted,
+        )
+        settled, facts = await self._job(job)
         if settled and cost_micros:
-            for callback in list(self.after_settle):
+            for callback in callbacks:
                 try:
-                    await callback(reservation.caller, at)
+                    await callback(reservation.caller, at, facts)
                 except Exception:  # Why: a warning DM must never fail the run's finish
                     log.exception("after-settle callback failed for run %s", reservation.run_id)
 
@@ -302,30 +494,16 @@ class SqlBudgetLedger:
         """
         if cost_micros < 0:
             raise ValueError(f"cost_micros must not be negative (got {cost_micros})")
-        async with self._transaction() as session:
-            # Why no member lock: a reservation turning into a charge is one commit, and a
-            # concurrent reserve sees it wholly before or wholly after (one snapshot).
-            gone = (
-                await session.execute(
-                    delete(_reservations)
-                    .where(_reservations.c.id == reservation_id)
-                    .returning(_reservations.c.user_id, _reservations.c.run_id)
-                )
-            ).one_or_none()
-            if gone is None:
-                return False  # settled already, maybe by a concurrent settle
-            user_id, run_id = str(gone[0]), str(gone[1])
-            if cost_micros:
-                await session.execute(
-                    insert(_ledger).values(
-                        user_id=user_id,
-                        at=at or self.clock.now(),
-                        amount_micros=cost_micros,
-                        run_id=run_id,
-                        note="",
-                    )
-                )
-        return True
+        job = functools.partial(
+            _settle_job,
+            window=self.window,
+            token=reservation_id,
+            cost=cost_micros,
+            at=at or self.clock.now(),
+            facts_default=None,
+        )
+        settled, _ = await self._job(job)
+        return settled
 
     async def open_reservations(
         self, *, orphaned: ColumnElement[bool] | None = None
@@ -392,11 +570,16 @@ class SqlBudgetLedger:
         """The member's budget now; ``context`` (the member where they ask: guild and
         roles) picks the guild's or a role's limit when they have no override."""
         default = await self._default_for(context)
+        now = self.clock.now()
         with translate_errors(self._url):
             async with self._engine.connect() as conn:
-                status, _ = await self._status_in(conn, user_id, self.clock.now(), default)
+                row = (
+                    await conn.execute(
+                        _STATUS, {"user_id": user_id, "since": now - self.window, "now": now}
+                    )
+                ).one()
                 await conn.rollback()
-        return status
+        return _status_of(user_id, row, default)
 
     async def window_charges(self, user_id: str) -> list[tuple[datetime, int]]:
         """The member's charges inside the window now, oldest first."""
@@ -578,3 +761,13 @@ class SqlBudgetLedger:
                 )
             ).rowcount
         return int(touched)
+
+
+def _undo_reservation(token: int | BudgetDetails) -> Callable[[Tx], None]:
+    """The job that takes back a reservation its caller never received."""
+
+    def undo(tx: Tx) -> None:
+        if isinstance(token, int):
+            tx.run(_DROP_RESERVATION, {"b_id": token})
+
+    return undo

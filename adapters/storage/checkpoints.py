@@ -5,8 +5,10 @@
 What a step costs: one small write. A kept run's first save inserts its row, each
 later save rewrites it (the conversation as JSON; each message serialised once), and
 a finished call that may not be repeated rewrites its ``done`` list. Writes are group
-commits: runs that save while a write is under way share the next transaction. ``drop`` writes nothing at once: the row goes with
-this store's next write (or at :meth:`SqlCheckpoints.close`); a crash before that
+commits: runs that save while a write is under way share the next transaction (on a
+SQLite file one call in the database's writer thread,
+:mod:`adapters.storage.sqlite_writer`). ``drop`` writes nothing at once: the row goes
+with this store's next write (or at :meth:`SqlCheckpoints.close`); a crash before that
 leaves the row of a run that ended, which no offer ever reads (only runs recovery
 closed as interrupted are offered) and :meth:`SqlCheckpoints.prune` deletes at start.
 
@@ -31,7 +33,8 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from adapters.services.resume import Decision, OfferRecord, OfferStatus
-from adapters.storage.db import engine_of, translate_errors, write_transaction
+from adapters.storage.db import engine_of, translate_errors, write_lock, write_transaction
+from adapters.storage.sqlite_writer import WriteTx, writer_for
 from adapters.storage.tables import AuditRun, RunCheckpoint
 from executor.agent import Caller, Privilege
 from executor.messages import Message, ToolCallPart, ToolResultPart, Usage
@@ -89,6 +92,9 @@ _SAVE = (
 _DONE_UPDATE = (
     update(_rows).where(_rows.c.run_id == bindparam("b_run_id")).values(done=bindparam("done"))
 )
+_INSERT = insert(_rows)
+# The rows of ended runs (never one with an offer on it: a press may still come).
+_DROP = delete(_rows).where(_rows.c.run_id == bindparam("b_run_id"), _rows.c.offer.is_(None))
 
 
 @dataclass(slots=True)
@@ -259,21 +265,58 @@ class SqlCheckpoints:
             dones, self._dones = self._dones, []
             taken = self._generation
             self._generation += 1
+            drops, self._drops = self._drops, []
+            statements = [
+                (statement, rows)
+                for statement, rows in (
+                    (_DROP, [{"b_run_id": r} for r in drops]),
+                    (_INSERT, inserts),
+                    (_SAVE, updates),
+                    (_DONE_UPDATE, dones),
+                )
+                if rows
+            ]
             try:
-                async with self._write() as conn:
-                    if inserts:
-                        await conn.execute(insert(_rows), inserts)
-                    if updates:
-                        await conn.execute(_SAVE, updates)
-                    if dones:
-                        await conn.execute(_DONE_UPDATE, dones)
+                cancelled = await self._save_rows(statements)
             except BaseException:
                 # Keep them for the next try, ahead of newer ones.
+                self._drops[:0] = drops
                 self._inserts[:0] = inserts
                 self._updates[:0] = updates
                 self._dones[:0] = dones
                 raise
             self._durable = taken
+        if cancelled:
+            raise asyncio.CancelledError  # after the rows were committed: they stay
+
+    async def _save_rows(self, statements: list[tuple[Any, list[dict[str, Any]]]]) -> bool:
+        """One transaction (an executemany a statement): on a SQLite file one call in
+        the database's writer thread (issue 19: a chat run's first save is on its
+        message's path before the model request), elsewhere through the engine. True
+        when the caller was cancelled while the thread committed it."""
+        writer = writer_for(self._engine)
+        if writer is None:
+            async with write_transaction(self._engine) as conn:
+                for statement, rows in statements:
+                    await conn.execute(statement, rows)
+            return False
+
+        def job(tx: WriteTx) -> None:
+            for statement, rows in statements:
+                tx.execute(statement, rows)
+
+        async with write_lock(self._engine):
+            submitted = writer.submit(job)
+            try:
+                await submitted.future
+            except asyncio.CancelledError:
+                # Why wait: the thread commits or not whatever we do; only its outcome
+                # says whether the rows are written or must be kept for the next try.
+                committed, _ = await submitted.settled()
+                if not committed:
+                    raise
+                return True
+        return False
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:

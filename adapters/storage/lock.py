@@ -45,9 +45,9 @@ from sqlalchemy.engine.url import URL
 from adapters.storage.db import (
     FILE_MODE,
     DatabaseError,
-    _sqlite_path,
     async_url,
     make_private_dir,
+    sqlite_path,
 )
 
 __all__ = [
@@ -95,7 +95,7 @@ def lock_path(url: str | URL) -> Path | None:
     parsed = async_url(url)
     if parsed.get_backend_name() != "sqlite":
         return None
-    path = _sqlite_path(parsed)
+    path = sqlite_path(parsed)
     if path is None:
         return None
     db = path.expanduser().absolute()

@@ -162,6 +162,17 @@ def _stdout_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
+def started() -> None:
+    """A quick verb's start is over (its app built, its SDK imported): the garbage
+    collector, off since the program began (:func:`bot.cli.entry`), is turned back on,
+    with what the start made frozen (never walked again). Nothing when it is on."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a verb; coroutine handlers get an event loop. Known errors never show a traceback."""
     from pydantic import ValidationError

@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="print only one JSON object (run_id, status, output, model, attempts, usage, cost_usd)",
     )
-    p.set_defaults(handler=_ask)
+    p.set_defaults(handler=_ask, quick_exit=True, defer_gc=True)
 
 
 class StdoutDelivery(Delivery):
@@ -113,14 +113,18 @@ async def _ask(args: argparse.Namespace) -> int:
 
 async def _ask_with(args: argparse.Namespace, settings: Any) -> int:
     from bot.app import build_app
+    from bot.cli._common import started
     from bot.cli._preflight import check_tools
     from executor.agent import Invocation, RunnableAgent
     from executor.messages import Message
 
-    app = await build_app(settings, instance="cli")
+    # Why only this tier's SDKs: the others are never used by this one run.
+    app = await build_app(settings, instance="cli", warm=[args.tier or None])
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
         tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)
+        await app.warm_models()
+        started()
         # Fail before any run row when the tier is unknown or has no usable key.
         app.resolver.resolve(tier)
         agent = RunnableAgent(

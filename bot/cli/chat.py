@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         description="Chat with a persona in the terminal (the operator's budget and audit).",
     )
     p.add_argument("--persona", metavar="NAME", help="the persona (default: assistant)")
-    p.set_defaults(handler=_chat)
+    p.set_defaults(handler=_chat, quick_exit=True, defer_gc=True)
 
 
 async def chat_loop(
@@ -132,9 +132,11 @@ async def _chat(args: argparse.Namespace) -> int:
 
 async def _chat_with(args: argparse.Namespace, settings: Any) -> int:
     from bot.app import build_app
+    from bot.cli._common import started
     from bot.cli._preflight import check_tools
 
-    app = await build_app(settings, instance="cli")
+    app = await build_app(settings, instance="cli", warm=True)
+    started()
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
         return await chat_loop(app, persona=args.persona, read=StdinLines())

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the bot until SIGTERM or SIGINT, then finish the runs in flight "
         "(COTERIE_SHUTDOWN_GRACE_S) and stop. One `coterie run` per database.",
     )
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, defer_gc=True)
 
     invite = sub.add_parser("invite", help="print the URL that adds the bot to a server")
     invite.set_defaults(handler=_invite)

@@ -311,7 +311,7 @@ def _tools(report: Report, settings: Any) -> None:
 
 
 async def _database(report: Report, settings: Any) -> Any:
-    from adapters.storage.db import DatabaseError, _sqlite_path, async_url
+    from adapters.storage.db import DatabaseError, async_url, sqlite_path
 
     try:
         url = async_url(settings.database_url)
@@ -319,7 +319,7 @@ async def _database(report: Report, settings: Any) -> Any:
         report.add("database", FAIL, str(exc), "set DATABASE_URL")
         return None
     if url.get_backend_name() == "sqlite":
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         if path is None:
             report.add("database", WARN, "in memory: nothing is kept", "set DATABASE_URL to a file")
             return url
@@ -330,9 +330,9 @@ async def _database(report: Report, settings: Any) -> Any:
 
 
 def _head() -> str | None:
-    from adapters.storage.db import _head_revision
+    from adapters.storage.db.schema import head_revision
 
-    return _head_revision()
+    return head_revision()
 
 
 def _schema(report: Report, current: str | None, head: str | None) -> None:
@@ -546,9 +546,9 @@ def _guild_permissions(report: Report, guild: Any) -> None:
 
 def _read_only(url: Any) -> Any:
     """A SQLite URL opened read-only (no -wal written by us, no file created)."""
-    from adapters.storage.db import _sqlite_path
+    from adapters.storage.db import sqlite_path
 
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if url.get_backend_name() != "sqlite" or path is None:
         return url
     return url.set(database=f"file:{path.expanduser().absolute()}?mode=ro", query={"uri": "true"})
@@ -560,7 +560,7 @@ async def _scheduler(report: Report, settings: Any, url: Any) -> None:
     this database, the next run the table shows is the one its job will fire."""
     from datetime import UTC, datetime, timedelta
 
-    from adapters.storage.db import Database, DatabaseError, _sqlite_path
+    from adapters.storage.db import Database, DatabaseError, sqlite_path
     from adapters.storage.lock import lock_holder
 
     try:
@@ -573,7 +573,7 @@ async def _scheduler(report: Report, settings: Any, url: Any) -> None:
     if url is None or not any(c.name == "schema" and c.status == OK for c in report.checks):
         report.add("scheduler", SKIP, "the database is not at the newest revision")
         return
-    if url.get_backend_name() == "sqlite" and _sqlite_path(url) is None:
+    if url.get_backend_name() == "sqlite" and sqlite_path(url) is None:
         report.add("scheduler", SKIP, "an in-memory database has no schedules")
         return
     db = Database.open(_read_only(url))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, cast
 
@@ -235,6 +235,25 @@ class ProviderRegistry:
         module = self._module(spec.kind)
         client = self._client(spec, module)
         return module.make_model(client, spec=spec, model_id=model_id, prices=self.prices)
+
+    def preload(self, names: Iterable[str]) -> list[str]:
+        """Import the SDK modules :meth:`model` would import for ``names``, building
+        nothing; a name of an unknown provider, or of one without its key, is skipped
+        (:meth:`model` reports it). Returns the kinds imported, in order.
+
+        Why: importing an SDK takes seconds; a host calls this in a thread at start
+        (importing is thread-safe) so that no member's first message pays for it."""
+        kinds: list[str] = []
+        for name in names:
+            try:
+                self.check(name)
+                kind = self.spec(split_model_name(name)[0]).kind
+            except (MissingCredentials, UnknownModel):
+                continue
+            if kind not in kinds:
+                self._module(kind)
+                kinds.append(kind)
+        return kinds
 
     def _module(self, kind: str) -> _KindModule:
         return cast(_KindModule, importlib.import_module(_KIND_MODULES[kind]))

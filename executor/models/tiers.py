@@ -16,7 +16,7 @@ variable. An unknown provider is always an error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from executor.errors import MissingCredentials, UnknownTier
 from executor.models.base import Model
@@ -82,6 +82,19 @@ class TierResolver:
             model = self._build(cfg)
             self._models[cfg.name] = model
         return model
+
+    def preload(self, tiers: Iterable[str | None] | None = None) -> list[str]:
+        """Import the SDKs of ``tiers``' usable candidates (None: every tier's; a None
+        in it: the default tier's) without building a model. Safe in a thread: it
+        only imports. Returns the provider kinds imported."""
+        wanted = self.tiers if tiers is None else list(tiers)
+        names: list[str] = []
+        for tier in wanted:
+            try:
+                names += self.candidates(tier)
+            except UnknownTier:
+                continue  # resolve() names it when the tier is used
+        return self.providers.preload(names)
 
     def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
         """The most this tier's candidates could cost for these tokens (budget reservation)."""

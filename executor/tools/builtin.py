@@ -324,8 +324,9 @@ class WebFetcher:
     ) -> None:
         self.guard = guard or SSRFGuard()
         self.transport = transport
-        # Why build it once: an SSL context costs ~15 ms (loading the CA bundle).
-        self.verify = httpx.create_ssl_context() if verify is True else verify
+        # Why once, and on the first fetch: an SSL context costs ~15 ms (loading the CA
+        # bundle), which a start (or a `coterie ask` that fetches nothing) need not pay.
+        self._verify: ssl.SSLContext | bool | None = None if verify is True else verify
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.total_timeout_s = total_timeout_s
@@ -362,6 +363,12 @@ class WebFetcher:
                 f"than {self.extract_memory_mb} MB and was stopped"
             ) from None
         return text
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        if self._verify is None:
+            self._verify = httpx.create_ssl_context()
+        return self._verify
 
     async def fetch_text(self, url: str) -> str:
         try:

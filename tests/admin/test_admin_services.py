@@ -197,6 +197,46 @@ async def test_warnings_once_per_crossing_rearmed_when_spend_rolls_out(db: Datab
     assert "/budget grant" in inbox.sent[2][1] and "$0.90 of $1.00" in inbox.sent[2][1]
 
 
+async def test_the_settle_reads_what_the_warnings_need_in_its_own_transaction(
+    db: Database,
+) -> None:
+    """Issue 19: after a settle the warnings read neither the budget nor the claims
+    (the settle's transaction did); they only write a claim when one is crossed."""
+    clock = FakeClock()
+    ledger = SqlBudgetLedger(db.sessions, default_limit_micros=1_000_000, clock=clock)
+    store = SqlAlertStore(db.sessions)
+    reads: list[str] = []
+
+    class Counting(SqlBudgetLedger):
+        async def status(self, user_id: str, *, context: Caller | None = None):  # type: ignore[no-untyped-def]
+            reads.append("status")
+            return await super().status(user_id, context=context)
+
+        async def spent_at(self, user_id: str, at: datetime) -> int:
+            reads.append("spent_at")
+            return await super().spent_at(user_id, at)
+
+    class CountingStore(SqlAlertStore):
+        async def claimed(self, user_id: str) -> dict[int, datetime]:
+            reads.append("claimed")
+            return await super().claimed(user_id)
+
+    counting = Counting(db.sessions, default_limit_micros=1_000_000, clock=clock)
+    alerts = BudgetAlerts(counting, CountingStore(db.sessions), thresholds=(50,), clock=clock)
+    ledger.after_settle.append(alerts.check)
+    inbox = Inbox()
+    alerts.attach(inbox)
+    await _spend(ledger, MEMBER, 100_000)  # 10 %: nothing
+    await _spend(ledger, MEMBER, 500_000)  # 60 %: warned
+    await _spend(ledger, MEMBER, 10_000)  # 61 %: nothing new
+    assert len(inbox.sent) == 1 and "used 50 %" in inbox.sent[0][1]
+    assert await store.claimed(MEMBER.user_id) == {50: clock.now()}
+    await clock.advance(7 * 86400 + 1)  # rolled out: back under, and warned again
+    await _spend(ledger, MEMBER, 700_000)
+    assert len(inbox.sent) == 2
+    assert reads == []
+
+
 async def test_the_50_percent_warning_is_sent_once_across_a_restart(tmp_path: Path) -> None:
     settings = Settings(
         _env_file=None,

@@ -132,3 +132,47 @@ def test_malformed_config_file_says_where(tmp_path: Path) -> None:
     assert "coterie.toml" in out.stderr
     assert "line 1" in out.stderr or ":1:" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ask_leaves_without_the_interpreters_teardown_once_all_is_closed(
+    llmock: Any, tmp_path: Path
+) -> None:
+    """Issue 19: after the answer, the audit's last write and the database's close,
+    `coterie ask` ends at once (no exit handlers, no teardown of the SDK's objects),
+    with the answer out, its exit code, and its run closed in the audit."""
+    llmock.reply("Paris.")
+    program = (
+        "import atexit, runpy, sys;"
+        "atexit.register(lambda: print('TEARDOWN', file=sys.stderr));"
+        "sys.argv = ['coterie', 'ask', 'Capital of France?', '--json'];"
+        "runpy.run_module('bot', run_name='__main__')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(
+            tmp_path,
+            OPENAI_BASE_URL=llmock.base_url("openai"),
+            OPENAI_API_KEY="sk-test",
+            COTERIE_TIER_STANDARD="openai:gpt-5-mini",
+        ),
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "TEARDOWN" not in out.stderr
+    data = json.loads(out.stdout)
+    assert data["output"] == "Paris."
+    audit = subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "show", data["run_id"], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        check=False,
+    )
+    assert audit.returncode == 0, audit.stderr
+    assert '"status": "ok"' in audit.stdout.replace('":"', '": "')

@@ -61,7 +61,7 @@ async def test_start_and_stop_happen_in_order(
 
     async def build(settings: Settings, **options: Any) -> App:
         # Crash recovery runs only while the lock is held, and only for `coterie run`.
-        assert options == {"recover": True, "instance": "bot"}
+        assert options == {"recover": True, "instance": "bot", "warm": True}
         assert holds_lock(settings.database_url)
         order.append("build")
         app = await build_app(settings, resolver=_Resolver(), **options)

@@ -45,6 +45,10 @@ async def _start(
     )
     procs.append(bot)
     await bot.wait_for(READY)
+    # The provider's SDK was imported (in a thread) and its models built before "ready":
+    # a member's first message pays for neither.
+    ready = bot.stderr.index("coterie ready as")
+    assert 0 <= bot.stderr.find("models ready: openai") < ready
     return bot
 
 

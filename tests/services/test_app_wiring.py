@@ -102,3 +102,37 @@ async def test_memory_is_wired_with_its_settings_and_purges_while_the_app_runs(
     finally:
         await app.close()
     assert app._background == []
+
+
+async def test_the_start_reads_the_message_paths_statements_once_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: SQLAlchemy builds each statement on first use; the start does that for
+    a member's message (guild and channel settings, thread, persona, budget) so the
+    first message after it pays no more than the next."""
+    from sqlalchemy import event, text
+
+    settings = Settings(_env_file=None, database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    app = await build_app(settings, resolver=ScriptedTiers(ScriptedModel()))
+    try:
+        seen: list[str] = []
+        event.listen(
+            app.db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, *_: seen.append(statement),
+        )
+        await app.warm_storage()
+        assert {s.split()[0].upper() for s in seen} <= {"SELECT", "BEGIN", "PRAGMA"}  # reads
+        tables = ("guild_settings", "channel_settings", "thread_bindings", "personas")
+        for table in (*tables, "budget_ledger"):
+            assert any(f"FROM {table}" in s for s in seen), table
+        async with app.db.engine.connect() as conn:
+            for table in (*tables, "budget_members", "budget_ledger", "budget_reservations"):
+                count = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
+                assert count == 0, table
+        # The message path's reads then come from the caches the warm-up filled.
+        seen.clear()
+        assert await app.personas.find(None, "assistant") is not None
+        assert seen == []
+    finally:
+        await app.close()

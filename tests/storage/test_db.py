@@ -68,7 +68,7 @@ async def test_a_read_only_database(sqlite_db: Database) -> None:
 
 async def test_a_read_only_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Running as root ignores file modes, so pretend the OS said no.
-    monkeypatch.setattr("adapters.storage.db.os.access", lambda *a, **k: False)
+    monkeypatch.setattr("adapters.storage.db.engine.os.access", lambda *a, **k: False)
     with pytest.raises(DatabaseReadOnly, match="read-only"):
         Database.open(sqlite_url(tmp_path / "coterie.db"))
 

@@ -144,3 +144,20 @@ def test_tier_skips_candidates_without_keys(clients: Clients) -> None:
     none = TierResolver(cfg, clients.registry({}, ProviderSettings()))
     with pytest.raises(MissingCredentials, match="ANTHROPIC_API_KEY"):
         none.resolve("fast")
+
+
+def test_preload_imports_only_what_the_usable_candidates_need_and_builds_nothing() -> None:
+    code = (
+        "import sys\n"
+        "from executor.models.config import load_tier_config\n"
+        "from executor.models.providers import ProviderRegistry, ProviderSettings\n"
+        "from executor.models.tiers import TierResolver\n"
+        "cfg = load_tier_config(None, {'COTERIE_TIER_SMART': 'mistral:large,openai:gpt-5'})\n"
+        "tiers = TierResolver(cfg, ProviderRegistry(ProviderSettings(openai_api_key='sk')))\n"
+        "kinds = tiers.preload()\n"
+        "print(kinds, 'anthropic' in sys.modules, 'openai' in sys.modules, tiers._models)\n"
+        "print(tiers.preload(['nosuchtier']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # anthropic has no key and mistral is no provider: skipped, not raised (a run says so).
+    assert out.stdout.splitlines() == ["['openai'] False True {}", "[]"]
