@@ -37,6 +37,7 @@ __all__ = [
     "DenyAllApprover",
     "Escalation",
     "Escalator",
+    "ForwardingDelivery",
     "InMemoryAuditSink",
     "InMemoryCheckpoints",
     "NullDelivery",
@@ -244,9 +245,10 @@ class Delivery(Protocol):
     What the hosts ask besides (the chat flow, the runner, the approver): ``note``,
     ``show_cost_footer``, ``queued`` and ``ask_approval``. Each has a no-op default
     (``ask_approval``'s denies), which a class gets by subclassing ``Delivery``
-    explicitly (:class:`NullDelivery` does). A wrapper must not: it forwards every
-    method to what it wraps, by name (never through ``__getattr__``), so one it
-    forgets fails the type check instead of silently denying every approval.
+    explicitly (:class:`NullDelivery` does). A wrapper must not: it subclasses
+    :class:`ForwardingDelivery`, which forwards every method to what it wraps, by name
+    (never through ``__getattr__``), so a method added here and not forwarded there
+    fails the type check instead of silently denying every approval.
 
     ``finish`` may return a :class:`~executor.agent.DeliveryReport` (did the answer
     reach its member?); the run loop puts it on the result and records it in the
@@ -283,6 +285,47 @@ class Delivery(Protocol):
     async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
         """Ask the member to approve a tool call (the default: nobody can be asked)."""
         return ApprovalDecision(approved=False, reason="nobody can be asked to approve it here")
+
+
+class ForwardingDelivery:
+    """A delivery that hands every method of :class:`Delivery` to the one it wraps
+    (``inner``); a wrapper subclasses it and overrides what it changes.
+
+    Why not a subclass of ``Delivery``: a method forgotten here would be the port's
+    no-op default (an approval denied for everyone); as it is, the type check names it
+    wherever a wrapper is passed as a ``Delivery``."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Delivery) -> None:
+        self._inner = inner
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def text(self, delta: str) -> None:
+        await self._inner.text(delta)
+
+    async def reset(self) -> None:
+        await self._inner.reset()
+
+    async def status(self, line: str) -> None:
+        await self._inner.status(line)
+
+    async def finish(self, result: RunResult) -> DeliveryReport | None:
+        return await self._inner.finish(result)
+
+    def note(self, line: str) -> None:
+        self._inner.note(line)
+
+    def show_cost_footer(self) -> None:
+        self._inner.show_cost_footer()
+
+    async def queued(self, position: int) -> None:
+        await self._inner.queued(position)
+
+    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
+        return await self._inner.ask_approval(request)
 
 
 class NullDelivery(Delivery):

@@ -28,7 +28,7 @@ from typing import Any
 from adapters.services.errors import InvalidSetting
 from adapters.services.ports import GuildConfig, GuildSettingsStore
 from executor.agent import Caller, DeliveryReport, Privilege, RunnableAgent, RunResult
-from executor.ports import ApprovalDecision, ApprovalRequest, Clock, Delivery, RealClock
+from executor.ports import Clock, Delivery, ForwardingDelivery, RealClock
 from executor.tools.sources import FunctionSource
 from memory.checks import clean_note
 from memory.errors import NoteRefused
@@ -257,30 +257,15 @@ def saved_line(note: Note) -> str:
     return f"Saved: {text} (#{note.id}; /memory forget {note.id} to drop it)"
 
 
-class SavedNotes:
-    """A delivery that ends the answer with what the run's ``remember`` calls kept.
+class SavedNotes(ForwardingDelivery):
+    """A delivery that ends the answer with what the run's ``remember`` calls kept."""
 
-    Why every method by name and no ``Delivery`` base: see ``executor.ports.Delivery``
-    (a wrapper that forgot one would silently fall back to the port's default)."""
-
-    __slots__ = ("_inner", "_memory", "_user_id")
+    __slots__ = ("_memory", "_user_id")
 
     def __init__(self, inner: Delivery, memory: MemoryService, user_id: str) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._memory = memory
         self._user_id = user_id
-
-    async def start(self) -> None:
-        await self._inner.start()
-
-    async def text(self, delta: str) -> None:
-        await self._inner.text(delta)
-
-    async def reset(self) -> None:
-        await self._inner.reset()
-
-    async def status(self, line: str) -> None:
-        await self._inner.status(line)
 
     async def finish(self, result: RunResult) -> DeliveryReport | None:
         try:
@@ -293,15 +278,3 @@ class SavedNotes:
             self._inner.note(saved_line(note))
         # Why return it: whether the answer reached Discord is the inner delivery's to say.
         return await self._inner.finish(result)
-
-    def note(self, line: str) -> None:
-        self._inner.note(line)
-
-    def show_cost_footer(self) -> None:
-        self._inner.show_cost_footer()
-
-    async def queued(self, position: int) -> None:
-        await self._inner.queued(position)
-
-    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
-        return await self._inner.ask_approval(request)

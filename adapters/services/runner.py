@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from executor.agent import Caller, DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
-from executor.ports import ApprovalDecision, ApprovalRequest, Clock, Delivery, RealClock
+from executor.ports import Clock, Delivery, ForwardingDelivery, RealClock
 from executor.run import Executor
 
 __all__ = [
@@ -107,34 +107,18 @@ class DrainReport:
         )
 
 
-class _StoppingDelivery:
+class _StoppingDelivery(ForwardingDelivery):
     """The run's delivery, with the shutdown's note in place of "Cancelled." when the
-    drain cut the run short. Everything else goes to the delivery unchanged.
+    drain cut the run short. Everything else goes to the delivery unchanged."""
 
-    Why every method by name and no ``Delivery`` base: a method this wrapper forgot
-    would otherwise be the port's no-op default (an approval denied for everyone), or
-    vanish behind ``__getattr__``; as it is, the type check names it."""
-
-    __slots__ = ("_inner", "final", "note_on_finish", "on_finish")
+    __slots__ = ("final", "note_on_finish", "on_finish")
 
     def __init__(self, inner: Delivery) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.note_on_finish: str | None = None
         self.final: RunResult | None = None  # what the run ended with
         #: Called once the run's model work is over, before the answer's last push.
         self.on_finish: Callable[[], None] | None = None
-
-    async def start(self) -> None:
-        await self._inner.start()
-
-    async def text(self, delta: str) -> None:
-        await self._inner.text(delta)
-
-    async def reset(self) -> None:
-        await self._inner.reset()
-
-    async def status(self, line: str) -> None:
-        await self._inner.status(line)
 
     async def finish(self, result: RunResult) -> DeliveryReport | None:
         if self.note_on_finish is not None and result.status is RunStatus.CANCELLED:
@@ -143,18 +127,6 @@ class _StoppingDelivery:
         if self.on_finish is not None:
             self.on_finish()
         return await self._inner.finish(result)
-
-    def note(self, line: str) -> None:
-        self._inner.note(line)
-
-    def show_cost_footer(self) -> None:
-        self._inner.show_cost_footer()
-
-    async def queued(self, position: int) -> None:
-        await self._inner.queued(position)
-
-    async def ask_approval(self, request: ApprovalRequest) -> ApprovalDecision:
-        return await self._inner.ask_approval(request)
 
 
 @dataclass(eq=False, slots=True)

@@ -28,7 +28,13 @@ from executor.agent import (
     RunStatus,
 )
 from executor.messages import Message
-from executor.ports import ApprovalDecision, ApprovalRequest, Delivery, NullDelivery
+from executor.ports import (
+    ApprovalDecision,
+    ApprovalRequest,
+    Delivery,
+    ForwardingDelivery,
+    NullDelivery,
+)
 from executor.run import Executor
 from executor.testing import RecordingDelivery, Reply, ScriptedModel, call
 from executor.tools.registry import ToolRegistry, tool
@@ -62,8 +68,8 @@ SAMPLES: dict[str, tuple[Any, ...]] = {
     "ask_approval": (REQUEST,),
 }
 
-#: Every delivery that wraps another one.
-WRAPPERS: list[Callable[[Delivery], Any]] = [_StoppingDelivery, _saved_notes]
+#: Every delivery that wraps another one (and the base they forward through).
+WRAPPERS: list[Callable[[Delivery], Any]] = [ForwardingDelivery, _StoppingDelivery, _saved_notes]
 
 
 def port_methods() -> dict[str, bool]:
