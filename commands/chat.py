@@ -67,6 +67,7 @@ class ChatCog(commands.Cog):
             options=self.delivery_options,
             use_webhooks=guild,
             client=self.bot,
+            texts=self.bot.attachment_texts,
         )
 
     # --- messages --------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
+from adapters.discord.history import AttachmentTexts
 from adapters.discord.identity import app_owner_ids
 from adapters.discord.webhooks import Webhooks
 from adapters.services.approval import ApprovalService, InMemoryApprovals
@@ -46,7 +47,8 @@ class CoterieClient(commands.AutoShardedBot, Generic[AppT_co]):
     for an app without one, this process's own); ``shards``: who
     decides the shards (default: ``shard_count``/``shard_ids`` if given, else every
     shard of the count Discord suggests); ``identify_interval_s``: the wait before each
-    IDENTIFY after the first (Discord's rate limit)."""
+    IDENTIFY after the first (Discord's rate limit); ``attachment_texts``: the text
+    files conversations have shown, each downloaded once, not on every turn."""
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class CoterieClient(commands.AutoShardedBot, Generic[AppT_co]):
         self._owner_ids = owner_ids
         self.webhooks = Webhooks()
         self.approvals = ApprovalService(InMemoryApprovals())
+        self.attachment_texts = AttachmentTexts()
         self.shard_planner: ShardPlanner = shards or FixedShards(pinned_count, pinned_ids)
         self.identify_interval_s = identify_interval_s
         self._gateway: Any = None  # the gateway's URL, once the first shards connect

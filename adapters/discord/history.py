@@ -11,8 +11,10 @@ the turn, which the model and the member are told about.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 
 import aiohttp
@@ -30,6 +32,7 @@ from adapters.services.conversation import (
 from executor.messages import ImagePart
 
 __all__ = [
+    "AttachmentTexts",
     "IsOurs",
     "dm_history",
     "read_attachment",
@@ -96,27 +99,78 @@ def _type_of(a: discord.Attachment) -> str:
 
 async def _read_text(
     a: discord.Attachment, lim: HistoryLimits
-) -> tuple[tuple[str, str] | None, LeftOut | None]:
-    """(filename, text) of a text attachment, and what the model did not get of it."""
+) -> tuple[tuple[str, str] | None, LeftOut | None, bool]:
+    """(filename, text) of a text attachment, what the model did not get of it, and
+    whether that outcome lasts (a failed download may succeed next time)."""
     over = f"over the {format_size(lim.max_attachment_bytes)} limit"
     if a.size > lim.max_attachment_bytes:
-        return None, LeftOut(a.filename, over, a.size)
+        return None, LeftOut(a.filename, over, a.size), True
     try:
         raw = await read_attachment(a, max_bytes=lim.max_attachment_bytes)
     except discord.DiscordException as exc:
         log.info("could not read attachment %s: %s", a.filename, exc)
-        return None, LeftOut(a.filename, "it could not be downloaded", a.size)
+        return None, LeftOut(a.filename, "it could not be downloaded", a.size), False
     if raw is None:
         log.info("attachment %s is larger than it said; left out", a.filename)
-        return None, LeftOut(a.filename, f"it is larger than it said ({over})")
+        return None, LeftOut(a.filename, f"it is larger than it said ({over})"), True
     body = raw.decode("utf-8", errors="replace")
     if len(body) <= lim.attachment_chars:
-        return (a.filename, body), None
+        return (a.filename, body), None, True
     chars = f"{lim.attachment_chars:,} characters"
     cut = body[: lim.attachment_chars] + f"\n[… cut here: only the first {chars} were read]"
-    return (a.filename, cut), LeftOut(
-        a.filename, f"only the first {chars} were read", a.size, partly=True
+    return (
+        (a.filename, cut),
+        LeftOut(a.filename, f"only the first {chars} were read", a.size, partly=True),
+        True,
     )
+
+
+_Read = tuple[tuple[str, str] | None, LeftOut | None]
+
+
+class AttachmentTexts:
+    """The text attachments this process has read, by attachment id, most recent kept.
+
+    A conversation's history is read again on every turn (a reply chain, a thread, a
+    DM), and with it every text file in it; a Discord attachment never changes (an
+    edit can drop a file, not alter it), so each is downloaded once while it stays
+    among the ``max_chars`` most recently used characters. Two runs asking for the
+    same file at once share one download. A failed download is not kept: the next
+    turn tries again.
+    """
+
+    def __init__(self, *, max_chars: int = 2_000_000) -> None:
+        self.max_chars = max_chars
+        self._kept: OrderedDict[tuple[int, int, int], tuple[_Read, int]] = OrderedDict()
+        self._chars = 0
+        self._reading: dict[tuple[int, int, int], asyncio.Lock] = {}
+
+    async def read(self, a: discord.Attachment, lim: HistoryLimits) -> _Read:
+        key = (a.id, lim.max_attachment_bytes, lim.attachment_chars)
+        lock = self._reading.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                kept = self._kept.get(key)
+                if kept is not None:
+                    self._kept.move_to_end(key)
+                    return kept[0]
+                file, lost, lasts = await _read_text(a, lim)
+                if lasts:
+                    self._keep(key, (file, lost))
+                return file, lost
+        finally:
+            if not lock.locked() and self._reading.get(key) is lock:
+                del self._reading[key]
+
+    def _keep(self, key: tuple[int, int, int], read: _Read) -> None:
+        size = len(read[0][1]) if read[0] is not None else 0
+        if size > self.max_chars:
+            return
+        self._kept[key] = (read, size)
+        self._chars += size
+        while self._chars > self.max_chars:
+            _, (_, dropped) = self._kept.popitem(last=False)
+            self._chars -= dropped
 
 
 async def turn_from_message(
@@ -126,8 +180,10 @@ async def turn_from_message(
     bot_id: int | None,
     limits: HistoryLimits | None = None,
     content: str | None = None,
+    texts: AttachmentTexts | None = None,
 ) -> Turn:
-    """One Discord message as a turn. ``content`` overrides the text (already parsed)."""
+    """One Discord message as a turn. ``content`` overrides the text (already parsed);
+    ``texts``: text attachments already read (None: download each)."""
     lim = limits or HistoryLimits()
     if is_ours(msg):
         persona = msg.author.name if msg.webhook_id else None
@@ -166,7 +222,10 @@ async def turn_from_message(
             why = f"over the limit of {lim.max_text_files} text files in one message"
             left.append(LeftOut(a.filename, why, a.size))
         else:
-            file, lost = await _read_text(a, lim)
+            if texts is not None:
+                file, lost = await texts.read(a, lim)
+            else:
+                file, lost, _ = await _read_text(a, lim)
             if file is not None:
                 files.append(file)
             if lost is not None:

@@ -17,7 +17,13 @@ from typing import Any
 import discord
 
 from adapters.discord.delivery import open_delivery
-from adapters.discord.history import dm_history, reply_chain, thread_history, turn_from_message
+from adapters.discord.history import (
+    AttachmentTexts,
+    dm_history,
+    reply_chain,
+    thread_history,
+    turn_from_message,
+)
 from adapters.discord.identity import caller_from_message
 from adapters.discord.outbox import is_board
 from adapters.discord.split import no_pings
@@ -105,6 +111,7 @@ class DiscordSurface:
         options: DeliveryOptions | None = None,
         use_webhooks: bool = True,
         client: discord.Client | None = None,
+        texts: AttachmentTexts | None = None,
     ) -> None:
         self.target = target
         self.message = message
@@ -117,6 +124,7 @@ class DiscordSurface:
         self.options = options or DeliveryOptions()
         self.use_webhooks = use_webhooks
         self.client = client
+        self.texts = texts
 
     async def shares_guild(self, *, excluding: Collection[str]) -> bool:
         """Whether the member is in one of the bot's guilds other than ``excluding``
@@ -157,7 +165,11 @@ class DiscordSurface:
         messages = [m for m in messages if not (self._is_ours(m) and is_board(m.content))]
         return [
             await turn_from_message(
-                m, is_ours=self._is_ours, bot_id=self.bot_user_id, limits=self.limits
+                m,
+                is_ours=self._is_ours,
+                bot_id=self.bot_user_id,
+                limits=self.limits,
+                texts=self.texts,
             )
             for m in messages
         ]

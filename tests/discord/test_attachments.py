@@ -3,6 +3,7 @@ that is not passed on to the model is named to the member and to the model."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -15,7 +16,8 @@ import discord
 import pytest
 from aiohttp import web
 
-from adapters.discord.history import read_attachment
+from adapters.discord.history import AttachmentTexts, read_attachment
+from adapters.services.conversation import HistoryLimits
 from bot.app import App, build_app
 from bot.settings import Settings
 from executor.messages import ImagePart
@@ -61,9 +63,9 @@ async def cdn() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def attachment(url: str, size: int) -> discord.Attachment:
+def attachment(url: str, size: int, id: int = 1) -> discord.Attachment:
     data: Any = {
-        "id": "1",
+        "id": str(id),
         "filename": url.rsplit("/", 1)[-1],
         "size": size,
         "url": url,
@@ -94,6 +96,37 @@ async def test_a_stated_size_over_the_cap_is_not_downloaded(cdn: str) -> None:
 async def test_a_failed_download_is_a_discord_exception(cdn: str) -> None:
     with pytest.raises(discord.DiscordException, match="HTTP 404"):
         await read_attachment(attachment(f"{cdn}/gone.txt", 5), max_bytes=100)
+
+
+async def test_kept_texts_are_bounded_and_concurrent_reads_share_one_download() -> None:
+    served: list[str] = []
+
+    async def text(request: web.Request) -> web.Response:
+        served.append(request.match_info["name"])
+        return web.Response(body=b"y" * 400)
+
+    app = web.Application()
+    app.router.add_get("/{name}", text)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        texts = AttachmentTexts(max_chars=1_000)  # two 400-character files fit, not three
+        lim = HistoryLimits()
+        a, b, c = (attachment(f"{base}/{n}.txt", 400, id=i) for i, n in enumerate("abc", 1))
+        reads = await asyncio.gather(*(texts.read(a, lim) for _ in range(5)))
+        assert served == ["a.txt"]  # five turns at once: one download
+        assert all(r == (("a.txt", "y" * 400), None) for r in reads)
+        await texts.read(b, lim)
+        await texts.read(a, lim)  # a is now the most recent
+        await texts.read(c, lim)  # b, the least recent, makes room
+        await texts.read(a, lim)
+        await texts.read(b, lim)
+        assert served == ["a.txt", "b.txt", "c.txt", "b.txt"]
+    finally:
+        await runner.cleanup()
 
 
 # --- nothing dropped silently: through the chat cog, the real app, the fake Discord ---
@@ -278,3 +311,59 @@ async def test_an_ordinary_file_adds_no_notice(
     reply = await _answer(fake, "read", [attachment], notice=False)
     assert reply == ANSWER
     assert model.requests[-1].messages[-1].text == "read\n\n[attachment notes.txt]\nhello"
+
+
+async def test_a_file_in_the_conversation_is_downloaded_once_across_turns(
+    fake_discord: FakeDiscord,
+    discord_bot: Any,
+    app: tuple[App, ScriptedModel],
+    loopback_cdn: CDN,
+) -> None:
+    """Each turn re-reads its reply chain; the file in the message replied to is
+    fetched from the CDN once, and the model still reads it on every turn."""
+    fake, (_, model), cdn = fake_discord, app, loopback_cdn
+    cdn.files["notes.txt"] = b"the launch is on friday"
+    first = cdn.attachment(fake, "notes.txt", "text/plain")
+    mention = f"<@{fake.bot_user['id']}>"
+    since = len(fake.calls)
+    sent = await fake.dispatch_message(
+        f"{mention} read this", mentions=["bot"], attachments=[first]
+    )
+    await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+    for question in ("when?", "are you sure?"):
+        since = len(fake.calls)
+        await fake.dispatch_message(
+            f"{mention} {question}", mentions=["bot"], message_reference=int(sent["id"])
+        )
+        await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+        turns = [m for m in model.requests[-1].messages if m.role == "user"]
+        assert any("[attachment notes.txt]\nthe launch is on friday" in t.text for t in turns)
+        assert turns[-1].text == question
+        assert len(turns) == 2  # the file's message, then the question
+    assert cdn.asked.count("notes.txt") == 1
+
+
+async def test_a_failed_download_is_tried_again_on_the_next_turn(
+    fake_discord: FakeDiscord,
+    discord_bot: Any,
+    app: tuple[App, ScriptedModel],
+    loopback_cdn: CDN,
+) -> None:
+    fake, (_, model), cdn = fake_discord, app, loopback_cdn
+    late = cdn.attachment(fake, "late.txt", "text/plain", size=5)  # not on the CDN yet
+    mention = f"<@{fake.bot_user['id']}>"
+    since = len(fake.calls)
+    sent = await fake.dispatch_message(f"{mention} read this", mentions=["bot"], attachments=[late])
+    await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+    first = model.requests[-1].messages[-1].text
+    assert "[attachment late.txt (5 bytes) was not read: it could not be downloaded]" in first
+    cdn.files["late.txt"] = b"hello"
+    since = len(fake.calls)
+    # The member asks again in reply to that message: the chain holds it again.
+    await fake.dispatch_message(
+        f"{mention} try again", mentions=["bot"], message_reference=int(sent["id"])
+    )
+    await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+    turns = [m for m in model.requests[-1].messages if m.role == "user"]
+    assert any("[attachment late.txt]\nhello" in t.text for t in turns)
+    assert cdn.asked.count("late.txt") == 2
