@@ -13,7 +13,9 @@
                                       its shards are handed over (disconnected, released);
                                       else new requests read "restarting"
     let running runs finish           up to COTERIE_SHUTDOWN_GRACE_S (a second signal: now)
-    cancel the rest                   "Stopped: coterie is restarting."; audit and budget closed
+    cancel the rest                   "Stopped: coterie is restarting."; audit and budget closed;
+                                      each member's chat gets Resume / Discard (its checkpoint
+                                      kept; the press is taken by whichever process runs next)
     close Discord, then the app       audit flush, deregister, providers, database
     release the lock                  exit 0, no traceback
 
@@ -62,6 +64,9 @@ T = TypeVar("T")
 
 # How often the PostgreSQL lock's connection is checked (a server restart drops it).
 LOCK_CHECK_S = 60.0
+# The longest a drain spends posting Resume offers for the runs it cut (a second
+# signal skips them: those runs' conversations are pruned, as for any run not offered).
+OFFER_WAIT_S = 10.0
 
 
 class Shutdown:
@@ -117,7 +122,23 @@ async def drain(
     started = asyncio.get_running_loop().time()
     report = await app.runner.drain(grace_s, clock=grace)
     log.info("drained in %.1fs: %s", asyncio.get_running_loop().time() - started, report)
+    await _offer_stopped(app, report, hurry)
     return report
+
+
+async def _offer_stopped(app: App, report: DrainReport, hurry: asyncio.Event | None) -> None:
+    """Offer the chat runs the drain cut to their members to resume (a skill's slot is
+    not offered: its schedule runs it again), within :data:`OFFER_WAIT_S`."""
+    if not report.stopped or (hurry is not None and hurry.is_set()):
+        return
+    try:
+        async with asyncio.timeout(OFFER_WAIT_S):
+            await app.resume.offer_interrupted(report.stopped)
+    except TimeoutError:
+        log.warning("stopped before every cut run was offered to resume (%gs)", OFFER_WAIT_S)
+    except Exception:
+        # Why not raise: the drain goes on; what was not offered is pruned later.
+        log.warning("could not offer the cut runs to resume", exc_info=True)
 
 
 @dataclass(slots=True)

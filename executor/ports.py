@@ -201,9 +201,10 @@ class Checkpoints(Protocol):
     run (each save replaces the last); ``tool_done`` when a pending call that may not
     be repeated blindly finished (neither read-only nor idempotent: a read-only
     call's result comes with the next save, and a crash before it only runs it
-    again); ``drop`` once the run has ended, however it ended. A store may keep only
-    the runs its host can resume (and ignore the rest); ``save`` and ``tool_done``
-    are durable when they return.
+    again); ``drop`` once the run has ended, except when its host cancelled it (a
+    shutdown: the host may offer it to resume, and forgets it otherwise). A store may
+    keep only the runs its host can resume (and ignore the rest); ``save`` and
+    ``tool_done`` are durable when they return.
     """
 
     async def save(self, checkpoint: Checkpoint) -> None: ...
@@ -215,7 +216,8 @@ class Checkpoints(Protocol):
 
 class InMemoryCheckpoints:
     """The default: each running run's last checkpoint, in memory, gone when it ends
-    (a process that stops takes them along: nothing survives to resume)."""
+    (one its host cancelled stays until :meth:`drop`; a process that stops takes them
+    along: nothing survives to resume)."""
 
     def __init__(self) -> None:
         self.saved: dict[str, Checkpoint] = {}

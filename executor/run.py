@@ -14,7 +14,8 @@ One run, in order:
 5. always, whatever happened: settle the budget to the real cost, record
    ``RunFinished``, close the critic's watch, tell the delivery, and record
    ``RunDelivered`` when the delivery says whether the answer reached its member;
-   then drop the run's checkpoint.
+   then drop the run's checkpoint (kept when the host cancelled the run: a shutdown
+   may offer it to resume).
 
 Checkpoints (:class:`~executor.ports.Checkpoints`): before the first model call, and
 after each response that asks for tools (before they run), the run saves where it
@@ -431,7 +432,9 @@ class Executor:
                 result = self._result(
                     state, RunStatus.CANCELLED, error="the run was cancelled by its host"
                 )
-                await asyncio.shield(self._finish(state, result, watch))
+                # Its checkpoint is kept: the host may offer the run to resume (the
+                # bot's drain does); one nobody offers is pruned with the ended runs.
+                await asyncio.shield(self._finish(state, result, watch, keep_checkpoint=True))
                 raise
         except Exception as exc:  # a bug of ours or a port's: still close the run
             result = self._internal_error(state, exc)
@@ -497,7 +500,14 @@ class Executor:
         result.note = outcome_note(result)
         return result
 
-    async def _finish(self, state: RunState, result: RunResult, watch: CriticWatch | None) -> None:
+    async def _finish(
+        self,
+        state: RunState,
+        result: RunResult,
+        watch: CriticWatch | None,
+        *,
+        keep_checkpoint: bool = False,
+    ) -> None:
         assert state.budget is not None
         assert state.budget.reservation is not None
         for hook in self.hooks:
@@ -523,7 +533,8 @@ class Executor:
                 try:
                     await self._deliver(state.delivery, result)
                 finally:
-                    await self._drop_checkpoint(state.run_id)
+                    if not keep_checkpoint:
+                        await self._drop_checkpoint(state.run_id)
 
     async def _drop_checkpoint(self, run_id: str) -> None:
         try:

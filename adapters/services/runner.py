@@ -19,6 +19,8 @@ The runner also knows every run in flight, which is what a shutdown drains
                        runs may finish within the grace period; the rest are cancelled
                        and their member reads "Stopped: coterie is restarting." A run
                        whose model work is over is not cancelled: its answer is posted.
+                       The report names the cancelled runs (``stopped``): they keep
+                       their checkpoint, and the bot offers them to resume.
 
 A cancelled run still ends with its audit row closed (status ``cancelled``) and its
 budget settled to what it spent: the executor does that on its host's cancellation.
@@ -99,6 +101,7 @@ class DrainReport:
     cancelled: int = 0
     refused: int = 0
     unfinished: list[str] = field(default_factory=list)  # run ids still open at the end
+    stopped: list[str] = field(default_factory=list)  # run ids of the runs cancelled
 
     def __str__(self) -> str:
         return (
@@ -260,6 +263,7 @@ class Runner:
         for flight in cut:
             self._stop(flight)
         report.cancelled = len(cut)
+        report.stopped = [f.run_id for f in cut]
         # Why a real-time wait: a cancelled run only has to write its row and post a
         # note, a delivering one to post its answer; nothing here waits on the model.
         await self._wait([*waiting, *late], _CANCEL_WAIT_S, clock=RealClock())

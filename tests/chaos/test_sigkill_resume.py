@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -143,24 +142,6 @@ class ScriptedLoopback:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[ScriptedLoopback]:
-    server = ScriptedLoopback()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def lives() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        await p.kill()
 
 
 def _env(tmp_path: Path, fake: FakeDiscord, model: ScriptedLoopback) -> dict[str, str]:

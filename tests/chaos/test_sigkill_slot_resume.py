@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,24 +43,6 @@ from tests.fakediscord import FakeDiscord
 from tests.lifecycle.conftest import Proc, query
 
 pytestmark = pytest.mark.chaos
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[ScriptedLoopback]:
-    server = ScriptedLoopback()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def lives() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        await p.kill()
 
 
 async def _one_shot(tmp_path: Path, fake: FakeDiscord) -> int:

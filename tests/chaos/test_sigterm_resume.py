@@ -1,0 +1,89 @@
+"""A run cut by a restart's drain can be resumed (as one a crash cut): a real ``coterie
+run`` (``tests/chaos/resume_worker.py``) is answering alice, and is in a tool that
+changes something, when SIGTERM comes with a short grace period. The drain cancels the
+run (her answer says "Stopped: coterie is restarting."), keeps its checkpoint and
+posts her Resume and Discard before the process exits 0. The next process takes the
+press: the tool that may have run is asked about again, the answer completes from the
+last completed step (the calculator is not run again), and the ledger equals what every
+response cost across both runs."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.test_sigkill_resume import (
+    ANSWER,
+    ScriptedLoopback,
+    _buttons,
+    _db,
+    _env,
+    _has_buttons,
+    _life,
+    _offer,
+)
+from tests.fakediscord import FakeDiscord
+from tests.lifecycle.conftest import Proc, query, webhook_shows
+
+pytestmark = pytest.mark.chaos
+
+
+async def test_a_run_the_drain_cut_is_offered_and_resumes_in_the_next_process(
+    fake_discord: FakeDiscord, model: ScriptedLoopback, lives: list[Proc], tmp_path: Path
+) -> None:
+    fake = fake_discord
+    env = _env(tmp_path, fake, model) | {"COTERIE_SHUTDOWN_GRACE_S": "0.5"}
+    first = await _life(lives, env, tmp_path)
+    await fake.dispatch_message("<@bot> compute and save the weekly report", mentions=["bot"])
+    await model.held.wait()  # computed; now saving, held by the server
+    since = len(fake.calls)
+    first.signal(signal.SIGTERM)
+    offer = await _offer(fake, since)  # posted by the stopping process
+    assert await first.exit_code() == 0
+    assert "Traceback" not in first.stderr
+    model.release()
+    alice = str(fake.user("alice")["id"])
+    assert offer.json["content"].startswith(f"<@{alice}> a restart interrupted my answer")
+    assert "compute and save the weekly report" in offer.json["content"]
+    buttons = _buttons(offer)
+    assert set(buttons) == {"Resume", "Discard"}
+    # Her answer says why it stopped.
+    cut = [
+        m
+        for m in fake.history(fake.guild.channel_id("general"))
+        if m.get("webhook_id") and "Stopped: coterie is restarting." in m.get("content", "")
+    ]
+    assert len(cut) == 1
+
+    second = await _life(lives, env, tmp_path)
+    since = len(fake.calls)
+    press = await fake.dispatch_component(buttons["Resume"], int(offer.response["id"]))
+    marked = await fake.wait_for_interaction_response(press)
+    assert marked.json["data"]["content"].endswith("-# Resumed.")
+    ask = await fake.wait_for_call(
+        "POST", r"/channels/{c}/messages", _has_buttons, since=since, timeout=30
+    )
+    assert "may have run already" in ask.json["content"]
+    await second.wait_for(r"asked member \d+ to approve save_report")
+    approve = await fake.dispatch_component(
+        _buttons(ask)["Approve"], int(ask.response["id"]), user="alice"
+    )
+    await fake.wait_for_interaction_response(approve)
+    await webhook_shows(fake, ANSWER, timeout=30)
+    second.signal(signal.SIGTERM)
+    assert await second.exit_code() == 0
+
+    db = _db(tmp_path)
+    runs = query(db, "SELECT run_id, status, resumed_from FROM audit_runs ORDER BY started_at")
+    assert [(r[1], r[2]) for r in runs] == [("cancelled", None), ("ok", runs[0][0])]
+    calls = query(db, "SELECT call_id, name, run_id FROM audit_tool_calls ORDER BY id")
+    assert [(c[0], c[2]) for c in calls if c[0] == "call_calc"] == [("call_calc", runs[0][0])]
+    assert model.finished == Counter({"call_save": 1})
+    [(charged,)] = query(db, "SELECT sum(amount_micros) FROM budget_ledger")
+    assert len(model.completed) == 3 and charged == sum(model.completed)
+    assert query(db, "SELECT count(*) FROM budget_reservations") == [(0,)]
+    assert query(db, "SELECT offer FROM run_checkpoints") == [("resumed",)]
+    assert fake.unknown_calls == []
