@@ -17,7 +17,9 @@ One slot, one run, at most:
 * The claim carries the id its run will have (``SlotRun.run_id``), so a restart
   that interrupts the run leaves on the slot's row which run it was.
 * A slot a restart interrupted (the process died while it ran, or after the claim and
-  before the model was reached) is found ``running`` at start. With ``catch-up`` and
+  before the model was reached, or its drain cut the run: ``SlotOutcome`` status
+  ``interrupted``, the row left as it was) is found ``running`` at start (on
+  PostgreSQL, by the leader, once the process is gone). With ``catch-up`` and
   within ``grace_s`` of the slot, when no later slot of the schedule is due, it gets
   **one retry**: :meth:`ScheduleStore.retry_slot` moves it from attempt 1 to 2 in one
   conditional ``UPDATE``, which one process alone can pass, and the slot says it was
@@ -127,6 +129,8 @@ RETRIED = "run again: a restart interrupted its first attempt"
 RESUMED = "resumed from its last step: a restart interrupted run {run_id}"
 DONE = "a one-shot: it has run"
 ONE_SHOT_SKIPPED = "a one-shot: skipped, not run"
+# A slot whose run this process's shutdown cut: left running for the next start.
+LEFT_FOR_RESTART = "cut by a shutdown; the next start retries it from its last step"
 ONE_SHOT_INTERRUPTED = "a one-shot: interrupted by a restart, not run again"
 
 
@@ -765,6 +769,17 @@ class SkillScheduler:
                     self._log_slot(sid, slot, "duplicate", skill=info.skill)
                     return "duplicate"
             outcome = await self._call(info, slot, run)
+            if outcome.status == "interrupted":
+                self._log_slot(
+                    sid,
+                    slot,
+                    "interrupted",
+                    skill=info.skill,
+                    attempt=attempt,
+                    run_id=outcome.run_id,
+                    reason=LEFT_FOR_RESTART,
+                )
+                return "fired"
             reason = _reason(outcome)
             failures = await self._store.finish_slot(
                 sid,

@@ -91,7 +91,9 @@ class SlotRun:
 
 @dataclass(frozen=True)
 class SlotOutcome:
-    status: Literal["ok", "failed"]
+    # "interrupted": a shutdown cut the run; the slot is left running, and settled as a
+    # slot a restart interrupted (retried under catch-up, resuming its run).
+    status: Literal["ok", "failed", "interrupted"]
     run_id: str | None = None
     error: str | None = None  # written for the person: goes to the slot and the owner
     # A retry that resumed the interrupted run from its last checkpoint: that run's id

@@ -199,8 +199,10 @@ class Runner:
             if not flight.running:
                 return await self._refuse(invocation, invocation.delivery, run_id=run_id)
             # The executor closed the run (audit, budget, the note) before re-raising.
+            # error_kind "shutdown" tells its caller a restart cut it (a slot's retry
+            # resumes it).
             if wrapped is not None and wrapped.final is not None:
-                return wrapped.final
+                return replace(wrapped.final, error_kind="shutdown")
             return RunResult(
                 run_id=run_id,
                 status=RunStatus.CANCELLED,

@@ -668,6 +668,10 @@ class SkillService:
 
 def _slot_outcome(result: RunResult) -> SlotOutcome:
     """What a slot's run came to, for the slot's row."""
+    if result.error_kind == "shutdown":
+        # Cut (or refused in line) by this process's drain: the slot stays running for
+        # the next start (or the leader) to retry, from the run's last step.
+        return SlotOutcome(status="interrupted", run_id=result.run_id)
     report = result.delivery
     if result.ok and report is not None and not report.delivered:
         # The run is ok (and charged) but its answer never reached the channel: the

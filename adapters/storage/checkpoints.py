@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, column, delete, insert, select, table, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from adapters.services.resume import Decision, OfferRecord, OfferStatus
@@ -44,6 +44,8 @@ __all__ = ["DECIDED_KEPT_FOR", "SqlCheckpoints"]
 
 _rows = RunCheckpoint.__table__  # type: ignore[attr-defined]
 _runs = AuditRun.__table__  # type: ignore[attr-defined]
+# The scheduler's slots (skills.tables.ScheduleSlot), only the columns prune reads.
+_slots = table("schedule_slots", column("run_id"), column("status"))
 
 #: How long a decided (or expired) offer's row stays, conversation-free, so a late
 #: press is told what happened to it.
@@ -475,8 +477,16 @@ class SqlCheckpoints:
         runs never offered that long after their last step (the process that closed
         them died before it could offer them). Never a row of a run still running
         (another process's, on PostgreSQL), nor of a recent interrupted one (its
-        offer may be on its way)."""
-        ended = select(_runs.c.run_id).where(_runs.c.status.not_in(_LIVE))
+        offer may be on its way), nor of a scheduled slot's run while the slot is
+        running (its retry resumes it)."""
+        # Why not a slot's run while its slot is running: a drain cut it (closed as
+        # cancelled), and the slot's retry resumes it from this row.
+        slotted = select(_slots.c.run_id).where(
+            _slots.c.status == "running", _slots.c.run_id.is_not(None)
+        )
+        ended = select(_runs.c.run_id).where(
+            _runs.c.status.not_in(_LIVE), _runs.c.run_id.not_in(slotted)
+        )
         interrupted = select(_runs.c.run_id).where(_runs.c.status == "interrupted")
         async with self._write() as conn:
             stale = await conn.execute(

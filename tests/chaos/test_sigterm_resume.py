@@ -5,7 +5,8 @@ run (her answer says "Stopped: coterie is restarting."), keeps its checkpoint an
 posts her Resume and Discard before the process exits 0. The next process takes the
 press: the tool that may have run is asked about again, the answer completes from the
 last completed step (the calculator is not run again), and the ledger equals what every
-response cost across both runs."""
+response cost across both runs. A scheduled slot cut the same way is left running, and
+the next process retries it from its run's last step (once), as after a crash."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from skills.scheduler import LEFT_FOR_RESTART, RESUMED
 from tests.chaos.test_sigkill_resume import (
     ANSWER,
     ScriptedLoopback,
@@ -25,6 +27,7 @@ from tests.chaos.test_sigkill_resume import (
     _life,
     _offer,
 )
+from tests.chaos.test_sigkill_slot_resume import _answers, _asked_again, _one_shot
 from tests.fakediscord import FakeDiscord
 from tests.lifecycle.conftest import Proc, query, webhook_shows
 
@@ -86,4 +89,45 @@ async def test_a_run_the_drain_cut_is_offered_and_resumes_in_the_next_process(
     assert len(model.completed) == 3 and charged == sum(model.completed)
     assert query(db, "SELECT count(*) FROM budget_reservations") == [(0,)]
     assert query(db, "SELECT offer FROM run_checkpoints") == [("resumed",)]
+    assert fake.unknown_calls == []
+
+
+async def test_a_slot_the_drain_cut_is_resumed_by_the_next_start(
+    fake_discord: FakeDiscord, model: ScriptedLoopback, lives: list[Proc], tmp_path: Path
+) -> None:
+    fake = fake_discord
+    env = _env(tmp_path, fake, model) | {"COTERIE_SHUTDOWN_GRACE_S": "0.5"}
+    schedule_id = await _one_shot(tmp_path, fake)
+    first = await _life(lives, env, tmp_path)
+    await model.held.wait()  # the slot's run computed, and is saving
+    first.signal(signal.SIGTERM)
+    assert await first.exit_code() == 0
+    assert "outcome=interrupted" in first.stderr and LEFT_FOR_RESTART in first.stderr
+    model.release()
+    db = _db(tmp_path)
+    [(first_run, status)] = query(db, "SELECT run_id, status FROM schedule_slots")
+    assert status == "running"  # left for the next start, with the run it was
+    [(enabled,)] = query(db, "SELECT enabled FROM schedules WHERE id = ?", schedule_id)
+    assert enabled  # a one-shot not done yet
+
+    since = len(fake.calls)
+    second = await _life(lives, env, tmp_path)
+    ask = await _asked_again(fake, second, since)
+    await fake.dispatch_component(_buttons(ask)["Approve"], int(ask.response["id"]), user="alice")
+    line = await second.wait_for(r"schedule slot.*resumed_from=", timeout=30)
+    assert f"resumed_from={first_run}" in line and "outcome=ok" in line and "attempt=2" in line
+    second.signal(signal.SIGTERM)
+    assert await second.exit_code() == 0
+
+    assert _answers(fake) == 1
+    runs = query(db, "SELECT run_id, status, resumed_from FROM audit_runs ORDER BY started_at")
+    assert [(r[1], r[2]) for r in runs] == [("cancelled", None), ("ok", first_run)]
+    [slot] = query(db, "SELECT status, attempt, run_id, reason FROM schedule_slots")
+    assert slot == ("ok", 2, runs[1][0], RESUMED.format(run_id=first_run))
+    calls = query(db, "SELECT call_id, run_id FROM audit_tool_calls ORDER BY id")
+    assert [c for c in calls if c[0] == "call_calc"] == [("call_calc", first_run)]
+    assert model.finished == Counter({"call_save": 1})
+    [(charged,)] = query(db, "SELECT sum(amount_micros) FROM budget_ledger")
+    assert len(model.completed) == 3 and charged == sum(model.completed)
+    assert query(db, "SELECT count(*) FROM budget_reservations") == [(0,)]
     assert fake.unknown_calls == []

@@ -95,7 +95,10 @@ async def test_a_run_past_the_grace_period_is_cancelled_closed_and_told() -> Non
     result = await run  # the caller gets a result, not a CancelledError
     assert result.status is RunStatus.CANCELLED
     assert result.note == SHUTDOWN_NOTE
-    assert delivery.result is result and delivery.log[-1] == ("finish", RunStatus.CANCELLED)
+    assert result.error_kind == "shutdown"  # its caller knows a restart cut it
+    assert report.stopped == [result.run_id]  # offered to resume by the bot's drain
+    assert delivery.result is not None and delivery.result.run_id == result.run_id
+    assert delivery.log[-1] == ("finish", RunStatus.CANCELLED)
     assert _finished(audit) == [RunStatus.CANCELLED]  # the audit row is closed
     assert budget._open == {}  # the reservation is settled
     assert not run.cancelled()
