@@ -18,6 +18,7 @@ from executor.agent import Caller, Privilege
 from executor.messages import ImagePart, Message, ToolCallPart, ToolResultPart, Usage
 from executor.ports import Checkpoint
 from executor.testing import FakeClock
+from skills.tables import Schedule, ScheduleSlot, Skill
 
 NOW = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
 ALICE = Caller(
@@ -143,6 +144,33 @@ async def test_pruning_keeps_running_and_interrupted_runs(db: Database) -> None:
     assert await store.prune(NOW + DECIDED_KEPT_FOR + timedelta(seconds=1)) == 2
     assert await store.record("old") is None and await store.record("cut") is None
     assert await store.record("live") is not None
+
+
+async def test_pruning_keeps_the_run_of_a_slot_a_drain_left_running(db: Database) -> None:
+    """A drain closes a slot's run (cancelled) and leaves the slot running: its retry
+    resumes the run from this row, so prune keeps it until the slot is settled."""
+    store = SqlCheckpoints(db.sessions, clock=FakeClock(start=NOW))
+    await _audit(db, "slot-run", "cancelled")
+    await store.save(_checkpoint("slot-run", step=1, trigger="schedule"))
+    async with db.sessions() as s, s.begin():
+        skill = Skill(guild_id="1", name="digest")
+        s.add(skill)
+        await s.flush()
+        schedule = Schedule(skill_id=skill.id, channel_id="55", created_by="100", cron="0 9 * * *")
+        s.add(schedule)
+        await s.flush()
+        slot = ScheduleSlot(
+            schedule_id=schedule.id, slot_at=NOW, status="running", run_id="slot-run"
+        )
+        s.add(slot)
+    assert await store.prune(NOW) == 0
+    assert await store.record("slot-run") is not None
+    async with db.sessions() as s, s.begin():
+        found = await s.get(ScheduleSlot, slot.id)
+        assert found is not None
+        found.status = "failed"  # settled without its retry
+    assert await store.prune(NOW) == 1
+    assert await store.record("slot-run") is None
 
 
 async def test_forget_and_delete_user_data(db: Database) -> None:
