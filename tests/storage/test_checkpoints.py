@@ -156,9 +156,11 @@ async def test_pruning_keeps_the_run_of_a_slot_a_drain_left_running(db: Database
         skill = Skill(guild_id="1", name="digest")
         s.add(skill)
         await s.flush()
+        assert skill.id is not None
         schedule = Schedule(skill_id=skill.id, channel_id="55", created_by="100", cron="0 9 * * *")
         s.add(schedule)
         await s.flush()
+        assert schedule.id is not None
         slot = ScheduleSlot(
             schedule_id=schedule.id, slot_at=NOW, status="running", run_id="slot-run"
         )
