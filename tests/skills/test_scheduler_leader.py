@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import text
 
-from adapters.services.instances import Identity, Membership
+from adapters.services.instances import SWEEP_EVERY, Identity, Membership
 from adapters.services.leadership import SCHEDULER_LEASE, Leadership
 from adapters.storage.db import Database
 from adapters.storage.instances import SqlInstances
@@ -189,6 +189,56 @@ async def test_a_stopping_leader_hands_the_lead_over_at_once(pg_db: Database) ->
     assert b.leadership.leader and b.scheduler.running
     await a.membership.tick()
     assert not a.leadership.leader  # resigned for good
+    await _close(a, b)
+
+
+async def test_a_slot_a_stopping_leaders_drain_cut_is_retried_by_the_next_leader(
+    pg_db: Database,
+) -> None:
+    """The drain cut the slot's run (``interrupted``): the row stays running, owned by
+    the stopping process; once that process has removed its instance, the new leader's
+    next sweep retries the slot, handed the cut run to resume."""
+    db = pg_db
+    skill_id = await _skill(db)
+    clock = FakeClock(start=at(10, 29))
+    published: list[str] = []
+    info = await make(
+        ScheduleStore(db.sessions),
+        skill_id,
+        cron="30 * * * *",
+        missed="catch-up",
+        created_at=at(10, 0),
+    )
+    cut = Fire(SlotOutcome(status="interrupted", run_id="run-a"))
+    cut.gate = asyncio.Event()
+    a = await _process(db, "a", clock, published, cut)
+    b = await _process(db, "b", clock, published)
+    await a.leadership.enable()
+    await b.leadership.enable()
+    await move(clock, at(10, 30))
+    running = asyncio.ensure_future(a.scheduler.due(info.id, at(10, 30)))
+    await cut.called.wait()
+    # The drain: the scheduler stops and the lead goes to b, while a's run goes on.
+    a.scheduler.shutdown()
+    await a.leadership.resign()
+    await b.membership.tick()
+    assert b.leadership.leader
+    assert await b.store.stranded_slots() == []  # a is alive: its slot is its own
+    cut.gate.set()  # past the grace: the runner cut the run
+    await running
+    [slot] = await a.store.running_slots()
+    claimed = cut.runs[0].run_id  # the run the claim named
+    assert (slot.owner, slot.run_id, slot.attempt) == ("a", claimed, 1)
+    await a.membership.close()  # a exits
+    for _ in range(SWEEP_EVERY):  # within a sweep's period of beats
+        await b.membership.tick()
+        await b.scheduler.wait_idle()
+        if b.fire.calls:
+            break
+    assert b.fire.calls == [(info.id, at(10, 30))]
+    assert (b.fire.runs[0].attempt, b.fire.runs[0].interrupted) == (2, claimed)
+    [slot] = await b.store.recent_slots(info.id, 5)
+    assert (slot.status, slot.attempt, slot.owner) == ("ok", 2, "b")
     await _close(a, b)
 
 
