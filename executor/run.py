@@ -29,10 +29,12 @@ The loop never knows which provider answered, except to record it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from executor._trace import log_failure, new_ref
@@ -908,23 +910,35 @@ class Executor:
 
     def _charger(
         self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
-    ) -> Callable[[int, str], Awaitable[None]]:
-        """``ToolContext.charge`` for one call: reserve, count as spent, record."""
+    ) -> Callable[[int, str], AbstractAsyncContextManager[None]]:
+        """``ToolContext.charge`` for one call: hold the price in the run's reservation
+        around the priced request; charge and record it only if the request answered."""
 
-        async def charge(micros: int, what: str) -> None:
+        @contextlib.asynccontextmanager
+        async def charge(micros: int, what: str) -> AsyncIterator[None]:
             if micros <= 0:
+                yield
                 return
-            # Why a lock: two priced calls of one step must not both count the same room.
-            lock = state.extra.setdefault("charge_lock", asyncio.Lock())
-            async with lock:
-                if state.budget is not None and state.budget.reservation is not None:
-                    try:
-                        await state.budget.cover_extra(state.usage.cost_micros, micros)
-                    except BudgetExceeded as exc:
-                        raise ToolFailed(
-                            f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
-                        ) from None
-                state.add_usage(Usage(cost_micros=micros))
+            money = state.budget
+            if money is not None:
+                try:
+                    # Why a hold, not a charge: a provider that fails is not paid; its
+                    # price goes back and the next provider is held for its own.
+                    await money.hold(state.usage.cost_micros, micros)
+                except BudgetExceeded as exc:
+                    raise ToolFailed(
+                        f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
+                    ) from None
+            try:
+                yield
+            except BaseException:
+                if money is not None:
+                    money.release(micros)
+                raise
+            # Why no await between: the hold never lapses before the charge is counted.
+            state.add_usage(Usage(cost_micros=micros))
+            if money is not None:
+                money.release(micros)
             await self._emit(
                 ToolChargeEvent(
                     run_id=state.run_id,

@@ -402,3 +402,52 @@ async def test_a_priced_tool_call_is_durable_at_once_and_recovery_charges_it(
     assert report.interrupted_runs == ["r2"] and report.charged_micros == 5_000
     assert (await budget.status("u1")).spent_micros == 5_000
     await sink.close()
+
+
+async def test_a_search_the_process_died_in_is_held_not_charged_and_the_ledger_agrees(
+    db: Database,
+) -> None:
+    """A keyed search's price is held while its request is in flight and charged only
+    when the provider answers: a SIGKILL mid-request leaves no ``tool_charge`` row, so
+    recovery charges what the model cost, and the ledger says the same."""
+    from executor.tools.search import BraveSearch, web_search_tool
+    from tests.executor.tools.search_fakes import FakeSearch
+
+    search = FakeSearch()
+    search.hang.add("brave")
+    await search.start()
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=1_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    model = ScriptedModel(
+        [
+            Reply(tool_calls=[call("web_search", query="pep 703")], usage=Usage(cost_micros=300)),
+            Reply("found it", usage=Usage(cost_micros=200)),
+        ]
+    )
+    registry = ToolRegistry([web_search_tool([BraveSearch("brave-key", 5_000, search.brave_url)])])
+    executor = Executor(tools=registry, audit=sink, budget=budget)
+    run = asyncio.create_task(
+        executor.run(
+            RunnableAgent(model=model, tools=("web_search",)),
+            Invocation([Message.user("pep 703?")], caller=Caller(user_id="u1"), run_id="r1"),
+        )
+    )
+    try:
+        await search.asked.wait()
+        held = await budget.status("u1")
+        assert held.spent_micros == 0 and held.reserved_micros >= 300 + 5_000
+        # What the database holds now is what survives a SIGKILL.
+        report = await recover(db.sessions, budget)
+        assert (report.interrupted_runs, report.charged_micros) == (["r1"], 300)
+        async with db.sessions() as s:
+            cost = await s.scalar(
+                select(col(AuditRun.cost_micros)).where(col(AuditRun.run_id) == "r1")
+            )
+        status = await budget.status("u1")
+        assert cost == status.spent_micros == 300 and status.reserved_micros == 0
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await search.stop()
+    assert (await budget.status("u1")).spent_micros == 300  # charged once
+    await sink.close()
