@@ -752,9 +752,16 @@ class Executor:
                         latency_ms=(time.perf_counter() - started) * 1000,
                         error=str(exc),
                         error_kind=exc.kind,
+                        billed=exc.usage is not None or bool(state.partial_text),
+                        usage=exc.usage,
                     )
                 ]
-                await self._record_attempts(state, list(attempts), watch)
+                await self._record_attempts(
+                    state,
+                    list(attempts),
+                    watch,
+                    unanswered=Usage(input_tokens=tokens, cost_micros=unanswered, requests=1),
+                )
                 retry += 1
                 # Why the cap first: past it no hook's work (a compaction) can help.
                 try:
@@ -784,7 +791,13 @@ class Executor:
             ]
             # Why the usage on the attempt: it is written at once, so a crash before the
             # step's end still charges what this response cost.
-            await self._record_attempts(state, attempts, watch, usage=response.usage)
+            await self._record_attempts(
+                state,
+                attempts,
+                watch,
+                usage=response.usage,
+                unanswered=Usage(input_tokens=tokens, cost_micros=unanswered, requests=1),
+            )
             state.answered_by = response.model
             for hook in self.hooks:
                 await hook.after_model_response(state, response)
@@ -797,18 +810,27 @@ class Executor:
         watch: CriticWatch | None,
         *,
         usage: Usage | None = None,
+        unanswered: Usage | None = None,
     ) -> None:
-        """Record each attempt; ``usage`` (the response's) goes on the one that answered."""
+        """Record each attempt; ``usage`` (the response's) goes on the one that answered.
+
+        A failed attempt the provider billed (it failed mid-stream) is charged to the
+        run here, on its attempt: what the provider reported it cost, or else
+        ``unanswered`` (the request's input at the run's price).
+        """
         state.attempts.extend(attempts)
         answered = next((i for i in range(len(attempts) - 1, -1, -1) if not attempts[i].error), -1)
         for i, a in enumerate(attempts):
+            cost = usage if i == answered else _billed(a, unanswered)
+            if i != answered and cost is not None:
+                state.add_usage(cost)
             await self._emit(
                 ModelAttemptEvent(
                     run_id=state.run_id,
                     at=self.clock.now(),
                     step=state.steps,
                     attempt=a,
-                    usage=usage if i == answered else None,
+                    usage=cost,
                 ),
                 watch,
             )
@@ -986,6 +1008,13 @@ class Executor:
         )
         if not decision.approved:
             raise ApprovalDenied(decision.reason or "the member did not approve this tool call")
+
+
+def _billed(attempt: Attempt, unanswered: Usage | None) -> Usage | None:
+    """What a failed attempt cost: None unless the provider billed it."""
+    if attempt.error is None or not attempt.billed:
+        return None
+    return attempt.usage if attempt.usage is not None else unanswered
 
 
 def _resumed(state: RunState, resume: Checkpoint) -> None:

@@ -451,3 +451,46 @@ async def test_a_search_the_process_died_in_is_held_not_charged_and_the_ledger_a
         await search.stop()
     assert (await budget.status("u1")).spent_micros == 300  # charged once
     await sink.close()
+
+
+async def test_a_mid_stream_failover_is_charged_alike_in_audit_rows_and_ledger(
+    db: Database,
+) -> None:
+    """The candidate that failed mid-stream is charged on its attempt row; the run's row,
+    the attempt rows and the ledger say the same."""
+    from executor.models.base import TextDelta
+    from executor.models.fallback import FallbackModel
+    from tests.executor.test_run_billing_edges import Breaks
+
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    answer = ScriptedModel(default=Reply(text="Owls are birds.", usage=Usage(cost_micros=500)))
+    model = FallbackModel([first, answer], name="tier:standard")
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=5_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    executor = Executor(models=Tiers(standard=(model, standard)), audit=sink, budget=budget)
+    result = await executor.run(
+        RunnableAgent(tier="standard"),
+        Invocation(
+            [Message.user("Tell me about owls. " * 20)],
+            caller=Caller(user_id="u1"),
+            run_id="r1",
+            delivery=RecordingDelivery(),
+        ),
+    )
+    await sink.close()
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    assert result.status is RunStatus.OK and result.cost_micros == owed + 500
+    async with db.sessions() as s:
+        run_cost = await s.scalar(
+            select(col(AuditRun.cost_micros)).where(col(AuditRun.run_id) == "r1")
+        )
+        rows = (
+            await s.execute(
+                select(col(AuditModelAttempt.error_kind), col(AuditModelAttempt.cost_micros))
+                .where(col(AuditModelAttempt.run_id) == "r1")
+                .order_by(col(AuditModelAttempt.id))
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("overloaded", owed), (None, 500)]
+    assert run_cost == owed + 500 == (await budget.status("u1")).spent_micros
