@@ -37,6 +37,8 @@ from typing import Any
 
 import pydantic
 
+from executor.messages import Usage
+
 __all__ = [
     "AllModelsFailed",
     "ApprovalDenied",
@@ -107,9 +109,15 @@ class MissingCredentials(ConfigError):
 
 
 class ModelAPIError(CoterieError):
-    """A provider request failed. ``retriable`` says whether failover may move on."""
+    """A provider request failed. ``retriable`` says whether failover may move on.
+
+    ``usage``: what the provider reported the failed request had cost before it failed
+    (a stream that broke after its usage arrived; None: nothing reported). It was
+    billed all the same, so the run is charged it.
+    """
 
     retriable: bool = True
+    usage: Usage | None = None
 
     def __init__(
         self, message: str, *, model: str | None = None, status: int | None = None

@@ -116,7 +116,9 @@ class ToolCallFinished(_Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolChargeEvent(_Event):
-    """A tool call's own price (a keyed web search), charged to the run before the call."""
+    """A tool call's own price (a keyed web search), charged to the run once the priced
+    request answered (held in the reservation while it was in flight; a request that
+    failed or was stopped has no such event: it was not charged)."""
 
     step: int
     call_id: str

@@ -30,10 +30,12 @@ The loop never knows which provider answered, except to record it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from executor._trace import log_failure, new_ref
@@ -761,9 +763,16 @@ class Executor:
                         latency_ms=(time.perf_counter() - started) * 1000,
                         error=str(exc),
                         error_kind=exc.kind,
+                        billed=exc.usage is not None or bool(state.partial_text),
+                        usage=exc.usage,
                     )
                 ]
-                await self._record_attempts(state, list(attempts), watch)
+                await self._record_attempts(
+                    state,
+                    list(attempts),
+                    watch,
+                    unanswered=Usage(input_tokens=tokens, cost_micros=unanswered, requests=1),
+                )
                 retry += 1
                 # Why the cap first: past it no hook's work (a compaction) can help.
                 try:
@@ -793,7 +802,13 @@ class Executor:
             ]
             # Why the usage on the attempt: it is written at once, so a crash before the
             # step's end still charges what this response cost.
-            await self._record_attempts(state, attempts, watch, usage=response.usage)
+            await self._record_attempts(
+                state,
+                attempts,
+                watch,
+                usage=response.usage,
+                unanswered=Usage(input_tokens=tokens, cost_micros=unanswered, requests=1),
+            )
             state.answered_by = response.model
             for hook in self.hooks:
                 await hook.after_model_response(state, response)
@@ -806,18 +821,27 @@ class Executor:
         watch: CriticWatch | None,
         *,
         usage: Usage | None = None,
+        unanswered: Usage | None = None,
     ) -> None:
-        """Record each attempt; ``usage`` (the response's) goes on the one that answered."""
+        """Record each attempt; ``usage`` (the response's) goes on the one that answered.
+
+        A failed attempt the provider billed (it failed mid-stream) is charged to the
+        run here, on its attempt: what the provider reported it cost, or else
+        ``unanswered`` (the request's input at the run's price).
+        """
         state.attempts.extend(attempts)
         answered = next((i for i in range(len(attempts) - 1, -1, -1) if not attempts[i].error), -1)
         for i, a in enumerate(attempts):
+            cost = usage if i == answered else _billed(a, unanswered)
+            if i != answered and cost is not None:
+                state.add_usage(cost)
             await self._emit(
                 ModelAttemptEvent(
                     run_id=state.run_id,
                     at=self.clock.now(),
                     step=state.steps,
                     attempt=a,
-                    usage=usage if i == answered else None,
+                    usage=cost,
                 ),
                 watch,
             )
@@ -919,23 +943,35 @@ class Executor:
 
     def _charger(
         self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
-    ) -> Callable[[int, str], Awaitable[None]]:
-        """``ToolContext.charge`` for one call: reserve, count as spent, record."""
+    ) -> Callable[[int, str], AbstractAsyncContextManager[None]]:
+        """``ToolContext.charge`` for one call: hold the price in the run's reservation
+        around the priced request; charge and record it only if the request answered."""
 
-        async def charge(micros: int, what: str) -> None:
+        @contextlib.asynccontextmanager
+        async def charge(micros: int, what: str) -> AsyncIterator[None]:
             if micros <= 0:
+                yield
                 return
-            # Why a lock: two priced calls of one step must not both count the same room.
-            lock = state.extra.setdefault("charge_lock", asyncio.Lock())
-            async with lock:
-                if state.budget is not None and state.budget.reservation is not None:
-                    try:
-                        await state.budget.cover_extra(state.usage.cost_micros, micros)
-                    except BudgetExceeded as exc:
-                        raise ToolFailed(
-                            f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
-                        ) from None
-                state.add_usage(Usage(cost_micros=micros))
+            money = state.budget
+            if money is not None:
+                try:
+                    # Why a hold, not a charge: a provider that fails is not paid; its
+                    # price goes back and the next provider is held for its own.
+                    await money.hold(state.usage.cost_micros, micros)
+                except BudgetExceeded as exc:
+                    raise ToolFailed(
+                        f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
+                    ) from None
+            try:
+                yield
+            except BaseException:
+                if money is not None:
+                    money.release(micros)
+                raise
+            # Why no await between: the hold never lapses before the charge is counted.
+            state.add_usage(Usage(cost_micros=micros))
+            if money is not None:
+                money.release(micros)
             await self._emit(
                 ToolChargeEvent(
                     run_id=state.run_id,
@@ -983,6 +1019,13 @@ class Executor:
         )
         if not decision.approved:
             raise ApprovalDenied(decision.reason or "the member did not approve this tool call")
+
+
+def _billed(attempt: Attempt, unanswered: Usage | None) -> Usage | None:
+    """What a failed attempt cost: None unless the provider billed it."""
+    if attempt.error is None or not attempt.billed:
+        return None
+    return attempt.usage if attempt.usage is not None else unanswered
 
 
 def _resumed(state: RunState, resume: Checkpoint) -> None:

@@ -140,9 +140,10 @@ class RunBudget:
             self._keep(await self.gate.grow(self.reservation, want))
 
     async def hold(self, spent_micros: int, worst_micros: int) -> None:
-        """Grow the reservation to cover a call beside the run's own, of ``worst_micros``
-        at worst, on top of ``spent_micros`` and every call in flight; :meth:`release`
-        it once what it cost is in the run's usage.
+        """Grow the reservation to cover a call beside the run's own (a judgement, a
+        priced tool call), of ``worst_micros`` at worst, on top of ``spent_micros`` and
+        every call in flight; :meth:`release` it once what it cost is in the run's usage
+        (or once it failed and cost nothing).
 
         Raises :class:`BudgetExceeded` (and holds nothing) when it cannot be covered.
         """
@@ -243,13 +244,6 @@ class RunBudget:
             raise
         self.cut = cut
         return request
-
-    async def cover_extra(self, spent_micros: int, extra_micros: int) -> None:
-        """Grow the reservation to ``spent_micros`` plus ``extra_micros`` (a priced tool
-        call) on top of every call in flight. Raises :class:`BudgetExceeded` when the
-        member's budget cannot."""
-        assert self.reservation is not None, "open() first"
-        await self._grow(spent_micros + self._call + self._side + extra_micros)
 
 
 class CoveredModel:

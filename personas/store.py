@@ -25,9 +25,9 @@ stored personas (its own and the deployment-wide ones) are read in one query and
 kept for ``ttl_s``; every write through this store drops the cache at once
 (:meth:`PersonaStore.invalidate`, the one place that does). With several processes on
 PostgreSQL a write is also published (:attr:`PersonaStore.publish`, ``NOTIFY``) and
-each other process drops its cache when told; without that (or if a notification is
-lost) a change made by another process (``coterie forget``, a second instance) is
-seen within ``ttl_s``.
+each other process drops its cache when told (``coterie forget`` publishes too);
+without that (SQLite's second process, or a notification lost) a change made by
+another process is seen within ``ttl_s``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,10 @@ async def _do_forget(args: argparse.Namespace) -> int:
     from bot.cli.tables import table
     from bot.settings import Settings
 
-    app = await build_app(Settings())
+    # Why registered (as ``ask`` is): on PostgreSQL that connects this process to the
+    # others' LISTEN/NOTIFY, so what it deletes leaves their caches at once (a persona
+    # the member made would otherwise be served from a cache for up to its TTL).
+    app = await build_app(Settings(), instance="cli")
     try:
         try:
             report = await app.deletion.forget(args.user_id)

@@ -2,7 +2,8 @@
 
 ``list`` shows each server (stdio command or URL; never an ``env`` or header value),
 its health (it is started, or reached, to list what it offers; ``--offline`` reads the
-database only), each tool listed in ``tools = [...]`` with its status (offered, not
+database only; it never creates or upgrades the database: with none yet it says so, and
+every listed tool is "not accepted"), each tool listed in ``tools = [...]`` with its status (offered, not
 accepted, changed, missing), who may use it (privilege, approval) and which personas and
 skills grant it, and how many tools the server has that nobody listed.
 
@@ -188,20 +189,63 @@ def _render(r: ServerReport) -> list[str]:
 
 
 async def _list(args: argparse.Namespace) -> int:
-    from bot.cli._common import load_settings
+    from adapters.mcp.config import load_mcp_config
+    from adapters.mcp.pins import InMemoryPins, PinStore
+    from adapters.mcp.servers import McpServers
+    from adapters.storage.db import Database, DatabaseUnavailable
+    from adapters.storage.mcp_pins import SqlMcpPins
+    from bot.app import load_environ
+    from bot.cli._common import fail, load_settings
 
     settings = load_settings()
-    db, servers = await _open(settings)
-    try:
-        found = await reports(settings, servers, db, offline=args.offline)
-    finally:
-        await db.close()
-    if args.json:
-        print(json.dumps({"servers": [asdict(r) for r in found]}, ensure_ascii=False))
-        return 0 if all(r.ok for r in found) else 1
-    if not found:
-        print(f"no MCP servers: declare one as [mcp.<name>] in {settings.config_file}")
+    configs = load_mcp_config(settings.config_file)
+    if not configs:
+        if args.json:
+            print(json.dumps({"servers": []}))
+        else:
+            print(f"no MCP servers: declare one as [mcp.<name>] in {settings.config_file}")
         return 0
+    # Why create=False: a listing only reads. A database that is not there yet is said,
+    # not made (coterie run, coterie db upgrade and coterie mcp accept make it).
+    missing: str | None = None
+    db: Database | None = None
+    try:
+        db = Database.open(settings.database_url, create=False)
+    except DatabaseUnavailable as exc:
+        missing = str(exc)
+    try:
+        if db is not None:
+            version = await db.current()
+            if version.current is None:
+                missing = "the database has no coterie schema yet"
+            elif not version.up_to_date:
+                return fail(
+                    f"the database is at revision {version.current}, not {version.head}: "
+                    "`coterie run` upgrades it at start (or run `coterie db upgrade`)",
+                    1,
+                )
+        pins: PinStore = (
+            SqlMcpPins(db.sessions) if db is not None and missing is None else InMemoryPins()
+        )
+        servers = McpServers(configs, pins=pins, environ=load_environ(settings), refresh_s=None)
+        found = await reports(
+            settings, servers, db if missing is None else None, offline=args.offline
+        )
+    finally:
+        if db is not None:
+            await db.close()
+    if args.json:
+        body: dict[str, Any] = {"servers": [asdict(r) for r in found]}
+        if missing is not None:
+            body["no_database"] = missing
+        print(json.dumps(body, ensure_ascii=False))
+        return 0 if all(r.ok for r in found) else 1
+    if missing is not None:
+        print(
+            f"no database yet ({missing}), so no tool has been accepted: "
+            "`coterie mcp accept NAME` creates it and accepts the server's listed tools"
+        )
+        print()
     for i, r in enumerate(found):
         if i:
             print()

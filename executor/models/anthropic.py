@@ -169,20 +169,28 @@ class AnthropicModel:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         params = self._params(request)
+        # What the stream reported it cost so far: a stream that breaks after its
+        # message_start was billed that much (the error carries it).
+        billed: list[Usage] = []
         try:
-            async for event in self._stream(params):
+            async for event in self._stream(params, billed):
                 yield event
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
             # Why httpx2 too: depending on the SDK release, a stream dropped after the
             # response started surfaces as the raw transport error (2.12) or wrapped in
             # the SDK's APIConnectionError (2.17); both are a connection failure.
-            raise self._map_error(exc) from exc
+            raise _with_usage(self._map_error(exc), billed) from exc
         except (AttributeError, TypeError, ValueError) as exc:
             # Why: a broken SSE event is the SDK's json.loads error, mid-stream; events
             # are built unvalidated, so a wrong shape shows only as we read it.
-            raise MalformedResponse.because(self._name, exc) from exc
+            raise _with_usage(MalformedResponse.because(self._name, exc), billed) from exc
+        except ModelAPIError as exc:
+            _with_usage(exc, billed)
+            raise
 
-    async def _stream(self, params: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    async def _stream(
+        self, params: dict[str, Any], billed: list[Usage]
+    ) -> AsyncIterator[StreamEvent]:
         stream = await self._client.messages.create(**params, stream=True)
         parts: list[Part] = []
         text: list[str] = []  # the text block being streamed
@@ -241,6 +249,8 @@ class AnthropicModel:
                         cache_read = u2.cache_read_input_tokens
                     if u2.cache_creation_input_tokens is not None:
                         cache_write = u2.cache_creation_input_tokens
+                if ev.type in ("message_start", "message_delta"):
+                    billed[:] = [self._usage(input_tokens, output_tokens, cache_read, cache_write)]
                 yield out
         if text:
             parts.append(TextPart(text="".join(text)))
@@ -303,6 +313,13 @@ class AnthropicModel:
         if isinstance(exc, anthropic.CredentialsError):
             return AuthenticationFailed(f"{name}: {exc}", model=name)
         return ServerError(f"{name}: {exc}", model=name)
+
+
+def _with_usage(error: ModelAPIError, billed: list[Usage]) -> ModelAPIError:
+    """``error`` carrying what the stream had reported it cost (if it had)."""
+    if billed and error.usage is None:
+        error.usage = billed[-1]
+    return error
 
 
 def _status_error(exc: anthropic.APIStatusError, name: str) -> ModelAPIError:

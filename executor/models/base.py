@@ -102,12 +102,20 @@ class ModelRequest:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try of one candidate model: what it was, how long it took, how it failed."""
+    """One try of one candidate model: what it was, how long it took, how it failed.
+
+    A failed attempt the provider had begun to answer (it sent an event, and then
+    failed or stalled: a mid-stream failover) is ``billed``: the provider charges its
+    input. ``usage`` is what it cost when the provider reported that (None: the run
+    charges the request's input at its price, as for a request never answered).
+    """
 
     model: str
     latency_ms: float
     error: str | None = None  # None for the attempt that answered
     error_kind: str | None = None
+    billed: bool = False
+    usage: Usage | None = None
 
 
 StopReason = Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "other"]

@@ -25,6 +25,9 @@ streaming are not a stall). A candidate whose profile is
 deadline for its first event. A stall after text was streamed fails over the
 way any mid-stream error does: :class:`~executor.models.base.StreamReset`
 takes the partial text back, and the next candidate answers from the start.
+The failed attempt is marked ``billed`` (with the provider's usage when it reported
+one): the provider began to answer, so it charges the input, and the run loop
+charges the run for it.
 A call that does not stream (``generate``) has no first token to wait for: only
 the deadline applies to it.
 
@@ -157,7 +160,7 @@ class FallbackModel:
                 except TimeoutError as exc:
                     raise self._timeout(model, self._deadline_note()) from exc
             except ModelAPIError as exc:
-                self._failed(model, exc, started, attempts)
+                self._failed(model, exc, started, attempts, billed=exc.usage is not None)
                 continue
             self.cooldowns.ok(model.name)
             attempts.append(Attempt(model=model.name, latency_ms=self._ms_since(started)))
@@ -203,7 +206,9 @@ class FallbackModel:
                         sent_output = True
                     yield event
             except ModelAPIError as exc:
-                self._failed(model, exc, started, attempts)
+                # Why billed once heard: the provider had accepted the request and begun
+                # to answer, so it charges the input even though its answer is dropped.
+                self._failed(model, exc, started, attempts, billed=heard or exc.usage is not None)
                 if sent_output:
                     yield StreamReset(reason=f"{model.name} failed mid-stream: {exc.kind}")
             finally:
@@ -236,7 +241,13 @@ class FallbackModel:
         return (self.clock.monotonic() - started) * 1000.0
 
     def _failed(
-        self, model: Model, exc: ModelAPIError, started: float, attempts: list[Attempt]
+        self,
+        model: Model,
+        exc: ModelAPIError,
+        started: float,
+        attempts: list[Attempt],
+        *,
+        billed: bool = False,
     ) -> None:
         attempts.append(
             Attempt(
@@ -244,6 +255,8 @@ class FallbackModel:
                 latency_ms=self._ms_since(started),
                 error=str(exc),
                 error_kind=exc.kind,
+                billed=billed,
+                usage=exc.usage,
             )
         )
         if not exc.retriable:

@@ -31,6 +31,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import (
@@ -80,10 +81,14 @@ class ToolContext:
     # The calling run's invocation: a tool that starts a run (run_skill) starts it one
     # level deeper (executor.guard.child_invocation), with the same caller and cancel.
     invocation: Invocation | None = None
-    # A priced call (a keyed web search): ``await ctx.charge(micros, "a Brave search")``
-    # before the request grows the run's reservation to cover it (raising ToolFailed
-    # when the member's budget cannot) and counts it as spent. None outside a run: free.
-    charge: Callable[[int, str], Awaitable[None]] | None = None
+    # A priced call (a keyed web search), around its request:
+    #     async with ctx.charge(micros, "a Brave search"):
+    #         answer = await provider.search(...)
+    # Entering holds the price in the run's reservation (raising ToolFailed when the
+    # member's budget cannot cover it); leaving the block normally charges it (counted
+    # as spent, a ToolChargeEvent in the audit); leaving it by an exception (the
+    # provider failed, the call was stopped) gives it back. None outside a run: free.
+    charge: Callable[[int, str], AbstractAsyncContextManager[None]] | None = None
 
     @property
     def privilege(self) -> Privilege:

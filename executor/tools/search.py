@@ -9,10 +9,12 @@ failed.
   The instance must allow the JSON format (``search.formats: [html, json]``).
 * **Brave** (``BRAVE_API_KEY``) and **Tavily** (``TAVILY_API_KEY``): keyed and paid
   per query. The price comes from the pricing table (``search:brave``,
-  ``search:tavily``; ``[prices."search:brave"] per_call = 0.005`` overrides it), and
-  is charged to the run through :attr:`ToolContext.charge` *before* the request: the
-  member's budget is reserved for it, and a member who cannot afford a search gets
-  no search.
+  ``search:tavily``; ``[prices."search:brave"] per_call = 0.005`` overrides it). It
+  is held in the member's budget through :attr:`ToolContext.charge` *before* the
+  request (a member who cannot afford a search gets no search), and charged only
+  when the provider answered: a provider that fails (or a search stopped in flight)
+  costs nothing, so a search that fails over is charged once, for the provider that
+  answered, and one that fails everywhere is charged nothing.
 
 What comes back is text: one numbered result a few lines long (title, URL, snippet),
 which the citation check (:mod:`executor.tools.citations`) reads as the URLs a
@@ -21,6 +23,7 @@ search returned.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import re
@@ -279,18 +282,25 @@ def web_search_tool(providers: Sequence[SearchProvider], *, timeout_s: float = 4
         failures: list[str] = []
         for provider in chain:
             price = provider.price_micros
-            if price > 0 and ctx is not None and ctx.charge is not None:
-                # Raises ToolFailed (the member cannot afford it): no free fallback
-                # would be fair to try silently, so the message says so.
-                await ctx.charge(price, f"a {provider.name} search ({format_usd(price)})")
+            charge = ctx.charge if ctx is not None else None
             try:
-                results = await provider.search(text, n)
+                # The price is held for the request and charged only if it answers.
+                # Entering raises ToolFailed (the member cannot afford it): no free
+                # fallback would be fair to try silently, so the message says so.
+                async with (
+                    charge(price, f"a {provider.name} search ({format_usd(price)})")
+                    if price > 0 and charge is not None
+                    else contextlib.nullcontext()
+                ):
+                    results = await provider.search(text, n)
             except SearchFailed as exc:
                 log.warning("web_search: %s", exc)
                 failures.append(str(exc))
                 continue
             return render(text, provider.name, results)
-        raise ToolFailed("web search is unavailable right now: " + "; ".join(failures))
+        raise ToolFailed(
+            "web search is unavailable right now (no search was charged): " + "; ".join(failures)
+        )
 
     # Why read-only: a search changes nothing; a resumed run runs one again (a keyed
     # provider charges it again, through ToolContext.charge like the first).

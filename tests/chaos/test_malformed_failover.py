@@ -1,8 +1,8 @@
 """A provider's broken response through the real CLI (issue 12): `coterie ask` as a
 subprocess, the real Anthropic and OpenAI SDKs, a loopback LLMock whose Anthropic stream
 sends a chunk that is not JSON. The run fails over to OpenAI, the member reads its
-answer (never "JSONDecodeError"), and the audit records the broken attempt, its kind,
-and the answering attempt's cost."""
+answer (never "JSONDecodeError"), and the audit records the broken attempt, its kind and
+what it was billed, and the answering attempt's cost; the ledger charges both."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def test_a_broken_stream_fails_over_through_coterie_ask(llmock: Any, tmp_path: P
         ("anthropic:claude-haiku-4-5", "malformed_response"),
         ("openai:gpt-5-mini", None),
     ]
-    assert attempts[0][2] == 0 and attempts[1][2] > 0
-    assert run == ("ok", "openai:gpt-5-mini", attempts[1][2])
-    assert charged == attempts[1][2]
+    # The broken stream had begun (its message_start reported its input): Anthropic
+    # billed it, so it is charged on its attempt, beside the answer.
+    assert attempts[0][2] > 0 and attempts[1][2] > 0
+    both = attempts[0][2] + attempts[1][2]
+    assert run == ("ok", "openai:gpt-5-mini", both)
+    assert charged == both

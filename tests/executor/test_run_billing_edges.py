@@ -7,6 +7,10 @@
 - The compaction summariser's and the critic judge's calls are covered by the run's
   reservation before they are made, at their own tier's price, and charged to the run;
   one the budget cannot cover is not made.
+- A candidate that fails over mid-stream (it began to answer, then failed) was billed
+  by its provider: the run is charged what it reported, or else its request's input
+  at the price with no output, on its attempt; a candidate that failed before it
+  answered anything is not charged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from executor.agent import Bounds, Caller, Invocation, RunnableAgent, RunResult,
 from executor.budget import InMemoryBudgetLedger
 from executor.compaction import CompactionHook
 from executor.critic import CriticConfig, WatchdogCritic
+from executor.errors import Overloaded
 from executor.events import (
     CompactionEvent,
     CriticVerdictEvent,
@@ -27,6 +32,7 @@ from executor.events import (
 )
 from executor.messages import Message, Usage
 from executor.models.base import (
+    KeepAlive,
     Model,
     ModelProfile,
     ModelRequest,
@@ -35,6 +41,7 @@ from executor.models.base import (
     StreamEvent,
     TextDelta,
 )
+from executor.models.fallback import FallbackModel
 from executor.run import Executor
 from executor.spend import input_tokens
 from executor.testing import AuditCapture, FakeClock, RecordingDelivery, Reply, ScriptedModel
@@ -162,6 +169,91 @@ async def test_an_answered_request_is_charged_what_it_cost_not_its_input_twice()
     (attempt,) = audit.of_type(ModelAttemptEvent)
     assert attempt.attempt.error is None and attempt.usage is not None
     assert attempt.usage.cost_micros == 77
+
+
+# --- a mid-stream failover -----------------------------------------------------------
+
+
+class Breaks:
+    """Streams ``before`` (events), then fails as an overloaded provider does."""
+
+    profile = ModelProfile(provider="test", context_window=200_000)
+
+    def __init__(self, name: str, before: tuple[StreamEvent, ...], usage: Usage | None = None):
+        self.name = name
+        self.before = before
+        self.usage = usage
+        self.requests: list[ModelRequest] = []
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        raise AssertionError("streams only")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        self.requests.append(request)
+        for event in self.before:
+            yield event
+        error = Overloaded(f"{self.name}: overloaded", model=self.name)
+        error.usage = self.usage
+        raise error
+
+
+def _failover(first: Breaks) -> tuple[Executor, InMemoryBudgetLedger, AuditCapture]:
+    answer = ScriptedModel(
+        default=Reply(text="Owls are birds.", usage=Usage(input_tokens=40, cost_micros=500))
+    )
+    model = FallbackModel([first, answer], name="tier:standard")
+    budget = InMemoryBudgetLedger(5_000_000)
+    audit = AuditCapture()
+    executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
+    return executor, budget, audit
+
+
+async def _ask(executor: Executor) -> RunResult:
+    return await executor.run(
+        RunnableAgent(tier="standard"),
+        Invocation(
+            [Message.user("Tell me about owls. " * 20)], caller=ALICE, delivery=RecordingDelivery()
+        ),
+    )
+
+
+async def test_a_candidate_that_fails_mid_stream_is_charged_its_input_on_its_attempt() -> None:
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    executor, budget, audit = _failover(first)
+    result = await _ask(executor)
+    assert result.status is RunStatus.OK and result.output == "Owls are birds."
+    (request,) = first.requests
+    tokens = input_tokens(request.messages, request.tools)
+    owed = standard(tokens, 0)
+    failed, answered = audit.of_type(ModelAttemptEvent)
+    assert failed.attempt.error_kind == "overloaded" and failed.attempt.billed
+    assert failed.usage is not None
+    assert (failed.usage.cost_micros, failed.usage.input_tokens) == (owed, tokens)
+    assert answered.usage is not None and answered.usage.cost_micros == 500
+    assert owed > 0 and result.cost_micros == owed + 500
+    (finished,) = audit.of_type(RunFinished)
+    assert finished.result.cost_micros == owed + 500  # the audit ...
+    assert (await budget.status("alice")).spent_micros == owed + 500  # ... and the ledger
+
+
+async def test_a_candidate_that_reported_its_usage_is_charged_that() -> None:
+    reported = Usage(input_tokens=120, output_tokens=3, cost_micros=444, requests=1)
+    first = Breaks("test:first", (KeepAlive(), TextDelta("Owls ")), usage=reported)
+    executor, budget, audit = _failover(first)
+    result = await _ask(executor)
+    failed, _ = audit.of_type(ModelAttemptEvent)
+    assert failed.usage == reported
+    assert result.cost_micros == 444 + 500
+    assert (await budget.status("alice")).spent_micros == 444 + 500
+
+
+async def test_a_candidate_that_failed_before_answering_is_not_charged() -> None:
+    executor, budget, audit = _failover(Breaks("test:first", ()))
+    result = await _ask(executor)
+    failed, _ = audit.of_type(ModelAttemptEvent)
+    assert failed.attempt.error_kind == "overloaded" and not failed.attempt.billed
+    assert failed.usage is None
+    assert result.cost_micros == 500 == (await budget.status("alice")).spent_micros
 
 
 # --- compaction ---------------------------------------------------------------------

@@ -65,6 +65,8 @@ def test_list_accept_doctor_and_ask_with_an_mcp_tool(llmock: Any, tmp_path: Path
     _write_config(tmp_path)
     listed = _coterie(tmp_path, "mcp", "list")
     assert listed.returncode == 0, listed.stderr
+    assert "no database yet" in listed.stdout  # said, not made: a listing only reads
+    assert not (tmp_path / "c.db").exists()
     assert "t__echo" in listed.stdout and "not accepted" in listed.stdout
     assert "coterie mcp accept t" in listed.stdout
     assert "more tool(s) on the server, not listed" in listed.stdout

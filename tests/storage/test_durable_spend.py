@@ -402,3 +402,95 @@ async def test_a_priced_tool_call_is_durable_at_once_and_recovery_charges_it(
     assert report.interrupted_runs == ["r2"] and report.charged_micros == 5_000
     assert (await budget.status("u1")).spent_micros == 5_000
     await sink.close()
+
+
+async def test_a_search_the_process_died_in_is_held_not_charged_and_the_ledger_agrees(
+    db: Database,
+) -> None:
+    """A keyed search's price is held while its request is in flight and charged only
+    when the provider answers: a SIGKILL mid-request leaves no ``tool_charge`` row, so
+    recovery charges what the model cost, and the ledger says the same."""
+    from executor.tools.search import BraveSearch, web_search_tool
+    from tests.executor.tools.search_fakes import FakeSearch
+
+    search = FakeSearch()
+    search.hang.add("brave")
+    await search.start()
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=1_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    model = ScriptedModel(
+        [
+            Reply(tool_calls=[call("web_search", query="pep 703")], usage=Usage(cost_micros=300)),
+            Reply("found it", usage=Usage(cost_micros=200)),
+        ]
+    )
+    registry = ToolRegistry([web_search_tool([BraveSearch("brave-key", 5_000, search.brave_url)])])
+    executor = Executor(tools=registry, audit=sink, budget=budget)
+    run = asyncio.create_task(
+        executor.run(
+            RunnableAgent(model=model, tools=("web_search",)),
+            Invocation([Message.user("pep 703?")], caller=Caller(user_id="u1"), run_id="r1"),
+        )
+    )
+    try:
+        await search.asked.wait()
+        held = await budget.status("u1")
+        assert held.spent_micros == 0 and held.reserved_micros >= 300 + 5_000
+        # What the database holds now is what survives a SIGKILL.
+        report = await recover(db.sessions, budget)
+        assert (report.interrupted_runs, report.charged_micros) == (["r1"], 300)
+        async with db.sessions() as s:
+            cost = await s.scalar(
+                select(col(AuditRun.cost_micros)).where(col(AuditRun.run_id) == "r1")
+            )
+        status = await budget.status("u1")
+        assert cost == status.spent_micros == 300 and status.reserved_micros == 0
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await search.stop()
+    assert (await budget.status("u1")).spent_micros == 300  # charged once
+    await sink.close()
+
+
+async def test_a_mid_stream_failover_is_charged_alike_in_audit_rows_and_ledger(
+    db: Database,
+) -> None:
+    """The candidate that failed mid-stream is charged on its attempt row; the run's row,
+    the attempt rows and the ledger say the same."""
+    from executor.models.base import TextDelta
+    from executor.models.fallback import FallbackModel
+    from tests.executor.test_run_billing_edges import Breaks
+
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    answer = ScriptedModel(default=Reply(text="Owls are birds.", usage=Usage(cost_micros=500)))
+    model = FallbackModel([first, answer], name="tier:standard")
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=5_000_000)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    executor = Executor(models=Tiers(standard=(model, standard)), audit=sink, budget=budget)
+    result = await executor.run(
+        RunnableAgent(tier="standard"),
+        Invocation(
+            [Message.user("Tell me about owls. " * 20)],
+            caller=Caller(user_id="u1"),
+            run_id="r1",
+            delivery=RecordingDelivery(),
+        ),
+    )
+    await sink.close()
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    assert result.status is RunStatus.OK and result.cost_micros == owed + 500
+    async with db.sessions() as s:
+        run_cost = await s.scalar(
+            select(col(AuditRun.cost_micros)).where(col(AuditRun.run_id) == "r1")
+        )
+        rows = (
+            await s.execute(
+                select(col(AuditModelAttempt.error_kind), col(AuditModelAttempt.cost_micros))
+                .where(col(AuditModelAttempt.run_id) == "r1")
+                .order_by(col(AuditModelAttempt.id))
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("overloaded", owed), (None, 500)]
+    assert run_cost == owed + 500 == (await budget.status("u1")).spent_micros

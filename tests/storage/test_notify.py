@@ -1,13 +1,18 @@
 """Caches across processes on PostgreSQL (LISTEN/NOTIFY): two apps on one database, as
 two ``coterie run`` processes build them; a guild setting or a persona changed through
 one is seen by the other at once, not after its cache's TTL; a notification connection that drops
-comes back and empties the cache (what it may have missed)."""
+comes back and empties the cache (what it may have missed); ``coterie forget`` tells the
+running processes too."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -130,3 +135,27 @@ async def test_a_persona_written_in_one_process_drops_the_others_cache(pg_url: s
         await b.personas.delete_user_data("5")
         assert await asyncio.wait_for(a_told.get(), 10) == "*"
         assert await a.personas.find("42", "parrot") is None
+
+
+async def test_coterie_forget_drops_the_forgotten_members_personas_from_the_others_caches(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """``coterie forget`` as its own process: a running process's persona cache (its TTL
+    an hour) no longer serves the forgotten member's persona once the command is done."""
+    async with _app(pg_url) as b:
+        b.personas.ttl_s = 3600  # only the notification can refresh it
+        told = _told(b, "personas")
+        member = Caller(user_id="5")
+        await b.personas.create("42", Persona(name="parrot", system_prompt="Squawk."), by=member)
+        assert await b.personas.find("42", "parrot") is not None  # cached now
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COTERIE_")}
+        env.update(DATABASE_URL=pg_url, PYTHONUNBUFFERED="1")
+        forget = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "forget", "5", "--yes",
+            cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(forget.communicate(), 120)
+        assert forget.returncode == 0, err.decode()
+        assert "personas" in out.decode()
+        assert await asyncio.wait_for(told.get(), 10) == "*"
+        assert await b.personas.find("42", "parrot") is None

@@ -282,6 +282,20 @@ async def test_mid_stream_overloaded_error_maps_to_overloaded(clients: Clients) 
     assert any(isinstance(e, TextDelta) for e in seen)
     assert info.value.model == "anthropic:claude-haiku-4-5"
     assert info.value.__cause__ is not None
+    # What message_start reported: the request was billed that, and the error says so.
+    usage = info.value.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens) == (50, 1, 20)
+    assert usage.cost_micros > 0
+
+
+async def test_an_error_before_the_stream_began_reports_no_usage(clients: Clients) -> None:
+    model = clients.anthropic(
+        lambda r: httpx2.Response(529, json=error_body("overloaded_error", "Overloaded"))
+    )
+    with pytest.raises(Overloaded) as info:
+        await collect(model, request())
+    assert info.value.usage is None
 
 
 async def test_stream_ending_without_message_stop_is_a_connection_error(clients: Clients) -> None:

@@ -24,8 +24,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from executor.agent import Invocation, RunnableAgent, RunStatus
+from executor.agent import Caller, Invocation, RunnableAgent, RunStatus
+from executor.budget import InMemoryBudgetLedger
 from executor.errors import MalformedResponse, ModelAPIError, ProviderConnectionError
+from executor.events import ModelAttemptEvent
 from executor.messages import Message
 from executor.models.base import (
     KeepAlive,
@@ -37,7 +39,7 @@ from executor.models.base import (
 )
 from executor.models.fallback import Cooldowns, FallbackModel
 from executor.run import Executor
-from executor.testing import RecordingDelivery
+from executor.testing import AuditCapture, RecordingDelivery
 from tests.executor.models.conftest import Clients, DroppingStream, sse, sse_response
 from tests.executor.models.test_models_openai import chunk
 
@@ -423,6 +425,39 @@ async def test_a_run_answers_from_the_fallback_and_records_the_broken_attempt(
     assert model.cooldowns.cooling(primary.name)
     if delivery is not None:
         assert ("reset", None) in delivery.log and delivery.text_so_far.strip() == ANSWER
+
+
+async def test_a_mid_stream_failover_charges_what_the_first_provider_reported(
+    clients: Clients,
+) -> None:
+    """Anthropic streams half an answer and fails (overloaded); OpenAI answers. The run
+    is charged both: Anthropic's usage as its message_start reported it, on its attempt,
+    and OpenAI's answer; the audit and the ledger agree."""
+    from tests.executor.models.test_models_anthropic import error_body, stream_events
+
+    half = stream_events(error=error_body("overloaded_error", "Overloaded"))
+    registry = clients.registry(
+        {"anthropic": lambda r: sse_response(half), "openai": healthy("openai")}
+    )
+    primary = registry.model("anthropic:claude-haiku-4-5")
+    secondary = registry.model("openai:gpt-5-mini")
+    model = FallbackModel([primary, secondary], name="tier:standard")
+    ledger = InMemoryBudgetLedger(default_limit_micros=5_000_000)
+    audit = AuditCapture()
+    delivery = RecordingDelivery()
+    result = await Executor(budget=ledger, audit=audit).run(
+        RunnableAgent(model=model),
+        Invocation(messages=[Message.user("hi")], caller=Caller(user_id="ada"), delivery=delivery),
+    )
+    assert result.status is RunStatus.OK and result.output.strip() == ANSWER
+    assert ("reset", None) in delivery.log
+    failed, answered = audit.of_type(ModelAttemptEvent)
+    assert failed.attempt.model == primary.name and failed.attempt.error_kind == "overloaded"
+    assert failed.usage is not None and answered.usage is not None
+    assert (failed.usage.input_tokens, failed.usage.cache_read_tokens) == (50, 20)
+    assert failed.usage.cost_micros > 0 and answered.usage.cost_micros > 0
+    both = failed.usage.cost_micros + answered.usage.cost_micros
+    assert result.cost_micros == both == (await ledger.status("ada")).spent_micros
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["generate", "stream"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,15 @@ RESULTS = [
 
 @dataclass
 class FakeSearch:
-    """One aiohttp app serving all three APIs; ``fail`` makes one of them answer 500."""
+    """One aiohttp app serving all three APIs; ``fail`` makes one of them answer 500,
+    ``hang`` makes Brave hold its answer (``asked`` is set) until :meth:`stop`."""
 
     brave_key: str = "brave-key"
     tavily_key: str = "tvly-key"
     fail: set[str] = field(default_factory=set)
+    hang: set[str] = field(default_factory=set)
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
+    _let_go: asyncio.Event = field(default_factory=asyncio.Event)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -45,6 +50,7 @@ class FakeSearch:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        self._let_go.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -76,6 +82,9 @@ class FakeSearch:
         self.requests.append(
             ("brave", {**request.query, "token": request.headers.get("X-Subscription-Token")})
         )
+        if "brave" in self.hang:
+            self.asked.set()
+            await self._let_go.wait()
         if "brave" in self.fail:
             return web.Response(status=500)
         if request.headers.get("X-Subscription-Token") != self.brave_key:

@@ -1,6 +1,7 @@
 """``web_search`` against loopback fakes of SearXNG, Brave and Tavily: results as title,
-URL and snippet; a keyed search priced, reserved in the member's budget before the
-request, and charged; failover; a refused key named without the key."""
+URL and snippet; a keyed search priced, held in the member's budget before the
+request, and charged only when its provider answered; failover (charged once, for the
+provider that answered; nothing when all fail); a refused key named without the key."""
 
 from __future__ import annotations
 
@@ -93,6 +94,72 @@ async def test_a_member_who_cannot_afford_a_search_gets_none(fake: FakeSearch) -
     assert refused.is_error and "budget cannot cover a Brave search ($0.005" in refused.content
     assert fake.calls("brave") == []  # never sent: the reservation came first
     assert (await ledger.status("ada")).spent_micros == 0
+
+
+def _charges(audit: AuditCapture) -> list[ToolChargeEvent]:
+    return [e for e in audit.events if isinstance(e, ToolChargeEvent)]
+
+
+async def test_a_search_that_fails_over_is_charged_once_for_the_provider_that_answered(
+    fake: FakeSearch,
+) -> None:
+    fake.fail.add("brave")
+    registry = ToolRegistry(
+        [
+            web_search_tool(
+                [
+                    BraveSearch("brave-key", 5_000, fake.brave_url),
+                    TavilySearch("tvly-key", 8_000, fake.tavily_url),
+                ]
+            )
+        ]
+    )
+    ledger = InMemoryBudgetLedger(default_limit_micros=1_000_000)
+    audit = AuditCapture()
+    model = ScriptedModel([call("web_search", query="pep 703"), "Found it."])
+    result = await Executor(tools=registry, budget=ledger, audit=audit).run(
+        RunnableAgent(model=model, tools=("web_search",)), _run()
+    )
+    assert result.status is RunStatus.OK
+    assert len(fake.calls("brave")) == 1 and len(fake.calls("tavily")) == 1
+    assert "(searched with Tavily)" in model.requests[1].messages[-1].tool_results[0].content
+    # Brave failed: its price went back. Tavily answered: charged, once.
+    [charge] = _charges(audit)
+    assert charge.cost_micros == 8_000 and "Tavily search" in charge.what
+    status = await ledger.status("ada")
+    assert result.usage.cost_micros == status.spent_micros == 8_000
+    assert status.reserved_micros == 0
+
+
+async def test_a_search_that_fails_everywhere_is_charged_nothing_and_says_so(
+    fake: FakeSearch,
+) -> None:
+    fake.fail.update({"brave", "tavily"})
+    registry = ToolRegistry(
+        [
+            web_search_tool(
+                [
+                    BraveSearch("brave-key", 5_000, fake.brave_url),
+                    TavilySearch("tvly-key", 8_000, fake.tavily_url),
+                ]
+            )
+        ]
+    )
+    # Room for one search only: the first one's hold was given back before the second.
+    ledger = InMemoryBudgetLedger(default_limit_micros=8_000)
+    audit = AuditCapture()
+    model = ScriptedModel([call("web_search", query="pep 703"), "Search is down."])
+    result = await Executor(tools=registry, budget=ledger, audit=audit).run(
+        RunnableAgent(model=model, tools=("web_search",)), _run()
+    )
+    assert result.status is RunStatus.OK
+    assert len(fake.calls("brave")) == 1 and len(fake.calls("tavily")) == 1
+    told = model.requests[1].messages[-1].tool_results[0]
+    assert told.is_error and "unavailable right now (no search was charged)" in told.content
+    assert _charges(audit) == []
+    status = await ledger.status("ada")
+    assert result.usage.cost_micros == status.spent_micros == 0
+    assert status.reserved_micros == 0
 
 
 async def test_a_failing_provider_hands_over_to_the_next(
