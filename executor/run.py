@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -96,7 +97,7 @@ from executor.ports import (
     UnlimitedBudget,
 )
 from executor.redaction import excerpt, scrub
-from executor.spend import Price, RunBudget, input_tokens
+from executor.spend import InputCount, Price, RunBudget
 from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 
 __all__ = ["Executor", "ModelResolver", "outcome_note"]
@@ -118,6 +119,9 @@ class ModelResolver(Protocol):
 
 _DELTA_FREE = (TextDeltaEvent,)
 
+# How many distinct system prompts an executor keeps built (personas, skills).
+_SYSTEM_CACHE = 256
+
 
 class _Stopped(Exception):
     """Internal: the step loop ended early with a status (bound reached, budget out)."""
@@ -129,6 +133,53 @@ class _Stopped(Exception):
         self.reason = reason
         self.budget = budget
         super().__init__(reason)
+
+
+class _Deadlines:
+    """The time limits of an executor's runs on one event loop, grouped by when they
+    fall: one loop timer for all the runs whose limit falls in the same tick, instead
+    of a timer per run (each a heap entry in the loop, left there cancelled for
+    ``max_runtime_s`` when its run ends first, as nearly every run does).
+
+    A limit fires at most a tick late: 1/64 of the limit (under 5 s of 300 s), so one
+    limit keeps at most about 65 timers in the loop however many runs start.
+    """
+
+    __slots__ = ("_due", "_loop")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due: dict[float, dict[Callable[[str, RunStatus], None], str]] = {}
+
+    def add(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        seconds: float,
+        stop: Callable[[str, RunStatus], None],
+        reason: str,
+    ) -> dict[Callable[[str, RunStatus], None], str]:
+        """Call ``stop(reason, TIMEOUT)`` in ``seconds``, unless the returned group
+        has lost ``stop`` by then (``group.pop(stop, None)`` when the run ends)."""
+        if loop is not self._loop:
+            # Why: an executor may outlive a loop (tests, a restarted host); the old
+            # loop's timers are gone with it.
+            self._loop, self._due = loop, {}
+        at = loop.time() + seconds
+        if 0 < seconds < math.inf:
+            tick = seconds / 64
+            at = math.ceil(at / tick) * tick
+        group = self._due.get(at)
+        if group is None:
+            group = self._due[at] = {}
+            loop.call_at(at, self._fire, at)
+        group[stop] = reason
+        return group
+
+    def _fire(self, at: float) -> None:
+        group = self._due.pop(at, None)
+        if group:
+            for stop, reason in list(group.items()):
+                stop(reason, RunStatus.TIMEOUT)
 
 
 class Executor:
@@ -161,6 +212,9 @@ class Executor:
         self.checkpoints: Checkpoints = (
             checkpoints if checkpoints is not None else InMemoryCheckpoints()
         )
+        self._deadlines = _Deadlines()
+        # The system message of each prompt seen lately (frozen, so shared by runs).
+        self._system: dict[str, Message] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -188,6 +242,7 @@ class Executor:
             if resume is not None
             else [m for m in invocation.messages if m.role != "system"],
             started_monotonic=self.clock.monotonic(),
+            count_input=InputCount(),
         )
         if resume is not None:
             _resumed(state, resume)
@@ -262,17 +317,26 @@ class Executor:
         if built is not None and built[0] is agent:
             return built[1], built[2]
         tools = self.tools.available(agent.tools, state.invocation.caller.privilege)
-        system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
+        system = [self._system_message(agent.system_prompt)] if agent.system_prompt else []
         definitions = [t.definition for t in tools]
         state.request_parts = (agent, system, definitions)
         return system, definitions
+
+    def _system_message(self, prompt: str) -> Message:
+        message = self._system.get(prompt)
+        if message is None:
+            if len(self._system) >= _SYSTEM_CACHE:
+                self._system.clear()
+            message = self._system[prompt] = Message.system(prompt)
+        return message
 
     def _first_call(self, state: RunState) -> tuple[int, int]:
         """The first request's input estimate and its ``max_tokens``."""
         system, tool_defs = self._request_parts(state)
         bounds = state.agent.bounds
         max_tokens = min(bounds.max_tokens_per_response, bounds.max_output_tokens)
-        return input_tokens(system + state.messages, tool_defs), max_tokens
+        assert state.count_input is not None
+        return state.count_input(system + state.messages, tool_defs), max_tokens
 
     def _started_event(
         self, agent: RunnableAgent, inv: Invocation, run_id: str, estimate: int
@@ -395,17 +459,11 @@ class Executor:
 
             state.emit = emit_hook
             timeout_reason = f"the run passed its {bounds.max_runtime_s:g} s time limit"
+            deadline: dict[Callable[[str, RunStatus], None], str] | None = None
             if isinstance(self.clock, RealClock):
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + bounds.max_runtime_s
-
-                def arm() -> None:
-                    timers.append(loop.call_at(deadline, stop, timeout_reason, RunStatus.TIMEOUT))
-
-                # Why armed on the loop's next turn: a run that ends without waiting
-                # (a refusal, a scripted model) then leaves no cancelled timer in the
-                # loop's heap for the next max_runtime_s; one that waits is armed at once.
-                timers.append(loop.call_soon(arm))
+                deadline = self._deadlines.add(
+                    asyncio.get_running_loop(), bounds.max_runtime_s, stop, timeout_reason
+                )
             else:
                 timers.append(
                     asyncio.create_task(
@@ -419,6 +477,8 @@ class Executor:
                 result = await self._steps(state, watch)
             finally:
                 armed = False
+                if deadline is not None:
+                    deadline.pop(stop, None)
                 for t in timers:
                     t.cancel()
         except asyncio.CancelledError:
@@ -643,7 +703,14 @@ class Executor:
                 if not calls:
                     return self._result(state, RunStatus.OK, output=text)
                 await self._checkpoint(state, tuple(calls))
-                results = await asyncio.gather(*(self._tool_call(state, c, watch) for c in calls))
+                if len(calls) == 1:
+                    # Why not gather: it wraps a lone call in a task of its own, two
+                    # turns of the event loop more per step for nothing run beside it.
+                    results = [await self._tool_call(state, calls[0], watch)]
+                else:
+                    results = await asyncio.gather(
+                        *(self._tool_call(state, c, watch) for c in calls)
+                    )
                 state.messages.append(Message(role="user", parts=tuple(results)))
         except _Stopped as stopped:
             return self._result(
@@ -676,11 +743,12 @@ class Executor:
     ) -> ModelResponse:
         retry = 0
         money = state.budget
+        count = state.count_input or InputCount()
         while True:
             try:
                 for hook in self.hooks:
                     request = await hook.before_model_request(state, request)
-                tokens = input_tokens(request.messages, request.tools)
+                tokens = count(request.messages, request.tools)
                 if money is not None:
                     request = await money.cover(state.usage.cost_micros, request, tokens)
             except BudgetExceeded as exc:
