@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from executor._deadlines import Deadlines, Group
 from executor._trace import log_failure, new_ref
 from executor.agent import DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
 from executor.budget import format_usd, out_of_budget_advice
@@ -135,53 +135,6 @@ class _Stopped(Exception):
         super().__init__(reason)
 
 
-class _Deadlines:
-    """The time limits of an executor's runs on one event loop, grouped by when they
-    fall: one loop timer for all the runs whose limit falls in the same tick, instead
-    of a timer per run (each a heap entry in the loop, left there cancelled for
-    ``max_runtime_s`` when its run ends first, as nearly every run does).
-
-    A limit fires at most a tick late: 1/64 of the limit (under 5 s of 300 s), so one
-    limit keeps at most about 65 timers in the loop however many runs start.
-    """
-
-    __slots__ = ("_due", "_loop")
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._due: dict[float, dict[Callable[[str, RunStatus], None], str]] = {}
-
-    def add(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        seconds: float,
-        stop: Callable[[str, RunStatus], None],
-        reason: str,
-    ) -> dict[Callable[[str, RunStatus], None], str]:
-        """Call ``stop(reason, TIMEOUT)`` in ``seconds``, unless the returned group
-        has lost ``stop`` by then (``group.pop(stop, None)`` when the run ends)."""
-        if loop is not self._loop:
-            # Why: an executor may outlive a loop (tests, a restarted host); the old
-            # loop's timers are gone with it.
-            self._loop, self._due = loop, {}
-        at = loop.time() + seconds
-        if 0 < seconds < math.inf:
-            tick = seconds / 64
-            at = math.ceil(at / tick) * tick
-        group = self._due.get(at)
-        if group is None:
-            group = self._due[at] = {}
-            loop.call_at(at, self._fire, at)
-        group[stop] = reason
-        return group
-
-    def _fire(self, at: float) -> None:
-        group = self._due.pop(at, None)
-        if group:
-            for stop, reason in list(group.items()):
-                stop(reason, RunStatus.TIMEOUT)
-
-
 class Executor:
     """The kernel's one entry point. Every port has a default: ``Executor()`` is
     a complete bounded in-memory agent (give the agent a ``model``)."""
@@ -212,7 +165,7 @@ class Executor:
         self.checkpoints: Checkpoints = (
             checkpoints if checkpoints is not None else InMemoryCheckpoints()
         )
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines()
         # The system message of each prompt seen lately (frozen, so shared by runs).
         self._system: dict[str, Message] = {}
 
@@ -459,10 +412,10 @@ class Executor:
 
             state.emit = emit_hook
             timeout_reason = f"the run passed its {bounds.max_runtime_s:g} s time limit"
-            deadline: dict[Callable[[str, RunStatus], None], str] | None = None
+            deadline: Group | None = None
             if isinstance(self.clock, RealClock):
                 deadline = self._deadlines.add(
-                    asyncio.get_running_loop(), bounds.max_runtime_s, stop, timeout_reason
+                    bounds.max_runtime_s, stop, timeout_reason, RunStatus.TIMEOUT
                 )
             else:
                 timers.append(
@@ -949,7 +902,11 @@ class Executor:
                     invocation=inv,
                     charge=self._charger(state, call, watch),
                 )
-                outcome = await tool.invoke(call.arguments, ctx)
+                outcome = await tool.invoke(
+                    call.arguments,
+                    ctx,
+                    deadlines=self._deadlines,
+                )
             except ApprovalDenied as exc:
                 outcome = ToolOutcome(content=f"denied: {exc}", is_error=True)
         await self._emit(
