@@ -88,19 +88,21 @@ class Message(_Frozen):
     @property
     def text(self) -> str:
         """The concatenated text parts."""
+        # Why ``type`` and not isinstance: a model class's isinstance goes through
+        # ABCMeta in Python, and these are read on every step.
         parts = self.parts
-        if len(parts) == 1:  # the common case, read on every step: no join
+        if len(parts) == 1:  # the common case: no join
             only = parts[0]
-            return only.text if isinstance(only, TextPart) else ""
-        return "".join([p.text for p in parts if isinstance(p, TextPart)])
+            return only.text if only.type == "text" else ""
+        return "".join([p.text for p in parts if p.type == "text"])
 
     @property
     def tool_calls(self) -> list[ToolCallPart]:
-        return [p for p in self.parts if isinstance(p, ToolCallPart)]
+        return [p for p in self.parts if p.type == "tool_call"]
 
     @property
     def tool_results(self) -> list[ToolResultPart]:
-        return [p for p in self.parts if isinstance(p, ToolResultPart)]
+        return [p for p in self.parts if p.type == "tool_result"]
 
 
 class Usage(_Frozen):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -339,3 +340,14 @@ async def test_host_cancellation_closes_the_run_and_reraises() -> None:
         await task
     assert audit.kinds()[-1] == "RunFinished"
     assert audit.events[-1].result.status is RunStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_a_runs_own_id_is_a_uuid4_in_hex() -> None:
+    ids = [
+        (await Executor().run(RunnableAgent(model=ScriptedModel()), _inv())).run_id
+        for _ in range(50)
+    ]
+    assert len(set(ids)) == 50
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert parsed.hex == run_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
