@@ -63,6 +63,9 @@ __all__ = [
     "input_tokens",
 ]
 
+# ``json.dumps(x, default=str)`` without building an encoder on every call.
+_JSON = json.JSONEncoder(default=str)
+
 #: The fewest output tokens a call is cut to before the run stops for its budget.
 MIN_CALL_TOKENS = 256
 
@@ -76,9 +79,7 @@ def input_tokens(messages: Sequence[Message], tools: Sequence[ToolDefinition] = 
 
 
 def _schema_tokens(tools: Sequence[ToolDefinition]) -> int:
-    schema = sum(
-        len(t.name) + len(t.description) + len(json.dumps(t.parameters, default=str)) for t in tools
-    )
+    schema = sum(len(t.name) + len(t.description) + len(_JSON.encode(t.parameters)) for t in tools)
     return schema // CHARS_PER_TOKEN
 
 

@@ -646,7 +646,9 @@ class ToolRegistry:
             return f"there is no tool named {name!r}"
         if not self.is_enabled(name):
             return f"the tool {name!r} is not enabled on this deployment"
-        if name not in set(granted):
+        if name not in (
+            granted if isinstance(granted, tuple | list | set | frozenset) else set(granted)
+        ):
             return f"the tool {name!r} is not granted to this agent"
         if privilege < t.min_privilege:
             return (
