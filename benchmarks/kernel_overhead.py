@@ -5,7 +5,9 @@ Two scenarios, no network, a model that answers instantly from a function:
 - ``1 step``: one request, a text answer, no tools;
 - ``10 tools``: ten tool calls (one a step), then an answer: 11 steps.
 
-For each, per step (medians over ``--repeats``):
+For each, per step, in CPU time (``time.process_time``: every figure is CPU-bound
+in this process, and on a shared machine CPU time is what the load leaves alone;
+medians over ``--repeats``):
 
 - **floor**: the work any agent loop does with the same messages and nothing
   else: the step's request (system prompt, conversation, tool definitions,
@@ -14,7 +16,7 @@ For each, per step (medians over ``--repeats``):
   validated into a ``Message`` by pydantic. Measured on the very requests and
   answers of a coterie run of the scenario;
 - **coterie**: ``Executor.run`` of the scenario (every port at its in-memory
-  default), its wall time divided by its steps;
+  default), its time divided by its steps;
 - **ratio** coterie / floor: the goal is at most 2 (issue 19);
 - **pydantic-ai** ``Agent`` on its ``FunctionModel`` doing the same, when
   pydantic-ai is importable (a benchmark-only dependency, ``pip install -e
@@ -75,7 +77,9 @@ def ours(tool_steps: int) -> tuple[Callable[[], Awaitable[None]], FunctionModel]
         return a + b
 
     def answer(request: ModelRequest) -> Reply:
-        done = sum(1 for m in request.messages for p in m.parts if p.type == "tool_result")
+        # The calls made so far: the request is the system prompt, "go", then a call
+        # and its result a step (the model's own work, kept out of the kernel's figure).
+        done = (len(request.messages) - 2) // 2
         if done < tool_steps:
             return Reply(tool_calls=[call("add", a=done, b=1)])
         return Reply(text="done")
@@ -99,15 +103,12 @@ def theirs(tool_steps: int) -> Callable[[], Awaitable[None]]:
         ModelResponse,
         TextPart,
         ToolCallPart,
-        ToolReturnPart,
     )
     from pydantic_ai.models.function import AgentInfo
     from pydantic_ai.models.function import FunctionModel as PaiFunctionModel
 
     def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        done = sum(
-            1 for m in messages for p in getattr(m, "parts", ()) if isinstance(p, ToolReturnPart)
-        )
+        done = (len(messages) - 1) // 2  # the request, then a call and its result a step
         if done < tool_steps:
             return ModelResponse(parts=[ToolCallPart("add", {"a": done, "b": 1})])
         return ModelResponse(parts=[TextPart("done")])
@@ -151,51 +152,56 @@ def floor_step(request: ModelRequest, answer_json: str) -> None:
     Message.model_validate(json.loads(answer_json))
 
 
-def floor_ms(steps: list[tuple[ModelRequest, str]], runs: int, repeats: int) -> list[float]:
-    """The floor of each step, ms (median over repeats of ``runs`` rounds)."""
+def _floor_batch(steps: list[tuple[ModelRequest, str]], rounds: int) -> list[float]:
+    """The floor of each step, ms (the mean of ``rounds`` rounds)."""
     out: list[float] = []
     for request, answer in steps:
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(runs):
-                floor_step(request, answer)
-            samples.append((time.perf_counter() - t0) * 1000 / runs)
-        out.append(statistics.median(samples))
+        t0 = time.process_time()
+        for _ in range(rounds):
+            floor_step(request, answer)
+        out.append((time.process_time() - t0) * 1000 / rounds)
     return out
 
 
-async def run_ms(fn: Callable[[], Awaitable[None]], runs: int, repeats: int) -> float:
-    """One run's wall time, ms (median over repeats of ``runs`` runs one after another)."""
-    for _ in range(max(5, runs // 10)):  # warm-up
+async def _run_batch(fn: Callable[[], Awaitable[None]], runs: int) -> float:
+    """One run's CPU time, ms (the mean of ``runs`` runs one after another)."""
+    t0 = time.process_time()
+    for _ in range(runs):
         await fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            await fn()
-        samples.append((time.perf_counter() - t0) * 1000 / runs)
-    return statistics.median(samples)
+    return (time.process_time() - t0) * 1000 / runs
 
 
 async def measure(runs: int, repeats: int, *, pydantic_ai: bool = True) -> dict[str, Any]:
-    """Per-step figures, ms: floor, coterie, and pydantic-ai (None: not importable)."""
+    """Per-step figures, ms (medians over ``repeats``): floor, coterie, and pydantic-ai
+    (None: not importable). Each repeat measures coterie and then the floor, so a
+    change of the machine's load falls on both."""
     out: dict[str, Any] = {}
     for label, tool_steps in SCENARIOS:
         steps = tool_steps + 1
         n = runs if tool_steps == 0 else max(20, runs // 5)
         fn, model = ours(tool_steps)
-        run = await run_ms(fn, n, repeats)
+        for _ in range(max(5, n // 10)):  # warm-up
+            await fn()
         # The last run's requests and answers: what the floor serialises and parses.
-        per_step_floor = floor_ms(
-            _floor_steps(model, Message.assistant("done")), max(50, n), repeats
-        )
+        script = _floor_steps(model, Message.assistant("done"))
+        run_samples: list[float] = []
+        floor_samples: list[list[float]] = []
+        for _ in range(repeats):
+            run_samples.append(await _run_batch(fn, n))
+            floor_samples.append(_floor_batch(script, n))
+        run = statistics.median(run_samples)
+        per_step_floor = [statistics.median(f[i] for f in floor_samples) for i in range(steps)]
         pai: float | None = None
         if pydantic_ai:
             try:
-                pai = await run_ms(theirs(tool_steps), n, repeats) / steps
+                theirs_fn = theirs(tool_steps)
             except ImportError:
                 pai = None
+            else:
+                for _ in range(max(5, n // 10)):
+                    await theirs_fn()
+                pai = statistics.median([await _run_batch(theirs_fn, n) for _ in range(repeats)])
+                pai /= steps
         out[label] = {
             "run": run,
             "coterie": run / steps,
@@ -251,17 +257,17 @@ def _span(values: list[float], digits: int = 4) -> str:
 
 def _print(columns: dict[str, list[dict[str, Any]]], pai: dict[str, Any] | None) -> None:
     names = list(columns)
-    head = f"{'ms per step':<14}{'floor':>16}"
+    head = f"{'ms per step':<14}{'floor':>18}"
     for n in names:
-        head += f"{'coterie ' + n:>22}{'ratio':>12}"
+        head += f"{'coterie ' + n:>28}{'ratio':>12}"
     head += f"{'pydantic-ai':>14}"
     print(head)
     for label in ("1 step", "10 tools", "a tool step"):
         floors = [r[label]["floor"] for rounds in columns.values() for r in rounds]
-        line = f"{label:<14}{_span(floors):>16}"
+        line = f"{label:<14}{_span(floors):>18}"
         for n in names:
             rounds = columns[n]
-            line += f"{_span([r[label]['coterie'] for r in rounds]):>22}"
+            line += f"{_span([r[label]['coterie'] for r in rounds]):>28}"
             ratios = [r[label]["coterie"] / r[label]["floor"] for r in rounds]
             line += f"{_span(ratios, 1) + ' x':>12}"
         theirs_ms = pai[label]["pydantic_ai"] if pai is not None else None
