@@ -38,26 +38,29 @@ class Deadlines:
         returned group has lost it by then: ``group.pop(callback, None)`` when done.
         ``callback`` must be a new object for each limit (a bound method or closure)."""
         loop = asyncio.get_running_loop()
+        due = self._due
         if loop is not self._loop:
-            # Why: an owner may outlive a loop (tests, a restarted host); the old
-            # loop's timers went with it.
+            # Why a new table: an owner may outlive a loop (tests, a restarted host),
+            # and each table holds one loop's groups (its timers fire from that table).
             self._loop, self._due = loop, {}
+            due = self._due
         at = loop.time() + seconds
         if 0 < seconds < math.inf:
             tick = seconds / 64
             at = math.ceil(at / tick) * tick
-        group = self._due.get(at)
+        group = due.get(at)
         if group is None:
-            group = self._due[at] = {}
-            loop.call_at(at, self._fire, at)
+            group = due[at] = {}
+            loop.call_at(at, _fire, due, at)
         group[callback] = args
         return group
 
-    def _fire(self, at: float) -> None:
-        group = self._due.pop(at, None)
-        if group:
-            for callback, args in list(group.items()):
-                callback(*args)
+
+def _fire(due: dict[float, Group], at: float) -> None:
+    group = due.pop(at, None)
+    if group:
+        for callback, args in list(group.items()):
+            callback(*args)
 
 
 class Expiry:
