@@ -2,29 +2,44 @@
 
 Run: ``.venv/bin/python benchmarks/kernel_batteries.py`` (about 10 s). A script
 that prints figures, not a timed test: the goals are in the output.
+
+``--before REV`` measures the throughput of commit ``REV``'s code too (``git
+archive`` into a temporary directory, run there by this same script in a child
+process; the worktree is left alone), in ``--rounds`` rounds alternating with
+today's code (also a child), so both share the machine's load; it prints the range
+of each over the rounds, then the other figures as usual.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Why before the imports: --root DIR measures the code in DIR (see --before).
+_ROOT = Path(__file__).resolve().parents[1]
+if "--root" in sys.argv:
+    _ROOT = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
+sys.path.insert(0, str(_ROOT))
 
-from executor.agent import Bounds, Invocation, RunnableAgent, RunStatus
-from executor.compaction import CompactionHook, Compactor, TokenEstimator
-from executor.critic import CriticConfig, WatchdogCritic
-from executor.lanes import Lanes
-from executor.messages import Message, ToolResultPart, Usage
-from executor.models.base import ModelRequest, ModelResponse
-from executor.run import Executor
-from executor.testing import Reply, ScriptedModel, call
-from executor.tools.registry import ToolRegistry
+from executor.agent import Bounds, Invocation, RunnableAgent, RunStatus  # noqa: E402
+from executor.compaction import CompactionHook, Compactor, TokenEstimator  # noqa: E402
+from executor.critic import CriticConfig, WatchdogCritic  # noqa: E402
+from executor.lanes import Lanes  # noqa: E402
+from executor.messages import Message, ToolResultPart, Usage  # noqa: E402
+from executor.models.base import ModelRequest, ModelResponse  # noqa: E402
+from executor.run import Executor  # noqa: E402
+from executor.testing import Reply, ScriptedModel, call  # noqa: E402
+from executor.tools.registry import ToolRegistry  # noqa: E402
 
 
 def _agent(latency: float) -> RunnableAgent:
@@ -61,9 +76,11 @@ async def fairness(latency: float = 0.05) -> float:
     return slot_times
 
 
-async def throughput(n: int = 200, latency: float = 0.1, repeats: int = 5) -> float:
+async def throughput_figures(
+    n: int = 200, latency: float = 0.1, repeats: int = 5
+) -> dict[str, Any]:
     """``n`` concurrent runs on a model that answers after ``latency``, beside the floor
-    of ``n`` bare asyncio tasks sleeping as long, in the same run (medians)."""
+    of ``n`` bare asyncio tasks sleeping as long, in the same run."""
     ex = Executor()
     await ex.run(_agent(0), Invocation(messages=[Message.user("warm-up")]))
     bare: list[float] = []
@@ -83,15 +100,58 @@ async def throughput(n: int = 200, latency: float = 0.1, repeats: int = 5) -> fl
         runs.append((time.perf_counter() - started) / latency)
         cpu.append((time.process_time() - used) / n)
         assert all(r.ok for r in results)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ratio = statistics.median(runs)
+    return {
+        "ratio": statistics.median(runs),
+        "min": min(runs),
+        "bare": statistics.median(bare),
+        "cpu_us": statistics.median(cpu) * 1e6,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+async def throughput(n: int = 200, latency: float = 0.1, repeats: int = 5) -> float:
+    f = await throughput_figures(n, latency, repeats)
     print(
-        f"throughput: {n} concurrent runs, {latency * 1000:.0f} ms model: {ratio:.2f} x ideal"
-        f" (goal <= 1.2; min {min(runs):.2f} of {repeats}) beside bare asyncio"
-        f" {statistics.median(bare):.2f} x; {statistics.median(cpu) * 1e6:.0f} us of CPU a run;"
-        f" peak RSS {rss_mb:.0f} MB"
+        f"throughput: {n} concurrent runs, {latency * 1000:.0f} ms model: {f['ratio']:.2f} x ideal"
+        f" (goal <= 1.2; min {f['min']:.2f} of {repeats}) beside bare asyncio"
+        f" {f['bare']:.2f} x; {f['cpu_us']:.0f} us of CPU a run; peak RSS {f['rss_mb']:.0f} MB"
     )
-    return ratio
+    return float(f["ratio"])
+
+
+def _child(root: Path) -> dict[str, Any]:
+    """The throughput figures of the code in ``root``, measured in a child process."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--root", str(root), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def throughput_before(rev: str, rounds: int) -> None:
+    """Throughput of ``rev``'s code and today's, in alternating child processes."""
+    columns: dict[str, list[dict[str, Any]]] = {f"before ({rev})": [], "now": []}
+    with tempfile.TemporaryDirectory(prefix="coterie-before-") as old:
+        archive = subprocess.run(
+            ["git", "-C", str(_ROOT), "archive", rev], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        for _ in range(rounds):
+            columns[f"before ({rev})"].append(_child(Path(old)))
+            columns["now"].append(_child(_ROOT))
+
+    def span(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
+        values = [r[key] for r in rows]
+        return f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+    print(f"throughput, 200 concurrent runs, 100 ms model ({rounds} alternating rounds):")
+    for name, rows in columns.items():
+        print(
+            f"  {name:<20} {span(rows, 'ratio', '.2f')} x ideal (goal <= 1.2; medians of 5),"
+            f" bare asyncio {span(rows, 'bare', '.2f')} x, CPU a run {span(rows, 'cpu_us', '.0f')} us"
+        )
 
 
 def _conversation(turns: int) -> list[Message]:
@@ -210,6 +270,17 @@ async def critic_reaction(hard_s: float = 0.5) -> None:
 
 
 async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", metavar="REV", help="also measure this commit's throughput")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --before")
+    parser.add_argument("--json", action="store_true", help="print the throughput as JSON")
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.json:
+        print(json.dumps(await throughput_figures()))
+        return
+    if args.before:
+        throughput_before(args.before, args.rounds)
     steps: list[Callable[[], Awaitable[object]]] = [
         fairness,
         throughput,

@@ -95,6 +95,10 @@ class Invocation:
     resume: Checkpoint | None = None
 
 
+# Why one shared zero: a frozen Usage is never changed, only replaced.
+_NO_USAGE = Usage()
+
+
 class RunStatus(enum.StrEnum):
     OK = "ok"
     ERROR = "error"
@@ -126,7 +130,7 @@ class RunResult:
     status: RunStatus
     output: str = ""
     steps: int = 0
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = _NO_USAGE
     attempts: list[Attempt] = field(default_factory=list)
     error: str | None = None
     error_kind: str | None = None

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     from executor.events import RunEvent
     from executor.models.base import Attempt, Model, ModelRequest, ModelResponse, ToolDefinition
     from executor.ports import Delivery
-    from executor.spend import RunBudget
+    from executor.spend import InputCount, RunBudget
 
 __all__ = ["RunHook", "RunState"]
+
+# Why one shared zero: a frozen Usage is never changed, only replaced by a sum.
+_NO_USAGE = Usage()
 
 
 @dataclass(slots=True)
@@ -36,10 +39,10 @@ class RunState:
     messages: list[Message]  # the conversation without the system prompt
     started_monotonic: float
     steps: int = 0
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = _NO_USAGE
     # What the run's earlier attempts spent (a resumed run): counted against its
     # bounds, charged to the attempts that spent it.
-    prior: Usage = field(default_factory=Usage)
+    prior: Usage = _NO_USAGE
     attempts: list[Attempt] = field(default_factory=list)
     answered_by: str | None = None
     partial_text: str = ""  # text streamed in the current step
@@ -54,6 +57,8 @@ class RunState:
     budget: RunBudget | None = None
     # Set by the run loop: (the agent they were built for, system message, tool definitions).
     request_parts: tuple[Any, list[Message], list[ToolDefinition]] | None = None
+    # Set by the run loop: counts the input of the run's requests (only what is new).
+    count_input: InputCount | None = None
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage

@@ -68,36 +68,41 @@ class Message(_Frozen):
     # The author's display name in shared channels ("who said this").
     name: str | None = None
 
+    # Why plain construction and not ``model_construct``: with pydantic 2.12+ the
+    # validating constructor is the faster one (model_construct resolves every
+    # default in Python); the parts are instances already and pass through unchanged.
     @classmethod
     def system(cls, text: str) -> Message:
-        # Why model_construct: these inputs are typed already; validation here
-        # was half of the kernel's per-run overhead.
-        return cls.model_construct(role="system", parts=(TextPart.model_construct(text=text),))
+        return cls(role="system", parts=(TextPart(text=text),))
 
     @classmethod
     def user(
         cls, text: str, *, name: str | None = None, images: tuple[ImagePart, ...] = ()
     ) -> Message:
-        return cls.model_construct(
-            role="user", parts=(TextPart.model_construct(text=text), *images), name=name
-        )
+        return cls(role="user", parts=(TextPart(text=text), *images), name=name)
 
     @classmethod
     def assistant(cls, text: str) -> Message:
-        return cls.model_construct(role="assistant", parts=(TextPart.model_construct(text=text),))
+        return cls(role="assistant", parts=(TextPart(text=text),))
 
     @property
     def text(self) -> str:
         """The concatenated text parts."""
-        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+        # Why ``type`` and not isinstance: a model class's isinstance goes through
+        # ABCMeta in Python, and these are read on every step.
+        parts = self.parts
+        if len(parts) == 1:  # the common case: no join
+            only = parts[0]
+            return only.text if only.type == "text" else ""
+        return "".join([p.text for p in parts if p.type == "text"])
 
     @property
     def tool_calls(self) -> list[ToolCallPart]:
-        return [p for p in self.parts if isinstance(p, ToolCallPart)]
+        return [p for p in self.parts if p.type == "tool_call"]
 
     @property
     def tool_results(self) -> list[ToolResultPart]:
-        return [p for p in self.parts if isinstance(p, ToolResultPart)]
+        return [p for p in self.parts if p.type == "tool_result"]
 
 
 class Usage(_Frozen):
@@ -111,7 +116,13 @@ class Usage(_Frozen):
     requests: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage.model_construct(
+        # Why the shortcuts: a run adds its first usage to zero, and a zero to what it
+        # has, on every step; a frozen model can be shared as it is.
+        if _is_zero(other):
+            return self
+        if _is_zero(self):
+            return other
+        return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
@@ -127,3 +138,14 @@ class Usage(_Frozen):
     @property
     def cost_usd(self) -> float:
         return self.cost_micros / 1_000_000
+
+
+def _is_zero(u: Usage) -> bool:
+    return not (
+        u.input_tokens
+        or u.output_tokens
+        or u.cache_read_tokens
+        or u.cache_write_tokens
+        or u.cost_micros
+        or u.requests
+    )

@@ -32,12 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from executor._deadlines import Deadlines, Group
 from executor._trace import log_failure, new_ref
 from executor.agent import DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
 from executor.budget import format_usd, out_of_budget_advice
@@ -99,7 +100,7 @@ from executor.ports import (
     UnlimitedBudget,
 )
 from executor.redaction import excerpt, scrub
-from executor.spend import Price, RunBudget, input_tokens
+from executor.spend import InputCount, Price, RunBudget
 from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 
 __all__ = ["Executor", "ModelResolver", "outcome_note"]
@@ -120,6 +121,16 @@ class ModelResolver(Protocol):
 
 
 _DELTA_FREE = (TextDeltaEvent,)
+
+# How many distinct system prompts an executor keeps built (personas, skills).
+_SYSTEM_CACHE = 256
+
+
+def _new_run_id() -> str:
+    """``uuid.uuid4().hex`` without building a ``UUID`` (a few microseconds a run)."""
+    n = int.from_bytes(os.urandom(16))
+    n = (n & ~(0xF000 << 64) | (4 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
+    return f"{n:032x}"
 
 
 class _Stopped(Exception):
@@ -164,11 +175,14 @@ class Executor:
         self.checkpoints: Checkpoints = (
             checkpoints if checkpoints is not None else InMemoryCheckpoints()
         )
+        self._deadlines = Deadlines()
+        # The system message of each prompt seen lately (frozen, so shared by runs).
+        self._system: dict[str, Message] = {}
 
     # ------------------------------------------------------------------ public
 
     async def run(self, agent: RunnableAgent, invocation: Invocation) -> RunResult:
-        run_id = invocation.run_id or uuid.uuid4().hex
+        run_id = invocation.run_id or _new_run_id()
         delivery: Delivery = invocation.delivery or NullDelivery()
         try:
             model = self._resolve(agent)
@@ -191,6 +205,7 @@ class Executor:
             if resume is not None
             else [m for m in invocation.messages if m.role != "system"],
             started_monotonic=self.clock.monotonic(),
+            count_input=InputCount(),
         )
         if resume is not None:
             _resumed(state, resume)
@@ -265,17 +280,26 @@ class Executor:
         if built is not None and built[0] is agent:
             return built[1], built[2]
         tools = self.tools.available(agent.tools, state.invocation.caller.privilege)
-        system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
+        system = [self._system_message(agent.system_prompt)] if agent.system_prompt else []
         definitions = [t.definition for t in tools]
         state.request_parts = (agent, system, definitions)
         return system, definitions
+
+    def _system_message(self, prompt: str) -> Message:
+        message = self._system.get(prompt)
+        if message is None:
+            if len(self._system) >= _SYSTEM_CACHE:
+                self._system.clear()
+            message = self._system[prompt] = Message.system(prompt)
+        return message
 
     def _first_call(self, state: RunState) -> tuple[int, int]:
         """The first request's input estimate and its ``max_tokens``."""
         system, tool_defs = self._request_parts(state)
         bounds = state.agent.bounds
         max_tokens = min(bounds.max_tokens_per_response, bounds.max_output_tokens)
-        return input_tokens(system + state.messages, tool_defs), max_tokens
+        assert state.count_input is not None
+        return state.count_input(system + state.messages, tool_defs), max_tokens
 
     def _started_event(
         self, agent: RunnableAgent, inv: Invocation, run_id: str, estimate: int
@@ -398,17 +422,11 @@ class Executor:
 
             state.emit = emit_hook
             timeout_reason = f"the run passed its {bounds.max_runtime_s:g} s time limit"
+            deadline: Group | None = None
             if isinstance(self.clock, RealClock):
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + bounds.max_runtime_s
-
-                def arm() -> None:
-                    timers.append(loop.call_at(deadline, stop, timeout_reason, RunStatus.TIMEOUT))
-
-                # Why armed on the loop's next turn: a run that ends without waiting
-                # (a refusal, a scripted model) then leaves no cancelled timer in the
-                # loop's heap for the next max_runtime_s; one that waits is armed at once.
-                timers.append(loop.call_soon(arm))
+                deadline = self._deadlines.add(
+                    bounds.max_runtime_s, stop, timeout_reason, RunStatus.TIMEOUT
+                )
             else:
                 timers.append(
                     asyncio.create_task(
@@ -422,6 +440,8 @@ class Executor:
                 result = await self._steps(state, watch)
             finally:
                 armed = False
+                if deadline is not None:
+                    deadline.pop(stop, None)
                 for t in timers:
                     t.cancel()
         except asyncio.CancelledError:
@@ -656,7 +676,14 @@ class Executor:
                 if not calls:
                     return self._result(state, RunStatus.OK, output=text)
                 await self._checkpoint(state, tuple(calls))
-                results = await asyncio.gather(*(self._tool_call(state, c, watch) for c in calls))
+                if len(calls) == 1:
+                    # Why not gather: it wraps a lone call in a task of its own, two
+                    # turns of the event loop more per step for nothing run beside it.
+                    results = [await self._tool_call(state, calls[0], watch)]
+                else:
+                    results = await asyncio.gather(
+                        *(self._tool_call(state, c, watch) for c in calls)
+                    )
                 state.messages.append(Message(role="user", parts=tuple(results)))
         except _Stopped as stopped:
             return self._result(
@@ -689,11 +716,12 @@ class Executor:
     ) -> ModelResponse:
         retry = 0
         money = state.budget
+        count = state.count_input or InputCount()
         while True:
             try:
                 for hook in self.hooks:
                     request = await hook.before_model_request(state, request)
-                tokens = input_tokens(request.messages, request.tools)
+                tokens = count(request.messages, request.tools)
                 if money is not None:
                     request = await money.cover(state.usage.cost_micros, request, tokens)
             except BudgetExceeded as exc:
@@ -830,7 +858,9 @@ class Executor:
         ``unanswered`` (the request's input at the run's price).
         """
         state.attempts.extend(attempts)
-        answered = next((i for i in range(len(attempts) - 1, -1, -1) if not attempts[i].error), -1)
+        answered = len(attempts) - 1  # the last one that did not fail
+        while answered >= 0 and attempts[answered].error:
+            answered -= 1
         for i, a in enumerate(attempts):
             cost = usage if i == answered else _billed(a, unanswered)
             if i != answered and cost is not None:
@@ -916,7 +946,11 @@ class Executor:
                     invocation=inv,
                     charge=self._charger(state, call, watch),
                 )
-                outcome = await tool.invoke(call.arguments, ctx)
+                outcome = await tool.invoke(
+                    call.arguments,
+                    ctx,
+                    deadlines=self._deadlines,
+                )
             except ApprovalDenied as exc:
                 outcome = ToolOutcome(content=f"denied: {exc}", is_error=True)
         await self._emit(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import operator
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,16 +51,20 @@ from executor.models.base import (
     profile_of,
 )
 from executor.ports import BudgetGate, Reservation
-from executor.tokens import CHARS_PER_TOKEN, estimate_tokens
+from executor.tokens import CHARS_PER_TOKEN, estimate_message_tokens, estimate_tokens
 
 __all__ = [
     "MIN_CALL_TOKENS",
     "CoveredModel",
+    "InputCount",
     "Price",
     "RunBudget",
     "affordable_tokens",
     "input_tokens",
 ]
+
+# ``json.dumps(x, default=str)`` without building an encoder on every call.
+_JSON = json.JSONEncoder(default=str)
 
 #: The fewest output tokens a call is cut to before the run stops for its budget.
 MIN_CALL_TOKENS = 256
@@ -70,10 +75,47 @@ Price = Callable[[int, int], int]
 
 def input_tokens(messages: Sequence[Message], tools: Sequence[ToolDefinition] = ()) -> int:
     """The input estimate of one request: its messages and its tool definitions."""
-    schema = sum(
-        len(t.name) + len(t.description) + len(json.dumps(t.parameters, default=str)) for t in tools
-    )
-    return estimate_tokens(messages) + schema // CHARS_PER_TOKEN
+    return estimate_tokens(messages) + _schema_tokens(tools)
+
+
+def _schema_tokens(tools: Sequence[ToolDefinition]) -> int:
+    schema = sum(len(t.name) + len(t.description) + len(_JSON.encode(t.parameters)) for t in tools)
+    return schema // CHARS_PER_TOKEN
+
+
+class InputCount:
+    """:func:`input_tokens` for the requests of one run, remembering what it counted.
+
+    Each request of a run repeats the one before and adds a message or two, and sends
+    the same tool definitions: only the messages it has not seen at their place are
+    counted again (by identity: a hook that replaces messages, a compaction, is
+    counted afresh from the first one replaced). The figures are :func:`input_tokens`'s.
+    """
+
+    __slots__ = ("_messages", "_schema", "_sums", "_tools")
+
+    def __init__(self) -> None:
+        self._messages: list[Message] = []
+        self._sums: list[float] = []  # the running sum of the estimates, per message
+        self._tools: Sequence[ToolDefinition] | None = None
+        self._schema = 0
+
+    def __call__(self, messages: Sequence[Message], tools: Sequence[ToolDefinition] = ()) -> int:
+        if tools is not self._tools:
+            self._tools, self._schema = tools, _schema_tokens(tools)
+        known, sums = self._messages, self._sums
+        same = min(len(known), len(messages))
+        if not all(map(operator.is_, known, messages)):  # map stops at the shorter
+            same = next(i for i in range(same) if known[i] is not messages[i])
+        if same < len(known):
+            del known[same:], sums[same:]
+        # Why summed in order from zero: the same float additions as estimate_tokens.
+        total = sums[-1] if sums else 0
+        for m in messages[same:]:
+            total += estimate_message_tokens(m)
+            known.append(m)
+            sums.append(total)
+        return int(total) + 1 + self._schema
 
 
 def affordable_tokens(price: Price, input_tok: int, max_tokens: int, room: int) -> int | None:

@@ -26,6 +26,9 @@ CHARS_PER_TOKEN = 4
 IMAGE_CHARS = 6000
 MESSAGE_OVERHEAD_TOKENS = 4
 
+# ``json.dumps(x, default=str)`` without building an encoder on every call.
+_JSON = json.JSONEncoder(default=str)
+
 
 def _chars(message: Message) -> int:
     chars = 0
@@ -35,7 +38,7 @@ def _chars(message: Message) -> int:
         elif p.type == "tool_result":
             chars += len(p.content) + 20
         elif p.type == "tool_call":
-            chars += 40 + len(p.name) + len(json.dumps(p.arguments, default=str))
+            chars += 40 + len(p.name) + len(_JSON.encode(p.arguments))
         else:
             chars += IMAGE_CHARS
     return chars

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from executor._deadlines import Deadlines, Expiry
 from executor._trace import log_failure, new_ref
 from executor.agent import Caller, Invocation, Privilege
 from executor.errors import ConfigError, ToolFailed
@@ -103,6 +104,10 @@ class ToolOutcome:
     truncated: bool = False
 
 
+class _TimedOut(Exception):
+    """Internal: a tool call passed its ``timeout_s``."""
+
+
 # --- the tool ----------------------------------------------------------------------
 
 
@@ -130,6 +135,10 @@ class Tool:
     # as a dict instead of validated keyword arguments.
     schema_call: Callable[[dict[str, Any], ToolContext], Awaitable[Any]] | None = None
     _schema: dict[str, Any] = field(default_factory=dict)
+    # (function, whether it is a coroutine function): asked once, not on every call.
+    _is_async: tuple[Callable[..., Any], bool] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def repeatable(self) -> bool:
@@ -161,8 +170,17 @@ class Tool:
                 pass
         return f"using {self.name}"
 
-    async def invoke(self, arguments: Mapping[str, Any] | None, ctx: ToolContext) -> ToolOutcome:
+    async def invoke(
+        self,
+        arguments: Mapping[str, Any] | None,
+        ctx: ToolContext,
+        *,
+        deadlines: Deadlines | None = None,
+    ) -> ToolOutcome:
         """Validate, call under the timeout, render and cap the result.
+
+        ``deadlines``: shared timers for the timeout (the executor's, see
+        :mod:`executor._deadlines`); without them, ``asyncio.timeout``.
 
         Never raises for the tool's own failures or for bad arguments: they come
         back as ``is_error`` outcomes the model can read (an unexpected exception's
@@ -200,19 +218,39 @@ class Tool:
             if self.context_param:
                 kwargs[self.context_param] = ctx
             call = _bind_call(self, kwargs)
-        deadline = asyncio.timeout(self.timeout_s)
         try:
-            async with deadline:
-                result = await call()
+            result = await self._timed(call, deadlines)
         except ToolFailed as exc:  # ToolRetry too
             return done(str(exc) or f"{self.name} failed", True)
-        except TimeoutError as exc:
-            if deadline.expired():
-                return done(f"{self.name} timed out after {self.timeout_s:g} s", True)
-            return done(self._unexpected(exc, ctx), True)
+        except _TimedOut:
+            return done(f"{self.name} timed out after {self.timeout_s:g} s", True)
         except Exception as exc:
             return done(self._unexpected(exc, ctx), True)
         return done(_render(result), False)
+
+    async def _timed(self, call: Callable[[], Awaitable[Any]], deadlines: Deadlines | None) -> Any:
+        """``call()`` within ``timeout_s``; :class:`_TimedOut` when it passes."""
+        if deadlines is None:
+            limit = asyncio.timeout(self.timeout_s)
+            try:
+                async with limit:
+                    return await call()
+            except TimeoutError:
+                if limit.expired():
+                    raise _TimedOut from None
+                raise
+        expiry = Expiry(deadlines, self.timeout_s)
+        try:
+            result = await call()
+        except asyncio.CancelledError:
+            if expiry.end():
+                raise _TimedOut from None
+            raise
+        except BaseException:
+            expiry.end()
+            raise
+        expiry.end()
+        return result
 
     def _unexpected(self, exc: Exception, ctx: ToolContext) -> str:
         """Log a tool's unexpected exception; what the model is told instead."""
@@ -234,7 +272,10 @@ class Tool:
             from executor.tools.isolation import run_in_subprocess
 
             return await run_in_subprocess(fn, kwargs, timeout_s=self.timeout_s)
-        if inspect.iscoroutinefunction(fn):
+        known = self._is_async
+        if known is None or known[0] is not fn:
+            known = self._is_async = (fn, inspect.iscoroutinefunction(fn))
+        if known[1]:
             return await fn(**kwargs)
         if self.isolation == "inline":
             # Why: a plain def is assumed to possibly block; inline is opt-in for
@@ -610,7 +651,9 @@ class ToolRegistry:
             return f"there is no tool named {name!r}"
         if not self.is_enabled(name):
             return f"the tool {name!r} is not enabled on this deployment"
-        if name not in set(granted):
+        if name not in (
+            granted if isinstance(granted, tuple | list | set | frozenset) else set(granted)
+        ):
             return f"the tool {name!r} is not granted to this agent"
         if privilege < t.min_privilege:
             return (
@@ -642,10 +685,18 @@ class ToolRegistry:
 
     def available(self, granted: Iterable[str], privilege: Privilege) -> list[Tool]:
         """The tools this agent may offer the model, in grant order, once each."""
-        granted = list(dict.fromkeys(granted))
-        index = self._index()
+        names = list(dict.fromkeys(granted))
+        if not names:
+            return []
+        # Why not refusal() per name: the same checks, on one index instead of a scan
+        # of every source for each name (this runs at the start of every run).
+        index, own, enabled = self._index(), self._tools, self._enabled
         return [
-            index[n] for n in granted if n in index and self.refusal(n, granted, privilege) is None
+            t
+            for n in names
+            if (t := index.get(n)) is not None
+            and (enabled is None or n not in own or n in enabled)
+            and privilege >= t.min_privilege
         ]
 
     def definitions(self, granted: Iterable[str], privilege: Privilege) -> list[ToolDefinition]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from executor.run import Executor
 from executor.testing import (
     AuditCapture,
     FakeClock,
+    FunctionModel,
     RecordingDelivery,
     Reply,
     ScriptedModel,
@@ -157,11 +159,12 @@ async def test_runtime_bound_even_when_the_provider_hangs() -> None:
     assert delivery.result is None  # no delivery given: nothing delivered
 
 
-async def test_the_real_clocks_time_limit_is_armed_only_once_the_run_waits(
+async def test_runs_share_the_real_clocks_time_limit_timers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Issue 19: a run that ends without waiting leaves no cancelled timer in the
-    loop's heap; one that waits still stops at its limit."""
+    """Issue 19: runs whose time limits fall in the same tick (1/64 of the limit) share
+    one loop timer, so 100 runs, whether they wait or not, do not leave a timer each in
+    the loop's heap; a run that waits still stops at its limit."""
     loop = asyncio.get_running_loop()
     timers: list[float] = []
     call_at = loop.call_at
@@ -172,14 +175,25 @@ async def test_the_real_clocks_time_limit_is_armed_only_once_the_run_waits(
 
     monkeypatch.setattr(loop, "call_at", counted)
     ex = Executor()
-    result = await ex.run(RunnableAgent(model=ScriptedModel(["hi"])), _inv())
-    assert result.ok and timers == []
+    agent = RunnableAgent(model=ScriptedModel(default="hi"))
+    alone = [await ex.run(agent, _inv()) for _ in range(50)]
+
+    async def waits(request: Any) -> str:
+        await asyncio.sleep(0)
+        return "hi"
+
+    waiting = RunnableAgent(model=FunctionModel(waits))
+    together = await asyncio.gather(*(ex.run(waiting, _inv()) for _ in range(50)))
+    assert all(r.ok for r in alone + together)
+    # 300 s limits, 4.7 s ticks: one timer, two if the runs straddle a tick.
+    assert 1 <= len(timers) <= 2
 
     class Hanging(ScriptedModel):
         async def generate(self, request):  # type: ignore[no-untyped-def]
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
 
+    timers.clear()
     started = loop.time()
     result = await ex.run(
         RunnableAgent(model=Hanging(), bounds=Bounds(max_runtime_s=0.05)), _inv(delivery=None)
@@ -326,3 +340,14 @@ async def test_host_cancellation_closes_the_run_and_reraises() -> None:
         await task
     assert audit.kinds()[-1] == "RunFinished"
     assert audit.events[-1].result.status is RunStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_a_runs_own_id_is_a_uuid4_in_hex() -> None:
+    ids = [
+        (await Executor().run(RunnableAgent(model=ScriptedModel()), _inv())).run_id
+        for _ in range(50)
+    ]
+    assert len(set(ids)) == 50
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert parsed.hex == run_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -5,8 +5,9 @@ from __future__ import annotations
 from executor.agent import Bounds, Invocation, RunnableAgent
 from executor.compaction import TokenEstimator
 from executor.messages import ImagePart, Message, ToolResultPart
-from executor.models.base import Model
+from executor.models.base import Model, ToolDefinition
 from executor.run import Executor
+from executor.spend import InputCount, input_tokens
 from executor.testing import ScriptedModel, call
 from executor.tokens import IMAGE_CHARS, estimate_message_tokens, estimate_tokens
 
@@ -52,3 +53,37 @@ async def test_the_reservation_prices_an_image_as_compaction_does() -> None:
     # Each run prices its first call twice (the reservation, then the call itself).
     without, with_image = sorted(set(pricer.inputs))
     assert with_image - without == IMAGE_CHARS // 4 == 1500
+
+
+def test_a_runs_input_count_matches_input_tokens_as_its_requests_change() -> None:
+    """Issue 19: the run loop counts only what is new in a request; the figures are
+    input_tokens' whatever the requests do (grow, shrink, get a message replaced, or
+    other tools)."""
+    add = ToolDefinition(name="add", description="Add.", parameters={"type": "object"})
+    other = ToolDefinition(name="other", description="Other.", parameters={"x": "y" * 90})
+    count = InputCount()
+    system = Message.system("be brief " * 7)
+    history = [system, Message.user("hello " * 11)]
+    seen: list[tuple[int, int]] = []
+
+    def check(messages: list[Message], tools: list[ToolDefinition]) -> None:
+        seen.append((count(messages, tools), input_tokens(messages, tools)))
+
+    check(history, [add])
+    check(history, [add])  # the same request again (the budget's, then the step's)
+    for i in range(4):
+        c = call("add", a=i, b=1)
+        history = [
+            *history,
+            Message(role="assistant", parts=(c,)),
+            Message(
+                role="user", parts=(ToolResultPart(tool_call_id=c.id, name="add", content="9"),)
+            ),
+        ]
+        check(history, [add])
+    history[2] = Message.assistant("a summary " * 30)  # a hook replaced one in the middle
+    check(history, [add])
+    check(history[:3], [add, other])  # compacted, and other tools
+    check([], [])
+    check([Message.user("x" * 400)] * 3, [])  # one message object three times
+    assert [ours for ours, _ in seen] == [theirs for _, theirs in seen]

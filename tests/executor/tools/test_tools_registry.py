@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from executor._deadlines import Deadlines
 from executor.agent import Caller, Privilege
 from executor.errors import ConfigError, ToolFailed, ToolRetry
 from executor.tools import Tool, ToolContext, ToolRegistry, tool
@@ -264,7 +265,11 @@ async def test_a_tool_opts_in_to_showing_its_failure(ctx: ToolContext) -> None:
     assert issubclass(ToolRetry, ToolFailed)
 
 
-async def test_timeout(ctx: ToolContext) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["asyncio.timeout", "shared timers"])
+async def test_timeout(ctx: ToolContext, shared: bool) -> None:
+    """The same with the executor's shared timers (``executor._deadlines``) as with
+    ``asyncio.timeout``."""
+    deadlines = Deadlines() if shared else None
     never = asyncio.Event()
 
     @tool(timeout_s=0.05)
@@ -277,14 +282,16 @@ async def test_timeout(ctx: ToolContext) -> None:
         """A tool whose own I/O timed out."""
         raise TimeoutError("upstream was slow")
 
-    out = await hang.invoke({}, ctx)
+    out = await hang.invoke({}, ctx, deadlines=deadlines)
     assert out.is_error and out.content == "hang timed out after 0.05 s"
     # Not our deadline: the tool's own I/O timed out, an exception like any other.
-    out = await own_timeout.invoke({}, ctx)
+    out = await own_timeout.invoke({}, ctx, deadlines=deadlines)
     assert out.is_error and _GENERIC.match(out.content) and "upstream" not in out.content
 
 
-async def test_cancellation_propagates(ctx: ToolContext) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["asyncio.timeout", "shared timers"])
+async def test_cancellation_propagates(ctx: ToolContext, shared: bool) -> None:
+    deadlines = Deadlines() if shared else None
     started = asyncio.Event()
 
     @tool
@@ -293,11 +300,55 @@ async def test_cancellation_propagates(ctx: ToolContext) -> None:
         started.set()
         await asyncio.Event().wait()
 
-    task = asyncio.create_task(wait.invoke({}, ctx))
+    task = asyncio.create_task(wait.invoke({}, ctx, deadlines=deadlines))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["asyncio.timeout", "shared timers"])
+async def test_only_the_timeouts_own_cancel_is_a_timeout(ctx: ToolContext, shared: bool) -> None:
+    """A tool that outlives its timeout's cancel returns its result, the task's cancel
+    count as it was; a cancel that lands with the timeout's is still a cancel."""
+    deadlines = Deadlines() if shared else None
+    swallowed, release = asyncio.Event(), asyncio.Event()
+
+    @tool(timeout_s=0.01)
+    async def stubborn() -> str:
+        """Outlive the first cancel."""
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()
+            await release.wait()
+        return "kept"
+
+    async def outlives() -> tuple[Any, int]:
+        out = await stubborn.invoke({}, ctx, deadlines=deadlines)
+        me = asyncio.current_task()
+        assert me is not None
+        return out, me.cancelling()
+
+    task = asyncio.create_task(outlives())
+    await swallowed.wait()
+    release.set()
+    out, cancelling = await task
+    assert not out.is_error and out.content == "kept" and cancelling == 0
+
+    @tool(timeout_s=0.01)
+    async def cancelled_too() -> None:
+        """The host cancels as the timeout does."""
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            assert me is not None
+            me.cancel()
+            raise
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(cancelled_too.invoke({}, ctx, deadlines=deadlines))
 
 
 async def test_result_cap_and_rendering(ctx: ToolContext) -> None:
