@@ -22,12 +22,17 @@ What a crash may lose is bounded, because crash recovery charges what is written
 
 The buffer is also written when it holds ``batch_size`` rows, on
 :meth:`SqlAuditSink.flush` and on :meth:`SqlAuditSink.close`. Every write is a group
-commit: runs that record while a write is under way share the next transaction, one
-Core ``executemany`` per table. On a SQLite file the transaction runs as one call in
-the database's writer thread (:class:`adapters.storage.sqlite_writer.SqliteWriter`)
-instead of a hop to aiosqlite's thread per statement; a ``record`` cancelled while its
-write is in that thread waits for the write's end, so its rows are never both
-committed and kept for the next try.
+commit: runs that record while a write is under way, or in the turn of the loop a
+write waits first when other runs are open, share the next transaction, one Core
+``executemany`` per table (a lone run's write does not wait that turn). On a SQLite
+file the transaction is one call to the database's writer
+(:class:`adapters.storage.sqlite_writer.SqliteWriter`), not a hop to aiosqlite's thread
+per statement: a write of at most ``inline_rows`` rows commits at once on the loop's
+thread when SQLite's write lock is free (:meth:`~adapters.storage.sqlite_writer.SqliteWriter.run_here`:
+a few rows in WAL mode commit in less time than a round trip to a thread takes);
+a bigger one, or one that would wait for the lock (another process writing), runs in
+the writer's thread. A ``record`` cancelled while its write is in that thread waits
+for the write's end, so its rows are never both committed and kept for the next try.
 
 Tool arguments are stored with secrets redacted (:func:`executor.redaction.redact`)
 and capped in size; results, errors and texts are stored as excerpts. The queries
@@ -135,6 +140,7 @@ class SqlAuditSink:
         excerpt_chars: int = 2_000,
         argument_chars: int = 4_000,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        inline_rows: int = 64,
     ) -> None:
         self._sessions = sessions
         engine = engine_of(sessions)
@@ -143,7 +149,9 @@ class SqlAuditSink:
         self.flush_interval_s = flush_interval_s
         self.excerpt_chars = excerpt_chars
         self.argument_chars = argument_chars
-        self.inline_rows = 256
+        # A SQLite write of at most this many rows commits on the loop's thread when it
+        # can at once (0: always in the writer's thread). Why 64: about a millisecond.
+        self.inline_rows = inline_rows
         self._buffer: dict[Any, list[dict[str, Any]]] = {t: [] for t in _CHILDREN}
         self._pending = 0
         self._oldest: float | None = None
@@ -169,8 +177,7 @@ class SqlAuditSink:
         # The flush timer: started on the first event, stopped by close().
         self._sleep = sleep or asyncio.sleep
         self._timer: asyncio.Task[None] | None = None
-        # SQLite file: the writer thread, opened on the first write (None: the engine's).
-        # SQLite file: the database's writer thread (None: through the engine).
+        # SQLite file: the database's writer (None: through the engine).
         self._sqlite_file = sqlite_path(self._url) if engine.dialect.name == "sqlite" else None
         self._writer: SqliteWriter | None = None
         # The process's write lock (SQLite) or nothing (PostgreSQL): one per engine.
