@@ -307,3 +307,45 @@ async def test_a_write_waits_in_the_thread_while_another_process_holds_the_lock(
         await sink.close()
     async with sqlite_db.sessions() as s:
         assert [a.cost_micros for a in (await s.scalars(select(AuditModelAttempt))).all()] == [5]
+
+
+async def test_a_lone_runs_write_takes_no_turn_of_the_loop_other_runs_share_one(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn of the loop a write waits first is for other runs' rows: a lone run's
+    durable write returns without one; with other runs open, the write waits that turn
+    and carries the rows they record in it."""
+    writes: list[int] = []
+    write_rows = audit_sink._write_rows
+
+    def counted(tx: Any, batch: Any) -> None:
+        writes.append(batch.size())
+        write_rows(tx, batch)
+
+    monkeypatch.setattr(audit_sink, "_write_rows", counted)
+    sink = SqlAuditSink(sqlite_db.sessions, **QUIET)
+
+    def spend(run_id: str) -> ModelAttemptEvent:
+        return ModelAttemptEvent(
+            run_id=run_id,
+            at=T0,
+            step=1,
+            attempt=Attempt(model="a:1", latency_ms=1),
+            usage=Usage(input_tokens=1, output_tokens=1, cost_micros=5),
+        )
+
+    try:
+        await sink.record(started("alone"))
+        turned: list[str] = []
+        asyncio.get_running_loop().call_soon(turned.append, "turn")
+        await sink.record(spend("alone"))
+        assert turned == []  # durable, and no other task ran meanwhile
+        await sink.record(finished("alone", steps=1, cost=5))
+        await asyncio.gather(sink.record(started("a")), sink.record(started("b")))
+        writes.clear()
+        await asyncio.gather(sink.record(spend("a")), sink.record(spend("b")))
+        assert writes == [2]  # one transaction for both
+    finally:
+        await sink.close()
+    async with sqlite_db.sessions() as s:
+        assert len((await s.scalars(select(AuditModelAttempt))).all()) == 3
