@@ -6,7 +6,9 @@
 Prints, side by side in one run:
 
 * audit rows per second through ``SqlAuditSink`` versus a raw ``aiosqlite`` batched
-  ``executemany`` of the same rows (the floor), and the sink's cost per run step;
+  ``executemany`` of the same rows (the floor), and the sink's cost per run step, one
+  run at a time beside the same transactions (two commits a step) with prebuilt rows
+  through ``sqlite3`` (that case's floor);
 * the database's share of a member's message before the model request: the chat
   flow and executor as ``build_app`` wires them on SQLite, beside the same path with
   in-memory ports, and which parts took it;
@@ -256,6 +258,87 @@ async def bench_raw_floor(directory: Path, runs: int) -> tuple[float, int]:
     return elapsed, rows
 
 
+async def bench_commit_floor(directory: Path, runs: int) -> float:
+    """The one-run case's floor: the sink's transactions for one run at a time (two
+    commits a step) with the same rows built beforehand, through ``sqlite3`` on this
+    thread: no sink, no asyncio, no bind processors. Seconds a step."""
+    db = await fresh_db(directory, "commits.db")
+    path = db.sqlite_path
+    await db.close()
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    for pragma in (
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=NORMAL",
+    ):
+        conn.execute(pragma)
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    data = '{"message_count": 2, "input_tokens": 1200, "unanswered_micros": 3600, "attempts_before": 0}'
+    arguments = '{"url": "https://example.com/page", "api_key": "[redacted]"}'
+    result = "Example Domain. This domain is for use in examples. " * 8
+    counts = (0, 0, 0, 0, 20_000, "summarise this page", "")
+    t = time.perf_counter()
+    for r in range(runs):
+        rid = f"r{r}"
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO audit_runs (run_id, trigger, user_id, user_name, guild_id, channel_id,"
+            " agent, tier, status, started_at, steps, input_tokens, output_tokens, cost_micros,"
+            " estimate_micros, prompt_excerpt, output_excerpt)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rid, "chat", "u1", "", "g1", "c1", "assistant", "standard", "running", now, *counts),
+        )
+        conn.execute("COMMIT")
+        for step in range(1, STEPS + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO audit_events (run_id, kind, step, cost_micros, data, at)"
+                " VALUES (?,?,?,?,?,?)",
+                (rid, "model_request", step, 0, data, now),
+            )
+            if step > 1:  # the step and tool call before this request
+                conn.execute(
+                    "INSERT INTO audit_steps (run_id, step, model, stop_reason, input_tokens,"
+                    " output_tokens, cost_micros, tool_calls, text_excerpt, at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (rid, step - 1, "a:m", "tool_use", 1200, 80, 900, 1, "let me look", now),
+                )
+                conn.execute(
+                    "INSERT INTO audit_tool_calls (run_id, step, call_id, name, arguments,"
+                    " result_excerpt, is_error, duration_ms, at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (rid, step - 1, "call", "web_fetch", arguments, result, 0, 120.0, now),
+                )
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO audit_model_attempts (run_id, step, model, latency_ms, error,"
+                " error_kind, input_tokens, output_tokens, cost_micros, at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (rid, step, "a:m", 812.5, None, None, 1200, 80, 900, now),
+            )
+            conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO audit_steps (run_id, step, model, stop_reason, input_tokens,"
+            " output_tokens, cost_micros, tool_calls, text_excerpt, at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (rid, STEPS, "a:m", "tool_use", 1200, 80, 900, 1, "let me look", now),
+        )
+        conn.execute(
+            "INSERT INTO audit_tool_calls (run_id, step, call_id, name, arguments,"
+            " result_excerpt, is_error, duration_ms, at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (rid, STEPS, "call", "web_fetch", arguments, result, 0, 120.0, now),
+        )
+        conn.execute(
+            "UPDATE audit_runs SET status = 'ok', ended_at = ?, steps = ? WHERE run_id = ?",
+            (now, STEPS, rid),
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t
+    conn.close()
+    return elapsed / (runs * STEPS)
+
+
 class _Surface:
     """The chat flow's surface for the message path: a one-turn history, no Discord."""
 
@@ -484,6 +567,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         sink_s, sink_rows, sink_steps = await bench_audit_sink(d, args.runs, concurrency=10)
         seq_s, seq_rows, seq_steps = await bench_audit_sink(d / "seq", args.runs, concurrency=1)
         floor_s, floor_rows = await bench_raw_floor(d, args.runs)
+        commit_floor_s = await bench_commit_floor(d, args.runs)
         path = await bench_message_path(d / "path")
         pairs_1 = await bench_budget_pairs(d, members=1, pairs_per_member=500)
         pairs_50 = await bench_budget_pairs(d, members=50, pairs_per_member=20)
@@ -495,6 +579,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "floor": floor_rows / floor_s,
         "step_10_us": sink_s / sink_steps * 1e6,
         "step_1_us": seq_s / seq_steps * 1e6,
+        "step_floor_us": commit_floor_s * 1e6,
         "path_real": path["real"],
         "path_floor": path["floor"],
         "path_share": path["real"] - path["floor"],
@@ -571,6 +656,10 @@ def _print(columns: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
         "  sink per step, 1 run at a time",
         lambda f: f"{f['step_1_us'] / 1000:.2f} ms",
         "<= 0.5 ms " + ("met" if now["step_1_us"] <= 500 else "MISSED"),
+    )
+    row(
+        "  ... its floor: the same 2 commits a step, raw sqlite3",
+        lambda f: f"{f['step_floor_us'] / 1000:.2f} ms" if "step_floor_us" in f else "-",
     )
     row("  sink per step, 10 concurrent runs", lambda f: f"{f['step_10_us'] / 1000:.2f} ms")
     print("a member's mention -> the model's request (chat flow + executor), medians")

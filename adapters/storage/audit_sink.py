@@ -22,12 +22,17 @@ What a crash may lose is bounded, because crash recovery charges what is written
 
 The buffer is also written when it holds ``batch_size`` rows, on
 :meth:`SqlAuditSink.flush` and on :meth:`SqlAuditSink.close`. Every write is a group
-commit: runs that record while a write is under way share the next transaction, one
-Core ``executemany`` per table. On a SQLite file the transaction runs as one call in
-the database's writer thread (:class:`adapters.storage.sqlite_writer.SqliteWriter`)
-instead of a hop to aiosqlite's thread per statement; a ``record`` cancelled while its
-write is in that thread waits for the write's end, so its rows are never both
-committed and kept for the next try.
+commit: runs that record while a write is under way, or in the turn of the loop a
+write waits first when other runs are open, share the next transaction, one Core
+``executemany`` per table (a lone run's write does not wait that turn). On a SQLite
+file the transaction is one call to the database's writer
+(:class:`adapters.storage.sqlite_writer.SqliteWriter`), not a hop to aiosqlite's thread
+per statement: a write of at most ``inline_rows`` rows commits at once on the loop's
+thread when SQLite's write lock is free (:meth:`~adapters.storage.sqlite_writer.SqliteWriter.run_here`:
+a few rows in WAL mode commit in less time than a round trip to a thread takes);
+a bigger one, or one that would wait for the lock (another process writing), runs in
+the writer's thread. A ``record`` cancelled while its write is in that thread waits
+for the write's end, so its rows are never both committed and kept for the next try.
 
 Tool arguments are stored with secrets redacted (:func:`executor.redaction.redact`)
 and capped in size; results, errors and texts are stored as excerpts. The queries
@@ -51,7 +56,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.storage.db import engine_of, sqlite_path, write_lock, write_transaction
-from adapters.storage.sqlite_writer import WriteJob, WriteTx, writer_for
+from adapters.storage.sqlite_writer import SqliteWriter, WriteJob, WriteTx, writer_for
 from adapters.storage.tables import (
     AuditEventRow,
     AuditModelAttempt,
@@ -135,6 +140,7 @@ class SqlAuditSink:
         excerpt_chars: int = 2_000,
         argument_chars: int = 4_000,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        inline_rows: int = 64,
     ) -> None:
         self._sessions = sessions
         engine = engine_of(sessions)
@@ -143,11 +149,16 @@ class SqlAuditSink:
         self.flush_interval_s = flush_interval_s
         self.excerpt_chars = excerpt_chars
         self.argument_chars = argument_chars
+        # A SQLite write of at most this many rows commits on the loop's thread when it
+        # can at once (0: always in the writer's thread). Why 64: about a millisecond.
+        self.inline_rows = inline_rows
         self._buffer: dict[Any, list[dict[str, Any]]] = {t: [] for t in _CHILDREN}
         self._pending = 0
         self._oldest: float | None = None
         # Runs this sink has a row for; a small memory of finished ones for late events.
         self._known: OrderedDict[str, None] = OrderedDict()
+        # Runs started and not yet finished: whether a write may wait for others' rows.
+        self._open: set[str] = set()
         # Held by each write of the sink's (and a placeholder's): one at a time.
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -160,14 +171,17 @@ class SqlAuditSink:
         # The group commit: callers wait for their batch; one task at a time writes.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._flushing = False  # a caller or the task below is writing
+        self._woke = 0  # callers the last write settled besides its writer
         self._flusher: asyncio.Task[None] | None = None
         self._writing: WriteJob | None = None  # the thread's transaction under way
         # The flush timer: started on the first event, stopped by close().
         self._sleep = sleep or asyncio.sleep
         self._timer: asyncio.Task[None] | None = None
-        # SQLite file: the writer thread, opened on the first write (None: the engine's).
-        # SQLite file: the database's writer thread (None: through the engine).
+        # SQLite file: the database's writer (None: through the engine).
         self._sqlite_file = sqlite_path(self._url) if engine.dialect.name == "sqlite" else None
+        self._writer: SqliteWriter | None = None
+        # The process's write lock (SQLite) or nothing (PostgreSQL): one per engine.
+        self._engine_lock = write_lock(engine)
         # The instance running the runs this sink starts (``audit_runs.owner``): crash
         # recovery closes a run only once its owner is gone. None: no instance.
         self.owner: str | None = None
@@ -257,7 +271,7 @@ class SqlAuditSink:
         self._oldest = None
         return batch
 
-    async def _commit(self) -> None:
+    async def _commit(self, *, gather: bool = False) -> None:
         """Make everything recorded so far durable: a group commit.
 
         One caller at a time writes everything recorded, in one transaction; callers
@@ -276,9 +290,11 @@ class SqlAuditSink:
             return
         self._flushing = True
         try:
-            # Why one turn of the loop first: runs woken together (by the previous
-            # write) record their rows before this transaction takes them.
-            await asyncio.sleep(0)
+            if gather or self._woke or len(self._open) > 1:
+                # Why one turn of the loop first: runs woken together (by the previous
+                # write) or started together record their rows before this transaction
+                # takes them. A lone run skips it: nobody else would.
+                await asyncio.sleep(0)
             await self._write_batch()
         finally:
             if any(not f.done() for _, f in self._waiters):
@@ -328,6 +344,7 @@ class SqlAuditSink:
         else:
             self._give_back(batch)
         waiting = []
+        woke = 0
         for generation, future in self._waiters:
             if future.done():
                 continue
@@ -335,11 +352,14 @@ class SqlAuditSink:
                 # Why a cancelled write keeps its waiters: the cancellation is its
                 # caller's, not theirs; their rows were given back for the next write.
                 waiting.append((generation, future))
-            elif error is None:
+                continue
+            woke += 1
+            if error is None:
                 future.set_result(None)
             else:
                 future.set_exception(error)
         self._waiters = waiting
+        self._woke = woke
         if cancelled is not None:
             raise cancelled
         if error is not None:
@@ -348,12 +368,20 @@ class SqlAuditSink:
     async def _write(self, batch: _Batch) -> None:
         """One transaction: on a SQLite file, one call in the writer thread (after the
         process's write lock); elsewhere through the engine."""
-        writer = None
+        writer = self._writer
         if self._sqlite_file is not None and not self._closed:
-            writer = writer_for(self._engine)
+            if writer is None or writer.closed:
+                writer = self._writer = writer_for(self._engine)
+        else:
+            writer = None
         if writer is not None:
-            async with write_lock(self._engine):
-                self._writing = writer.submit(lambda tx: _write_rows(tx, batch))
+            async with self._engine_lock:
+                size = batch.size()
+                if size <= self.inline_rows:
+                    done, _ = writer.run_here(batch.write)
+                    if done:
+                        return
+                self._writing = writer.submit(batch.write)
                 await self._writing.future
             return
         async with write_transaction(self._engine) as conn:
@@ -384,6 +412,11 @@ class SqlAuditSink:
         self._known.move_to_end(run_id)
         while len(self._known) > 50_000:
             self._known.popitem(last=False)
+        if len(self._open) >= 50_000:
+            # Runs that never finish (a process cut short) must not grow it forever; an
+            # underestimate only costs a write the chance to wait for other runs' rows.
+            self._open.clear()
+        self._open.add(run_id)
 
     async def _start(self, e: RunStarted) -> None:
         if self._closed:
@@ -422,7 +455,9 @@ class SqlAuditSink:
             }
         )
         self._remember(e.run_id)
-        await self._commit()
+        # Why gather: other runs may be starting too, and the runs open are what tells a
+        # write whether to wait a turn of the loop for their rows.
+        await self._commit(gather=True)
 
     async def _placeholder(self, run_id: str, at: datetime) -> None:
         """A run this sink never saw start (it was built mid-run): give it a row."""
@@ -447,6 +482,7 @@ class SqlAuditSink:
         if e.run_id not in self._known:
             await self._placeholder(e.run_id, e.at)
         r = e.result
+        self._open.discard(e.run_id)
         self._finishes.append(
             {
                 "b_run_id": e.run_id,
@@ -533,6 +569,14 @@ class _Batch:
     def __bool__(self) -> bool:
         return bool(self.starts or self.children or self.finishes or self.deliveries)
 
+    def write(self, tx: WriteTx) -> None:
+        _write_rows(tx, self)
+
+    def size(self) -> int:
+        """How many rows."""
+        children = sum(len(rows) for rows in self.children.values())
+        return len(self.starts) + children + len(self.finishes) + len(self.deliveries)
+
     def statements(self) -> list[tuple[Any, list[dict[str, Any]]]]:
         """Each statement with its rows (an executemany each), in order."""
         out: list[tuple[Any, list[dict[str, Any]]]] = []
@@ -547,7 +591,7 @@ class _Batch:
 
 
 def _write_rows(tx: WriteTx, batch: _Batch) -> None:
-    """One transaction's statements, in the SQLite writer's thread."""
+    """One transaction's statements, through the SQLite writer."""
     for statement, rows in batch.statements():
         tx.execute(statement, rows)
 
