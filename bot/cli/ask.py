@@ -119,7 +119,7 @@ async def _ask_with(args: argparse.Namespace, settings: Any) -> int:
     from executor.messages import Message
 
     # Why only this tier's SDKs: the others are never used by this one run.
-    app = await build_app(settings, instance="cli", warm=[args.tier or None])
+    app = await build_app(settings, instance="cli", warm=[args.tier or None], scheduler=False)
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))
         tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)
