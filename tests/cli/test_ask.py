@@ -211,3 +211,26 @@ def test_ask_leaves_without_the_interpreters_teardown_once_all_is_closed(
     )
     assert audit.returncode == 0, audit.stderr
     assert '"status": "ok"' in audit.stdout.replace('":"', '": "')
+
+
+def test_the_sdks_optional_transport_is_refused_only_while_ask_imports_its_sdk() -> None:
+    """`ask` imports its SDK as if the SDKs' aiohttp extra were not installed (coterie
+    never uses that transport); afterwards aiohttp imports again, and a process that
+    had it loaded already keeps it."""
+    code = (
+        "import sys\n"
+        "from bot.cli.ask import sdk_extras_refused\n"
+        "with sdk_extras_refused():\n"
+        "    try:\n"
+        "        import aiohttp\n"
+        "    except ImportError:\n"
+        "        print('refused')\n"
+        "import aiohttp\n"
+        "with sdk_extras_refused():\n"
+        "    import aiohttp as again\n"
+        "print(again is aiohttp)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["refused", "True"]
