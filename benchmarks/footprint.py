@@ -30,6 +30,13 @@ temporary directory; the worktree is left alone), each round of processes run fo
 the old code and then the new, so both share the machine's load; the figures are
 printed in a column beside today's. ``coterie ask`` is also given in CPU seconds
 (user + system, the process's own), which the load of the machine moves less.
+
+``--only ask`` measures only ``coterie ask`` (about a minute): each round runs
+``import anthropic`` alone, then ``ask`` with an Anthropic key for each code root, so
+every figure shares its round's load; it prints the median and the range of each,
+and what ``ask`` adds to the import in wall and CPU seconds (per round; the goal is at
+most 0.55 s).
+``--only bot`` measures only ``coterie run``.
 """
 
 from __future__ import annotations
@@ -115,13 +122,9 @@ def import_alone(module: str, runs: int) -> tuple[float, float]:
     its median CPU seconds."""
     walls, cpus = [], []
     for _ in range(runs + 1):  # the first warms the disk cache
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", f"import {module}"], env=_bytecode_env())
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(usage.ru_utime + usage.ru_stime)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"import {module} failed")
+        wall, cpu = _import_once(module)
+        walls.append(wall)
+        cpus.append(cpu)
     return statistics.median(walls[1:]), statistics.median(cpus[1:])
 
 
@@ -223,6 +226,40 @@ async def _bot_once(chats: int, llmock: Any, root: Path, out: dict[str, list[flo
                 await proc.kill()
 
 
+def _ask_env(
+    tmp: Path, llmock: Any, *, anthropic: bool, openai: bool, root: Path
+) -> dict[str, str]:
+    """The environment of ``coterie ask`` in ``tmp``, its database already upgraded."""
+    env = _env(tmp, llmock, anthropic=anthropic, openai=openai, root=root)
+    subprocess.run(
+        [sys.executable, "-m", "bot", "db", "upgrade"],
+        env=env,
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+    )
+    return env
+
+
+def _ask_once(env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
+    """One `coterie ask`: wall seconds from its start to its exit with the answer, CPU
+    seconds, peak RSS (MB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "ask", "ping"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0 or ANSWER not in out.decode():
+        raise SystemExit(f"coterie ask failed: {out.decode()!r}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
 def ask(
     runs: int, llmock: Any, *, anthropic: bool, openai: bool, root: Path = ROOT
 ) -> dict[str, float]:
@@ -231,35 +268,72 @@ def ask(
     walls, cpus, rss = [], [], []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        env = _env(tmp, llmock, anthropic=anthropic, openai=openai, root=root)
-        subprocess.run(
-            [sys.executable, "-m", "bot", "db", "upgrade"],
-            env=env,
-            cwd=tmp,
-            check=True,
-            capture_output=True,
-        )
+        env = _ask_env(tmp, llmock, anthropic=anthropic, openai=openai, root=root)
         for _ in range(runs + 1):  # the first warms the disk cache
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bot", "ask", "ping"],
-                env=env,
-                cwd=tmp,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            out = proc.stdout.read() if proc.stdout else b""
-            _, status, usage = os.wait4(proc.pid, 0)
-            walls.append(time.perf_counter() - t0)
-            cpus.append(usage.ru_utime + usage.ru_stime)
-            rss.append(usage.ru_maxrss / 1024)
-            if os.waitstatus_to_exitcode(status) != 0 or ANSWER not in out.decode():
-                raise SystemExit(f"coterie ask failed: {out.decode()!r}")
+            wall, cpu, peak = _ask_once(env, tmp)
+            walls.append(wall)
+            cpus.append(cpu)
+            rss.append(peak)
     return {
         "wall": statistics.median(walls[1:]),
         "cpu": statistics.median(cpus[1:]),
         "rss": statistics.median(rss[1:]),
     }
+
+
+def _import_once(module: str) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", f"import {module}"], env=_bytecode_env())
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"import {module} failed")
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+
+
+def ask_rounds(runs: int, llmock: Any, roots: dict[str, Path]) -> None:
+    """``--only ask``: rounds of ``import anthropic`` alone, then ``coterie ask`` with
+    an Anthropic key for each root; medians and ranges, and ``ask`` minus the import of
+    the same round."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"wall": [], "cpu": [], "rss": [], "over": [], "over_cpu": []}
+        for name in ("import anthropic", *roots)
+    }
+    with tempfile.TemporaryDirectory() as d:
+        envs = {}
+        for i, (name, root) in enumerate(roots.items()):
+            tmp = Path(d) / str(i)
+            tmp.mkdir()
+            envs[name] = (_ask_env(tmp, llmock, anthropic=True, openai=False, root=root), tmp)
+        for round_ in range(runs + 1):  # the first warms the disk cache
+            imported, imported_cpu = _import_once("anthropic")
+            figures = {"import anthropic": (imported, imported_cpu, 0.0)}
+            for name, (env, tmp) in envs.items():
+                figures[name] = _ask_once(env, tmp)
+            if round_ == 0:
+                continue
+            for name, (wall, cpu, peak) in figures.items():
+                samples[name]["wall"].append(wall)
+                samples[name]["cpu"].append(cpu)
+                samples[name]["rss"].append(peak)
+                samples[name]["over"].append(wall - imported)
+                samples[name]["over_cpu"].append(cpu - imported_cpu)
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    width = max(len(n) for n in samples) + 2
+    print(f"{runs} rounds; median (range) in seconds; each round: the import, then each ask")
+    print(f"{'':<{width}}{'wall':<20}{'CPU':<20}{'wall - import':<21}{'CPU - import':<21}peak RSS")
+    for name, f in samples.items():
+        alone = name == "import anthropic"
+        over = "-" if alone else spread(f["over"])
+        over_cpu = "-" if alone else spread(f["over_cpu"])
+        rss = "-" if alone else f"{statistics.median(f['rss']):.0f} MB"
+        print(
+            f"{name:<{width}}{spread(f['wall']):<20}{spread(f['cpu']):<20}"
+            f"{over:<21}{over_cpu:<21}{rss}"
+        )
+    print("goal: coterie ask <= 2 s, and <= import anthropic + 0.55 s")
 
 
 def _checkout(rev: str, into: Path) -> Path:
@@ -276,6 +350,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chats", type=int, default=100)
     parser.add_argument("--before", metavar="REV", help="also measure this commit's code")
+    parser.add_argument(
+        "--only",
+        choices=("ask", "bot"),
+        help="only `coterie ask` (Anthropic key, beside `import anthropic`), or only `coterie run`",
+    )
     args = parser.parse_args()
 
     from llmock.pytest_plugin import LLMock
@@ -288,18 +367,25 @@ def main() -> None:
         roots["now"] = ROOT
         llmock = LLMock(server).reset()
         llmock.reply(ANSWER, times=None)
+        if args.only == "ask":
+            ask_rounds(args.runs, llmock, roots)
+            return
         floor_rss, floor_s = floor(args.runs)
         figures = asyncio.run(bot(args.runs, args.chats, llmock, roots))
-        for name, root in roots.items():
-            for key, keys in (("ask_openai", (False, True)), ("ask_anthropic", (True, False))):
-                figures[name][key] = ask(  # type: ignore[assignment]
-                    args.runs, llmock, anthropic=keys[0], openai=keys[1], root=root
+        if args.only != "bot":
+            for name, root in roots.items():
+                for key, keys in (
+                    ("ask_openai", (False, True)),
+                    ("ask_anthropic", (True, False)),
+                ):
+                    figures[name][key] = ask(  # type: ignore[assignment]
+                        args.runs, llmock, anthropic=keys[0], openai=keys[1], root=root
+                    )
+            import_wall, import_cpu = import_alone("anthropic", args.runs)
+            for name, root in roots.items():
+                figures[name]["ask_both"] = ask(  # type: ignore[assignment]
+                    args.runs, llmock, anthropic=True, openai=True, root=root
                 )
-        import_wall, import_cpu = import_alone("anthropic", args.runs)
-        for name, root in roots.items():
-            figures[name]["ask_both"] = ask(  # type: ignore[assignment]
-                args.runs, llmock, anthropic=True, openai=True, root=root
-            )
 
     def ask_row(key: str) -> Any:
         return lambda f: (
@@ -324,18 +410,22 @@ def main() -> None:
             "the next ones'",
         ),
         ("  the next ones (median of 5)", lambda f: f"{f['later'] * 1000:.0f} ms", "-"),
-        ("coterie ask, OpenAI key: start -> answer", ask_row("ask_openai"), "< 2 s"),
-        ("coterie ask, Anthropic key: start -> answer", ask_row("ask_anthropic"), "< 2 s"),
-        ("coterie ask, both providers: start -> answer", ask_row("ask_both"), "-"),
     ]
+    if args.only != "bot":
+        rows += [
+            ("coterie ask, OpenAI key: start -> answer", ask_row("ask_openai"), "< 2 s"),
+            ("coterie ask, Anthropic key: start -> answer", ask_row("ask_anthropic"), "< 2 s"),
+            ("coterie ask, both providers: start -> answer", ask_row("ask_both"), "-"),
+        ]
     width = max(len(r[0]) for r in rows)
     cell = 34
     print(f"median of {args.runs}; the floor: 6 libraries imported in a bare interpreter")
     print(f"{'import floor: RSS / import time':<{width}}  {floor_rss:.1f} MB / {floor_s:.2f} s")
-    print(
-        f"{'import anthropic alone: start -> exit':<{width}}  "
-        f"{import_wall:.2f} s, {import_cpu:.2f} s CPU"
-    )
+    if args.only != "bot":
+        print(
+            f"{'import anthropic alone: start -> exit':<{width}}  "
+            f"{import_wall:.2f} s, {import_cpu:.2f} s CPU"
+        )
     print(f"{'figure':<{width}}  " + "".join(f"{n:<{cell}}" for n in figures) + "goal")
     for label, fmt, goal in rows:
         print(f"{label:<{width}}  " + "".join(f"{fmt(f):<{cell}}" for f in figures.values()) + goal)

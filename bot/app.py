@@ -135,7 +135,9 @@ class App:
     personas: PersonaStore
     skills: SkillStore
     schedules: ScheduleStore
-    scheduler: SkillScheduler
+    # None: built with ``scheduler=False`` (``ask``, ``chat``: no slot ever fires there);
+    # :attr:`scheduler` is the one every caller that fires or lists slots uses.
+    skill_scheduler: SkillScheduler | None
     skill_service: SkillService
     guild_settings: SqlGuildSettings
     threads: SqlThreadStore
@@ -189,6 +191,13 @@ class App:
         return collect_member_data(
             getattr(self, f.name) for f in fields(self) if f.name != "deletion"
         )
+
+    @property
+    def scheduler(self) -> SkillScheduler:
+        """The skill scheduler; an app built with ``scheduler=False`` has none."""
+        if self.skill_scheduler is None:
+            raise RuntimeError("this app was built without a scheduler (scheduler=False)")
+        return self.skill_scheduler
 
     def operator(self) -> Caller:
         """The person at the terminal: the operator, with owner privilege."""
@@ -262,8 +271,8 @@ class App:
         leadership = self.membership.leadership if self.membership is not None else None
         if leadership is not None:
             await leadership.enable()
-        elif not self.scheduler.running:
-            await self.scheduler.start()  # logs what it loaded
+        elif self.skill_scheduler is not None and not self.skill_scheduler.running:
+            await self.skill_scheduler.start()  # logs what it loaded
         if not self._background:
             await self._chores()
             self._background.append(
@@ -293,7 +302,8 @@ class App:
     async def stop_intake(self) -> None:
         """Stop starting new work on its own (the scheduler); the first step of a drain.
         Idempotent."""
-        self.scheduler.shutdown()
+        if self.skill_scheduler is not None:
+            self.skill_scheduler.shutdown()
         if self.membership is not None and self.membership.leadership is not None:
             await self.membership.leadership.resign()  # another process leads from now
         await self._stop_background()
@@ -305,7 +315,8 @@ class App:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        self.scheduler.shutdown()
+        if self.skill_scheduler is not None:
+            self.skill_scheduler.shutdown()
         await self._stop_background()
         models, self._models = self._models, None
         if models is not None and not models.done():
@@ -319,7 +330,8 @@ class App:
         except TimeoutError:
             log.warning("closing with %d run(s) still in flight", self.runner.in_flight)
         # Why before the closers: a slot in flight finishes its bookkeeping on the database.
-        await self.scheduler.wait_idle()
+        if self.skill_scheduler is not None:
+            await self.skill_scheduler.wait_idle()
         while self._closers:
             closer = self._closers.pop()
             log.debug("closing %s", getattr(closer, "__qualname__", closer))
@@ -340,6 +352,7 @@ async def build_app(
     to_agent: Callable[[Persona], RunnableAgent] | None = None,
     instance: Kind | None = None,
     warm: bool | Sequence[str | None] = False,
+    scheduler: bool = True,
 ) -> App:
     """Build the whole app. ``resolver`` replaces the configured tiers (tests, demos);
     ``to_agent`` replaces how a persona becomes an agent (tests give a scripted model).
@@ -358,6 +371,11 @@ async def build_app(
     tiers: the default tier's) start importing in a thread at once, while the rest is
     built; :meth:`App.warm_models` waits for them (``App.start`` does). Verbs that run
     no model (``budget``, ``forget``) leave it False.
+
+    ``scheduler=False`` builds no skill scheduler (``App.skill_scheduler`` is None and
+    ``App.scheduler`` raises; a schedule saved meanwhile gets its job when the bot next
+    starts, from the schedules table): ``coterie ask`` and ``chat`` never fire a slot,
+    and the scheduler's module brings APScheduler's schedulers (~25 ms of their start).
     """
     from adapters.services.admin import AdminService
     from adapters.services.approval import ApprovalService, DeliveryApprover
@@ -392,10 +410,11 @@ async def build_app(
     from personas.markdown import load_builtins
     from personas.runnable import to_runnable
     from personas.store import PersonaStore
-    from skills.scheduler import SkillScheduler
     from skills.schedules import ScheduleStore
     from skills.store import SkillStore
 
+    if instance == "bot" and not scheduler:
+        raise ValueError("a bot leads or follows the scheduler: build it with scheduler=True")
     closers: list[Callable[[], Awaitable[None]]] = []
     models_config: ModelsConfig | None = None
     providers: ProviderRegistry | None = None
@@ -573,19 +592,24 @@ async def build_app(
         schedules_per_member=settings.schedules_per_member,
         clock=clock,
     )
-    scheduler = SkillScheduler(
-        schedules,
-        skill_service.fire,
-        events=skill_service,
-        clock=clock,
-        grace_s=settings.schedule_grace_s,
-        warn_after=settings.schedule_warn_after,
-        disable_after=settings.schedule_disable_after,
-    )
-    skill_service.scheduler = scheduler
-    # A slot's retry resumes its interrupted run; a slot closed instead forgets it.
+    skills_scheduler: SkillScheduler | None = None
+    if scheduler:
+        from skills.scheduler import SkillScheduler
+
+        skills_scheduler = SkillScheduler(
+            schedules,
+            skill_service.fire,
+            events=skill_service,
+            clock=clock,
+            grace_s=settings.schedule_grace_s,
+            warn_after=settings.schedule_warn_after,
+            disable_after=settings.schedule_disable_after,
+        )
+        # A slot closed instead of retried forgets its run's checkpoint.
+        skills_scheduler.forget_runs = checkpoints.forget
+    skill_service.scheduler = skills_scheduler
+    # A slot's retry resumes its interrupted run.
     skill_service.checkpoints = checkpoints
-    scheduler.forget_runs = checkpoints.forget
     # Registered always; usable where COTERIE_ENABLED_TOOLS allows it (all by default).
     tools.add(skill_service.run_skill_tool())
 
@@ -641,7 +665,7 @@ async def build_app(
         personas=personas,
         skills=skills,
         schedules=schedules,
-        scheduler=scheduler,
+        skill_scheduler=skills_scheduler,
         skill_service=skill_service,
         guild_settings=guild_settings,
         threads=threads,
@@ -683,7 +707,7 @@ async def _register(app: App, kind: Kind) -> None:
     from adapters.storage.instances import SqlInstances
     from adapters.storage.recovery import recover
 
-    settings, db = app.settings, app.db
+    settings, db, scheduler = app.settings, app.db, app.skill_scheduler
     identity = Identity.new(kind)
     # Why before anything runs: every run, reservation and slot from now on is this one's.
     app.audit.owner = app.budget.owner = app.schedules.owner = identity.id
@@ -743,20 +767,20 @@ async def _register(app: App, kind: Kind) -> None:
 
         app.approvals.publish = approval_decided
         notifier.subscribe("approvals", app.approvals.changed)
-        if kind == "bot":
+        if kind == "bot" and scheduler is not None:
 
             async def schedule_changed(key: str) -> None:
                 await notifier.publish("schedules", key)
 
-            app.scheduler.publish = schedule_changed
-            notifier.subscribe("schedules", app.scheduler.changed)
+            scheduler.publish = schedule_changed
+            notifier.subscribe("schedules", scheduler.changed)
             notifier.subscribe(SCHEDULER_TOPIC, lambda _key: membership.wake())
-    if kind == "bot":
+    if kind == "bot" and scheduler is not None:
         membership.leadership = Leadership(
             app.instances,
             identity.id,
             ttl_s=settings.lease_ttl_s,
-            led=app.scheduler,
+            led=scheduler,
             always=db.is_sqlite,
             before_gain=membership.reap,
             publish=membership.publish,

@@ -25,6 +25,16 @@ __all__ = ["mcp_servers", "web_search_tools"]
 
 def web_search_tools(settings: Settings, prices: PriceTable) -> list[Tool]:
     """``[web_search]`` over the configured providers, or ``[]`` when there is none."""
+    if not (
+        settings.searxng_url
+        or settings.brave_api_key
+        or settings.tavily_api_key
+        or settings.search_providers
+    ):
+        # Why before the import: with nothing configured there is nothing to check or
+        # build, and the search module (its providers, the network guard) costs a start
+        # ~10 ms (`coterie ask`).
+        return []
     from executor.tools.search import search_providers, web_search_tool
 
     def secret(v: object) -> str | None:

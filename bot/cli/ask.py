@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from executor.ports import Delivery
@@ -58,6 +60,32 @@ class StdoutDelivery(Delivery):
             sys.stdout.flush()
         if result.note:
             print(f"coterie: {result.note}", file=sys.stderr, flush=True)
+
+
+#: Optional transports the provider SDKs load at import when they are installed, which
+#: coterie never uses (each SDK talks through its default httpx client).
+SDK_EXTRAS = ("aiohttp",)
+
+
+@contextlib.contextmanager
+def sdk_extras_refused() -> Iterator[None]:
+    """While inside, importing :data:`SDK_EXTRAS` fails (unless one is loaded already);
+    after, it works again.
+
+    Why: ``import anthropic`` (and ``openai``) tries its optional aiohttp transport
+    (the SDKs' ``[aiohttp]`` extra) and loads aiohttp when it is installed, as it is
+    here for discord.py: 0.75 G of the import's 5.7 G instructions (0.2-0.3 s). Both
+    SDKs catch the ImportError and go on without that transport, as where the extra is
+    not installed. ``ask`` imports its SDK in here, then lets the import work again."""
+    refused = [name for name in SDK_EXTRAS if name not in sys.modules]
+    for name in refused:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in refused:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 # How much of a provider's error text the JSON keeps (the audit keeps the same excerpt).
@@ -119,11 +147,16 @@ async def _ask_with(args: argparse.Namespace, settings: Any) -> int:
     from executor.messages import Message
 
     # Why only this tier's SDKs: the others are never used by this one run.
-    app = await build_app(settings, instance="cli", warm=[args.tier or None])
+    with sdk_extras_refused():
+        app = await build_app(settings, instance="cli", warm=[args.tier or None], scheduler=False)
+        try:
+            check_tools(settings.enabled_tools, list(app.tools.names))
+            await app.warm_models()
+        except BaseException:
+            await app.close()
+            raise
     try:
-        check_tools(settings.enabled_tools, list(app.tools.names))
         tier = args.tier or getattr(app.resolver, "default_tier", settings.default_tier)
-        await app.warm_models()
         started()
         # Fail before any run row when the tier is unknown or has no usable key.
         app.resolver.resolve(tier)

@@ -135,7 +135,7 @@ async def _chat_with(args: argparse.Namespace, settings: Any) -> int:
     from bot.cli._common import started
     from bot.cli._preflight import check_tools
 
-    app = await build_app(settings, instance="cli", warm=True)
+    app = await build_app(settings, instance="cli", warm=True, scheduler=False)
     started()
     try:
         check_tools(settings.enabled_tools, list(app.tools.names))

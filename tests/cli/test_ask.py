@@ -3,8 +3,10 @@ SDKs, a loopback LLMock server standing in for the providers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +112,39 @@ def test_ask_streams_text(llmock: Any, tmp_path: Path) -> None:
     assert out.stdout.strip() == "streamed answer"
 
 
+def test_a_quick_exit_leaves_the_answer_the_audit_and_the_budget_settled(
+    llmock: Any, tmp_path: Path
+) -> None:
+    """Issue 19: `coterie ask` ends with ``os._exit`` (no teardown), the streamed answer
+    printed whole, and what the run wrote committed and the database closed: the run
+    closed in the audit with its cost, the reservation settled into one charge of that
+    cost, the process's instance row gone, no write-ahead log left behind."""
+    llmock.reply("Paris, on the Seine.")
+    out = _ask(
+        tmp_path,
+        "Capital of France?",
+        ANTHROPIC_BASE_URL=llmock.base_url("anthropic"),
+        ANTHROPIC_API_KEY="sk-ant-test",
+        COTERIE_TIER_STANDARD="anthropic:claude-sonnet-4-6",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Paris, on the Seine.\n"
+    db = tmp_path / "c.db"
+    assert not Path(f"{db}-wal").exists()  # the last connection closed cleanly
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        runs = conn.execute(
+            "SELECT run_id, status, ended_at IS NOT NULL, cost_micros FROM audit_runs"
+        ).fetchall()
+        assert len(runs) == 1
+        run_id, status, ended, cost = runs[0]
+        assert (status, ended) == ("ok", 1)
+        assert cost > 0
+        assert conn.execute("SELECT count(*) FROM budget_reservations").fetchone() == (0,)
+        charges = conn.execute("SELECT run_id, amount_micros FROM budget_ledger").fetchall()
+        assert charges == [(run_id, cost)]
+        assert conn.execute("SELECT count(*) FROM instances").fetchone() == (0,)
+
+
 def test_missing_key_names_the_variable(tmp_path: Path) -> None:
     out = _ask(tmp_path, "hi", COTERIE_TIER_STANDARD="anthropic:claude-sonnet-4-6")
     assert out.returncode != 0
@@ -176,3 +211,26 @@ def test_ask_leaves_without_the_interpreters_teardown_once_all_is_closed(
     )
     assert audit.returncode == 0, audit.stderr
     assert '"status": "ok"' in audit.stdout.replace('":"', '": "')
+
+
+def test_the_sdks_optional_transport_is_refused_only_while_ask_imports_its_sdk() -> None:
+    """`ask` imports its SDK as if the SDKs' aiohttp extra were not installed (coterie
+    never uses that transport); afterwards aiohttp imports again, and a process that
+    had it loaded already keeps it."""
+    code = (
+        "import sys\n"
+        "from bot.cli.ask import sdk_extras_refused\n"
+        "with sdk_extras_refused():\n"
+        "    try:\n"
+        "        import aiohttp\n"
+        "    except ImportError:\n"
+        "        print('refused')\n"
+        "import aiohttp\n"
+        "with sdk_extras_refused():\n"
+        "    import aiohttp as again\n"
+        "print(again is aiohttp)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["refused", "True"]

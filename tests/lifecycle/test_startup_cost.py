@@ -146,3 +146,50 @@ def test_httpx_does_not_bring_its_command_line_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.split()[-3:] == ["True", "False", "False"]
+
+
+_LEAN = """
+import asyncio, sys
+from bot.app import build_app
+from bot.settings import Settings
+
+
+async def main():
+    app = await build_app(Settings(_env_file=None), scheduler=False)
+    try:
+        try:
+            app.scheduler
+        except RuntimeError:
+            print("no scheduler")
+        await app.start()  # what `coterie run` calls; nothing to start here
+    finally:
+        await app.close()
+    print("skills.scheduler" in sys.modules, "apscheduler.schedulers" in sys.modules,
+          "executor.tools.search" in sys.modules)
+
+
+asyncio.run(main())
+"""
+
+
+def test_an_app_without_a_scheduler_imports_neither_it_nor_an_unconfigured_search(
+    tmp_path: Path,
+) -> None:
+    """`coterie ask` and `chat` never fire a slot: their app has no scheduler (nor
+    APScheduler's schedulers; its cron triggers parse schedules), and with no search
+    provider configured the search module stays out."""
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _LEAN],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["no scheduler", "False False False"]
