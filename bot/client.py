@@ -490,6 +490,9 @@ class CoterieBot(CoterieClient[App]):
 
     async def on_shard_ready(self, shard_id: int) -> None:
         log.info("shard %d of %s ready", shard_id, self.shard_count)
+        if self.has_app and self.app.membership is not None:
+            # The heartbeat reports the shards served: say so now, not a beat later.
+            self.app.membership.wake()
 
     async def on_message(self, message: discord.Message, /) -> None:
         # Why: coterie has no prefix commands; cogs listen to messages themselves.

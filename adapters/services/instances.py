@@ -387,6 +387,10 @@ class Membership:
             return None
         if host is not None and self.claims and self.shard_count and not self._handed_over:
             await self._follow_shards(host, held)
+            if host.served_shards != served:
+                # Why another beat at once: this one wrote the shards as they were;
+                # `coterie status` should not show a shard twice or not at all for 5 s.
+                self._wake.set()
         swept = False
         if self.recover is not None:
             self._beats += 1
