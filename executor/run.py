@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -978,48 +979,57 @@ class Executor:
     def _charger(
         self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
     ) -> Callable[[int, str], AbstractAsyncContextManager[None]]:
-        """``ToolContext.charge`` for one call: hold the price in the run's reservation
-        around the priced request; charge and record it only if the request answered."""
+        """``ToolContext.charge`` for one call (see :meth:`_charge`)."""
+        # Why a partial of one decorated method: decorating a function per call costs
+        # more than the rest of a tool call's bookkeeping.
+        return functools.partial(self._charge, state, call, watch)
 
-        @contextlib.asynccontextmanager
-        async def charge(micros: int, what: str) -> AsyncIterator[None]:
-            if micros <= 0:
-                yield
-                return
-            money = state.budget
-            if money is not None:
-                try:
-                    # Why a hold, not a charge: a provider that fails is not paid; its
-                    # price goes back and the next provider is held for its own.
-                    await money.hold(state.usage.cost_micros, micros)
-                except BudgetExceeded as exc:
-                    raise ToolFailed(
-                        f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
-                    ) from None
+    @contextlib.asynccontextmanager
+    async def _charge(
+        self,
+        state: RunState,
+        call: ToolCallPart,
+        watch: CriticWatch | None,
+        micros: int,
+        what: str,
+    ) -> AsyncIterator[None]:
+        """Hold the price in the run's reservation around the priced request; charge
+        and record it only if the request answered."""
+        if micros <= 0:
+            yield
+            return
+        money = state.budget
+        if money is not None:
             try:
-                yield
-            except BaseException:
-                if money is not None:
-                    money.release(micros)
-                raise
-            # Why no await between: the hold never lapses before the charge is counted.
-            state.add_usage(Usage(cost_micros=micros))
+                # Why a hold, not a charge: a provider that fails is not paid; its
+                # price goes back and the next provider is held for its own.
+                await money.hold(state.usage.cost_micros, micros)
+            except BudgetExceeded as exc:
+                raise ToolFailed(
+                    f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
+                ) from None
+        try:
+            yield
+        except BaseException:
             if money is not None:
                 money.release(micros)
-            await self._emit(
-                ToolChargeEvent(
-                    run_id=state.run_id,
-                    at=self.clock.now(),
-                    step=state.steps,
-                    call_id=call.id,
-                    name=call.name,
-                    cost_micros=micros,
-                    what=what,
-                ),
-                watch,
-            )
-
-        return charge
+            raise
+        # Why no await between: the hold never lapses before the charge is counted.
+        state.add_usage(Usage(cost_micros=micros))
+        if money is not None:
+            money.release(micros)
+        await self._emit(
+            ToolChargeEvent(
+                run_id=state.run_id,
+                at=self.clock.now(),
+                step=state.steps,
+                call_id=call.id,
+                name=call.name,
+                cost_micros=micros,
+                what=what,
+            ),
+            watch,
+        )
 
     async def _approve(
         self,
