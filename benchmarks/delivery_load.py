@@ -35,13 +35,14 @@ import asyncio
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from _revision import checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -201,15 +202,6 @@ async def run(args: argparse.Namespace, code: Path) -> dict[str, Any]:
     }
 
 
-def _checkout(rev: str, into: Path) -> Path:
-    """The code of commit ``rev``, extracted (the worktree is left alone)."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _p95(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=20, method="inclusive")[-1] if len(xs) >= 2 else xs[0]
 
@@ -237,7 +229,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as old:
         if args.before:
             figures[f"before ({args.before})"] = asyncio.run(
-                run(args, _checkout(args.before, Path(old)))
+                run(args, checkout(args.before, Path(old)))
             )
         figures["now"] = asyncio.run(run(args, ROOT))
     print(

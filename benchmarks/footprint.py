@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _revision import checkout
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -336,15 +338,6 @@ def ask_rounds(runs: int, llmock: Any, roots: dict[str, Path]) -> None:
     print("goal: coterie ask <= 2 s, and <= import anthropic + 0.55 s")
 
 
-def _checkout(rev: str, into: Path) -> Path:
-    """The code of commit ``rev``, extracted (the worktree is left alone)."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -361,9 +354,7 @@ def main() -> None:
     from llmock.testing import LLMockServer
 
     with tempfile.TemporaryDirectory() as old, LLMockServer() as server:
-        roots = (
-            {f"before ({args.before})": _checkout(args.before, Path(old))} if args.before else {}
-        )
+        roots = {f"before ({args.before})": checkout(args.before, Path(old))} if args.before else {}
         roots["now"] = ROOT
         llmock = LLMock(server).reset()
         llmock.reply(ANSWER, times=None)

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from _revision import checkout
+
 # Why before the imports: --root DIR measures the code in DIR (see --before).
 _ROOT = Path(__file__).resolve().parents[1]
 if "--root" in sys.argv:
@@ -134,10 +136,7 @@ def throughput_before(rev: str, rounds: int) -> None:
     """Throughput of ``rev``'s code and today's, in alternating child processes."""
     columns: dict[str, list[dict[str, Any]]] = {f"before ({rev})": [], "now": []}
     with tempfile.TemporaryDirectory(prefix="coterie-before-") as old:
-        archive = subprocess.run(
-            ["git", "-C", str(_ROOT), "archive", rev], check=True, capture_output=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        checkout(rev, Path(old))
         for _ in range(rounds):
             columns[f"before ({rev})"].append(_child(Path(old)))
             columns["now"].append(_child(_ROOT))

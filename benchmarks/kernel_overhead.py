@@ -50,6 +50,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from _revision import checkout
+
 # Why before the imports: --root DIR measures the code in DIR (see --before).
 _ROOT = Path(__file__).resolve().parents[1]
 if "--root" in sys.argv:
@@ -218,15 +220,6 @@ async def measure(runs: int, repeats: int, *, pydantic_ai: bool = True) -> dict[
     return out
 
 
-def _checkout(rev: str, into: Path) -> Path:
-    """The code of commit ``rev``, extracted (the worktree is left alone)."""
-    archive = subprocess.run(
-        ["git", "-C", str(_ROOT), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _child(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """This script's figures for the code in ``root``, measured in a child process."""
     out = subprocess.run(
@@ -296,7 +289,7 @@ async def main() -> None:
     columns: dict[str, list[dict[str, Any]]] = {}
     if args.before:
         with tempfile.TemporaryDirectory(prefix="coterie-before-") as old:
-            root = _checkout(args.before, Path(old))
+            root = checkout(args.before, Path(old))
             before, now = f"before ({args.before})", "now"
             columns = {before: [], now: []}
             for _ in range(args.rounds):

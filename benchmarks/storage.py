@@ -43,6 +43,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from _revision import checkout
+
 # Why before the imports: --root DIR measures the code in DIR (see --before).
 _ROOT = Path(__file__).resolve().parents[1]
 if "--root" in sys.argv:
@@ -591,19 +593,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _checkout(rev: str, into: Path) -> Path:
-    """The code of commit ``rev``, extracted (the worktree is left alone)."""
-    archive = subprocess.run(
-        ["git", "-C", str(_ROOT), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _before(rev: str, args: argparse.Namespace) -> dict[str, Any]:
     """This script's figures for the code of ``rev``, measured in a child process."""
     with tempfile.TemporaryDirectory(prefix="coterie-before-") as old:
-        root = _checkout(rev, Path(old))
+        root = checkout(rev, Path(old))
         out = subprocess.run(
             [
                 sys.executable,
