@@ -212,6 +212,27 @@ async def _offer(fake: FakeDiscord, since: int) -> Any:
     )
 
 
+async def _resumed_and_approved(fake: FakeDiscord, life: Proc, resume: str, offer_id: int) -> None:
+    """Alice presses Resume on the offer (taken by ``life``): the offer says so and
+    loses its buttons; the save that may have run is asked about again, not re-run
+    blindly; she approves, and the answer completes."""
+    since = len(fake.calls)
+    press = await fake.dispatch_component(resume, offer_id, user="alice")
+    marked = await fake.wait_for_interaction_response(press)
+    assert marked.json["type"] == 7 and marked.json["data"]["components"] == []
+    assert marked.json["data"]["content"].endswith("-# Resumed.")
+    ask = await fake.wait_for_call(
+        "POST", r"/channels/{c}/messages", _has_buttons, since=since, timeout=30
+    )
+    assert "may have run already" in ask.json["content"]
+    await life.wait_for(r"asked member \d+ to approve save_report")  # its buttons listen
+    approve = await fake.dispatch_component(
+        _buttons(ask)["Approve"], int(ask.response["id"]), user="alice"
+    )
+    await fake.wait_for_interaction_response(approve)
+    await webhook_shows(fake, ANSWER, timeout=30)
+
+
 async def test_resume_continues_from_the_last_step_and_no_tool_runs_twice(
     fake_discord: FakeDiscord, model: ScriptedLoopback, lives: list[Proc], tmp_path: Path
 ) -> None:
@@ -236,22 +257,7 @@ async def test_resume_continues_from_the_last_step_and_no_tool_runs_twice(
     assert told.json["type"] == 4 and told.json["data"]["flags"] & EPHEMERAL
     assert told.json["data"]["content"].startswith("Not yours")
 
-    since = len(fake.calls)
-    press = await fake.dispatch_component(buttons["Resume"], offer_id, user="alice")
-    marked = await fake.wait_for_interaction_response(press)
-    assert marked.json["type"] == 7 and marked.json["data"]["components"] == []
-    assert marked.json["data"]["content"].endswith("-# Resumed.")
-    # The tool that may have run is asked about again, not re-run blindly.
-    ask = await fake.wait_for_call(
-        "POST", r"/channels/{c}/messages", _has_buttons, since=since, timeout=30
-    )
-    assert "may have run already" in ask.json["content"]
-    await second.wait_for(r"asked member \d+ to approve save_report")  # its buttons listen
-    approve = await fake.dispatch_component(
-        _buttons(ask)["Approve"], int(ask.response["id"]), user="alice"
-    )
-    await fake.wait_for_interaction_response(approve)
-    await webhook_shows(fake, ANSWER, timeout=30)
+    await _resumed_and_approved(fake, second, buttons["Resume"], offer_id)
 
     second.signal(signal.SIGTERM)
     assert await second.exit_code() == 0

@@ -18,18 +18,17 @@ import pytest
 
 from skills.scheduler import LEFT_FOR_RESTART, RESUMED
 from tests.chaos.test_sigkill_resume import (
-    ANSWER,
     ScriptedLoopback,
     _buttons,
     _db,
     _env,
-    _has_buttons,
     _life,
     _offer,
+    _resumed_and_approved,
 )
 from tests.chaos.test_sigkill_slot_resume import _answers, _asked_again, _one_shot
 from tests.fakediscord import FakeDiscord
-from tests.lifecycle.conftest import Proc, query, webhook_shows
+from tests.lifecycle.conftest import Proc, query
 
 pytestmark = pytest.mark.chaos
 
@@ -62,20 +61,7 @@ async def test_a_run_the_drain_cut_is_offered_and_resumes_in_the_next_process(
     assert len(cut) == 1
 
     second = await _life(lives, env, tmp_path)
-    since = len(fake.calls)
-    press = await fake.dispatch_component(buttons["Resume"], int(offer.response["id"]))
-    marked = await fake.wait_for_interaction_response(press)
-    assert marked.json["data"]["content"].endswith("-# Resumed.")
-    ask = await fake.wait_for_call(
-        "POST", r"/channels/{c}/messages", _has_buttons, since=since, timeout=30
-    )
-    assert "may have run already" in ask.json["content"]
-    await second.wait_for(r"asked member \d+ to approve save_report")
-    approve = await fake.dispatch_component(
-        _buttons(ask)["Approve"], int(ask.response["id"]), user="alice"
-    )
-    await fake.wait_for_interaction_response(approve)
-    await webhook_shows(fake, ANSWER, timeout=30)
+    await _resumed_and_approved(fake, second, buttons["Resume"], int(offer.response["id"]))
     second.signal(signal.SIGTERM)
     assert await second.exit_code() == 0
 
