@@ -366,8 +366,9 @@ class SqlAuditSink:
             raise error
 
     async def _write(self, batch: _Batch) -> None:
-        """One transaction: on a SQLite file, one call in the writer thread (after the
-        process's write lock); elsewhere through the engine."""
+        """One transaction: on a SQLite file (after the process's write lock), in place
+        when it is at most ``inline_rows`` rows and SQLite's lock is free at once, else
+        one call in the writer thread; elsewhere through the engine."""
         writer = self._writer
         if self._sqlite_file is not None and not self._closed:
             if writer is None or writer.closed:
