@@ -34,9 +34,9 @@ a bigger one, or one that would wait for the lock (another process writing), run
 the writer's thread. A ``record`` cancelled while its write is in that thread waits
 for the write's end, so its rows are never both committed and kept for the next try.
 
-Tool arguments are stored with secrets redacted (:func:`executor.redaction.redact`)
-and capped in size; results, errors and texts are stored as excerpts. The queries
-on the trail are in :mod:`adapters.storage.audit_queries`.
+The rows each event becomes (tool arguments with secrets redacted, texts as
+excerpts) are built in :mod:`adapters.storage.audit_rows`; the queries on the trail
+are in :mod:`adapters.storage.audit_queries`.
 """
 
 from __future__ import annotations
@@ -51,79 +51,39 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from adapters.storage.audit_rows import (
+    CHILDREN,
+    DELIVERED,
+    FINISH,
+    INSERT,
+    RUNS,
+    TOOLS,
+    child_row,
+    delivered_row,
+    finish_row,
+    placeholder_row,
+    spends,
+    start_row,
+)
 from adapters.storage.db import engine_of, sqlite_path, write_lock, write_transaction
 from adapters.storage.sqlite_writer import SqliteWriter, WriteJob, WriteTx, writer_for
-from adapters.storage.tables import (
-    AuditEventRow,
-    AuditModelAttempt,
-    AuditRun,
-    AuditStep,
-    AuditToolCall,
-)
 from executor.events import (
-    ApprovalEvent,
-    CompactionEvent,
-    CriticVerdictEvent,
-    ModelAttemptEvent,
     ModelRequestEvent,
     RunDelivered,
     RunEvent,
     RunFinished,
     RunStarted,
-    SourcesEvent,
-    StepFinished,
     TextDeltaEvent,
-    ToolCallFinished,
     ToolCallStarted,
-    ToolChargeEvent,
 )
-from executor.redaction import excerpt, redact
 
 __all__ = ["SqlAuditSink"]
 
 log = logging.getLogger(__name__)
-
-_runs = AuditRun.__table__  # type: ignore[attr-defined]
-_steps = AuditStep.__table__  # type: ignore[attr-defined]
-_attempts = AuditModelAttempt.__table__  # type: ignore[attr-defined]
-_tools = AuditToolCall.__table__  # type: ignore[attr-defined]
-_events = AuditEventRow.__table__  # type: ignore[attr-defined]
-_CHILDREN = (_steps, _attempts, _tools, _events)
-# Built once: the SQLite writer caches each statement's prepared form by identity.
-_INSERT = {t: insert(t) for t in (_runs, *_CHILDREN)}
-_FINISHED_COLUMNS = (
-    "status",
-    "ended_at",
-    "steps",
-    "input_tokens",
-    "output_tokens",
-    "cost_micros",
-    "model",
-    "output_excerpt",
-    "error",
-    "error_kind",
-    "note",
-)
-# One statement, executed for many runs at once (executemany).
-_FINISH = (
-    update(_runs)
-    .where(_runs.c.run_id == bindparam("b_run_id"))
-    .values({c: bindparam(c) for c in _FINISHED_COLUMNS})
-)
-_DELIVERED = (
-    update(_runs)
-    .where(_runs.c.run_id == bindparam("b_run_id"))
-    .values(delivered=bindparam("delivered"), delivery_error=bindparam("delivery_error"))
-)
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
 
 # --- the sink ----------------------------------------------------------------------
 
@@ -152,7 +112,7 @@ class SqlAuditSink:
         # A SQLite write of at most this many rows commits on the loop's thread when it
         # can at once (0: always in the writer's thread). Why 64: about a millisecond.
         self.inline_rows = inline_rows
-        self._buffer: dict[Any, list[dict[str, Any]]] = {t: [] for t in _CHILDREN}
+        self._buffer: dict[Any, list[dict[str, Any]]] = {t: [] for t in CHILDREN}
         self._pending = 0
         self._oldest: float | None = None
         # Runs this sink has a row for; a small memory of finished ones for late events.
@@ -203,7 +163,9 @@ class SqlAuditSink:
             return
         if event.run_id not in self._known:
             await self._placeholder(event.run_id, event.at)
-        table, row = self._row(event)
+        table, row = child_row(
+            event, excerpt_chars=self.excerpt_chars, argument_chars=self.argument_chars
+        )
         self._buffer[table].append(row)
         self._pending += 1
         now = time.monotonic()
@@ -211,11 +173,11 @@ class SqlAuditSink:
             self._oldest = now
         self._arm()
         if (
-            _spends(event)
+            spends(event)
             or (
                 isinstance(event, ModelRequestEvent)
                 # Before a model request: the tool calls that ran are durable first.
-                and bool(self._buffer[_tools])
+                and bool(self._buffer[TOOLS])
             )
             or self._pending >= self.batch_size
             or now - self._oldest >= self.flush_interval_s
@@ -264,9 +226,9 @@ class SqlAuditSink:
     # --- internals ----------------------------------------------------------------
 
     def _take(self) -> dict[Any, list[dict[str, Any]]]:
-        # In _CHILDREN's order: children only reference runs, which come first.
+        # In CHILDREN's order: children only reference runs, which come first.
         batch = {t: rows for t, rows in self._buffer.items() if rows}
-        self._buffer = {t: [] for t in _CHILDREN}
+        self._buffer = {t: [] for t in CHILDREN}
         self._pending = 0
         self._oldest = None
         return batch
@@ -422,39 +384,7 @@ class SqlAuditSink:
     async def _start(self, e: RunStarted) -> None:
         if self._closed:
             raise RuntimeError("the audit sink is closed")
-        caller = e.caller
-        self._starts.append(
-            {
-                "run_id": e.run_id,
-                "trigger": e.trigger[:16],
-                "user_id": caller.user_id,
-                "user_name": caller.display_name[:100],
-                "guild_id": caller.guild_id,
-                "channel_id": caller.channel_id,
-                "agent": e.agent[:100],
-                "persona": e.persona,
-                "skill": e.skill,
-                "skill_version": _int_or_none(e.metadata.get("skill_version")),
-                "parent_run_id": e.parent_run_id,
-                "resumed_from": e.resumed_from,
-                "tier": e.tier[:32],
-                "model": None,
-                "status": "running",
-                "started_at": e.at,
-                "ended_at": None,
-                "estimate_micros": e.estimate_micros,
-                "prompt_excerpt": excerpt(e.prompt_excerpt, self.excerpt_chars),
-                "output_excerpt": "",
-                "steps": 0,
-                "input_tokens": 0,
-                "output_tokens": 0,
-                "cost_micros": 0,
-                "error": None,
-                "error_kind": None,
-                "note": None,
-                "owner": self.owner,
-            }
-        )
+        self._starts.append(start_row(e, owner=self.owner, excerpt_chars=self.excerpt_chars))
         self._remember(e.run_id)
         # Why gather: other runs may be starting too, and the runs open are what tells a
         # write whether to wait a turn of the loop for their rows.
@@ -463,98 +393,25 @@ class SqlAuditSink:
     async def _placeholder(self, run_id: str, at: datetime) -> None:
         """A run this sink never saw start (it was built mid-run): give it a row."""
         async with self._write_lock, write_transaction(self._engine) as conn:
-            exists = await conn.scalar(select(_runs.c.run_id).where(_runs.c.run_id == run_id))
+            exists = await conn.scalar(select(RUNS.c.run_id).where(RUNS.c.run_id == run_id))
             if exists is None:
-                await conn.execute(
-                    insert(_runs),
-                    [
-                        {
-                            "run_id": run_id,
-                            "trigger": "unknown",
-                            "user_id": "",
-                            "started_at": at,
-                            "owner": self.owner,
-                        }
-                    ],
-                )
+                await conn.execute(insert(RUNS), [placeholder_row(run_id, at, self.owner)])
         self._remember(run_id)
 
     async def _finish(self, e: RunFinished) -> None:
         if e.run_id not in self._known:
             await self._placeholder(e.run_id, e.at)
-        r = e.result
         self._open.discard(e.run_id)
-        self._finishes.append(
-            {
-                "b_run_id": e.run_id,
-                "status": r.status.value,
-                "ended_at": e.at,
-                "steps": r.steps,
-                "input_tokens": r.usage.input_tokens,
-                "output_tokens": r.usage.output_tokens,
-                "cost_micros": r.usage.cost_micros,
-                "model": r.model[:128] if r.model else None,
-                "output_excerpt": excerpt(r.output, self.excerpt_chars),
-                "error": excerpt(r.error, self.excerpt_chars) if r.error else None,
-                "error_kind": r.error_kind[:64] if r.error_kind else None,
-                "note": excerpt(r.note, self.excerpt_chars) if r.note else None,
-            }
-        )
+        self._finishes.append(finish_row(e, excerpt_chars=self.excerpt_chars))
         # Why one transaction: the run's last rows and its closing land together.
         await self._commit()
 
     async def _delivered(self, e: RunDelivered) -> None:
         if e.run_id not in self._known:
             await self._placeholder(e.run_id, e.at)
-        self._deliveries.append(
-            {
-                "b_run_id": e.run_id,
-                "delivered": e.delivered,
-                "delivery_error": excerpt(e.error, 250) if e.error else None,
-            }
-        )
+        self._deliveries.append(delivered_row(e))
         # Why at once: as for RunFinished, the caller may read the row when the run returns.
         await self._commit()
-
-    def _row(self, event: RunEvent) -> tuple[Any, dict[str, Any]]:
-        base: dict[str, Any] = {"run_id": event.run_id, "at": event.at}
-        if isinstance(event, StepFinished):
-            u = event.usage
-            return _steps, base | {
-                "step": event.step,
-                "model": event.model[:128],
-                "stop_reason": event.stop_reason[:32],
-                "input_tokens": u.input_tokens,
-                "output_tokens": u.output_tokens,
-                "cost_micros": u.cost_micros,
-                "tool_calls": event.tool_calls,
-                "text_excerpt": excerpt(event.text_excerpt, self.excerpt_chars),
-            }
-        if isinstance(event, ModelAttemptEvent):
-            a = event.attempt
-            spent = event.usage
-            return _attempts, base | {
-                "step": event.step,
-                "model": a.model[:128],
-                "latency_ms": a.latency_ms,
-                "error": excerpt(a.error, self.excerpt_chars) if a.error else None,
-                "error_kind": a.error_kind[:64] if a.error_kind else None,
-                "input_tokens": spent.input_tokens if spent is not None else 0,
-                "output_tokens": spent.output_tokens if spent is not None else 0,
-                "cost_micros": spent.cost_micros if spent is not None else 0,
-            }
-        if isinstance(event, ToolCallFinished):
-            return _tools, base | {
-                "step": event.step,
-                "call_id": event.call_id[:128],
-                "name": event.name[:128],
-                "arguments": redact(event.arguments, limit=self.argument_chars),
-                "result_excerpt": excerpt(event.result, self.excerpt_chars),
-                "is_error": event.is_error,
-                "duration_ms": event.duration_ms,
-            }
-        kind, step, cost, data = _event_data(event)
-        return _events, base | {"kind": kind, "step": step, "cost_micros": cost, "data": data}
 
 
 @dataclass(slots=True)
@@ -582,12 +439,12 @@ class _Batch:
         """Each statement with its rows (an executemany each), in order."""
         out: list[tuple[Any, list[dict[str, Any]]]] = []
         if self.starts:
-            out.append((_INSERT[_runs], self.starts))
-        out += [(_INSERT[table], rows) for table, rows in self.children.items()]
+            out.append((INSERT[RUNS], self.starts))
+        out += [(INSERT[table], rows) for table, rows in self.children.items()]
         if self.finishes:
-            out.append((_FINISH, self.finishes))
+            out.append((FINISH, self.finishes))
         if self.deliveries:
-            out.append((_DELIVERED, self.deliveries))
+            out.append((DELIVERED, self.deliveries))
         return out
 
 
@@ -595,96 +452,3 @@ def _write_rows(tx: WriteTx, batch: _Batch) -> None:
     """One transaction's statements, through the SQLite writer."""
     for statement, rows in batch.statements():
         tx.execute(statement, rows)
-
-
-def _spends(event: RunEvent) -> bool:
-    """Whether the event records money spent or owed (an attempt that answered or was
-    stopped, a failed one that ends its request, a request that would be charged were it
-    never answered, a compaction or a judgement that cost something): written at once,
-    not buffered."""
-    if isinstance(event, ModelAttemptEvent):
-        u = event.usage
-        return event.attempt.error is not None or (
-            u is not None and (u.cost_micros > 0 or u.input_tokens + u.output_tokens > 0)
-        )
-    if isinstance(event, ModelRequestEvent):
-        return event.unanswered_micros > 0
-    if isinstance(event, ToolChargeEvent):
-        return event.cost_micros > 0
-    return isinstance(event, CompactionEvent | CriticVerdictEvent) and event.usage.cost_micros > 0
-
-
-def _event_data(event: RunEvent) -> tuple[str, int, int, dict[str, Any]]:
-    if isinstance(event, ModelRequestEvent):
-        # Why in the data, not the cost column: it is owed only if no answer came.
-        return (
-            "model_request",
-            event.step,
-            0,
-            {
-                "message_count": event.message_count,
-                "input_tokens": event.input_tokens,
-                "unanswered_micros": event.unanswered_micros,
-                "attempts_before": event.attempts_before,
-            },
-        )
-    if isinstance(event, CompactionEvent):
-        u = event.usage
-        return (
-            "compaction",
-            0,
-            u.cost_micros,
-            {
-                "tokens_before": event.tokens_before,
-                "tokens_after": event.tokens_after,
-                "model": event.model,
-                "messages_summarised": event.messages_summarised,
-                "input_tokens": u.input_tokens,
-                "output_tokens": u.output_tokens,
-            },
-        )
-    if isinstance(event, CriticVerdictEvent):
-        u = event.usage
-        return (
-            "critic_verdict",
-            event.step,
-            u.cost_micros,
-            {
-                "verdict": event.verdict,
-                "reason": excerpt(event.reason, 2000),
-                "state": event.state,
-                "input_tokens": u.input_tokens,
-                "output_tokens": u.output_tokens,
-            },
-        )
-    if isinstance(event, ApprovalEvent):
-        return (
-            "approval",
-            0,
-            0,
-            {
-                "tool": event.tool,
-                "call_id": event.call_id,
-                "approved": event.approved,
-                "reason": excerpt(event.reason, 2000),
-            },
-        )
-    if isinstance(event, ToolChargeEvent):
-        return (
-            "tool_charge",
-            event.step,
-            event.cost_micros,
-            {"tool": event.name, "call_id": event.call_id, "what": excerpt(event.what, 200)},
-        )
-    if isinstance(event, SourcesEvent):
-        return (
-            "sources",
-            event.step,
-            0,
-            {
-                "fetched": [excerpt(u, 500) for u in event.fetched[:50]],
-                "searched": [excerpt(u, 500) for u in event.searched[:50]],
-                "unverified": [excerpt(u, 500) for u in event.unverified[:50]],
-            },
-        )
-    return type(event).__name__.lower(), 0, 0, {}
