@@ -1,5 +1,6 @@
-"""Test doubles that ship with the kernel: a scripted model, a function model, an
-audit capture, a checkpoint capture, a recording delivery and a fake clock.
+"""Test doubles that ship with the kernel: a scripted model, a function model, a
+resolver of one model for every tier, an audit capture, a checkpoint capture, a
+recording delivery, an observer of runs' ends and a fake clock.
 
 Usage::
 
@@ -20,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from executor.agent import RunResult
-from executor.events import RunEvent
+from executor.events import RunEvent, RunFinished
 from executor.messages import Message, TextPart, ToolCallPart, ToolResultPart, Usage
 from executor.models.base import (
+    Model,
     ModelProfile,
     ModelRequest,
     ModelResponse,
@@ -41,7 +43,9 @@ __all__ = [
     "FunctionModel",
     "RecordingDelivery",
     "Reply",
+    "RunEnds",
     "ScriptedModel",
+    "ScriptedTiers",
     "call",
 ]
 
@@ -213,6 +217,46 @@ class FunctionModel:
         for tc in reply.tool_calls:
             yield ToolCallEvent(tc)
         yield ResponseDone(_response(reply, self._name, request))
+
+
+class ScriptedTiers:
+    """A model resolver whose every tier is the same model (a :class:`ScriptedModel`,
+    say), estimated at ``micros_per_token`` micro-dollars a token, in or out."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        tiers: tuple[str, ...] = ("fast", "standard", "smart"),
+        default_tier: str = "standard",
+        micros_per_token: int = 1,
+    ) -> None:
+        self.model = model
+        self.tiers = tiers
+        self.default_tier = default_tier
+        self.micros_per_token = micros_per_token
+
+    def resolve(self, tier: str | None = None) -> Model:
+        return self.model
+
+    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
+        return (input_tokens + output_tokens) * self.micros_per_token
+
+
+class RunEnds:
+    """An executor observer: each run's ``RunFinished``, in order, for a test to await
+    (``event = await ends.next()``) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.runs: asyncio.Queue[RunFinished] = asyncio.Queue()
+
+    async def on_event(self, event: RunEvent) -> None:
+        if isinstance(event, RunFinished):
+            self.runs.put_nowait(event)
+
+    async def next(self, timeout_s: float = 10.0) -> RunFinished:
+        """The next run's end; ``TimeoutError`` if none comes within ``timeout_s``."""
+        return await asyncio.wait_for(self.runs.get(), timeout_s)
 
 
 class AuditCapture(InMemoryAuditSink):

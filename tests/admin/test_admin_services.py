@@ -32,9 +32,8 @@ from executor.budget import format_usd
 from executor.errors import BudgetExceeded
 from executor.messages import Message, Usage
 from executor.run import Executor
-from executor.testing import FakeClock, Reply, ScriptedModel
+from executor.testing import FakeClock, Reply, ScriptedModel, ScriptedTiers
 from personas.model import Persona
-from tests.discord.test_app_e2e import ScriptedTiers
 
 GUILD = "100"
 MEMBER = Caller(user_id="42", display_name="m", guild_id=GUILD, roles=("r-helper",))

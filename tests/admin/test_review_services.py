@@ -20,8 +20,7 @@ from bot.app import App, build_app
 from bot.settings import Settings
 from executor.agent import Caller, Invocation, RunnableAgent
 from executor.messages import Message, Usage
-from executor.testing import FakeClock, Reply, ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import FakeClock, Reply, ScriptedModel, ScriptedTiers
 
 GUILD = "100"
 NOW = datetime(2026, 3, 1, 11, 0, tzinfo=UTC)

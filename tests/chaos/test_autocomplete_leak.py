@@ -26,8 +26,7 @@ from bot.client import DEFAULT_EXTENSIONS
 from bot.settings import Settings
 from executor.agent import Caller, Invocation, RunnableAgent
 from executor.messages import Message
-from executor.testing import ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import ScriptedModel, ScriptedTiers
 from tests.discord.test_autocomplete_privilege import Completion, privileged_completions
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot

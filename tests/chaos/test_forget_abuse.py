@@ -10,7 +10,6 @@ was spent before and after."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ from commands.privacy import BUDGET_KEPT
 from executor.agent import RunStatus
 from executor.events import RunFinished
 from executor.messages import Usage
-from executor.testing import Reply, ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import Reply, RunEnds, ScriptedModel, ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 from tests.services.test_deletion import ledger_and_audit_totals
@@ -35,19 +33,8 @@ RUN_COST = 125_000  # $0.125
 LIMIT = "0.50"
 
 
-class Finished:
-    """Observer: each run's end, to wait on without sleeping."""
-
-    def __init__(self) -> None:
-        self.runs: asyncio.Queue[RunFinished] = asyncio.Queue()
-
-    async def on_event(self, event: object) -> None:
-        if isinstance(event, RunFinished):
-            await self.runs.put(event)
-
-
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel, Finished]]:
+async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel, RunEnds]]:
     model = ScriptedModel()
     settings = Settings(
         _env_file=None,
@@ -55,7 +42,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel, Finishe
         budget_default_usd=5.0,
     )
     built = await build_app(settings, resolver=ScriptedTiers(model))
-    finished = Finished()
+    finished = RunEnds()
     built.executor.observers.append(finished)
     try:
         yield built, model, finished
@@ -64,7 +51,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel, Finishe
 
 
 @pytest.fixture
-def bot_factory(app: tuple[App, ScriptedModel, Finished]) -> BotFactory:
+def bot_factory(app: tuple[App, ScriptedModel, RunEnds]) -> BotFactory:
     def make(fake: FakeDiscord) -> Any:
         return coterie_bot(
             fake,
@@ -75,13 +62,13 @@ def bot_factory(app: tuple[App, ScriptedModel, Finished]) -> BotFactory:
     return make
 
 
-async def _ask(fake: FakeDiscord, model: ScriptedModel, finished: Finished) -> RunFinished:
+async def _ask(fake: FakeDiscord, model: ScriptedModel, finished: RunEnds) -> RunFinished:
     """Alice mentions the bot once; the run's end."""
     model.push(
         Reply(text="ok", usage=Usage(input_tokens=50, output_tokens=5, cost_micros=RUN_COST))
     )
     await fake.dispatch_message(f"<@{fake.bot_user['id']}> once more", mentions=["bot"])
-    return await asyncio.wait_for(finished.runs.get(), 10)
+    return await finished.next()
 
 
 async def _forgetme(fake: FakeDiscord) -> str:
@@ -103,7 +90,7 @@ async def _forgetme(fake: FakeDiscord) -> str:
 
 
 async def test_forgetme_does_not_reset_a_budget_an_admin_cut(
-    fake_discord: FakeDiscord, discord_bot: Any, app: tuple[App, ScriptedModel, Finished]
+    fake_discord: FakeDiscord, discord_bot: Any, app: tuple[App, ScriptedModel, RunEnds]
 ) -> None:
     fake = fake_discord
     the_app, model, finished = app

@@ -31,9 +31,7 @@ import personas.markdown
 import personas.store
 from bot.app import App, build_app
 from bot.settings import Settings
-from executor.events import RunFinished
-from executor.testing import ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import RunEnds, ScriptedModel, ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 from tests.fakediscord.server import Call, FakeInteraction
@@ -108,20 +106,9 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel]]:
         await built.close()
 
 
-class Finished:
-    """An observer: each run's end, for the test to wait on (no sleeping)."""
-
-    def __init__(self) -> None:
-        self.runs: asyncio.Queue[RunFinished] = asyncio.Queue()
-
-    async def on_event(self, event: object) -> None:
-        if isinstance(event, RunFinished):
-            await self.runs.put(event)
-
-
 @pytest.fixture
-def finished(app: tuple[App, ScriptedModel]) -> Finished:
-    f = Finished()
+def finished(app: tuple[App, ScriptedModel]) -> RunEnds:
+    f = RunEnds()
     app[0].executor.observers.append(f)
     return f
 
@@ -194,7 +181,7 @@ async def test_the_alias_bomb_is_refused_while_another_member_is_answered(
     discord_bot: Any,
     app: tuple[App, ScriptedModel],
     cdn: CDN,
-    finished: Finished,
+    finished: RunEnds,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = fake_discord
@@ -219,7 +206,7 @@ async def test_the_alias_bomb_is_refused_while_another_member_is_answered(
     await parsing.wait()
     during, post = await _alice_is_answered(fake)
     release.set()
-    assert (await finished.runs.get()).result.ok
+    assert (await finished.next()).result.ok
     refused = await _followup(fake, inter)
     assert released == [True]  # the parse ran in a thread, held until Alice was answered
     assert "YAML anchors and aliases are not allowed" in refused.json["content"]
@@ -238,7 +225,7 @@ async def test_the_alias_bomb_is_refused_while_another_member_is_answered(
         )
     )
     side_by_side, _ = await _alice_is_answered(fake)
-    assert (await finished.runs.get()).result.ok
+    assert (await finished.next()).result.ok
     inter2 = await importing
     await fake.wait_for_interaction_response(inter2)
     assert "YAML anchors and aliases" in (await _followup(fake, inter2)).json["content"]
@@ -262,7 +249,7 @@ async def test_a_lying_attachment_is_cut_at_the_cap_through_the_cogs(
     discord_bot: Any,
     app: tuple[App, ScriptedModel],
     cdn: CDN,
-    finished: Finished,
+    finished: RunEnds,
 ) -> None:
     fake = fake_discord
     _, model = app
@@ -276,7 +263,7 @@ async def test_a_lying_attachment_is_cut_at_the_cap_through_the_cogs(
         seconds, post = await _alice_is_answered(
             fake, attachments=[_attachment(fake, cdn, "notes.txt", 10)]
         )
-        assert (await finished.runs.get()).result.ok
+        assert (await finished.next()).result.ok
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()

@@ -32,9 +32,8 @@ from executor.errors import Overloaded
 from executor.events import CriticVerdictEvent, RunEvent, RunFinished
 from executor.messages import Message, Usage
 from executor.models.fallback import FallbackModel
-from executor.testing import Reply, ScriptedModel, call
+from executor.testing import Reply, ScriptedModel, ScriptedTiers, call
 from executor.tools.registry import tool
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 from tests.fakediscord.server import Call, FakeInteraction

@@ -1,11 +1,11 @@
 """The whole product through its real composition root: ``build_app`` (migrated
 SQLite, SQL audit and budget, persona store with the built-ins, lanes, critic,
-compaction, guard, chat service), ``CoterieBot`` with its real cogs, the real
-discord.py client against the fake Discord. Only the model is scripted."""
+compaction, guard, chat service; ``tests.apps.scripted_app``), ``CoterieBot`` with its
+real cogs, the real discord.py client against the fake Discord. Only the model is
+scripted."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,44 +14,18 @@ import discord
 import pytest
 
 from adapters.storage.audit_queries import AuditQueries, RunFilter
-from bot.app import App, build_app
-from bot.settings import Settings
-from executor.events import RunFinished
+from bot.app import App
 from executor.messages import Usage
-from executor.models.base import Model
-from executor.testing import Reply, ScriptedModel
+from executor.testing import Reply, RunEnds, ScriptedModel
+from tests.apps import scripted_app
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 
 
-class ScriptedTiers:
-    """A resolver whose every tier is the same scripted model, priced at 1 micro-dollar a token."""
-
-    def __init__(self, model: ScriptedModel) -> None:
-        self.model = model
-        self.tiers = ["fast", "standard", "smart"]
-        self.default_tier = "standard"
-
-    def resolve(self, tier: str | None = None) -> Model:
-        return self.model
-
-    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
-        return input_tokens + output_tokens
-
-
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[tuple[App, ScriptedModel]]:
-    model = ScriptedModel()
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
-        budget_default_usd=1.0,
-    )
-    built = await build_app(settings, resolver=ScriptedTiers(model))
-    try:
-        yield built, model
-    finally:
-        await built.close()
+    async with scripted_app(tmp_path) as built:
+        yield built
 
 
 async def test_mention_through_the_real_app_is_answered_audited_and_billed(
@@ -60,14 +34,8 @@ async def test_mention_through_the_real_app_is_answered_audited_and_billed(
     the_app, model = app
     fake = fake_discord
     bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
-    finished = asyncio.Event()
-
-    class Finished:
-        async def on_event(self, event: object) -> None:
-            if isinstance(event, RunFinished):
-                finished.set()
-
-    the_app.executor.observers.append(Finished())
+    ends = RunEnds()
+    the_app.executor.observers.append(ends)
     async with run_bot(fake, bot):
         model.push(
             Reply(
@@ -96,7 +64,7 @@ async def test_mention_through_the_real_app_is_answered_audited_and_billed(
         assert "web_fetch" in [t.name for t in req.tools]
         assert req.messages[-1].text == "who are you?"
         assert fake.unknown_calls == []
-        await finished.wait()
+        await ends.next()
 
         # (inside the block: leaving it closes the bot, and the bot closes the app)
         # The audit trail has the run, with its trigger, member and cost.
@@ -172,22 +140,15 @@ async def test_a_persona_made_or_removed_with_the_command_answers_the_next_menti
     the_app, model = app
     fake = fake_discord
     bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
-
-    finished: asyncio.Queue[object] = asyncio.Queue()
-
-    class Finished:
-        async def on_event(self, event: object) -> None:
-            if isinstance(event, RunFinished):
-                finished.put_nowait(event)
-
-    the_app.executor.observers.append(Finished())
+    ends = RunEnds()
+    the_app.executor.observers.append(ends)
 
     async def mention(text: str) -> Any:
         model.push(Reply(text="ok"))
         since = len(fake.calls)
         await fake.dispatch_message(f"<@{fake.bot_user['id']}> {text}", mentions=["bot"])
         post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
-        await asyncio.wait_for(finished.get(), 10)
+        await ends.next()
         if post.json["content"] != "ok":  # the answer's last edit is out before we go on
             await fake.wait_for_call(
                 "PATCH",

@@ -21,8 +21,7 @@ from adapters.services.conversation import HistoryLimits
 from bot.app import App, build_app
 from bot.settings import Settings
 from executor.messages import ImagePart
-from executor.testing import ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import ScriptedModel, ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 from tests.fakediscord.server import Call

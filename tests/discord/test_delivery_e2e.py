@@ -23,9 +23,8 @@ from bot.client import CoterieBot
 from bot.settings import Settings
 from executor.agent import Caller, Privilege
 from executor.events import RunDelivered
-from executor.testing import FunctionModel, Reply, ScriptedModel
+from executor.testing import FunctionModel, Reply, ScriptedModel, ScriptedTiers
 from skills.model import SkillSpec
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import Call, FakeDiscord, RateLimits, payloads
 from tests.fakediscord.plugin import coterie_bot, run_bot
 

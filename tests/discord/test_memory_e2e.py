@@ -23,10 +23,9 @@ from bot.app import App, build_app
 from bot.settings import Settings
 from executor.agent import Caller, Privilege
 from executor.models.base import ModelRequest
-from executor.testing import FakeClock, ScriptedModel, call
+from executor.testing import FakeClock, ScriptedModel, ScriptedTiers, call
 from memory import MEMORY_TOOLS
 from personas.model import Persona
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 from tests.fakediscord.server import Call, FakeInteraction

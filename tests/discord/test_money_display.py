@@ -12,9 +12,8 @@ import pytest
 
 from bot.app import App, build_app
 from bot.settings import Settings
-from executor.testing import ScriptedModel
+from executor.testing import ScriptedModel, ScriptedTiers
 from tests.discord.test_admin_cogs import answer, member_option, opts, slash, text_of
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import BotFactory, coterie_bot
 

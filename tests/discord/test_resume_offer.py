@@ -19,8 +19,7 @@ from bot.settings import Settings
 from executor.agent import Caller
 from executor.messages import Message, Usage
 from executor.ports import Checkpoint
-from executor.testing import FakeClock, ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import FakeClock, ScriptedModel, ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 

@@ -7,7 +7,6 @@ member's cost footer agree."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,29 +15,14 @@ from pydantic import SecretStr
 
 from adapters.discord.admin_views import run_detail_pages
 from adapters.storage.audit_queries import RunFilter
-from bot.app import App, build_app
-from bot.settings import Settings
+from bot.app import App
 from executor.budget import format_usd
-from executor.events import RunFinished
 from executor.messages import Usage
-from executor.models.base import Model
-from executor.testing import Reply, ScriptedModel, call
+from executor.testing import Reply, RunEnds, ScriptedModel, call
+from tests.apps import scripted_app
 from tests.executor.tools.search_fakes import FakeSearch
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
-
-
-class ScriptedTiers:
-    def __init__(self, model: ScriptedModel) -> None:
-        self.model = model
-        self.tiers = ["fast", "standard", "smart"]
-        self.default_tier = "standard"
-
-    def resolve(self, tier: str | None = None) -> Model:
-        return self.model
-
-    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
-        return input_tokens + output_tokens
 
 
 @pytest.fixture
@@ -53,22 +37,14 @@ async def search() -> AsyncIterator[FakeSearch]:
 
 @pytest.fixture
 async def app(tmp_path: Path, search: FakeSearch) -> AsyncIterator[tuple[App, ScriptedModel]]:
-    model = ScriptedModel()
-    settings = Settings(
-        _env_file=None,
-        config_file=tmp_path / "none.toml",
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
-        budget_default_usd=1.0,
+    async with scripted_app(
+        tmp_path,
         brave_api_key=SecretStr("brave-key"),
         brave_url=search.brave_url,
         tavily_api_key=SecretStr("tvly-key"),
         tavily_url=search.tavily_url,
-    )
-    built = await build_app(settings, resolver=ScriptedTiers(model))
-    try:
-        yield built, model
-    finally:
-        await built.close()
+    ) as built:
+        yield built
 
 
 async def test_the_researcher_searches_pays_and_its_unseen_link_is_flagged(
@@ -77,14 +53,8 @@ async def test_the_researcher_searches_pays_and_its_unseen_link_is_flagged(
     the_app, model = app
     fake = fake_discord
     bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
-    finished = asyncio.Event()
-
-    class Finished:
-        async def on_event(self, event: object) -> None:
-            if isinstance(event, RunFinished):
-                finished.set()
-
-    the_app.executor.observers.append(Finished())
+    ends = RunEnds()
+    the_app.executor.observers.append(ends)
     async with run_bot(fake, bot):
         model.push(
             call("web_search", query="PEP 703"),
@@ -106,7 +76,7 @@ async def test_the_researcher_searches_pays_and_its_unseen_link_is_flagged(
             predicate=lambda c: "Unverified link" in (c.json or {}).get("content", ""),
             since=since,
         )
-        await finished.wait()
+        await ends.next()
         # (inside the block: leaving it closes the bot, and the bot closes the app)
         content = delivered.json["content"]
         assert "-# ⚠ Unverified link" in content and "made-up.example/council" in content
@@ -151,14 +121,8 @@ async def test_a_failed_search_is_not_charged_and_the_member_sees_the_true_cost(
     search.fail.update(failing)
     await the_app.guild_settings.update_guild(str(fake.guild.id), cost_footer=True)
     bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
-    finished = asyncio.Event()
-
-    class Finished:
-        async def on_event(self, event: object) -> None:
-            if isinstance(event, RunFinished):
-                finished.set()
-
-    the_app.executor.observers.append(Finished())
+    ends = RunEnds()
+    the_app.executor.observers.append(ends)
     async with run_bot(fake, bot):
         model.push(
             call("web_search", query="PEP 703"),
@@ -178,7 +142,7 @@ async def test_a_failed_search_is_not_charged_and_the_member_sees_the_true_cost(
             predicate=lambda c: footer in (c.json or {}).get("content", ""),
             since=since,
         )
-        await finished.wait()
+        await ends.next()
         assert "Here is what I found." in delivered.json["content"]
         assert len(search.calls("brave")) == 1 and len(search.calls("tavily")) == 1
         result = model.requests[1].messages[-1].tool_results[0]

@@ -18,27 +18,12 @@ from bot.app import App, build_app
 from bot.client import CoterieBot
 from bot.settings import Settings
 from executor.events import RunFinished
-from executor.models.base import Model
-from executor.testing import ScriptedModel
+from executor.testing import ScriptedModel, ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 from tests.lifecycle.conftest import webhook_shows
 
 EXTENSIONS = ("commands.persona", "commands.chat")
-
-
-class _Tiers:
-    tiers = ("fast", "standard", "smart")
-    default_tier = "standard"
-
-    def __init__(self, model: ScriptedModel) -> None:
-        self.model = model
-
-    def resolve(self, tier: str | None = None) -> Model:
-        return self.model
-
-    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
-        return 0
 
 
 class _Finished:
@@ -55,7 +40,7 @@ async def life(
     fake: FakeDiscord, settings: Settings, model: ScriptedModel
 ) -> AsyncIterator[tuple[CoterieBot, App, _Finished]]:
     """One process's life: build the app, connect, and close both at the end."""
-    app = await build_app(settings, resolver=_Tiers(model))
+    app = await build_app(settings, resolver=ScriptedTiers(model, micros_per_token=0))
     finished = _Finished()
     app.executor.observers.append(finished)
     try:

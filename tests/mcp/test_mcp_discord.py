@@ -4,7 +4,6 @@ Discord. Only the model is scripted; the MCP server is real (stdio)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -15,31 +14,16 @@ import pytest
 
 from adapters.storage.audit_queries import RunFilter
 from bot.app import App, build_app
-from bot.settings import Settings
 from executor.agent import Caller, Privilege
-from executor.events import RunFinished
 from executor.messages import Usage
-from executor.models.base import Model
-from executor.testing import Reply, ScriptedModel, call
+from executor.testing import Reply, RunEnds, ScriptedModel, ScriptedTiers, call
 from personas.model import Persona
+from tests.apps import scripted_app
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 from tests.mcp.conftest import SERVER, STARTUP_S, alive
 
 ADMIN = Caller(user_id="1", display_name="admin", privilege=Privilege.ADMIN)
-
-
-class ScriptedTiers:
-    def __init__(self, model: ScriptedModel) -> None:
-        self.model = model
-        self.tiers = ["fast", "standard", "smart"]
-        self.default_tier = "standard"
-
-    def resolve(self, tier: str | None = None) -> Model:
-        return self.model
-
-    def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
-        return input_tokens + output_tokens
 
 
 @pytest.fixture
@@ -60,22 +44,12 @@ privilege = "user"
 """,
         encoding="utf-8",
     )
-    model = ScriptedModel()
-    settings = Settings(
-        _env_file=None,
-        config_file=tmp_path / "coterie.toml",
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coterie.db'}",
-        budget_default_usd=1.0,
-    )
-    built = await build_app(settings, resolver=ScriptedTiers(model))
-    try:
+    async with scripted_app(tmp_path) as (built, model):
         assert built.mcp is not None
         source = built.mcp.get("t")
         assert source is not None
         await source.accept(by="op")
         yield built, model
-    finally:
-        await built.close()
 
 
 async def _persona(the_app: App, fake: FakeDiscord) -> None:
@@ -90,18 +64,6 @@ async def _persona(the_app: App, fake: FakeDiscord) -> None:
     )
 
 
-def _finished(the_app: App) -> asyncio.Event:
-    done = asyncio.Event()
-
-    class Finished:
-        async def on_event(self, event: object) -> None:
-            if isinstance(event, RunFinished):
-                done.set()
-
-    the_app.executor.observers.append(Finished())
-    return done
-
-
 async def test_a_member_uses_an_mcp_tool_audited_and_charged(
     fake_discord: FakeDiscord, app: tuple[App, ScriptedModel]
 ) -> None:
@@ -109,7 +71,8 @@ async def test_a_member_uses_an_mcp_tool_audited_and_charged(
     fake = fake_discord
     await _persona(the_app, fake)
     bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
-    finished = _finished(the_app)
+    ends = RunEnds()
+    the_app.executor.observers.append(ends)
     async with run_bot(fake, bot):
         model.push(
             call("t__echo", text="from the server"),
@@ -129,7 +92,7 @@ async def test_a_member_uses_an_mcp_tool_audited_and_charged(
             since=since,
             timeout=60,
         )
-        await finished.wait()
+        await ends.next()
         # alice is a member: the admin-only tool was never offered to the model.
         assert [t.name for t in model.requests[0].tools] == ["t__echo", "t__add"]
         result = model.requests[1].messages[-1].tool_results[0]

@@ -14,8 +14,7 @@ from bot.app import build_app
 from bot.settings import Settings
 from executor.agent import RunnableAgent
 from executor.models.base import ModelProfile
-from executor.testing import ScriptedModel
-from tests.discord.test_app_e2e import ScriptedTiers
+from executor.testing import ScriptedModel, ScriptedTiers
 
 
 async def test_whether_a_persona_sees_images_comes_from_its_models_profile(tmp_path: Path) -> None:

@@ -25,10 +25,9 @@ from bot.app import App, build_app
 from bot.settings import Settings
 from executor.agent import Caller, Invocation, Privilege, RunnableAgent
 from executor.messages import Message, Usage
-from executor.testing import Reply, ScriptedModel
+from executor.testing import Reply, ScriptedModel, ScriptedTiers
 from personas.model import Persona
 from skills.tables import Schedule, Skill, SkillVersion
-from tests.discord.test_app_e2e import ScriptedTiers
 
 ALICE = Caller(user_id="424242", display_name="Alice Wonder", guild_id="1", channel_id="5")
 BOB = Caller(user_id="515151", display_name="Bob Builder", guild_id="1", channel_id="5")

@@ -21,10 +21,9 @@ from bot.settings import Settings
 from executor.agent import Caller, RunStatus
 from executor.messages import Message, ToolCallPart, Usage
 from executor.ports import Checkpoint, Delivery
-from executor.testing import FakeClock, RecordingDelivery, Reply, ScriptedModel
+from executor.testing import FakeClock, RecordingDelivery, Reply, ScriptedModel, ScriptedTiers
 from personas.errors import PersonaNotFound
 from personas.model import Persona
-from tests.discord.test_app_e2e import ScriptedTiers
 
 ALICE = Caller(user_id="100", display_name="alice", guild_id="1", channel_id="55")
 BOB = Caller(user_id="200", display_name="bob", guild_id="1", channel_id="55")

@@ -27,14 +27,13 @@ from bot.settings import Settings
 from executor.agent import Caller, Privilege
 from executor.messages import Message, TextPart, ToolCallPart, ToolResultPart, Usage
 from executor.ports import ApprovalDecision, ApprovalRequest, Checkpoint, Delivery
-from executor.testing import FakeClock, RecordingDelivery, Reply, ScriptedModel, call
+from executor.testing import FakeClock, RecordingDelivery, Reply, ScriptedModel, ScriptedTiers, call
 from executor.tools.registry import ToolContext, tool
 from personas.model import Persona
 from skills.model import SkillSpec
 from skills.scheduler import INTERRUPTED, RESUMED, RETRIED
 from skills.schedules import ScheduleInfo, ScheduleStore
 from skills.slots import Missed
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.storage.dbs import BACKENDS, pg_db, pg_url
 
 __all__ = ["pg_db", "pg_url"]  # the PostgreSQL fixtures, for the backend parameter

@@ -24,11 +24,10 @@ from bot.app import App, build_app
 from bot.settings import Settings
 from executor.agent import Caller, Invocation, Privilege
 from executor.messages import Message, Usage
-from executor.testing import FakeClock, Reply, ScriptedModel, call
+from executor.testing import FakeClock, Reply, ScriptedModel, ScriptedTiers, call
 from personas.model import Persona
 from personas.runnable import to_runnable
 from skills.markdown import parse_markdown
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 from tests.fakediscord.server import Call, FakeInteraction

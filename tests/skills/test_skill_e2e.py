@@ -24,9 +24,8 @@ from bot.client import CoterieBot
 from bot.settings import Settings
 from executor.agent import Caller, Privilege
 from executor.messages import Usage
-from executor.testing import FakeClock, Reply, ScriptedModel, call
+from executor.testing import FakeClock, Reply, ScriptedModel, ScriptedTiers, call
 from skills.model import SkillSpec
-from tests.discord.test_app_e2e import ScriptedTiers
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.plugin import coterie_bot, run_bot
 
