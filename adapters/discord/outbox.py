@@ -121,18 +121,23 @@ class Pacer:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._release()  # granted in the same breath as the cancel: pass it on
-            else:
+            elif turn in self._waiting:
                 self._waiting.remove(turn)
             raise
 
     def _release(self) -> None:
         self._busy = False
-        if not self._waiting:
+        while self._waiting:
+            turn = max(self._waiting, key=lambda t: (t.urgency(), -t.seq))
+            self._waiting.remove(turn)
+            if turn.future.done():
+                # Why skip it: its task was cancelled (which cancels the future at once)
+                # and has not run yet to leave the line. Granting it the turn would
+                # leave the bucket busy with nobody to release it.
+                continue
+            self._busy = True
+            turn.future.set_result(None)
             return
-        turn = max(self._waiting, key=lambda t: (t.urgency(), -t.seq))
-        self._waiting.remove(turn)
-        self._busy = True
-        turn.future.set_result(None)
 
 
 class Outbox:

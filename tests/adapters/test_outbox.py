@@ -142,6 +142,33 @@ async def test_a_cancelled_waiter_leaves_and_a_granted_one_passes_its_turn_on() 
         pass
 
 
+async def test_a_waiter_cancelled_just_before_the_turn_frees_is_skipped() -> None:
+    """Its future is cancelled at once but its task leaves the line only when it next
+    runs; a turn freed in between goes to the next live waiter. (Under 100 concurrent
+    chats this once granted the turn to the cancelled one: the pacer stayed busy
+    forever and every later answer in that channel was never sent.)"""
+    pacer = Pacer()
+    got: list[str] = []
+
+    async def ask(name: str, urgency: int) -> None:
+        async with pacer.turn(lambda: urgency):
+            got.append(name)
+
+    async with pacer.turn(lambda: 0):
+        gone = asyncio.create_task(ask("gone", 2))
+        live = asyncio.create_task(ask("live", 1))
+        await _settle()
+        assert pacer.waiting == 2
+        gone.cancel()  # its future is cancelled now; its task runs later
+    # The holder leaves in that same breath: the turn skips "gone" for "live".
+    await asyncio.gather(gone, live, return_exceptions=True)
+    assert gone.cancelled() and got == ["live"]
+    assert pacer.waiting == 0
+    async with pacer.turn(lambda: 0):  # and the bucket is free again
+        got.append("after")
+    assert got == ["live", "after"]
+
+
 # --- deliveries sharing a bucket ---------------------------------------------------------
 
 
