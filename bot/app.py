@@ -12,6 +12,7 @@ flushes and closes all of it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -369,8 +370,11 @@ async def build_app(
 
     ``warm``: the SDKs of these tiers' providers (True: every tier's; a None among the
     tiers: the default tier's) start importing in a thread at once, while the rest is
-    built; :meth:`App.warm_models` waits for them (``App.start`` does). Verbs that run
-    no model (``budget``, ``forget``) leave it False.
+    built; :meth:`App.warm_models` waits for them (``App.start`` does). True imports
+    every candidate's SDK (a bot: a failover never waits for an import on the event
+    loop); a list only each tier's first usable candidate's (a one-run verb: a
+    backup's SDK is imported if failover reaches it). Verbs that run no model
+    (``budget``, ``forget``) leave it False.
 
     ``scheduler=False`` builds no skill scheduler (``App.skill_scheduler`` is None and
     ``App.scheduler`` raises; a schedule saved meanwhile gets its job when the bot next
@@ -428,7 +432,8 @@ async def build_app(
         warm_tiers = None if warm is True else list(warm)
         # Why a thread, and first: an SDK import takes seconds of the start (1.4 s for
         # anthropic); it overlaps the database's start here, Discord's login in `run`.
-        warming = asyncio.get_running_loop().run_in_executor(None, resolver.preload, warm_tiers)
+        preload = functools.partial(resolver.preload, warm_tiers, backups=warm is True)
+        warming = asyncio.get_running_loop().run_in_executor(None, preload)
         warming.add_done_callback(_retrieve)
     clock = clock or RealClock()
 

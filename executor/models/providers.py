@@ -28,16 +28,24 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, cast
 
 from executor.errors import MissingCredentials, UnknownModel
-from executor.models.base import Model
+from executor.models.base import (
+    Model,
+    ModelProfile,
+    ModelRequest,
+    ModelResponse,
+    StreamEvent,
+    profile_of,
+)
 from executor.models.pricing import PriceTable
 
 __all__ = [
     "BUILTIN_PROVIDERS",
+    "DeferredModel",
     "HttpClientFactory",
     "ProviderRegistry",
     "ProviderSettings",
@@ -236,6 +244,18 @@ class ProviderRegistry:
         client = self._client(spec, module)
         return module.make_model(client, spec=spec, model_id=model_id, prices=self.prices)
 
+    def deferred(self, name: str) -> DeferredModel:
+        """A model for ``"provider:model"`` built (its SDK imported, its client made)
+        the first time it is used. Raises now what :meth:`model` would raise before
+        importing: an unknown provider, a missing key."""
+        try:
+            provider, model_id = split_model_name(name)
+        except ValueError:
+            raise UnknownModel(name, self.known) from None
+        spec = self.spec(provider)
+        self.api_key(spec)
+        return DeferredModel(f"{spec.name}:{model_id}", lambda: self.model(name))
+
     def preload(self, names: Iterable[str]) -> list[str]:
         """Import the SDK modules :meth:`model` would import for ``names``, building
         nothing; a name of an unknown provider, or of one without its key, is skipped
@@ -288,6 +308,44 @@ _CONTEXT_TOO_LONG = re.compile(
     r"|context window|too many (input )?tokens|input is too long|exceeds the context",
     re.IGNORECASE,
 )
+
+
+class DeferredModel:
+    """A :class:`~executor.models.base.Model` built on first use: a tier's backup
+    candidate, whose provider's SDK (seconds and tens of MB to import) is needed only
+    if failover reaches it. Its ``name`` is known at once; its ``profile`` and its
+    requests build it, once."""
+
+    __slots__ = ("_build", "_model", "_name")
+
+    def __init__(self, name: str, build: Callable[[], Model]) -> None:
+        self._name = name
+        self._build = build
+        self._model: Model | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def built(self) -> bool:
+        return self._model is not None
+
+    def model(self) -> Model:
+        """The model itself, built now if it was not yet."""
+        if self._model is None:
+            self._model = self._build()
+        return self._model
+
+    @property
+    def profile(self) -> ModelProfile:
+        return profile_of(self.model())
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        return await self.model().generate(request)
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        return self.model().stream(request)
 
 
 def is_context_too_long(message: str) -> bool:

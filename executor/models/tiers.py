@@ -11,14 +11,17 @@ Build once at start-up and keep::
 A candidate whose provider has no key configured is left out of the tier (so
 the default tiers work with only one provider's key); when no candidate is
 left, :class:`~executor.errors.MissingCredentials` names the first missing
-variable. An unknown provider is always an error.
+variable. An unknown provider is always an error. A tier's first usable candidate
+is built when the tier is resolved; the others (its backups) are
+:class:`~executor.models.providers.DeferredModel` objects, built when failover first
+reaches them, so a run that never fails over never imports their SDKs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from executor.errors import MissingCredentials, UnknownTier
+from executor.errors import MissingCredentials, UnknownModel, UnknownTier
 from executor.models.base import Model
 from executor.models.config import ModelsConfig, TierConfig
 from executor.models.fallback import Cooldowns, FallbackModel
@@ -83,18 +86,34 @@ class TierResolver:
             self._models[cfg.name] = model
         return model
 
-    def preload(self, tiers: Iterable[str | None] | None = None) -> list[str]:
+    def preload(
+        self, tiers: Iterable[str | None] | None = None, *, backups: bool = True
+    ) -> list[str]:
         """Import the SDKs of ``tiers``' usable candidates (None: every tier's; a None
-        in it: the default tier's) without building a model. Safe in a thread: it
-        only imports. Returns the provider kinds imported."""
+        in it: the default tier's) without building a model; ``backups=False``: only
+        each tier's first usable one (the rest import if failover reaches them). Safe
+        in a thread: it only imports. Returns the provider kinds imported."""
         wanted = self.tiers if tiers is None else list(tiers)
         names: list[str] = []
         for tier in wanted:
             try:
-                names += self.candidates(tier)
+                candidates = self.candidates(tier)
             except UnknownTier:
                 continue  # resolve() names it when the tier is used
+            if not backups:
+                # The one resolve() builds now; an unknown provider's name is skipped
+                # here and reported by resolve().
+                usable = [n for n in candidates if self._usable(n)]
+                candidates = usable[:1]
+            names += candidates
         return self.providers.preload(names)
+
+    def _usable(self, name: str) -> bool:
+        try:
+            self.providers.check(name)
+        except (MissingCredentials, UnknownModel):
+            return False
+        return True
 
     def estimate_micros(self, tier: str | None, input_tokens: int, output_tokens: int) -> int:
         """The most this tier's candidates could cost for these tokens (budget reservation)."""
@@ -107,7 +126,10 @@ class TierResolver:
         missing: MissingCredentials | None = None
         for name in cfg.candidates:
             try:
-                models.append(self.providers.model(name))
+                # The first usable candidate is built now (a tier that cannot answer
+                # says so before any run); the others when failover first reaches them.
+                build = self.providers.deferred if models else self.providers.model
+                models.append(build(name))
             except MissingCredentials as exc:
                 missing = missing or exc
         if not models:

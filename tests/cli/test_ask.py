@@ -99,6 +99,42 @@ def test_ask_fails_over_from_a_dead_provider(llmock: Any, tmp_path: Path) -> Non
     assert data["attempts"][-1]["error"] is None
 
 
+def test_ask_with_both_keys_imports_the_backups_sdk_only_when_it_fails_over(
+    llmock: Any, tmp_path: Path
+) -> None:
+    """The default tier is Anthropic then OpenAI: an answer from Anthropic never
+    imports the OpenAI SDK (about a second and tens of MB); a failover does."""
+
+    def imported(stderr: str) -> set[str]:
+        # -X importtime's lines: "import time: self | cumulative | module"
+        return {
+            line.rsplit("|", 1)[1].strip()
+            for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line
+        }
+
+    keys = {
+        "ANTHROPIC_BASE_URL": llmock.base_url("anthropic"),
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "OPENAI_BASE_URL": llmock.base_url("openai"),
+        "OPENAI_API_KEY": "sk-test",
+        "COTERIE_TIER_STANDARD": "anthropic:claude-sonnet-4-6,openai:gpt-5-mini",
+        "PYTHONPROFILEIMPORTTIME": "1",
+    }
+    llmock.reply("from anthropic", provider="anthropic")
+    out = _ask(tmp_path, "hello", **keys)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "from anthropic"
+    assert "anthropic" in imported(out.stderr) and "openai" not in imported(out.stderr)
+
+    llmock.outage(status=503, provider="anthropic")
+    llmock.reply("from openai", provider="openai")
+    out = _ask(tmp_path, "hello", **keys)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "from openai"
+    assert "openai" in imported(out.stderr)
+
+
 def test_ask_streams_text(llmock: Any, tmp_path: Path) -> None:
     llmock.reply("streamed answer")
     out = _ask(

@@ -13,7 +13,7 @@ from executor.messages import Message
 from executor.models.base import ModelRequest
 from executor.models.config import load_tier_config
 from executor.models.fallback import FallbackModel
-from executor.models.providers import ProviderSettings, ProviderSpec
+from executor.models.providers import DeferredModel, ProviderSettings, ProviderSpec
 from executor.models.tiers import TierResolver
 from tests.executor.models.conftest import Clients, Recorder
 from tests.executor.models.test_models_anthropic import MESSAGE
@@ -134,6 +134,44 @@ async def test_tier_resolver(clients: Clients) -> None:
     assert tiers.estimate_micros("smart", 1000, 100) == 5000 + 3000
 
 
+async def test_a_backup_is_built_when_failover_first_reaches_it(clients: Clients) -> None:
+    cfg = load_tier_config(
+        None, {"COTERIE_TIER_FAST": "anthropic:claude-haiku-4-5,openai:gpt-5-mini"}
+    )
+    down = {"anthropic": True}
+    registry = clients.registry(
+        {
+            "anthropic": lambda r: httpx2.Response(529 if down["anthropic"] else 200, json=MESSAGE),
+            "openai": lambda r: httpx2.Response(200, json=OK_CHAT),
+        }
+    )
+    model = TierResolver(cfg, registry).resolve("fast")
+    assert isinstance(model, FallbackModel)
+    backup = model.candidates[1]
+    assert isinstance(backup, DeferredModel)
+    assert backup.name == "openai:gpt-5-mini" and not backup.built
+    assert model.profile.provider == "anthropic"  # the first candidate's, backup unbuilt
+    assert not backup.built
+
+    resp = await model.generate(ModelRequest(messages=[Message.user("hi")]))
+    assert resp.model == "openai:gpt-5-mini"
+    assert [a.model for a in resp.attempts] == ["anthropic:claude-haiku-4-5", "openai:gpt-5-mini"]
+    assert backup.built
+    built = backup.model()
+    # The backup answers first while the primary cools down: its profile now.
+    assert model.profile.provider == "openai"
+    await model.generate(ModelRequest(messages=[Message.user("again")]))
+    assert backup.model() is built  # built once
+
+
+def test_a_backup_with_no_key_is_left_out_without_building_anything(clients: Clients) -> None:
+    registry = clients.registry({}, ProviderSettings(anthropic_api_key="sk-ant"))
+    with pytest.raises(MissingCredentials, match="OPENAI_API_KEY"):
+        registry.deferred("openai:gpt-5-mini")
+    with pytest.raises(UnknownModel):
+        registry.deferred("mistral:large")
+
+
 def test_tier_skips_candidates_without_keys(clients: Clients) -> None:
     cfg = load_tier_config(None, {})
     tiers = TierResolver(cfg, clients.registry({}, ProviderSettings(openai_api_key="sk")))
@@ -161,3 +199,28 @@ def test_preload_imports_only_what_the_usable_candidates_need_and_builds_nothing
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # anthropic has no key and mistral is no provider: skipped, not raised (a run says so).
     assert out.stdout.splitlines() == ["['openai'] False True {}", "[]"]
+
+
+def test_a_tier_resolved_without_failover_never_imports_its_backups_sdk() -> None:
+    """``coterie ask`` with both keys: the default tier's first candidate's SDK only
+    (preloaded without backups, then resolved); the backup's if failover reaches it."""
+    code = (
+        "import sys\n"
+        "from executor.models.config import load_tier_config\n"
+        "from executor.models.providers import ProviderRegistry, ProviderSettings\n"
+        "from executor.models.tiers import TierResolver\n"
+        "cfg = load_tier_config(None, {'COTERIE_TIER_FAST': 'anthropic:claude-haiku-4-5,openai:gpt-5-mini'})\n"
+        "keys = ProviderSettings(anthropic_api_key='sk-ant', openai_api_key='sk')\n"
+        "tiers = TierResolver(cfg, ProviderRegistry(keys))\n"
+        "print(tiers.preload(['fast'], backups=False), tiers.preload(['nosuch'], backups=False))\n"
+        "model = tiers.resolve('fast')\n"
+        "print([m.name for m in model.candidates], 'openai' in sys.modules)\n"
+        "model.candidates[1].model()\n"
+        "print('openai' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "['anthropic'] []",
+        "['anthropic:claude-haiku-4-5', 'openai:gpt-5-mini'] False",
+        "True",
+    ]
