@@ -27,6 +27,7 @@ from executor.messages import Message, ToolCallPart, Usage
 __all__ = [
     "DEFAULT_PROFILE",
     "Attempt",
+    "Failover",
     "KeepAlive",
     "Model",
     "ModelProfile",
@@ -161,11 +162,22 @@ class StreamReset:
 
 
 @dataclass(frozen=True, slots=True)
+class Failover:
+    """A candidate failed and the next one is asked now (:class:`~executor.models.
+    fallback.FallbackModel`): ``attempt`` is the failed one, as it will be in the
+    response's ``attempts``. Sent before the next candidate is asked, so its consumer
+    (the run loop) charges a ``billed`` attempt and covers it in the run's reservation
+    first; a consumer that stops the stream here stops the failover."""
+
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response: ModelResponse
 
 
-StreamEvent = TextDelta | ToolCallEvent | KeepAlive | StreamReset | ResponseDone
+StreamEvent = TextDelta | ToolCallEvent | KeepAlive | StreamReset | Failover | ResponseDone
 
 
 @runtime_checkable
