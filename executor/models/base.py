@@ -8,6 +8,8 @@ event it reads off the wire into one stream event: output (:class:`TextDelta`,
 :class:`ToolCallEvent`) or, when the event carries none yet (the message's start,
 a piece of a tool call's arguments, usage), a :class:`KeepAlive`. Consumers
 ignore ``KeepAlive``; failover reads it as a sign of life (its idle timeout).
+Failover adds its own: :class:`StreamReset` (the text so far is void) and
+:class:`Failover` (a candidate failed; the next one is asked now).
 
 A model's :class:`ModelProfile` says what it can do (its context window, how
 it gives structured output, whether it sees images). The batteries read it
