@@ -220,7 +220,9 @@ class FallbackModel:
                     # Why before the next candidate is asked: the consumer charges a
                     # billed attempt and covers it in the run's budget first (it may stop
                     # here), and a stop or a crash while the next one answers still
-                    # knows the failed one.
+                    # knows the failed one. Why after the reset: it is the last event
+                    # before the next candidate is asked, so the consumer may count that
+                    # request as sent once it has handled it.
                     yield Failover(attempts[-1])
             finally:
                 await _aclose(events)

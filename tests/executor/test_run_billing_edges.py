@@ -208,11 +208,13 @@ def _failover(first: Breaks) -> tuple[Executor, InMemoryBudgetLedger, AuditCaptu
     return executor, budget, audit
 
 
-async def _ask(executor: Executor) -> RunResult:
+async def _ask(executor: Executor, delivery: RecordingDelivery | None = None) -> RunResult:
     return await executor.run(
         RunnableAgent(tier="standard"),
         Invocation(
-            [Message.user("Tell me about owls. " * 20)], caller=ALICE, delivery=RecordingDelivery()
+            [Message.user("Tell me about owls. " * 20)],
+            caller=ALICE,
+            delivery=delivery or RecordingDelivery(),
         ),
     )
 
@@ -303,6 +305,52 @@ async def test_a_run_cancelled_while_the_backup_streams_is_charged_both_candidat
     assert (await budget.status("alice")).spent_micros == 2 * owed  # ... and the ledger
 
 
+class SlowReset(RecordingDelivery):
+    """A delivery whose taking back of text waits (a Discord message edit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resetting = asyncio.Event()
+
+    async def reset(self) -> None:
+        await super().reset()
+        self.resetting.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_run_cancelled_before_the_backup_is_asked_is_charged_one_candidate() -> None:
+    """Stopped while the failed candidate's words are being taken back: the backup was
+    never asked, so the run is charged one request's input, not two."""
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    backup = Hanging()
+    model = FallbackModel([first, backup], name="tier:standard")
+    budget = InMemoryBudgetLedger(5_000_000)
+    audit = AuditCapture()
+    executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
+    cancel = asyncio.Event()
+    delivery = SlowReset()
+    task = asyncio.create_task(
+        executor.run(
+            RunnableAgent(tier="standard"),
+            Invocation(
+                [Message.user("Tell me about owls. " * 20)],
+                caller=ALICE,
+                delivery=delivery,
+                cancel=cancel,
+            ),
+        )
+    )
+    await delivery.resetting.wait()
+    cancel.set()
+    result = await task
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    assert result.status is RunStatus.CANCELLED and backup.requests == []
+    assert owed > 0 and result.cost_micros == owed
+    (finished,) = audit.of_type(RunFinished)
+    assert finished.result.cost_micros == owed == (await budget.status("alice")).spent_micros
+
+
 class Answers:
     """Answers whole (a backup), noting what its member's budget holds as it is asked
     and whether another run of theirs could reserve ``probe`` then."""
@@ -377,10 +425,13 @@ async def test_the_failed_candidates_charge_is_held_before_the_backup_is_asked()
 
 async def test_a_member_who_cannot_cover_the_failover_is_stopped_before_the_backup() -> None:
     executor, budget, audit, backup, _, failed = _near_the_limit(-1)
-    result = await _ask(executor)
+    delivery = RecordingDelivery()
+    result = await _ask(executor, delivery)
     assert result.status is RunStatus.BUDGET_EXHAUSTED
     assert backup.requests == []  # the backup was never asked
     assert result.note is not None and "budget" in result.note
+    # The failed candidate's words were taken back; they are not the run's output.
+    assert ("reset", None) in delivery.log and result.output == ""
     # Charged the failed candidate (its provider billed it), never past the limit.
     assert result.cost_micros == failed
     (attempt,) = audit.of_type(ModelAttemptEvent)
