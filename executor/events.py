@@ -66,7 +66,9 @@ class ModelRequestEvent(_Event):
     run is charged if the request's usage never arrives (the run is stopped, or the
     process dies, with the request in flight; the provider has billed the input).
     ``attempts_before`` is how many model attempts the run had recorded before it, so
-    crash recovery can tell a request that never ended (no attempt after it).
+    crash recovery can tell a request that never ended (no attempt after it). After a
+    failover the same request is recorded again for the next candidate, after the
+    failed candidate's attempt, before that one is asked.
     """
 
     step: int
@@ -80,9 +82,10 @@ class ModelRequestEvent(_Event):
 class ModelAttemptEvent(_Event):
     """One candidate's try at one step's request (failover records several).
 
-    ``usage`` is the answering attempt's (None for one that failed): what a finished
-    response cost is on its attempt, before the step ends, so a crash between the two
-    still charges it.
+    ``usage`` is the answering attempt's: what a finished response cost is on its
+    attempt, before the step ends, so a crash between the two still charges it. A
+    failed attempt has one only when it was charged: stopped in flight, or ``billed``
+    (a candidate that failed over mid-stream, recorded as it failed over).
     """
 
     step: int

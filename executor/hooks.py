@@ -46,6 +46,9 @@ class RunState:
     attempts: list[Attempt] = field(default_factory=list)
     answered_by: str | None = None
     partial_text: str = ""  # text streamed in the current step
+    # Set by the run loop: a model request is in flight (False between a failover and
+    # the next candidate's request: a stop then owes nothing more for it).
+    requesting: bool = False
     last_text: str = ""  # the last complete assistant text
     stop_reason: str | None = None
     stop_status: RunStatus | None = None

@@ -72,6 +72,7 @@ from executor.hooks import RunHook, RunState
 from executor.messages import Message, ToolCallPart, ToolResultPart, Usage
 from executor.models.base import (
     Attempt,
+    Failover,
     Model,
     ModelRequest,
     ModelResponse,
@@ -734,32 +735,29 @@ class Executor:
                     budget=exc.details,
                 ) from None
             unanswered = money.unanswered(tokens) if money is not None else 0
-            await self._emit(
-                ModelRequestEvent(
-                    run_id=state.run_id,
-                    at=self.clock.now(),
-                    step=state.steps,
-                    message_count=len(request.messages),
-                    input_tokens=tokens,
-                    unanswered_micros=unanswered,
-                    attempts_before=len(state.attempts),
-                ),
-                watch,
-            )
+            owed = Usage(input_tokens=tokens, cost_micros=unanswered, requests=1)
+            before = len(state.attempts)
+            await self._emit(self._request_event(state, request, owed), watch)
             started = time.perf_counter()
+            state.requesting = True
             try:
                 if streaming:
-                    response = await self._stream(state, request)
+                    response = await self._stream(state, request, watch, owed)
                 else:
                     response = await state.model.generate(request)
             except asyncio.CancelledError:
                 # The run was stopped (its deadline, the critic, its member, the host)
                 # with the request in flight: its usage never arrives, but the provider
                 # has billed the input. Charge that, on an attempt of its own.
-                charge = Usage(input_tokens=tokens, cost_micros=unanswered, requests=1)
-                state.add_usage(charge)
                 if money is not None:
                     money.call_done()
+                if not state.requesting:
+                    # Stopped between a failover and the next candidate's request: that
+                    # one was never asked (the failed one is charged on its attempt).
+                    raise
+                state.requesting = False
+                charge = owed
+                state.add_usage(charge)
                 attempt = Attempt(
                     model=state.model.name,
                     latency_ms=(time.perf_counter() - started) * 1000,
@@ -797,10 +795,7 @@ class Executor:
                     )
                 ]
                 await self._record_attempts(
-                    state,
-                    list(attempts),
-                    watch,
-                    unanswered=Usage(input_tokens=tokens, cost_micros=unanswered, requests=1),
+                    state, list(attempts), watch, unanswered=owed, since=before
                 )
                 retry += 1
                 # Why the cap first: past it no hook's work (a compaction) can help.
@@ -832,16 +827,27 @@ class Executor:
             # Why the usage on the attempt: it is written at once, so a crash before the
             # step's end still charges what this response cost.
             await self._record_attempts(
-                state,
-                attempts,
-                watch,
-                usage=response.usage,
-                unanswered=Usage(input_tokens=tokens, cost_micros=unanswered, requests=1),
+                state, attempts, watch, usage=response.usage, unanswered=owed, since=before
             )
             state.answered_by = response.model
             for hook in self.hooks:
                 await hook.after_model_response(state, response)
             return response
+
+    def _request_event(
+        self, state: RunState, request: ModelRequest, owed: Usage
+    ) -> ModelRequestEvent:
+        """The request about to be sent (to a model, or to the next candidate after a
+        failover): ``owed`` is what it is charged if its usage never arrives."""
+        return ModelRequestEvent(
+            run_id=state.run_id,
+            at=self.clock.now(),
+            step=state.steps,
+            message_count=len(request.messages),
+            input_tokens=owed.input_tokens,
+            unanswered_micros=owed.cost_micros,
+            attempts_before=len(state.attempts),
+        )
 
     async def _record_attempts(
         self,
@@ -851,18 +857,24 @@ class Executor:
         *,
         usage: Usage | None = None,
         unanswered: Usage | None = None,
+        since: int = 0,
     ) -> None:
         """Record each attempt; ``usage`` (the response's) goes on the one that answered.
 
         A failed attempt the provider billed (it failed mid-stream) is charged to the
         run here, on its attempt: what the provider reported it cost, or else
-        ``unanswered`` (the request's input at the run's price).
+        ``unanswered`` (the request's input at the run's price). An attempt recorded
+        already, at its failover (:meth:`_failed_over`: in ``state.attempts`` from
+        ``since`` on), is not recorded again.
         """
-        state.attempts.extend(attempts)
+        known = state.attempts[since:]
         answered = len(attempts) - 1  # the last one that did not fail
         while answered >= 0 and attempts[answered].error:
             answered -= 1
         for i, a in enumerate(attempts):
+            if any(a is k for k in known):
+                continue
+            state.attempts.append(a)
             cost = usage if i == answered else _billed(a, unanswered)
             if i != answered and cost is not None:
                 state.add_usage(cost)
@@ -877,7 +889,54 @@ class Executor:
                 watch,
             )
 
-    async def _stream(self, state: RunState, request: ModelRequest) -> ModelResponse:
+    async def _failed_over(
+        self,
+        state: RunState,
+        attempt: Attempt,
+        request: ModelRequest,
+        watch: CriticWatch | None,
+        owed: Usage,
+    ) -> None:
+        """A candidate failed and the next is about to be asked (:class:`Failover`).
+
+        The failed attempt is recorded and, when its provider billed it, charged now
+        (written at once, so a stop or a crash while the next candidate answers charges
+        both); the reservation grows to cover it before the next candidate is asked,
+        and when the budget cannot cover that the run stops here, ``budget_exhausted``.
+        Then the request to the next candidate is recorded as a request of its own
+        (crash recovery charges its input if no attempt follows it).
+        """
+        state.requesting = False
+        state.attempts.append(attempt)
+        cost = _billed(attempt, owed)
+        if cost is not None:
+            state.add_usage(cost)
+        await self._emit(
+            ModelAttemptEvent(
+                run_id=state.run_id,
+                at=self.clock.now(),
+                step=state.steps,
+                attempt=attempt,
+                usage=cost,
+            ),
+            watch,
+        )
+        money = state.budget
+        if money is not None and cost is not None:
+            try:
+                await money.failed_over(state.usage.cost_micros)
+            except BudgetExceeded as exc:
+                raise _Stopped(
+                    RunStatus.BUDGET_EXHAUSTED,
+                    "your budget cannot cover asking another model after one failed",
+                    budget=exc.details,
+                ) from None
+        await self._emit(self._request_event(state, request, owed), watch)
+        state.requesting = True
+
+    async def _stream(
+        self, state: RunState, request: ModelRequest, watch: CriticWatch | None, owed: Usage
+    ) -> ModelResponse:
         delivery = state.delivery
         final: ModelResponse | None = None
         stream = state.model.stream(request)
@@ -896,6 +955,8 @@ class Executor:
                 elif isinstance(event, StreamReset):
                     state.partial_text = ""
                     await delivery.reset()
+                elif isinstance(event, Failover):
+                    await self._failed_over(state, event.attempt, request, watch, owed)
                 elif isinstance(event, ResponseDone):
                     final = event.response
         finally:

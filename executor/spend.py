@@ -26,6 +26,14 @@ flight (a judgement may run while the run's own call streams).
 A request whose usage never arrives (the run is stopped, or its judgement times out,
 with it in flight) is charged its input tokens as counted from the request, at the
 price with no output: the provider has billed them (:meth:`RunBudget.unanswered`).
+
+A call that fails over after its first candidate began to answer is charged that
+candidate too (its provider billed it) as soon as it fails, and the reservation grows
+at once to what the run has spent with it plus the call's worst case again
+(:meth:`RunBudget.failed_over`), before the next candidate is asked. When the budget
+cannot cover that, the next candidate is not asked: the run ends
+``budget_exhausted``, charged what the failed candidate cost. So a failover never takes
+a member past their limit, and a concurrent run of theirs sees the money as held.
 """
 
 from __future__ import annotations
@@ -180,6 +188,19 @@ class RunBudget:
         assert self.reservation is not None, "open() first"
         if want > self.reservation.amount_micros:
             self._keep(await self.gate.grow(self.reservation, want))
+
+    async def failed_over(self, spent_micros: int) -> None:
+        """The run's own call failed over (:class:`~executor.models.base.Failover`) and
+        what the failed candidate cost is in ``spent_micros`` now: grow the reservation
+        to cover it plus the same call's worst case again, before the next candidate is
+        asked, so the member's hold shows that money as soon as it is owed.
+
+        Raises :class:`BudgetExceeded` (the reservation left as it was) when the budget
+        cannot cover it: the run stops there rather than ask the next candidate.
+        """
+        if self.price is None or self.reservation is None:
+            return
+        await self._grow(spent_micros + self._side + self._call)
 
     async def hold(self, spent_micros: int, worst_micros: int) -> None:
         """Grow the reservation to cover a call beside the run's own (a judgement, a

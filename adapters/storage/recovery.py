@@ -12,7 +12,10 @@ steps, tokens and cost its audit rows show, and settles every open reservation:
   tokens its ``model_request`` row counted, at its price (its data's
   ``unanswered_micros``), as the run loop charges a request stopped in flight. A
   request was in flight when no attempt row follows it (the run had recorded
-  ``attempts_before`` attempts when it was sent, and has as many now);
+  ``attempts_before`` attempts when it was sent, and has as many now). After a
+  failover the failed candidate's attempt row (with its charge, when its provider
+  billed it) and a request row for the next candidate are written before that one is
+  asked: a process that dies while it answers is charged both;
 * the run never reached the audit trail (the process died between reserving and
   starting): charge nothing, as no model was called.
 

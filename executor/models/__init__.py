@@ -7,6 +7,7 @@ built through the :class:`ProviderRegistry`.
 
 from executor.models.base import (
     Attempt,
+    Failover,
     KeepAlive,
     Model,
     ModelRequest,
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_TIERS",
     "Attempt",
     "Cooldowns",
+    "Failover",
     "FallbackModel",
     "KeepAlive",
     "Model",

@@ -8,6 +8,8 @@ event it reads off the wire into one stream event: output (:class:`TextDelta`,
 :class:`ToolCallEvent`) or, when the event carries none yet (the message's start,
 a piece of a tool call's arguments, usage), a :class:`KeepAlive`. Consumers
 ignore ``KeepAlive``; failover reads it as a sign of life (its idle timeout).
+Failover adds its own: :class:`StreamReset` (the text so far is void) and
+:class:`Failover` (a candidate failed; the next one is asked now).
 
 A model's :class:`ModelProfile` says what it can do (its context window, how
 it gives structured output, whether it sees images). The batteries read it
@@ -27,6 +29,7 @@ from executor.messages import Message, ToolCallPart, Usage
 __all__ = [
     "DEFAULT_PROFILE",
     "Attempt",
+    "Failover",
     "KeepAlive",
     "Model",
     "ModelProfile",
@@ -161,11 +164,22 @@ class StreamReset:
 
 
 @dataclass(frozen=True, slots=True)
+class Failover:
+    """A candidate failed and the next one is asked now (:class:`~executor.models.
+    fallback.FallbackModel`): ``attempt`` is the failed one, as it will be in the
+    response's ``attempts``. Sent before the next candidate is asked, so its consumer
+    (the run loop) charges a ``billed`` attempt and covers it in the run's reservation
+    first; a consumer that stops the stream here stops the failover."""
+
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response: ModelResponse
 
 
-StreamEvent = TextDelta | ToolCallEvent | KeepAlive | StreamReset | ResponseDone
+StreamEvent = TextDelta | ToolCallEvent | KeepAlive | StreamReset | Failover | ResponseDone
 
 
 @runtime_checkable

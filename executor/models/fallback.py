@@ -27,7 +27,10 @@ way any mid-stream error does: :class:`~executor.models.base.StreamReset`
 takes the partial text back, and the next candidate answers from the start.
 The failed attempt is marked ``billed`` (with the provider's usage when it reported
 one): the provider began to answer, so it charges the input, and the run loop
-charges the run for it.
+charges the run for it. Before the next candidate is asked, the stream sends
+:class:`~executor.models.base.Failover` with the failed attempt: the run loop records
+and charges it then (not when the answer comes), grows the run's reservation to
+cover it, and may stop there (the member's budget cannot cover asking again).
 A call that does not stream (``generate``) has no first token to wait for: only
 the deadline applies to it.
 
@@ -62,6 +65,7 @@ from executor.errors import (
 )
 from executor.models.base import (
     Attempt,
+    Failover,
     Model,
     ModelProfile,
     ModelRequest,
@@ -169,7 +173,8 @@ class FallbackModel:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         attempts: list[Attempt] = []
-        for model in self.cooldowns.order(self.candidates):
+        order = self.cooldowns.order(self.candidates)
+        for n, model in enumerate(order, 1):
             started = self.clock.monotonic()
             deadline = started + self.timeout_s
             # Why not for a silent thinker: its silence is its reasoning, not a hang.
@@ -211,6 +216,14 @@ class FallbackModel:
                 self._failed(model, exc, started, attempts, billed=heard or exc.usage is not None)
                 if sent_output:
                     yield StreamReset(reason=f"{model.name} failed mid-stream: {exc.kind}")
+                if n < len(order):
+                    # Why before the next candidate is asked: the consumer charges a
+                    # billed attempt and covers it in the run's budget first (it may stop
+                    # here), and a stop or a crash while the next one answers still
+                    # knows the failed one. Why after the reset: it is the last event
+                    # before the next candidate is asked, so the consumer may count that
+                    # request as sent once it has handled it.
+                    yield Failover(attempts[-1])
             finally:
                 await _aclose(events)
         raise AllModelsFailed(attempts, tier=self._tier_name())

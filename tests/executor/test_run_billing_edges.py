@@ -22,7 +22,7 @@ from executor.agent import Bounds, Caller, Invocation, RunnableAgent, RunResult,
 from executor.budget import InMemoryBudgetLedger
 from executor.compaction import CompactionHook
 from executor.critic import CriticConfig, WatchdogCritic
-from executor.errors import Overloaded
+from executor.errors import BudgetExceeded, Overloaded
 from executor.events import (
     CompactionEvent,
     CriticVerdictEvent,
@@ -208,11 +208,13 @@ def _failover(first: Breaks) -> tuple[Executor, InMemoryBudgetLedger, AuditCaptu
     return executor, budget, audit
 
 
-async def _ask(executor: Executor) -> RunResult:
+async def _ask(executor: Executor, delivery: RecordingDelivery | None = None) -> RunResult:
     return await executor.run(
         RunnableAgent(tier="standard"),
         Invocation(
-            [Message.user("Tell me about owls. " * 20)], caller=ALICE, delivery=RecordingDelivery()
+            [Message.user("Tell me about owls. " * 20)],
+            caller=ALICE,
+            delivery=delivery or RecordingDelivery(),
         ),
     )
 
@@ -254,6 +256,193 @@ async def test_a_candidate_that_failed_before_answering_is_not_charged() -> None
     assert failed.attempt.error_kind == "overloaded" and not failed.attempt.billed
     assert failed.usage is None
     assert result.cost_micros == 500 == (await budget.status("alice")).spent_micros
+
+
+# --- a mid-stream failover, then a stop or the member's limit -------------------------
+
+
+async def test_a_run_cancelled_while_the_backup_streams_is_charged_both_candidates() -> None:
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    backup = Hanging()
+    model = FallbackModel([first, backup], name="tier:standard")
+    budget = InMemoryBudgetLedger(5_000_000)
+    audit = AuditCapture()
+    executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
+    cancel = asyncio.Event()
+    task = asyncio.create_task(
+        executor.run(
+            RunnableAgent(tier="standard"),
+            Invocation(
+                [Message.user("Tell me about owls. " * 20)],
+                caller=ALICE,
+                delivery=RecordingDelivery(),
+                cancel=cancel,
+            ),
+        )
+    )
+    await backup.streaming.wait()
+    # Known before the backup answers: the failed attempt, charged, and the request
+    # sent again to the backup (what crash recovery would charge were the process to
+    # die now).
+    (failed,) = audit.of_type(ModelAttemptEvent)
+    assert failed.attempt.billed and failed.usage is not None
+    cancel.set()  # the member stops the run while the backup streams
+    result = await task
+
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    assert result.status is RunStatus.CANCELLED
+    failed, stopped = audit.of_type(ModelAttemptEvent)
+    assert (failed.attempt.model, failed.attempt.error_kind) == ("test:first", "overloaded")
+    assert stopped.attempt.error_kind == "stopped"
+    assert failed.usage is not None and failed.usage.cost_micros == owed
+    assert stopped.usage is not None and stopped.usage.cost_micros == owed
+    asked = audit.of_type(ModelRequestEvent)
+    assert [(r.attempts_before, r.unanswered_micros) for r in asked] == [(0, owed), (1, owed)]
+    assert owed > 0 and result.cost_micros == 2 * owed  # both candidates
+    (finished,) = audit.of_type(RunFinished)
+    assert finished.result.cost_micros == 2 * owed  # the audit ...
+    assert (await budget.status("alice")).spent_micros == 2 * owed  # ... and the ledger
+
+
+class SlowReset(RecordingDelivery):
+    """A delivery whose taking back of text waits (a Discord message edit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resetting = asyncio.Event()
+
+    async def reset(self) -> None:
+        await super().reset()
+        self.resetting.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_run_cancelled_before_the_backup_is_asked_is_charged_one_candidate() -> None:
+    """Stopped while the failed candidate's words are being taken back: the backup was
+    never asked, so the run is charged one request's input, not two."""
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    backup = Hanging()
+    model = FallbackModel([first, backup], name="tier:standard")
+    budget = InMemoryBudgetLedger(5_000_000)
+    audit = AuditCapture()
+    executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
+    cancel = asyncio.Event()
+    delivery = SlowReset()
+    task = asyncio.create_task(
+        executor.run(
+            RunnableAgent(tier="standard"),
+            Invocation(
+                [Message.user("Tell me about owls. " * 20)],
+                caller=ALICE,
+                delivery=delivery,
+                cancel=cancel,
+            ),
+        )
+    )
+    await delivery.resetting.wait()
+    cancel.set()
+    result = await task
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    assert result.status is RunStatus.CANCELLED and backup.requests == []
+    assert owed > 0 and result.cost_micros == owed
+    (finished,) = audit.of_type(RunFinished)
+    assert finished.result.cost_micros == owed == (await budget.status("alice")).spent_micros
+
+
+class Answers:
+    """Answers whole (a backup), noting what its member's budget holds as it is asked
+    and whether another run of theirs could reserve ``probe`` then."""
+
+    name = "test:backup"
+    profile = ModelProfile(provider="test", context_window=200_000)
+
+    def __init__(self, budget: InMemoryBudgetLedger, probe: int) -> None:
+        self.budget = budget
+        self.probe = probe
+        self.requests: list[ModelRequest] = []
+        self.reserved: list[int] = []
+        self.other_run: list[bool] = []
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        raise AssertionError("streams only")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        self.requests.append(request)
+        self.reserved.append((await self.budget.status("alice")).reserved_micros)
+        try:
+            other = await self.budget.reserve(ALICE, "another-run", self.probe)
+        except BudgetExceeded:
+            self.other_run.append(False)
+        else:
+            self.other_run.append(True)
+            await self.budget.settle(other, 0)
+        yield TextDelta("Owls are birds.")
+        yield ResponseDone(
+            ModelResponse(
+                message=Message.assistant("Owls are birds."),
+                usage=Usage(input_tokens=40, cost_micros=500, requests=1),
+                model=self.name,
+            )
+        )
+
+
+def _near_the_limit(
+    headroom: int,
+) -> tuple[Executor, InMemoryBudgetLedger, AuditCapture, Answers, int, int]:
+    """A member whose limit covers the first call's worst case and the failed
+    candidate's charge, plus ``headroom`` (negative: short of it)."""
+    agent = RunnableAgent(tier="standard")
+    bounds = agent.bounds
+    system = [Message.system(agent.system_prompt)] if agent.system_prompt else []
+    tokens = input_tokens([*system, Message.user("Tell me about owls. " * 20)], [])
+    worst = standard(tokens, min(bounds.max_tokens_per_response, bounds.max_output_tokens))
+    failed = standard(tokens, 0)
+    budget = InMemoryBudgetLedger(worst + failed + headroom)
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    backup = Answers(budget, probe=max(headroom, 0) + 1)
+    model = FallbackModel([first, backup], name="tier:standard")
+    audit = AuditCapture()
+    executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
+    return executor, budget, audit, backup, worst, failed
+
+
+async def test_the_failed_candidates_charge_is_held_before_the_backup_is_asked() -> None:
+    executor, budget, audit, backup, worst, failed = _near_the_limit(0)
+    result = await _ask(executor)
+    assert result.status is RunStatus.OK and result.output == "Owls are birds."
+    # While the backup answered, the member's hold covered what the failed candidate
+    # cost and the backup's worst case: another run of theirs could not take that money.
+    assert backup.reserved == [worst + failed]
+    assert backup.other_run == [False]
+    assert result.cost_micros == failed + 500
+    (finished,) = audit.of_type(RunFinished)
+    assert finished.result.cost_micros == failed + 500
+    status = await budget.status("alice")
+    assert (status.spent_micros, status.reserved_micros) == (failed + 500, 0)
+
+
+async def test_a_member_who_cannot_cover_the_failover_is_stopped_before_the_backup() -> None:
+    executor, budget, audit, backup, _, failed = _near_the_limit(-1)
+    delivery = RecordingDelivery()
+    result = await _ask(executor, delivery)
+    assert result.status is RunStatus.BUDGET_EXHAUSTED
+    assert backup.requests == []  # the backup was never asked
+    assert result.note is not None and "budget" in result.note
+    # The failed candidate's words were taken back; they are not the run's output.
+    assert ("reset", None) in delivery.log and result.output == ""
+    # Charged the failed candidate (its provider billed it), never past the limit.
+    assert result.cost_micros == failed
+    (attempt,) = audit.of_type(ModelAttemptEvent)
+    assert attempt.attempt.billed and attempt.usage is not None
+    assert attempt.usage.cost_micros == failed
+    assert len(audit.of_type(ModelRequestEvent)) == 1  # none to the backup
+    (finished,) = audit.of_type(RunFinished)
+    assert finished.result.cost_micros == failed
+    status = await budget.status("alice")
+    assert (status.spent_micros, status.reserved_micros) == (failed, 0)
+    assert status.spent_micros <= status.limit_micros
 
 
 # --- compaction ---------------------------------------------------------------------

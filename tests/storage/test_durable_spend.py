@@ -494,3 +494,110 @@ async def test_a_mid_stream_failover_is_charged_alike_in_audit_rows_and_ledger(
         ).all()
     assert [tuple(r) for r in rows] == [("overloaded", owed), (None, 500)]
     assert run_cost == owed + 500 == (await budget.status("u1")).spent_micros
+
+
+def _failing_over(
+    db: Database, backup: Any, limit: int = 5_000_000
+) -> tuple[Executor, SqlBudgetLedger, SqlAuditSink, Any]:
+    """A tier whose first candidate fails mid-stream (billed), then ``backup``."""
+    from executor.models.base import TextDelta
+    from executor.models.fallback import FallbackModel
+    from tests.executor.test_run_billing_edges import Breaks
+
+    first = Breaks("test:first", (TextDelta("Owls are "),))
+    model = FallbackModel([first, backup], name="tier:standard")
+    budget = SqlBudgetLedger(db.sessions, default_limit_micros=limit)
+    sink = SqlAuditSink(db.sessions, **QUIET)
+    executor = Executor(models=Tiers(standard=(model, standard)), audit=sink, budget=budget)
+    return executor, budget, sink, first
+
+
+def _owls(**extra: Any) -> Invocation:
+    return Invocation(
+        [Message.user("Tell me about owls. " * 20)],
+        caller=Caller(user_id="u1"),
+        run_id="r1",
+        delivery=RecordingDelivery(),
+        **extra,
+    )
+
+
+async def _attempt_rows(db: Database) -> list[tuple[Any, ...]]:
+    async with db.sessions() as s:
+        rows = await s.execute(
+            select(col(AuditModelAttempt.error_kind), col(AuditModelAttempt.cost_micros))
+            .where(col(AuditModelAttempt.run_id) == "r1")
+            .order_by(col(AuditModelAttempt.id))
+        )
+        return [tuple(r) for r in rows.all()]
+
+
+async def _run_cost(db: Database) -> int | None:
+    async with db.sessions() as s:
+        return await s.scalar(select(col(AuditRun.cost_micros)).where(col(AuditRun.run_id) == "r1"))
+
+
+async def test_a_crash_while_the_backup_streams_is_charged_both_candidates(
+    db: Database,
+) -> None:
+    """SIGKILL after a mid-stream failover, the backup streaming: the failed attempt's
+    row (with its charge) and the request to the backup are in the database already,
+    so recovery charges both candidates, as the run loop would."""
+    backup = Hanging()
+    executor, budget, sink, first = _failing_over(db, backup)
+    run = asyncio.create_task(executor.run(RunnableAgent(tier="standard"), _owls()))
+    await backup.streaming.wait()
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    # What the database holds now is what survives a SIGKILL.
+    assert await _attempt_rows(db) == [("overloaded", owed)]
+    report = await recover(db.sessions, budget)
+    assert (report.interrupted_runs, report.charged_micros) == (["r1"], 2 * owed)
+    assert await _run_cost(db) == 2 * owed == (await budget.status("u1")).spent_micros
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    assert (await budget.status("u1")).spent_micros == 2 * owed  # charged once
+    await sink.close()
+
+
+async def test_a_cancel_while_the_backup_streams_is_charged_both_in_rows_and_ledger(
+    db: Database,
+) -> None:
+    backup = Hanging()
+    executor, budget, sink, first = _failing_over(db, backup)
+    cancel = asyncio.Event()
+    run = asyncio.create_task(executor.run(RunnableAgent(tier="standard"), _owls(cancel=cancel)))
+    await backup.streaming.wait()
+    cancel.set()  # the member stops the run while the backup streams
+    result = await run
+    await sink.close()
+    (request,) = first.requests
+    owed = standard(input_tokens(request.messages, request.tools), 0)
+    assert result.status is RunStatus.CANCELLED and result.cost_micros == 2 * owed > 0
+    assert await _attempt_rows(db) == [("overloaded", owed), ("stopped", owed)]
+    assert await _run_cost(db) == 2 * owed == (await budget.status("u1")).spent_micros
+
+
+async def test_a_failover_the_ledger_cannot_cover_stops_before_the_backup(
+    db: Database,
+) -> None:
+    """A member whose limit covers the first call's worst case but not that plus the
+    failed candidate's charge: the backup is never asked; the run is charged the
+    failed candidate alone, alike in the rows and the ledger, within the limit."""
+    agent = RunnableAgent(tier="standard")
+    bounds = agent.bounds
+    tokens = input_tokens([Message.system(agent.system_prompt), *_owls().messages], [])
+    worst = standard(tokens, min(bounds.max_tokens_per_response, bounds.max_output_tokens))
+    backup = ScriptedModel(default=Reply(text="Owls are birds.", usage=Usage(cost_micros=500)))
+    limit = worst + standard(tokens, 0) - 1
+    executor, budget, sink, _ = _failing_over(db, backup, limit=limit)
+    result = await executor.run(agent, _owls())
+    await sink.close()
+    assert result.status is RunStatus.BUDGET_EXHAUSTED
+    assert backup.requests == []
+    owed = standard(tokens, 0)
+    assert result.cost_micros == owed
+    assert await _attempt_rows(db) == [("overloaded", owed)]
+    status = await budget.status("u1")
+    assert await _run_cost(db) == owed == status.spent_micros <= limit
+    assert status.reserved_micros == 0

@@ -21,6 +21,7 @@ from executor.errors import (
 from executor.messages import Message, Usage
 from executor.models.base import (
     DEFAULT_PROFILE,
+    Failover,
     ModelProfile,
     ModelRequest,
     ModelResponse,
@@ -173,11 +174,40 @@ async def test_stream_failover_after_text_sends_reset_first() -> None:
     b = FakeModel("p:b", text="Whole answer")
     events = [e async for e in FallbackModel([a, b]).stream(REQ)]
     kinds = [type(e).__name__ for e in events]
-    assert kinds == ["TextDelta", "StreamReset", "TextDelta", "ResponseDone"]
+    assert kinds == ["TextDelta", "StreamReset", "Failover", "TextDelta", "ResponseDone"]
     assert isinstance(events[1], StreamReset)
     done = events[-1]
     assert isinstance(done, ResponseDone)
     assert [t.model for t in done.response.attempts] == ["p:a", "p:b"]
+    # The failed attempt is sent before the next candidate is asked, as it is answered.
+    failover = events[2]
+    assert isinstance(failover, Failover) and failover.attempt is done.response.attempts[0]
+    assert failover.attempt.billed and b.calls == 1
+
+
+async def test_a_consumer_that_stops_at_the_failover_stops_it() -> None:
+    a = FakeModel("p:a", error=Overloaded("overloaded_error"), partial="Half an ans")
+    b = FakeModel("p:b", text="Whole answer")
+    stream = FallbackModel([a, b]).stream(REQ)
+    async for event in stream:
+        if isinstance(event, Failover):
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert b.calls == 0  # the next candidate was never asked
+
+
+async def test_the_last_candidate_failing_sends_no_failover() -> None:
+    a = FakeModel("p:a", error=ServerError("500"))
+    b = FakeModel("p:b", error=ServerError("500"))
+    seen: list[object] = []
+
+    async def read() -> None:
+        async for event in FallbackModel([a, b]).stream(REQ):
+            seen.append(event)
+
+    with pytest.raises(AllModelsFailed):
+        await read()
+    assert [type(e).__name__ for e in seen] == ["Failover"]
 
 
 async def test_stream_failover_before_any_text_sends_no_reset() -> None:
