@@ -640,17 +640,18 @@ async def build_app(
         ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
 
+    approval_store = SqlApprovals(db.sessions)
+    approvals = ApprovalService(approval_store, clock=clock)
     resume = ResumeService(
         store=checkpoints,
         chat=chat,
         clock=clock,
         offer_ttl_s=settings.resume_offer_hours * 3600,
         kept_elsewhere=SkillService.resumable,
+        approvals=approvals,
     )
     # Offered once Discord is ready (the client's offer loop takes them).
     resume.found(interrupted)
-    approval_store = SqlApprovals(db.sessions)
-    approvals = ApprovalService(approval_store, clock=clock)
     app = App(
         settings=settings,
         executor=executor,
