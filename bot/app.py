@@ -607,6 +607,8 @@ async def build_app(
         )
         # A slot closed instead of retried forgets its run's checkpoint.
         skills_scheduler.forget_runs = checkpoints.forget
+        # A slot left running whose run had posted its answer is closed ok, not rerun.
+        skills_scheduler.answered_runs = audit_queries.answered
     skill_service.scheduler = skills_scheduler
     # A slot's retry resumes its interrupted run.
     skill_service.checkpoints = checkpoints
