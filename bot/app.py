@@ -763,6 +763,12 @@ async def _register(app: App, kind: Kind) -> None:
         app.personas.publish = personas_changed
         notifier.subscribe("personas", app.personas.invalidate)
 
+        async def threads_changed(key: str) -> None:
+            await notifier.publish("threads", key)
+
+        app.threads.publish = threads_changed
+        notifier.subscribe("threads", app.threads.invalidate)
+
         # A press recorded here for a run waiting in another process: it is told at once
         # (and reads the row at its next check were the notice lost).
         async def approval_decided(key: str) -> None:
