@@ -612,6 +612,8 @@ async def build_app(
         )
         # A slot closed instead of retried forgets its run's checkpoint.
         skills_scheduler.forget_runs = checkpoints.forget
+        # A slot left running whose run had posted its answer is closed ok, not rerun.
+        skills_scheduler.answered_runs = audit_queries.answered
     skill_service.scheduler = skills_scheduler
     # A slot's retry resumes its interrupted run.
     skill_service.checkpoints = checkpoints
@@ -645,17 +647,18 @@ async def build_app(
         ledger=budget, spend=audit_queries, guild_settings=guild_settings, clock=clock
     )
 
+    approval_store = SqlApprovals(db.sessions)
+    approvals = ApprovalService(approval_store, clock=clock)
     resume = ResumeService(
         store=checkpoints,
         chat=chat,
         clock=clock,
         offer_ttl_s=settings.resume_offer_hours * 3600,
         kept_elsewhere=SkillService.resumable,
+        approvals=approvals,
     )
     # Offered once Discord is ready (the client's offer loop takes them).
     resume.found(interrupted)
-    approval_store = SqlApprovals(db.sessions)
-    approvals = ApprovalService(approval_store, clock=clock)
     app = App(
         settings=settings,
         executor=executor,
@@ -764,6 +767,12 @@ async def _register(app: App, kind: Kind) -> None:
 
         app.personas.publish = personas_changed
         notifier.subscribe("personas", app.personas.invalidate)
+
+        async def threads_changed(key: str) -> None:
+            await notifier.publish("threads", key)
+
+        app.threads.publish = threads_changed
+        notifier.subscribe("threads", app.threads.invalidate)
 
         # A press recorded here for a run waiting in another process: it is told at once
         # (and reads the row at its next check were the notice lost).

@@ -29,6 +29,10 @@ One slot, one run, at most:
   old, a later slot due, or its retry interrupted too) it is closed as failed with the
   reason, and :attr:`SkillScheduler.forget_runs` is handed the runs of the slots closed
   so (what was kept to resume them goes). A slot runs at most twice, never at once.
+  Unless its run had finished: a crash between posting the answer and closing the slot
+  leaves it ``running`` with a run that is ``ok`` and delivered in the audit
+  (:attr:`SkillScheduler.answered_runs`); such a slot is closed ``ok`` (its reason says
+  so), never run again, whatever its policy.
 * A schedule never overlaps itself: APScheduler's ``max_instances=1`` refuses a
   second instance (we record that slot as skipped from ``EVENT_JOB_MAX_INSTANCES``,
   which APScheduler would otherwise only log), and :meth:`fire_due` checks again for
@@ -132,6 +136,8 @@ ONE_SHOT_SKIPPED = "a one-shot: skipped, not run"
 # A slot whose run this process's shutdown cut: left running for the next start.
 LEFT_FOR_RESTART = "cut by a shutdown; the next start retries it from its last step"
 ONE_SHOT_INTERRUPTED = "a one-shot: interrupted by a restart, not run again"
+# A slot left running whose run had posted its answer (a crash before the slot's close).
+ANSWERED = "its answer was posted before a restart; not run again"
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,10 @@ class SkillScheduler:
         # Handed the runs of slots closed as interrupted (not retried): what the host
         # kept to resume them can go. None: nothing is kept.
         self.forget_runs: Callable[[Sequence[str]], Awaitable[object]] | None = None
+        # Of the runs of slots a crash left running, those that finished ok with their
+        # answer delivered (the audit's ``delivered``): such a slot is closed ok, not
+        # retried. None: not known (every such slot is retried or closed as interrupted).
+        self.answered_runs: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -303,12 +313,59 @@ class SkillScheduler:
 
     async def _stranded(self) -> dict[int, list[SlotInfo]]:
         """Slots a dead process left running, by schedule; never one this process is
-        running (a leader that led before, lost the lease and leads again)."""
+        running (a leader that led before, lost the lease and leads again), nor one
+        whose run had delivered its answer (closed ok here: :meth:`_answered`)."""
+        slots = [
+            s for s in await self._store.stranded_slots() if s.schedule_id not in self._running
+        ]
+        done = await self._answered(slots)
         stranded: dict[int, list[SlotInfo]] = {}
-        for slot in await self._store.stranded_slots():
-            if slot.schedule_id not in self._running:
+        for slot in slots:
+            if slot not in done:
                 stranded.setdefault(slot.schedule_id, []).append(slot)
         return stranded
+
+    async def _answered(self, slots: list[SlotInfo]) -> list[SlotInfo]:
+        """Close ok the slots whose run finished and posted its answer before the crash
+        (it came between the post and the slot's close): run again, the skill would post
+        twice. The slots closed so."""
+        run_ids = [s.run_id for s in slots if s.run_id]
+        if not run_ids or self.answered_runs is None:
+            return []
+        try:
+            answered = await self.answered_runs(run_ids)
+        except Exception:
+            # Why not raise: the slots are settled as before (retried or closed).
+            log.warning("could not read whether stranded slots were answered", exc_info=True)
+            return []
+        done = [s for s in slots if s.run_id in answered]
+        now = self._clock.now()
+        for slot in done:
+            await self._store.finish_slot(
+                slot.schedule_id,
+                slot.slot_at,
+                "ok",
+                run_id=slot.run_id,
+                reason=ANSWERED,
+                ended_at=now,
+                attempt=slot.attempt,
+            )
+            info = await self._store.get(slot.schedule_id)
+            skill = info.skill if info is not None else ""
+            self._log_slot(
+                slot.schedule_id,
+                slot.slot_at,
+                "ok",
+                skill=skill,
+                attempt=slot.attempt,
+                run_id=slot.run_id,
+                reason=ANSWERED,
+            )
+            if info is not None and info.one_shot and info.enabled:
+                await self._store.disable(info.id, DONE)
+                self._drop_job(info.id)
+        await self._forget([s.run_id for s in done if s.run_id])
+        return done
 
     def _plan(
         self,

@@ -15,10 +15,21 @@ read of the row).
 Only the member who asked may press (anyone else is told, privately, that it is not
 theirs); the first decision wins (a later press is told what was decided, and by whom);
 no answer within the timeout counts as deny.
+
+A question nothing waits for has its buttons greyed, with a line that says why, so
+nobody presses a dead one: no answer in time ("No answer in time: denied."); the run
+stopped waiting (cancelled, its time limit, a drain: ``ENDED``); its process died (the
+process that settles its runs greys them, :func:`close_question` through
+:class:`~adapters.services.resume.ResumeService`: the row says where the question was
+posted). Greyed, not removed: Discord sends a press from a client that still showed them
+with the message as it is now, and discord.py routes it to :class:`ApprovalButton` only
+while the message has the button, so the presser is answered (privately, with what
+happened) and nothing is decided.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -28,11 +39,11 @@ from typing import Any
 import discord
 
 from adapters.discord.client import CoterieClient
-from adapters.services.approval import ApprovalService
+from adapters.services.approval import ENDED, ApprovalService
 from adapters.services.errors import ApprovalDecided, ApprovalUnavailable, NotYourApproval
 from executor.ports import ApprovalDecision, ApprovalRequest
 
-__all__ = ["ApprovalButton", "approval_view", "ask_with_buttons", "describe"]
+__all__ = ["ApprovalButton", "approval_view", "ask_with_buttons", "close_question", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +102,9 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=_T
 async def _refuse(
     interaction: discord.Interaction[Any], exc: ApprovalUnavailable, approval_id: str
 ) -> None:
-    """Tell the presser privately why not; a question nobody can answer any more loses
-    its buttons (one decided already shows its answer and has none to press)."""
+    """Tell the presser privately why not, deciding nothing; a question nobody can
+    answer any more has its buttons greyed (a client that still showed them was stale;
+    one decided already shows its answer and has none to press)."""
     if isinstance(exc, NotYourApproval | ApprovalDecided):
         await interaction.response.send_message(
             str(exc), ephemeral=True, allowed_mentions=_NO_PINGS
@@ -145,14 +157,24 @@ async def ask_with_buttons(
         with contextlib.suppress(Exception):
             await approvals.withdraw(approval.id)
         raise
-    log.info(
-        "run %s: asked member %s to approve %s (up to %gs)",
-        request.run_id,
-        requester_id,
-        request.tool,
-        wait_s,
-    )
-    decided = await approvals.wait(approval)
+    try:
+        await approvals.posted(
+            approval, channel_id=str(message.channel.id), message_id=str(message.id)
+        )
+        log.info(
+            "run %s: asked member %s to approve %s (up to %gs)",
+            request.run_id,
+            requester_id,
+            request.tool,
+            wait_s,
+        )
+        decided = await approvals.wait(approval)
+    except asyncio.CancelledError:
+        # The run stopped waiting (cancelled, its time limit, a drain): the question
+        # closes and the buttons go (shielded: it is what is left to do).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_ended(approvals, approval.id, message))
+        raise
     if decided.decision == "expired":
         try:
             await message.edit(
@@ -163,3 +185,34 @@ async def ask_with_buttons(
         except discord.HTTPException:
             log.info("could not mark the approval as timed out")
     return decided.verdict()
+
+
+async def _ended(approvals: ApprovalService, approval_id: str, message: discord.Message) -> None:
+    row = None
+    with contextlib.suppress(Exception):
+        row = await approvals.withdraw(approval_id)  # a no-op when the wait closed it
+    if row is not None and row.decision in ("approved", "denied"):
+        return  # decided just before: the press showed the answer already
+    try:
+        await _grey(message, approval_id, ENDED)
+    except discord.HTTPException:
+        log.info("could not grey the buttons of approval message %s", message.id)
+
+
+async def close_question(
+    client: discord.Client, channel_id: str, message_id: str, approval_id: str, note: str
+) -> None:
+    """Grey the buttons of a posted question and say why (``note``): another process
+    asked it (one that died)."""
+    channel: Any = client.get_channel(int(channel_id))
+    if channel is None:
+        channel = await client.fetch_channel(int(channel_id))
+    await _grey(await channel.fetch_message(int(message_id)), approval_id, note)
+
+
+async def _grey(message: discord.Message, approval_id: str, note: str) -> None:
+    await message.edit(
+        content=f"{message.content}\n-# {note}"[:2000],
+        view=approval_view(approval_id, disabled=True),
+        allowed_mentions=_NO_PINGS,
+    )

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import discord
 
+from adapters.discord.approval import close_question
 from adapters.discord.client import CoterieClient
 from adapters.discord.identity import caller_from_interaction
 from adapters.discord.surface import DeliveryOptions, DiscordSurface
@@ -184,6 +185,11 @@ class DiscordResumeHost:
         await message.edit(
             content=f"{message.content}\n-# {note}"[:2000], view=None, allowed_mentions=_NO_PINGS
         )
+
+    async def close_question(
+        self, channel_id: str, message_id: str, approval_id: str, note: str
+    ) -> None:
+        await close_question(self.client, channel_id, message_id, approval_id, note)
 
     async def _target(self, offer: Offer) -> discord.abc.Messageable | None:
         if offer.guild_id is None or offer.channel_id is None:

@@ -25,6 +25,12 @@ resumed run where its member pressed Resume). :class:`ApprovalService`:
   else by reading the row every :data:`POLL_S` seconds (a notification lost while the
   connection was down is not a press lost). No answer in time closes the row as
   ``expired``: denied, as before.
+
+Where a question was posted is on its row too (:meth:`~ApprovalService.posted`): the
+waiting process takes the buttons off when its run stops waiting (the edge, on
+``expired`` and on a cancelled wait), but a process that dies cannot, so the one that
+settles its runs asks :meth:`~ApprovalService.interrupted` for the questions those runs
+left showing buttons, and takes them off (:class:`~adapters.services.resume.ResumeService`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
@@ -42,6 +48,9 @@ from adapters.services.errors import ApprovalDecided, ApprovalUnavailable, NotYo
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock, RealClock
 
 __all__ = [
+    "ENDED",
+    "INTERRUPTED",
+    "INTERRUPTED_OFFERED",
     "KEPT_FOR",
     "POLL_S",
     "Approval",
@@ -59,6 +68,14 @@ log = logging.getLogger(__name__)
 POLL_S = 5.0
 #: How long a closed question's row stays, so a late press is told what happened.
 KEPT_FOR = timedelta(days=1)
+
+#: The note on a question whose run stopped waiting (cancelled, timed out, drained).
+ENDED = "Expired: the run ended before an answer."
+#: The note on a question whose process died (a restart), added by the one that
+#: settled its run.
+INTERRUPTED = "Interrupted by a restart: nothing waits for this answer."
+#: ... when the run was offered to its member to resume (the new run asks again).
+INTERRUPTED_OFFERED = f"{INTERRUPTED} The run was offered to resume."
 
 DecisionKind = Literal["approved", "denied", "expired", "cancelled", "interrupted"]
 #: How a question closes without the member: no answer in time, the run stopped
@@ -95,6 +112,10 @@ class Approval:
     #: Whether the process that asked is alive (read from the store; False: it died,
     #: and nothing waits for the answer).
     waiting: bool = True
+    #: Where the question was posted (None: not yet, or its buttons were taken off
+    #: after its process died).
+    channel_id: str | None = None
+    message_id: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -132,6 +153,16 @@ class ApprovalStore(Protocol):
     async def close(self, approval_id: str, *, decision: Closing, now: datetime) -> Approval | None:
         """Close an open question with ``decision``; the row as it ends up (a decision
         recorded first stays), None when there is no row."""
+        ...
+
+    async def posted(self, approval_id: str, *, channel_id: str, message_id: str) -> None:
+        """Record where the question was posted."""
+        ...
+
+    async def interrupted(self, run_ids: Sequence[str], *, now: datetime) -> list[Approval]:
+        """Close the open questions of these runs as ``interrupted`` (their process
+        died) and return those closed so whose message still shows its buttons, each
+        once: where it was posted is forgotten as it is returned."""
         ...
 
     async def prune(self, before: datetime) -> int:
@@ -173,6 +204,24 @@ class InMemoryApprovals:
         if row is not None and row.is_open:
             row = self.rows[approval_id] = replace(row, decision=decision, decided_at=now)
         return row
+
+    async def posted(self, approval_id: str, *, channel_id: str, message_id: str) -> None:
+        row = self.rows.get(approval_id)
+        if row is not None:
+            self.rows[approval_id] = replace(row, channel_id=channel_id, message_id=message_id)
+
+    async def interrupted(self, run_ids: Sequence[str], *, now: datetime) -> list[Approval]:
+        taken = []
+        for key, row in list(self.rows.items()):
+            if row.run_id not in run_ids:
+                continue
+            if row.is_open:
+                row = replace(row, decision="interrupted", decided_at=now)
+            if row.decision == "interrupted" and row.message_id is not None:
+                taken.append(row)
+                row = replace(row, channel_id=None, message_id=None)
+            self.rows[key] = row
+        return taken
 
     async def prune(self, before: datetime) -> int:
         old = [k for k, r in self.rows.items() if r.expires_at < before]
@@ -268,10 +317,29 @@ class ApprovalService:
         finally:
             self._waiters.pop(approval.id, None)
 
-    async def withdraw(self, approval_id: str) -> None:
-        """Close a question that could not be posted (nothing will wait for it)."""
+    async def posted(self, approval: Approval, *, channel_id: str, message_id: str) -> None:
+        """Record where ``approval`` was posted, so that its buttons can be taken off
+        if this process dies before the answer (:meth:`interrupted`)."""
+        try:
+            await self.store.posted(approval.id, channel_id=channel_id, message_id=message_id)
+        except Exception:
+            # Why not raise: the question stands; only a crash's clean-up needs this.
+            log.warning("could not record where approval %s was posted", approval.id)
+
+    async def interrupted(self, run_ids: Sequence[str]) -> list[Approval]:
+        """The questions of these runs (their process died; this one settled them) that
+        still show buttons, closed as ``interrupted``; each is returned once, for its
+        buttons to be taken off."""
+        if not run_ids:
+            return []
+        return await self.store.interrupted(run_ids, now=self.clock.now())
+
+    async def withdraw(self, approval_id: str) -> Approval | None:
+        """Close a question nothing will wait for (it could not be posted, or its run
+        stopped waiting) as ``cancelled``; the row as it ends up (a decision recorded
+        first stays)."""
         self._waiters.pop(approval_id, None)
-        await self.store.close(approval_id, decision="cancelled", now=self.clock.now())
+        return await self.store.close(approval_id, decision="cancelled", now=self.clock.now())
 
     def changed(self, key: str | None) -> None:
         """Another process recorded a press on question ``key`` (None: maybe any, the

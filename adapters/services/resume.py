@@ -29,6 +29,11 @@ are checked against the database, so any process may take the press.
   keeps no checkpoint, so when it too is interrupted it is not offered again.
 - **Discard** closes the offer; the checkpoint's conversation is deleted either way,
   and when the offer expires.
+
+The same process greys the buttons of the questions for approval those runs were
+waiting on (:meth:`ApprovalService.interrupted`): a dead process could not, and a
+press on them would reach nothing. Each says it was interrupted, and whether the run
+was offered to resume (its new run asks again).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+from adapters.services.approval import INTERRUPTED, INTERRUPTED_OFFERED, ApprovalService
 from adapters.services.chat import ChatService, ChatSurface
 from adapters.services.errors import NotYourOffer, OfferExpired, OfferUnavailable
 from executor.agent import Caller, RunResult
@@ -159,6 +165,12 @@ class ResumeHost(Protocol):
         """Take the buttons off a posted offer and say why (``note``)."""
         ...
 
+    async def close_question(
+        self, channel_id: str, message_id: str, approval_id: str, note: str
+    ) -> None:
+        """Grey the buttons of a posted question for approval and say why (``note``)."""
+        ...
+
 
 class ResumeService:
     """Offers interrupted chat runs to their members and resumes or discards them.
@@ -167,7 +179,8 @@ class ResumeService:
     how long an offer may be pressed; ``host`` is set by the Discord client when it
     starts (None: offers cannot be posted and are dropped); ``kept_elsewhere`` says
     which checkpoints another service resumes (a scheduled slot's retry:
-    ``SkillService.resumable``): they are neither offered nor forgotten here.
+    ``SkillService.resumable``): they are neither offered nor forgotten here;
+    ``approvals``: the questions whose buttons an interrupted run left (None: none kept).
     """
 
     def __init__(
@@ -179,8 +192,10 @@ class ResumeService:
         offer_ttl_s: float = DEFAULT_OFFER_TTL_S,
         host: ResumeHost | None = None,
         kept_elsewhere: Callable[[Checkpoint], bool] | None = None,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self.store = store
+        self.approvals = approvals
         self.kept_elsewhere = kept_elsewhere
         self.chat = chat
         self.clock: Clock = clock if clock is not None else RealClock()
@@ -235,6 +250,7 @@ class ResumeService:
         expires_at = now + timedelta(seconds=self.offer_ttl_s)
         offered = 0
         theirs: set[str] = set()
+        resumable: set[str] = set()
         for checkpoint in await self.store.interrupted(run_ids):
             if not self.resumable(checkpoint):
                 if self.kept_elsewhere is not None and self.kept_elsewhere(checkpoint):
@@ -248,9 +264,11 @@ class ResumeService:
                 continue
             await self.store.posted(offer.run_id, channel_id=where[0], message_id=where[1])
             offered += 1
+            resumable.add(offer.run_id)
         # Why after: what was not offered now never will be (its conversation goes),
         # unless another service resumes it (its own way, once).
         await self.store.forget([r for r in run_ids if r not in theirs])
+        await self._close_questions(run_ids, resumable)
         await self.sweep()
         if run_ids:
             log.info("%d interrupted run(s): %d offered to resume", len(run_ids), offered)
@@ -272,6 +290,23 @@ class ResumeService:
                 log.info("could not take the buttons off offer %s", message_id, exc_info=True)
         await self.store.prune(now)
         return len(expired)
+
+    async def _close_questions(self, run_ids: Sequence[str], offered: set[str]) -> None:
+        """Grey the buttons of the questions for approval these runs left."""
+        if self.approvals is None or self.host is None or not run_ids:
+            return
+        for question in await self.approvals.interrupted(run_ids):
+            if question.channel_id is None or question.message_id is None:
+                continue
+            note = INTERRUPTED_OFFERED if question.run_id in offered else INTERRUPTED
+            try:
+                await self.host.close_question(
+                    question.channel_id, question.message_id, question.id, note
+                )
+            except Exception:
+                # Why not raise: a deleted message leaves nothing to press; a press on
+                # one that stays is refused (its process is gone).
+                log.info("could not grey the buttons of approval %s", question.id, exc_info=True)
 
     async def _post(self, offer: Offer) -> tuple[str, str] | None:
         if self.host is None:

@@ -15,11 +15,11 @@ data API: ``/forgetme`` deletes the member's questions, ``/mydata`` lists them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import delete, exists, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from adapters.services.approval import Approval, Closing, DecisionKind
@@ -50,6 +50,8 @@ def _approval(m: Any) -> Approval:
         decided_by_name=m["decided_by_name"],
         decided_at=m["decided_at"],
         waiting=bool(m["waiting"]),
+        channel_id=m["channel_id"],
+        message_id=m["message_id"],
     )
 
 
@@ -127,6 +129,39 @@ class SqlApprovals:
                 .values(decision=decision, decided_at=now)
             )
             return await self._row(conn, approval_id)
+
+    async def posted(self, approval_id: str, *, channel_id: str, message_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(_rows)
+                .where(_rows.c.id == approval_id)
+                .values(channel_id=channel_id, message_id=message_id)
+            )
+
+    async def interrupted(self, run_ids: Sequence[str], *, now: datetime) -> list[Approval]:
+        ids = list(run_ids)
+        async with self._write() as conn:
+            await conn.execute(
+                update(_rows)
+                .where(_rows.c.run_id.in_(ids), _rows.c.decision.is_(None))
+                .values(decision="interrupted", decided_at=now)
+            )
+            showing = and_(
+                _rows.c.run_id.in_(ids),
+                _rows.c.decision == "interrupted",
+                _rows.c.message_id.is_not(None),
+            )
+            # Why FOR UPDATE: two processes settling the same runs take each once.
+            query = select(*_COLUMNS).where(showing).with_for_update(of=_rows)
+            rows = (await conn.execute(query)).all()
+            taken = [_approval(r._mapping) for r in rows]
+            if taken:
+                await conn.execute(
+                    update(_rows)
+                    .where(_rows.c.id.in_([a.id for a in taken]))
+                    .values(channel_id=None, message_id=None)
+                )
+        return taken
 
     async def prune(self, before: datetime) -> int:
         async with self._write() as conn:

@@ -397,6 +397,21 @@ class AuditQueries:
             for (d, u), t in sorted(totals.items())
         ]
 
+    async def answered(self, run_ids: Sequence[str]) -> set[str]:
+        """Of these runs, those that ended ``ok`` with their answer delivered (the
+        ``RunDelivered`` the delivery reported): a scheduled slot whose run is one of them
+        is done, whatever its row says (a crash came between the post and the slot's
+        close)."""
+        ids = [r for r in run_ids if r]
+        if not ids:
+            return set()
+        stmt = select(_runs.c.run_id).where(
+            _runs.c.run_id.in_(ids), _runs.c.status == "ok", _runs.c.delivered.is_(True)
+        )
+        with translate_errors(self._url):
+            async with self._sessions() as session:
+                return set((await session.scalars(stmt)).all())
+
     async def export_user_data(self, user_id: str) -> list[dict[str, Any]]:
         """Every run the member started, oldest first, as the audit has it, each with
         its steps (the text excerpts) and tool calls (arguments and result excerpts).

@@ -3,7 +3,7 @@
 One channel (``coterie``), one dedicated asyncpg connection per process (not from the
 pool: a pooled connection is recycled and would drop its ``LISTEN``). A notification's
 payload is a small JSON object: the topic (``guild_settings``, ``personas``,
-``shards``, ``schedules``, ``approvals``), a key within it (a guild id, ...; none: everything) and the sender's
+``threads``, ``shards``, ``schedules``, ``approvals``), a key within it (a guild id, ...; none: everything) and the sender's
 instance id (a process ignores its own). What a topic means is its subscriber's
 business: caches drop the key, the shard balancer wakes up, a run waiting for an
 approval reads its question.

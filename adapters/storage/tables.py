@@ -442,7 +442,9 @@ class ApprovalRow(SQLModel, table=True):
     instance it runs in, ``owner``), who may decide (``user_id``), until when; then the
     decision (``approved``, ``denied``; ``expired`` when nobody answered in time,
     ``cancelled`` when the run stopped waiting, ``interrupted`` when its process died),
-    who decided and when. Any process may record the press; the waiting one reads it."""
+    who decided and when. Any process may record the press; the waiting one reads it.
+    ``channel_id``/``message_id``: where the question was posted, while its buttons may
+    still show (cleared once a restart's clean-up has taken them off)."""
 
     __tablename__ = "approvals"
 
@@ -458,3 +460,5 @@ class ApprovalRow(SQLModel, table=True):
     decided_by: str | None = Field(default=None, max_length=64)
     decided_by_name: str | None = Field(default=None, max_length=128)
     decided_at: datetime | None = _when(nullable=True)
+    channel_id: str | None = Field(default=None, max_length=32)
+    message_id: str | None = Field(default=None, max_length=32)

@@ -6,15 +6,23 @@ that persona without a mention. :class:`SqlThreadStore` implements the chat flow
 
 The chat flow asks for a thread's binding on every message in any thread (twice for
 a bound one), so reads are cached, "not bound" included, for ``ttl_s``; a change
-through this store drops the cache (:meth:`SqlThreadStore.invalidate`). A thread
-belongs to one guild, and so to the one process that holds its shard.
+through this store drops the entry (:meth:`SqlThreadStore.invalidate`). A thread
+belongs to one guild, and so to the one process that holds its shard, but the write
+need not come from there: ``/forgetme`` in a DM (shard 0's process), ``coterie
+forget``, a shard handed over to another process with its cache still warm in the
+old one. So with several processes on PostgreSQL a write is also published
+(:attr:`SqlThreadStore.publish`, ``NOTIFY`` on ``threads``: the thread's id, ``*``
+for many) and each other process drops the entry when told; a lost notification is
+covered by the notifier emptying the cache when its connection comes back, and by
+the TTL.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -25,7 +33,12 @@ from adapters.services.ports import Binding
 from adapters.storage.db import IMMEDIATE
 from adapters.storage.tables import ThreadBinding
 
-__all__ = ["SqlThreadStore"]
+__all__ = ["EVERY_THREAD", "SqlThreadStore"]
+
+log = logging.getLogger(__name__)
+
+#: The key published for a write that touched many threads (a member's data deleted).
+EVERY_THREAD = "*"
 
 
 def _binding(row: ThreadBinding) -> Binding:
@@ -58,11 +71,27 @@ class SqlThreadStore:
         self._monotonic = monotonic
         self._cache: OrderedDict[str, tuple[float, Binding | None]] = OrderedDict()
         self._generation = 0  # bumped by invalidate(): a read begun before keeps nothing
+        # Tells the other processes a binding changed (the thread's id, or
+        # EVERY_THREAD). None: this process is alone.
+        self.publish: Callable[[str], Awaitable[None]] | None = None
 
-    def invalidate(self) -> None:
-        """Forget every cached read (every write of this store calls it)."""
+    def invalidate(self, key: str | None = None) -> None:
+        """Forget the cached read of thread ``key`` (None or :data:`EVERY_THREAD`:
+        every one): after a write here, or when another process says it wrote."""
         self._generation += 1
-        self._cache.clear()
+        if key is None or key == EVERY_THREAD:
+            self._cache.clear()
+        else:
+            self._cache.pop(key, None)
+
+    async def _written(self, key: str) -> None:
+        """After a write: tell the other processes (this one dropped its entry)."""
+        if self.publish is None:
+            return
+        try:
+            await self.publish(key)
+        except Exception:  # Why not raise: the write is saved; others see it by TTL
+            log.warning("could not tell the other processes about thread %s", key, exc_info=True)
 
     async def get(self, thread_id: str) -> Binding | None:
         hit = self._cache.get(thread_id)
@@ -101,9 +130,11 @@ class SqlThreadStore:
             try:
                 await session.commit()
             finally:
-                self.invalidate()
+                self.invalidate(thread_id)
             await session.refresh(row)
-            return _binding(row)
+            bound = _binding(row)
+        await self._written(thread_id)
+        return bound
 
     async def unbind(self, thread_id: str) -> bool:
         async with self._sessions() as session:
@@ -113,8 +144,11 @@ class SqlThreadStore:
             try:
                 await session.commit()
             finally:
-                self.invalidate()
-            return bool(getattr(result, "rowcount", 0))
+                self.invalidate(thread_id)
+            gone = bool(getattr(result, "rowcount", 0))
+        if gone:
+            await self._written(thread_id)
+        return gone
 
     async def export_user_data(self, user_id: str) -> list[dict[str, Any]]:
         """The persona threads the member opened."""
@@ -136,4 +170,7 @@ class SqlThreadStore:
                 await session.commit()
             finally:
                 self.invalidate()
-            return int(getattr(result, "rowcount", 0) or 0)
+            count = int(getattr(result, "rowcount", 0) or 0)
+        if count:
+            await self._written(EVERY_THREAD)
+        return count

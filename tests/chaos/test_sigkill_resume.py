@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from adapters.services.approval import INTERRUPTED
 from executor.messages import Usage
 from executor.models.pricing import PriceTable
 from tests.chaos.loopback import MODEL
@@ -337,3 +338,48 @@ async def test_a_resumed_run_interrupted_again_is_not_offered_again(
     [(charged,)] = query(db, "SELECT sum(amount_micros) FROM budget_ledger")
     assert charged == sum(model.completed)
     assert query(db, "SELECT count(*) FROM budget_reservations") == [(0,)]
+
+
+async def test_a_question_its_dead_process_left_is_greyed_by_the_next(
+    fake_discord: FakeDiscord, model: ScriptedLoopback, lives: list[Proc], tmp_path: Path
+) -> None:
+    """Killed while the resumed run waits for alice's approval: the next process greys
+    the question's buttons and says why (the run is not offered again: a resumed run is
+    offered once); a press from a client that still showed them is answered privately,
+    and decides nothing."""
+    fake, env = fake_discord, _env(tmp_path, fake_discord, model)
+    await _interrupted_in_the_tool(fake, model, lives, env, tmp_path)
+    since = len(fake.calls)
+    second = await _life(lives, env, tmp_path)
+    offer = await _offer(fake, since)
+    since = len(fake.calls)
+    await fake.dispatch_component(_buttons(offer)["Resume"], int(offer.response["id"]))
+    ask = await fake.wait_for_call(
+        "POST", r"/channels/{c}/messages", _has_buttons, since=since, timeout=30
+    )
+    await second.wait_for(r"asked member \d+ to approve save_report")  # where it is, kept
+    await _sigkill(second)
+
+    since = len(fake.calls)
+    third = await _life(lives, env, tmp_path)
+    ask_id = int(ask.response["id"])
+    greyed = await fake.wait_for_call(
+        "PATCH", rf"/channels/{{c}}/messages/{ask_id}", since=since, timeout=30
+    )
+    assert greyed.json["content"].endswith(f"\n-# {INTERRUPTED}")
+    assert all(b["disabled"] for row in greyed.json["components"] for b in row["components"])
+
+    press = await fake.dispatch_component(_buttons(ask)["Approve"], ask_id, user="alice")
+    refused = await fake.wait_for_interaction_response(press)
+    assert refused.json["type"] == 7  # the buttons stay greyed
+    told = await fake.wait_for_call(
+        "POST", rf"/webhooks/{fake.application_id}/{press.token}", since=since
+    )
+    assert told.json["flags"] & EPHEMERAL and "interrupted" in told.json["content"]
+
+    third.signal(signal.SIGTERM)
+    assert await third.exit_code() == 0
+    assert model.started == Counter({"call_save": 1})  # the save never ran again
+    assert query(_db(tmp_path), "SELECT decision, decided_by, message_id FROM approvals") == [
+        ("interrupted", None, None)
+    ]

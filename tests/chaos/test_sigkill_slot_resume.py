@@ -7,11 +7,14 @@ resumes the run from its last completed step instead of running the skill again:
 calculator does not run again, the save that may have run is asked of the schedule's
 owner in its channel (approval buttons), and on approval it runs once; the post
 completes once; the slot, the audit and the log say it resumed; the ledger equals what
-every response cost. A resumed slot killed too is not resumed again: it is failed."""
+every response cost. A resumed slot killed too is not resumed again: it is failed. A
+slot whose process died after its answer was posted and before the slot was closed is
+closed ok by the next process, not run (nor posted) again."""
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +29,7 @@ from executor.tools.registry import tool
 from personas.markdown import load_builtins
 from personas.store import PersonaStore
 from skills.model import SkillSpec
-from skills.scheduler import INTERRUPTED_AGAIN, RESUMED
+from skills.scheduler import ANSWERED, DONE, INTERRUPTED_AGAIN, RESUMED
 from skills.schedules import ScheduleStore
 from skills.store import SkillStore
 from tests.chaos.test_sigkill_resume import (
@@ -208,3 +211,53 @@ async def test_a_resumed_slot_killed_again_is_not_resumed_again(
     assert charged == sum(model.completed)
     assert query(db, "SELECT count(*) FROM budget_reservations") == [(0,)]
     assert _answers(fake) == 0
+
+
+async def test_a_slot_whose_answer_was_posted_before_the_crash_is_not_run_again(
+    fake_discord: FakeDiscord, model: ScriptedLoopback, lives: list[Proc], tmp_path: Path
+) -> None:
+    """Life 1 runs the one-shot to the end: the answer is posted (the audit says
+    delivered), the slot closed ok. The database is then put back as a kill in the
+    milliseconds between the post and the slot's close leaves it (the slot running, the
+    one-shot not yet done): the next process closes the slot ok and runs nothing."""
+    fake, env = fake_discord, _env(tmp_path, fake_discord, model)
+    model.release()  # nothing holds: the run goes to its answer
+    schedule_id = await _one_shot(tmp_path, fake)
+    first = await _life(lives, env, tmp_path)
+    await first.wait_for(r"schedule slot.*outcome=ok", timeout=30)
+    first.signal(signal.SIGTERM)
+    assert await first.exit_code() == 0
+    assert _answers(fake) == 1 and len(model.completed) == 3
+    db = _db(tmp_path)
+    [(run_id, status, delivered)] = query(db, "SELECT run_id, status, delivered FROM audit_runs")
+    assert (status, delivered) == ("ok", 1)
+    assert query(db, "SELECT run_id FROM schedule_slots") == [(run_id,)]
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE schedule_slots SET status = 'running', ended_at = NULL, reason = NULL"
+            )
+            conn.execute(
+                "UPDATE schedules SET enabled = 1, disabled_reason = NULL, last_status = NULL"
+            )
+    finally:
+        conn.close()
+
+    since = len(fake.calls)
+    second = await _life(lives, env, tmp_path)
+    await second.wait_for(r"scheduler started: .* 0 interrupted, 0 retried")
+    line = await second.wait_for(r"schedule slot.*outcome=ok")
+    assert f"run_id={run_id}" in line
+    second.signal(signal.SIGTERM)
+    assert await second.exit_code() == 0
+    assert len(model.completed) == 3  # no model call
+    assert _answers(fake) == 1  # nothing posted again
+    assert not fake.find_calls("POST", r"/channels/{c}/messages", since=since)
+    assert query(db, "SELECT count(*) FROM audit_runs") == [(1,)]
+    [slot] = query(db, "SELECT status, attempt, run_id, reason FROM schedule_slots")
+    assert slot == ("ok", 1, run_id, ANSWERED)
+    [schedule] = query(
+        db, "SELECT enabled, disabled_reason FROM schedules WHERE id = ?", schedule_id
+    )
+    assert schedule == (0, DONE)  # a one-shot, done

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from adapters.discord.approval import ask_with_buttons
-from adapters.services.approval import ApprovalService
+from adapters.services.approval import ENDED, ApprovalService
 from adapters.services.instances import FixedShards
 from adapters.storage.approvals import SqlApprovals
 from adapters.storage.db import Database
 from adapters.storage.notify import PgNotifier
 from executor.agent import Caller
 from executor.ports import ApprovalDecision, ApprovalRequest
+from executor.testing import FakeClock
 from tests.fakediscord import FakeDiscord, FakeGuild
 from tests.fakediscord.plugin import FakeApp, coterie_bot, run_bot
 from tests.storage.dbs import db, pg_db, pg_url, sqlite_db, sqlite_template
@@ -169,7 +170,7 @@ async def test_a_deny_reaches_the_run_with_who_denied_it(
     )
 
 
-async def test_no_answer_in_time_is_denied_and_a_late_press_takes_the_buttons_off(
+async def test_no_answer_in_time_is_denied_and_a_late_press_is_refused(
     world: tuple[FakeDiscord, FakeGuild, Any, Any],
 ) -> None:
     fake, guild, far, _ = world
@@ -194,3 +195,42 @@ async def test_no_answer_in_time_is_denied_and_a_late_press_takes_the_buttons_of
         "POST", rf"/webhooks/{fake.application_id}/{press.token}", since=since
     )
     assert told.json["content"].startswith("Too late") and told.json["flags"] & EPHEMERAL
+
+
+async def test_a_run_that_stops_waiting_greys_the_buttons_and_a_stale_press_decides_nothing(
+    world: tuple[FakeDiscord, FakeGuild, Any, Any],
+) -> None:
+    """The run is cancelled while it waits (its time limit, a drain): the message's
+    buttons are greyed and it says so; a press from a client that still showed them is
+    answered privately and records nothing."""
+    fake, guild, far, near = world
+    clock = far.approvals.clock = FakeClock()  # to know when the run waits
+    since = len(fake.calls)
+    asked = asyncio.ensure_future(_asking(far, guild, fake, wait_s=60)())
+    await clock.wait_for_sleepers(1)
+    ask = await fake.wait_for_call(
+        "POST", r"/channels/{c}/messages", lambda c: "components" in (c.json or {}), since=since
+    )
+    msg_id = int(ask.response["id"])
+    asked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asked
+    edited = await fake.wait_for_call("PATCH", rf"/channels/{{c}}/messages/{msg_id}", since=since)
+    assert edited.json["content"].endswith(f"\n-# {ENDED}")
+    assert all(b.get("disabled") for b in _buttons(edited.json).values())
+
+    press = await fake.dispatch_component(
+        _buttons(ask.json)["Approve"]["custom_id"], msg_id, user="alice"
+    )
+    marked = await fake.wait_for_interaction_response(press)
+    assert marked.json["type"] == UPDATE_MESSAGE
+    assert all(b.get("disabled") for b in _buttons(marked.json["data"]).values())
+    told = await fake.wait_for_call(
+        "POST", rf"/webhooks/{fake.application_id}/{press.token}", since=since
+    )
+    assert told.json["flags"] & EPHEMERAL
+    assert told.json["content"] == "The run stopped waiting for this answer."
+    approval_id = _buttons(ask.json)["Approve"]["custom_id"].rsplit(":", 1)[1]
+    row = await near.approvals.store.get(approval_id)
+    assert row is not None and row.decision == "cancelled" and row.decided_by is None
+    assert fake.unknown_calls == []

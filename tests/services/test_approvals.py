@@ -208,6 +208,62 @@ async def test_a_question_whose_process_died_cannot_be_answered(db: Database) ->
     assert decided.decision == "approved" and decided.waiting
 
 
+async def _questions_of_a_dead_process(service: ApprovalService) -> dict[str, Approval]:
+    """What a process that died left: an open question (posted), one decided (posted),
+    one a stale press closed as interrupted (posted), one never posted, and another
+    run's open one."""
+    other = ApprovalRequest(
+        run_id="run-2", caller=ALICE, tool="wipe", call_id="call-9", arguments={}
+    )
+    rows = {
+        name: await service.ask(request, user_id=ALICE.user_id, timeout_s=WAIT_S)
+        for name, request in (
+            ("open", REQUEST),
+            ("decided", REQUEST),
+            ("pressed", REQUEST),
+            ("unposted", REQUEST),
+            ("other run", other),
+        )
+    }
+    for n, (name, approval) in enumerate(rows.items()):
+        if name != "unposted":
+            await service.posted(approval, channel_id="5", message_id=str(900 + n))
+    await service.decide(rows["decided"].id, user_id=ALICE.user_id, name="alice", approved=True)
+    await service.store.close(rows["pressed"].id, decision="interrupted", now=service.clock.now())
+    return rows
+
+
+async def test_a_dead_process_questions_are_closed_and_taken_once(db: Database) -> None:
+    clock = FakeClock()
+    dead, survivor = _two(db, clock)
+    rows = await _questions_of_a_dead_process(dead)
+
+    taken = await survivor.interrupted(["run-1"])
+    assert sorted((q.id, q.channel_id, q.message_id) for q in taken) == sorted(
+        [(rows["open"].id, "5", "900"), (rows["pressed"].id, "5", "902")]
+    )
+    assert all(q.decision == "interrupted" for q in taken)
+    # Closed: a press is refused and decides nothing; its buttons are taken once.
+    with pytest.raises(ApprovalUnavailable, match="interrupted"):
+        await survivor.decide(rows["open"].id, user_id=ALICE.user_id, name="alice", approved=True)
+    unposted = await survivor.store.get(rows["unposted"].id)
+    assert unposted is not None and unposted.decision == "interrupted"
+    decided = await survivor.store.get(rows["decided"].id)
+    assert decided is not None and decided.decision == "approved" and decided.message_id == "901"
+    other = await survivor.store.get(rows["other run"].id)
+    assert other is not None and other.is_open
+    assert await survivor.interrupted(["run-1"]) == []
+    assert await survivor.interrupted([]) == []
+
+
+async def test_in_memory_dead_process_questions_are_taken_the_same() -> None:
+    service = ApprovalService(InMemoryApprovals(), clock=FakeClock())
+    rows = await _questions_of_a_dead_process(service)
+    taken = await service.interrupted(["run-1"])
+    assert sorted(q.id for q in taken) == sorted([rows["open"].id, rows["pressed"].id])
+    assert await service.interrupted(["run-1"]) == []
+
+
 async def test_old_questions_are_pruned_and_the_data_api_covers_them(db: Database) -> None:
     clock = FakeClock()
     a, _ = _two(db, clock)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from adapters.services.approval import INTERRUPTED, INTERRUPTED_OFFERED
 from adapters.services.errors import NotYourOffer, OfferExpired, OfferUnavailable
 from adapters.services.resume import Offer
 from adapters.storage.tables import AuditRun
@@ -20,7 +21,7 @@ from bot.app import App, build_app
 from bot.settings import Settings
 from executor.agent import Caller, RunStatus
 from executor.messages import Message, ToolCallPart, Usage
-from executor.ports import Checkpoint, Delivery
+from executor.ports import ApprovalRequest, Checkpoint, Delivery
 from executor.testing import FakeClock, RecordingDelivery, Reply, ScriptedModel, ScriptedTiers
 from personas.errors import PersonaNotFound
 from personas.model import Persona
@@ -36,6 +37,7 @@ class Host:
         self.offers: list[Offer] = []
         self.fail_for = set(fail_for)
         self.closed: list[tuple[str, str, str]] = []
+        self.questions: list[tuple[str, str, str]] = []
 
     async def post_offer(self, offer: Offer) -> tuple[str, str] | None:
         if offer.run_id in self.fail_for:
@@ -45,6 +47,11 @@ class Host:
 
     async def close_offer(self, channel_id: str, message_id: str, note: str) -> None:
         self.closed.append((channel_id, message_id, note))
+
+    async def close_question(
+        self, channel_id: str, message_id: str, approval_id: str, note: str
+    ) -> None:
+        self.questions.append((channel_id, message_id, note))
 
 
 class Surface:
@@ -133,6 +140,40 @@ async def test_only_a_members_chat_is_offered_and_the_rest_forgotten(
         assert await app.checkpoints.record(run_id) is None  # nothing kept about them
     # Offered once: a second pass (another start) does not offer it again.
     assert await app.resume.offer_interrupted(["chat"]) == 0
+
+
+async def test_the_questions_an_interrupted_run_left_lose_their_buttons(
+    world: tuple[App, ScriptedModel, FakeClock],
+) -> None:
+    """A dead process's runs left questions for approval showing buttons: the process
+    that offers its runs takes them off, saying whether the run was offered to resume."""
+    app, _, _ = world
+    await _interrupted(app, "chat")
+    await _interrupted(app, "again", resumed_from="first")  # not offered (once)
+    app.approvals.owner = "dead0000dead0000"  # its process is gone
+    posted = {}
+    for n, run_id in enumerate(("chat", "again", "alive")):
+        request = ApprovalRequest(
+            run_id=run_id, caller=ALICE, tool="wipe", call_id="c1", arguments={}
+        )
+        question = await app.approvals.ask(request, user_id=ALICE.user_id, timeout_s=120)
+        await app.approvals.posted(question, channel_id="55", message_id=str(900 + n))
+        posted[run_id] = question
+    host = Host()
+    app.resume.host = host
+
+    assert await app.resume.offer_interrupted(["chat", "again"]) == 1
+    assert sorted(host.questions) == [
+        ("55", "900", INTERRUPTED_OFFERED),
+        ("55", "901", INTERRUPTED),
+    ]
+    for run_id in ("chat", "again"):
+        row = await app.approvals.store.get(posted[run_id].id)
+        assert row is not None and row.decision == "interrupted" and row.message_id is None
+    alive = await app.approvals.store.get(posted["alive"].id)
+    assert alive is not None and alive.is_open  # not one of the interrupted runs
+    await app.resume.offer_interrupted(["chat", "again"])  # taken once
+    assert len(host.questions) == 2
 
 
 async def test_resume_is_the_members_once_and_continues_the_run(

@@ -394,6 +394,11 @@ async def test_chat_offers_leave_a_slots_checkpoint_to_its_retry(world: World) -
         async def close_offer(self, channel_id: str, message_id: str, note: str) -> None:
             return None
 
+        async def close_question(
+            self, channel_id: str, message_id: str, approval_id: str, note: str
+        ) -> None:
+            return None
+
     w.app.resume.host = NoHost()
     assert await w.app.resume.offer_interrupted([OLD]) == 0
     record = await w.app.checkpoints.record(OLD)

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from adapters.storage.audit_queries import AuditQueries
 from adapters.storage.db import Database
+from adapters.storage.tables import AuditRun
 from executor.testing import FakeClock
 from skills import scheduling
 from skills.errors import (
@@ -29,6 +31,7 @@ from skills.errors import (
     UnknownTimezone,
 )
 from skills.scheduler import (
+    ANSWERED,
     DONE,
     INTERRUPTED,
     INTERRUPTED_AGAIN,
@@ -584,6 +587,80 @@ async def test_a_retried_slot_interrupted_again_fails_for_good(
     ]
     await stop(second)
     await stop(third)
+
+
+async def _ran(db: Database, run_id: str, status: str, delivered: bool | None) -> None:
+    """The audit row of a slot's run, as the process that died left it."""
+    async with db.sessions() as session, session.begin():
+        session.add(
+            AuditRun(
+                run_id=run_id, trigger="schedule", user_id="100", status=status, delivered=delivered
+            )
+        )
+
+
+async def test_a_slot_whose_run_had_posted_its_answer_is_closed_ok_not_run_again(
+    db: Database, store: ScheduleStore, skill_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The process died between posting a slot's answer and closing the slot: the next
+    start finds the slot running and its run ok and delivered in the audit. It closes
+    the slot ok (a success: the failure run resets) and runs nothing; a slot whose run
+    had not delivered is retried as before."""
+    answered = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
+    unsure = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
+    cut = await make(store, skill_id, cron="30 * * * *", missed="catch-up", created_at=T0)
+    async with db.sessions() as session, session.begin():
+        await session.execute(
+            update(Schedule).where(Schedule.id == answered.id).values(consecutive_failures=1)  # type: ignore[arg-type]
+        )
+    for info, run_id in ((answered, "r-done"), (unsure, "r-unsure"), (cut, "r-cut")):
+        assert await store.claim_slot(info.id, at(10, 30), started_at=at(10, 30), run_id=run_id)
+    await _ran(db, "r-done", "ok", True)
+    await _ran(db, "r-unsure", "ok", None)  # the post's outcome never reached the audit
+    await _ran(db, "r-cut", "ok", False)  # finished, but its answer was not posted
+
+    fire = Fire()
+    sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=at(10, 35)))
+    sched.answered_runs = AuditQueries(db.sessions).answered
+    forgotten: list[str] = []
+
+    async def forget(run_ids: Sequence[str]) -> None:
+        forgotten.extend(run_ids)
+
+    sched.forget_runs = forget
+    with caplog.at_level(logging.INFO, logger="skills.scheduler"):
+        report = await sched.start()
+        await sched.wait_idle()
+    assert (report.interrupted, report.retried, report.caught_up) == (0, 2, 0)
+    assert sorted(fire.calls) == sorted([(unsure.id, at(10, 30)), (cut.id, at(10, 30))])
+    [slot] = await store.recent_slots(answered.id, 5)
+    assert (slot.status, slot.reason, slot.attempt, slot.run_id) == ("ok", ANSWERED, 1, "r-done")
+    got = await store.get(answered.id)
+    assert got is not None and got.enabled
+    assert (got.last_status, got.last_run_id, got.consecutive_failures) == ("ok", "r-done", 0)
+    assert forgotten == ["r-done"]
+    lines = [r for r in caplog.records if getattr(r, "run_id", None) == "r-done"]
+    assert [(r.outcome, r.reason) for r in lines] == [("ok", ANSWERED)]  # type: ignore[attr-defined]
+    assert await sched.fire_due(answered.id, at(10, 30)) == "duplicate"
+    await stop(sched)
+
+
+async def test_a_one_shot_whose_run_had_posted_its_answer_is_done(
+    db: Database, store: ScheduleStore, skill_id: int
+) -> None:
+    info = await make(store, skill_id, run_at=at(10), missed="catch-up", created_at=T0)
+    assert await store.claim_slot(info.id, at(10), started_at=at(10), run_id="r-done")
+    await _ran(db, "r-done", "ok", True)
+    fire = Fire()
+    sched = scheduler(ScheduleStore(db.sessions), fire, FakeClock(start=at(10, 5)))
+    sched.answered_runs = AuditQueries(db.sessions).answered
+    report = await sched.start()
+    await sched.wait_idle()
+    assert (report.retried, report.interrupted, fire.calls) == (0, 0, [])
+    assert slots(await store.recent_slots(info.id, 5)) == [(at(10), "ok", ANSWERED)]
+    got = await store.get(info.id)
+    assert got is not None and not got.enabled and got.disabled_reason == DONE
+    await stop(sched)
 
 
 @pytest.mark.parametrize(

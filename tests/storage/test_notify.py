@@ -1,6 +1,6 @@
 """Caches across processes on PostgreSQL (LISTEN/NOTIFY): two apps on one database, as
-two ``coterie run`` processes build them; a guild setting or a persona changed through
-one is seen by the other at once, not after its cache's TTL; a notification connection that drops
+two ``coterie run`` processes build them; a guild setting, a persona or a thread's
+binding changed through one is seen by the other at once, not after its cache's TTL; a notification connection that drops
 comes back and empties the cache (what it may have missed); ``coterie forget`` tells the
 running processes too."""
 
@@ -137,17 +137,67 @@ async def test_a_persona_written_in_one_process_drops_the_others_cache(pg_url: s
         assert await a.personas.find("42", "parrot") is None
 
 
+async def test_a_thread_bound_or_unbound_in_one_process_drops_the_others_entry(
+    pg_url: str,
+) -> None:
+    async with _app(pg_url) as a, _app(pg_url) as b:
+        b.threads.ttl_s = 3600  # only the notification can refresh it
+        told = _told(b, "threads")
+        assert await b.threads.get("900") is None  # cached: not bound
+        other = await b.threads.bind(
+            thread_id="901", guild_id="42", channel_id="7", persona="pirate", created_by="6"
+        )
+        assert await b.threads.get("901") == other  # cached, and kept below
+
+        bound = await a.threads.bind(
+            thread_id="900", guild_id="42", channel_id="7", persona="pirate", created_by="5"
+        )
+        assert await asyncio.wait_for(told.get(), 10) == "900"
+        assert await b.threads.get("900") == bound
+        assert "901" in b.threads._cache  # only the thread written was dropped
+
+        rebound = await a.threads.bind(
+            thread_id="900", guild_id="42", channel_id="7", persona="reviewer", created_by="5"
+        )
+        assert await asyncio.wait_for(told.get(), 10) == "900"
+        found = await b.threads.get("900")
+        assert found is not None and found.persona == "reviewer" == rebound.persona
+
+        assert await a.threads.unbind("900")
+        assert await asyncio.wait_for(told.get(), 10) == "900"
+        assert await b.threads.get("900") is None
+        assert not await a.threads.unbind("900")  # nothing changed: nobody is told
+
+        # /forgetme on one process: the member's threads leave the others' caches too.
+        a_told = _told(a, "threads")
+        await a.threads.bind(
+            thread_id="902", guild_id="42", channel_id="7", persona="pirate", created_by="5"
+        )
+        assert await asyncio.wait_for(told.get(), 10) == "902"
+        assert await b.threads.get("902") is not None
+        assert await a.threads.delete_user_data("5") == 1
+        assert await asyncio.wait_for(told.get(), 10) == "*"
+        assert await b.threads.get("902") is None
+        assert told.empty() and a_told.empty()  # a process is not told about its own
+
+
 async def test_coterie_forget_drops_the_forgotten_members_personas_from_the_others_caches(
     pg_url: str, tmp_path: Path
 ) -> None:
-    """``coterie forget`` as its own process: a running process's persona cache (its TTL
-    an hour) no longer serves the forgotten member's persona once the command is done."""
+    """``coterie forget`` as its own process: a running process's persona and thread
+    caches (their TTL an hour) no longer serve the forgotten member's persona and
+    thread once the command is done."""
     async with _app(pg_url) as b:
-        b.personas.ttl_s = 3600  # only the notification can refresh it
+        b.personas.ttl_s = b.threads.ttl_s = 3600  # only the notification can refresh them
         told = _told(b, "personas")
+        threads_told = _told(b, "threads")
         member = Caller(user_id="5")
         await b.personas.create("42", Persona(name="parrot", system_prompt="Squawk."), by=member)
         assert await b.personas.find("42", "parrot") is not None  # cached now
+        await b.threads.bind(
+            thread_id="903", guild_id="42", channel_id="7", persona="parrot", created_by="5"
+        )
+        assert await b.threads.get("903") is not None  # cached now
         env = {k: v for k, v in os.environ.items() if not k.startswith("COTERIE_")}
         env.update(DATABASE_URL=pg_url, PYTHONUNBUFFERED="1")
         forget = await asyncio.create_subprocess_exec(
@@ -159,3 +209,5 @@ async def test_coterie_forget_drops_the_forgotten_members_personas_from_the_othe
         assert "personas" in out.decode()
         assert await asyncio.wait_for(told.get(), 10) == "*"
         assert await b.personas.find("42", "parrot") is None
+        assert await asyncio.wait_for(threads_told.get(), 10) == "*"
+        assert await b.threads.get("903") is None
