@@ -8,7 +8,7 @@ import discord
 
 from adapters.discord.approval import ask_with_buttons
 from adapters.discord.outbox import Outbox
-from adapters.discord.sinks import ChannelSink, WebhookSink
+from adapters.discord.sinks import ChannelSink, PendingSink, WebhookSink
 from adapters.discord.streaming import (
     RETRY_DELAYS,
     MessageSink,
@@ -42,31 +42,48 @@ async def open_delivery(
 
     Through the channel's webhook (the persona's name and avatar) when the bot may
     manage webhooks there; otherwise a normal message headed by the persona's name,
-    replying to ``reference``. With an ``outbox`` (the process's), its requests take
+    replying to ``reference``. A channel whose webhook is not known yet (its first
+    answer since the start) gets a :class:`~adapters.discord.sinks.PendingSink`: the
+    lookup runs beside the run, and only the answer's first request waits for it. With an ``outbox`` (the process's), its requests take
     turns with every other delivery's in the same Discord bucket, and a place in line
     shows on the channel's queue board. A tool call that needs approval asks
     ``requester_id`` with buttons (a question in ``approvals``), waiting up to
     ``approval_timeout``.
     """
-    sink: MessageSink = ChannelSink(target, persona=persona, reference=reference)
-    hook = await webhooks.for_channel(target) if webhooks is not None else None
-    if hook is not None and webhooks is not None:
+    channel_sink = ChannelSink(target, persona=persona, reference=reference)
+    sink: MessageSink = channel_sink
+    if webhooks is not None:
         hooks = webhooks
-        hook_channel = hook.channel_id
 
-        def gone() -> None:
-            # Why: a deleted webhook stays cached otherwise; the next run makes a new one.
-            if hook_channel is not None:
-                hooks.forget(hook_channel)
+        def through(hook: discord.Webhook | None) -> ChannelSink | WebhookSink:
+            if hook is None:
+                return channel_sink
+            hook_channel = hook.channel_id
 
-        sink = WebhookSink(
-            hook,
-            username=persona,
-            avatar_url=avatar_url,
-            fallback=ChannelSink(target, persona=persona),
-            thread=target if isinstance(target, discord.Thread) else None,
-            on_gone=gone,
-        )
+            def gone() -> None:
+                # Why: a deleted webhook stays cached otherwise; the next run makes a new one.
+                if hook_channel is not None:
+                    hooks.forget(hook_channel)
+
+            return WebhookSink(
+                hook,
+                username=persona,
+                avatar_url=avatar_url,
+                fallback=ChannelSink(target, persona=persona),
+                thread=target if isinstance(target, discord.Thread) else None,
+                on_gone=gone,
+            )
+
+        known, hook = webhooks.known(target)
+        if known:
+            sink = through(hook)
+        else:
+            # The first answer in this channel since the start: its webhook is looked
+            # up (listed, made if need be) while the run goes on, not before it.
+            async def choose() -> ChannelSink | WebhookSink:
+                return through(await hooks.for_channel(target))
+
+            sink = PendingSink(choose(), fallback=channel_sink)
 
     async def ask(request: ApprovalRequest) -> ApprovalDecision:
         return await ask_with_buttons(

@@ -7,20 +7,24 @@ carries :func:`~adapters.discord.split.no_pings`. A channel post carries the
 delivery's ``nonce`` (Discord returns the first message rather than a second one when
 a retried post had landed); a webhook post cannot. ``bucket`` names the Discord
 rate-limit bucket a sink's requests go to (see :mod:`adapters.discord.outbox`).
+:class:`PendingSink` is one of those two, chosen once the channel's webhook has been
+looked up (the first answer in a channel since the start), so that the run need not
+wait for that lookup: it overlaps the model's first words.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
 
 from adapters.discord.split import no_pings
 
-__all__ = ["ChannelSink", "WebhookSink"]
+__all__ = ["ChannelSink", "PendingSink", "WebhookSink"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,9 @@ class ChannelSink:
 
     async def typing(self) -> None:
         await self.channel.typing()
+
+    async def ready(self) -> None:
+        return None
 
 
 class WebhookSink:
@@ -165,3 +172,72 @@ class WebhookSink:
 
     async def typing(self) -> None:
         await self.fallback.typing()
+
+    async def ready(self) -> None:
+        return None
+
+
+class PendingSink:
+    """A :class:`WebhookSink` or a :class:`ChannelSink`, chosen when ``choice`` (a task
+    looking up the channel's webhook, already running) is done.
+
+    Its requests wait for the choice (:meth:`ready`, which the delivery awaits before
+    it reads ``prefix`` or ``bucket``); its typing indicator does not (it goes to the
+    channel either way). A choice that failed is the channel's (``fallback``).
+    """
+
+    def __init__(self, choice: Awaitable[ChannelSink | WebhookSink], *, fallback: ChannelSink):
+        self._choice = asyncio.ensure_future(choice)
+        self._choice.add_done_callback(_retrieved)
+        self.fallback = fallback
+        self._sink: ChannelSink | WebhookSink | None = None
+
+    @property
+    def chosen(self) -> ChannelSink | WebhookSink | None:
+        return self._sink
+
+    async def ready(self) -> None:
+        if self._sink is None:
+            try:
+                # Why shielded: another delivery's cancellation must not cancel the
+                # lookup a later request of this one still needs.
+                self._sink = await asyncio.shield(self._choice)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("could not look up the channel's webhook", exc_info=True)
+                self._sink = self.fallback
+
+    def _now(self) -> ChannelSink | WebhookSink:
+        # Before the choice (nothing is sent before ready()): the channel's.
+        return self._sink if self._sink is not None else self.fallback
+
+    @property
+    def prefix(self) -> str:
+        return self._now().prefix
+
+    @property
+    def bucket(self) -> str:
+        return self._now().bucket
+
+    async def send(self, content: str, *, nonce: int | None = None) -> Any:
+        await self.ready()
+        return await self._now().send(content, nonce=nonce)
+
+    async def edit(self, handle: Any, content: str) -> Any:
+        await self.ready()
+        return await self._now().edit(handle, content)
+
+    async def delete(self, handle: Any) -> None:
+        await self.ready()
+        await self._now().delete(handle)
+
+    async def typing(self) -> None:
+        await self.fallback.typing()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """The choice may end before anyone awaits it (a run refused before its first
+    words): read its outcome so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -124,6 +124,11 @@ class MessageSink(Protocol):
 
     async def typing(self) -> None: ...
 
+    async def ready(self) -> None:
+        """Wait for what the sink needs before its first request (a channel's webhook
+        being looked up); ``prefix`` and ``bucket`` hold from then on."""
+        ...
+
 
 ApprovalAsker = Callable[[ApprovalRequest], Awaitable[ApprovalDecision]]
 #: A request's place in line for the member to see (0: it left the line).
@@ -425,6 +430,7 @@ class StreamingDelivery:
         """Bring Discord to :meth:`render`, one request per turn of the sink's bucket,
         each rendered when its turn comes."""
         async with self._push_lock:
+            await self.sink.ready()
             failures = 0
             while self._next_op() is not None:
                 delay: float | None = None

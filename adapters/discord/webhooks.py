@@ -96,6 +96,19 @@ class Webhooks:
         self.ids.update(h.id for h in ours)
         return ours
 
+    def known(self, channel: Any) -> tuple[bool, discord.Webhook | None]:
+        """``(True, the webhook or None)`` when :meth:`for_channel` would answer without
+        a request to Discord (cached, not a text channel, no permission to manage
+        webhooks); ``(False, None)`` when it must look first."""
+        channel = _parent(channel)
+        if not isinstance(channel, discord.TextChannel):
+            return True, None
+        if channel.id in self._by_channel:
+            return True, self._by_channel[channel.id]
+        if not channel.permissions_for(channel.guild.me).manage_webhooks:
+            return True, None
+        return False, None
+
     async def for_channel(self, channel: Any) -> discord.Webhook | None:
         """The webhook of ``channel`` (a thread's parent for a thread) or None."""
         channel = _parent(channel)

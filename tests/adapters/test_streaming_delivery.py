@@ -48,6 +48,9 @@ class FakeSink:
     async def typing(self) -> None:
         self.typings += 1
 
+    async def ready(self) -> None:
+        return None
+
     async def wait_push(self) -> None:
         await self.pushed.wait()
         self.pushed.clear()

@@ -6,6 +6,7 @@ scripted."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from adapters.storage.audit_queries import AuditQueries, RunFilter
 from bot.app import App
+from executor.events import ModelRequestEvent
 from executor.messages import Usage
 from executor.testing import Reply, RunEnds, ScriptedModel
 from tests.apps import scripted_app
@@ -181,3 +183,36 @@ async def test_a_persona_made_or_removed_with_the_command_answers_the_next_menti
         done = await fake.wait_for_interaction_response(inter)
         assert "Deleted the persona **poet**" in done.json["data"]["content"]
         assert (await mention("poet: a line on rain"))[0] == "assistant"
+
+
+async def test_the_first_answer_in_a_channel_does_not_wait_for_its_webhook(
+    fake_discord: FakeDiscord, app: tuple[App, ScriptedModel]
+) -> None:
+    """Issue 19: the first mention in a channel since the start looks up (and may make)
+    the channel's webhook; the model is asked meanwhile, and the answer goes out
+    through the webhook once it is known."""
+    the_app, model = app
+    fake = fake_discord
+    bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
+    asked = asyncio.Event()
+
+    class Asked:
+        async def on_event(self, event: object) -> None:
+            if isinstance(event, ModelRequestEvent):
+                asked.set()
+
+    ends = RunEnds()
+    the_app.executor.observers += [Asked(), ends]
+    async with run_bot(fake, bot):
+        gate = fake.hold("GET", r"/channels/{id}/webhooks")
+        model.push(Reply(text="Hello from the researcher."))
+        since = len(fake.calls)
+        await fake.dispatch_message(f"<@{fake.bot_user['id']}> researcher: hi", mentions=["bot"])
+        await fake.wait_for_held("GET", r"/channels/{id}/webhooks")
+        await asyncio.wait_for(asked.wait(), 10)
+        assert fake.held  # the model was asked while the webhook was still being looked up
+        gate.set()
+        post = await fake.wait_for_call("POST", r"/webhooks/{id}/{token}", since=since)
+        assert post.json["username"] == "researcher"
+        assert (await ends.next()).result.ok
+        assert not fake.find_calls("POST", r"/channels/{id}/messages", since=since)

@@ -237,6 +237,8 @@ class FakeDiscord:
 
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._faults: list[tuple[str, re.Pattern[str], int]] = []  # see fail()
+        self._holds: list[tuple[str, re.Pattern[str], asyncio.Event]] = []  # see hold()
+        self.held: list[Call] = []  # requests waiting at a hold, in order
         self._install_routes()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -977,6 +979,26 @@ class FakeDiscord:
         it), a refusal (403). The calls are still recorded."""
         self._faults.append((method.upper(), _pattern(path_pattern), status))
 
+    def hold(self, method: str, path_pattern: str) -> asyncio.Event:
+        """From now on, requests ``method`` ``path_pattern`` (as in ``wait_for_call``)
+        wait, listed in :attr:`held`, until the returned event is set; then they are
+        answered as usual. A slow Discord, for what must not wait on that request."""
+        gate = asyncio.Event()
+        self._holds.append((method.upper(), _pattern(path_pattern), gate))
+        return gate
+
+    async def wait_for_held(self, method: str, path_pattern: str, *, timeout: float = 10) -> Call:
+        """The first request waiting at a hold that matches."""
+        pat = _pattern(path_pattern)
+
+        def find() -> Call | None:
+            return next(
+                (c for c in self.held if c.method == method.upper() and pat.fullmatch(c.path)),
+                None,
+            )
+
+        return await self._wait(find, timeout, f"a held {method} {path_pattern}")
+
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         body: Json = None
@@ -1016,6 +1038,15 @@ class FakeDiscord:
             ),
             None,
         )
+        gate = next(
+            (g for verb, pat, g in self._holds if verb == request.method and pat.fullmatch(path)),
+            None,
+        )
+        if gate is not None and not gate.is_set():
+            self.held.append(call)
+            await self._notify()
+            await gate.wait()
+            self.held.remove(call)
         fault = next((f for f in self.faults if f.matches(call)), None)
         if fault is not None:
             fault.times -= 1
