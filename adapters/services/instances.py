@@ -339,8 +339,13 @@ class Membership:
 
     async def _loop(self) -> None:
         while not self.lost.is_set():
+            # Why asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+            # event's result when the task is cancelled in the same breath as the event
+            # is set (a NOTIFY waking the beat as the process stops): the cancellation
+            # was lost, the loop beat on, and close() waited for it forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.tick()

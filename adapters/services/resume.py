@@ -236,8 +236,11 @@ class ResumeService:
 
     async def wait_found(self, timeout_s: float) -> None:
         """Until runs are :meth:`found` or ``timeout_s`` has passed (the next sweep)."""
+        # asyncio.timeout, not wait_for: see Membership._loop (a cancellation that
+        # comes as runs are found must not be lost).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._arrived.wait()
 
     async def offer_interrupted(self, run_ids: Sequence[str]) -> int:
         """Offer each of these interrupted runs (crash recovery closed them) to its

@@ -4,6 +4,8 @@ what it was told to connect and disconnect."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 
@@ -204,3 +206,24 @@ async def test_pinned_shards_are_leased_and_kept_out_of_the_share(db: Database) 
     with pytest.raises(ConfigError, match=r"names shard\(s\) 1 of 4, which another running"):
         await q.plan_shards(None)
     assert await store.holders("shard:") == {"shard:0": "p", "shard:1": "p"}  # q took nothing
+
+
+async def test_the_heartbeat_stops_when_woken_as_it_is_closed(db: Database) -> None:
+    """A NOTIFY that wakes the beat in the same breath as the process stops: on Python
+    3.11 ``asyncio.wait_for`` returned the wake-up and dropped the cancellation, so the
+    beat went on and ``close()`` waited for it forever (three processes stopped at once
+    in benchmarks/scaleout.py hung that way). Every interleaving of the wake-up and the
+    close within a few turns of the loop must end."""
+    for turns in range(6):
+        membership = Membership(
+            SqlInstances(db.sessions),
+            Identity(id=f"beat-{turns}", kind="bot", host="h", pid=1),
+            ttl_s=30,
+        )
+        await membership.register()
+        membership.start()
+        await asyncio.sleep(0)  # the beat waits for its wake-up
+        membership.wake()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(membership.close(), 10)

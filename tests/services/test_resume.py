@@ -6,16 +6,17 @@ only once (Resume or Discard, whichever comes first)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from adapters.services.approval import INTERRUPTED, INTERRUPTED_OFFERED
 from adapters.services.errors import NotYourOffer, OfferExpired, OfferUnavailable
-from adapters.services.resume import Offer
+from adapters.services.resume import Offer, ResumeService
 from adapters.storage.tables import AuditRun
 from bot.app import App, build_app
 from bot.settings import Settings
@@ -298,3 +299,25 @@ async def test_a_resumed_run_has_the_memory_a_run_would_have_now(
     assert sent.messages[0].role == "system"
     assert "The server's bake-off is on Friday." in sent.messages[0].text
     assert {"remember", "recall"} <= {t.name for t in sent.tools}
+
+
+async def test_the_offer_loops_wait_ends_when_cancelled_as_runs_are_found() -> None:
+    """The bot's offer loop waits in ``wait_found``; a cancellation (the bot closing)
+    in the same breath as runs are found must end it, not be taken for the wake-up
+    (Python 3.11's ``asyncio.wait_for`` did that: see Membership's heartbeat)."""
+    service = ResumeService(store=cast(Any, None), chat=cast(Any, None))
+
+    async def offer_loop() -> None:
+        while True:
+            service.take_found()
+            await service.wait_found(60)
+
+    for turns in range(6):
+        loop = asyncio.create_task(offer_loop())
+        await asyncio.sleep(0)
+        service.found(["r1"])
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(loop, 10)
