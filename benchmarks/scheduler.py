@@ -117,7 +117,7 @@ async def floor_case(n: int) -> dict[str, Any]:
     aps = AsyncIOScheduler(timezone=UTC)
     for i in range(n):
         cron, tz = CRONS[i % len(CRONS)]
-        aps.add_job(nothing, CronTrigger.from_crontab(cron, tz), id=str(i), args=(None, None))
+        aps.add_job(nothing, CronTrigger.from_crontab(cron, tz), id=str(i), args=(None, None, None))
     aps.start()
     ready = time.perf_counter() - t
     after = rss_mb()
