@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 
 import discord
 
@@ -21,6 +23,8 @@ from adapters.services.approval import ApprovalService
 from executor.ports import ApprovalDecision, ApprovalRequest, Clock
 
 __all__ = ["open_delivery"]
+
+log = logging.getLogger(__name__)
 
 
 async def open_delivery(
@@ -81,7 +85,17 @@ async def open_delivery(
             # The first answer in this channel since the start: its webhook is looked
             # up (listed, made if need be) while the run goes on, not before it.
             async def choose() -> ChannelSink | WebhookSink:
-                return through(await hooks.for_channel(target))
+                try:
+                    async with asyncio.timeout(hooks.lookup_timeout_s):
+                        hook = await hooks.for_channel(target)
+                except TimeoutError:
+                    log.warning(
+                        "looking up the webhook of %s took over %gs; this answer goes as the bot",
+                        target,
+                        hooks.lookup_timeout_s,
+                    )
+                    return channel_sink
+                return through(hook)
 
             sink = PendingSink(choose(), fallback=channel_sink)
 

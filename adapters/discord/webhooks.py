@@ -41,9 +41,14 @@ class Webhooks:
 
     ``outbox``: the process's turns at Discord's rate-limit buckets and its queue
     boards (:class:`~adapters.discord.outbox.Outbox`), kept here because this is the
-    one object every delivery of the process (chat and scheduler) shares."""
+    one object every delivery of the process (chat and scheduler) shares.
 
-    def __init__(self) -> None:
+    ``lookup_timeout_s``: how long an answer waits for its channel's webhook to be
+    looked up (listed, made) before it goes out as the bot's own message instead (a
+    Discord slow to answer, a bucket spent); the next answer looks again."""
+
+    def __init__(self, *, lookup_timeout_s: float = 10.0) -> None:
+        self.lookup_timeout_s = lookup_timeout_s
         self.outbox = Outbox()
         self._by_channel: dict[int, discord.Webhook | None] = {}
         self.ids: set[int] = set()

@@ -216,3 +216,38 @@ async def test_the_first_answer_in_a_channel_does_not_wait_for_its_webhook(
         assert post.json["username"] == "researcher"
         assert (await ends.next()).result.ok
         assert not fake.find_calls("POST", r"/channels/{id}/messages", since=since)
+
+
+async def test_an_answer_whose_webhook_lookup_hangs_goes_out_as_the_bot(
+    fake_discord: FakeDiscord, app: tuple[App, ScriptedModel]
+) -> None:
+    """Discord does not answer the webhook lookup: past ``lookup_timeout_s`` the answer
+    is posted as the bot's own message, headed by the persona's name, not held back."""
+    the_app, model = app
+    fake = fake_discord
+    bot = coterie_bot(fake, app=the_app, extensions=("commands.persona", "commands.chat"))
+    ends = RunEnds()
+    the_app.executor.observers.append(ends)
+    async with run_bot(fake, bot):
+        bot.webhooks.lookup_timeout_s = 0.2
+        gate = fake.hold("GET", r"/channels/{id}/webhooks")
+        try:
+            model.push(Reply(text="Hello from the researcher."))
+            since = len(fake.calls)
+            await fake.dispatch_message(
+                f"<@{fake.bot_user['id']}> researcher: hi", mentions=["bot"]
+            )
+            post = await fake.wait_for_call(
+                "POST",
+                r"/channels/{id}/messages",
+                predicate=lambda c: (
+                    "Hello from the researcher." in (c.json or {}).get("content", "")
+                ),
+                since=since,
+            )
+            assert post.json["content"].startswith("**researcher**")
+            assert (await ends.next()).result.ok
+            assert fake.held  # the lookup never answered; the answer did not wait for it
+            assert not fake.find_calls("POST", r"/webhooks/{id}/{token}", since=since)
+        finally:
+            gate.set()
