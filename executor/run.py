@@ -874,20 +874,36 @@ class Executor:
         for i, a in enumerate(attempts):
             if any(a is k for k in known):
                 continue
-            state.attempts.append(a)
-            cost = usage if i == answered else _billed(a, unanswered)
-            if i != answered and cost is not None:
-                state.add_usage(cost)
-            await self._emit(
-                ModelAttemptEvent(
-                    run_id=state.run_id,
-                    at=self.clock.now(),
-                    step=state.steps,
-                    attempt=a,
-                    usage=cost,
-                ),
-                watch,
-            )
+            if i == answered:
+                # Its usage is the response's, which the step adds to the run.
+                await self._record_attempt(state, a, usage, watch, charge=False)
+            else:
+                await self._record_attempt(state, a, _billed(a, unanswered), watch)
+
+    async def _record_attempt(
+        self,
+        state: RunState,
+        attempt: Attempt,
+        cost: Usage | None,
+        watch: CriticWatch | None,
+        *,
+        charge: bool = True,
+    ) -> None:
+        """One attempt on the run and in the audit (``cost`` on its row, written at
+        once); with ``charge``, its cost is added to the run's usage too."""
+        state.attempts.append(attempt)
+        if charge and cost is not None:
+            state.add_usage(cost)
+        await self._emit(
+            ModelAttemptEvent(
+                run_id=state.run_id,
+                at=self.clock.now(),
+                step=state.steps,
+                attempt=attempt,
+                usage=cost,
+            ),
+            watch,
+        )
 
     async def _failed_over(
         self,
@@ -907,20 +923,8 @@ class Executor:
         (crash recovery charges its input if no attempt follows it).
         """
         state.requesting = False
-        state.attempts.append(attempt)
         cost = _billed(attempt, owed)
-        if cost is not None:
-            state.add_usage(cost)
-        await self._emit(
-            ModelAttemptEvent(
-                run_id=state.run_id,
-                at=self.clock.now(),
-                step=state.steps,
-                attempt=attempt,
-                usage=cost,
-            ),
-            watch,
-        )
+        await self._record_attempt(state, attempt, cost, watch)
         money = state.budget
         if money is not None and cost is not None:
             try:
