@@ -756,26 +756,15 @@ class Executor:
                     # one was never asked (the failed one is charged on its attempt).
                     raise
                 state.requesting = False
-                charge = owed
-                state.add_usage(charge)
                 attempt = Attempt(
                     model=state.model.name,
                     latency_ms=(time.perf_counter() - started) * 1000,
                     error="the run stopped before the model answered",
                     error_kind="stopped",
                 )
-                state.attempts.append(attempt)
                 try:
-                    await self._emit(
-                        ModelAttemptEvent(
-                            run_id=state.run_id,
-                            at=self.clock.now(),
-                            step=state.steps,
-                            attempt=attempt,
-                            usage=charge,
-                        ),
-                        watch,
-                    )
+                    # The charge is in the run's usage before the audit is written.
+                    await self._record_attempt(state, attempt, owed, watch)
                 except Exception:
                     # Why not raised: the stop must go on (the charge is in the run's
                     # usage, which it is settled to); the audit's error is in the log.

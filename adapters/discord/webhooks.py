@@ -116,13 +116,10 @@ class Webhooks:
 
     async def for_channel(self, channel: Any) -> discord.Webhook | None:
         """The webhook of ``channel`` (a thread's parent for a thread) or None."""
+        known, hook = self.known(channel)
+        if known:
+            return hook  # None without permission is not cached: an admin may grant it
         channel = _parent(channel)
-        if not isinstance(channel, discord.TextChannel):
-            return None
-        if channel.id in self._by_channel:
-            return self._by_channel[channel.id]
-        if not channel.permissions_for(channel.guild.me).manage_webhooks:
-            return None  # not cached: an admin may grant it later
         # Why one at a time: a burst of mentions in a channel not used yet asked
         # together, each listing its webhooks (29 GETs in a 300-run queue) and, where
         # there was none, each making one.

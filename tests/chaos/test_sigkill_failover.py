@@ -29,6 +29,7 @@ from executor.messages import Usage
 from executor.testing import FakeClock
 from tests.chaos.loopback import LoopbackOpenAI
 from tests.cli.test_ask import _env
+from tests.executor.models.loopback import anthropic_start
 
 pytestmark = pytest.mark.chaos
 
@@ -64,42 +65,7 @@ class BreakingAnthropic(LoopbackOpenAI):
         self.anthropic_requests += 1
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        events = [
-            (
-                "message_start",
-                {
-                    "type": "message_start",
-                    "message": {
-                        "id": "msg_chaos",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": "claude-haiku-4-5",
-                        "content": [],
-                        "stop_reason": None,
-                        "stop_sequence": None,
-                        "usage": {"input_tokens": BILLED_INPUT, "output_tokens": 1},
-                    },
-                },
-            ),
-            (
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-            (
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": "Paris is "},
-                },
-            ),
-        ]
-        for name, data in events:
-            await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        await response.write(anthropic_start("Paris is ", input_tokens=BILLED_INPUT))
         await response.write(b"event: content_block_delta\ndata: {not json\n\n")
         await response.write_eof()
         return response

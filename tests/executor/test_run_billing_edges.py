@@ -208,13 +208,18 @@ def _failover(first: Breaks) -> tuple[Executor, InMemoryBudgetLedger, AuditCaptu
     return executor, budget, audit
 
 
-async def _ask(executor: Executor, delivery: RecordingDelivery | None = None) -> RunResult:
+async def _ask(
+    executor: Executor,
+    delivery: RecordingDelivery | None = None,
+    cancel: asyncio.Event | None = None,
+) -> RunResult:
     return await executor.run(
         RunnableAgent(tier="standard"),
         Invocation(
             [Message.user("Tell me about owls. " * 20)],
             caller=ALICE,
             delivery=delivery or RecordingDelivery(),
+            cancel=cancel,
         ),
     )
 
@@ -269,17 +274,7 @@ async def test_a_run_cancelled_while_the_backup_streams_is_charged_both_candidat
     audit = AuditCapture()
     executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
     cancel = asyncio.Event()
-    task = asyncio.create_task(
-        executor.run(
-            RunnableAgent(tier="standard"),
-            Invocation(
-                [Message.user("Tell me about owls. " * 20)],
-                caller=ALICE,
-                delivery=RecordingDelivery(),
-                cancel=cancel,
-            ),
-        )
-    )
+    task = asyncio.create_task(_ask(executor, cancel=cancel))
     await backup.streaming.wait()
     # Known before the backup answers: the failed attempt, charged, and the request
     # sent again to the backup (what crash recovery would charge were the process to
@@ -329,17 +324,7 @@ async def test_a_run_cancelled_before_the_backup_is_asked_is_charged_one_candida
     executor = Executor(models=Tiers(standard=(model, standard)), budget=budget, audit=audit)
     cancel = asyncio.Event()
     delivery = SlowReset()
-    task = asyncio.create_task(
-        executor.run(
-            RunnableAgent(tier="standard"),
-            Invocation(
-                [Message.user("Tell me about owls. " * 20)],
-                caller=ALICE,
-                delivery=delivery,
-                cancel=cancel,
-            ),
-        )
-    )
+    task = asyncio.create_task(_ask(executor, delivery, cancel))
     await delivery.resetting.wait()
     cancel.set()
     result = await task

@@ -93,7 +93,7 @@ class HangingServer(_Server):
         if self.mode != "silent":
             writer.write(_SSE_HEADERS)
         if self.mode == "after_text":
-            writer.write(_anthropic_start(PARTIAL_TEXT))
+            writer.write(anthropic_start(PARTIAL_TEXT))
         await writer.drain()
         self.hanging.set()
         await self._release.wait()
@@ -176,8 +176,9 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict
     }
 
 
-def _anthropic_start(text: str) -> bytes:
-    """An Anthropic stream's first events: the message, a text block, ``text``."""
+def anthropic_start(text: str, *, input_tokens: int = 12) -> bytes:
+    """An Anthropic stream's first events: the message (reporting ``input_tokens``), a
+    text block, ``text``."""
     message: dict[str, Any] = {
         "id": "msg_loopback",
         "type": "message",
@@ -186,7 +187,7 @@ def _anthropic_start(text: str) -> bytes:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 1},
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
     }
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": message}),
