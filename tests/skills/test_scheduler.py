@@ -787,29 +787,38 @@ async def test_a_slot_due_while_the_last_run_goes_on_is_skipped(
     await stop(sched)
 
 
+@pytest.mark.parametrize("staggered", [False, True], ids=["plain", "staggered"])
 async def test_apscheduler_max_instances_refusal_is_recorded_as_skipped(
-    store: WatchedStore, skill_id: int
+    store: WatchedStore, skill_id: int, staggered: bool
 ) -> None:
-    # Why the minute from the real clock: APScheduler runs every slot due by the real
-    # clock; half an hour from now, none is due but the ones the test makes due (with
-    # a fixed `17 * * * *` it failed when run between :17 and :18).
+    # Why the cron from the real clock: APScheduler runs every slot due by the real
+    # clock; with the last slot half a period ago and the next half a period ahead,
+    # none is due but the ones the test makes due (with a fixed `17 * * * *` it failed
+    # when run between :17 and :18; at :30, `0 * * * *` came out staggered and the
+    # refused run time, given without its stagger, coalesced into the running slot).
     real_now = datetime.now(UTC)
-    cron = f"{(real_now.minute + 30) % 60} * * * *"
+    if staggered:  # top of an hour: fires its stagger after the slot
+        cron = f"0 {(real_now.hour + 12) % 24} * * *"
+    else:
+        cron = f"{(real_now.minute + 30) % 60 or 1} * * * *"  # never top of the hour
     info = await make(store, skill_id, cron=cron)
+    stagger = timedelta(seconds=info.stagger_s)
+    assert (stagger > timedelta(0)) == staggered
     trigger = scheduling.parse_cron(cron, scheduling.zone("UTC"))
-    [latest] = scheduling.last_fires(trigger, real_now - timedelta(hours=2), real_now)
+    [latest] = scheduling.last_fires(trigger, real_now - timedelta(days=2), real_now)
     fire = Fire()
     fire.gate = asyncio.Event()
-    sched = scheduler(store, fire, FakeClock(start=latest + timedelta(seconds=30)))
+    sched = scheduler(store, fire, FakeClock(start=latest + stagger + timedelta(seconds=30)))
     await sched.start()
     aps = sched.apscheduler
     assert aps is not None
-    aps.modify_job(str(info.id), next_run_time=latest)
+    aps.modify_job(str(info.id), next_run_time=latest + stagger)
     await asyncio.wait_for(fire.called.wait(), 10)  # running, held at the gate
-    # Due again while it runs (any past time; coalescing would fold a trigger time into
-    # the running one): max_instances=1 refuses, and the refusal becomes a row.
+    # Due again while it runs (a past run time before the next fire: coalescing would
+    # fold a later one into it): max_instances=1 refuses, and the refusal becomes a
+    # row for the slot that run time stands for.
     again = latest + timedelta(seconds=30)
-    aps.modify_job(str(info.id), next_run_time=again)
+    aps.modify_job(str(info.id), next_run_time=again + stagger)
     await asyncio.wait_for(store.skipped.wait(), 10)
     fire.gate.set()
     await sched.wait_idle()
