@@ -152,7 +152,7 @@ _EXPORTS: dict[str, str] = {
     "generate_structured": "executor.structured",
     "generate_structured_result": "executor.structured",
     "load_tier_config": "executor.models.config",
-    "outcome_note": "executor.run",
+    "outcome_note": "executor.notes",
     "profile_of": "executor.models.base",
     "redact": "executor.redaction",
     "schema_tool": "executor.tools.sources",
@@ -427,6 +427,9 @@ if _typing.TYPE_CHECKING:
     from executor.models.tiers import (
         TierResolver,
     )
+    from executor.notes import (
+        outcome_note,
+    )
     from executor.ports import (
         ApprovalDecision,
         ApprovalRequest,
@@ -461,7 +464,6 @@ if _typing.TYPE_CHECKING:
     from executor.run import (
         Executor,
         ModelResolver,
-        outcome_note,
     )
     from executor.structured import (
         StructuredResult,

@@ -25,64 +25,52 @@ results it kept are reused, a read-only or idempotent call runs again, and any o
 call asks the approver again (it may have run before the interruption).
 
 The loop never knows which provider answered, except to record it.
+
+The executor is this module and its parts: a model call (budget, request, stream,
+attempts, failover) in :mod:`executor._model_calls`, a tool call (permission,
+approval, charge) in :mod:`executor._tool_calls`, what they share in
+:mod:`executor._run_parts`, and the member's note in :mod:`executor.notes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from executor._deadlines import Deadlines, Group
+from executor._model_calls import ModelCalls
+from executor._run_parts import Stopped
+from executor._tool_calls import ToolCalls
 from executor._trace import log_failure, new_ref
 from executor.agent import DeliveryReport, Invocation, RunnableAgent, RunResult, RunStatus
-from executor.budget import format_usd, out_of_budget_advice
 from executor.errors import (
     AllModelsFailed,
-    ApprovalDenied,
     BudgetDetails,
     BudgetExceeded,
     ConfigError,
     HostBusy,
     ModelAPIError,
     RunRefused,
-    ToolFailed,
 )
 from executor.events import (
-    ApprovalEvent,
-    ModelAttemptEvent,
-    ModelRequestEvent,
     RunDelivered,
     RunEvent,
     RunFinished,
     RunStarted,
     StepFinished,
-    TextDeltaEvent,
-    ToolCallFinished,
-    ToolCallStarted,
-    ToolChargeEvent,
 )
 from executor.hooks import RunHook, RunState
-from executor.messages import Message, ToolCallPart, ToolResultPart, Usage
+from executor.messages import Message, ToolCallPart, ToolResultPart
 from executor.models.base import (
-    Attempt,
-    Failover,
     Model,
     ModelRequest,
-    ModelResponse,
-    ResponseDone,
-    StreamReset,
-    TextDelta,
     ToolDefinition,
 )
+from executor.notes import outcome_note
 from executor.ports import (
-    ApprovalRequest,
     Approver,
     AuditSink,
     BudgetGate,
@@ -103,9 +91,9 @@ from executor.ports import (
 )
 from executor.redaction import excerpt, scrub
 from executor.spend import InputCount, Price, RunBudget
-from executor.tools.registry import ToolContext, ToolOutcome, ToolRegistry
+from executor.tools.registry import ToolRegistry
 
-__all__ = ["Executor", "ModelResolver", "outcome_note"]
+__all__ = ["Executor", "ModelResolver"]
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +110,6 @@ class ModelResolver(Protocol):
     def estimate_micros(self, tier: str, input_tokens: int, output_tokens: int) -> int: ...
 
 
-_DELTA_FREE = (TextDeltaEvent,)
-
 # How many distinct system prompts an executor keeps built (personas, skills).
 _SYSTEM_CACHE = 256
 
@@ -135,19 +121,7 @@ def _new_run_id() -> str:
     return f"{n:032x}"
 
 
-class _Stopped(Exception):
-    """Internal: the step loop ended early with a status (bound reached, budget out)."""
-
-    def __init__(
-        self, status: RunStatus, reason: str, *, budget: BudgetDetails | None = None
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.budget = budget
-        super().__init__(reason)
-
-
-class Executor:
+class Executor(ModelCalls, ToolCalls):
     """The kernel's one entry point. Every port has a default: ``Executor()`` is
     a complete bounded in-memory agent (give the agent a ``model``)."""
 
@@ -365,14 +339,6 @@ class Executor:
             ),
             None,
         )
-
-    async def _emit(self, event: RunEvent, watch: CriticWatch | None) -> None:
-        if not isinstance(event, _DELTA_FREE):
-            await self.audit.record(event)
-        if watch is not None:
-            await watch.on_event(event)
-        for obs in self.observers:
-            await obs.on_event(event)
 
     async def _run_reserved(self, state: RunState, estimate: int) -> RunResult:
         agent, inv, delivery = state.agent, state.invocation, state.delivery
@@ -629,14 +595,14 @@ class Executor:
                 await self._checkpoint(state)
             while True:
                 if state.steps >= bounds.max_steps:
-                    raise _Stopped(
+                    raise Stopped(
                         RunStatus.STEP_LIMIT,
                         f"the run reached its limit of {bounds.max_steps} steps",
                     )
                 spent = state.prior.output_tokens + state.usage.output_tokens
                 remaining = bounds.max_output_tokens - spent
                 if remaining <= 0:
-                    raise _Stopped(
+                    raise Stopped(
                         RunStatus.TOKEN_LIMIT,
                         f"the run used its {bounds.max_output_tokens} output tokens",
                     )
@@ -670,7 +636,7 @@ class Executor:
                 cut = money is not None and money.cut is not None
                 if cut and response.stop_reason == "max_tokens":
                     # The answer ran out of the tokens its budget could cover: stop here.
-                    raise _Stopped(
+                    raise Stopped(
                         RunStatus.BUDGET_EXHAUSTED,
                         "the answer was cut short to fit your budget",
                         budget=money.cut if money is not None else None,
@@ -687,7 +653,7 @@ class Executor:
                         *(self._tool_call(state, c, watch) for c in calls)
                     )
                 state.messages.append(Message(role="user", parts=tuple(results)))
-        except _Stopped as stopped:
+        except Stopped as stopped:
             return self._result(
                 state,
                 stopped.status,
@@ -713,418 +679,6 @@ class Executor:
             )
             return self._result(state, RunStatus.ERROR, error=error, kind=exc.kind, ref=ref)
 
-    async def _model_step(
-        self, state: RunState, request: ModelRequest, watch: CriticWatch | None, streaming: bool
-    ) -> ModelResponse:
-        retry = 0
-        money = state.budget
-        count = state.count_input or InputCount()
-        while True:
-            try:
-                for hook in self.hooks:
-                    request = await hook.before_model_request(state, request)
-                tokens = count(request.messages, request.tools)
-                if money is not None:
-                    request = await money.cover(state.usage.cost_micros, request, tokens)
-            except BudgetExceeded as exc:
-                # The next call, or a call a hook makes for it (a compaction), cannot be
-                # covered: neither is made.
-                raise _Stopped(
-                    RunStatus.BUDGET_EXHAUSTED,
-                    "your budget cannot cover the next step",
-                    budget=exc.details,
-                ) from None
-            unanswered = money.unanswered(tokens) if money is not None else 0
-            owed = Usage(input_tokens=tokens, cost_micros=unanswered, requests=1)
-            before = len(state.attempts)
-            await self._emit(self._request_event(state, request, owed), watch)
-            started = time.perf_counter()
-            state.requesting = True
-            try:
-                if streaming:
-                    response = await self._stream(state, request, watch, owed)
-                else:
-                    response = await state.model.generate(request)
-            except asyncio.CancelledError:
-                # The run was stopped (its deadline, the critic, its member, the host)
-                # with the request in flight: its usage never arrives, but the provider
-                # has billed the input. Charge that, on an attempt of its own.
-                if money is not None:
-                    money.call_done()
-                if not state.requesting:
-                    # Stopped between a failover and the next candidate's request: that
-                    # one was never asked (the failed one is charged on its attempt).
-                    raise
-                state.requesting = False
-                attempt = Attempt(
-                    model=state.model.name,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    error="the run stopped before the model answered",
-                    error_kind="stopped",
-                )
-                try:
-                    # The charge is in the run's usage before the audit is written.
-                    await self._record_attempt(state, attempt, owed, watch)
-                except Exception:
-                    # Why not raised: the stop must go on (the charge is in the run's
-                    # usage, which it is settled to); the audit's error is in the log.
-                    log.exception("run %s: recording the stopped request failed", state.run_id)
-                raise
-            except ModelAPIError as exc:
-                if money is not None:
-                    money.call_done()
-                attempts = getattr(exc, "attempts", None) or [
-                    Attempt(
-                        model=exc.model or state.model.name,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                        error=str(exc),
-                        error_kind=exc.kind,
-                        billed=exc.usage is not None or bool(state.partial_text),
-                        usage=exc.usage,
-                    )
-                ]
-                await self._record_attempts(
-                    state, list(attempts), watch, unanswered=owed, since=before
-                )
-                retry += 1
-                # Why the cap first: past it no hook's work (a compaction) can help.
-                try:
-                    again = retry <= 2 and any(
-                        [await h.on_model_error(state, exc, retry) for h in self.hooks]
-                    )
-                except BudgetExceeded as refused:
-                    raise _Stopped(
-                        RunStatus.BUDGET_EXHAUSTED,
-                        "your budget cannot cover the next step",
-                        budget=refused.details,
-                    ) from None
-                if again:
-                    continue
-                raise
-            except BaseException:
-                if money is not None:
-                    money.call_done()
-                raise
-            # Why no await between: the reservation always covers what the run spent
-            # plus every call in flight (a judgement beside the run grows it too).
-            state.add_usage(response.usage)
-            if money is not None:
-                money.call_done()
-            attempts = list(response.attempts) or [
-                Attempt(model=response.model, latency_ms=(time.perf_counter() - started) * 1000)
-            ]
-            # Why the usage on the attempt: it is written at once, so a crash before the
-            # step's end still charges what this response cost.
-            await self._record_attempts(
-                state, attempts, watch, usage=response.usage, unanswered=owed, since=before
-            )
-            state.answered_by = response.model
-            for hook in self.hooks:
-                await hook.after_model_response(state, response)
-            return response
-
-    def _request_event(
-        self, state: RunState, request: ModelRequest, owed: Usage
-    ) -> ModelRequestEvent:
-        """The request about to be sent (to a model, or to the next candidate after a
-        failover): ``owed`` is what it is charged if its usage never arrives."""
-        return ModelRequestEvent(
-            run_id=state.run_id,
-            at=self.clock.now(),
-            step=state.steps,
-            message_count=len(request.messages),
-            input_tokens=owed.input_tokens,
-            unanswered_micros=owed.cost_micros,
-            attempts_before=len(state.attempts),
-        )
-
-    async def _record_attempts(
-        self,
-        state: RunState,
-        attempts: list[Attempt],
-        watch: CriticWatch | None,
-        *,
-        usage: Usage | None = None,
-        unanswered: Usage | None = None,
-        since: int = 0,
-    ) -> None:
-        """Record each attempt; ``usage`` (the response's) goes on the one that answered.
-
-        A failed attempt the provider billed (it failed mid-stream) is charged to the
-        run here, on its attempt: what the provider reported it cost, or else
-        ``unanswered`` (the request's input at the run's price). An attempt recorded
-        already, at its failover (:meth:`_failed_over`: in ``state.attempts`` from
-        ``since`` on), is not recorded again.
-        """
-        known = state.attempts[since:]
-        answered = len(attempts) - 1  # the last one that did not fail
-        while answered >= 0 and attempts[answered].error:
-            answered -= 1
-        for i, a in enumerate(attempts):
-            if any(a is k for k in known):
-                continue
-            if i == answered:
-                # Its usage is the response's, which the step adds to the run.
-                await self._record_attempt(state, a, usage, watch, charge=False)
-            else:
-                await self._record_attempt(state, a, _billed(a, unanswered), watch)
-
-    async def _record_attempt(
-        self,
-        state: RunState,
-        attempt: Attempt,
-        cost: Usage | None,
-        watch: CriticWatch | None,
-        *,
-        charge: bool = True,
-    ) -> None:
-        """One attempt on the run and in the audit (``cost`` on its row, written at
-        once); with ``charge``, its cost is added to the run's usage too."""
-        state.attempts.append(attempt)
-        if charge and cost is not None:
-            state.add_usage(cost)
-        await self._emit(
-            ModelAttemptEvent(
-                run_id=state.run_id,
-                at=self.clock.now(),
-                step=state.steps,
-                attempt=attempt,
-                usage=cost,
-            ),
-            watch,
-        )
-
-    async def _failed_over(
-        self,
-        state: RunState,
-        attempt: Attempt,
-        request: ModelRequest,
-        watch: CriticWatch | None,
-        owed: Usage,
-    ) -> None:
-        """A candidate failed and the next is about to be asked (:class:`Failover`).
-
-        The failed attempt is recorded and, when its provider billed it, charged now
-        (written at once, so a stop or a crash while the next candidate answers charges
-        both); the reservation grows to cover it before the next candidate is asked,
-        and when the budget cannot cover that the run stops here, ``budget_exhausted``.
-        Then the request to the next candidate is recorded as a request of its own
-        (crash recovery charges its input if no attempt follows it).
-        """
-        state.requesting = False
-        cost = _billed(attempt, owed)
-        await self._record_attempt(state, attempt, cost, watch)
-        money = state.budget
-        if money is not None and cost is not None:
-            try:
-                await money.failed_over(state.usage.cost_micros)
-            except BudgetExceeded as exc:
-                raise _Stopped(
-                    RunStatus.BUDGET_EXHAUSTED,
-                    "your budget cannot cover asking another model after one failed",
-                    budget=exc.details,
-                ) from None
-        await self._emit(self._request_event(state, request, owed), watch)
-        state.requesting = True
-
-    async def _stream(
-        self, state: RunState, request: ModelRequest, watch: CriticWatch | None, owed: Usage
-    ) -> ModelResponse:
-        delivery = state.delivery
-        final: ModelResponse | None = None
-        stream = state.model.stream(request)
-        try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    state.partial_text += event.text
-                    await delivery.text(event.text)
-                    if self.observers:
-                        await self._emit(
-                            TextDeltaEvent(
-                                run_id=state.run_id, at=self.clock.now(), text=event.text
-                            ),
-                            None,
-                        )
-                elif isinstance(event, StreamReset):
-                    state.partial_text = ""
-                    await delivery.reset()
-                elif isinstance(event, Failover):
-                    await self._failed_over(state, event.attempt, request, watch, owed)
-                elif isinstance(event, ResponseDone):
-                    final = event.response
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if final is None:
-            raise ModelAPIError(
-                "the model's stream ended without a response", model=state.model.name
-            )
-        return final
-
-    async def _tool_call(
-        self,
-        state: RunState,
-        call: ToolCallPart,
-        watch: CriticWatch | None,
-        *,
-        again: bool = False,
-    ) -> ToolResultPart:
-        inv = state.invocation
-        await self._emit(
-            ToolCallStarted(
-                run_id=state.run_id,
-                at=self.clock.now(),
-                step=state.steps,
-                call_id=call.id,
-                name=call.name,
-                arguments=call.arguments,
-            ),
-            watch,
-        )
-        outcome: ToolOutcome
-        refusal = self.tools.refusal(call.name, state.agent.tools, inv.caller.privilege)
-        tool = self.tools.get(call.name)
-        if refusal is not None or tool is None:
-            outcome = ToolOutcome(content=f"refused: {refusal}", is_error=True)
-        else:
-            try:
-                if tool.requires_approval or again:
-                    await self._approve(state, call, watch, again=again)
-                await state.delivery.status(tool.status_line(call.arguments))
-                ctx = ToolContext(
-                    run_id=state.run_id,
-                    caller=inv.caller,
-                    call_id=call.id,
-                    agent=state.agent.name,
-                    persona=state.agent.persona or "",
-                    invocation=inv,
-                    charge=self._charger(state, call, watch),
-                )
-                outcome = await tool.invoke(
-                    call.arguments,
-                    ctx,
-                    deadlines=self._deadlines,
-                )
-            except ApprovalDenied as exc:
-                outcome = ToolOutcome(content=f"denied: {exc}", is_error=True)
-        await self._emit(
-            ToolCallFinished(
-                run_id=state.run_id,
-                at=self.clock.now(),
-                step=state.steps,
-                call_id=call.id,
-                name=call.name,
-                arguments=call.arguments,
-                result=outcome.content,
-                is_error=outcome.is_error,
-                duration_ms=outcome.duration_ms,
-            ),
-            watch,
-        )
-        part = ToolResultPart(
-            tool_call_id=call.id, name=call.name, content=outcome.content, is_error=outcome.is_error
-        )
-        if refusal is None and tool is not None and not tool.repeatable:
-            # Why at once: a resumed run must not run this call again blindly.
-            await self.checkpoints.tool_done(state.run_id, part)
-        return part
-
-    def _charger(
-        self, state: RunState, call: ToolCallPart, watch: CriticWatch | None
-    ) -> Callable[[int, str], AbstractAsyncContextManager[None]]:
-        """``ToolContext.charge`` for one call (see :meth:`_charge`)."""
-        # Why a partial of one decorated method: decorating a function per call costs
-        # more than the rest of a tool call's bookkeeping.
-        return functools.partial(self._charge, state, call, watch)
-
-    @contextlib.asynccontextmanager
-    async def _charge(
-        self,
-        state: RunState,
-        call: ToolCallPart,
-        watch: CriticWatch | None,
-        micros: int,
-        what: str,
-    ) -> AsyncIterator[None]:
-        """Hold the price in the run's reservation around the priced request; charge
-        and record it only if the request answered."""
-        if micros <= 0:
-            yield
-            return
-        money = state.budget
-        if money is not None:
-            try:
-                # Why a hold, not a charge: a provider that fails is not paid; its
-                # price goes back and the next provider is held for its own.
-                await money.hold(state.usage.cost_micros, micros)
-            except BudgetExceeded as exc:
-                raise ToolFailed(
-                    f"the member's budget cannot cover {what} ({format_usd(micros)}): {exc}"
-                ) from None
-        try:
-            yield
-        except BaseException:
-            if money is not None:
-                money.release(micros)
-            raise
-        # Why no await between: the hold never lapses before the charge is counted.
-        state.add_usage(Usage(cost_micros=micros))
-        if money is not None:
-            money.release(micros)
-        await self._emit(
-            ToolChargeEvent(
-                run_id=state.run_id,
-                at=self.clock.now(),
-                step=state.steps,
-                call_id=call.id,
-                name=call.name,
-                cost_micros=micros,
-                what=what,
-            ),
-            watch,
-        )
-
-    async def _approve(
-        self,
-        state: RunState,
-        call: ToolCallPart,
-        watch: CriticWatch | None,
-        *,
-        again: bool = False,
-    ) -> None:
-        decision = await self.approver.approve(
-            ApprovalRequest(
-                run_id=state.run_id,
-                caller=state.invocation.caller,
-                tool=call.name,
-                call_id=call.id,
-                arguments=call.arguments,
-                delivery=state.delivery,
-                again=again,
-            )
-        )
-        await self._emit(
-            ApprovalEvent(
-                run_id=state.run_id,
-                at=self.clock.now(),
-                tool=call.name,
-                call_id=call.id,
-                approved=decision.approved,
-                reason=decision.reason,
-            ),
-            watch,
-        )
-        if not decision.approved:
-            raise ApprovalDenied(decision.reason or "the member did not approve this tool call")
-
-
-def _billed(attempt: Attempt, unanswered: Usage | None) -> Usage | None:
-    """What a failed attempt cost: None unless the provider billed it."""
-    if attempt.error is None or not attempt.billed:
-        return None
-    return attempt.usage if attempt.usage is not None else unanswered
-
 
 def _resumed(state: RunState, resume: Checkpoint) -> None:
     """A resumed run starts where the checkpoint left off: its steps and what its
@@ -1135,57 +689,3 @@ def _resumed(state: RunState, resume: Checkpoint) -> None:
         if m.role == "assistant" and m.text:
             state.last_text = m.text
             break
-
-
-def outcome_note(result: RunResult) -> str | None:
-    """One plain sentence for the person who asked, when a run was not a plain success."""
-    s = result.status
-    if s is RunStatus.OK:
-        return None
-    if s is RunStatus.BUDGET_DENIED or s is RunStatus.BUDGET_EXHAUSTED:
-        budget = result.details.get("budget")
-        details = budget if isinstance(budget, BudgetDetails) else None
-        if s is RunStatus.BUDGET_DENIED:
-            return f"{result.error}. {out_of_budget_advice(details)}"
-        spent = (
-            f" (spent {format_usd(details.spent_micros)} of your 7-day limit "
-            f"{format_usd(details.limit_micros, 2)})"
-            if details is not None
-            else ""
-        )
-        return f"Stopped: {result.error}{spent}. {out_of_budget_advice(details)}"
-    if s is RunStatus.ERROR and result.error_kind == "all_models_failed":
-        tried = ", ".join(
-            f"{a.model} ({a.error_kind or 'error'})" for a in result.attempts if a.error
-        )
-        return (
-            f"No model could answer right now; tried {tried}."
-            if tried
-            else "No model could answer right now."
-        )
-    if s is RunStatus.ERROR:
-        kind = result.error_kind
-        if kind == "config":
-            return result.error  # an operator's message naming what to set; no secret
-        ref = f" (ref {result.error_ref})" if result.error_ref else ""
-        if kind == "context_too_long":
-            return (
-                f"The conversation is too long for the model, even shortened; start a new one{ref}."
-            )
-        if kind == "busy":
-            return f"coterie is busy right now; try again in a moment{ref}."
-        if kind is None or kind == "internal":
-            return f"Something went wrong on our side; the admins can find it in the log{ref}."
-        # A provider's error: its text stays in the audit and the log, never here.
-        return f"The model could not answer this request; the admins can find it in the log{ref}."
-    if s is RunStatus.STEP_LIMIT:
-        return f"Stopped: {result.error}."
-    if s is RunStatus.TOKEN_LIMIT:
-        return f"Stopped: {result.error}."
-    if s is RunStatus.TIMEOUT:
-        return f"Stopped: {result.error}."
-    if s is RunStatus.KILLED:
-        return f"Stopped by the critic: {result.error}."
-    if s is RunStatus.CANCELLED:
-        return "Cancelled."
-    return result.error

@@ -8,13 +8,14 @@ import re
 
 import pytest
 
+from executor import outcome_note
 from executor.agent import Invocation, RunnableAgent, RunResult, RunStatus
 from executor.errors import AllModelsFailed, BadRequest, ContextTooLong, Overloaded
 from executor.events import RunEvent, RunFinished, StepFinished
 from executor.hooks import RunHook, RunState
 from executor.messages import Message
 from executor.models.base import Attempt, ModelRequest
-from executor.run import Executor, outcome_note
+from executor.run import Executor
 from executor.testing import AuditCapture, RecordingDelivery, ScriptedModel
 
 REF = re.compile(r"\(ref ([0-9A-F]{6})\)")
