@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,6 +168,10 @@ async def make(
     return got
 
 
+# The schedulers a test made, with their fires (closed after it: :func:`_closed`).
+_made: list[tuple[SkillScheduler, Fire]] = []
+
+
 def scheduler(
     store: ScheduleStore,
     fire: Fire,
@@ -176,13 +180,30 @@ def scheduler(
     events: Events | None = None,
     **kwargs: Any,
 ) -> SkillScheduler:
-    return SkillScheduler(
+    made = SkillScheduler(
         store,
         fire,
         events=EventsPort(events) if events is not None else None,
         clock=clock,
         **kwargs,
     )
+    _made.append((made, fire))
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def _closed(db: Database) -> AsyncIterator[None]:
+    """A test that fails half-way leaves its scheduler running, perhaps a slot held at
+    its gate: closed here, before the database, so the failure is reported once, not
+    again as a connection leaked into whichever test runs next (CI saw both)."""
+    yield
+    while _made:
+        made, fire = _made.pop()
+        made.shutdown()
+        if fire.gate is not None:
+            fire.gate.set()
+        async with asyncio.timeout(10):
+            await made.wait_idle()
 
 
 async def stop(sched: SkillScheduler) -> None:
