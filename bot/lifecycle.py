@@ -120,7 +120,8 @@ async def drain(
     app.runner.stop_intake()
     grace = _Grace(grace_s, hurry, clock or RealClock())
     started = asyncio.get_running_loop().time()
-    report = await app.runner.drain(grace_s, clock=grace)
+    # Why before_cut: an approval question a cut run leaves says it was the restart.
+    report = await app.runner.drain(grace_s, clock=grace, before_cut=app.approvals.restarting)
     log.info("drained in %.1fs: %s", asyncio.get_running_loop().time() - started, report)
     await _offer_stopped(app, report, hurry)
     return report

@@ -18,7 +18,8 @@ no answer within the timeout counts as deny.
 
 A question nothing waits for has its buttons greyed, with a line that says why, so
 nobody presses a dead one: no answer in time ("No answer in time: denied."); the run
-stopped waiting (cancelled, its time limit, a drain: ``ENDED``); its process died (the
+stopped waiting (cancelled, its time limit: ``ENDED``; cut by a restart's drain:
+``RESTARTING``, :attr:`ApprovalService.ended_note`); its process died (the
 process that settles its runs greys them, :func:`close_question` through
 :class:`~adapters.services.resume.ResumeService`: the row says where the question was
 posted). Greyed, not removed: Discord sends a press from a client that still showed them
@@ -39,7 +40,7 @@ from typing import Any
 import discord
 
 from adapters.discord.client import CoterieClient
-from adapters.services.approval import ENDED, ApprovalService
+from adapters.services.approval import ApprovalService
 from adapters.services.errors import ApprovalDecided, ApprovalUnavailable, NotYourApproval
 from executor.ports import ApprovalDecision, ApprovalRequest
 
@@ -194,7 +195,7 @@ async def _ended(approvals: ApprovalService, approval_id: str, message: discord.
     if row is not None and row.decision in ("approved", "denied"):
         return  # decided just before: the press showed the answer already
     try:
-        await _grey(message, approval_id, ENDED)
+        await _grey(message, approval_id, approvals.ended_note)
     except discord.HTTPException:
         log.info("could not grey the buttons of approval message %s", message.id)
 

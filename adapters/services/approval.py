@@ -53,6 +53,7 @@ __all__ = [
     "INTERRUPTED_OFFERED",
     "KEPT_FOR",
     "POLL_S",
+    "RESTARTING",
     "Approval",
     "ApprovalService",
     "ApprovalStore",
@@ -69,8 +70,11 @@ POLL_S = 5.0
 #: How long a closed question's row stays, so a late press is told what happened.
 KEPT_FOR = timedelta(days=1)
 
-#: The note on a question whose run stopped waiting (cancelled, timed out, drained).
+#: The note on a question whose run stopped waiting (cancelled, timed out).
 ENDED = "Expired: the run ended before an answer."
+#: ... when this process's drain cut the run (a restart; a chat run is then offered to
+#: resume, and the resumed run asks again).
+RESTARTING = "Stopped: coterie is restarting; nothing waits for this answer."
 #: The note on a question whose process died (a restart), added by the one that
 #: settled its run.
 INTERRUPTED = "Interrupted by a restart: nothing waits for this answer."
@@ -254,6 +258,18 @@ class ApprovalService:
         self.owner: str | None = None
         self.publish: Callable[[str], Awaitable[None]] | None = None
         self._waiters: dict[str, _Waiter] = {}
+        self._ended = ENDED
+
+    @property
+    def ended_note(self) -> str:
+        """What a question whose run stopped waiting says: :data:`ENDED`, or
+        :data:`RESTARTING` once :meth:`restarting` was called."""
+        return self._ended
+
+    def restarting(self) -> None:
+        """This process's drain is cutting its runs (``Runner.drain``'s ``before_cut``):
+        the questions they leave say so."""
+        self._ended = RESTARTING
 
     # --- the waiting side --------------------------------------------------------
 

@@ -240,10 +240,17 @@ class Runner:
         """Refuse new runs from now on (idempotent)."""
         self._accepting = False
 
-    async def drain(self, grace_s: float, *, clock: Clock | None = None) -> DrainReport:
+    async def drain(
+        self,
+        grace_s: float,
+        *,
+        clock: Clock | None = None,
+        before_cut: Callable[[], None] | None = None,
+    ) -> DrainReport:
         """Stop intake; refuse runs still waiting in a lane; let running runs finish
         within ``grace_s`` seconds (timed on ``clock``, default the runner's); cancel
-        the rest (their member is told) and wait for them to close."""
+        the rest (their member is told) and wait for them to close. ``before_cut`` is
+        called just before running runs are cancelled (not when none is)."""
         self.stop_intake()
         report = DrainReport()
         waiting = [f for f in self._flights if not f.running]
@@ -262,6 +269,8 @@ class Runner:
         # it would lose the answer for a few seconds saved.
         cut = [f for f in late if not f.delivering]
         report.finished = len(running) - len(cut)
+        if cut and before_cut is not None:
+            before_cut()
         for flight in cut:
             self._stop(flight)
         report.cancelled = len(cut)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from adapters.discord.approval import ask_with_buttons
-from adapters.services.approval import ENDED, ApprovalService
+from adapters.services.approval import ENDED, RESTARTING, ApprovalService
 from adapters.services.instances import FixedShards
 from adapters.storage.approvals import SqlApprovals
 from adapters.storage.db import Database
@@ -197,12 +197,13 @@ async def test_no_answer_in_time_is_denied_and_a_late_press_is_refused(
     assert told.json["content"].startswith("Too late") and told.json["flags"] & EPHEMERAL
 
 
+@pytest.mark.parametrize("restarting", [False, True], ids=["cancelled", "drained"])
 async def test_a_run_that_stops_waiting_greys_the_buttons_and_a_stale_press_decides_nothing(
-    world: tuple[FakeDiscord, FakeGuild, Any, Any],
+    world: tuple[FakeDiscord, FakeGuild, Any, Any], restarting: bool
 ) -> None:
-    """The run is cancelled while it waits (its time limit, a drain): the message's
-    buttons are greyed and it says so; a press from a client that still showed them is
-    answered privately and records nothing."""
+    """The run is cancelled while it waits (its time limit, its member; or a restart's
+    drain cut it): the message's buttons are greyed and it says why; a press from a
+    client that still showed them is answered privately and records nothing."""
     fake, guild, far, near = world
     clock = far.approvals.clock = FakeClock()  # to know when the run waits
     since = len(fake.calls)
@@ -212,11 +213,13 @@ async def test_a_run_that_stops_waiting_greys_the_buttons_and_a_stale_press_deci
         "POST", r"/channels/{c}/messages", lambda c: "components" in (c.json or {}), since=since
     )
     msg_id = int(ask.response["id"])
+    if restarting:
+        far.approvals.restarting()  # what the drain does before it cuts the runs
     asked.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asked
     edited = await fake.wait_for_call("PATCH", rf"/channels/{{c}}/messages/{msg_id}", since=since)
-    assert edited.json["content"].endswith(f"\n-# {ENDED}")
+    assert edited.json["content"].endswith(f"\n-# {RESTARTING if restarting else ENDED}")
     assert all(b.get("disabled") for b in _buttons(edited.json).values())
 
     press = await fake.dispatch_component(

@@ -49,10 +49,12 @@ def _start(
     return asyncio.ensure_future(runner.run(_agent(runner), inv))
 
 
-async def _draining(runner: Runner, clock: FakeClock, grace: Any = None) -> asyncio.Future[Any]:
+async def _draining(
+    runner: Runner, clock: FakeClock, grace: Any = None, before_cut: Any = None
+) -> asyncio.Future[Any]:
     """Start a 20 s drain; return once it is waiting out its grace period on ``clock``."""
     before = clock.sleepers
-    drain = asyncio.ensure_future(runner.drain(20, clock=grace))
+    drain = asyncio.ensure_future(runner.drain(20, clock=grace, before_cut=before_cut))
     await clock.wait_for_sleepers(before + 1)
     return drain
 
@@ -68,11 +70,13 @@ async def test_a_run_that_finishes_within_the_grace_period_is_left_alone() -> No
     run = _start(runner, delivery)
     await clock.wait_for_sleepers(1)  # the model is thinking
 
-    drain = await _draining(runner, clock)  # ... and the drain waits for it
-    await clock.advance(3)
+    cuts: list[str] = []
+    drain = await _draining(runner, clock, before_cut=lambda: cuts.append("cut"))
+    await clock.advance(3)  # ... and the drain waits for it
     report = await drain
 
     assert (report.finished, report.cancelled, report.refused) == (1, 0, 0)
+    assert cuts == []  # nothing was cut
     result = await run
     assert result.status is RunStatus.OK and result.output == "done"
     assert delivery.result is not None and delivery.result.note is None
@@ -87,11 +91,15 @@ async def test_a_run_past_the_grace_period_is_cancelled_closed_and_told() -> Non
     run = _start(runner, delivery)
     await clock.wait_for_sleepers(1)
 
-    drain = await _draining(runner, clock)
+    cuts: list[bool] = []
+    # Told before the cut, while the run still runs (an approval question it leaves
+    # then says the restart cut it).
+    drain = await _draining(runner, clock, before_cut=lambda: cuts.append(run.done()))
     await clock.advance(20)
     report = await drain
 
     assert (report.finished, report.cancelled, report.unfinished) == (0, 1, [])
+    assert cuts == [False]
     result = await run  # the caller gets a result, not a CancelledError
     assert result.status is RunStatus.CANCELLED
     assert result.note == SHUTDOWN_NOTE
