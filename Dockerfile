@@ -18,7 +18,7 @@ COPY memory ./memory
 COPY executor ./executor
 COPY migrations ./migrations
 RUN python -m venv /opt/coterie \
-    && /opt/coterie/bin/pip install -r requirements.lock \
+    && /opt/coterie/bin/pip install --no-deps -r requirements.lock \
     && /opt/coterie/bin/pip install --no-deps . \
     && /opt/coterie/bin/coterie --version
 

@@ -114,11 +114,11 @@ def test_env_example_parses_as_settings(tmp_path: Path, monkeypatch: pytest.Monk
 
 LOCKED = ".venv/bin/pip install --no-deps -e ."
 SETUP_RUN = (
-    f"python3 -m venv .venv && .venv/bin/pip install -r requirements.lock && {LOCKED}"
+    f"python3 -m venv .venv && .venv/bin/pip install --no-deps -r requirements.lock && {LOCKED}"
     " && .venv/bin/coterie run"
 )
 SETUP_TEST = (
-    f"python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.lock && {LOCKED}"
+    f"python3 -m venv .venv && .venv/bin/pip install --no-deps -r requirements-dev.lock && {LOCKED}"
     " && bash scripts/check"
 )
 
@@ -129,6 +129,26 @@ def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert SETUP_TEST in ci, ".ci/run must run the README's own test command"
     assert "install --upgrade pip" not in ci  # the README's pip, not a better-prepared one
+
+
+def test_every_lock_install_skips_resolving_again() -> None:
+    """A lock holds every dependency: pip must install it as it is (``--no-deps``).
+    Left to resolve them again, pip 23.2 looked justext's ``lxml[html_clean]`` up
+    anew (it does not normalize extras' names) and failed the hash check the day a
+    newer lxml was published (pypa/pip#9644)."""
+    places = [ROOT / "README.md", ROOT / "Dockerfile", ROOT / ".ci" / "run"]
+    places += sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "deploy").iterdir())
+    places += sorted((ROOT / "scripts").iterdir())
+    installs = [
+        (path.name, line)
+        for path in places
+        if path.is_file()
+        for line in path.read_text().splitlines()
+        if re.search(r"pip install .*-r \S*requirements", line)
+    ]
+    assert len(installs) >= 6  # README (3), .ci/run, Dockerfile, operations.md, ...
+    bare = [(name, line) for name, line in installs if "--no-deps -r" not in line]
+    assert not bare, f"install the lock with --no-deps: {bare}"
 
 
 def _verbs(parser: argparse.ArgumentParser) -> set[str]:
